@@ -1,0 +1,3 @@
+//! Accounts: the store, tokens, and the usage of every account.
+
+pub mod cli;

@@ -1,0 +1,3 @@
+//! The switching proxy: app-server lifecycle, websocket relay, protocol types, switch policy.
+
+pub mod serve;

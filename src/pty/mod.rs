@@ -1,0 +1,1 @@
+//! The embedded terminal: child process in a PTY, key encoding, terminal-query replies, screen model.

@@ -1,0 +1,1 @@
+//! Pure render functions: state in, widgets out.

@@ -1,0 +1,99 @@
+//! An offline `CODEX_HOME` (PROTOCOL.md §6): config that sends every backend call to the mock.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A temporary `CODEX_HOME` plus a trusted work directory, removed on drop.
+pub struct CodexHome {
+    dir: TempDir,
+    work_dir: PathBuf,
+}
+
+impl CodexHome {
+    /// Writes `config.toml` pointing the ChatGPT base URL and a custom model provider at the
+    /// mock, with every network-reaching feature off.
+    pub fn offline(mock_base_url: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("cs-tui-codex-home-")
+            .tempdir()
+            .expect("create temp CODEX_HOME");
+        let work_dir = dir.path().join("work");
+        std::fs::create_dir_all(&work_dir).expect("create work dir");
+        let home = Self { dir, work_dir };
+        std::fs::write(
+            home.path().join("config.toml"),
+            home.config_toml(mock_base_url),
+        )
+        .expect("write config.toml");
+        home
+    }
+
+    fn config_toml(&self, mock: &str) -> String {
+        let mock = mock.trim_end_matches('/');
+        let work = self.work_dir.display();
+        format!(
+            r#"chatgpt_base_url = "{mock}/backend-api/"
+model_provider = "mock"
+model = "gpt-5.1-codex"
+check_for_update_on_startup = false
+
+[model_providers.mock]
+name = "mock"
+base_url = "{mock}/backend-api/codex"
+wire_api = "responses"
+requires_openai_auth = true
+supports_websockets = false
+request_max_retries = 0
+stream_max_retries = 0
+
+[features]
+apps = false
+plugins = false
+remote_plugin = false
+unbounded_connection_retries = false
+
+[analytics]
+enabled = false
+
+[feedback]
+enabled = false
+
+[notice]
+hide_rate_limit_model_nudge = true
+
+[tui]
+screen_reader_detection_done = true
+
+[projects."{work}"]
+trust_level = "trusted"
+"#
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A directory the config marks as trusted; run Codex with `-C` pointing here.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// Writes `auth.json` (mode 0600) as `codex login` would.
+    pub fn write_auth_json(&self, auth: &Value) {
+        let path = self.path().join("auth.json");
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(auth).expect("serialize auth.json"),
+        )
+        .expect("write auth.json");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod auth.json");
+        }
+    }
+}

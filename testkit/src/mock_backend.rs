@@ -1,0 +1,791 @@
+//! A mock of the ChatGPT backend on 127.0.0.1, speaking the wire format recorded in
+//! PROTOCOL.md §4: `/wham/accounts/check`, `/wham/usage`, the `/codex/responses` SSE stream
+//! with `x-codex-*` rate-limit headers, and `/oauth/token` with rotating refresh tokens.
+//!
+//! Behaviour is set per account (keyed by the `chatgpt-account-id` header) and can be changed
+//! while it runs. Every request is logged so tests can assert who was served with which token.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::jwt::{FakeAccount, decode_claims, unix_now};
+
+/// How an account's backend answers model requests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AccountMode {
+    /// Answers normally.
+    Normal,
+    /// HTTP 429 `usage_limit_reached`, the usage-limit error of PROTOCOL.md §4.
+    UsageLimit,
+    /// HTTP 401 for the next backend request of this account, then normal.
+    UnauthorizedOnce,
+    /// HTTP 500 on every model request.
+    ServerError,
+    /// Normal, but the stream pauses this long after `response.created`.
+    Slow(Duration),
+}
+
+/// One rate-limit window as the mock reports it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UsageWindow {
+    pub used_percent: u8,
+    pub window_minutes: u32,
+    /// Unix seconds.
+    pub resets_at: i64,
+}
+
+impl UsageWindow {
+    pub fn five_hour(used_percent: u8) -> Self {
+        Self {
+            used_percent,
+            window_minutes: 300,
+            resets_at: unix_now() + 2 * 3600,
+        }
+    }
+
+    pub fn weekly(used_percent: u8) -> Self {
+        Self {
+            used_percent,
+            window_minutes: 10080,
+            resets_at: unix_now() + 3 * 24 * 3600,
+        }
+    }
+}
+
+/// What the backend says about an account's quota (headers, `/wham/usage`, 429 bodies).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Usage {
+    pub primary: Option<UsageWindow>,
+    pub secondary: Option<UsageWindow>,
+    /// `(has_credits, unlimited, balance)`.
+    pub credits: Option<(bool, bool, Option<String>)>,
+    pub limit_reached_type: Option<String>,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Self {
+            primary: Some(UsageWindow::five_hour(10)),
+            secondary: Some(UsageWindow::weekly(20)),
+            credits: None,
+            limit_reached_type: None,
+        }
+    }
+}
+
+/// One account the mock knows.
+#[derive(Clone, Debug)]
+pub struct MockAccount {
+    pub fake: FakeAccount,
+    /// The name the reply text uses ("served by alice").
+    pub label: String,
+    pub mode: AccountMode,
+    pub usage: Usage,
+    /// Percentage points added to the primary window after each served model request.
+    pub burn_per_request: u8,
+}
+
+/// A reply the next model request gets instead of the default text.
+#[derive(Clone, Debug)]
+pub enum ScriptedReply {
+    /// A `function_call` output item (a tool call), ending the response.
+    FunctionCall {
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+    /// An assistant message with this text.
+    Text(String),
+}
+
+/// One request the mock saw.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    /// The `chatgpt-account-id` header.
+    pub account_header: Option<String>,
+    /// The account id inside the bearer token's claims.
+    pub token_account: Option<String>,
+    /// The bearer token's `jti` claim, which names the account and the token's serial.
+    pub token_id: Option<String>,
+    /// The refresh token presented to `/oauth/token`.
+    pub refresh_token: Option<String>,
+    pub status: u16,
+    /// The JSON body, for POSTs.
+    pub body: Option<Value>,
+    pub at: Instant,
+}
+
+impl RequestRecord {
+    pub fn is_model_request(&self) -> bool {
+        self.method == "POST" && self.path.ends_with("/responses")
+    }
+
+    /// The texts of the `input_text` parts of user messages in a model request.
+    pub fn user_input_texts(&self) -> Vec<String> {
+        input_items(self.body.as_ref())
+            .filter(|item| item.get("role").and_then(Value::as_str) == Some("user"))
+            .filter_map(|item| item.get("content").and_then(Value::as_array))
+            .flatten()
+            .filter(|part| part.get("type").and_then(Value::as_str) == Some("input_text"))
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The `input` items of a model request that have the given `type`.
+    pub fn input_items_of_type(&self, ty: &str) -> Vec<Value> {
+        input_items(self.body.as_ref())
+            .filter(|item| item.get("type").and_then(Value::as_str) == Some(ty))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether this model request is Codex's title generation rather than a user turn.
+    pub fn is_title_request(&self) -> bool {
+        is_structured_output_request(self.body.as_ref())
+    }
+}
+
+fn input_items(body: Option<&Value>) -> impl Iterator<Item = &Value> {
+    body.and_then(|b| b.get("input"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+fn is_structured_output_request(body: Option<&Value>) -> bool {
+    body.and_then(|b| b.pointer("/text/format/type"))
+        .and_then(Value::as_str)
+        == Some("json_schema")
+}
+
+#[derive(Default)]
+struct MockState {
+    accounts: BTreeMap<String, MockAccount>,
+    /// Refresh token → (account id, already used).
+    refresh_tokens: HashMap<String, (String, bool)>,
+    /// Number of `/oauth/token` requests still to fail with 500.
+    refresh_failures: u32,
+    token_serial: u64,
+    script: VecDeque<ScriptedReply>,
+    log: Vec<RequestRecord>,
+}
+
+/// The running mock. Dropping it stops the server.
+pub struct MockBackend {
+    addr: SocketAddr,
+    state: Arc<Mutex<MockState>>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl MockBackend {
+    /// Starts the mock on `127.0.0.1:0`.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the mock on a given loopback address (the `mock-backend` binary uses a fixed port).
+    pub async fn start_on(addr: &str) -> Self {
+        let state = Arc::new(Mutex::new(MockState::default()));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind mock backend");
+        let addr = listener.local_addr().expect("mock backend address");
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let (shutdown, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            state,
+            shutdown: Some(shutdown),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The refresh endpoint, for `CODEX_REFRESH_TOKEN_URL_OVERRIDE`.
+    pub fn refresh_url(&self) -> String {
+        format!("{}/oauth/token", self.url())
+    }
+
+    /// The ChatGPT base URL (as in `chatgpt_base_url`).
+    pub fn chatgpt_base_url(&self) -> String {
+        format!("{}/backend-api/", self.url())
+    }
+
+    fn state(&self) -> MutexGuard<'_, MockState> {
+        self.state.lock().expect("mock state lock")
+    }
+
+    /// Adds an account named `label` and returns it with a fresh refresh token the mock accepts.
+    pub fn add_account(&self, label: &str) -> (FakeAccount, String) {
+        let fake = FakeAccount::new(label);
+        let mut state = self.state();
+        state.accounts.insert(
+            fake.chatgpt_account_id.clone(),
+            MockAccount {
+                fake: fake.clone(),
+                label: label.to_owned(),
+                mode: AccountMode::Normal,
+                usage: Usage::default(),
+                burn_per_request: 0,
+            },
+        );
+        let refresh = mint_refresh_token(&mut state, &fake.chatgpt_account_id);
+        (fake, refresh)
+    }
+
+    /// A new valid refresh token for an account (as if the user logged in again).
+    pub fn issue_refresh_token(&self, account_id: &str) -> String {
+        mint_refresh_token(&mut self.state(), account_id)
+    }
+
+    fn with_account<R>(&self, account_id: &str, f: impl FnOnce(&mut MockAccount) -> R) -> R {
+        let mut state = self.state();
+        let account = state
+            .accounts
+            .get_mut(account_id)
+            .unwrap_or_else(|| panic!("mock has no account {account_id}"));
+        f(account)
+    }
+
+    pub fn set_mode(&self, account_id: &str, mode: AccountMode) {
+        self.with_account(account_id, |a| a.mode = mode);
+    }
+
+    pub fn set_usage(&self, account_id: &str, usage: Usage) {
+        self.with_account(account_id, |a| a.usage = usage);
+    }
+
+    pub fn usage(&self, account_id: &str) -> Usage {
+        self.with_account(account_id, |a| a.usage.clone())
+    }
+
+    pub fn set_burn_per_request(&self, account_id: &str, points: u8) {
+        self.with_account(account_id, |a| a.burn_per_request = points);
+    }
+
+    /// Makes the next `n` refresh requests fail with HTTP 500.
+    pub fn fail_next_refreshes(&self, n: u32) {
+        self.state().refresh_failures = n;
+    }
+
+    /// Queues a scripted reply for the next user-turn model request (title requests skip it).
+    pub fn push_script(&self, reply: ScriptedReply) {
+        self.state().script.push_back(reply);
+    }
+
+    /// Every request seen so far.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state().log.clone()
+    }
+
+    /// Model requests (`POST …/responses`) seen so far.
+    pub fn model_requests(&self) -> Vec<RequestRecord> {
+        self.requests()
+            .into_iter()
+            .filter(RequestRecord::is_model_request)
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the request log, or panics after `timeout`.
+    pub async fn wait_for_request(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&RequestRecord) -> bool,
+    ) -> RequestRecord {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.requests().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; log: {:#?}",
+                self.requests()
+                    .iter()
+                    .map(|r| (&r.method, &r.path, r.status, &r.account_header))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for MockBackend {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn mint_refresh_token(state: &mut MockState, account_id: &str) -> String {
+    state.token_serial += 1;
+    let token = format!(
+        "rt-{account_id}-{}-{}",
+        state.token_serial,
+        uuid::Uuid::new_v4().simple()
+    );
+    state
+        .refresh_tokens
+        .insert(token.clone(), (account_id.to_owned(), false));
+    token
+}
+
+/// Who a request says it is.
+struct Caller {
+    account_header: Option<String>,
+    token_account: Option<String>,
+    token_id: Option<String>,
+    token_expired: bool,
+}
+
+fn caller(headers: &HeaderMap) -> Caller {
+    let account_header = headers
+        .get("chatgpt-account-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let claims = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(decode_claims);
+    let token_account = claims
+        .as_ref()
+        .and_then(|c| c.pointer("/https:~1~1api.openai.com~1auth/chatgpt_account_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let token_id = claims
+        .as_ref()
+        .and_then(|c| c.get("jti"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let token_expired = claims
+        .as_ref()
+        .and_then(|c| c.get("exp"))
+        .and_then(Value::as_i64)
+        .is_some_and(|exp| exp <= unix_now());
+    Caller {
+        account_header,
+        token_account,
+        token_id,
+        token_expired,
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<Mutex<MockState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let body_json: Option<Value> = serde_json::from_slice(&body).ok();
+    let who = caller(&headers);
+    let mut refresh_token = None;
+
+    let response = if method == Method::POST && path == "/oauth/token" {
+        refresh_token = body_json
+            .as_ref()
+            .and_then(|b| b.get("refresh_token"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        oauth_token(&state, body_json.as_ref())
+    } else if path.starts_with("/backend-api/") {
+        backend(&state, &method, &path, &who, body_json.as_ref())
+    } else {
+        (StatusCode::NOT_FOUND, "not found").into_response()
+    };
+
+    let record = RequestRecord {
+        method: method.to_string(),
+        path,
+        account_header: who.account_header,
+        token_account: who.token_account,
+        token_id: who.token_id,
+        refresh_token,
+        status: response.status().as_u16(),
+        body: body_json,
+        at: Instant::now(),
+    };
+    state.lock().expect("mock state lock").log.push(record);
+    response
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn backend(
+    state: &Arc<Mutex<MockState>>,
+    method: &Method,
+    path: &str,
+    who: &Caller,
+    body: Option<&Value>,
+) -> Response {
+    let mut guard = state.lock().expect("mock state lock");
+    let Some(account_id) = who.account_header.clone() else {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"detail": "missing chatgpt-account-id"}),
+        );
+    };
+    let authorized = !who.token_expired && who.token_account.as_deref() == Some(&account_id);
+    let Some(account) = guard.accounts.get_mut(&account_id) else {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"detail": "unknown account"}),
+        );
+    };
+    if !authorized {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"detail": "Could not validate your credentials"}),
+        );
+    }
+    if account.mode == AccountMode::UnauthorizedOnce {
+        account.mode = AccountMode::Normal;
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"detail": "Your authentication token has expired."}),
+        );
+    }
+
+    match (method.as_str(), path) {
+        ("GET", "/backend-api/wham/accounts/check") => {
+            json_response(StatusCode::OK, accounts_check(account))
+        }
+        ("GET", "/backend-api/wham/usage") => json_response(StatusCode::OK, wham_usage(account)),
+        ("POST", p) if p.ends_with("/responses") => {
+            let title = is_structured_output_request(body);
+            let script = if title {
+                None
+            } else {
+                guard.script.pop_front()
+            };
+            let account = guard
+                .accounts
+                .get_mut(&account_id)
+                .expect("account present");
+            model_response(account, body, title, script)
+        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({"detail": "Not Found"})),
+    }
+}
+
+/// Codex 0.169 refuses a login whose discovery lacks `workspace_backend_origin` (it must be an
+/// HTTPS origin) or `account_routing_override`; a personal account answers as below.
+fn accounts_check(account: &MockAccount) -> Value {
+    let id = &account.fake.chatgpt_account_id;
+    json!({
+        "accounts": [{
+            "id": id,
+            "name": account.label,
+            "structure": "personal",
+            "plan_type": account.fake.plan,
+            "workspace_backend_origin": "https://chatgpt.com",
+            "account_routing_override": "NO_CONSTRAINT",
+            "is_default": true,
+        }],
+        "account_ordering": [id],
+        "default_account_id": id,
+    })
+}
+
+fn window_json(w: &UsageWindow) -> Value {
+    json!({
+        "used_percent": w.used_percent,
+        "limit_window_seconds": i64::from(w.window_minutes) * 60,
+        "reset_after_seconds": (w.resets_at - unix_now()).max(0),
+        "reset_at": w.resets_at,
+    })
+}
+
+fn wham_usage(account: &MockAccount) -> Value {
+    let usage = &account.usage;
+    let limit_reached = usage.limit_reached_type.is_some()
+        || [usage.primary, usage.secondary]
+            .iter()
+            .flatten()
+            .any(|w| w.used_percent >= 100);
+    json!({
+        "plan_type": account.fake.plan,
+        "rate_limit": {
+            "allowed": !limit_reached,
+            "limit_reached": limit_reached,
+            "primary_window": usage.primary.as_ref().map(window_json),
+            "secondary_window": usage.secondary.as_ref().map(window_json),
+        },
+        "credits": usage.credits.as_ref().map(|(has, unlimited, balance)| json!({
+            "has_credits": has, "unlimited": unlimited, "balance": balance,
+        })),
+        "additional_rate_limits": [],
+        "rate_limit_reached_type": usage.limit_reached_type.as_ref().map(|t| json!({"type": t})),
+    })
+}
+
+/// The `x-codex-*` headers Codex reads its rate limits from.
+fn rate_limit_headers(usage: &Usage) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    for (name, window) in [("primary", usage.primary), ("secondary", usage.secondary)] {
+        if let Some(w) = window {
+            headers.push((
+                format!("x-codex-{name}-used-percent"),
+                w.used_percent.to_string(),
+            ));
+            headers.push((
+                format!("x-codex-{name}-window-minutes"),
+                w.window_minutes.to_string(),
+            ));
+            headers.push((format!("x-codex-{name}-reset-at"), w.resets_at.to_string()));
+        }
+    }
+    if let Some((has, unlimited, balance)) = &usage.credits {
+        headers.push(("x-codex-credits-has-credits".into(), has.to_string()));
+        headers.push(("x-codex-credits-unlimited".into(), unlimited.to_string()));
+        if let Some(balance) = balance {
+            headers.push(("x-codex-credits-balance".into(), balance.clone()));
+        }
+    }
+    headers
+}
+
+fn model_response(
+    account: &mut MockAccount,
+    body: Option<&Value>,
+    title: bool,
+    script: Option<ScriptedReply>,
+) -> Response {
+    match account.mode.clone() {
+        AccountMode::UsageLimit => {
+            let mut usage = account.usage.clone();
+            if let Some(p) = usage.primary.as_mut() {
+                p.used_percent = 100;
+            }
+            let resets_at = usage
+                .primary
+                .map(|w| w.resets_at)
+                .unwrap_or(unix_now() + 3600);
+            let mut response = json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": {
+                    "type": "usage_limit_reached",
+                    "message": "The usage limit has been reached",
+                    "plan_type": account.fake.plan,
+                    "resets_at": resets_at,
+                }}),
+            );
+            append_headers(&mut response, &rate_limit_headers(&usage));
+            response
+        }
+        AccountMode::ServerError => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": {"type": "server_error", "message": "mock server error"}}),
+        ),
+        mode => {
+            let delay = match mode {
+                AccountMode::Slow(d) => Some(d),
+                _ => None,
+            };
+            let headers = rate_limit_headers(&account.usage);
+            if !title && let Some(p) = account.usage.primary.as_mut() {
+                p.used_percent = p
+                    .used_percent
+                    .saturating_add(account.burn_per_request)
+                    .min(100);
+            }
+            let events = reply_events(account, body, title, script);
+            let mut response = sse_response(events, delay);
+            append_headers(&mut response, &headers);
+            response
+        }
+    }
+}
+
+fn append_headers(response: &mut Response, headers: &[(String, String)]) {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+}
+
+/// The text of the last user message in a model request.
+fn last_user_text(body: Option<&Value>) -> String {
+    input_items(body)
+        .filter(|item| item.get("role").and_then(Value::as_str) == Some("user"))
+        .filter_map(|item| item.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|part| part.get("text").and_then(Value::as_str))
+        .filter(|text| !text.trim_start().starts_with('<'))
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn reply_events(
+    account: &MockAccount,
+    body: Option<&Value>,
+    title: bool,
+    script: Option<ScriptedReply>,
+) -> Vec<Value> {
+    let response_id = format!("resp_{}", uuid::Uuid::new_v4().simple());
+    let mut events = vec![json!({"type": "response.created", "response": {"id": response_id}})];
+    let item_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let text = match script {
+        Some(ScriptedReply::FunctionCall {
+            call_id,
+            name,
+            arguments,
+        }) => {
+            events.push(json!({"type": "response.output_item.done", "item": {
+                "type": "function_call", "call_id": call_id, "name": name, "arguments": arguments,
+            }}));
+            None
+        }
+        Some(ScriptedReply::Text(text)) => Some(text),
+        None if title => Some(json!({"title": format!("Chat with {}", account.label)}).to_string()),
+        None => {
+            let prompt: String = last_user_text(body).chars().take(60).collect();
+            Some(format!(
+                "Served by {}: you said \"{prompt}\"",
+                account.label
+            ))
+        }
+    };
+    if let Some(text) = text {
+        events.push(json!({"type": "response.output_item.added", "item": {
+            "type": "message", "role": "assistant", "id": item_id, "content": [],
+        }}));
+        events.push(
+            json!({"type": "response.output_text.delta", "item_id": item_id,
+            "output_index": 0, "content_index": 0, "delta": text}),
+        );
+        events.push(json!({"type": "response.output_item.done", "item": {
+            "type": "message", "role": "assistant", "id": item_id,
+            "content": [{"type": "output_text", "text": text}],
+        }}));
+    }
+    events.push(json!({"type": "response.completed", "response": {
+        "id": response_id,
+        "usage": {"input_tokens": 12, "input_tokens_details": null, "output_tokens": 8,
+                  "output_tokens_details": null, "total_tokens": 20},
+    }}));
+    events
+}
+
+fn sse_frame(event: &Value) -> Bytes {
+    let kind = event
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
+    Bytes::from(format!("event: {kind}\ndata: {event}\n\n"))
+}
+
+fn sse_response(events: Vec<Value>, delay: Option<Duration>) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(events.len().max(1));
+    tokio::spawn(async move {
+        for (i, event) in events.iter().enumerate() {
+            if tx.send(Ok(sse_frame(event))).await.is_err() {
+                return;
+            }
+            if i == 0
+                && let Some(d) = delay
+            {
+                tokio::time::sleep(d).await;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream))
+        .expect("valid SSE response")
+}
+
+fn oauth_token(state: &Arc<Mutex<MockState>>, body: Option<&Value>) -> Response {
+    let mut guard = state.lock().expect("mock state lock");
+    if guard.refresh_failures > 0 {
+        guard.refresh_failures -= 1;
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": {"message": "mock refresh failure"}}),
+        );
+    }
+    let presented = body
+        .and_then(|b| b.get("refresh_token"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let grant_ok = body
+        .and_then(|b| b.get("grant_type"))
+        .and_then(Value::as_str)
+        == Some("refresh_token");
+    let Some((account_id, used)) = guard.refresh_tokens.get(presented).cloned() else {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"code": "refresh_token_invalidated",
+                "message": "Your refresh token is invalid. Please log in again."}}),
+        );
+    };
+    if used || !grant_ok {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"code": "refresh_token_reused",
+                "message": "Your refresh token has already been used to generate a new access token. Please try signing in again."}}),
+        );
+    }
+    let Some(fake) = guard.accounts.get(&account_id).map(|a| a.fake.clone()) else {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"code": "unknown"}}),
+        );
+    };
+    guard
+        .refresh_tokens
+        .insert(presented.to_owned(), (account_id.clone(), true));
+    let new_refresh = mint_refresh_token(&mut guard, &account_id);
+    let serial = guard.token_serial;
+    json_response(
+        StatusCode::OK,
+        json!({
+            "id_token": fake.id_token(3600),
+            "access_token": fake.access_token(3600, serial),
+            "refresh_token": new_refresh,
+            "expires_in": 3600,
+        }),
+    )
+}

@@ -1,0 +1,187 @@
+//! The mock itself must be faithful: these check its wire format against PROTOCOL.md §4–§5.
+
+use cs_tui_testkit::mock_backend::AccountMode;
+use cs_tui_testkit::{MockBackend, Usage, UsageWindow};
+use serde_json::{Value, json};
+
+async fn get(mock: &MockBackend, path: &str, token: &str, account: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}{path}", mock.url()))
+        .bearer_auth(token)
+        .header("chatgpt-account-id", account)
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn refresh(mock: &MockBackend, refresh_token: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(mock.refresh_url())
+        .json(&json!({"client_id": "app_EMoamEEZ73f0CkXaXp7hrann",
+                      "grant_type": "refresh_token", "refresh_token": refresh_token}))
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_used_one_is_rejected() {
+    let mock = MockBackend::start().await;
+    let (_alice, rt) = mock.add_account("alice");
+    let (status, first) = refresh(&mock, &rt).await;
+    assert_eq!(status, 200, "{first}");
+    let new_rt = first["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(new_rt, rt);
+    assert!(first["access_token"].as_str().unwrap().split('.').count() == 3);
+
+    let (status, reused) = refresh(&mock, &rt).await;
+    assert_eq!(status, 401);
+    assert_eq!(reused["error"]["code"], "refresh_token_reused");
+
+    let (status, _) = refresh(&mock, &new_rt).await;
+    assert_eq!(status, 200);
+    let (status, unknown) = refresh(&mock, "rt-made-up").await;
+    assert_eq!(status, 401, "{unknown}");
+
+    mock.fail_next_refreshes(1);
+    let fresh = mock.issue_refresh_token("acct-alice");
+    assert_eq!(refresh(&mock, &fresh).await.0, 500);
+    assert_eq!(
+        refresh(&mock, &fresh).await.0,
+        200,
+        "a 500 does not burn the token"
+    );
+}
+
+#[tokio::test]
+async fn usage_reports_windows_credits_and_limit_type() {
+    let mock = MockBackend::start().await;
+    let (alice, _) = mock.add_account("alice");
+    mock.set_usage(
+        &alice.chatgpt_account_id,
+        Usage {
+            primary: Some(UsageWindow {
+                used_percent: 100,
+                window_minutes: 300,
+                resets_at: 2_000_000_000,
+            }),
+            secondary: Some(UsageWindow::weekly(50)),
+            credits: Some((false, false, Some("0".into()))),
+            limit_reached_type: Some("rate_limit_reached".into()),
+        },
+    );
+    let token = alice.access_token(600, 1);
+    let (status, body) = get(&mock, "/backend-api/wham/usage", &token, "acct-alice").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["plan_type"], "plus");
+    assert_eq!(body["rate_limit"]["limit_reached"], true);
+    assert_eq!(body["rate_limit"]["primary_window"]["used_percent"], 100);
+    assert_eq!(
+        body["rate_limit"]["primary_window"]["limit_window_seconds"],
+        18000
+    );
+    assert_eq!(
+        body["rate_limit"]["primary_window"]["reset_at"],
+        2_000_000_000
+    );
+    assert_eq!(
+        body["rate_limit"]["secondary_window"]["limit_window_seconds"],
+        604800
+    );
+    assert_eq!(body["credits"]["balance"], "0");
+    assert_eq!(
+        body["rate_limit_reached_type"]["type"],
+        "rate_limit_reached"
+    );
+
+    let log = mock.requests();
+    assert_eq!(log[0].account_header.as_deref(), Some("acct-alice"));
+    assert_eq!(log[0].token_id.as_deref(), Some("acct-alice-access-1"));
+}
+
+#[tokio::test]
+async fn expired_or_foreign_tokens_get_401_and_401_once_recovers() {
+    let mock = MockBackend::start().await;
+    let (alice, _) = mock.add_account("alice");
+    let (bob, _) = mock.add_account("bob");
+    let path = "/backend-api/wham/usage";
+    assert_eq!(
+        get(&mock, path, &alice.access_token(-5, 1), "acct-alice")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        get(&mock, path, &bob.access_token(60, 1), "acct-alice")
+            .await
+            .0,
+        401
+    );
+    mock.set_mode("acct-alice", AccountMode::UnauthorizedOnce);
+    let good = alice.access_token(60, 2);
+    assert_eq!(get(&mock, path, &good, "acct-alice").await.0, 401);
+    assert_eq!(get(&mock, path, &good, "acct-alice").await.0, 200);
+}
+
+#[tokio::test]
+async fn model_requests_stream_sse_with_rate_limit_headers_or_fail_as_configured() {
+    let mock = MockBackend::start().await;
+    let (alice, _) = mock.add_account("alice");
+    mock.set_usage(
+        "acct-alice",
+        Usage {
+            primary: Some(UsageWindow::five_hour(61)),
+            secondary: None,
+            credits: None,
+            limit_reached_type: None,
+        },
+    );
+    let client = reqwest::Client::new();
+    let post = || {
+        client
+            .post(format!("{}/backend-api/codex/responses", mock.url()))
+            .bearer_auth(alice.access_token(600, 1))
+            .header("chatgpt-account-id", "acct-alice")
+            .json(&json!({"input": [{"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "hello mock"}]}]}))
+            .send()
+    };
+    let resp = post().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["x-codex-primary-used-percent"], "61");
+    assert_eq!(resp.headers()["x-codex-primary-window-minutes"], "300");
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.starts_with("event: response.created\ndata: "),
+        "{body}"
+    );
+    assert!(
+        body.contains("Served by alice: you said \\\"hello mock\\\""),
+        "{body}"
+    );
+    assert!(body.contains("event: response.completed"), "{body}");
+
+    mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    let resp = post().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["x-codex-primary-used-percent"], "100");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "usage_limit_reached");
+    assert!(body["error"]["resets_at"].as_i64().is_some());
+
+    mock.set_mode("acct-alice", AccountMode::ServerError);
+    assert_eq!(post().await.unwrap().status().as_u16(), 500);
+    assert_eq!(mock.model_requests().len(), 3);
+    assert_eq!(
+        mock.model_requests()[0].user_input_texts(),
+        vec!["hello mock"]
+    );
+}

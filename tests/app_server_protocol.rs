@@ -1,0 +1,305 @@
+//! End-to-end checks of the facts cs-tui relies on, against the real `codex app-server`
+//! (pinned version) and the mock backend. No cs-tui code is involved: these pin the ground
+//! the proxy stands on (PROTOCOL.md §1–§4).
+
+use std::time::Duration;
+
+use cs_tui_testkit::mock_backend::AccountMode;
+use cs_tui_testkit::ws_client::connect_status;
+use cs_tui_testkit::{AppServer, CodexHome, FakeAccount, MockBackend, WsClient, codex_bin};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Rig {
+    mock: MockBackend,
+    home: CodexHome,
+    server: AppServer,
+}
+
+async fn rig() -> Rig {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let server = AppServer::spawn(&codex_bin(), home.path(), &mock.refresh_url()).await;
+    Rig { mock, home, server }
+}
+
+async fn client(rig: &Rig) -> WsClient {
+    let mut client = WsClient::connect(&rig.server.ws_url(), rig.server.token()).await;
+    client.initialize(json!("initialize")).await;
+    client
+}
+
+async fn login(client: &mut WsClient, account: &FakeAccount) -> Value {
+    let result = client
+        .request(
+            "account/login/start",
+            json!({
+                "type": "chatgptAuthTokens",
+                "accessToken": account.access_token(3600, 0),
+                "chatgptAccountId": account.chatgpt_account_id,
+                "chatgptPlanType": account.plan,
+            }),
+        )
+        .await
+        .expect("login accepted");
+    assert_eq!(result["type"], "chatgptAuthTokens");
+    let completed = client
+        .wait_notification("account/login/completed", WAIT)
+        .await;
+    assert_eq!(completed["params"]["success"], true, "{completed}");
+    completed
+}
+
+async fn start_thread(client: &mut WsClient, rig: &Rig) -> String {
+    let result = client
+        .request(
+            "thread/start",
+            json!({"cwd": rig.home.work_dir(), "approvalPolicy": "never"}),
+        )
+        .await
+        .expect("thread/start");
+    result["thread"]["id"]
+        .as_str()
+        .expect("thread id")
+        .to_owned()
+}
+
+async fn run_turn(client: &mut WsClient, thread_id: &str, text: &str) -> Value {
+    client
+        .request(
+            "turn/start",
+            json!({"threadId": thread_id, "input": [{"type": "text", "text": text}]}),
+        )
+        .await
+        .expect("turn/start");
+    client.wait_notification("turn/completed", WAIT).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_tokens_then_account_read_shows_the_account() {
+    let rig = rig().await;
+    let (alice, _) = rig.mock.add_account("alice");
+    let mut client = client(&rig).await;
+
+    let before = client.request("account/read", json!({})).await.unwrap();
+    assert!(before["account"].is_null(), "{before}");
+
+    login(&mut client, &alice).await;
+    let updated = client.wait_notification("account/updated", WAIT).await;
+    assert_eq!(
+        updated["params"]["authMode"], "chatgptAuthTokens",
+        "{updated}"
+    );
+
+    let after = client.request("account/read", json!({})).await.unwrap();
+    assert_eq!(after["account"]["type"], "chatgpt", "{after}");
+    assert_eq!(after["account"]["email"], "alice@example.com", "{after}");
+    // Login asks the backend which workspaces the account has.
+    rig.mock
+        .wait_for_request(WAIT, "accounts/check", |r| {
+            r.path == "/backend-api/wham/accounts/check"
+                && r.account_header.as_deref() == Some("acct-alice")
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_without_experimental_api_is_refused() {
+    let rig = rig().await;
+    let (alice, _) = rig.mock.add_account("alice");
+    let mut client = WsClient::connect(&rig.server.ws_url(), rig.server.token()).await;
+    client
+        .request(
+            "initialize",
+            json!({"clientInfo": {"name": "plain", "title": "plain", "version": "0"}}),
+        )
+        .await
+        .unwrap();
+    client.notify("initialized", Value::Null).await;
+    let err = client
+        .request(
+            "account/login/start",
+            json!({"type": "chatgptAuthTokens", "accessToken": alice.access_token(3600, 0),
+                   "chatgptAccountId": alice.chatgpt_account_id, "chatgptPlanType": null}),
+        )
+        .await
+        .expect_err("refused without experimentalApi");
+    assert_eq!(err["code"], -32600, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_read_returns_what_wham_usage_said() {
+    let rig = rig().await;
+    let (alice, _) = rig.mock.add_account("alice");
+    let usage = cs_tui_testkit::Usage {
+        primary: Some(cs_tui_testkit::UsageWindow {
+            used_percent: 42,
+            window_minutes: 300,
+            resets_at: 1_900_000_000,
+        }),
+        secondary: Some(cs_tui_testkit::UsageWindow {
+            used_percent: 17,
+            window_minutes: 10080,
+            resets_at: 1_900_500_000,
+        }),
+        credits: Some((true, false, Some("12.5".into()))),
+        limit_reached_type: None,
+    };
+    rig.mock.set_usage(&alice.chatgpt_account_id, usage);
+    let mut client = client(&rig).await;
+    login(&mut client, &alice).await;
+
+    let limits = client
+        .request("account/rateLimits/read", json!(null))
+        .await
+        .unwrap();
+    let snapshot = &limits["rateLimits"];
+    assert_eq!(snapshot["primary"]["usedPercent"], 42, "{limits}");
+    assert_eq!(snapshot["primary"]["windowDurationMins"], 300, "{limits}");
+    assert_eq!(snapshot["primary"]["resetsAt"], 1_900_000_000, "{limits}");
+    assert_eq!(snapshot["secondary"]["usedPercent"], 17, "{limits}");
+    assert_eq!(
+        snapshot["secondary"]["windowDurationMins"], 10080,
+        "{limits}"
+    );
+    assert_eq!(snapshot["credits"]["hasCredits"], true, "{limits}");
+    assert_eq!(snapshot["credits"]["balance"], "12.5", "{limits}");
+    rig.mock
+        .wait_for_request(WAIT, "wham/usage", |r| r.path == "/backend-api/wham/usage")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_read_without_login_is_an_error() {
+    let rig = rig().await;
+    let mut client = client(&rig).await;
+    let err = client
+        .request("account/rateLimits/read", json!(null))
+        .await
+        .expect_err("no login");
+    assert_eq!(err["code"], -32600, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_returns_the_mock_reply_and_a_rate_limit_update() {
+    let rig = rig().await;
+    let (alice, _) = rig.mock.add_account("alice");
+    rig.mock.set_usage(
+        &alice.chatgpt_account_id,
+        cs_tui_testkit::Usage {
+            primary: Some(cs_tui_testkit::UsageWindow::five_hour(33)),
+            ..Default::default()
+        },
+    );
+    let mut client = client(&rig).await;
+    login(&mut client, &alice).await;
+    let thread = start_thread(&mut client, &rig).await;
+    let completed = run_turn(&mut client, &thread, "ping one").await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+
+    let texts: Vec<String> = client
+        .received_with_method("item/completed")
+        .iter()
+        .filter(|m| m["params"]["item"]["type"] == "agentMessage")
+        .filter_map(|m| m["params"]["item"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("Served by alice") && t.contains("ping one")),
+        "agent messages: {texts:?}"
+    );
+    let update = client
+        .wait_notification("account/rateLimits/updated", WAIT)
+        .await;
+    assert_eq!(
+        update["params"]["rateLimits"]["primary"]["usedPercent"], 33,
+        "{update}"
+    );
+    assert!(
+        update.get("emittedAtMs").is_some(),
+        "notifications carry emittedAtMs: {update}"
+    );
+
+    let served = rig
+        .mock
+        .model_requests()
+        .into_iter()
+        .find(|r| r.user_input_texts().iter().any(|t| t.contains("ping one")))
+        .expect("the model request reached the mock");
+    assert_eq!(served.account_header.as_deref(), Some("acct-alice"));
+    assert_eq!(served.token_account.as_deref(), Some("acct-alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_limit_yields_the_documented_error_sequence() {
+    let rig = rig().await;
+    let (alice, _) = rig.mock.add_account("alice");
+    let mut client = client(&rig).await;
+    login(&mut client, &alice).await;
+    let thread = start_thread(&mut client, &rig).await;
+    rig.mock
+        .set_mode(&alice.chatgpt_account_id, AccountMode::UsageLimit);
+    let completed = run_turn(&mut client, &thread, "this will hit the limit").await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "failed",
+        "{completed}"
+    );
+
+    let errors = client.received_with_method("error");
+    let error = errors
+        .iter()
+        .find(|e| e["params"]["threadId"] == thread.as_str())
+        .unwrap_or_else(|| panic!("no error for the thread; got {errors:?}"));
+    assert_eq!(
+        error["params"]["error"]["codexErrorInfo"], "usageLimitExceeded",
+        "{error}"
+    );
+    assert_eq!(error["params"]["willRetry"], false, "{error}");
+    // The order PROTOCOL.md §3 records: 100 % update, systemError status, error, failed turn.
+    let order: Vec<&str> = client
+        .received
+        .iter()
+        .filter(|m| {
+            m["params"]["threadId"] == thread.as_str()
+                || m["method"] == "account/rateLimits/updated"
+        })
+        .filter_map(|m| m["method"].as_str())
+        .filter(|m| {
+            matches!(
+                *m,
+                "account/rateLimits/updated" | "thread/status/changed" | "error" | "turn/completed"
+            )
+        })
+        .collect();
+    let pos = |name: &str| {
+        order
+            .iter()
+            .rposition(|m| *m == name)
+            .unwrap_or_else(|| panic!("{name} missing in {order:?}"))
+    };
+    assert!(pos("error") < pos("turn/completed"), "{order:?}");
+    let hundred = client
+        .received_with_method("account/rateLimits/updated")
+        .into_iter()
+        .any(|u| u["params"]["rateLimits"]["primary"]["usedPercent"] == 100);
+    assert!(hundred, "a 100 % rate-limit update arrives on limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_bearer_token_is_refused_with_401() {
+    let rig = rig().await;
+    assert_eq!(
+        connect_status(&rig.server.ws_url(), Some("not-the-token")).await,
+        Err(401)
+    );
+    assert_eq!(connect_status(&rig.server.ws_url(), None).await, Err(401));
+    assert_eq!(
+        connect_status(&rig.server.ws_url(), Some(rig.server.token())).await,
+        Ok(())
+    );
+}
