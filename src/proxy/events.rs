@@ -1,0 +1,126 @@
+//! What the proxy tells the rest of cs-tui (the dashboard, `cs-tui serve`'s JSON lines).
+//!
+//! Events are plain data: account references are the store's account ids plus a display name,
+//! never tokens.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::quota::RateLimitSnapshot;
+
+/// A stored account as events name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRef {
+    /// The store's id of the account.
+    pub id: String,
+    /// Its display name.
+    pub name: String,
+}
+
+/// Why a switch happened (or was wanted).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SwitchReason {
+    /// The backend refused a turn with `usageLimitExceeded`.
+    UsageLimit,
+    /// A rate-limit update reported a hard limit (100 %, a limit-reached type, no credits).
+    HardLimit { detail: String },
+    /// A window crossed the configured soft threshold.
+    SoftThreshold {
+        window: String,
+        used_percent: f64,
+        threshold: f64,
+    },
+    /// The user asked (hotkey, picker, or `cs-tui switch`).
+    Manual,
+}
+
+impl SwitchReason {
+    /// A short human sentence for the panel and the history.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::UsageLimit => "usage limit reached".to_owned(),
+            Self::HardLimit { detail } => format!("hard limit: {detail}"),
+            Self::SoftThreshold {
+                window,
+                used_percent,
+                threshold,
+            } => format!("{window} at {used_percent:.0}% (threshold {threshold:.0}%)"),
+            Self::Manual => "manual switch".to_owned(),
+        }
+    }
+}
+
+/// The proxy's connections as the panel shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// App-server starting, control connection not yet logged in.
+    Starting,
+    /// Logged in and accepting clients; `clients` Codex connections attached.
+    Ready { clients: usize },
+    /// The app-server is gone.
+    Down,
+}
+
+/// Something the proxy did or saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ProxyEvent {
+    /// The session's active account changed or was first logged in.
+    ActiveAccount { account: AccountRef, at: DateTime<Utc> },
+    /// New rate-limit numbers for an account (merged: a full picture, not the sparse update).
+    RateLimitsUpdated {
+        account: AccountRef,
+        snapshot: RateLimitSnapshot,
+        at: DateTime<Utc>,
+    },
+    /// A turn failed with a usage limit on this account.
+    UsageLimitHit { account: AccountRef, at: DateTime<Utc> },
+    /// A turn started or ended; `running` is the number of turns in progress.
+    TurnsRunning { running: usize, at: DateTime<Utc> },
+    /// A switch is under way.
+    SwitchStarted {
+        from: Option<AccountRef>,
+        to: AccountRef,
+        reason: SwitchReason,
+        at: DateTime<Utc>,
+    },
+    /// A switch waits for the running turn to end (a login mid-turn kills the turn).
+    SwitchDeferred {
+        to: Option<AccountRef>,
+        reason: SwitchReason,
+        at: DateTime<Utc>,
+    },
+    /// A switch completed and was confirmed by `account/read`.
+    SwitchDone {
+        from: Option<AccountRef>,
+        to: AccountRef,
+        reason: SwitchReason,
+        elapsed_ms: u64,
+        at: DateTime<Utc>,
+    },
+    /// A switch failed; the session stays on `from`.
+    SwitchFailed {
+        from: Option<AccountRef>,
+        to: AccountRef,
+        reason: SwitchReason,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    /// A switch was wanted but no account is usable.
+    NoAccountAvailable {
+        reason: SwitchReason,
+        /// When the first account becomes usable again, if known.
+        earliest_reset: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    /// The proxy's connection state changed.
+    Connection { state: ConnectionState, at: DateTime<Utc> },
+    /// The app-server process exited.
+    AppServerExited {
+        status: String,
+        stderr_tail: String,
+        at: DateTime<Utc>,
+    },
+}
