@@ -124,3 +124,15 @@ pub enum ProxyEvent {
         at: DateTime<Utc>,
     },
 }
+
+/// What the rest of cs-tui asks of the proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum ProxyCommand {
+    /// Switch to this stored account (store id) at the next turn boundary.
+    SwitchTo { account_id: String },
+    /// Switch to the best other usable account at the next turn boundary.
+    SwitchBest,
+    /// Re-read every account's usage now.
+    RefreshUsage,
+}
