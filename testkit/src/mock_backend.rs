@@ -28,7 +28,7 @@ pub enum AccountMode {
     Normal,
     /// HTTP 429 `usage_limit_reached`, the usage-limit error of PROTOCOL.md §4.
     UsageLimit,
-    /// HTTP 401 for the next backend request of this account, then normal.
+    /// HTTP 401 for the next model request of this account, then normal.
     UnauthorizedOnce,
     /// HTTP 500 on every model request.
     ServerError,
@@ -473,7 +473,9 @@ fn backend(
             json!({"detail": "Could not validate your credentials"}),
         );
     }
-    if account.mode == AccountMode::UnauthorizedOnce {
+    // Only a model request consumes the one 401: Codex ignores a 401 on its background
+    // `/codex/models` fetch, while a 401 on `/responses` makes it ask for a token refresh.
+    if account.mode == AccountMode::UnauthorizedOnce && path.ends_with("/responses") {
         account.mode = AccountMode::Normal;
         return json_response(
             StatusCode::UNAUTHORIZED,

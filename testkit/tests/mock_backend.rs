@@ -127,8 +127,21 @@ async fn expired_or_foreign_tokens_get_401_and_401_once_recovers() {
     );
     mock.set_mode("acct-alice", AccountMode::UnauthorizedOnce);
     let good = alice.access_token(60, 2);
-    assert_eq!(get(&mock, path, &good, "acct-alice").await.0, 401);
-    assert_eq!(get(&mock, path, &good, "acct-alice").await.0, 200);
+    assert_eq!(
+        get(&mock, path, &good, "acct-alice").await.0,
+        200,
+        "usage is not a model request"
+    );
+    let post = || {
+        reqwest::Client::new()
+            .post(format!("{}/backend-api/codex/responses", mock.url()))
+            .bearer_auth(&good)
+            .header("chatgpt-account-id", "acct-alice")
+            .json(&json!({"input": []}))
+            .send()
+    };
+    assert_eq!(post().await.unwrap().status().as_u16(), 401);
+    assert_eq!(post().await.unwrap().status().as_u16(), 200);
 }
 
 #[tokio::test]
