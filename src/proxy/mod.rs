@@ -1,4 +1,14 @@
 //! The switching proxy: app-server lifecycle, websocket relay, protocol types, switch policy.
 
+pub mod app_server;
+pub mod core;
+pub mod directory;
 pub mod events;
+pub mod history;
+pub mod ipc;
+pub mod policy;
+pub mod relay;
+pub mod rpc;
 pub mod serve;
+pub mod session;
+pub mod upstream;

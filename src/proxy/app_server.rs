@@ -1,0 +1,314 @@
+//! The `codex app-server` child: spawn, readiness, stderr capture, and teardown on every path.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use color_eyre::eyre::{Result, WrapErr, bail, eyre};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::secret::Secret;
+
+/// How long the app-server gets to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Readiness is polled this often: spawn-to-ready is ~200 ms, so a coarse poll wastes time.
+const READY_POLL: Duration = Duration::from_millis(5);
+/// Grace period between SIGTERM and SIGKILL. SIGTERM during a turn only starts a drain
+/// (PROTOCOL.md §1), so we do not wait long.
+const TERM_GRACE: Duration = Duration::from_millis(1500);
+
+/// Everything needed to start the app-server.
+#[derive(Clone, Debug)]
+pub struct AppServerOptions {
+    pub codex_bin: OsString,
+    /// The user's `CODEX_HOME`.
+    pub codex_home: PathBuf,
+    /// A private (0700) directory for the capability-token file; removed at shutdown.
+    pub runtime_dir: PathBuf,
+    /// Where the app-server's stderr goes.
+    pub stderr_log: PathBuf,
+    /// Extra environment (e.g. `CODEX_REFRESH_TOKEN_URL_OVERRIDE`, passed through from ours).
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// How the app-server ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppServerExit {
+    pub status: String,
+    pub stderr_tail: String,
+}
+
+/// A running app-server. Dropping it kills the process group and removes the token file.
+pub struct AppServer {
+    pgid: Pid,
+    port: u16,
+    token: Secret,
+    token_file: PathBuf,
+    runtime_dir: PathBuf,
+    stderr_log: PathBuf,
+    exit: watch::Receiver<Option<AppServerExit>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// Process groups and token files to clean up from a panic hook or a signal handler, where no
+/// destructor runs.
+static LIVE: Mutex<Vec<(i32, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Kills every app-server this process started and removes their token files. Safe to call from
+/// a panic hook or a signal handler task; idempotent.
+pub fn emergency_cleanup() {
+    let live = match LIVE.lock() {
+        Ok(mut live) => std::mem::take(&mut *live),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    };
+    for (pgid, runtime_dir) in live {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let _ = std::fs::remove_dir_all(&runtime_dir);
+    }
+}
+
+fn register(pgid: Pid, runtime_dir: &Path) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.push((pgid.as_raw(), runtime_dir.to_owned()));
+    }
+}
+
+fn unregister(pgid: Pid) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.retain(|(p, _)| *p != pgid.as_raw());
+    }
+}
+
+impl AppServer {
+    /// Spawns `codex app-server` on a free loopback port and waits until `/readyz` answers.
+    pub async fn start(options: AppServerOptions) -> Result<Self> {
+        crate::paths::ensure_private_dir(&options.runtime_dir).wrap_err_with(|| {
+            format!(
+                "creating the runtime directory {}",
+                options.runtime_dir.display()
+            )
+        })?;
+        let token = Secret::new(random_token());
+        let token_file = options.runtime_dir.join("app-server.token");
+        write_private(&token_file, token.expose().as_bytes())?;
+        let port = free_loopback_port()?;
+        if let Some(parent) = options.stderr_log.parent() {
+            crate::paths::ensure_private_dir(parent)
+                .wrap_err_with(|| format!("creating {}", parent.display()))?;
+        }
+        let stderr = std::fs::File::create(&options.stderr_log)
+            .wrap_err_with(|| format!("creating {}", options.stderr_log.display()))?;
+
+        let mut command = Command::new(&options.codex_bin);
+        command
+            .arg("app-server")
+            .arg("--listen")
+            .arg(format!("ws://127.0.0.1:{port}"))
+            .arg("--ws-auth")
+            .arg("capability-token")
+            .arg("--ws-token-file")
+            .arg(&token_file)
+            .env("CODEX_HOME", &options.codex_home)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Its own process group: the npm `codex` is a Node wrapper around the real binary,
+            // and only signalling the whole group stops both (PROTOCOL.md §1).
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&options.runtime_dir);
+                return Err(eyre!(err)).wrap_err_with(|| {
+                    format!(
+                        "starting `{} app-server`",
+                        options.codex_bin.to_string_lossy()
+                    )
+                });
+            }
+        };
+        let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or_default());
+        register(pgid, &options.runtime_dir);
+
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let stderr_log = options.stderr_log.clone();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = stop_rx => {
+                    let _ = killpg(pgid, Signal::SIGTERM);
+                    match tokio::time::timeout(TERM_GRACE, child.wait()).await {
+                        Ok(status) => status,
+                        Err(_) => {
+                            let _ = killpg(pgid, Signal::SIGKILL);
+                            child.wait().await
+                        }
+                    }
+                }
+            };
+            // The wrapper may be gone while the real binary lives on in the group.
+            let _ = killpg(pgid, Signal::SIGKILL);
+            let status = match status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            let _ = exit_tx.send(Some(AppServerExit {
+                status,
+                stderr_tail: stderr_tail(&stderr_log, 20),
+            }));
+        });
+
+        let server = Self {
+            pgid,
+            port,
+            token,
+            token_file,
+            runtime_dir: options.runtime_dir,
+            stderr_log: options.stderr_log,
+            exit: exit_rx,
+            stop: Some(stop_tx),
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .wrap_err("building the readiness client")?;
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut exit = self.exit.clone();
+        loop {
+            if let Some(exit) = exit.borrow_and_update().clone() {
+                bail!(
+                    "codex app-server exited during startup ({}); its last output:\n{}",
+                    exit.status,
+                    exit.stderr_tail
+                );
+            }
+            if let Ok(resp) = client.get(&url).send().await
+                && resp.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "codex app-server did not become ready within {READY_TIMEOUT:?}; its last output:\n{}",
+                    stderr_tail(&self.stderr_log, 20)
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(READY_POLL) => {}
+                _ = exit.changed() => {}
+            }
+        }
+    }
+
+    /// `ws://127.0.0.1:PORT`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn token(&self) -> &Secret {
+        &self.token
+    }
+
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
+    pub fn stderr_log(&self) -> &Path {
+        &self.stderr_log
+    }
+
+    /// The process group id (the wrapper's pid).
+    pub fn pgid(&self) -> i32 {
+        self.pgid.as_raw()
+    }
+
+    /// A receiver that turns `Some` when the app-server exits.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<AppServerExit>> {
+        self.exit.clone()
+    }
+
+    /// Stops the process group (SIGTERM, then SIGKILL after a grace period), waits for it, and
+    /// removes the token file.
+    pub async fn shutdown(mut self) -> Option<AppServerExit> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let mut exit = self.exit.clone();
+        let result = tokio::time::timeout(TERM_GRACE * 3, exit.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|v| v.clone()));
+        self.cleanup_files();
+        result
+    }
+
+    fn cleanup_files(&self) {
+        let _ = std::fs::remove_file(&self.token_file);
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+        unregister(self.pgid);
+    }
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            let _ = killpg(self.pgid, Signal::SIGKILL);
+        }
+        self.cleanup_files();
+    }
+}
+
+fn random_token() -> String {
+    use rand::Rng as _;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file readable only by us (0600), created fresh.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .wrap_err_with(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .wrap_err_with(|| format!("writing {}", path.display()))
+}
+
+fn free_loopback_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .wrap_err("reserving a loopback port for the app-server")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The last `lines` lines of a log file.
+pub fn stderr_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

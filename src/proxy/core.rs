@@ -1,0 +1,845 @@
+//! The session core: one task that owns the proxy's state (active account, live rate limits,
+//! running turns, the pending switch) and decides when to switch. Everything else talks to it
+//! through messages; slow work (logins, usage fetches) runs in spawned tasks that report back.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use color_eyre::eyre::{Result, eyre};
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::proxy::app_server::AppServerExit;
+use crate::proxy::directory::{AccountDirectory, DirAccount};
+use crate::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
+use crate::proxy::history::{self, SwitchRecord, UsageNumbers};
+use crate::proxy::policy::{self, Candidate, Choice, Mode, PolicyConfig};
+use crate::proxy::relay::{ConnId, Observation, RelayEvent};
+use crate::proxy::rpc::{RefreshParams, method};
+use crate::proxy::upstream::{self, ControlConnection, ControlEvent};
+use crate::quota::RateLimitSnapshot;
+
+/// How long one `/wham/usage` fetch may take before the account counts as unknown.
+const USAGE_TIMEOUT: Duration = Duration::from_secs(8);
+/// After "no account available", automatic triggers other than a real limit error are not
+/// re-evaluated for this long (every turn would otherwise ask again).
+const NONE_AVAILABLE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The core's settings.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub policy: PolicyConfig,
+    /// How often every account's `/wham/usage` is polled.
+    pub usage_poll: Duration,
+    /// `<store>/switch-history.jsonl`.
+    pub history_path: PathBuf,
+}
+
+/// A reply to a command: what happened, in a sentence.
+pub type CommandReply = oneshot::Sender<Result<String, String>>;
+
+/// Everything the core reacts to.
+#[derive(Debug)]
+pub enum CoreMsg {
+    Relay(RelayEvent),
+    Control(ControlEvent),
+    Command(ProxyCommand, Option<CommandReply>),
+    SwitchFinished(Box<SwitchOutcome>),
+    UsageFetched(Vec<(String, Result<RateLimitSnapshot, String>)>),
+    AccountsListed(Vec<DirAccount>),
+    AppServerExited(AppServerExit),
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Target {
+    Best,
+    Account(String),
+}
+
+#[derive(Clone, Debug)]
+struct PendingSwitch {
+    target: Target,
+    reason: SwitchReason,
+    mode: Mode,
+    announced_deferral: bool,
+}
+
+/// The result of a switch task.
+#[derive(Debug)]
+pub struct SwitchOutcome {
+    pending_reason: SwitchReason,
+    mode: Mode,
+    from: Option<String>,
+    fetched: Vec<(String, RateLimitSnapshot)>,
+    result: Result<(String, Option<RateLimitSnapshot>), SwitchFailure>,
+    started: Instant,
+}
+
+#[derive(Debug)]
+enum SwitchFailure {
+    NoneAvailable { earliest_reset: Option<i64> },
+    Refused(String),
+    Failed { to: String, error: String },
+}
+
+/// What the core starts from: the session has already logged in `active`.
+pub struct CoreInit<D: AccountDirectory> {
+    pub dir: D,
+    pub control: ControlConnection,
+    pub events: broadcast::Sender<ProxyEvent>,
+    pub inbox: mpsc::UnboundedSender<CoreMsg>,
+    pub config: CoreConfig,
+    pub accounts: Vec<DirAccount>,
+    pub active: String,
+    pub active_snapshot: Option<RateLimitSnapshot>,
+}
+
+/// The state the core owns.
+pub struct Core<D: AccountDirectory> {
+    dir: D,
+    control: ControlConnection,
+    events: broadcast::Sender<ProxyEvent>,
+    inbox: mpsc::UnboundedSender<CoreMsg>,
+    config: CoreConfig,
+    accounts: Vec<DirAccount>,
+    active: Option<String>,
+    snapshots: HashMap<String, RateLimitSnapshot>,
+    usage_at: HashMap<String, Instant>,
+    /// Running turns: turn id → (connection, account it started on).
+    running: HashMap<String, (ConnId, Option<String>)>,
+    pending: Option<PendingSwitch>,
+    switching: bool,
+    switched_away: HashMap<String, i64>,
+    clients: HashSet<ConnId>,
+    none_available_until: Option<Instant>,
+}
+
+fn now_unix() -> i64 {
+    Utc::now().timestamp()
+}
+
+impl<D: AccountDirectory> Core<D> {
+    pub fn new(init: CoreInit<D>) -> Self {
+        let mut snapshots = HashMap::new();
+        if let Some(s) = init.active_snapshot {
+            snapshots.insert(init.active.clone(), s);
+        }
+        Self {
+            dir: init.dir,
+            control: init.control,
+            events: init.events,
+            inbox: init.inbox,
+            config: init.config,
+            accounts: init.accounts,
+            active: Some(init.active),
+            snapshots,
+            usage_at: HashMap::new(),
+            running: HashMap::new(),
+            pending: None,
+            switching: false,
+            switched_away: HashMap::new(),
+            clients: HashSet::new(),
+            none_available_until: None,
+        }
+    }
+
+    fn emit(&self, event: ProxyEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn account_ref(&self, id: &str) -> AccountRef {
+        self.accounts
+            .iter()
+            .find(|a| a.id == id)
+            .map(DirAccount::to_ref)
+            .unwrap_or_else(|| AccountRef {
+                id: id.to_owned(),
+                name: id.to_owned(),
+            })
+    }
+
+    /// Runs until shutdown or until the app-server is gone for good.
+    pub async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<CoreMsg>) {
+        self.announce_start();
+        self.poll_usage(true);
+        let mut poll = tokio::time::interval(self.config.usage_poll);
+        poll.tick().await;
+        loop {
+            tokio::select! {
+                msg = inbox.recv() => {
+                    let Some(msg) = msg else { break };
+                    if matches!(msg, CoreMsg::Shutdown) {
+                        break;
+                    }
+                    self.handle(msg);
+                }
+                _ = poll.tick() => self.poll_usage(false),
+            }
+        }
+    }
+
+    fn announce_start(&self) {
+        let at = Utc::now();
+        if let Some(active) = &self.active {
+            self.emit(ProxyEvent::ActiveAccount {
+                account: self.account_ref(active),
+                at,
+            });
+            if let Some(snapshot) = self.snapshots.get(active) {
+                self.emit(ProxyEvent::RateLimitsUpdated {
+                    account: self.account_ref(active),
+                    snapshot: snapshot.clone(),
+                    at,
+                });
+            }
+        }
+        self.emit(ProxyEvent::Connection {
+            state: ConnectionState::Ready { clients: 0 },
+            at,
+        });
+    }
+
+    fn handle(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Relay(RelayEvent::Connected(conn)) => {
+                self.clients.insert(conn);
+                self.emit_connection();
+            }
+            CoreMsg::Relay(RelayEvent::Disconnected(conn)) => {
+                self.clients.remove(&conn);
+                // Turns seen only on that connection can no longer be tracked.
+                self.running.retain(|_, (c, _)| *c != conn);
+                self.emit_connection();
+                self.emit_turns();
+                self.maybe_execute();
+            }
+            CoreMsg::Relay(RelayEvent::Observed(conn, observation)) => {
+                self.observe(conn, observation)
+            }
+            CoreMsg::Control(event) => self.control_event(event),
+            CoreMsg::Command(command, reply) => self.command(command, reply),
+            CoreMsg::SwitchFinished(outcome) => self.switch_finished(*outcome),
+            CoreMsg::UsageFetched(results) => self.usage_fetched(results),
+            CoreMsg::AccountsListed(accounts) => self.accounts = accounts,
+            CoreMsg::AppServerExited(exit) => {
+                self.emit(ProxyEvent::AppServerExited {
+                    status: exit.status,
+                    stderr_tail: exit.stderr_tail,
+                    at: Utc::now(),
+                });
+                self.emit(ProxyEvent::Connection {
+                    state: ConnectionState::Down,
+                    at: Utc::now(),
+                });
+            }
+            CoreMsg::Shutdown => {}
+        }
+    }
+
+    fn emit_connection(&self) {
+        self.emit(ProxyEvent::Connection {
+            state: ConnectionState::Ready {
+                clients: self.clients.len(),
+            },
+            at: Utc::now(),
+        });
+    }
+
+    fn emit_turns(&self) {
+        self.emit(ProxyEvent::TurnsRunning {
+            running: self.running.len(),
+            at: Utc::now(),
+        });
+    }
+
+    fn observe(&mut self, conn: ConnId, observation: Observation) {
+        match observation {
+            Observation::TurnStarted { turn_id, .. } => {
+                self.running.insert(turn_id, (conn, self.active.clone()));
+                self.emit_turns();
+            }
+            Observation::TurnCompleted { turn_id, .. } => {
+                if self.running.remove(&turn_id).is_some() {
+                    self.emit_turns();
+                }
+                self.maybe_execute();
+            }
+            Observation::RateLimits(update) => {
+                let Some(active) = self.active.clone() else {
+                    return;
+                };
+                let snapshot = self.snapshots.entry(active.clone()).or_default();
+                snapshot.merge(&update);
+                let snapshot = snapshot.clone();
+                self.emit(ProxyEvent::RateLimitsUpdated {
+                    account: self.account_ref(&active),
+                    snapshot: snapshot.clone(),
+                    at: Utc::now(),
+                });
+                if let Some(reason) = policy::trigger_for_snapshot(&snapshot, &self.config.policy) {
+                    let hard = matches!(reason, SwitchReason::HardLimit { .. });
+                    let backing_off = self
+                        .none_available_until
+                        .is_some_and(|until| Instant::now() < until);
+                    if hard || !backing_off {
+                        self.arm(Target::Best, reason, Mode::Automatic);
+                    }
+                }
+            }
+            Observation::UsageLimitError { turn_id, .. } => {
+                // Attribute the error to the account its turn started on: the title thread's
+                // duplicate error of an account we already left must not trigger again.
+                let account = turn_id
+                    .as_ref()
+                    .and_then(|t| self.running.get(t))
+                    .and_then(|(_, a)| a.clone())
+                    .or_else(|| self.active.clone());
+                if account != self.active {
+                    tracing::debug!("usage-limit error from an account already left; ignored");
+                    return;
+                }
+                if let Some(active) = &self.active {
+                    self.emit(ProxyEvent::UsageLimitHit {
+                        account: self.account_ref(active),
+                        at: Utc::now(),
+                    });
+                }
+                match self.pending.as_mut() {
+                    // The 100 % update that precedes the error already armed a switch; the
+                    // error is the more telling reason. A second error (the title thread's
+                    // duplicate of the same limit) changes nothing.
+                    Some(p) if p.mode == Mode::Automatic => p.reason = SwitchReason::UsageLimit,
+                    Some(_) => {}
+                    None if self.switching => {}
+                    None => self.arm(Target::Best, SwitchReason::UsageLimit, Mode::Automatic),
+                }
+            }
+        }
+    }
+
+    /// Records that a switch is wanted; it runs at the next turn boundary.
+    fn arm(&mut self, target: Target, reason: SwitchReason, mode: Mode) {
+        if self.switching {
+            return;
+        }
+        match &self.pending {
+            // A manual request is not overridden by an automatic trigger.
+            Some(p) if p.mode == Mode::Manual && mode == Mode::Automatic => return,
+            Some(p) if p.mode == mode && p.target == target => return,
+            _ => {}
+        }
+        tracing::info!(?target, reason = %reason.describe(), "switch armed");
+        self.pending = Some(PendingSwitch {
+            target,
+            reason,
+            mode,
+            announced_deferral: false,
+        });
+        self.maybe_execute();
+    }
+
+    /// Starts the pending switch if no turn is running (a login during a turn kills the turn,
+    /// PROTOCOL.md §2), or says that it waits.
+    fn maybe_execute(&mut self) {
+        if self.switching {
+            return;
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        if !self.running.is_empty() {
+            if !pending.announced_deferral {
+                pending.announced_deferral = true;
+                let to = match &pending.target {
+                    Target::Account(id) => Some(id.clone()),
+                    Target::Best => None,
+                };
+                let reason = pending.reason.clone();
+                self.emit(ProxyEvent::SwitchDeferred {
+                    to: to.map(|id| self.account_ref(&id)),
+                    reason,
+                    at: Utc::now(),
+                });
+            }
+            return;
+        }
+        let pending = self.pending.take().expect("pending checked above");
+        self.switching = true;
+        let task = SwitchTask {
+            dir: self.dir.clone(),
+            control: self.control.clone(),
+            events: self.events.clone(),
+            policy: self.config.policy.clone(),
+            accounts: self.accounts.clone(),
+            from: self.active.clone(),
+            snapshots: self.snapshots.clone(),
+            fresh: self
+                .usage_at
+                .iter()
+                .filter(|(_, at)| {
+                    at.elapsed().as_secs() < self.config.policy.usage_stale_secs as u64
+                })
+                .map(|(id, _)| id.clone())
+                .collect(),
+            switched_away: self.switched_away.clone(),
+            pending,
+        };
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let outcome = task.run().await;
+            let _ = inbox.send(CoreMsg::SwitchFinished(Box::new(outcome)));
+        });
+    }
+
+    fn switch_finished(&mut self, outcome: SwitchOutcome) {
+        self.switching = false;
+        let now = Instant::now();
+        for (id, snapshot) in outcome.fetched {
+            self.usage_at.insert(id.clone(), now);
+            if Some(&id) != self.active.as_ref() {
+                self.snapshots.insert(id, snapshot);
+            }
+        }
+        let at = Utc::now();
+        match outcome.result {
+            Ok((to, snapshot)) => {
+                self.none_available_until = None;
+                let from = outcome.from.clone();
+                if let (Some(from), Mode::Automatic) = (&from, outcome.mode) {
+                    self.switched_away.insert(from.clone(), now_unix());
+                }
+                if let Some(snapshot) = snapshot {
+                    self.snapshots.insert(to.clone(), snapshot);
+                    self.usage_at.insert(to.clone(), now);
+                }
+                self.active = Some(to.clone());
+                let elapsed_ms = outcome.started.elapsed().as_millis() as u64;
+                let record = SwitchRecord {
+                    at,
+                    from: from.as_deref().map(|f| self.account_ref(f)),
+                    to: self.account_ref(&to),
+                    reason: outcome.pending_reason.clone(),
+                    from_usage: from
+                        .as_ref()
+                        .and_then(|f| self.snapshots.get(f))
+                        .map(UsageNumbers::from_snapshot),
+                    to_usage: self.snapshots.get(&to).map(UsageNumbers::from_snapshot),
+                    elapsed_ms,
+                };
+                if let Err(err) = history::append(&self.config.history_path, &record) {
+                    tracing::warn!("could not record the switch: {err:#}");
+                }
+                let dir = self.dir.clone();
+                let to_id = to.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = dir.mark_active(&to_id).await {
+                        tracing::warn!("could not record the active account: {err:#}");
+                    }
+                });
+                tracing::info!(from = ?record.from, to = ?record.to, reason = %record.reason.describe(), elapsed_ms, "switched");
+                self.emit(ProxyEvent::SwitchDone {
+                    from: record.from.clone(),
+                    to: record.to.clone(),
+                    reason: record.reason.clone(),
+                    elapsed_ms,
+                    at,
+                });
+                self.emit(ProxyEvent::ActiveAccount {
+                    account: record.to.clone(),
+                    at,
+                });
+                if let Some(snapshot) = self.snapshots.get(&to) {
+                    self.emit(ProxyEvent::RateLimitsUpdated {
+                        account: record.to,
+                        snapshot: snapshot.clone(),
+                        at,
+                    });
+                }
+            }
+            Err(SwitchFailure::NoneAvailable { earliest_reset }) => {
+                self.none_available_until = Some(now + NONE_AVAILABLE_BACKOFF);
+                tracing::warn!(?earliest_reset, "no account available to switch to");
+                self.emit(ProxyEvent::NoAccountAvailable {
+                    reason: outcome.pending_reason,
+                    earliest_reset: earliest_reset
+                        .and_then(|t| chrono::DateTime::from_timestamp(t, 0)),
+                    at,
+                });
+            }
+            Err(SwitchFailure::Refused(why)) => {
+                tracing::info!(%why, "switch refused");
+            }
+            Err(SwitchFailure::Failed { to, error }) => {
+                tracing::error!(%error, "switch failed");
+                self.emit(ProxyEvent::SwitchFailed {
+                    from: outcome.from.as_deref().map(|f| self.account_ref(f)),
+                    to: self.account_ref(&to),
+                    reason: outcome.pending_reason,
+                    error,
+                    at,
+                });
+            }
+        }
+        // A request that arrived during the switch runs now.
+        self.maybe_execute();
+    }
+
+    fn command(&mut self, command: ProxyCommand, reply: Option<CommandReply>) {
+        let answer = match command {
+            ProxyCommand::SwitchTo { account_id } => {
+                self.request_manual(Target::Account(account_id))
+            }
+            ProxyCommand::SwitchBest => self.request_manual(Target::Best),
+            ProxyCommand::RefreshUsage => {
+                self.poll_usage(true);
+                Ok("refreshing every account's usage".to_owned())
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn request_manual(&mut self, target: Target) -> Result<String, String> {
+        if let Target::Account(id) = &target {
+            let account = self
+                .accounts
+                .iter()
+                .find(|a| &a.id == id)
+                .ok_or_else(|| format!("no stored account has id {id}"))?;
+            let candidate = self.candidate(account);
+            policy::check_manual(&candidate, self.active.as_deref())?;
+            if !account.switchable() {
+                return Err(format!(
+                    "{} is not a ChatGPT login; only ChatGPT accounts can be switched to",
+                    account.name
+                ));
+            }
+        }
+        let deferred = !self.running.is_empty() || self.switching;
+        let what = match &target {
+            Target::Account(id) => self.account_ref(id).name,
+            Target::Best => "the best other account".to_owned(),
+        };
+        self.arm(target, SwitchReason::Manual, Mode::Manual);
+        Ok(if deferred {
+            format!("switching to {what} when the running turn ends")
+        } else {
+            format!("switching to {what}")
+        })
+    }
+
+    fn candidate(&self, account: &DirAccount) -> Candidate {
+        candidate_of(account, &self.snapshots, &self.switched_away)
+    }
+
+    fn control_event(&mut self, event: ControlEvent) {
+        match event {
+            ControlEvent::ServerRequest { id, method, params } => {
+                if method == method::TOKENS_REFRESH {
+                    self.answer_refresh(id, params);
+                } else {
+                    self.control.respond(
+                        id,
+                        Err(format!(
+                            "cs-tui's control connection does not handle {method}"
+                        )),
+                    );
+                }
+            }
+            ControlEvent::Notification { method, .. } => {
+                tracing::trace!(%method, "control notification");
+            }
+            ControlEvent::Closed => {
+                tracing::warn!("control connection closed");
+                self.emit(ProxyEvent::Connection {
+                    state: ConnectionState::Down,
+                    at: Utc::now(),
+                });
+            }
+        }
+    }
+
+    /// `account/chatgptAuthTokens/refresh` reaches every connection; the relay drops it on
+    /// client connections and the proxy answers it here, once, with freshly refreshed tokens
+    /// of the same account (another account's tokens would fail the turn, PROTOCOL.md §2).
+    fn answer_refresh(&self, id: Value, params: Value) {
+        let params: RefreshParams = serde_json::from_value(params).unwrap_or(RefreshParams {
+            previous_account_id: None,
+            reason: None,
+        });
+        let account = match &params.previous_account_id {
+            Some(chatgpt_id) => self
+                .accounts
+                .iter()
+                .find(|a| a.chatgpt_account_id.as_deref() == Some(chatgpt_id.as_str())),
+            None => self
+                .active
+                .as_ref()
+                .and_then(|active| self.accounts.iter().find(|a| &a.id == active)),
+        }
+        .cloned();
+        let dir = self.dir.clone();
+        let control = self.control.clone();
+        tokio::spawn(async move {
+            let Some(account) = account else {
+                control.respond(
+                    id,
+                    Err("no stored account matches previousAccountId".into()),
+                );
+                return;
+            };
+            match dir.login_tokens(&account.id, true).await {
+                Ok(tokens) => {
+                    tracing::info!(account = %account.name, "answered a token refresh request");
+                    control.respond(
+                        id,
+                        Ok(json!({
+                            "accessToken": tokens.access_token.expose(),
+                            "chatgptAccountId": tokens.chatgpt_account_id,
+                            "chatgptPlanType": tokens.plan,
+                        })),
+                    );
+                }
+                Err(err) => {
+                    tracing::error!(account = %account.name, "token refresh failed: {err:#}");
+                    control.respond(id, Err(format!("refreshing {} failed", account.name)));
+                }
+            }
+        });
+    }
+
+    /// Fetches `/wham/usage` for every account (or only stale ones) in the background.
+    fn poll_usage(&mut self, all: bool) {
+        let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
+        let dir = self.dir.clone();
+        let inbox = self.inbox.clone();
+        let active = self.active.clone();
+        let ids: Vec<String> = self
+            .accounts
+            .iter()
+            .filter(|a| a.switchable())
+            // The active account's live stream is fresher than /wham/usage.
+            .filter(|a| Some(&a.id) != active.as_ref() || !self.snapshots.contains_key(&a.id))
+            .filter(|a| {
+                all || self
+                    .usage_at
+                    .get(&a.id)
+                    .is_none_or(|t| t.elapsed() >= stale)
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        // Pick up accounts added, removed or re-enabled since the session started.
+        let list_dir = self.dir.clone();
+        let list_inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            if let Ok(accounts) = list_dir.list().await {
+                let _ = list_inbox.send(CoreMsg::AccountsListed(accounts));
+            }
+        });
+        if ids.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let results = fetch_usages(&dir, &ids).await;
+            let _ = inbox.send(CoreMsg::UsageFetched(results));
+        });
+    }
+
+    fn usage_fetched(&mut self, results: Vec<(String, Result<RateLimitSnapshot, String>)>) {
+        let at = Utc::now();
+        for (id, result) in results {
+            match result {
+                Ok(snapshot) => {
+                    self.usage_at.insert(id.clone(), Instant::now());
+                    if Some(&id) == self.active.as_ref() && self.snapshots.contains_key(&id) {
+                        continue;
+                    }
+                    self.snapshots.insert(id.clone(), snapshot.clone());
+                    self.emit(ProxyEvent::RateLimitsUpdated {
+                        account: self.account_ref(&id),
+                        snapshot,
+                        at,
+                    });
+                }
+                Err(err) => tracing::warn!(account = %id, "usage fetch failed: {err}"),
+            }
+        }
+    }
+}
+
+fn candidate_of(
+    account: &DirAccount,
+    snapshots: &HashMap<String, RateLimitSnapshot>,
+    switched_away: &HashMap<String, i64>,
+) -> Candidate {
+    Candidate {
+        id: account.id.clone(),
+        name: account.name.clone(),
+        enabled: account.enabled,
+        needs_login: !account.switchable(),
+        snapshot: snapshots.get(&account.id).cloned(),
+        switched_away_at: switched_away.get(&account.id).copied(),
+    }
+}
+
+async fn fetch_usages<D: AccountDirectory>(
+    dir: &D,
+    ids: &[String],
+) -> Vec<(String, Result<RateLimitSnapshot, String>)> {
+    join_all(ids.iter().map(|id| async move {
+        let result = match tokio::time::timeout(USAGE_TIMEOUT, dir.fetch_usage(id)).await {
+            Ok(Ok(snapshot)) => Ok(snapshot),
+            Ok(Err(err)) => Err(format!("{err:#}")),
+            Err(_) => Err(format!("no answer within {USAGE_TIMEOUT:?}")),
+        };
+        (id.clone(), result)
+    }))
+    .await
+}
+
+/// A switch in flight: choose, log in on the control connection, confirm.
+struct SwitchTask<D: AccountDirectory> {
+    dir: D,
+    control: ControlConnection,
+    events: broadcast::Sender<ProxyEvent>,
+    policy: PolicyConfig,
+    accounts: Vec<DirAccount>,
+    from: Option<String>,
+    snapshots: HashMap<String, RateLimitSnapshot>,
+    fresh: HashSet<String>,
+    switched_away: HashMap<String, i64>,
+    pending: PendingSwitch,
+}
+
+impl<D: AccountDirectory> SwitchTask<D> {
+    async fn run(mut self) -> SwitchOutcome {
+        let started = Instant::now();
+        let mut fetched = Vec::new();
+        let result = self.choose_and_login(&mut fetched).await;
+        SwitchOutcome {
+            pending_reason: self.pending.reason.clone(),
+            mode: self.pending.mode,
+            from: self.from.clone(),
+            fetched,
+            result,
+            started,
+        }
+    }
+
+    fn name(&self, id: &str) -> String {
+        self.accounts
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| a.name.clone())
+            .unwrap_or_else(|| id.to_owned())
+    }
+
+    async fn choose_and_login(
+        &mut self,
+        fetched: &mut Vec<(String, RateLimitSnapshot)>,
+    ) -> Result<(String, Option<RateLimitSnapshot>), SwitchFailure> {
+        let to = match self.pending.target.clone() {
+            Target::Account(id) => id,
+            Target::Best => {
+                // Fetch the usage of candidates whose numbers are stale, so the choice is
+                // made on what the backend says now.
+                let stale: Vec<String> = self
+                    .accounts
+                    .iter()
+                    .filter(|a| a.switchable() && Some(&a.id) != self.from.as_ref())
+                    .filter(|a| !self.fresh.contains(&a.id))
+                    .map(|a| a.id.clone())
+                    .collect();
+                for (id, result) in fetch_usages(&self.dir, &stale).await {
+                    if let Ok(snapshot) = result {
+                        self.snapshots.insert(id.clone(), snapshot.clone());
+                        fetched.push((id, snapshot));
+                    }
+                }
+                let candidates: Vec<Candidate> = self
+                    .accounts
+                    .iter()
+                    .map(|a| candidate_of(a, &self.snapshots, &self.switched_away))
+                    .collect();
+                match policy::choose_best(
+                    &candidates,
+                    self.from.as_deref(),
+                    now_unix(),
+                    &self.policy,
+                ) {
+                    Choice::Switch { to } => to,
+                    Choice::NoneAvailable { earliest_reset } => {
+                        return Err(SwitchFailure::NoneAvailable { earliest_reset });
+                    }
+                }
+            }
+        };
+        let Some(account) = self.accounts.iter().find(|a| a.id == to).cloned() else {
+            return Err(SwitchFailure::Refused(format!("unknown account {to}")));
+        };
+        let _ = self.events.send(ProxyEvent::SwitchStarted {
+            from: self.from.as_deref().map(|f| AccountRef {
+                id: f.to_owned(),
+                name: self.name(f),
+            }),
+            to: account.to_ref(),
+            reason: self.pending.reason.clone(),
+            at: Utc::now(),
+        });
+        match login_and_confirm(&self.dir, &self.control, &account).await {
+            Ok(snapshot) => Ok((to, snapshot)),
+            Err(err) => {
+                let error = format!("{err:#}");
+                // Stay on the old account: make sure the app-server still serves it.
+                if let Some(from) = self.from.clone()
+                    && let Some(old) = self.accounts.iter().find(|a| a.id == from).cloned()
+                    && let Err(restore) = login_and_confirm(&self.dir, &self.control, &old).await
+                {
+                    tracing::error!(
+                        "restoring {} after a failed switch failed: {restore:#}",
+                        old.name
+                    );
+                }
+                Err(SwitchFailure::Failed { to, error })
+            }
+        }
+    }
+}
+
+/// Logs the app-server into `account`, confirms it with `account/read`, and reads its rate
+/// limits. Used for the starting account and for every switch.
+pub async fn login_and_confirm<D: AccountDirectory>(
+    dir: &D,
+    control: &ControlConnection,
+    account: &DirAccount,
+) -> Result<Option<RateLimitSnapshot>> {
+    let tokens = dir.login_tokens(&account.id, false).await?;
+    control
+        .login_with_tokens(
+            &tokens.access_token,
+            &tokens.chatgpt_account_id,
+            tokens.plan.as_deref(),
+        )
+        .await?;
+    let (email, _plan) = upstream::read_account(control).await?;
+    if let (Some(want), Some(got)) = (&account.email, &email)
+        && !want.eq_ignore_ascii_case(got)
+    {
+        return Err(eyre!(
+            "the app-server reports {got} after logging in {} ({want})",
+            account.name
+        ));
+    }
+    match upstream::read_rate_limits(control).await {
+        Ok(snapshot) => Ok(Some(snapshot)),
+        Err(err) => {
+            tracing::warn!("reading rate limits after login failed: {err:#}");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! What the proxy needs from the account store, as a trait: the store implements it for real
+//! sessions, and tests can implement it over fixtures.
+
+use std::future::Future;
+
+use color_eyre::eyre::Result;
+
+use crate::proxy::events::AccountRef;
+use crate::quota::RateLimitSnapshot;
+use crate::secret::Secret;
+
+/// A stored account, as the proxy sees it (no tokens).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DirAccount {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub plan: Option<String>,
+    /// Missing for API-key accounts, which cannot be logged in with `chatgptAuthTokens`.
+    pub chatgpt_account_id: Option<String>,
+    /// Included in automatic switching.
+    pub enabled: bool,
+    /// The refresh token was rejected.
+    pub needs_login: bool,
+}
+
+impl DirAccount {
+    pub fn to_ref(&self) -> AccountRef {
+        AccountRef {
+            id: self.id.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Whether the proxy can log the app-server into this account at all.
+    pub fn switchable(&self) -> bool {
+        self.chatgpt_account_id.is_some() && !self.needs_login
+    }
+}
+
+/// Tokens for `account/login/start` with `chatgptAuthTokens`.
+#[derive(Clone, Debug)]
+pub struct LoginTokens {
+    pub access_token: Secret,
+    pub chatgpt_account_id: String,
+    pub plan: Option<String>,
+}
+
+/// The account store as the proxy uses it.
+pub trait AccountDirectory: Clone + Send + Sync + 'static {
+    /// Every stored account.
+    fn list(&self) -> impl Future<Output = Result<Vec<DirAccount>>> + Send;
+    /// The account the user chose for the next session (`cs-tui accounts use`).
+    fn preferred(&self) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Fresh tokens for an account; `force_refresh` after the backend rejected its token.
+    fn login_tokens(
+        &self,
+        id: &str,
+        force_refresh: bool,
+    ) -> impl Future<Output = Result<LoginTokens>> + Send;
+    /// The account's quota from `/wham/usage`.
+    fn fetch_usage(&self, id: &str) -> impl Future<Output = Result<RateLimitSnapshot>> + Send;
+    /// Records that the session now runs on this account.
+    fn mark_active(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+}

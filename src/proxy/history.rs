@@ -1,0 +1,114 @@
+//! The switch history: one JSON line per switch in `<store>/switch-history.jsonl`.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use color_eyre::eyre::{Result, WrapErr};
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::events::{AccountRef, SwitchReason};
+use crate::quota::RateLimitSnapshot;
+
+pub const HISTORY_FILE: &str = "switch-history.jsonl";
+
+/// The numbers behind a switch decision, for one account.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageNumbers {
+    pub five_hour_percent: Option<f64>,
+    pub five_hour_resets_at: Option<i64>,
+    pub weekly_percent: Option<f64>,
+    pub weekly_resets_at: Option<i64>,
+}
+
+impl UsageNumbers {
+    pub fn from_snapshot(snapshot: &RateLimitSnapshot) -> Self {
+        Self {
+            five_hour_percent: snapshot.five_hour().map(|w| w.used_percent),
+            five_hour_resets_at: snapshot.five_hour().and_then(|w| w.resets_at),
+            weekly_percent: snapshot.weekly().map(|w| w.used_percent),
+            weekly_resets_at: snapshot.weekly().and_then(|w| w.resets_at),
+        }
+    }
+}
+
+/// One switch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwitchRecord {
+    pub at: DateTime<Utc>,
+    pub from: Option<AccountRef>,
+    pub to: AccountRef,
+    pub reason: SwitchReason,
+    pub from_usage: Option<UsageNumbers>,
+    pub to_usage: Option<UsageNumbers>,
+    pub elapsed_ms: u64,
+}
+
+/// Appends a record (the file is created 0600).
+pub fn append(path: &Path, record: &SwitchRecord) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut line = serde_json::to_string(record).wrap_err("serializing a switch record")?;
+    line.push('\n');
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .wrap_err_with(|| format!("opening {}", path.display()))?;
+    // One write of a whole line: O_APPEND keeps concurrent sessions' lines intact.
+    file.write_all(line.as_bytes())
+        .wrap_err_with(|| format!("appending to {}", path.display()))
+}
+
+/// The last `n` records; lines that do not parse are skipped.
+pub fn read_recent(path: &Path, n: usize) -> Vec<SwitchRecord> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut records: Vec<SwitchRecord> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let start = records.len().saturating_sub(n);
+    records.drain(..start);
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_and_reads_back_skipping_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HISTORY_FILE);
+        for i in 0..3 {
+            append(
+                &path,
+                &SwitchRecord {
+                    at: Utc::now(),
+                    from: None,
+                    to: AccountRef {
+                        id: format!("id{i}"),
+                        name: format!("n{i}"),
+                    },
+                    reason: SwitchReason::Manual,
+                    from_usage: None,
+                    to_usage: Some(UsageNumbers::default()),
+                    elapsed_ms: i,
+                },
+            )
+            .unwrap();
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{broken\n")
+            .unwrap();
+        let recent = read_recent(&path, 2);
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[1].to.id, "id2");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

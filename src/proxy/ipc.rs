@@ -1,0 +1,104 @@
+//! A unix socket per running session, so `cs-tui switch NAME` in another terminal can ask the
+//! session to switch. The socket lives in the session's 0700 runtime directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use color_eyre::eyre::{Result, WrapErr, eyre};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::proxy::core::CoreMsg;
+use crate::proxy::events::ProxyCommand;
+
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// The answer to a command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandAnswer {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Serves commands on `<runtime_dir>/control.sock` until the task is dropped.
+pub fn listen(
+    runtime_dir: &Path,
+    core: mpsc::UnboundedSender<CoreMsg>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let path = runtime_dir.join(SOCKET_NAME);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .wrap_err_with(|| format!("binding the session socket {}", path.display()))?;
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let core = core.clone();
+            tokio::spawn(async move {
+                if let Err(err) = serve_one(stream, core).await {
+                    tracing::debug!("session socket client: {err:#}");
+                }
+            });
+        }
+    }))
+}
+
+async fn serve_one(stream: UnixStream, core: mpsc::UnboundedSender<CoreMsg>) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let answer = match serde_json::from_str::<ProxyCommand>(&line) {
+        Ok(command) => {
+            let (tx, rx) = oneshot::channel();
+            let _ = core.send(CoreMsg::Command(command, Some(tx)));
+            match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                Ok(Ok(Ok(message))) => CommandAnswer { ok: true, message },
+                Ok(Ok(Err(message))) => CommandAnswer { ok: false, message },
+                _ => CommandAnswer {
+                    ok: false,
+                    message: "the session did not answer".to_owned(),
+                },
+            }
+        }
+        Err(err) => CommandAnswer {
+            ok: false,
+            message: format!("not a command: {err}"),
+        },
+    };
+    let mut out = serde_json::to_string(&answer)?;
+    out.push('\n');
+    write.write_all(out.as_bytes()).await?;
+    Ok(())
+}
+
+/// The session sockets under `<store>/runtime/`.
+pub fn session_sockets(store_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(store_dir.join("runtime")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(SOCKET_NAME))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Sends a command to one session socket and returns its answer.
+pub async fn send(socket: &Path, command: &ProxyCommand) -> Result<CommandAnswer> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(socket))
+        .await
+        .map_err(|_| eyre!("timed out connecting to {}", socket.display()))?
+        .wrap_err_with(|| format!("connecting to {}", socket.display()))?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(command)?;
+    line.push('\n');
+    write.write_all(line.as_bytes()).await?;
+    let mut reply = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        BufReader::new(read).read_line(&mut reply),
+    )
+    .await
+    .map_err(|_| eyre!("the session did not answer in time"))??;
+    serde_json::from_str(&reply).wrap_err("reading the session's answer")
+}

@@ -1,0 +1,461 @@
+//! A switching session: the app-server, the proxy's control connection and core, the relay
+//! listener, and the session socket, started in the order the protocol needs and torn down
+//! together.
+//!
+//! Data flow:
+//! ```text
+//! codex TUI ──ws──▶ relay (127.0.0.1, bearer) ──ws per client──▶ codex app-server
+//!                     │ observations                                ▲
+//!                     ▼                                             │ login, reads
+//!   commands ──▶ core (state, policy) ──▶ switch task ──▶ control connection
+//!                     │
+//!                     ▼ ProxyEvent (broadcast) ──▶ dashboard, `serve` JSON lines
+//! ```
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use color_eyre::eyre::{Result, WrapErr, bail, eyre};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::errors::with_hint;
+use crate::proxy::app_server::{self, AppServer, AppServerOptions};
+use crate::proxy::core::{self, Core, CoreConfig, CoreInit, CoreMsg};
+use crate::proxy::directory::{AccountDirectory, DirAccount};
+use crate::proxy::events::{ProxyCommand, ProxyEvent};
+use crate::proxy::history::HISTORY_FILE;
+use crate::proxy::ipc;
+use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
+use crate::proxy::relay::{self, RelayShared};
+use crate::proxy::upstream::ControlConnection;
+use crate::secret::Secret;
+
+/// How the session is set up.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub codex_bin: OsString,
+    pub codex_home: PathBuf,
+    /// The store directory (runtime dir, logs and switch history live under it).
+    pub store_dir: PathBuf,
+    pub policy: PolicyConfig,
+    pub usage_poll: Duration,
+    /// Where the proxy listens; must be a loopback address.
+    pub listen: SocketAddr,
+    /// Where to write the proxy's bearer token (default: in the runtime directory).
+    pub token_file: Option<PathBuf>,
+}
+
+/// The proxy's listening socket, bound before the session starts so a client (the Codex TUI)
+/// can be launched while the app-server is still starting: its connection waits at the relay
+/// until the starting account is logged in.
+pub struct ProxyListener {
+    listener: TcpListener,
+    url: String,
+    token: Secret,
+}
+
+impl ProxyListener {
+    pub async fn bind(addr: SocketAddr) -> Result<Self> {
+        if !addr.ip().is_loopback() {
+            return Err(with_hint(
+                eyre!("refusing to listen on {addr}: the proxy serves this machine only"),
+                "use a 127.0.0.1 address, e.g. --listen 127.0.0.1:8765",
+            ));
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .wrap_err_with(|| format!("binding the proxy to {addr}"))?;
+        let local = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            url: format!("ws://{local}"),
+            token: Secret::new(random_token()),
+        })
+    }
+
+    /// `ws://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The bearer token clients must present.
+    pub fn token(&self) -> &Secret {
+        &self.token
+    }
+}
+
+fn random_token() -> String {
+    use rand::Rng as _;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A running session.
+pub struct Session {
+    url: String,
+    token: Secret,
+    token_file: PathBuf,
+    runtime_dir: PathBuf,
+    events: broadcast::Sender<ProxyEvent>,
+    core: mpsc::UnboundedSender<CoreMsg>,
+    app_server: Option<AppServer>,
+    tasks: Vec<JoinHandle<()>>,
+    starting_account: DirAccount,
+}
+
+/// Sends commands to a session's core.
+#[derive(Clone)]
+pub struct CommandSender(mpsc::UnboundedSender<CoreMsg>);
+
+impl CommandSender {
+    /// Sends a command; the receiver yields a sentence saying what happens.
+    pub fn send(&self, command: ProxyCommand) -> oneshot::Receiver<Result<String, String>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.0.send(CoreMsg::Command(command, Some(tx)));
+        rx
+    }
+}
+
+impl Session {
+    /// Starts the app-server, logs in the starting account over the control connection, and
+    /// opens the relay. Returns once clients can attach.
+    pub async fn start<D: AccountDirectory>(
+        listener: ProxyListener,
+        options: SessionOptions,
+        dir: D,
+    ) -> Result<Self> {
+        let runtime_root = options.store_dir.join("runtime");
+        crate::paths::ensure_private_dir(&runtime_root)
+            .wrap_err_with(|| format!("creating {}", runtime_root.display()))?;
+        prune_stale_runtime_dirs(&runtime_root);
+        let runtime_dir = runtime_root.join(format!(
+            "{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        crate::paths::ensure_private_dir(&runtime_dir)?;
+        let token_file = options
+            .token_file
+            .clone()
+            .unwrap_or_else(|| runtime_dir.join("proxy.token"));
+        app_server::write_private(&token_file, listener.token.expose().as_bytes())?;
+
+        let app_server_options = AppServerOptions {
+            codex_bin: options.codex_bin.clone(),
+            codex_home: options.codex_home.clone(),
+            runtime_dir: runtime_dir.join("app-server"),
+            stderr_log: options
+                .store_dir
+                .join("logs")
+                .join(format!("app-server-{}.log", std::process::id())),
+            env: Vec::new(),
+        };
+        // The app-server's ~200 ms start overlaps with reading the store and the starting
+        // account's usage.
+        let (app_server, plan) = tokio::join!(
+            AppServer::start(app_server_options),
+            plan_start(&dir, &options.policy)
+        );
+        let app_server = app_server.inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&runtime_dir);
+        })?;
+        let result = Self::finish_start(
+            listener,
+            options,
+            dir,
+            app_server,
+            plan,
+            runtime_dir.clone(),
+            token_file,
+        )
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&runtime_dir);
+        }
+        result
+    }
+
+    async fn finish_start<D: AccountDirectory>(
+        listener: ProxyListener,
+        options: SessionOptions,
+        dir: D,
+        app_server: AppServer,
+        plan: Result<StartPlan>,
+        runtime_dir: PathBuf,
+        token_file: PathBuf,
+    ) -> Result<Self> {
+        let plan = plan?;
+        let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
+        let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+        let control =
+            ControlConnection::connect(&app_server.ws_url(), app_server.token(), control_tx)
+                .await?;
+        // Log in before any client is accepted: a TUI that attaches to an app-server without
+        // auth stays on its sign-in screen (PROTOCOL.md §2).
+        let (starting_account, snapshot) = login_first_usable(&dir, &control, &plan).await?;
+
+        let (events, _) = broadcast::channel(1024);
+        let mut tasks = Vec::new();
+        {
+            let core_tx = core_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(event) = control_rx.recv().await {
+                    if core_tx.send(CoreMsg::Control(event)).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        {
+            let core_tx = core_tx.clone();
+            let mut exit = app_server.exit_watch();
+            tasks.push(tokio::spawn(async move {
+                if let Ok(exit) = exit.wait_for(Option::is_some).await {
+                    let exit = exit.clone().expect("checked by wait_for");
+                    let _ = core_tx.send(CoreMsg::AppServerExited(exit));
+                }
+            }));
+        }
+        let core = Core::new(CoreInit {
+            dir,
+            control,
+            events: events.clone(),
+            inbox: core_tx.clone(),
+            config: CoreConfig {
+                policy: options.policy.clone(),
+                usage_poll: options.usage_poll,
+                history_path: options.store_dir.join(HISTORY_FILE),
+            },
+            accounts: plan.accounts,
+            active: starting_account.id.clone(),
+            active_snapshot: snapshot,
+        });
+        tasks.push(tokio::spawn(core.run(core_rx)));
+
+        let (relay_tx, mut relay_rx) = mpsc::unbounded_channel();
+        {
+            let core_tx = core_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(event) = relay_rx.recv().await {
+                    if core_tx.send(CoreMsg::Relay(event)).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        let (_ready_tx, ready) = watch::channel(true);
+        let shared = Arc::new(RelayShared {
+            upstream_url: app_server.ws_url(),
+            upstream_token: app_server.token().clone(),
+            client_token: listener.token.clone(),
+            ready,
+            events: relay_tx,
+        });
+        tasks.push(tokio::spawn(relay::serve(listener.listener, shared)));
+        tasks.push(ipc::listen(&runtime_dir, core_tx.clone())?);
+
+        Ok(Self {
+            url: listener.url,
+            token: listener.token,
+            token_file,
+            runtime_dir,
+            events,
+            core: core_tx,
+            app_server: Some(app_server),
+            tasks,
+            starting_account,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn token(&self) -> &Secret {
+        &self.token
+    }
+
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
+    }
+
+    /// The account the session started on.
+    pub fn starting_account(&self) -> &DirAccount {
+        &self.starting_account
+    }
+
+    /// The app-server's process group id.
+    pub fn app_server_pgid(&self) -> Option<i32> {
+        self.app_server.as_ref().map(AppServer::pgid)
+    }
+
+    /// Events from now on. The core announces the active account and its limits at start;
+    /// subscribe before [`Session::start`] returns to see those, or read them from the
+    /// dashboard's own state.
+    pub fn subscribe(&self) -> broadcast::Receiver<ProxyEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn commands(&self) -> CommandSender {
+        CommandSender(self.core.clone())
+    }
+
+    /// Stops everything: the relay, the core, the app-server's process group; removes the
+    /// runtime directory (token files, socket).
+    pub async fn shutdown(mut self) {
+        let _ = self.core.send(CoreMsg::Shutdown);
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(app_server) = self.app_server.take() {
+            app_server.shutdown().await;
+        }
+        let _ = std::fs::remove_file(&self.token_file);
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        // AppServer's own Drop kills its process group.
+        self.app_server.take();
+        let _ = std::fs::remove_file(&self.token_file);
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+    }
+}
+
+/// Which account to start on, decided from the store and `/wham/usage`.
+struct StartPlan {
+    accounts: Vec<DirAccount>,
+    /// Accounts to try, best first.
+    order: Vec<String>,
+}
+
+async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Result<StartPlan> {
+    let accounts = dir.list().await?;
+    let switchable: Vec<&DirAccount> = accounts.iter().filter(|a| a.switchable()).collect();
+    if switchable.is_empty() {
+        let hint = if accounts.is_empty() {
+            "add one with `cs-tui accounts import` (reads ~/.codex/auth.json) or `cs-tui accounts add NAME`"
+        } else {
+            "log in again with `cs-tui accounts add NAME`; API-key accounts cannot be switched in a session"
+        };
+        return Err(with_hint(
+            eyre!("no stored ChatGPT account can start a session"),
+            hint,
+        ));
+    }
+    let preferred = dir.preferred().await.ok().flatten();
+    let first = switchable
+        .iter()
+        .find(|a| Some(&a.id) == preferred.as_ref())
+        .or_else(|| switchable.iter().find(|a| a.enabled))
+        .unwrap_or(&switchable[0]);
+    let mut order = vec![first.id.clone()];
+    // Start on an account that can serve: check the preferred one's quota first.
+    let usage = dir.fetch_usage(&first.id).await.ok();
+    let exhausted = usage
+        .as_ref()
+        .is_some_and(|s| s.is_exhausted() || policy::trigger_for_snapshot(s, config).is_some());
+    if exhausted {
+        let ids: Vec<String> = switchable
+            .iter()
+            .filter(|a| a.id != first.id)
+            .map(|a| a.id.clone())
+            .collect();
+        let mut candidates: Vec<Candidate> = Vec::new();
+        for id in ids {
+            let snapshot = dir.fetch_usage(&id).await.ok();
+            let account = accounts.iter().find(|a| a.id == id).expect("listed");
+            candidates.push(Candidate {
+                id: id.clone(),
+                name: account.name.clone(),
+                enabled: account.enabled,
+                needs_login: false,
+                snapshot,
+                switched_away_at: None,
+            });
+        }
+        if let Choice::Switch { to } = policy::choose_best(
+            &candidates,
+            Some(&first.id),
+            chrono::Utc::now().timestamp(),
+            config,
+        ) {
+            order.insert(0, to);
+        }
+    }
+    for account in &switchable {
+        if !order.contains(&account.id) {
+            order.push(account.id.clone());
+        }
+    }
+    Ok(StartPlan {
+        accounts: accounts.clone(),
+        order,
+    })
+}
+
+async fn login_first_usable<D: AccountDirectory>(
+    dir: &D,
+    control: &ControlConnection,
+    plan: &StartPlan,
+) -> Result<(DirAccount, Option<crate::quota::RateLimitSnapshot>)> {
+    let mut failures = Vec::new();
+    for id in &plan.order {
+        let account = plan
+            .accounts
+            .iter()
+            .find(|a| &a.id == id)
+            .expect("plan order holds listed ids");
+        match core::login_and_confirm(dir, control, account).await {
+            Ok(snapshot) => {
+                if let Err(err) = dir.mark_active(&account.id).await {
+                    tracing::warn!("recording the active account failed: {err:#}");
+                }
+                return Ok((account.clone(), snapshot));
+            }
+            Err(err) => {
+                tracing::warn!(account = %account.name, "starting login failed: {err:#}");
+                failures.push(format!("{}: {err:#}", account.name));
+            }
+        }
+    }
+    bail!(
+        "no stored account could be logged in ({})",
+        failures.join("; ")
+    )
+}
+
+/// Removes runtime directories of sessions whose process is gone.
+fn prune_stale_runtime_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Connections to the app-server: the websocket dial shared by the relay and the proxy's own
+//! control connection, over which it logs accounts in and reads rate limits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use color_eyre::eyre::{Result, WrapErr, bail, eyre};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::proxy::rpc::{Envelope, LoginCompletedParams, OWN_ID_PREFIX, method};
+use crate::secret::Secret;
+
+pub type UpstreamStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The largest message either side may send through us. Codex sends whole thread histories in
+/// one message; 64 MiB must pass (the bar), so we allow well beyond it.
+pub const MAX_MESSAGE: usize = 256 << 20;
+
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// Opens a websocket to the app-server with its capability token.
+pub async fn dial(url: &str, token: &Secret) -> Result<UpstreamStream> {
+    let mut request = url
+        .into_client_request()
+        .wrap_err_with(|| format!("invalid app-server URL {url}"))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| eyre!("the app-server token is not a valid header value"))?;
+    request.headers_mut().insert("authorization", bearer);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true)
+        .await
+        .wrap_err_with(|| format!("connecting to the app-server at {url}"))?;
+    Ok(ws)
+}
+
+/// A JSON-RPC error from the app-server.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("app-server refused {method}: {message} (code {code})")]
+pub struct RpcError {
+    pub method: String,
+    pub code: i64,
+    pub message: String,
+}
+
+/// What the control connection hears that is not a response to its own requests.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// A server→client request (`account/chatgptAuthTokens/refresh`, …) to answer.
+    ServerRequest {
+        id: Value,
+        method: String,
+        params: Value,
+    },
+    /// A notification.
+    Notification { method: String, params: Value },
+    /// The connection ended.
+    Closed,
+}
+
+type Pending = Arc<Mutex<HashMap<String, (String, oneshot::Sender<Result<Value, RpcError>>)>>>;
+
+/// The proxy's own initialized connection to the app-server (`experimentalApi`, which
+/// `chatgptAuthTokens` logins require, PROTOCOL.md §1).
+#[derive(Clone)]
+pub struct ControlConnection {
+    outgoing: mpsc::UnboundedSender<Message>,
+    pending: Pending,
+    login_waiter: Arc<Mutex<Option<oneshot::Sender<LoginCompletedParams>>>>,
+    prefix: Arc<str>,
+    counter: Arc<AtomicU64>,
+}
+
+/// How long one control request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl ControlConnection {
+    /// Connects, initializes, and starts the reader. Events go to `events`.
+    pub async fn connect(
+        url: &str,
+        token: &Secret,
+        events: mpsc::UnboundedSender<ControlEvent>,
+    ) -> Result<Self> {
+        let ws = dial(url, token).await?;
+        let (mut sink, mut stream) = ws.split();
+        let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<Message>();
+        tokio::spawn(async move {
+            while let Some(message) = outgoing_rx.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let control = Self {
+            outgoing,
+            pending: Arc::default(),
+            login_waiter: Arc::default(),
+            prefix: format!("{OWN_ID_PREFIX}{}/", uuid::Uuid::new_v4().simple()).into(),
+            counter: Arc::new(AtomicU64::new(1)),
+        };
+        let reader = control.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                match message {
+                    Message::Text(text) => reader.dispatch(text.as_str(), &events),
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            reader.fail_all("the app-server closed the control connection");
+            let _ = events.send(ControlEvent::Closed);
+        });
+        control
+            .request(
+                "initialize",
+                json!({
+                    "clientInfo": {"name": "cs-tui", "title": "cs-tui switching proxy",
+                                   "version": env!("CARGO_PKG_VERSION")},
+                    "capabilities": {"experimentalApi": true},
+                }),
+            )
+            .await
+            .wrap_err("initializing the control connection")?;
+        control.notify("initialized", None);
+        Ok(control)
+    }
+
+    fn dispatch(&self, text: &str, events: &mpsc::UnboundedSender<ControlEvent>) {
+        let Some(envelope) = Envelope::parse(text) else {
+            tracing::warn!(
+                len = text.len(),
+                "unparseable message on the control connection"
+            );
+            return;
+        };
+        match (envelope.method, &envelope.id) {
+            (None, Some(Value::String(id))) => {
+                let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(id));
+                if let Some((method, waiter)) = waiter {
+                    let outcome = match &envelope.error {
+                        Some(error) => Err(RpcError {
+                            method,
+                            code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+                            message: error
+                                .get("message")
+                                .and_then(Value::as_str)
+                                .unwrap_or("unknown error")
+                                .to_owned(),
+                        }),
+                        None => Ok(envelope
+                            .result
+                            .and_then(|r| serde_json::from_str(r.get()).ok())
+                            .unwrap_or(Value::Null)),
+                    };
+                    let _ = waiter.send(outcome);
+                }
+            }
+            (Some(method), Some(id)) => {
+                let params = envelope
+                    .params
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or(Value::Null);
+                let _ = events.send(ControlEvent::ServerRequest {
+                    id: id.clone(),
+                    method: method.to_owned(),
+                    params,
+                });
+            }
+            (Some(method), None) => {
+                if method == method::LOGIN_COMPLETED
+                    && let Some(params) = envelope.params::<LoginCompletedParams>()
+                    && let Some(waiter) = self.login_waiter.lock().ok().and_then(|mut w| w.take())
+                {
+                    let _ = waiter.send(params);
+                    return;
+                }
+                let params = envelope
+                    .params
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or(Value::Null);
+                let _ = events.send(ControlEvent::Notification {
+                    method: method.to_owned(),
+                    params,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn fail_all(&self, why: &str) {
+        if let Ok(mut pending) = self.pending.lock() {
+            for (_, (method, waiter)) in pending.drain() {
+                let _ = waiter.send(Err(RpcError {
+                    method,
+                    code: -1,
+                    message: why.to_owned(),
+                }));
+            }
+        }
+    }
+
+    fn send_json(&self, value: &Value) -> Result<()> {
+        self.outgoing
+            .send(Message::Text(value.to_string().into()))
+            .map_err(|_| eyre!("the control connection to the app-server is closed"))
+    }
+
+    pub fn notify(&self, method: &str, params: Option<Value>) {
+        let mut message = json!({ "method": method });
+        if let Some(params) = params {
+            message["params"] = params;
+        }
+        let _ = self.send_json(&message);
+    }
+
+    /// Sends a request with a proxy-owned id and waits for its response.
+    pub async fn request(&self, method: &str, params: Value) -> Result<Value> {
+        let id = format!(
+            "{}{}",
+            self.prefix,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id.clone(), (method.to_owned(), tx));
+        }
+        self.send_json(&json!({"id": id, "method": method, "params": params}))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(rpc))) => Err(rpc.into()),
+            Ok(Err(_)) => bail!("the control connection closed during {method}"),
+            Err(_) => {
+                if let Ok(mut pending) = self.pending.lock() {
+                    pending.remove(&id);
+                }
+                bail!("the app-server did not answer {method} within {REQUEST_TIMEOUT:?}")
+            }
+        }
+    }
+
+    /// Answers a server→client request.
+    pub fn respond(&self, id: Value, result: Result<Value, String>) {
+        let message = match result {
+            Ok(result) => json!({"id": id, "result": result}),
+            Err(message) => json!({"id": id, "error": {"code": -32000, "message": message}}),
+        };
+        let _ = self.send_json(&message);
+    }
+
+    /// Logs the app-server in with an account's tokens and waits for
+    /// `account/login/completed`. The login serves every connection (auth is per process).
+    pub async fn login_with_tokens(
+        &self,
+        access_token: &Secret,
+        chatgpt_account_id: &str,
+        plan: Option<&str>,
+    ) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut waiter) = self.login_waiter.lock() {
+            *waiter = Some(tx);
+        }
+        let result = self
+            .request(
+                "account/login/start",
+                json!({
+                    "type": "chatgptAuthTokens",
+                    "accessToken": access_token.expose(),
+                    "chatgptAccountId": chatgpt_account_id,
+                    "chatgptPlanType": plan,
+                }),
+            )
+            .await;
+        if let Err(err) = result {
+            if let Ok(mut waiter) = self.login_waiter.lock() {
+                waiter.take();
+            }
+            return Err(err);
+        }
+        let completed = tokio::time::timeout(REQUEST_TIMEOUT, rx)
+            .await
+            .map_err(|_| eyre!("the app-server did not complete the login in time"))?
+            .map_err(|_| eyre!("the control connection closed during login"))?;
+        if !completed.success {
+            bail!(
+                "the app-server rejected the login: {}",
+                completed
+                    .error
+                    .unwrap_or_else(|| "no reason given".to_owned())
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Reads `account/read` into (email, plan), or an error when no ChatGPT account is logged in.
+pub async fn read_account(control: &ControlConnection) -> Result<(Option<String>, Option<String>)> {
+    let account = control.request("account/read", json!({})).await?;
+    let account = account
+        .get("account")
+        .filter(|a| !a.is_null())
+        .ok_or_else(|| eyre!("the app-server reports no logged-in account"))?;
+    let field = |name: &str| account.get(name).and_then(Value::as_str).map(str::to_owned);
+    Ok((field("email"), field("planType")))
+}
+
+/// Reads the active account's rate limits (`account/rateLimits/read`).
+pub async fn read_rate_limits(
+    control: &ControlConnection,
+) -> Result<crate::quota::RateLimitSnapshot> {
+    let value = control
+        .request("account/rateLimits/read", Value::Null)
+        .await?;
+    let snapshot = value
+        .get("rateLimits")
+        .cloned()
+        .ok_or_else(|| eyre!("account/rateLimits/read returned no rateLimits"))?;
+    serde_json::from_value(snapshot).wrap_err("parsing account/rateLimits/read")
+}

@@ -1,0 +1,335 @@
+//! End-to-end tests of the switching proxy: the real `codex app-server`, the proxy, the mock
+//! backend, and a scripted client that behaves like the Codex TUI.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::fixture_directory::FixtureDirectory;
+use common::{WAIT, agent_texts, run_turn, start_thread, wait_event};
+use cs_tui::proxy::events::{ProxyCommand, ProxyEvent, SwitchReason};
+use cs_tui::proxy::history;
+use cs_tui::proxy::policy::PolicyConfig;
+use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
+use cs_tui_testkit::mock_backend::AccountMode;
+use cs_tui_testkit::ws_client::connect_status;
+use cs_tui_testkit::{CodexHome, MockBackend, Usage, UsageWindow, WsClient, codex_bin};
+use serde_json::json;
+use tokio::sync::broadcast;
+
+struct Rig {
+    mock: MockBackend,
+    home: CodexHome,
+    store: tempfile::TempDir,
+    dir: FixtureDirectory,
+    session: Session,
+    events: broadcast::Receiver<ProxyEvent>,
+}
+
+async fn rig(labels: &[&str]) -> Rig {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let dir = FixtureDirectory::new(&mock.url());
+    for label in labels {
+        let (fake, refresh) = mock.add_account(label);
+        dir.add(&fake, &refresh, label);
+    }
+    let store = tempfile::tempdir().unwrap();
+    let listener = ProxyListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .await
+        .unwrap();
+    let options = SessionOptions {
+        codex_bin: codex_bin().into_os_string(),
+        codex_home: home.path().to_owned(),
+        store_dir: store.path().to_owned(),
+        policy: PolicyConfig::default(),
+        usage_poll: Duration::from_secs(300),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_file: None,
+    };
+    let session = Session::start(listener, options, dir.clone())
+        .await
+        .unwrap();
+    let events = session.subscribe();
+    Rig {
+        mock,
+        home,
+        store,
+        dir,
+        session,
+        events,
+    }
+}
+
+async fn tui_client(rig: &Rig) -> WsClient {
+    let mut client = WsClient::connect(rig.session.url(), rig.session.token().expose()).await;
+    client.initialize(json!("initialize")).await;
+    client
+}
+
+fn served_by(mock: &MockBackend, prompt: &str) -> (Option<String>, Option<String>) {
+    let request = mock
+        .model_requests()
+        .into_iter()
+        .rev()
+        .find(|r| !r.is_title_request() && r.user_input_texts().iter().any(|t| t.contains(prompt)))
+        .unwrap_or_else(|| panic!("no model request for {prompt:?}"));
+    (request.account_header, request.token_account)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_limit_switches_to_the_next_account_for_the_next_turn() {
+    let mut rig = rig(&["alice", "bob"]).await;
+    let mut client = tui_client(&rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
+
+    let done = run_turn(&mut client, &thread, "first prompt").await;
+    assert_eq!(done["params"]["turn"]["status"], "completed");
+    assert_eq!(
+        served_by(&rig.mock, "first prompt"),
+        (Some("acct-alice".into()), Some("acct-alice".into()))
+    );
+
+    rig.mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    let failed = run_turn(&mut client, &thread, "second prompt").await;
+    assert_eq!(failed["params"]["turn"]["status"], "failed");
+    let error = client
+        .received_with_method("error")
+        .into_iter()
+        .find(|e| e["params"]["threadId"] == thread.as_str())
+        .cloned()
+        .expect("the usage-limit error reaches the client");
+    assert_eq!(
+        error["params"]["error"]["codexErrorInfo"],
+        "usageLimitExceeded"
+    );
+
+    let done = wait_event(&mut rig.events, "switch to bob", |e| {
+        matches!(e, ProxyEvent::SwitchDone { .. })
+    })
+    .await;
+    let ProxyEvent::SwitchDone {
+        from, to, reason, ..
+    } = done
+    else {
+        unreachable!()
+    };
+    assert_eq!(from.unwrap().name, "alice");
+    assert_eq!(to.name, "bob");
+    assert_eq!(reason, SwitchReason::UsageLimit);
+
+    let done = run_turn(&mut client, &thread, "third prompt").await;
+    assert_eq!(done["params"]["turn"]["status"], "completed");
+    assert_eq!(
+        served_by(&rig.mock, "third prompt"),
+        (Some("acct-bob".into()), Some("acct-bob".into()))
+    );
+    assert!(
+        agent_texts(&client)
+            .iter()
+            .any(|t| t.contains("Served by bob"))
+    );
+
+    let records = history::read_recent(&rig.store.path().join(history::HISTORY_FILE), 10);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].from.as_ref().unwrap().name, "alice");
+    assert_eq!(records[0].to.name, "bob");
+    assert_eq!(records[0].reason, SwitchReason::UsageLimit);
+    // Responses to the proxy's own requests never reach the client.
+    assert!(
+        !client
+            .received
+            .iter()
+            .any(|m| m["id"].as_str().is_some_and(|id| id.starts_with("cs-tui/"))),
+        "a proxy-owned response leaked to the client"
+    );
+    rig.session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_requested_during_a_slow_turn_waits_for_the_turn_to_end() {
+    let mut rig = rig(&["alice", "bob"]).await;
+    let mut client = tui_client(&rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
+    rig.mock
+        .set_mode("acct-alice", AccountMode::Slow(Duration::from_millis(1500)));
+
+    client
+        .request(
+            "turn/start",
+            json!({"threadId": thread, "input": [{"type": "text", "text": "slow prompt"}]}),
+        )
+        .await
+        .unwrap();
+    client.wait_notification("turn/started", WAIT).await;
+    let answer = rig
+        .session
+        .commands()
+        .send(ProxyCommand::SwitchTo {
+            account_id: "id-bob".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        answer
+            .as_ref()
+            .unwrap()
+            .contains("when the running turn ends"),
+        "{answer:?}"
+    );
+    wait_event(&mut rig.events, "deferral", |e| {
+        matches!(e, ProxyEvent::SwitchDeferred { .. })
+    })
+    .await;
+
+    let completed = client.wait_notification("turn/completed", WAIT).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "the turn was not killed"
+    );
+    assert!(
+        agent_texts(&client)
+            .iter()
+            .any(|t| t.contains("Served by alice"))
+    );
+    wait_event(
+        &mut rig.events,
+        "switch after the turn",
+        |e| matches!(e, ProxyEvent::SwitchDone { to, .. } if to.name == "bob"),
+    )
+    .await;
+    rig.mock.set_mode("acct-alice", AccountMode::Normal);
+    run_turn(&mut client, &thread, "after the switch").await;
+    assert_eq!(
+        served_by(&rig.mock, "after the switch").0.as_deref(),
+        Some("acct-bob")
+    );
+    rig.session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_401_is_answered_with_the_same_accounts_rotated_tokens() {
+    let rig = rig(&["alice", "bob"]).await;
+    let mut client = tui_client(&rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
+    let old_refresh = rig.dir.refresh_token("alice");
+    rig.mock
+        .set_mode("acct-alice", AccountMode::UnauthorizedOnce);
+
+    let done = run_turn(&mut client, &thread, "needs a refresh").await;
+    assert_eq!(done["params"]["turn"]["status"], "completed", "{done}");
+    assert!(
+        client
+            .received_with_method("account/chatgptAuthTokens/refresh")
+            .is_empty(),
+        "the refresh request must not reach the client"
+    );
+    let requests = rig.mock.requests();
+    let refreshes: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path == "/oauth/token")
+        .collect();
+    assert_eq!(refreshes.len(), 1, "answered exactly once");
+    assert_eq!(
+        refreshes[0].refresh_token.as_deref(),
+        Some(old_refresh.as_str())
+    );
+    let new_refresh = rig.dir.refresh_token("alice");
+    assert_ne!(
+        new_refresh, old_refresh,
+        "the rotated refresh token is kept"
+    );
+    let served = rig
+        .mock
+        .model_requests()
+        .into_iter()
+        .filter(|r| {
+            r.user_input_texts()
+                .iter()
+                .any(|t| t.contains("needs a refresh"))
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(served.last().unwrap().status, 200);
+    assert_eq!(
+        served.last().unwrap().token_account.as_deref(),
+        Some("acct-alice")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_account_exhausted_the_proxy_stays_and_names_the_earliest_reset() {
+    let mut rig = rig(&["alice", "bob", "carol"]).await;
+    let soon = cs_tui_testkit::jwt::unix_now() + 1800;
+    let later = cs_tui_testkit::jwt::unix_now() + 7200;
+    for (id, reset) in [("acct-bob", later), ("acct-carol", soon)] {
+        rig.mock.set_usage(
+            id,
+            Usage {
+                primary: Some(UsageWindow {
+                    used_percent: 100,
+                    window_minutes: 300,
+                    resets_at: reset,
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    let mut client = tui_client(&rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
+    rig.mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    run_turn(&mut client, &thread, "hits the limit").await;
+    let event = wait_event(&mut rig.events, "no account available", |e| {
+        matches!(e, ProxyEvent::NoAccountAvailable { .. })
+    })
+    .await;
+    let ProxyEvent::NoAccountAvailable { earliest_reset, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!(earliest_reset.unwrap().timestamp(), soon);
+    assert_eq!(
+        rig.dir.active().as_deref(),
+        Some("id-alice"),
+        "stayed on alice"
+    );
+    assert!(history::read_recent(&rig.store.path().join(history::HISTORY_FILE), 5).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_bearer_is_refused_with_401() {
+    let rig = rig(&["alice"]).await;
+    assert_eq!(
+        connect_status(rig.session.url(), Some("wrong")).await,
+        Err(401)
+    );
+    assert_eq!(connect_status(rig.session.url(), None).await, Err(401));
+    assert_eq!(
+        connect_status(rig.session.url(), Some(rig.session.token().expose())).await,
+        Ok(())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_app_server_is_reported_and_leaves_no_token_file() {
+    let mut rig = rig(&["alice"]).await;
+    let runtime = rig.session.runtime_dir().to_owned();
+    let app_token = runtime.join("app-server").join("app-server.token");
+    assert!(app_token.exists());
+    let pgid = rig.session.app_server_pgid().unwrap();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let event = wait_event(&mut rig.events, "app-server exit", |e| {
+        matches!(e, ProxyEvent::AppServerExited { .. })
+    })
+    .await;
+    let ProxyEvent::AppServerExited { status, .. } = event else {
+        unreachable!()
+    };
+    assert!(status.contains("signal"), "{status}");
+    rig.session.shutdown().await;
+    assert!(!app_token.exists());
+    assert!(!runtime.exists(), "the runtime directory is removed");
+}
