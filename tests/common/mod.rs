@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 //! Shared helpers for the proxy's end-to-end tests.
 
+pub mod echo_upstream;
 pub mod fixture_directory;
 
 use std::time::Duration;

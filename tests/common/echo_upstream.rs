@@ -1,0 +1,43 @@
+//! A websocket server that echoes every data frame back, standing in for the app-server where a
+//! test checks the relay's transport (exact bytes, frame kinds, sizes) rather than Codex.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Starts the echo server; returns its `ws://` URL.
+pub async fn start() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(512 << 20))
+                    .max_frame_size(Some(512 << 20));
+                let Ok(ws) =
+                    tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
+                else {
+                    return;
+                };
+                let (mut tx, mut rx) = ws.split();
+                while let Some(Ok(message)) = rx.next().await {
+                    match message {
+                        Message::Text(_) | Message::Binary(_) => {
+                            if tx.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                        Message::Close(frame) => {
+                            let _ = tx.send(Message::Close(frame)).await;
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    url
+}
