@@ -44,7 +44,11 @@ async fn relay_to(upstream_url: &str, upstream_token: &str, ready: bool) -> Rela
 
 async fn next_data(client: &mut WsClient) -> Message {
     loop {
-        match client.next_raw(Duration::from_secs(20)).await.expect("a frame") {
+        match client
+            .next_raw(Duration::from_secs(20))
+            .await
+            .expect("a frame")
+        {
             m @ (Message::Text(_) | Message::Binary(_) | Message::Close(_)) => return m,
             _ => continue,
         }
@@ -72,7 +76,10 @@ async fn frames_of_every_kind_pass_unchanged_and_in_order() {
     // A ping is answered (by the relay or through it) and the connection stays usable.
     client.send_raw(Message::Ping(vec![7, 7].into())).await;
     client.send_raw(Message::Text("after ping".into())).await;
-    assert_eq!(next_data(&mut client).await, Message::Text("after ping".into()));
+    assert_eq!(
+        next_data(&mut client).await,
+        Message::Text("after ping".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,9 +87,14 @@ async fn a_64_mib_message_passes_both_ways() {
     let echo = common::echo_upstream::start().await;
     let relay = relay_to(&echo, "unused", true).await;
     let mut client = WsClient::connect(&relay.url, &relay.token).await;
-    let big = format!("{{\"method\":\"big\",\"params\":\"{}\"}}", "x".repeat(64 << 20));
+    let big = format!(
+        "{{\"method\":\"big\",\"params\":\"{}\"}}",
+        "x".repeat(64 << 20)
+    );
     client.send_raw(Message::Text(big.clone().into())).await;
-    let Message::Text(back) = next_data(&mut client).await else { panic!("not text") };
+    let Message::Text(back) = next_data(&mut client).await else {
+        panic!("not text")
+    };
     assert_eq!(back.len(), big.len());
     assert!(back.as_str() == big);
 }
@@ -100,7 +112,9 @@ async fn a_reconnecting_client_gets_a_fresh_upstream_and_close_is_relayed() {
     second.send_raw(Message::Text("two".into())).await;
     assert_eq!(next_data(&mut second).await, Message::Text("two".into()));
     let mut ids = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), relay.events.recv()).await {
+    while let Ok(Some(e)) =
+        tokio::time::timeout(Duration::from_millis(200), relay.events.recv()).await
+    {
         ids.push(format!("{e:?}"));
     }
     assert!(ids.iter().any(|e| e.starts_with("Connected")), "{ids:?}");
@@ -115,9 +129,15 @@ async fn clients_wait_at_the_gate_until_the_session_is_ready() {
     let token = relay.token.clone();
     let attempt = tokio::spawn(async move { WsClient::connect(&url, &token).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!attempt.is_finished(), "the handshake must wait for the gate");
+    assert!(
+        !attempt.is_finished(),
+        "the handshake must wait for the gate"
+    );
     relay._ready.send(true).unwrap();
-    let mut client = tokio::time::timeout(Duration::from_secs(5), attempt).await.unwrap().unwrap();
+    let mut client = tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap()
+        .unwrap();
     client.send_raw(Message::Text("in".into())).await;
     assert_eq!(next_data(&mut client).await, Message::Text("in".into()));
     assert_eq!(connect_status(&relay.url, Some("wrong")).await, Err(401));
@@ -131,7 +151,9 @@ async fn malformed_json_reaches_the_real_app_server_and_the_session_survives() {
     let relay = relay_to(&server.ws_url(), server.token(), true).await;
     let mut client = WsClient::connect(&relay.url, &relay.token).await;
     client.initialize(json!("initialize")).await;
-    client.send_raw(Message::Text("{\"id\": 5, \"method\": ".into())).await;
+    client
+        .send_raw(Message::Text("{\"id\": 5, \"method\": ".into()))
+        .await;
     client.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
     // Whatever the app-server makes of those, a well-formed request still works afterwards.
     let read: Value = client.request("account/read", json!({})).await.unwrap();
