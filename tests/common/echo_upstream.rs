@@ -23,18 +23,13 @@ pub async fn start() -> String {
                 };
                 let (mut tx, mut rx) = ws.split();
                 while let Some(Ok(message)) = rx.next().await {
-                    match message {
-                        Message::Text(_) | Message::Binary(_)
-                            if tx.send(message).await.is_err() =>
-                        {
-                            break;
-                        }
-                        Message::Text(_) | Message::Binary(_) => {}
-                        Message::Close(frame) => {
-                            let _ = tx.send(Message::Close(frame)).await;
-                            break;
-                        }
-                        _ => {}
+                    let closing = matches!(message, Message::Close(_));
+                    let echo = matches!(
+                        message,
+                        Message::Text(_) | Message::Binary(_) | Message::Close(_)
+                    );
+                    if echo && tx.send(message).await.is_err() || closing {
+                        break;
                     }
                 }
             });
