@@ -24,17 +24,45 @@ impl CodexHome {
         let home = Self { dir, work_dir };
         std::fs::write(
             home.path().join("config.toml"),
-            home.config_toml(mock_base_url),
+            offline_config(mock_base_url, &home.work_dir),
         )
         .expect("write config.toml");
         home
     }
 
-    fn config_toml(&self, mock: &str) -> String {
-        let mock = mock.trim_end_matches('/');
-        let work = self.work_dir.display();
-        format!(
-            r#"chatgpt_base_url = "{mock}/backend-api/"
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A directory the config marks as trusted; run Codex with `-C` pointing here.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// Writes `auth.json` (mode 0600) as `codex login` would.
+    pub fn write_auth_json(&self, auth: &Value) {
+        let path = self.path().join("auth.json");
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(auth).expect("serialize auth.json"),
+        )
+        .expect("write auth.json");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod auth.json");
+        }
+    }
+}
+
+/// The offline `config.toml` of PROTOCOL.md §6: the ChatGPT base URL and a custom model provider
+/// point at the mock, every network-reaching feature is off, and `work_dir` is trusted.
+pub fn offline_config(mock: &str, work_dir: &Path) -> String {
+    let mock = mock.trim_end_matches('/');
+    let work = work_dir.display();
+    format!(
+        r#"chatgpt_base_url = "{mock}/backend-api/"
 model_provider = "mock"
 model = "gpt-5.1-codex"
 check_for_update_on_startup = false
@@ -69,31 +97,5 @@ screen_reader_detection_done = true
 [projects."{work}"]
 trust_level = "trusted"
 "#
-        )
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// A directory the config marks as trusted; run Codex with `-C` pointing here.
-    pub fn work_dir(&self) -> &Path {
-        &self.work_dir
-    }
-
-    /// Writes `auth.json` (mode 0600) as `codex login` would.
-    pub fn write_auth_json(&self, auth: &Value) {
-        let path = self.path().join("auth.json");
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(auth).expect("serialize auth.json"),
-        )
-        .expect("write auth.json");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod auth.json");
-        }
-    }
+    )
 }

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Enter-to-reply latency of the real Codex TUI, in tmux, against the mock backend.
+
+Compares, in one run: plain local `codex`; `codex --remote` straight to an app-server over
+ws:// and over unix://; and (with --cs-tui) `codex --remote` through cs-tui's proxy
+(`cs-tui serve`). Prints medians and ratios against plain `codex`.
+
+usage: scripts/bench-turn-latency.py [--rounds N] [--cs-tui PATH]
+Needs: tmux, the mock-backend binary (cargo build -p cs-tui-testkit --bins), node_modules/.bin/codex.
+"""
+import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile, time, uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODEX = os.environ.get("CS_TUI_TEST_CODEX", os.path.join(ROOT, "node_modules/.bin/codex"))
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def pane(session):
+    return sh("tmux", "capture-pane", "-p", "-t", session)
+
+
+def wait_for(session, text, timeout=20.0, poll=0.002):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in pane(session):
+            return time.monotonic()
+        time.sleep(poll)
+    raise SystemExit(f"[{session}] timed out waiting for {text!r}:\n{pane(session)}")
+
+
+def measure(session, command, env, rounds):
+    env_args = [f"{k}={v}" for k, v in env.items()]
+    sh("tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "48",
+       "env", "-u", "TMUX", "-u", "TMUX_PANE", *env_args, *command)
+    try:
+        wait_for(session, "Ask Codex to do anything", timeout=30)
+        samples = []
+        for i in range(rounds + 1):
+            prompt = f"ping{i}x{uuid.uuid4().hex[:6]}"
+            sh("tmux", "send-keys", "-t", session, "-l", prompt)
+            wait_for(session, prompt)
+            start = time.monotonic()
+            sh("tmux", "send-keys", "-t", session, "Enter")
+            end = wait_for(session, f'you said "{prompt}"')
+            if i > 0:  # the first turn warms caches
+                samples.append((end - start) * 1000)
+            time.sleep(0.3)
+        return samples
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def start_app_server(home, listen, token_file=None):
+    args = [CODEX, "app-server", "--listen", listen]
+    if token_file:
+        args += ["--ws-auth", "capability-token", "--ws-token-file", token_file]
+    proc = subprocess.Popen(args, env={**os.environ, "CODEX_HOME": home},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    time.sleep(1.5)
+    return proc
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--cs-tui", default=None)
+    opts = ap.parse_args()
+    mock_bin = os.path.join(ROOT, "target/debug/mock-backend")
+    tmp = tempfile.mkdtemp(prefix="cs-tui-lat-")
+    mock = subprocess.Popen([mock_bin, tmp, "alice", "bob"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    lines = [mock.stdout.readline() for _ in range(5)]
+    env = dict(l.strip().split("=", 1) for l in lines if "=" in l)
+    home, work = env["CODEX_HOME"], os.path.join(tmp, "work")
+    base = {"CODEX_HOME": home, "TERM": "xterm-256color"}
+    results = {}
+    procs = []
+    try:
+        results["plain codex"] = measure("lat-plain", [CODEX, "-C", work], base, opts.rounds)
+
+        token = uuid.uuid4().hex
+        token_file = os.path.join(tmp, "ws.token")
+        with open(token_file, "w") as f:
+            f.write(token)
+        port = 40000 + os.getpid() % 20000
+        procs.append(start_app_server(home, f"ws://127.0.0.1:{port}", token_file))
+        results["--remote ws:// (direct)"] = measure(
+            "lat-ws", [CODEX, "-C", work, "--remote", f"ws://127.0.0.1:{port}",
+                       "--remote-auth-token-env", "LAT_TOKEN"], {**base, "LAT_TOKEN": token}, opts.rounds)
+
+        sock = os.path.join(tmp, "app.sock")
+        procs.append(start_app_server(home, f"unix://{sock}"))
+        results["--remote unix:// (direct)"] = measure(
+            "lat-unix", [CODEX, "-C", work, "--remote", f"unix://{sock}"], base, opts.rounds)
+
+        if opts.cs_tui:
+            store = os.path.join(tmp, "store")
+            senv = {**os.environ, "CODEX_HOME": home, "CS_TUI_HOME": store,
+                    "CS_TUI_CODEX_BIN": CODEX,
+                    "CODEX_REFRESH_TOKEN_URL_OVERRIDE": env["CODEX_REFRESH_TOKEN_URL_OVERRIDE"]}
+            subprocess.run([opts.cs_tui, "accounts", "import", "--name", "alice"], env=senv,
+                           check=True, capture_output=True)
+            serve = subprocess.Popen([opts.cs_tui, "serve"], env=senv, stdout=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+            procs.append(serve)
+            url = serve.stdout.readline().split()[-1]
+            tok_path = serve.stdout.readline().split()[-1]
+            ptoken = open(tok_path).read().strip()
+            results["--remote via cs-tui proxy"] = measure(
+                "lat-proxy", [CODEX, "-C", work, "--remote", url, "--remote-auth-token-env",
+                              "LAT_TOKEN"], {**base, "LAT_TOKEN": ptoken}, opts.rounds)
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        mock.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    baseline = statistics.median(results["plain codex"])
+    print(f"Enter → reply on screen, median of {opts.rounds} turns (tmux polled every 2 ms)")
+    for name, samples in results.items():
+        med = statistics.median(samples)
+        print(f"  {name:28} {med:7.1f} ms  (min {min(samples):6.1f}, max {max(samples):6.1f})"
+              f"  ratio {med / baseline:4.2f}×")
+
+
+if __name__ == "__main__":
+    main()
