@@ -106,6 +106,8 @@ pub struct Session {
     app_server: Option<AppServer>,
     tasks: Vec<JoinHandle<()>>,
     starting_account: DirAccount,
+    /// Subscribed before the core started, so the first subscriber sees its first events.
+    first_subscriber: std::sync::Mutex<Option<broadcast::Receiver<ProxyEvent>>>,
 }
 
 /// Sends commands to a session's core.
@@ -199,7 +201,7 @@ impl Session {
         // auth stays on its sign-in screen (PROTOCOL.md §2).
         let (starting_account, snapshot) = login_first_usable(&dir, &control, &plan).await?;
 
-        let (events, _) = broadcast::channel(1024);
+        let (events, first_subscriber) = broadcast::channel(1024);
         let mut tasks = Vec::new();
         {
             let core_tx = core_tx.clone();
@@ -269,6 +271,7 @@ impl Session {
             app_server: Some(app_server),
             tasks,
             starting_account,
+            first_subscriber: std::sync::Mutex::new(Some(first_subscriber)),
         })
     }
 
@@ -298,11 +301,14 @@ impl Session {
         self.app_server.as_ref().map(AppServer::pgid)
     }
 
-    /// Events from now on. The core announces the active account and its limits at start;
-    /// subscribe before [`Session::start`] returns to see those, or read them from the
-    /// dashboard's own state.
+    /// Events. The first subscriber gets every event since the session started (the active
+    /// account and its limits are announced then); later ones get events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<ProxyEvent> {
-        self.events.subscribe()
+        self.first_subscriber
+            .lock()
+            .ok()
+            .and_then(|mut first| first.take())
+            .unwrap_or_else(|| self.events.subscribe())
     }
 
     pub fn commands(&self) -> CommandSender {
