@@ -469,6 +469,7 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".auth.json.")
         .suffix(".tmp")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -527,7 +528,10 @@ mod tests {
             (r#"{"OPENAI_API_KEY": null}"#, "neither"),
             (r#"{"tokens": 7}"#, "invalid type"),
             (r#"{"tokens": {"id_token": "SECRET"#, "truncated"),
-            (r#"{"OPENAI_API_KEY": 5, "x": "SECRET-KEY"}"#, "invalid type"),
+            (
+                r#"{"OPENAI_API_KEY": 5, "x": "SECRET-KEY"}"#,
+                "invalid type",
+            ),
             (r#"{"tokens": "SECRET-TOKEN"}"#, "wrong type"),
         ];
         for (json, needle) in cases {

@@ -8,6 +8,7 @@
 
 use std::ffi::OsStr;
 use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -46,8 +47,10 @@ pub async fn login_with_codex(
     crate::paths::ensure_private_dir(store.dir())
         .wrap_err_with(|| format!("creating the store directory {}", store.dir().display()))?;
     sweep_stale_login_dirs(store.dir());
+    // Private: codex writes the tokens in here.
     let home = tempfile::Builder::new()
         .prefix(LOGIN_DIR_PREFIX)
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(store.dir())
         .wrap_err_with(|| {
             format!(

@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -311,9 +311,13 @@ pub enum StoreError {
 impl StoreError {
     fn into_report(self, backup: &Path) -> Report {
         let hint = match &self {
-            StoreError::Damaged { path, .. } => format!(
+            StoreError::Damaged { path, .. } if backup.exists() => format!(
                 "restore the previous version with `cp {} {}`, or move the file away to start an empty store",
                 backup.display(),
+                path.display()
+            ),
+            StoreError::Damaged { path, .. } => format!(
+                "repair it by hand, or move {} away to start an empty store",
                 path.display()
             ),
             StoreError::Foreign { path } => format!(
@@ -472,10 +476,10 @@ impl Store {
         })
         .wrap_err_with(context)?;
         bytes.push(b'\n');
-        // tempfile creates the file with mode 0600.
         let mut tmp = tempfile::Builder::new()
             .prefix(".accounts.json.")
             .suffix(".tmp")
+            .permissions(fs::Permissions::from_mode(0o600))
             .tempfile_in(&self.dir)
             .wrap_err_with(context)?;
         tmp.write_all(&bytes).wrap_err_with(context)?;
@@ -585,7 +589,6 @@ fn parse_store(path: &Path, bytes: &[u8]) -> std::result::Result<AccountsFile, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
 
     fn chatgpt_account(name: &str, id: &str) -> Account {
         Account {

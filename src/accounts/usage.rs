@@ -168,10 +168,13 @@ async fn get_usage(
     }
     request.send().await.map_err(|e| {
         // reqwest's message names the URL, never the headers.
-        Report::new(e).wrap_err(format!(
-            "could not fetch the usage of account {:?}",
-            account.name
-        ))
+        with_hint(
+            Report::new(e).wrap_err(format!(
+                "could not fetch the usage of account {:?}",
+                account.name
+            )),
+            "check the network; the backend address is chatgpt_base_url in $CODEX_HOME/config.toml",
+        )
     })
 }
 
