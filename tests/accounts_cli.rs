@@ -336,7 +336,13 @@ async fn the_leak_check_catches_a_planted_token() {
     rig.run(&["accounts", "import"]).await.ok();
     rig.assert_no_secret_leaked();
     let access = rig.stored_account("alice")["auth"]["access_token"].clone();
-    let payload = access.as_str().unwrap().split('.').nth(1).unwrap().to_owned();
+    let payload = access
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_owned();
     for planted in [rt.clone(), payload] {
         std::fs::write(
             rig.store_dir().join("logs/planted.log"),
