@@ -218,6 +218,12 @@ async fn a_new_user_imports_lists_renames_switches_and_removes() {
     assert_eq!(mode(&rig.accounts_json()), 0o600);
     assert_eq!(mode(&rig.store_dir().join("accounts.json.bak")), 0o600);
     assert_eq!(mode(&rig.store_dir().join("accounts.lock")), 0o600);
+    assert_eq!(mode(&rig.store_dir().join("logs")), 0o700);
+    assert_eq!(mode(&rig.store_dir().join("logs/accounts.log")), 0o600);
+    assert_eq!(mode(&rig.store_dir().join("locks")), 0o700);
+    for lock in std::fs::read_dir(rig.store_dir().join("locks")).unwrap() {
+        assert_eq!(mode(&lock.unwrap().path()), 0o600);
+    }
     rig.assert_no_secret_leaked();
 }
 

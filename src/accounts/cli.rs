@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -122,11 +123,17 @@ struct Context {
 impl Context {
     fn new(global: &GlobalArgs) -> Result<Self> {
         let store = Store::open_default()?;
-        let (log, _) = crate::logging::init(
-            &crate::paths::log_dir()?,
-            "accounts",
-            global.log_level.as_deref(),
-        )?;
+        let log_dir = crate::paths::log_dir()?;
+        crate::paths::ensure_private_dir(&log_dir)
+            .wrap_err_with(|| format!("creating log directory {}", log_dir.display()))?;
+        // Created 0600 up front: the appender would create it with the umask's mode.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(log_dir.join("accounts.log"))
+            .wrap_err_with(|| format!("creating the log file in {}", log_dir.display()))?;
+        let (log, _) = crate::logging::init(&log_dir, "accounts", global.log_level.as_deref())?;
         Ok(Self { store, _log: log })
     }
 
@@ -268,8 +275,12 @@ fn add(ctx: &Context, codex_bin: &OsString, args: AddArgs) -> Result<ExitCode> {
     let imported = import_auth(&ctx.store, &auth, Some(&args.name))?;
     let message = match imported.outcome {
         ImportOutcome::Added => format!("Logged in and stored {}.", describe(&imported.account)),
-        ImportOutcome::Updated | ImportOutcome::Unchanged => format!(
+        ImportOutcome::Updated => format!(
             "Logged in to {} again; it was stored already and now has the new tokens.",
+            describe(&imported.account)
+        ),
+        ImportOutcome::Unchanged => format!(
+            "Logged in to {} again; it was stored already with the same or newer tokens.",
             describe(&imported.account)
         ),
     };
