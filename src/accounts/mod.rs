@@ -1,3 +1,26 @@
 //! Accounts: the store, tokens, and the usage of every account.
+//!
+//! - [`store`]: `accounts.json` under a cross-process lock, atomic writes, a backup;
+//! - [`claims`]: what the JWTs say (expiry, e-mail, plan, account);
+//! - [`codex_auth`]: Codex's `auth.json`: import, first-run import, writing refreshed tokens back;
+//! - [`tokens`]: refresh with rotation, retries, and "needs login";
+//! - [`usage`]: `/wham/usage` of any account, as [`crate::quota`] snapshots;
+//! - [`login`]: `codex login` in a temporary `CODEX_HOME`;
+//! - [`cli`]: `cs-tui accounts …` and `cs-tui status`.
 
+pub mod claims;
 pub mod cli;
+pub mod codex_auth;
+pub mod login;
+pub mod store;
+pub mod tokens;
+pub mod usage;
+
+pub use codex_auth::{
+    CodexAuth, ImportOutcome, Imported, import_auth, import_auth_file, import_codex_auth_if_empty,
+};
+pub use store::{Account, AccountAuth, AccountStatus, AccountsFile, Store, StoreError};
+pub use tokens::{
+    Backend, NeedsLogin, RefreshPolicy, ensure_fresh, ensure_fresh_with, needs_login, refresh_url,
+};
+pub use usage::{UsageReport, chatgpt_base_url, fetch_usage, fetch_usage_with};

@@ -11,4 +11,5 @@ pub mod relay;
 pub mod rpc;
 pub mod serve;
 pub mod session;
+pub mod store_directory;
 pub mod upstream;

@@ -1,31 +1,142 @@
-//! `cs-tui serve` (headless proxy) and `cs-tui switch NAME`.
+//! `cs-tui serve` (the app-server and switching proxy without the dashboard) and
+//! `cs-tui switch NAME` (ask a running session to switch).
 
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use color_eyre::eyre::{Result, bail};
+use color_eyre::eyre::{Result, WrapErr, bail, eyre};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::GlobalArgs;
+use crate::errors::{WithHint, with_hint};
+use crate::proxy::events::{ProxyCommand, ProxyEvent};
+use crate::proxy::ipc;
+use crate::proxy::session::{ProxyListener, Session, SessionOptions};
+use crate::proxy::store_directory::StoreDirectory;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on (loopback only).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// Address to listen on (loopback only; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "127.0.0.1:PORT")]
     pub listen: String,
-    /// Where to write the proxy's bearer token (mode 0600).
-    #[arg(long)]
-    pub token_file: Option<std::path::PathBuf>,
+    /// Where to write the proxy's bearer token (mode 0600). Default: the session's runtime
+    /// directory under the store.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct SwitchArgs {
-    /// Account name, id, or unique id prefix.
+    /// Account name, id, or unique id prefix; `best` picks the best other account.
     pub account: String,
 }
 
-pub fn run_serve(_global: &GlobalArgs, _args: ServeArgs) -> Result<ExitCode> {
-    bail!("the switching proxy is not built yet")
+/// Options every session shares, from the config file and the environment.
+pub fn session_options(global: &GlobalArgs, store_dir: PathBuf) -> Result<SessionOptions> {
+    Ok(SessionOptions {
+        codex_bin: global.codex_bin.clone(),
+        codex_home: crate::paths::codex_home()?,
+        store_dir,
+        policy: crate::proxy::policy::PolicyConfig::default(),
+        usage_poll: std::time::Duration::from_secs(300),
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        token_file: None,
+    })
 }
 
-pub fn run_switch(_global: &GlobalArgs, _args: SwitchArgs) -> Result<ExitCode> {
-    bail!("the switching proxy is not built yet")
+pub fn run_serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
+    let store_dir = crate::paths::store_dir()?;
+    let (_guard, _log) =
+        crate::logging::init(&store_dir.join("logs"), "serve", global.log_level.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new().wrap_err("starting the async runtime")?;
+    runtime.block_on(serve(global, args, store_dir))
+}
+
+async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Result<ExitCode> {
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|_| eyre!("--listen {} is not an address", args.listen))
+        .hint("use 127.0.0.1:PORT")?;
+    let mut options = session_options(global, store_dir.clone())?;
+    options.listen = listen;
+    options.token_file = args.token_file;
+    if let Some(imported) = crate::accounts::import_codex_auth_if_empty(&crate::accounts::Store::open(&store_dir))? {
+        eprintln!("imported {} from $CODEX_HOME/auth.json", imported.name);
+    }
+    let listener = ProxyListener::bind(listen).await?;
+    let dir = StoreDirectory::from_env(&store_dir)?;
+    let session = Session::start(listener, options, dir).await?;
+    let mut events = session.subscribe();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening {}", session.url())?;
+        writeln!(out, "token-file {}", session.token_file().display())?;
+        out.flush()?;
+    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let code = loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => {
+                    let exited = matches!(event, ProxyEvent::AppServerExited { .. });
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", serde_json::to_string(&event)?)?;
+                    out.flush()?;
+                    if exited {
+                        break ExitCode::FAILURE;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(n, "serve output lagged behind events");
+                }
+                Err(_) => break ExitCode::FAILURE,
+            },
+            _ = interrupt.recv() => break ExitCode::SUCCESS,
+            _ = terminate.recv() => break ExitCode::SUCCESS,
+            _ = hangup.recv() => break ExitCode::SUCCESS,
+        }
+    };
+    session.shutdown().await;
+    Ok(code)
+}
+
+pub fn run_switch(_global: &GlobalArgs, args: SwitchArgs) -> Result<ExitCode> {
+    let store_dir = crate::paths::store_dir()?;
+    let command = if args.account == "best" {
+        ProxyCommand::SwitchBest
+    } else {
+        let file = crate::accounts::Store::open(&store_dir).load()?;
+        let account = file.resolve(&args.account)?;
+        ProxyCommand::SwitchTo {
+            account_id: account.id.clone(),
+        }
+    };
+    let sockets = ipc::session_sockets(&store_dir);
+    if sockets.is_empty() {
+        return Err(with_hint(
+            eyre!("no cs-tui session is running"),
+            "start one with `cs-tui` or `cs-tui serve`; `cs-tui accounts use NAME` picks the account the next session starts on",
+        ));
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut ok = false;
+    for socket in sockets {
+        match runtime.block_on(ipc::send(&socket, &command)) {
+            Ok(answer) if answer.ok => {
+                println!("{}", answer.message);
+                ok = true;
+            }
+            Ok(answer) => eprintln!("error: {}", answer.message),
+            Err(err) => tracing::debug!("stale session socket {}: {err:#}", socket.display()),
+        }
+    }
+    if !ok {
+        bail!("no running session accepted the switch");
+    }
+    Ok(ExitCode::SUCCESS)
 }

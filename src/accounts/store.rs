@@ -1,0 +1,810 @@
+//! The account store: `accounts.json` in the store directory, changed only by
+//! read-modify-write under a cross-process lock, written atomically, with the previous version
+//! kept as `accounts.json.bak`.
+//!
+//! The lock is an OS advisory lock (`flock`) on a separate file, `accounts.lock`, which is never
+//! renamed or deleted: the kernel drops the lock when its holder exits, however it exits, so a
+//! crashed process cannot leave the store stuck. The lock cannot live on `accounts.json` itself,
+//! because every write replaces that file with a new inode.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use color_eyre::eyre::{Report, Result, WrapErr, eyre};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::errors::with_hint;
+use crate::secret::Secret;
+
+/// The store file.
+pub const ACCOUNTS_FILE: &str = "accounts.json";
+/// The previous version of the store file, replaced on every write.
+pub const BACKUP_FILE: &str = "accounts.json.bak";
+/// The file the store lock is taken on.
+const LOCK_FILE: &str = "accounts.lock";
+/// Per-account locks held while a refresh is in flight (see `tokens`).
+const REFRESH_LOCK_DIR: &str = "locks";
+/// Marks a JSON file as ours, so that a foreign file put in our place is never overwritten.
+const FORMAT_MARKER: &str = "cs-tui-accounts";
+/// The store format this build reads and writes.
+pub const CURRENT_VERSION: u32 = 1;
+/// The shortest id prefix accepted in place of a name: a single typed character selecting an
+/// account to remove by accident is worse than typing four.
+pub const MIN_ID_PREFIX: usize = 4;
+
+/// A handle on the store directory. Opening it does no I/O.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// The whole store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccountsFile {
+    pub version: u32,
+    /// The id of the account the next session starts on.
+    #[serde(default)]
+    pub active: Option<String>,
+    #[serde(default)]
+    pub accounts: Vec<Account>,
+}
+
+/// One stored account. `Debug` never shows a token (they are [`Secret`]s).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    /// cs-tui's own id (32 hex digits); never changes.
+    pub id: String,
+    /// The user's name for it; unique in the store.
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// The `chatgpt-account-id` the backend wants (a workspace for team plans).
+    #[serde(default)]
+    pub chatgpt_account_id: Option<String>,
+    /// The ChatGPT user: with the account id it tells two seats of one workspace apart.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    pub auth: AccountAuth,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_used_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    /// Whether automatic switching may pick this account.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub status: AccountStatus,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// How an account signs in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AccountAuth {
+    #[serde(rename = "chatgpt")]
+    ChatGpt {
+        id_token: Secret,
+        access_token: Secret,
+        refresh_token: Secret,
+    },
+    ApiKey {
+        key: Secret,
+    },
+}
+
+/// Whether the stored tokens still work.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AccountStatus {
+    #[default]
+    Ok,
+    /// The refresh token was rejected; only a new login helps.
+    NeedsLogin { reason: String },
+}
+
+impl Account {
+    pub fn is_chatgpt(&self) -> bool {
+        matches!(self.auth, AccountAuth::ChatGpt { .. })
+    }
+
+    pub fn needs_login(&self) -> bool {
+        matches!(self.status, AccountStatus::NeedsLogin { .. })
+    }
+
+    /// The first 8 digits of the id, enough to tell accounts apart in a table.
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(8)]
+    }
+
+    /// Claims of the access token, if it is a readable JWT.
+    pub fn access_claims(&self) -> Option<super::claims::TokenClaims> {
+        match &self.auth {
+            AccountAuth::ChatGpt { access_token, .. } => {
+                super::claims::parse(access_token.expose()).ok()
+            }
+            AccountAuth::ApiKey { .. } => None,
+        }
+    }
+
+    /// Claims of the id token, if it is a readable JWT.
+    pub fn id_claims(&self) -> Option<super::claims::TokenClaims> {
+        match &self.auth {
+            AccountAuth::ChatGpt { id_token, .. } => super::claims::parse(id_token.expose()).ok(),
+            AccountAuth::ApiKey { .. } => None,
+        }
+    }
+}
+
+impl Default for AccountsFile {
+    fn default() -> Self {
+        Self {
+            version: CURRENT_VERSION,
+            active: None,
+            accounts: Vec::new(),
+        }
+    }
+}
+
+impl AccountsFile {
+    pub fn get(&self, id: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Account> {
+        self.accounts.iter_mut().find(|a| a.id == id)
+    }
+
+    /// The account the next session starts on, if it is still stored.
+    pub fn active_account(&self) -> Option<&Account> {
+        self.active.as_deref().and_then(|id| self.get(id))
+    }
+
+    /// Finds an account by name, full id, or a unique id prefix of at least
+    /// [`MIN_ID_PREFIX`] characters, in that order.
+    pub fn resolve(&self, query: &str) -> Result<&Account> {
+        let id = self.resolve_id(query)?;
+        Ok(self.get(&id).expect("resolve_id returns a stored id"))
+    }
+
+    pub fn resolve_mut(&mut self, query: &str) -> Result<&mut Account> {
+        let id = self.resolve_id(query)?;
+        Ok(self.get_mut(&id).expect("resolve_id returns a stored id"))
+    }
+
+    fn resolve_id(&self, query: &str) -> Result<String> {
+        if let Some(a) = self.accounts.iter().find(|a| a.name == query) {
+            return Ok(a.id.clone());
+        }
+        let lowered = query.to_ascii_lowercase();
+        if let Some(a) = self.accounts.iter().find(|a| a.id == lowered) {
+            return Ok(a.id.clone());
+        }
+        let matches: Vec<&Account> = if lowered.len() >= MIN_ID_PREFIX {
+            self.accounts
+                .iter()
+                .filter(|a| a.id.starts_with(&lowered))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match matches.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] if self.accounts.is_empty() => Err(with_hint(
+                eyre!("no account named {query:?}: no accounts are stored yet"),
+                "add one with `cs-tui accounts add NAME` or `cs-tui accounts import`",
+            )),
+            [] => Err(with_hint(
+                eyre!("no account named {query:?} and no account id starts with it"),
+                format!(
+                    "stored accounts: {}; see `cs-tui accounts list`",
+                    self.names().join(", ")
+                ),
+            )),
+            several => Err(with_hint(
+                eyre!(
+                    "{query:?} is the start of more than one account id ({})",
+                    several
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "use the account's name or more characters of its id",
+            )),
+        }
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.accounts.iter().map(|a| a.name.as_str()).collect()
+    }
+
+    pub fn name_taken(&self, name: &str) -> bool {
+        self.accounts.iter().any(|a| a.name == name)
+    }
+
+    /// `base`, or `base-2`, `base-3`, … whichever is free.
+    pub fn unique_name(&self, base: &str) -> String {
+        if !self.name_taken(base) {
+            return base.to_owned();
+        }
+        (2..)
+            .map(|n| format!("{base}-{n}"))
+            .find(|name| !self.name_taken(name))
+            .expect("an unbounded range yields a free name")
+    }
+
+    /// Removes an account and forgets it as the active one.
+    pub fn remove(&mut self, id: &str) -> Option<Account> {
+        let index = self.accounts.iter().position(|a| a.id == id)?;
+        if self.active.as_deref() == Some(id) {
+            self.active = None;
+        }
+        Some(self.accounts.remove(index))
+    }
+
+    /// Checks what serde cannot: ids and names are unique and the active id exists.
+    fn check_consistency(&self) -> std::result::Result<(), String> {
+        let mut ids = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for account in &self.accounts {
+            if !ids.insert(account.id.as_str()) {
+                return Err(format!("the id {} appears twice", account.id));
+            }
+            if !names.insert(account.name.as_str()) {
+                return Err(format!("the name {:?} appears twice", account.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A new random account id.
+pub fn new_account_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Checks that `name` can be typed on a command line and shown in a table.
+pub fn validate_name(name: &str) -> Result<()> {
+    let problem = if name.is_empty() {
+        Some("is empty")
+    } else if name.chars().count() > 64 {
+        Some("is longer than 64 characters")
+    } else if name.starts_with('-') {
+        Some("starts with '-', which reads as an option")
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("contains spaces or control characters")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(with_hint(
+            eyre!("the account name {name:?} {problem}"),
+            "use letters, digits, '.', '_', '-' or '@', like `work` or `alice-pro`",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Why the store file cannot be used. In every case the file is left untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the account store {path} is damaged ({detail}); cs-tui left it unchanged")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("{path} is not a cs-tui account store; cs-tui left it unchanged")]
+    Foreign { path: PathBuf },
+    #[error(
+        "the account store {path} has format version {found}, but this cs-tui reads only version {CURRENT_VERSION}; cs-tui left it unchanged"
+    )]
+    UnknownVersion { path: PathBuf, found: u64 },
+}
+
+impl StoreError {
+    fn into_report(self, backup: &Path) -> Report {
+        let hint = match &self {
+            StoreError::Damaged { path, .. } if backup.exists() => format!(
+                "restore the previous version with `cp {} {}`, or move the file away to start an empty store",
+                backup.display(),
+                path.display()
+            ),
+            StoreError::Damaged { path, .. } => format!(
+                "repair it by hand, or move {} away to start an empty store",
+                path.display()
+            ),
+            StoreError::Foreign { path } => format!(
+                "move {} away, or set CS_TUI_HOME to another directory",
+                path.display()
+            ),
+            StoreError::UnknownVersion { .. } => {
+                "use the cs-tui version that wrote it, or a newer one".to_owned()
+            }
+        };
+        with_hint(Report::new(self), hint)
+    }
+}
+
+/// The on-disk shape: the store plus the marker that identifies the file as ours.
+#[derive(Serialize)]
+struct OnDiskOut<'a> {
+    format: &'static str,
+    #[serde(flatten)]
+    file: &'a AccountsFile,
+}
+
+#[derive(Deserialize)]
+struct OnDiskIn {
+    #[serde(flatten)]
+    file: AccountsFile,
+}
+
+impl Store {
+    pub fn open(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The store in `$CS_TUI_HOME`, else `~/.config/cs-tui`.
+    pub fn open_default() -> Result<Self> {
+        Ok(Self::open(crate::paths::store_dir()?))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn accounts_path(&self) -> PathBuf {
+        self.dir.join(ACCOUNTS_FILE)
+    }
+
+    pub fn backup_path(&self) -> PathBuf {
+        self.dir.join(BACKUP_FILE)
+    }
+
+    /// Whether `accounts.json` exists (a store that was never written to does not).
+    pub fn exists(&self) -> bool {
+        self.accounts_path().exists()
+    }
+
+    /// Reads the store under a shared lock. A missing store is an empty one.
+    ///
+    /// Blocks while another process writes (a few milliseconds: no network call is ever made
+    /// under this lock).
+    pub fn load(&self) -> Result<AccountsFile> {
+        if !self.dir.exists() {
+            return Ok(AccountsFile::default());
+        }
+        let _lock = self.lock(FlockArg::LockShared)?;
+        Ok(self.read()?.unwrap_or_default())
+    }
+
+    /// Read-modify-write under the exclusive lock. `f` sees the current store; when it returns
+    /// `Ok` and changed something, the result is written atomically and the previous version
+    /// becomes the backup. When `f` fails nothing is written.
+    pub fn update<T>(&self, f: impl FnOnce(&mut AccountsFile) -> Result<T>) -> Result<T> {
+        self.update_with_presence(|file, _existed| f(file))
+    }
+
+    /// Like [`Store::update`], also telling `f` whether `accounts.json` existed before.
+    pub(crate) fn update_with_presence<T>(
+        &self,
+        f: impl FnOnce(&mut AccountsFile, bool) -> Result<T>,
+    ) -> Result<T> {
+        crate::paths::ensure_private_dir(&self.dir)
+            .wrap_err_with(|| format!("creating the store directory {}", self.dir.display()))?;
+        let _lock = self.lock(FlockArg::LockExclusive)?;
+        let before = self.read()?;
+        let existed = before.is_some();
+        let before = before.unwrap_or_default();
+        let mut after = before.clone();
+        let out = f(&mut after, existed)?;
+        if after != before {
+            after.version = CURRENT_VERSION;
+            self.write(&after, existed)?;
+        }
+        Ok(out)
+    }
+
+    /// Records that a session is using the account now (the dashboard calls this on a switch).
+    pub fn mark_used(&self, account_id: &str) -> Result<()> {
+        self.update(|file| {
+            let account = file
+                .get_mut(account_id)
+                .ok_or_else(|| eyre!("no stored account has the id {account_id}"))?;
+            account.last_used_at = Some(Utc::now());
+            Ok(())
+        })
+    }
+
+    /// Takes the store lock, blocking until it is free.
+    fn lock(&self, kind: FlockArg) -> Result<Flock<File>> {
+        lock_file(&self.dir.join(LOCK_FILE), kind)
+    }
+
+    /// Takes the refresh lock of one account, blocking until it is free.
+    pub(crate) fn lock_refresh(&self, account_id: &str) -> Result<Flock<File>> {
+        let dir = self.dir.join(REFRESH_LOCK_DIR);
+        crate::paths::ensure_private_dir(&dir)
+            .wrap_err_with(|| format!("creating {}", dir.display()))?;
+        lock_file(
+            &dir.join(format!("refresh-{account_id}.lock")),
+            FlockArg::LockExclusive,
+        )
+    }
+
+    /// Forgets the refresh lock file of a removed account. Deleting a lock file someone waits on
+    /// is harmless here: the waiter then finds the account gone and stops.
+    pub(crate) fn remove_refresh_lock(&self, account_id: &str) {
+        let _ = fs::remove_file(
+            self.dir
+                .join(REFRESH_LOCK_DIR)
+                .join(format!("refresh-{account_id}.lock")),
+        );
+    }
+
+    /// Reads and checks `accounts.json`; `None` when it does not exist.
+    fn read(&self) -> Result<Option<AccountsFile>> {
+        let path = self.accounts_path();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Report::new(e)
+                    .wrap_err(format!("reading the account store {}", path.display())));
+            }
+        };
+        parse_store(&path, &bytes)
+            .map(Some)
+            .map_err(|e| e.into_report(&self.backup_path()))
+    }
+
+    /// Writes `file` to a temp file, fsyncs it, keeps the current version as the backup, and
+    /// renames the temp file into place, so a crash leaves either the old or the new store.
+    fn write(&self, file: &AccountsFile, existed: bool) -> Result<()> {
+        let path = self.accounts_path();
+        let context = || format!("writing the account store {}", path.display());
+        let mut bytes = serde_json::to_vec_pretty(&OnDiskOut {
+            format: FORMAT_MARKER,
+            file,
+        })
+        .wrap_err_with(context)?;
+        bytes.push(b'\n');
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".accounts.json.")
+            .suffix(".tmp")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(&self.dir)
+            .wrap_err_with(context)?;
+        tmp.write_all(&bytes).wrap_err_with(context)?;
+        tmp.as_file().sync_all().wrap_err_with(context)?;
+        if existed {
+            self.keep_backup(&path).wrap_err_with(|| {
+                format!(
+                    "keeping the previous account store as {}",
+                    self.backup_path().display()
+                )
+            })?;
+        }
+        tmp.persist(&path)
+            .map_err(|e| e.error)
+            .wrap_err_with(context)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .wrap_err_with(context)?;
+        Ok(())
+    }
+
+    /// Makes `accounts.json.bak` the current `accounts.json`, atomically: a hard link under a
+    /// temporary name renamed over the old backup (a copy where links are not supported).
+    fn keep_backup(&self, current: &Path) -> std::io::Result<()> {
+        let staging = self.dir.join(".accounts.json.bak.tmp");
+        let _ = fs::remove_file(&staging);
+        if fs::hard_link(current, &staging).is_err() {
+            fs::copy(current, &staging)?;
+            fs::set_permissions(
+                &staging,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+        }
+        fs::rename(&staging, self.backup_path())
+    }
+}
+
+fn lock_file(path: &Path, kind: FlockArg) -> Result<Flock<File>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .wrap_err_with(|| format!("opening the lock file {}", path.display()))?;
+    Flock::lock(file, kind)
+        .map_err(|(_, errno)| Report::new(std::io::Error::from(errno)))
+        .wrap_err_with(|| format!("locking {}", path.display()))
+}
+
+/// Parses and checks the store file. Errors never quote file content: it holds tokens.
+fn parse_store(path: &Path, bytes: &[u8]) -> std::result::Result<AccountsFile, StoreError> {
+    let damaged = |detail: String| StoreError::Damaged {
+        path: path.to_owned(),
+        detail,
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        damaged(match e.classify() {
+            serde_json::error::Category::Eof => "it ends in the middle: truncated".to_owned(),
+            _ => format!("not valid JSON at line {}, column {}", e.line(), e.column()),
+        })
+    })?;
+    let object = value.as_object().ok_or_else(|| StoreError::Foreign {
+        path: path.to_owned(),
+    })?;
+    if object.get("format").and_then(|f| f.as_str()) != Some(FORMAT_MARKER) {
+        return Err(StoreError::Foreign {
+            path: path.to_owned(),
+        });
+    }
+    match object.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(CURRENT_VERSION) => {}
+        Some(found) => {
+            return Err(StoreError::UnknownVersion {
+                path: path.to_owned(),
+                found,
+            });
+        }
+        None => return Err(damaged("its format version is missing".to_owned())),
+    }
+    let file = serde_json::from_slice::<OnDiskIn>(bytes)
+        .map_err(|e| {
+            // serde's message may quote a value (a token, if one sits in the wrong field), so
+            // it is shown only when it quotes nothing.
+            let message = e.to_string();
+            let what = if message.contains('"') {
+                "a value has the wrong type".to_owned()
+            } else {
+                message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            damaged(format!(
+                "{what}, at line {}, column {}",
+                e.line(),
+                e.column()
+            ))
+        })?
+        .file;
+    file.check_consistency().map_err(damaged)?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chatgpt_account(name: &str, id: &str) -> Account {
+        Account {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            email: Some(format!("{name}@example.com")),
+            plan: Some("plus".into()),
+            chatgpt_account_id: Some(format!("acct-{name}")),
+            user_id: None,
+            auth: AccountAuth::ChatGpt {
+                id_token: Secret::new("ID-TOKEN-SECRET"),
+                access_token: Secret::new("ACCESS-TOKEN-SECRET"),
+                refresh_token: Secret::new("REFRESH-TOKEN-SECRET"),
+            },
+            created_at: Utc::now(),
+            last_used_at: None,
+            last_refreshed_at: None,
+            enabled: true,
+            status: AccountStatus::Ok,
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn round_trips_and_keeps_a_backup_with_private_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store"));
+        assert_eq!(store.load().unwrap(), AccountsFile::default());
+        assert!(!store.dir().exists(), "load must not create anything");
+
+        store
+            .update(|f| {
+                f.accounts.push(chatgpt_account("alice", "aaaa1111"));
+                Ok(())
+            })
+            .unwrap();
+        assert!(!store.backup_path().exists());
+        store
+            .update(|f| {
+                f.accounts.push(chatgpt_account("bob", "bbbb2222"));
+                Ok(())
+            })
+            .unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.names(), ["alice", "bob"]);
+        let backup = parse_store(
+            &store.backup_path(),
+            &fs::read(store.backup_path()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(backup.names(), ["alice"]);
+
+        assert_eq!(mode(store.dir()), 0o700);
+        assert_eq!(mode(&store.accounts_path()), 0o600);
+        assert_eq!(mode(&store.backup_path()), 0o600);
+        assert_eq!(mode(&store.dir().join(LOCK_FILE)), 0o600);
+        let leftovers: Vec<_> = fs::read_dir(store.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_failing_or_idle_update_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path());
+        let err = store
+            .update(|f| -> Result<()> {
+                f.accounts.push(chatgpt_account("alice", "aaaa1111"));
+                Err(eyre!("changed my mind"))
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "changed my mind");
+        assert!(!store.exists());
+        store.update(|_| Ok(())).unwrap();
+        assert!(!store.exists());
+    }
+
+    #[test]
+    fn bad_files_are_reported_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path());
+        store
+            .update(|f| {
+                f.accounts.push(chatgpt_account("alice", "aaaa1111"));
+                Ok(())
+            })
+            .unwrap();
+        let good = fs::read(store.accounts_path()).unwrap();
+        let newer = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("\"version\": 1", "\"version\": 7");
+        let wrong_type = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("\"enabled\": true", "\"enabled\": \"REFRESH-TOKEN-SECRET\"");
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
+            ("garbage", b"{]".to_vec(), "not valid JSON"),
+            (
+                "foreign",
+                br#"{"auth_mode":"chatgpt"}"#.to_vec(),
+                "not a cs-tui",
+            ),
+            ("array", b"[]".to_vec(), "not a cs-tui"),
+            ("newer", newer.into_bytes(), "format version 7"),
+            ("wrong type", wrong_type.into_bytes(), "wrong type"),
+        ];
+        for (label, bytes, needle) in cases {
+            fs::write(store.accounts_path(), &bytes).unwrap();
+            for result in [
+                store.load().map(|_| ()),
+                store.update(|f| {
+                    f.active = Some("x".into());
+                    Ok(())
+                }),
+            ] {
+                let err = result.unwrap_err();
+                let shown = crate::errors::render_error(&err);
+                assert!(shown.contains(needle), "{label}: {shown}");
+                assert!(
+                    shown.contains(&store.accounts_path().display().to_string()),
+                    "{label}: {shown}"
+                );
+                assert!(shown.contains("hint:"), "{label}: {shown}");
+                assert!(!shown.contains("SECRET"), "{label}: {shown}");
+            }
+            assert_eq!(fs::read(store.accounts_path()).unwrap(), bytes, "{label}");
+        }
+    }
+
+    #[test]
+    fn resolves_names_ids_and_unique_prefixes() {
+        let file = AccountsFile {
+            accounts: vec![
+                chatgpt_account("alice", "abcd1234aaaa"),
+                chatgpt_account("bob", "abcd5678bbbb"),
+                chatgpt_account("abcd", "ffff0000cccc"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(file.resolve("alice").unwrap().name, "alice");
+        assert_eq!(file.resolve("abcd5678bbbb").unwrap().name, "bob");
+        assert_eq!(file.resolve("ABCD5678").unwrap().name, "bob");
+        // A name wins over an id prefix.
+        assert_eq!(file.resolve("abcd").unwrap().name, "abcd");
+        assert_eq!(file.resolve("abcd1").unwrap().name, "alice");
+        let unknown = crate::errors::render_error(&file.resolve("zzzz").unwrap_err());
+        assert!(
+            unknown.contains("no account") && unknown.contains("alice"),
+            "{unknown}"
+        );
+        let ambiguous = AccountsFile {
+            accounts: file.accounts[..2].to_vec(),
+            ..Default::default()
+        };
+        let err = crate::errors::render_error(&ambiguous.resolve("abcd").unwrap_err());
+        assert!(
+            err.contains("more than one") && err.contains("alice, bob"),
+            "{err}"
+        );
+        // Too short to be a prefix.
+        assert!(file.resolve("ffe").is_err());
+        assert!(file.resolve("fff").is_err());
+        assert_eq!(file.resolve("ffff").unwrap().name, "abcd");
+        let empty = crate::errors::render_error(&AccountsFile::default().resolve("x").unwrap_err());
+        assert!(empty.contains("cs-tui accounts add"), "{empty}");
+    }
+
+    #[test]
+    fn names_are_checked_and_made_unique() {
+        for bad in ["", "-x", "a b", "tab\there", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        validate_name("alice@example.com").unwrap();
+        let file = AccountsFile {
+            accounts: vec![
+                chatgpt_account("alice", "1"),
+                chatgpt_account("alice-2", "2"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(file.unique_name("alice"), "alice-3");
+        assert_eq!(file.unique_name("bob"), "bob");
+    }
+
+    #[test]
+    fn debug_output_holds_no_token() {
+        let mut file = AccountsFile::default();
+        file.accounts.push(chatgpt_account("alice", "1"));
+        file.accounts.push(Account {
+            auth: AccountAuth::ApiKey {
+                key: Secret::new("sk-API-KEY-SECRET"),
+            },
+            ..chatgpt_account("key", "2")
+        });
+        let debug = format!("{file:?} {file:#?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn lock_is_released_when_its_holder_goes_away() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.lock");
+        let held = lock_file(&path, FlockArg::LockExclusive).unwrap();
+        let other = File::open(&path).unwrap();
+        let other = Flock::lock(other, FlockArg::LockExclusiveNonblock)
+            .map(drop)
+            .map_err(|(f, _)| f)
+            .expect_err("held by the first");
+        drop(held);
+        Flock::lock(other, FlockArg::LockExclusiveNonblock).expect("free after the holder went");
+    }
+}

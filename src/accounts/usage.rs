@@ -1,0 +1,458 @@
+//! The quota of any stored account: `GET {chatgpt_base_url}/wham/usage` (PROTOCOL.md §4),
+//! converted into the shared [`crate::quota`] types.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use color_eyre::eyre::{Report, Result, WrapErr, eyre};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::store::{Account, AccountAuth, Store};
+use super::tokens::{Backend, RefreshPolicy, ensure_fresh_with};
+use crate::errors::with_hint;
+use crate::quota::{Credits, RateLimitSnapshot, RateLimitWindow};
+
+/// Codex's default `chatgpt_base_url`.
+pub const DEFAULT_CHATGPT_BASE_URL: &str = "https://chatgpt.com/backend-api/";
+
+/// One account's usage as the backend reported it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageReport {
+    /// The main Codex limit: the 5-hour and weekly windows, credits, the limit-reached type.
+    pub snapshot: RateLimitSnapshot,
+    /// Further metered limits, by name.
+    pub additional: Vec<(String, RateLimitSnapshot)>,
+    pub plan: Option<String>,
+    /// `rate_limit.limit_reached` (or `allowed: false`): the backend refuses this account now.
+    pub limit_reached: bool,
+    pub fetched_at: DateTime<Utc>,
+}
+
+impl UsageReport {
+    /// Whether the account cannot be used now, by the backend's word or by its numbers.
+    pub fn is_exhausted(&self) -> bool {
+        self.limit_reached || self.snapshot.is_exhausted()
+    }
+}
+
+/// The ChatGPT base URL Codex uses: `chatgpt_base_url` of the selected profile, else the
+/// top-level one, in `$CODEX_HOME/config.toml`; else the default.
+pub fn chatgpt_base_url(codex_home: &Path) -> Result<String> {
+    let path = codex_home.join("config.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(DEFAULT_CHATGPT_BASE_URL.to_owned());
+        }
+        Err(e) => return Err(Report::new(e).wrap_err(format!("reading {}", path.display()))),
+    };
+    let config: toml::Table = toml::from_str(&text).map_err(|e| {
+        with_hint(
+            eyre!("{} is not valid TOML: {}", path.display(), e.message()),
+            "fix the file (Codex reads it too) or move it away",
+        )
+    })?;
+    let profile_url = config
+        .get("profile")
+        .and_then(toml::Value::as_str)
+        .and_then(|profile| {
+            config
+                .get("profiles")?
+                .get(profile)?
+                .get("chatgpt_base_url")
+        })
+        .and_then(toml::Value::as_str);
+    let url = profile_url
+        .or_else(|| config.get("chatgpt_base_url").and_then(toml::Value::as_str))
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or(DEFAULT_CHATGPT_BASE_URL);
+    Ok(url.to_owned())
+}
+
+/// The usage endpoint under `base`, as Codex's backend client builds it: bases on the ChatGPT
+/// host gain `/backend-api`; a `/backend-api` base has `wham/usage`, any other the Codex API path.
+pub fn usage_url(base: &str) -> String {
+    let mut base = base.trim_end_matches('/').to_owned();
+    let chatgpt_host = ["https://chatgpt.com", "https://chat.openai.com"]
+        .iter()
+        .any(|host| base.starts_with(host));
+    if chatgpt_host && !base.contains("/backend-api") {
+        base.push_str("/backend-api");
+    }
+    if base.contains("/backend-api") {
+        format!("{base}/wham/usage")
+    } else {
+        format!("{base}/api/codex/usage")
+    }
+}
+
+/// Fetches the usage of one stored account. The token is refreshed first when it is due, and a
+/// 401 leads to one forced refresh and one retry.
+pub async fn fetch_usage(
+    store: &Store,
+    http: &reqwest::Client,
+    account_id: &str,
+) -> Result<UsageReport> {
+    fetch_usage_with(store, http, &Backend::from_env()?, account_id).await
+}
+
+/// [`fetch_usage`] with an explicit [`Backend`].
+pub async fn fetch_usage_with(
+    store: &Store,
+    http: &reqwest::Client,
+    backend: &Backend,
+    account_id: &str,
+) -> Result<UsageReport> {
+    let account = ensure_fresh_with(store, http, backend, account_id, RefreshPolicy::IfDue).await?;
+    let url = usage_url(&backend.chatgpt_base_url);
+    let mut response = get_usage(http, &url, &account).await?;
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+        tracing::info!(account = %account.name, "usage answered 401; refreshing and retrying");
+        let account = ensure_fresh_with(
+            store,
+            http,
+            backend,
+            account_id,
+            RefreshPolicy::AfterUnauthorized,
+        )
+        .await?;
+        response = get_usage(http, &url, &account).await?;
+    }
+    let status = response.status();
+    if !status.is_success() {
+        return Err(with_hint(
+            eyre!(
+                "the usage endpoint {url} answered HTTP {} for account {:?}",
+                status.as_u16(),
+                account.name
+            ),
+            match status.as_u16() {
+                401 | 403 => format!(
+                    "log in to it again with `{}`",
+                    super::tokens::relogin_command(&account.name)
+                ),
+                _ => "try again later".to_owned(),
+            },
+        ));
+    }
+    let body = response
+        .bytes()
+        .await
+        .wrap_err_with(|| format!("reading the usage of account {:?}", account.name))?;
+    parse_usage(&body, Utc::now()).map_err(|why| {
+        eyre!(
+            "the usage of account {:?} could not be read: {why}",
+            account.name
+        )
+    })
+}
+
+async fn get_usage(
+    http: &reqwest::Client,
+    url: &str,
+    account: &Account,
+) -> Result<reqwest::Response> {
+    let AccountAuth::ChatGpt { access_token, .. } = &account.auth else {
+        return Err(with_hint(
+            eyre!(
+                "account {:?} signs in with an API key, which has no ChatGPT usage limits",
+                account.name
+            ),
+            "usage is shown for ChatGPT logins only",
+        ));
+    };
+    let mut request = http.get(url).bearer_auth(access_token.expose());
+    if let Some(id) = &account.chatgpt_account_id {
+        request = request.header("chatgpt-account-id", id);
+    }
+    request.send().await.map_err(|e| {
+        // reqwest's message names the URL, never the headers.
+        with_hint(
+            Report::new(e).wrap_err(format!(
+                "could not fetch the usage of account {:?}",
+                account.name
+            )),
+            "check the network; the backend address is chatgpt_base_url in $CODEX_HOME/config.toml",
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct UsageJson {
+    #[serde(default)]
+    plan_type: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitJson>,
+    #[serde(default)]
+    credits: Option<CreditsJson>,
+    #[serde(default)]
+    additional_rate_limits: Option<Vec<AdditionalJson>>,
+    #[serde(default)]
+    rate_limit_reached_type: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RateLimitJson {
+    #[serde(default)]
+    allowed: Option<bool>,
+    #[serde(default)]
+    limit_reached: Option<bool>,
+    #[serde(default)]
+    primary_window: Option<WindowJson>,
+    #[serde(default)]
+    secondary_window: Option<WindowJson>,
+}
+
+#[derive(Deserialize)]
+struct WindowJson {
+    used_percent: f64,
+    #[serde(default)]
+    limit_window_seconds: Option<i64>,
+    #[serde(default)]
+    reset_after_seconds: Option<i64>,
+    #[serde(default)]
+    reset_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct CreditsJson {
+    #[serde(default)]
+    has_credits: bool,
+    #[serde(default)]
+    unlimited: bool,
+    #[serde(default)]
+    balance: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct AdditionalJson {
+    #[serde(default)]
+    limit_name: Option<String>,
+    #[serde(default)]
+    metered_feature: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitJson>,
+}
+
+impl WindowJson {
+    fn to_window(&self, now: DateTime<Utc>) -> RateLimitWindow {
+        RateLimitWindow {
+            used_percent: self.used_percent,
+            // Rounded up, as Codex does: a 299.5-minute window is still the 5-hour one.
+            window_duration_mins: self
+                .limit_window_seconds
+                .filter(|s| *s > 0)
+                .and_then(|s| u32::try_from((s + 59) / 60).ok()),
+            resets_at: self.reset_at.or_else(|| {
+                self.reset_after_seconds
+                    .map(|after| now.timestamp() + after.max(0))
+            }),
+        }
+    }
+}
+
+impl RateLimitJson {
+    fn is_reached(&self) -> bool {
+        self.limit_reached == Some(true) || self.allowed == Some(false)
+    }
+}
+
+fn snapshot(
+    rate_limit: Option<&RateLimitJson>,
+    now: DateTime<Utc>,
+) -> (Option<RateLimitWindow>, Option<RateLimitWindow>) {
+    let window = |w: Option<&WindowJson>| w.map(|w| w.to_window(now));
+    match rate_limit {
+        Some(r) => (
+            window(r.primary_window.as_ref()),
+            window(r.secondary_window.as_ref()),
+        ),
+        None => (None, None),
+    }
+}
+
+/// Parses a `/wham/usage` answer. Errors describe the problem without quoting the body.
+pub fn parse_usage(body: &[u8], now: DateTime<Utc>) -> std::result::Result<UsageReport, String> {
+    let usage: UsageJson =
+        serde_json::from_slice(body).map_err(|e| super::codex_auth::describe_json_error(&e))?;
+    let (primary, secondary) = snapshot(usage.rate_limit.as_ref(), now);
+    let reached_type = usage
+        .rate_limit_reached_type
+        .as_ref()
+        .and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("type").and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        });
+    let main = RateLimitSnapshot {
+        limit_id: Some("codex".to_owned()),
+        limit_name: None,
+        primary,
+        secondary,
+        credits: usage.credits.as_ref().map(|c| Credits {
+            has_credits: c.has_credits,
+            unlimited: c.unlimited,
+            balance: c.balance.as_ref().and_then(|b| match b {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }),
+        }),
+        plan_type: usage.plan_type.clone(),
+        rate_limit_reached_type: reached_type,
+    };
+    let additional = usage
+        .additional_rate_limits
+        .unwrap_or_default()
+        .into_iter()
+        .map(|extra| {
+            let (primary, secondary) = snapshot(extra.rate_limit.as_ref(), now);
+            let name = extra
+                .limit_name
+                .clone()
+                .or_else(|| extra.metered_feature.clone())
+                .unwrap_or_else(|| "additional".to_owned());
+            let snapshot = RateLimitSnapshot {
+                limit_id: extra.metered_feature.or(extra.limit_name),
+                limit_name: Some(name.clone()),
+                primary,
+                secondary,
+                plan_type: usage.plan_type.clone(),
+                ..Default::default()
+            };
+            (name, snapshot)
+        })
+        .collect();
+    Ok(UsageReport {
+        limit_reached: usage
+            .rate_limit
+            .as_ref()
+            .is_some_and(RateLimitJson::is_reached),
+        snapshot: main,
+        additional,
+        plan: usage.plan_type,
+        fetched_at: now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::WindowKind;
+    use serde_json::json;
+
+    #[test]
+    fn parses_every_part_of_wham_usage() {
+        let body = json!({
+            "plan_type": "pro",
+            "rate_limit": {
+                "allowed": false, "limit_reached": true,
+                // Weekly first: classification must go by duration, not slot.
+                "primary_window": {"used_percent": 100, "limit_window_seconds": 604800,
+                                   "reset_after_seconds": 50, "reset_at": 2_000_000_000},
+                "secondary_window": {"used_percent": 42.5, "limit_window_seconds": 18000,
+                                     "reset_after_seconds": 600},
+            },
+            "credits": {"has_credits": true, "unlimited": false, "balance": 12.5},
+            "additional_rate_limits": [{"limit_name": "GPT-5 Codex Spark",
+                "metered_feature": "codex_spark",
+                "rate_limit": {"primary_window": {"used_percent": 7, "limit_window_seconds": 18000,
+                    "reset_at": 1_900_000_000}, "secondary_window": null}}],
+            "rate_limit_reached_type": {"type": "workspace_member_usage_limit_reached"},
+            "something_new": true,
+        });
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let report = parse_usage(body.to_string().as_bytes(), now).unwrap();
+        let weekly = report.snapshot.weekly().unwrap();
+        assert_eq!(weekly.used_percent, 100.0);
+        assert_eq!(weekly.resets_at, Some(2_000_000_000));
+        let five = report.snapshot.five_hour().unwrap();
+        assert_eq!(five.used_percent, 42.5);
+        assert_eq!(
+            five.resets_at,
+            Some(1_000_600),
+            "reset_after_seconds is used without reset_at"
+        );
+        assert_eq!(
+            report.snapshot.credits.as_ref().unwrap().balance.as_deref(),
+            Some("12.5")
+        );
+        assert_eq!(
+            report.snapshot.rate_limit_reached_type.as_deref(),
+            Some("workspace_member_usage_limit_reached")
+        );
+        assert_eq!(report.plan.as_deref(), Some("pro"));
+        assert!(report.limit_reached && report.is_exhausted());
+        let (name, spark) = &report.additional[0];
+        assert_eq!(name, "GPT-5 Codex Spark");
+        assert_eq!(spark.limit_id.as_deref(), Some("codex_spark"));
+        assert_eq!(spark.primary.unwrap().kind(), WindowKind::FiveHour);
+    }
+
+    #[test]
+    fn tolerates_a_sparse_answer_and_rejects_a_broken_one() {
+        let report = parse_usage(br#"{"rate_limit": null}"#, Utc::now()).unwrap();
+        assert!(report.snapshot.primary.is_none() && !report.is_exhausted());
+        let err = parse_usage(
+            br#"{"rate_limit": {"primary_window": {"used_percent": "SECRET"}}}"#,
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn usage_url_follows_codex() {
+        let cases = [
+            (
+                "https://chatgpt.com/backend-api/",
+                "https://chatgpt.com/backend-api/wham/usage",
+            ),
+            (
+                "https://chatgpt.com",
+                "https://chatgpt.com/backend-api/wham/usage",
+            ),
+            (
+                "http://127.0.0.1:9/backend-api/",
+                "http://127.0.0.1:9/backend-api/wham/usage",
+            ),
+            ("http://127.0.0.1:9", "http://127.0.0.1:9/api/codex/usage"),
+        ];
+        for (base, want) in cases {
+            assert_eq!(usage_url(base), want, "{base}");
+        }
+    }
+
+    #[test]
+    fn base_url_comes_from_config_toml_and_its_profile() {
+        let home = tempfile::tempdir().unwrap();
+        assert_eq!(
+            chatgpt_base_url(home.path()).unwrap(),
+            DEFAULT_CHATGPT_BASE_URL
+        );
+        let config = home.path().join("config.toml");
+        std::fs::write(&config, "model = \"x\"\n").unwrap();
+        assert_eq!(
+            chatgpt_base_url(home.path()).unwrap(),
+            DEFAULT_CHATGPT_BASE_URL
+        );
+        std::fs::write(&config, "chatgpt_base_url = \"http://a/backend-api/\"\n").unwrap();
+        assert_eq!(
+            chatgpt_base_url(home.path()).unwrap(),
+            "http://a/backend-api/"
+        );
+        std::fs::write(
+            &config,
+            "profile = \"p\"\nchatgpt_base_url = \"http://a/\"\n[profiles.p]\nchatgpt_base_url = \"http://b/\"\n",
+        )
+        .unwrap();
+        assert_eq!(chatgpt_base_url(home.path()).unwrap(), "http://b/");
+        std::fs::write(&config, "chatgpt_base_url = ").unwrap();
+        let err = crate::errors::render_error(&chatgpt_base_url(home.path()).unwrap_err());
+        assert!(
+            err.contains("config.toml") && err.contains("hint:"),
+            "{err}"
+        );
+    }
+}
