@@ -6,12 +6,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::fixture_directory::FixtureDirectory;
 use common::{WAIT, agent_texts, run_turn, start_thread, wait_event};
+use cs_tui::accounts::{AccountAuth, Backend, Store};
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent, SwitchReason};
 use cs_tui::proxy::history;
 use cs_tui::proxy::policy::PolicyConfig;
 use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
+use cs_tui::proxy::store_directory::StoreDirectory;
 use cs_tui_testkit::mock_backend::AccountMode;
 use cs_tui_testkit::ws_client::connect_status;
 use cs_tui_testkit::{CodexHome, MockBackend, Usage, UsageWindow, WsClient, codex_bin};
@@ -22,7 +23,6 @@ struct Rig {
     mock: MockBackend,
     home: CodexHome,
     store: tempfile::TempDir,
-    dir: FixtureDirectory,
     session: Session,
     events: broadcast::Receiver<ProxyEvent>,
 }
@@ -30,12 +30,23 @@ struct Rig {
 async fn rig(labels: &[&str]) -> Rig {
     let mock = MockBackend::start().await;
     let home = CodexHome::offline(&mock.url());
-    let dir = FixtureDirectory::new(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    let accounts = Store::open(store.path());
     for label in labels {
         let (fake, refresh) = mock.add_account(label);
-        dir.add(&fake, &refresh, label);
+        let file = store.path().join(format!("{label}.auth.json"));
+        std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
+        cs_tui::accounts::import_auth_file(&accounts, &file, Some(label)).unwrap();
     }
-    let store = tempfile::tempdir().unwrap();
+    let dir = StoreDirectory::new(
+        store.path(),
+        Backend {
+            codex_home: Some(home.path().to_owned()),
+            refresh_url: mock.refresh_url(),
+            chatgpt_base_url: mock.chatgpt_base_url(),
+        },
+    )
+    .unwrap();
     let listener = ProxyListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
         .await
         .unwrap();
@@ -56,9 +67,23 @@ async fn rig(labels: &[&str]) -> Rig {
         mock,
         home,
         store,
-        dir,
         session,
         events,
+    }
+}
+
+fn stored(rig: &Rig) -> cs_tui::accounts::AccountsFile {
+    Store::open(rig.store.path()).load().unwrap()
+}
+
+fn account_id(rig: &Rig, name: &str) -> String {
+    stored(rig).resolve(name).unwrap().id.clone()
+}
+
+fn refresh_token(rig: &Rig, name: &str) -> String {
+    match &stored(rig).resolve(name).unwrap().auth {
+        AccountAuth::ChatGpt { refresh_token, .. } => refresh_token.expose().to_owned(),
+        AccountAuth::ApiKey { .. } => panic!("not a ChatGPT account"),
     }
 }
 
@@ -167,7 +192,7 @@ async fn a_switch_requested_during_a_slow_turn_waits_for_the_turn_to_end() {
         .session
         .commands()
         .send(ProxyCommand::SwitchTo {
-            account_id: "id-bob".into(),
+            account_id: account_id(&rig, "bob"),
         })
         .await
         .unwrap();
@@ -213,7 +238,7 @@ async fn a_backend_401_is_answered_with_the_same_accounts_rotated_tokens() {
     let rig = rig(&["alice", "bob"]).await;
     let mut client = tui_client(&rig).await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
-    let old_refresh = rig.dir.refresh_token("alice");
+    let old_refresh = refresh_token(&rig, "alice");
     rig.mock
         .set_mode("acct-alice", AccountMode::UnauthorizedOnce);
 
@@ -235,10 +260,14 @@ async fn a_backend_401_is_answered_with_the_same_accounts_rotated_tokens() {
         refreshes[0].refresh_token.as_deref(),
         Some(old_refresh.as_str())
     );
-    let new_refresh = rig.dir.refresh_token("alice");
+    let new_refresh = refresh_token(&rig, "alice");
     assert_ne!(
         new_refresh, old_refresh,
         "the rotated refresh token is kept"
+    );
+    assert!(
+        new_refresh.starts_with("rt-acct-alice-"),
+        "the store holds the token the mock minted"
     );
     let served = rig
         .mock
@@ -288,8 +317,8 @@ async fn with_every_account_exhausted_the_proxy_stays_and_names_the_earliest_res
     };
     assert_eq!(earliest_reset.unwrap().timestamp(), soon);
     assert_eq!(
-        rig.dir.active().as_deref(),
-        Some("id-alice"),
+        stored(&rig).active_account().unwrap().name,
+        "alice",
         "stayed on alice"
     );
     assert!(history::read_recent(&rig.store.path().join(history::HISTORY_FILE), 5).is_empty());

@@ -48,8 +48,11 @@ pub fn session_options(global: &GlobalArgs, store_dir: PathBuf) -> Result<Sessio
 
 pub fn run_serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let store_dir = crate::paths::store_dir()?;
-    let (_guard, _log) =
-        crate::logging::init(&store_dir.join("logs"), "serve", global.log_level.as_deref())?;
+    let (_guard, _log) = crate::logging::init(
+        &store_dir.join("logs"),
+        "serve",
+        global.log_level.as_deref(),
+    )?;
     let runtime = tokio::runtime::Runtime::new().wrap_err("starting the async runtime")?;
     runtime.block_on(serve(global, args, store_dir))
 }
@@ -63,7 +66,9 @@ async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Resu
     let mut options = session_options(global, store_dir.clone())?;
     options.listen = listen;
     options.token_file = args.token_file;
-    if let Some(imported) = crate::accounts::import_codex_auth_if_empty(&crate::accounts::Store::open(&store_dir))? {
+    if let Some(imported) =
+        crate::accounts::import_codex_auth_if_empty(&crate::accounts::Store::open(&store_dir))?
+    {
         eprintln!("imported {} from $CODEX_HOME/auth.json", imported.name);
     }
     let listener = ProxyListener::bind(listen).await?;

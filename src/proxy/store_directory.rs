@@ -64,7 +64,9 @@ impl AccountDirectory for StoreDirectory {
 
     async fn preferred(&self) -> Result<Option<String>> {
         let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.load()).await??.active)
+        Ok(tokio::task::spawn_blocking(move || store.load())
+            .await??
+            .active)
     }
 
     async fn login_tokens(&self, id: &str, force_refresh: bool) -> Result<LoginTokens> {

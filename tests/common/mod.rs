@@ -2,7 +2,6 @@
 //! Shared helpers for the proxy's end-to-end tests.
 
 pub mod echo_upstream;
-pub mod fixture_directory;
 
 use std::time::Duration;
 

@@ -1,0 +1,185 @@
+//! `cs-tui serve` and `cs-tui switch` as a user runs them: the real binary, the real
+//! app-server, the mock backend, and a scripted Codex-like client.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{run_turn, start_thread};
+use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
+use serde_json::{Value, json};
+
+struct Serve {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Serve {
+    fn next_line(&self, what: &str) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("serve printed no {what}"))
+    }
+
+    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let line = self.next_line(what);
+            let event: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if pred(&event) {
+                return event;
+            }
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cs_tui(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cs-tui"));
+    command
+        .env("CS_TUI_HOME", store)
+        .env("CODEX_HOME", home.path())
+        .env("CS_TUI_CODEX_BIN", codex_bin())
+        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", mock.refresh_url())
+        .env_remove("CS_TUI_LOG");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_terminal() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    for label in ["alice", "bob"] {
+        let (fake, refresh) = mock.add_account(label);
+        let file = store.path().join(format!("{label}.json"));
+        std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
+        let out = cs_tui(store.path(), &home, &mock)
+            .args(["accounts", "import", "--name", label, "--file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let mut child = cs_tui(store.path(), &home, &mock)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let serve = Serve { child, lines };
+    let url = serve.next_line("listening line");
+    let url = url
+        .strip_prefix("listening ")
+        .expect("listening ws://…")
+        .to_owned();
+    assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
+    let token_file = serve.next_line("token-file line");
+    let token_file = token_file.strip_prefix("token-file ").unwrap().to_owned();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the token file is private");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    serve.wait_event("active account", |e| {
+        e["event"] == "active_account" && e["account"]["name"] == "alice"
+    });
+
+    let mut client = WsClient::connect(&url, token.trim()).await;
+    client.initialize(json!("initialize")).await;
+    let thread = start_thread(&mut client, home.work_dir()).await;
+    run_turn(&mut client, &thread, "served by alice?").await;
+    serve.wait_event("rate limits", |e| e["event"] == "rate_limits_updated");
+
+    let out = cs_tui(store.path(), &home, &mock)
+        .args(["switch", "bob"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("switching to bob"));
+    let done = serve.wait_event("switch done", |e| e["event"] == "switch_done");
+    assert_eq!(done["to"]["name"], "bob");
+    assert_eq!(done["reason"]["kind"], "manual");
+
+    run_turn(&mut client, &thread, "served by bob?").await;
+    let last = mock
+        .model_requests()
+        .into_iter()
+        .rev()
+        .find(|r| {
+            r.user_input_texts()
+                .iter()
+                .any(|t| t.contains("served by bob?"))
+        })
+        .unwrap();
+    assert_eq!(last.account_header.as_deref(), Some("acct-bob"));
+
+    // SIGTERM: clean exit, no token file, no runtime directory left.
+    let pid = nix::unistd::Pid::from_raw(serve.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut serve = serve;
+    let status = serve.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!std::path::Path::new(&token_file).exists());
+    let runtime = store.path().join("runtime");
+    let left: Vec<_> = std::fs::read_dir(&runtime)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime left behind: {left:?}");
+    let history = std::fs::read_to_string(store.path().join("switch-history.jsonl")).unwrap();
+    assert!(history.contains("\"manual\""), "{history}");
+}
+
+#[test]
+fn switch_without_a_running_session_says_so() {
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cs-tui"))
+        .env("CS_TUI_HOME", store.path())
+        .args(["switch", "best"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no cs-tui session is running"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address() {
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cs-tui"))
+        .env("CS_TUI_HOME", store.path())
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to listen on 0.0.0.0:0"), "{err}");
+}
