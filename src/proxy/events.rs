@@ -68,7 +68,10 @@ pub enum ConnectionState {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ProxyEvent {
     /// The session's active account changed or was first logged in.
-    ActiveAccount { account: AccountRef, at: DateTime<Utc> },
+    ActiveAccount {
+        account: AccountRef,
+        at: DateTime<Utc>,
+    },
     /// New rate-limit numbers for an account (merged: a full picture, not the sparse update).
     RateLimitsUpdated {
         account: AccountRef,
@@ -76,7 +79,10 @@ pub enum ProxyEvent {
         at: DateTime<Utc>,
     },
     /// A turn failed with a usage limit on this account.
-    UsageLimitHit { account: AccountRef, at: DateTime<Utc> },
+    UsageLimitHit {
+        account: AccountRef,
+        at: DateTime<Utc>,
+    },
     /// A turn started or ended; `running` is the number of turns in progress.
     TurnsRunning { running: usize, at: DateTime<Utc> },
     /// A switch is under way.
@@ -116,7 +122,10 @@ pub enum ProxyEvent {
         at: DateTime<Utc>,
     },
     /// The proxy's connection state changed.
-    Connection { state: ConnectionState, at: DateTime<Utc> },
+    Connection {
+        state: ConnectionState,
+        at: DateTime<Utc>,
+    },
     /// The app-server process exited.
     AppServerExited {
         status: String,
