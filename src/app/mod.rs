@@ -1,5 +1,7 @@
 //! The dashboard: state, events, key routing and the main loop.
 
+pub mod dashboard;
+
 use std::ffi::OsString;
 use std::process::ExitCode;
 
