@@ -54,6 +54,9 @@ impl Default for OuterColors {
 /// Synchronized output (`CSI ?2026h/l`): Codex brackets each frame with it.
 pub const SYNCHRONIZED_OUTPUT_MODE: u16 = 2026;
 
+/// Focus events (`CSI ?1004h`): `ESC[I` / `ESC[O` when the terminal gains or loses focus.
+pub const FOCUS_REPORTING_MODE: u16 = 1004;
+
 /// The reply a terminal gives, or `None` when it stays silent.
 ///
 /// The kitty keyboard query gets no reply, as from a terminal without kitty support: the DA1
@@ -149,6 +152,10 @@ pub struct TerminalReplies {
     pub synchronized_since: Option<Instant>,
     /// The last window title the child set (OSC 0/2).
     pub title: Option<String>,
+    /// The child asked for focus events (`CSI ?1004h`), which vt100 does not track.
+    pub focus_reporting: bool,
+    /// Desktop notifications (OSC 9) to pass on to the outer terminal.
+    pub notifications: Vec<String>,
 }
 
 impl TerminalReplies {
@@ -185,13 +192,16 @@ impl vt100::Callbacks for TerminalReplies {
             (None, None, 'c') if first_param(params) == 0 => TerminalQuery::PrimaryDeviceAttributes,
             (Some(b'?'), None, 'u') => TerminalQuery::KittyKeyboardFlags,
             (Some(b'?'), Some(b'$'), 'p') => TerminalQuery::PrivateMode(first_param(params)),
-            // vt100 passes DECSET/DECRST modes it does not know here; 2026 is one of them.
+            // vt100 passes DECSET/DECRST modes it does not know here; 2026 and 1004 are two.
             (Some(b'?'), None, 'h' | 'l') => {
-                if params
-                    .iter()
-                    .any(|p| p.first() == Some(&SYNCHRONIZED_OUTPUT_MODE))
-                {
-                    self.synchronized_since = (c == 'h').then(Instant::now);
+                for mode in params.iter().filter_map(|p| p.first()) {
+                    match *mode {
+                        SYNCHRONIZED_OUTPUT_MODE => {
+                            self.synchronized_since = (c == 'h').then(Instant::now);
+                        }
+                        FOCUS_REPORTING_MODE => self.focus_reporting = c == 'h',
+                        _ => {}
+                    }
                 }
                 return;
             }
@@ -204,6 +214,12 @@ impl vt100::Callbacks for TerminalReplies {
         let query = match params {
             [b"10", b"?"] => TerminalQuery::ForegroundColor,
             [b"11", b"?"] => TerminalQuery::BackgroundColor,
+            [b"9", message @ ..] if !message.is_empty() => {
+                let message = message.join(&b";"[..]);
+                self.notifications
+                    .push(String::from_utf8_lossy(&message).into_owned());
+                return;
+            }
             _ => return,
         };
         self.answer(screen, query);
@@ -291,6 +307,9 @@ mod tests {
         assert!(p.callbacks().synchronized_since.is_some());
         p.process(b"frame\x1b[?2026l");
         assert!(p.callbacks().synchronized_since.is_none());
+        p.process(b"\x1b[?1004h\x1b]9;done\x07");
+        assert!(p.callbacks().focus_reporting);
+        assert_eq!(p.callbacks().notifications, ["done"]);
         p.process(b"\x1b[?2004h\x1b[?2004$p\x1b[?1$p");
         assert_eq!(replies(&mut p), "\x1b[?2004;1$y\x1b[?1;2$y");
     }

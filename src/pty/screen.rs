@@ -89,6 +89,16 @@ impl PaneScreen {
         (deadline > now).then_some(deadline)
     }
 
+    /// Whether the child wants focus events (`CSI ?1004h`).
+    pub fn focus_reporting(&self) -> bool {
+        self.parser.callbacks().focus_reporting
+    }
+
+    /// Desktop notifications (OSC 9) the child sent since the last call.
+    pub fn take_notifications(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.parser.callbacks_mut().notifications)
+    }
+
     /// The title the child last set, if any.
     pub fn title(&self) -> Option<&str> {
         self.parser.callbacks().title.as_deref()
