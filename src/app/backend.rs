@@ -6,6 +6,8 @@
 //! builds them.
 
 use std::any::Any;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use color_eyre::eyre::Result;
 use tokio::sync::mpsc;
@@ -21,6 +23,26 @@ use crate::secret::Secret;
 /// Set to `1` to run plain `codex` in the pane, without the proxy (no quota, no switching).
 /// A development path: it lets the pane be used and tested on its own.
 pub const NO_PROXY_ENV: &str = "CS_TUI_NO_PROXY";
+
+/// With [`NO_PROXY_ENV`]: a file of [`ProxyEvent`]s as JSON lines, followed like `tail -f` and
+/// fed to the dashboard as if the proxy sent them. For development and the dashboard's
+/// end-to-end tests.
+pub const DEV_EVENTS_ENV: &str = "CS_TUI_DEV_EVENTS";
+
+/// With [`DEV_EVENTS_ENV`]: a file the dashboard's [`ProxyCommand`]s are appended to, as JSON
+/// lines.
+pub const DEV_COMMANDS_ENV: &str = "CS_TUI_DEV_COMMANDS";
+
+/// What stands in front of Codex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The switching proxy.
+    Proxy,
+    /// Nothing: plain Codex.
+    Plain,
+    /// Plain Codex, with proxy events replayed from a file ([`DEV_EVENTS_ENV`]).
+    Replay,
+}
 
 /// Where Codex connects, and the token it must present there.
 #[derive(Debug)]
@@ -44,6 +66,7 @@ impl RemoteEndpoint {
 
 /// Everything the dashboard gets from the proxy.
 pub struct SessionBackend {
+    pub kind: BackendKind,
     /// `None`: plain Codex without `--remote` (the [`NO_PROXY_ENV`] path).
     pub remote: Option<RemoteEndpoint>,
     /// What the proxy did or saw. A closed channel is fine (nothing more will come).
@@ -63,6 +86,7 @@ impl SessionBackend {
         let (_, events) = mpsc::unbounded_channel();
         let (commands, _) = mpsc::unbounded_channel();
         Self {
+            kind: BackendKind::Plain,
             remote: None,
             events,
             commands,
@@ -71,8 +95,70 @@ impl SessionBackend {
         }
     }
 
+    /// Whether the dashboard has no proxy to show or command.
     pub fn is_direct(&self) -> bool {
-        self.remote.is_none()
+        self.kind == BackendKind::Plain
+    }
+
+    /// Plain Codex, with events followed from `events_file` and commands appended to
+    /// `commands_file`.
+    pub fn replay(events_file: PathBuf, commands_file: Option<PathBuf>) -> Self {
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let (commands, mut command_rx) = mpsc::unbounded_channel::<ProxyCommand>();
+        tokio::spawn(async move {
+            let mut offset = 0usize;
+            let mut ticker = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                ticker.tick().await;
+                let Ok(text) = tokio::fs::read_to_string(&events_file).await else {
+                    continue;
+                };
+                let Some(new) = text.get(offset..) else {
+                    continue;
+                };
+                // Only whole lines; a line being written is read next time.
+                let Some(end) = new.rfind('\n') else {
+                    continue;
+                };
+                for line in new[..end].lines().filter(|l| !l.trim().is_empty()) {
+                    match serde_json::from_str::<ProxyEvent>(line) {
+                        Ok(event) => {
+                            if event_tx.send(event).is_err() {
+                                return;
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!("{}: bad event line: {err}", events_file.display())
+                        }
+                    }
+                }
+                offset += end + 1;
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(command) = command_rx.recv().await {
+                tracing::info!(?command, "dashboard command");
+                if let Some(path) = &commands_file {
+                    let line = serde_json::to_string(&command).unwrap_or_default() + "\n";
+                    let appended = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+                    if let Err(err) = appended {
+                        tracing::warn!("{}: {err}", path.display());
+                    }
+                }
+            }
+        });
+        Self {
+            kind: BackendKind::Replay,
+            remote: None,
+            events,
+            commands,
+            accounts: Vec::new(),
+            guard: None,
+        }
     }
 }
 
@@ -83,7 +169,13 @@ impl SessionBackend {
 /// endpoint, event/command channels, the store's accounts and a guard.
 pub async fn start_backend(_global: &GlobalArgs, _config: &Config) -> Result<SessionBackend> {
     if std::env::var_os(NO_PROXY_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
-        return Ok(SessionBackend::direct());
+        return Ok(match std::env::var_os(DEV_EVENTS_ENV) {
+            Some(events) => SessionBackend::replay(
+                events.into(),
+                std::env::var_os(DEV_COMMANDS_ENV).map(PathBuf::from),
+            ),
+            None => SessionBackend::direct(),
+        });
     }
     Err(with_hint(
         color_eyre::eyre::eyre!("the switching proxy is not available in this build"),

@@ -188,9 +188,9 @@ impl Dashboard {
     /// Applies one proxy event.
     pub fn apply(&mut self, event: &ProxyEvent) {
         match event {
-            ProxyEvent::ActiveAccount { account, .. } => {
+            ProxyEvent::ActiveAccount { account, at } => {
                 self.account_mut(account);
-                self.active = Some(account.id.clone());
+                self.make_active(&account.id, at.timestamp());
             }
             ProxyEvent::RateLimitsUpdated {
                 account,
@@ -239,7 +239,7 @@ impl Dashboard {
             } => {
                 self.switching_to = None;
                 self.account_mut(to);
-                self.active = Some(to.id.clone());
+                self.make_active(&to.id, at.timestamp());
                 let record = SwitchRecord {
                     at: *at,
                     from: from.as_ref().map(|f| self.name_of(f)),
@@ -308,6 +308,18 @@ impl Dashboard {
         self.switches.push(record);
         if self.switches.len() > LOG_LIMIT {
             self.switches.remove(0);
+        }
+    }
+
+    /// The session now uses `id`. Its last known numbers start its burn history, so the
+    /// chart and the rate do not wait for the next turn.
+    fn make_active(&mut self, id: &str, at: i64) {
+        if self.active.as_deref() == Some(id) {
+            return;
+        }
+        self.active = Some(id.to_owned());
+        if let Some(snapshot) = self.account(id).and_then(|a| a.snapshot.clone()) {
+            self.record_sample(id, &snapshot, at);
         }
     }
 
@@ -427,8 +439,10 @@ mod tests {
             d.state_of(&d.accounts[0]),
             AccountState::ExhaustedUntil(_)
         ));
-        // The new account's samples start afresh.
-        assert!(d.samples(WindowKind::FiveHour).is_empty());
+        // The new account's history starts from its last known numbers.
+        let samples = d.samples(WindowKind::FiveHour);
+        assert_eq!(samples.len(), 1);
+        assert_eq!(samples[0].used_percent, 5.0);
     }
 
     #[test]

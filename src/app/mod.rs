@@ -27,7 +27,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::app::backend::SessionBackend;
-use crate::app::dashboard::{Dashboard, SessionMode};
+use crate::app::dashboard::{AccountState, Dashboard, SessionMode};
 use crate::app::frame::FrameScheduler;
 use crate::app::input::{KeyAction, KeyRouter};
 use crate::app::terminal::{TerminalGuard, Tui};
@@ -378,11 +378,16 @@ impl App {
             }
             KeyAction::OpenHelp => self.overlay = Some(Overlay::Help),
             KeyAction::OpenPicker => {
-                let selected = self
-                    .dashboard
-                    .accounts
+                // Start on the first account one could switch to.
+                let accounts = &self.dashboard.accounts;
+                let selected = accounts
                     .iter()
-                    .position(|a| Some(&a.id) != self.dashboard.active.as_ref())
+                    .position(|a| self.dashboard.state_of(a) == AccountState::Ready)
+                    .or_else(|| {
+                        accounts
+                            .iter()
+                            .position(|a| Some(&a.id) != self.dashboard.active.as_ref())
+                    })
                     .unwrap_or(0);
                 self.overlay = Some(Overlay::Picker { selected });
             }
@@ -392,7 +397,7 @@ impl App {
             KeyAction::SwitchBest => {
                 let _ = self.commands.send(ProxyCommand::SwitchBest);
                 self.dashboard
-                    .push_message("switch to the best other account requested", now);
+                    .push_message("switch to best account requested", now);
             }
             KeyAction::AskQuit => self.overlay = Some(Overlay::ConfirmQuit),
             KeyAction::Quit => {

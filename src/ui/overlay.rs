@@ -149,7 +149,7 @@ pub fn render_picker(
         };
         lines.push(Line::styled(
             format!(
-                "{} {:<name_width$}  {:<22} {usage}",
+                "{} {:<name_width$}  {:<25} {usage}",
                 if i == selected { "›" } else { " " },
                 account.name,
                 state_text
