@@ -156,7 +156,8 @@ async fn event_loop(
         config.pane.scrollback_lines,
         guard.colors,
     );
-    let (pty_tx, mut pty_rx) = mpsc::channel(64);
+    // Bounded: at most 16 reads (1 MiB) wait for the parser; the child waits beyond that.
+    let (pty_tx, mut pty_rx) = mpsc::channel(16);
     let child = PtyChild::spawn(spec, layout.pane.height, layout.pane.width, pty_tx)?;
     let mode = if backend.is_direct() {
         SessionMode::Direct
