@@ -201,13 +201,29 @@ async fn codex_exit_code_becomes_cs_tui_exit_code_and_the_terminal_is_restored()
     let s = start(120, 30).await;
     let t = &s.tmux;
     t.wait_for(WAIT, "Codex ready", ready);
-    // Ctrl+C twice quits Codex (its own key, passed through the pane).
+    t.paste("one prompt");
+    t.wait_for(WAIT, "the pasted prompt", |screen| {
+        screen.contains("› one prompt")
+    });
+    t.keys(&["Enter"]);
+    t.wait_for(WAIT, "the reply", |screen| {
+        screen.contains("Served by alice: you said \"one prompt\"")
+    });
+    // Ctrl+C quits Codex (its own key, passed through the pane); it may ask for a second one.
     t.keys(&["C-c"]);
-    t.keys(&["C-c"]);
+    let screen = t.wait_for(WAIT, "Codex gone, or asking for another Ctrl+C", |screen| {
+        screen.contains("shell prompt>") || screen.contains("again to quit")
+    });
+    if !screen.contains("shell prompt>") {
+        t.keys(&["C-c"]);
+    }
     let screen = t.wait_for(WAIT, "the shell back", |screen| {
         screen.contains("shell prompt>")
     });
+    println!("after Codex quit:\n{screen}");
     assert!(screen.contains("cs-tui exited 0"), "{screen}");
+    // Codex's parting hint survives the alternate screen.
+    assert!(screen.contains("codex resume"), "{screen}");
     assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
     assert_eq!(t.format("#{alternate_on}"), "0");
 }

@@ -5,6 +5,7 @@ mod pane_support;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -129,6 +130,109 @@ fn the_child_sees_the_pane_not_tmux() {
     // The PTY is the pane's size: 160 columns less the 44-column panel, all 40 rows.
     assert!(
         screen.lines().any(|l| l.trim_start().starts_with("40 116")),
+        "{screen}"
+    );
+}
+
+fn fake_codex(dir: &Path, body: &str) -> std::path::PathBuf {
+    let fake = dir.join("codex");
+    std::fs::write(&fake, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fake
+}
+
+fn run_in_tmux(dir: &Path, codex: &Path) -> Tmux {
+    let script = "\"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; exec sleep 600";
+    Tmux::start(
+        120,
+        20,
+        dir,
+        &[
+            ("CS_TUI_NO_PROXY", OsStr::new("1")),
+            ("CS_TUI_HOME", dir.as_os_str()),
+            ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+        ],
+        OsStr::new("sh"),
+        &[
+            OsStr::new("-c"),
+            OsStr::new(script),
+            OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
+        ],
+    )
+}
+
+#[test]
+fn sigterm_ends_the_session_and_restores_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_codex(dir.path(), "echo fake codex running; exec sleep 600");
+    let t = run_in_tmux(dir.path(), &fake);
+    t.wait_for(Duration::from_secs(30), "the fake codex", |s| {
+        s.contains("fake codex running")
+    });
+    // cs-tui is the child of the pane's shell.
+    let pid = Command::new("pgrep")
+        .args(["-P", &t.pane_pid().to_string()])
+        .output()
+        .expect("pgrep");
+    let pid: i32 = String::from_utf8_lossy(&pid.stdout)
+        .trim()
+        .parse()
+        .expect("cs-tui pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let screen = t.wait_for(Duration::from_secs(30), "the exit status", |s| {
+        s.contains("cs-tui exited")
+    });
+    assert!(screen.contains("cs-tui exited 143"), "{screen}");
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    assert!(!screen.contains("fake codex running"), "{screen}");
+}
+
+#[test]
+fn a_codex_that_cannot_start_is_a_message_after_the_terminal_is_restored() {
+    // (The exec failure surfaces as the child's exit code 1, with nothing on its screen.)
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("codex");
+    std::fs::write(&fake, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = run_in_tmux(dir.path(), &fake);
+    let screen = t.wait_for(Duration::from_secs(30), "the exit status", |s| {
+        s.contains("cs-tui exited")
+    });
+    assert!(screen.contains("cs-tui exited 1"), "{screen}");
+    assert!(
+        screen.contains("error: codex exited with code 1"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("hint: it stopped right after starting"),
+        "{screen}"
+    );
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    assert_eq!(t.format("#{alternate_on}"), "0");
+}
+
+#[test]
+fn a_failing_codex_leaves_its_last_words_on_the_restored_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_codex(
+        dir.path(),
+        "echo 'Error: loading config.toml: invalid type at line 3'; exit 2",
+    );
+    let t = run_in_tmux(dir.path(), &fake);
+    let screen = t.wait_for(Duration::from_secs(30), "the exit status", |s| {
+        s.contains("cs-tui exited")
+    });
+    assert!(screen.contains("cs-tui exited 2"), "{screen}");
+    assert!(
+        screen.contains("error: codex exited with code 2; its last output:"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("  Error: loading config.toml: invalid type at line 3"),
         "{screen}"
     );
 }

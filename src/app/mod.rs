@@ -92,14 +92,69 @@ pub fn run(global: &GlobalArgs, codex_args: Vec<OsString>) -> Result<ExitCode> {
     });
     // The terminal reader thread may be parked in a read; do not wait for it.
     runtime.shutdown_background();
-    let code = result?;
+    let end = result?;
+    // The alternate screen is gone with whatever Codex last said; say it again on the
+    // restored terminal, or a failing Codex would leave nothing to read.
+    if let Some(report) = end.report(&global.codex_bin) {
+        eprintln!("{report}");
+    }
     Ok(ExitCode::from(
-        u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+        u8::try_from(end.code.clamp(0, 255)).unwrap_or(1),
     ))
 }
 
+/// How the session ended.
+#[derive(Debug)]
+struct SessionEnd {
+    /// cs-tui's exit code.
+    code: i32,
+    /// Codex exited by itself (not because the user quit or a signal came).
+    codex_exited: bool,
+    /// The non-blank lines of Codex's last screen.
+    last_screen: Vec<String>,
+    ran_for: Duration,
+}
+
+impl SessionEnd {
+    fn report(&self, program: &std::ffi::OsStr) -> Option<String> {
+        if !self.codex_exited {
+            return None;
+        }
+        if self.code == 0 {
+            // Codex's parting words ("To continue this session, run codex resume …").
+            let resume: Vec<&str> = self
+                .last_screen
+                .iter()
+                .map(String::as_str)
+                .filter(|l| l.contains("codex resume"))
+                .collect();
+            return (!resume.is_empty()).then(|| resume.join("\n"));
+        }
+        let mut out = format!("error: codex exited with code {}", self.code);
+        let tail = &self.last_screen[self.last_screen.len().saturating_sub(15)..];
+        if !tail.is_empty() {
+            out.push_str("; its last output:");
+            for line in tail {
+                out.push_str("\n  ");
+                out.push_str(line);
+            }
+        }
+        if self.ran_for < Duration::from_secs(3) {
+            out.push_str(&format!(
+                "\nhint: it stopped right after starting; check that `{} --version` runs",
+                program.to_string_lossy()
+            ));
+        }
+        Some(out)
+    }
+}
+
 /// Takes the terminal, runs the loop, and gives the terminal back before any error surfaces.
-async fn session(spec: ChildSpec, mut backend: SessionBackend, config: Config) -> Result<i32> {
+async fn session(
+    spec: ChildSpec,
+    mut backend: SessionBackend,
+    config: Config,
+) -> Result<SessionEnd> {
     let mut guard = TerminalGuard::enter()?;
     let result = event_loop(&mut guard, &spec, &mut backend, config).await;
     drop(guard);
@@ -139,7 +194,8 @@ async fn event_loop(
     spec: &ChildSpec,
     backend: &mut SessionBackend,
     config: Config,
-) -> Result<i32> {
+) -> Result<SessionEnd> {
+    let started = Instant::now();
     let size = guard
         .terminal
         .size()
@@ -209,12 +265,12 @@ async fn event_loop(
                                     handled += more.len();
                                     app.on_output(&more, &mut guard.terminal);
                                 }
-                                Ok(PtyEvent::Exited(code)) => return Ok(app.exit_code(code)),
+                                Ok(PtyEvent::Exited(code)) => return Ok(app.finish(code, started)),
                                 Err(_) => break,
                             }
                         }
                     }
-                    PtyEvent::Exited(code) => return Ok(app.exit_code(code)),
+                    PtyEvent::Exited(code) => return Ok(app.finish(code, started)),
                 }
             }
             event = terminal_events.next(), if terminal_open => match event {
@@ -267,11 +323,24 @@ fn next_minute() -> Instant {
 }
 
 impl App {
-    fn exit_code(&self, child_code: i32) -> i32 {
-        match self.ending {
+    fn finish(&self, child_code: i32, started: Instant) -> SessionEnd {
+        let code = match self.ending {
             Some(Ending::UserQuit) => 0,
             Some(Ending::Signal(signal)) => 128 + signal,
             None => child_code,
+        };
+        let screen = self.pane.screen();
+        let (rows, cols) = screen.size();
+        let last_screen = (0..rows.get())
+            .map(|row| screen.contents_between(row, 0, row, cols.get()))
+            .map(|line| line.trim_end().to_owned())
+            .filter(|line| !line.is_empty())
+            .collect();
+        SessionEnd {
+            code,
+            codex_exited: self.ending.is_none(),
+            last_screen,
+            ran_for: started.elapsed(),
         }
     }
 

@@ -204,9 +204,11 @@ fn text(out: &Output) -> String {
 }
 
 fn uuid_like() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    format!("{}-{nanos}", std::process::id())
+    format!("{}-{n}-{nanos}", std::process::id())
 }
