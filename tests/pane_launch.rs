@@ -142,7 +142,7 @@ fn fake_codex(dir: &Path, body: &str) -> std::path::PathBuf {
 }
 
 fn run_in_tmux(dir: &Path, codex: &Path) -> Tmux {
-    let script = "\"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; exec sleep 600";
+    let script = "\"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; echo 'shell prompt>'; exec sleep 600";
     Tmux::start(
         120,
         20,
@@ -183,8 +183,8 @@ fn sigterm_ends_the_session_and_restores_the_terminal() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let screen = t.wait_for(Duration::from_secs(30), "the exit status", |s| {
-        s.contains("cs-tui exited")
+    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
+        s.contains("shell prompt>")
     });
     assert!(screen.contains("cs-tui exited 143"), "{screen}");
     assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
@@ -199,8 +199,8 @@ fn a_codex_that_cannot_start_is_a_message_after_the_terminal_is_restored() {
     std::fs::write(&fake, "#!/nonexistent/interpreter\n").unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let t = run_in_tmux(dir.path(), &fake);
-    let screen = t.wait_for(Duration::from_secs(30), "the exit status", |s| {
-        s.contains("cs-tui exited")
+    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
+        s.contains("shell prompt>")
     });
     assert!(screen.contains("cs-tui exited 1"), "{screen}");
     assert!(
@@ -223,8 +223,8 @@ fn a_failing_codex_leaves_its_last_words_on_the_restored_terminal() {
         "echo 'Error: loading config.toml: invalid type at line 3'; exit 2",
     );
     let t = run_in_tmux(dir.path(), &fake);
-    let screen = t.wait_for(Duration::from_secs(30), "the exit status", |s| {
-        s.contains("cs-tui exited")
+    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
+        s.contains("shell prompt>")
     });
     assert!(screen.contains("cs-tui exited 2"), "{screen}");
     assert!(
