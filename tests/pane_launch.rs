@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use pane_support::Tmux;
 
-fn cs_tui() -> Command {
+/// cs-tui with its store in `store` and no codex override from the caller's environment.
+fn cs_tui(store: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cs-tui"));
-    let store = std::env::temp_dir().join("cs-tui-launch-test-store");
     cmd.env("CS_TUI_HOME", store).env_remove("CS_TUI_CODEX_BIN");
     cmd
 }
@@ -28,8 +28,9 @@ fn stderr_of(cmd: &mut Command) -> (i32, String) {
 
 #[test]
 fn a_missing_codex_binary_is_named_with_what_to_do() {
+    let store = tempfile::tempdir().unwrap();
     let (code, stderr) = stderr_of(
-        cs_tui()
+        cs_tui(store.path())
             .env("CS_TUI_NO_PROXY", "1")
             .args(["--codex-bin", "/nonexistent/codex"]),
     );
@@ -41,8 +42,9 @@ fn a_missing_codex_binary_is_named_with_what_to_do() {
 
 #[test]
 fn subcommands_that_cannot_run_through_the_proxy_are_refused() {
+    let store = tempfile::tempdir().unwrap();
     for args in [&["exec", "hi"][..], &["login"], &["--remote", "ws://x"]] {
-        let (code, stderr) = stderr_of(cs_tui().env("CS_TUI_NO_PROXY", "1").args(args));
+        let (code, stderr) = stderr_of(cs_tui(store.path()).env("CS_TUI_NO_PROXY", "1").args(args));
         assert_eq!(code, 1, "{args:?}");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
         assert!(stderr.contains("hint:"), "{args:?}: {stderr}");
@@ -53,7 +55,7 @@ fn subcommands_that_cannot_run_through_the_proxy_are_refused() {
 fn a_broken_config_file_is_named() {
     let store = tempfile::tempdir().unwrap();
     std::fs::write(store.path().join("config.toml"), "prefix_key = \"x\"\n").unwrap();
-    let (code, stderr) = stderr_of(cs_tui().env("CS_TUI_HOME", store.path()));
+    let (code, stderr) = stderr_of(&mut cs_tui(store.path()));
     assert_eq!(code, 1);
     assert!(stderr.contains("config.toml"), "{stderr}");
     assert!(stderr.contains("plain character"), "{stderr}");

@@ -79,12 +79,27 @@ pub fn child_environment(
 }
 
 /// What to run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ChildSpec {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub cwd: PathBuf,
+    /// The whole environment. It holds the proxy token, so `Debug` shows only the names.
     pub env: Vec<(OsString, OsString)>,
+}
+
+impl std::fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .field(
+                "env",
+                &self.env.iter().map(|(key, _)| key).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// Finds `program` like a shell would: a path as given, a bare name on `PATH`.
@@ -302,6 +317,19 @@ mod tests {
         assert_eq!(get("COLORTERM"), ["truecolor"]);
         assert_eq!(get("HOME"), ["/home/u"]);
         assert_eq!(get("CS_TUI_PROXY_TOKEN"), ["fresh"]);
+    }
+
+    #[test]
+    fn debug_output_never_shows_environment_values() {
+        let spec = ChildSpec {
+            program: "codex".into(),
+            args: Vec::new(),
+            cwd: "/".into(),
+            env: vars(&[("CS_TUI_PROXY_TOKEN", "very-secret")]),
+        };
+        let shown = format!("{spec:?}");
+        assert!(shown.contains("CS_TUI_PROXY_TOKEN"), "{shown}");
+        assert!(!shown.contains("very-secret"), "{shown}");
     }
 
     #[test]
