@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod app;
 pub mod cli;
+pub mod config;
 pub mod errors;
 pub mod logging;
 pub mod paths;

@@ -1,12 +1,558 @@
 //! The dashboard: state, events, key routing and the main loop.
+//!
+//! One `select!` loop owns all state. Producers — the PTY reader, the terminal's event stream,
+//! the proxy's events, signals, a once-a-minute countdown tick — only send; the loop applies
+//! what they say, marks the screen dirty, and the frame scheduler turns bursts into one draw.
+
+pub mod backend;
+pub mod dashboard;
+pub mod frame;
+pub mod input;
+pub mod launcher;
+pub mod terminal;
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use color_eyre::eyre::{Result, bail};
+use color_eyre::eyre::{Result, WrapErr, eyre};
+use crossterm::event::{Event, EventStream, KeyEventKind, MouseEventKind};
+use crossterm::queue;
+use crossterm::terminal::{BeginSynchronizedUpdate, EndSynchronizedUpdate, SetTitle};
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use ratatui::layout::{Position, Rect};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
+use crate::app::backend::SessionBackend;
+use crate::app::dashboard::{AccountState, Dashboard, SessionMode};
+use crate::app::frame::FrameScheduler;
+use crate::app::input::{KeyAction, KeyRouter};
+use crate::app::terminal::{TerminalGuard, Tui};
 use crate::cli::GlobalArgs;
+use crate::config::Config;
+use crate::errors::with_hint;
+use crate::proxy::events::ProxyCommand;
+use crate::pty::child::{ChildSpec, PtyChild, PtyEvent, child_environment, resolve_program};
+use crate::pty::keys::{KeyModes, WheelAction, encode_paste, wheel};
+use crate::pty::screen::PaneScreen;
+use crate::ui::{self, AppLayout, Overlay, RenderContext, View};
 
-pub fn run(_global: &GlobalArgs, _codex_args: Vec<OsString>) -> Result<ExitCode> {
-    bail!("the dashboard is not built yet")
+/// How long Codex gets to exit after a hang-up before it is killed.
+const CHILD_EXIT_GRACE: Duration = Duration::from_secs(3);
+/// Output handled per loop turn before the loop looks at input and frames again.
+const OUTPUT_BATCH_BYTES: usize = 1 << 20;
+
+/// `cs-tui [CODEX ARGS]`: Codex in the pane, the panel beside it. Exits with Codex's code.
+pub fn run(global: &GlobalArgs, codex_args: Vec<OsString>) -> Result<ExitCode> {
+    let config = Config::load(&Config::default_path()?)?;
+    let _log_guard = crate::paths::log_dir()
+        .ok()
+        .and_then(|dir| crate::logging::init(&dir, "cs-tui", global.log_level.as_deref()).ok());
+    // Refuse what cannot run before anything starts.
+    launcher::validate_codex_args(&codex_args)
+        .map_err(|e| with_hint(e.into(), "cs-tui hosts the interactive Codex TUI only"))?;
+    let program = resolve_program(&global.codex_bin, std::env::var_os("PATH").as_deref())
+        .ok_or_else(|| {
+            with_hint(
+                eyre!(
+                    "cannot find the codex binary {:?}",
+                    global.codex_bin.to_string_lossy()
+                ),
+                "install it with `npm install -g @openai/codex@0.169.0`, or point --codex-bin \
+                 (or CS_TUI_CODEX_BIN) at it",
+            )
+        })?;
+    let cwd = std::env::current_dir().wrap_err("reading the current directory")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .wrap_err("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let backend = backend::start_backend(global, &config).await?;
+        let remote = backend.remote.as_ref().map(backend::RemoteEndpoint::target);
+        let args = launcher::codex_command_args(&codex_args, &cwd, remote.as_ref())?;
+        let extra_env: Vec<(OsString, OsString)> = backend
+            .remote
+            .iter()
+            .map(|r| (r.token_env.clone().into(), r.token.expose().into()))
+            .collect();
+        tracing::info!(program = %program.display(), ?args, direct = backend.is_direct(), "starting codex");
+        let spec = ChildSpec {
+            program,
+            args,
+            cwd,
+            env: child_environment(std::env::vars_os(), &extra_env),
+        };
+        session(spec, backend, config).await
+    });
+    // The terminal reader thread may be parked in a read; do not wait for it.
+    runtime.shutdown_background();
+    let end = result?;
+    // The alternate screen is gone with whatever Codex last said; say it again on the
+    // restored terminal, or a failing Codex would leave nothing to read.
+    if let Some(report) = end.report(&global.codex_bin) {
+        eprintln!("{report}");
+    }
+    Ok(ExitCode::from(
+        u8::try_from(end.code.clamp(0, 255)).unwrap_or(1),
+    ))
+}
+
+/// How the session ended.
+#[derive(Debug)]
+struct SessionEnd {
+    /// cs-tui's exit code.
+    code: i32,
+    /// Codex exited by itself (not because the user quit or a signal came).
+    codex_exited: bool,
+    /// The non-blank lines of Codex's last screen.
+    last_screen: Vec<String>,
+    ran_for: Duration,
+}
+
+impl SessionEnd {
+    fn report(&self, program: &std::ffi::OsStr) -> Option<String> {
+        if !self.codex_exited {
+            return None;
+        }
+        if self.code == 0 {
+            // Codex's parting words ("To continue this session, run codex resume …").
+            let resume: Vec<&str> = self
+                .last_screen
+                .iter()
+                .map(String::as_str)
+                .filter(|l| l.contains("codex resume"))
+                .collect();
+            return (!resume.is_empty()).then(|| resume.join("\n"));
+        }
+        let mut out = format!("error: codex exited with code {}", self.code);
+        let tail = &self.last_screen[self.last_screen.len().saturating_sub(15)..];
+        if !tail.is_empty() {
+            out.push_str("; its last output:");
+            for line in tail {
+                out.push_str("\n  ");
+                out.push_str(line);
+            }
+        }
+        if self.ran_for < Duration::from_secs(3) {
+            out.push_str(&format!(
+                "\nhint: it stopped right after starting; check that `{} --version` runs",
+                program.to_string_lossy()
+            ));
+        }
+        Some(out)
+    }
+}
+
+/// Takes the terminal, runs the loop, and gives the terminal back before any error surfaces.
+async fn session(
+    spec: ChildSpec,
+    mut backend: SessionBackend,
+    config: Config,
+) -> Result<SessionEnd> {
+    let mut guard = TerminalGuard::enter()?;
+    let result = event_loop(&mut guard, &spec, &mut backend, config).await;
+    drop(guard);
+    drop(backend.guard.take());
+    result
+}
+
+/// Why the session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The user confirmed quit.
+    UserQuit,
+    /// A signal asked us to stop; exit with 128 + its number.
+    Signal(i32),
+}
+
+struct App {
+    config: Config,
+    pane: PaneScreen,
+    child: PtyChild,
+    dashboard: Dashboard,
+    router: KeyRouter,
+    overlay: Option<Overlay>,
+    panel_visible: bool,
+    layout: AppLayout,
+    frames: FrameScheduler,
+    commands: mpsc::UnboundedSender<ProxyCommand>,
+    cursor_style: Option<vt100::CursorStyle>,
+    title: Option<String>,
+    ending: Option<Ending>,
+    /// When Codex gets SIGKILL if it has not exited after the hang-up.
+    kill_at: Option<Instant>,
+}
+
+async fn event_loop(
+    guard: &mut TerminalGuard,
+    spec: &ChildSpec,
+    backend: &mut SessionBackend,
+    config: Config,
+) -> Result<SessionEnd> {
+    let started = Instant::now();
+    let size = guard
+        .terminal
+        .size()
+        .wrap_err("reading the terminal size")?;
+    let panel_visible = config.panel.visible;
+    let layout = ui::layout(
+        Rect::new(0, 0, size.width, size.height),
+        &config.panel,
+        panel_visible,
+    );
+    let pane = PaneScreen::new(
+        layout.pane.height,
+        layout.pane.width,
+        config.pane.scrollback_lines,
+        guard.colors,
+    );
+    // Bounded: at most 16 reads (1 MiB) wait for the parser; the child waits beyond that.
+    let (pty_tx, mut pty_rx) = mpsc::channel(16);
+    let child = PtyChild::spawn(spec, layout.pane.height, layout.pane.width, pty_tx)?;
+    let mode = if backend.is_direct() {
+        SessionMode::Direct
+    } else {
+        SessionMode::Proxy
+    };
+    let mut app = App {
+        router: KeyRouter::new(config.prefix_key.clone()),
+        config,
+        pane,
+        child,
+        dashboard: Dashboard::new(mode, std::mem::take(&mut backend.accounts)),
+        overlay: None,
+        panel_visible,
+        layout,
+        frames: FrameScheduler::default(),
+        commands: backend.commands.clone(),
+        cursor_style: None,
+        title: None,
+        ending: None,
+        kill_at: None,
+    };
+
+    let mut terminal_events = EventStream::new();
+    let mut sigterm = signal(SignalKind::terminate()).wrap_err("installing signal handlers")?;
+    let mut sighup = signal(SignalKind::hangup()).wrap_err("installing signal handlers")?;
+    let mut sigint = signal(SignalKind::interrupt()).wrap_err("installing signal handlers")?;
+    let mut proxy_open = true;
+    let mut terminal_open = true;
+
+    loop {
+        let now = Instant::now();
+        let frame_due = app.frames.deadline(app.pane.hold_frame_until(now));
+        // Under a flood of output the loop may always find output ready; draw when due anyway.
+        if frame_due.is_some_and(|due| due <= now) {
+            app.draw(&mut guard.terminal)?;
+            continue;
+        }
+        tokio::select! {
+            Some(event) = pty_rx.recv() => {
+                match event {
+                    PtyEvent::Output(bytes) => {
+                        app.on_output(&bytes, &mut guard.terminal);
+                        // Drain what is already queued: one frame for the whole burst.
+                        let mut handled = bytes.len();
+                        while handled < OUTPUT_BATCH_BYTES {
+                            match pty_rx.try_recv() {
+                                Ok(PtyEvent::Output(more)) => {
+                                    handled += more.len();
+                                    app.on_output(&more, &mut guard.terminal);
+                                }
+                                Ok(PtyEvent::Exited(code)) => return Ok(app.finish(code, started)),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    PtyEvent::Exited(code) => return Ok(app.finish(code, started)),
+                }
+            }
+            event = terminal_events.next(), if terminal_open => match event {
+                Some(Ok(event)) => app.on_terminal_event(event),
+                Some(Err(err)) => {
+                    tracing::warn!("terminal input: {err}");
+                    terminal_open = false;
+                }
+                None => terminal_open = false,
+            },
+            event = backend.events.recv(), if proxy_open => match event {
+                Some(event) => {
+                    tracing::debug!(?event, "proxy event");
+                    app.dashboard.apply(&event);
+                    app.frames.request();
+                }
+                None => proxy_open = false,
+            },
+            () = sleep_until(frame_due), if frame_due.is_some() => app.draw(&mut guard.terminal)?,
+            () = tokio::time::sleep_until(next_minute().into()) => {
+                // Countdowns ("resets in 2h 13m") move once a minute; nothing else is timed.
+                app.frames.request();
+            }
+            () = sleep_until(app.kill_at), if app.kill_at.is_some() => {
+                tracing::warn!("codex did not exit after a hang-up; killing it");
+                app.child.signal_group(Signal::SIGKILL);
+                app.kill_at = None;
+            }
+            _ = sigterm.recv() => app.end(Ending::Signal(Signal::SIGTERM as i32)),
+            _ = sighup.recv() => app.end(Ending::Signal(Signal::SIGHUP as i32)),
+            _ = sigint.recv() => app.end(Ending::Signal(Signal::SIGINT as i32)),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The start of the next wall-clock minute.
+fn next_minute() -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let into_minute = Duration::from_millis(u64::try_from(now.as_millis() % 60_000).unwrap_or(0));
+    Instant::now() + (Duration::from_secs(60) - into_minute)
+}
+
+impl App {
+    fn finish(&self, child_code: i32, started: Instant) -> SessionEnd {
+        let code = match self.ending {
+            Some(Ending::UserQuit) => 0,
+            Some(Ending::Signal(signal)) => 128 + signal,
+            None => child_code,
+        };
+        let screen = self.pane.screen();
+        let (rows, cols) = screen.size();
+        let last_screen = (0..rows.get())
+            .map(|row| screen.contents_between(row, 0, row, cols.get()))
+            .map(|line| line.trim_end().to_owned())
+            .filter(|line| !line.is_empty())
+            .collect();
+        SessionEnd {
+            code,
+            codex_exited: self.ending.is_none(),
+            last_screen,
+            ran_for: started.elapsed(),
+        }
+    }
+
+    /// Starts ending the session: hang up Codex's process group, as closing a terminal does,
+    /// then wait for it to exit (killing it after a grace period).
+    fn end(&mut self, ending: Ending) {
+        if self.ending.is_none() {
+            tracing::info!(?ending, "ending the session");
+            self.ending = Some(ending);
+            self.kill_at = Some(Instant::now() + CHILD_EXIT_GRACE);
+            self.child.signal_group(Signal::SIGHUP);
+        }
+    }
+
+    fn on_output(&mut self, bytes: &[u8], terminal: &mut Tui) {
+        let replies = self.pane.process(bytes);
+        // Answers go back at once: Codex waits for them at startup (PROTOCOL.md §7).
+        self.child.write(replies);
+        for message in self.pane.take_notifications() {
+            let clean: String = message.chars().filter(|c| !c.is_control()).collect();
+            let _ = write!(terminal.backend_mut(), "\x1b]9;{clean}\x07");
+        }
+        self.frames.request();
+    }
+
+    fn relayout(&mut self, width: u16, height: u16) {
+        self.layout = ui::layout(
+            Rect::new(0, 0, width, height),
+            &self.config.panel,
+            self.panel_visible,
+        );
+        let (rows, cols) = (self.layout.pane.height, self.layout.pane.width);
+        if self.pane.resize(rows, cols)
+            && let Err(err) = self.child.resize(rows, cols)
+        {
+            tracing::warn!("{err:#}");
+        }
+        self.frames.request();
+    }
+
+    fn on_terminal_event(&mut self, event: Event) {
+        match event {
+            Event::Key(key) if key.kind != KeyEventKind::Release => {
+                let modes = KeyModes::of(self.pane.screen());
+                let action = self.router.route(&key, self.overlay.as_ref(), modes);
+                self.on_action(action);
+                self.frames.request();
+            }
+            Event::Key(_) => {}
+            Event::Paste(text) => {
+                if self.overlay.is_none() {
+                    self.pane.scroll_to_live();
+                    let bracketed = self.pane.screen().bracketed_paste();
+                    self.child.write(encode_paste(&text, bracketed));
+                }
+            }
+            Event::Mouse(mouse) => {
+                let up = match mouse.kind {
+                    MouseEventKind::ScrollUp => true,
+                    MouseEventKind::ScrollDown => false,
+                    _ => return,
+                };
+                if self.overlay.is_some()
+                    || !self
+                        .layout
+                        .pane
+                        .contains(Position::new(mouse.column, mouse.row))
+                {
+                    return;
+                }
+                let screen = self.pane.screen();
+                match wheel(up, screen.alternate_screen(), KeyModes::of(screen)) {
+                    WheelAction::Scroll(lines) => {
+                        self.pane.scroll_by(lines);
+                        self.frames.request();
+                    }
+                    WheelAction::Send(bytes) => self.child.write(bytes),
+                }
+            }
+            Event::Resize(width, height) => self.relayout(width, height),
+            Event::FocusGained if self.pane.focus_reporting() => {
+                self.child.write(b"\x1b[I".to_vec());
+            }
+            Event::FocusLost if self.pane.focus_reporting() => {
+                self.child.write(b"\x1b[O".to_vec());
+            }
+            Event::FocusGained | Event::FocusLost => {}
+        }
+    }
+
+    fn on_action(&mut self, action: KeyAction) {
+        let now = chrono::Utc::now();
+        let direct = self.dashboard.mode == SessionMode::Direct;
+        match action {
+            KeyAction::Send(bytes) => {
+                // Typing returns the view to the live screen, as terminals do.
+                self.pane.scroll_to_live();
+                self.child.write(bytes);
+            }
+            KeyAction::PrefixArmed | KeyAction::Nothing => {}
+            KeyAction::TogglePanel => {
+                self.panel_visible = !self.panel_visible;
+                let area = self.layout_area();
+                self.relayout(area.width, area.height);
+            }
+            KeyAction::OpenHelp => self.overlay = Some(Overlay::Help),
+            KeyAction::OpenPicker => {
+                // Start on the first account one could switch to.
+                let accounts = &self.dashboard.accounts;
+                let selected = accounts
+                    .iter()
+                    .position(|a| self.dashboard.state_of(a) == AccountState::Ready)
+                    .or_else(|| {
+                        accounts
+                            .iter()
+                            .position(|a| Some(&a.id) != self.dashboard.active.as_ref())
+                    })
+                    .unwrap_or(0);
+                self.overlay = Some(Overlay::Picker { selected });
+            }
+            KeyAction::SwitchBest if direct => self
+                .dashboard
+                .push_message("no proxy in this session: cannot switch", now),
+            KeyAction::SwitchBest => {
+                let _ = self.commands.send(ProxyCommand::SwitchBest);
+                self.dashboard
+                    .push_message("switch to best account requested", now);
+            }
+            KeyAction::AskQuit => self.overlay = Some(Overlay::ConfirmQuit),
+            KeyAction::Quit => {
+                self.overlay = None;
+                self.end(Ending::UserQuit);
+            }
+            KeyAction::CloseOverlay => self.overlay = None,
+            KeyAction::PickerMove(delta) => {
+                if let Some(Overlay::Picker { selected }) = &mut self.overlay {
+                    let count = self.dashboard.accounts.len().max(1);
+                    *selected = (*selected as isize + delta).rem_euclid(count as isize) as usize;
+                }
+            }
+            KeyAction::PickerChoose => {
+                let Some(Overlay::Picker { selected }) = self.overlay.take() else {
+                    return;
+                };
+                if let Some(account) = self.dashboard.accounts.get(selected).cloned() {
+                    if direct {
+                        self.dashboard
+                            .push_message("no proxy in this session: cannot switch", now);
+                    } else if self.dashboard.active.as_deref() != Some(account.id.as_str()) {
+                        let _ = self.commands.send(ProxyCommand::SwitchTo {
+                            account_id: account.id.clone(),
+                        });
+                        self.dashboard
+                            .push_message(format!("switch to {} requested", account.name), now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn layout_area(&self) -> Rect {
+        let mut area = self.layout.pane;
+        for other in [self.layout.panel, self.layout.status]
+            .into_iter()
+            .flatten()
+        {
+            area = area.union(other);
+        }
+        area
+    }
+
+    fn draw(&mut self, terminal: &mut Tui) -> Result<()> {
+        let now = chrono::Local::now().fixed_offset();
+        let prefix = self.config.prefix_key.label();
+        queue!(terminal.backend_mut(), BeginSynchronizedUpdate).wrap_err("drawing")?;
+        let title = self.pane.title().map(str::to_owned);
+        if title != self.title {
+            if let Some(title) = &title {
+                queue!(terminal.backend_mut(), SetTitle(title)).wrap_err("drawing")?;
+            }
+            self.title = title;
+        }
+        terminal
+            .draw(|frame| {
+                ui::draw(
+                    frame,
+                    &View {
+                        screen: self.pane.screen(),
+                        dashboard: &self.dashboard,
+                        layout: self.layout,
+                        overlay: self.overlay.as_ref(),
+                        prefix_pending: self.router.pending(),
+                        ctx: RenderContext {
+                            now,
+                            prefix: &prefix,
+                        },
+                    },
+                );
+            })
+            .wrap_err("drawing")?;
+        let style = self.pane.screen().cursor_style();
+        if self.cursor_style != Some(style) {
+            queue!(
+                terminal.backend_mut(),
+                crate::pty::widget::cursor_style(style)
+            )
+            .wrap_err("drawing")?;
+            self.cursor_style = Some(style);
+        }
+        queue!(terminal.backend_mut(), EndSynchronizedUpdate).wrap_err("drawing")?;
+        terminal.backend_mut().flush().wrap_err("drawing")?;
+        self.frames.drew(Instant::now());
+        Ok(())
+    }
 }

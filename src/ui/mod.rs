@@ -1,1 +1,126 @@
-//! Pure render functions: state in, widgets out.
+//! Pure render functions: state in, widgets out. Nothing here changes state or does I/O.
+
+pub mod overlay;
+pub mod pace;
+pub mod panel;
+
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Style};
+use ratatui::text::Span;
+use ratatui::widgets::{Paragraph, Widget};
+
+use crate::app::dashboard::Dashboard;
+use crate::config::{PanelConfig, PanelSide};
+use crate::pty::widget::{PaneWidget, cursor_position};
+pub use overlay::Overlay;
+pub use panel::RenderContext;
+
+/// Where everything goes on the screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppLayout {
+    /// The embedded terminal. Its size is the PTY's size.
+    pub pane: Rect,
+    /// The side panel, when shown in full.
+    pub panel: Option<Rect>,
+    /// The one-line status bar, when the panel is hidden or the terminal too narrow.
+    pub status: Option<Rect>,
+}
+
+/// The pane never gets narrower than this next to the panel.
+const MIN_PANE_COLUMNS: u16 = 40;
+
+/// Splits the terminal: pane plus side panel when the panel is on and the terminal wide enough,
+/// else pane plus a one-line status bar at the bottom.
+pub fn layout(area: Rect, panel: &PanelConfig, panel_visible: bool) -> AppLayout {
+    let width = panel.width.max(20);
+    let wide = area.width >= panel.collapse_below_columns
+        && area.width >= width.saturating_add(MIN_PANE_COLUMNS);
+    if panel_visible && wide {
+        let pane_width = area.width - width;
+        let (pane_x, panel_x) = match panel.side {
+            PanelSide::Right => (area.x, area.x + pane_width),
+            PanelSide::Left => (area.x + width, area.x),
+        };
+        return AppLayout {
+            pane: Rect::new(pane_x, area.y, pane_width, area.height),
+            panel: Some(Rect::new(panel_x, area.y, width, area.height)),
+            status: None,
+        };
+    }
+    if area.height < 2 {
+        return AppLayout {
+            pane: area,
+            panel: None,
+            status: None,
+        };
+    }
+    AppLayout {
+        pane: Rect::new(area.x, area.y, area.width, area.height - 1),
+        panel: None,
+        status: Some(Rect::new(area.x, area.bottom() - 1, area.width, 1)),
+    }
+}
+
+/// Everything one frame shows.
+pub struct View<'a> {
+    pub screen: &'a vt100::Screen,
+    pub dashboard: &'a Dashboard,
+    pub layout: AppLayout,
+    pub overlay: Option<&'a Overlay>,
+    /// The prefix key was pressed and the next key is a hotkey.
+    pub prefix_pending: bool,
+    pub ctx: RenderContext<'a>,
+}
+
+/// Draws one frame and places the cursor where the child put it (unless an overlay is open).
+pub fn draw(frame: &mut Frame<'_>, view: &View<'_>) {
+    let buf = frame.buffer_mut();
+    PaneWidget::new(view.screen).render(view.layout.pane, buf);
+    if let Some(area) = view.layout.panel {
+        panel::render_panel(view.dashboard, &view.ctx, area, buf);
+        if view.prefix_pending {
+            pending_marker(
+                Rect::new(area.x + 2, area.bottom() - 1, area.width - 4, 1),
+                buf,
+            );
+        }
+    }
+    if let Some(area) = view.layout.status {
+        Paragraph::new(panel::status_line(view.dashboard, &view.ctx)).render(area, buf);
+        if view.prefix_pending {
+            pending_marker(area, buf);
+        }
+    }
+    match view.overlay {
+        Some(Overlay::Help) => overlay::render_help(&view.ctx, frame.area(), frame.buffer_mut()),
+        Some(Overlay::ConfirmQuit) => {
+            overlay::render_confirm_quit(frame.area(), frame.buffer_mut())
+        }
+        Some(Overlay::Picker { selected }) => overlay::render_picker(
+            view.dashboard,
+            *selected,
+            &view.ctx,
+            frame.area(),
+            frame.buffer_mut(),
+        ),
+        None => {
+            if let Some(position) = cursor_position(view.screen, view.layout.pane) {
+                frame.set_cursor_position(position);
+            }
+        }
+    }
+}
+
+/// Shows that the next key is a hotkey.
+fn pending_marker(area: Rect, buf: &mut ratatui::buffer::Buffer) {
+    let text = " hotkey: s n p ? q ";
+    Paragraph::new(Span::styled(
+        text,
+        Style::new().fg(Color::Black).bg(Color::Yellow),
+    ))
+    .render(area, buf);
+}
+
+#[cfg(test)]
+mod tests;

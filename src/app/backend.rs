@@ -1,0 +1,184 @@
+//! The seam between the dashboard and the switching proxy.
+//!
+//! The dashboard needs four things from whatever sits in front of Codex: where Codex connects
+//! (`--remote` URL and the token's variable), a stream of [`ProxyEvent`]s, a way to send
+//! [`ProxyCommand`]s, and the stored accounts to list. [`start_backend`] is the one place that
+//! builds them.
+
+use std::any::Any;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use color_eyre::eyre::Result;
+use tokio::sync::mpsc;
+
+use crate::app::dashboard::AccountView;
+use crate::app::launcher::RemoteTarget;
+use crate::cli::GlobalArgs;
+use crate::config::Config;
+use crate::errors::with_hint;
+use crate::proxy::events::{ProxyCommand, ProxyEvent};
+use crate::secret::Secret;
+
+/// Set to `1` to run plain `codex` in the pane, without the proxy (no quota, no switching).
+/// A development path: it lets the pane be used and tested on its own.
+pub const NO_PROXY_ENV: &str = "CS_TUI_NO_PROXY";
+
+/// With [`NO_PROXY_ENV`]: a file of [`ProxyEvent`]s as JSON lines, followed like `tail -f` and
+/// fed to the dashboard as if the proxy sent them. For development and the dashboard's
+/// end-to-end tests.
+pub const DEV_EVENTS_ENV: &str = "CS_TUI_DEV_EVENTS";
+
+/// With [`DEV_EVENTS_ENV`]: a file the dashboard's [`ProxyCommand`]s are appended to, as JSON
+/// lines.
+pub const DEV_COMMANDS_ENV: &str = "CS_TUI_DEV_COMMANDS";
+
+/// What stands in front of Codex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The switching proxy.
+    Proxy,
+    /// Nothing: plain Codex.
+    Plain,
+    /// Plain Codex, with proxy events replayed from a file ([`DEV_EVENTS_ENV`]).
+    Replay,
+}
+
+/// Where Codex connects, and the token it must present there.
+#[derive(Debug)]
+pub struct RemoteEndpoint {
+    /// `ws://127.0.0.1:PORT` of the proxy.
+    pub url: String,
+    /// The environment variable Codex reads the token from (`--remote-auth-token-env`).
+    pub token_env: String,
+    /// The proxy's bearer token. Only ever placed in the child's environment.
+    pub token: Secret,
+}
+
+impl RemoteEndpoint {
+    pub fn target(&self) -> RemoteTarget {
+        RemoteTarget {
+            url: self.url.clone(),
+            token_env: self.token_env.clone(),
+        }
+    }
+}
+
+/// Everything the dashboard gets from the proxy.
+pub struct SessionBackend {
+    pub kind: BackendKind,
+    /// `None`: plain Codex without `--remote` (the [`NO_PROXY_ENV`] path).
+    pub remote: Option<RemoteEndpoint>,
+    /// What the proxy did or saw. A closed channel is fine (nothing more will come).
+    pub events: mpsc::UnboundedReceiver<ProxyEvent>,
+    /// What the user asks of the proxy (hotkeys, picker).
+    pub commands: mpsc::UnboundedSender<ProxyCommand>,
+    /// The stored accounts, for the panel and the picker.
+    pub accounts: Vec<AccountView>,
+    /// Kept alive until Codex has exited, then dropped: put the proxy's handle here so its
+    /// `Drop` stops the app-server.
+    pub guard: Option<Box<dyn Any + Send>>,
+}
+
+impl SessionBackend {
+    /// No proxy: events never come, commands go nowhere.
+    pub fn direct() -> Self {
+        let (_, events) = mpsc::unbounded_channel();
+        let (commands, _) = mpsc::unbounded_channel();
+        Self {
+            kind: BackendKind::Plain,
+            remote: None,
+            events,
+            commands,
+            accounts: Vec::new(),
+            guard: None,
+        }
+    }
+
+    /// Whether the dashboard has no proxy to show or command.
+    pub fn is_direct(&self) -> bool {
+        self.kind == BackendKind::Plain
+    }
+
+    /// Plain Codex, with events followed from `events_file` and commands appended to
+    /// `commands_file`.
+    pub fn replay(events_file: PathBuf, commands_file: Option<PathBuf>) -> Self {
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let (commands, mut command_rx) = mpsc::unbounded_channel::<ProxyCommand>();
+        tokio::spawn(async move {
+            let mut offset = 0usize;
+            let mut ticker = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                ticker.tick().await;
+                let Ok(text) = tokio::fs::read_to_string(&events_file).await else {
+                    continue;
+                };
+                let Some(new) = text.get(offset..) else {
+                    continue;
+                };
+                // Only whole lines; a line being written is read next time.
+                let Some(end) = new.rfind('\n') else {
+                    continue;
+                };
+                for line in new[..end].lines().filter(|l| !l.trim().is_empty()) {
+                    match serde_json::from_str::<ProxyEvent>(line) {
+                        Ok(event) => {
+                            if event_tx.send(event).is_err() {
+                                return;
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!("{}: bad event line: {err}", events_file.display())
+                        }
+                    }
+                }
+                offset += end + 1;
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(command) = command_rx.recv().await {
+                tracing::info!(?command, "dashboard command");
+                if let Some(path) = &commands_file {
+                    let line = serde_json::to_string(&command).unwrap_or_default() + "\n";
+                    let appended = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+                    if let Err(err) = appended {
+                        tracing::warn!("{}: {err}", path.display());
+                    }
+                }
+            }
+        });
+        Self {
+            kind: BackendKind::Replay,
+            remote: None,
+            events,
+            commands,
+            accounts: Vec::new(),
+            guard: None,
+        }
+    }
+}
+
+/// Starts whatever sits in front of Codex for this session.
+///
+/// The proxy (issue 4) and the account store (issue 3) plug in here: start the app-server and
+/// the proxy with `config.switch`/`config.polling`, log in the best account, and return its
+/// endpoint, event/command channels, the store's accounts and a guard.
+pub async fn start_backend(_global: &GlobalArgs, _config: &Config) -> Result<SessionBackend> {
+    if std::env::var_os(NO_PROXY_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        return Ok(match std::env::var_os(DEV_EVENTS_ENV) {
+            Some(events) => SessionBackend::replay(
+                events.into(),
+                std::env::var_os(DEV_COMMANDS_ENV).map(PathBuf::from),
+            ),
+            None => SessionBackend::direct(),
+        });
+    }
+    Err(with_hint(
+        color_eyre::eyre::eyre!("the switching proxy is not available in this build"),
+        format!("set {NO_PROXY_ENV}=1 to run plain codex in the pane without switching"),
+    ))
+}

@@ -1,0 +1,478 @@
+//! What the panel shows, kept up to date from the proxy's events. The app is the only writer
+//! ([`Dashboard::apply`]); `ui` only reads.
+
+use chrono::{DateTime, Utc};
+
+use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent};
+use crate::quota::{RateLimitSnapshot, WindowKind};
+use crate::ui::pace::UsageSample;
+
+/// How long the panel keeps burn samples (the weekly window is the longest we chart).
+const HISTORY_LIMIT: usize = 2_000;
+/// Switch records and notices kept.
+const LOG_LIMIT: usize = 50;
+
+/// A stored account as the dashboard sees it (filled by the account store, then by events).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountView {
+    /// The store's id.
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub plan: Option<String>,
+    pub stored: StoredState,
+    /// The last numbers known for it (the proxy's snapshot, or `/wham/usage`).
+    pub snapshot: Option<RateLimitSnapshot>,
+}
+
+impl AccountView {
+    pub fn new(id: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            email: None,
+            plan: None,
+            stored: StoredState::Ready,
+            snapshot: None,
+        }
+    }
+}
+
+/// What the store says about an account, before quota is considered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredState {
+    Ready,
+    /// Its refresh token is dead; `cs-tui accounts add` again.
+    NeedsLogin,
+    /// The user turned it off.
+    Disabled,
+}
+
+/// The state shown next to an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountState {
+    Active,
+    Ready,
+    /// Exhausted; usable again at this unix time, if known.
+    ExhaustedUntil(Option<i64>),
+    NeedsLogin,
+    Disabled,
+}
+
+/// One finished (or failed) switch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwitchRecord {
+    pub at: DateTime<Utc>,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+    /// `None` when it worked, else the error.
+    pub error: Option<String>,
+}
+
+/// Something the user should know that is not a switch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// A switch waits for the running turn to end (a login mid-turn kills the turn).
+    SwitchDeferred {
+        to: Option<String>,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// No account is usable; the first comes back at `earliest_reset`.
+    NoAccountAvailable {
+        earliest_reset: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    /// A plain message (the app-server exited, a hotkey that cannot work here, …).
+    Message { text: String, at: DateTime<Utc> },
+}
+
+/// Whether this session has the proxy in front of Codex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionMode {
+    /// Codex runs with `--remote` through the switching proxy.
+    Proxy,
+    /// Plain Codex, no proxy (the `CS_TUI_NO_PROXY` development path): no quota, no switching.
+    Direct,
+}
+
+/// A burn sample of the active account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BurnSample {
+    pub account_id: String,
+    pub at: i64,
+    pub five_hour: Option<f64>,
+    pub weekly: Option<f64>,
+}
+
+/// The panel's state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dashboard {
+    pub mode: SessionMode,
+    pub connection: ConnectionState,
+    /// The store id of the account the session uses.
+    pub active: Option<String>,
+    pub accounts: Vec<AccountView>,
+    pub turns_running: usize,
+    /// Burn samples of whichever account was active, oldest first.
+    pub history: Vec<BurnSample>,
+    /// Newest last.
+    pub switches: Vec<SwitchRecord>,
+    /// Newest last.
+    pub notices: Vec<Notice>,
+    /// A switch is under way to this account.
+    pub switching_to: Option<String>,
+}
+
+impl Dashboard {
+    pub fn new(mode: SessionMode, accounts: Vec<AccountView>) -> Self {
+        Self {
+            mode,
+            connection: match mode {
+                SessionMode::Proxy => ConnectionState::Starting,
+                SessionMode::Direct => ConnectionState::Ready { clients: 1 },
+            },
+            active: None,
+            accounts,
+            turns_running: 0,
+            history: Vec::new(),
+            switches: Vec::new(),
+            notices: Vec::new(),
+            switching_to: None,
+        }
+    }
+
+    pub fn account(&self, id: &str) -> Option<&AccountView> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+
+    pub fn active_account(&self) -> Option<&AccountView> {
+        self.active.as_deref().and_then(|id| self.account(id))
+    }
+
+    /// An account the events name that the store did not list (added while running).
+    fn account_mut(&mut self, account: &AccountRef) -> &mut AccountView {
+        let index = match self.accounts.iter().position(|a| a.id == account.id) {
+            Some(index) => index,
+            None => {
+                self.accounts
+                    .push(AccountView::new(&account.id, &account.name));
+                self.accounts.len() - 1
+            }
+        };
+        &mut self.accounts[index]
+    }
+
+    fn name_of(&self, account: &AccountRef) -> String {
+        self.account(&account.id)
+            .map_or_else(|| account.name.clone(), |a| a.name.clone())
+    }
+
+    /// The state shown next to `account`.
+    pub fn state_of(&self, account: &AccountView) -> AccountState {
+        match account.stored {
+            StoredState::Disabled => return AccountState::Disabled,
+            StoredState::NeedsLogin => return AccountState::NeedsLogin,
+            StoredState::Ready => {}
+        }
+        if self.active.as_deref() == Some(account.id.as_str()) {
+            return AccountState::Active;
+        }
+        match &account.snapshot {
+            Some(s) if s.is_exhausted() => AccountState::ExhaustedUntil(s.available_again_at()),
+            _ => AccountState::Ready,
+        }
+    }
+
+    /// Applies one proxy event.
+    pub fn apply(&mut self, event: &ProxyEvent) {
+        match event {
+            ProxyEvent::ActiveAccount { account, at } => {
+                self.account_mut(account);
+                self.make_active(&account.id, at.timestamp());
+            }
+            ProxyEvent::RateLimitsUpdated {
+                account,
+                snapshot,
+                at,
+            } => {
+                let view = self.account_mut(account);
+                match &mut view.snapshot {
+                    Some(known) => known.merge(snapshot),
+                    None => view.snapshot = Some(snapshot.clone()),
+                }
+                if view.plan.is_none() {
+                    view.plan.clone_from(&snapshot.plan_type);
+                }
+                let merged = view.snapshot.clone().unwrap_or_default();
+                if self.active.as_deref() == Some(account.id.as_str()) {
+                    self.record_sample(&account.id, &merged, at.timestamp());
+                }
+            }
+            ProxyEvent::UsageLimitHit { account, .. } => {
+                // The backend said so; mark the 5-hour window full if the numbers lag behind.
+                let view = self.account_mut(account);
+                let snapshot = view.snapshot.get_or_insert_with(Default::default);
+                if !snapshot.is_exhausted() {
+                    snapshot.rate_limit_reached_type = Some("usage_limit_reached".to_owned());
+                }
+            }
+            ProxyEvent::TurnsRunning { running, .. } => self.turns_running = *running,
+            ProxyEvent::SwitchStarted { to, .. } => {
+                self.switching_to = Some(to.id.clone());
+            }
+            ProxyEvent::SwitchDeferred { to, reason, at } => {
+                let to = to.as_ref().map(|t| self.name_of(t));
+                self.push_notice(Notice::SwitchDeferred {
+                    to,
+                    reason: reason.describe(),
+                    at: *at,
+                });
+            }
+            ProxyEvent::SwitchDone {
+                from,
+                to,
+                reason,
+                at,
+                ..
+            } => {
+                self.switching_to = None;
+                self.account_mut(to);
+                self.make_active(&to.id, at.timestamp());
+                let record = SwitchRecord {
+                    at: *at,
+                    from: from.as_ref().map(|f| self.name_of(f)),
+                    to: self.name_of(to),
+                    reason: reason.describe(),
+                    error: None,
+                };
+                self.push_switch(record);
+                // A deferred switch that happened is no longer news.
+                self.notices
+                    .retain(|n| !matches!(n, Notice::SwitchDeferred { .. }));
+            }
+            ProxyEvent::SwitchFailed {
+                from,
+                to,
+                reason,
+                error,
+                at,
+            } => {
+                self.switching_to = None;
+                let record = SwitchRecord {
+                    at: *at,
+                    from: from.as_ref().map(|f| self.name_of(f)),
+                    to: self.name_of(to),
+                    reason: reason.describe(),
+                    error: Some(error.clone()),
+                };
+                self.push_switch(record);
+            }
+            ProxyEvent::NoAccountAvailable {
+                earliest_reset, at, ..
+            } => {
+                self.notices
+                    .retain(|n| !matches!(n, Notice::NoAccountAvailable { .. }));
+                self.push_notice(Notice::NoAccountAvailable {
+                    earliest_reset: *earliest_reset,
+                    at: *at,
+                });
+            }
+            ProxyEvent::Connection { state, .. } => self.connection = *state,
+            ProxyEvent::AppServerExited { status, at, .. } => {
+                self.connection = ConnectionState::Down;
+                self.push_notice(Notice::Message {
+                    text: format!("app-server exited ({status})"),
+                    at: *at,
+                });
+            }
+        }
+    }
+
+    pub fn push_message(&mut self, text: impl Into<String>, at: DateTime<Utc>) {
+        self.push_notice(Notice::Message {
+            text: text.into(),
+            at,
+        });
+    }
+
+    fn push_notice(&mut self, notice: Notice) {
+        self.notices.push(notice);
+        if self.notices.len() > LOG_LIMIT {
+            self.notices.remove(0);
+        }
+    }
+
+    fn push_switch(&mut self, record: SwitchRecord) {
+        self.switches.push(record);
+        if self.switches.len() > LOG_LIMIT {
+            self.switches.remove(0);
+        }
+    }
+
+    /// The session now uses `id`. Its last known numbers start its burn history, so the
+    /// chart and the rate do not wait for the next turn.
+    fn make_active(&mut self, id: &str, at: i64) {
+        if self.active.as_deref() == Some(id) {
+            return;
+        }
+        self.active = Some(id.to_owned());
+        if let Some(snapshot) = self.account(id).and_then(|a| a.snapshot.clone()) {
+            self.record_sample(id, &snapshot, at);
+        }
+    }
+
+    fn record_sample(&mut self, account_id: &str, snapshot: &RateLimitSnapshot, at: i64) {
+        self.history.push(BurnSample {
+            account_id: account_id.to_owned(),
+            at,
+            five_hour: snapshot.five_hour().map(|w| w.used_percent),
+            weekly: snapshot.weekly().map(|w| w.used_percent),
+        });
+        if self.history.len() > HISTORY_LIMIT {
+            self.history.remove(0);
+        }
+    }
+
+    /// The active account's samples of one window, oldest first, for the burn rate.
+    pub fn samples(&self, kind: WindowKind) -> Vec<UsageSample> {
+        let Some(active) = self.active.as_deref() else {
+            return Vec::new();
+        };
+        self.history
+            .iter()
+            .filter(|s| s.account_id == active)
+            .filter_map(|s| {
+                let used = match kind {
+                    WindowKind::FiveHour => s.five_hour,
+                    WindowKind::Weekly => s.weekly,
+                    WindowKind::Other(_) => None,
+                }?;
+                Some(UsageSample {
+                    at: s.at,
+                    used_percent: used,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::events::SwitchReason;
+    use crate::quota::RateLimitWindow;
+    use chrono::TimeZone;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn account(id: &str) -> AccountRef {
+        AccountRef {
+            id: id.to_owned(),
+            name: id.to_owned(),
+        }
+    }
+
+    fn five_hour(used: f64) -> RateLimitSnapshot {
+        RateLimitSnapshot {
+            primary: Some(RateLimitWindow {
+                used_percent: used,
+                window_duration_mins: Some(300),
+                resets_at: Some(1_800_003_600),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_build_the_picture() {
+        let mut d = Dashboard::new(
+            SessionMode::Proxy,
+            vec![AccountView::new("a", "alice"), AccountView::new("b", "bob")],
+        );
+        d.apply(&ProxyEvent::ActiveAccount {
+            account: account("a"),
+            at: at(0),
+        });
+        for (i, used) in [10.0, 20.0, 30.0].into_iter().enumerate() {
+            d.apply(&ProxyEvent::RateLimitsUpdated {
+                account: account("a"),
+                snapshot: five_hour(used),
+                at: at(i as i64 * 60),
+            });
+        }
+        // Other accounts' numbers do not enter the burn history.
+        d.apply(&ProxyEvent::RateLimitsUpdated {
+            account: account("b"),
+            snapshot: five_hour(5.0),
+            at: at(200),
+        });
+        assert_eq!(d.samples(WindowKind::FiveHour).len(), 3);
+        assert_eq!(d.state_of(&d.accounts[0]), AccountState::Active);
+        assert_eq!(d.state_of(&d.accounts[1]), AccountState::Ready);
+
+        d.apply(&ProxyEvent::UsageLimitHit {
+            account: account("a"),
+            at: at(300),
+        });
+        d.apply(&ProxyEvent::SwitchDeferred {
+            to: Some(account("b")),
+            reason: SwitchReason::UsageLimit,
+            at: at(300),
+        });
+        assert_eq!(d.notices.len(), 1);
+        d.apply(&ProxyEvent::SwitchDone {
+            from: Some(account("a")),
+            to: account("b"),
+            reason: SwitchReason::UsageLimit,
+            elapsed_ms: 80,
+            at: at(310),
+        });
+        assert_eq!(d.active.as_deref(), Some("b"));
+        assert!(d.notices.is_empty(), "the deferred notice is resolved");
+        assert_eq!(d.switches[0].from.as_deref(), Some("alice"));
+        assert_eq!(d.switches[0].reason, "usage limit reached");
+        assert!(matches!(
+            d.state_of(&d.accounts[0]),
+            AccountState::ExhaustedUntil(_)
+        ));
+        // The new account's history starts from its last known numbers.
+        let samples = d.samples(WindowKind::FiveHour);
+        assert_eq!(samples.len(), 1);
+        assert_eq!(samples[0].used_percent, 5.0);
+    }
+
+    #[test]
+    fn unknown_accounts_in_events_are_added() {
+        let mut d = Dashboard::new(SessionMode::Proxy, Vec::new());
+        d.apply(&ProxyEvent::ActiveAccount {
+            account: account("z"),
+            at: at(0),
+        });
+        assert_eq!(d.active_account().unwrap().name, "z");
+    }
+
+    #[test]
+    fn sparse_updates_merge_into_what_is_known() {
+        let mut d = Dashboard::new(SessionMode::Proxy, vec![AccountView::new("a", "alice")]);
+        let mut both = five_hour(10.0);
+        both.secondary = Some(RateLimitWindow {
+            used_percent: 40.0,
+            window_duration_mins: Some(10_080),
+            resets_at: Some(1_800_500_000),
+        });
+        for snapshot in [both, five_hour(12.0)] {
+            d.apply(&ProxyEvent::RateLimitsUpdated {
+                account: account("a"),
+                snapshot,
+                at: at(0),
+            });
+        }
+        let snapshot = d.accounts[0].snapshot.as_ref().unwrap();
+        assert_eq!(snapshot.five_hour().unwrap().used_percent, 12.0);
+        assert_eq!(snapshot.weekly().unwrap().used_percent, 40.0);
+    }
+}

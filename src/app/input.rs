@@ -1,0 +1,217 @@
+//! Where a key goes: to Codex, to a hotkey behind the prefix, or to an open overlay. One
+//! function decides, so the routing is visible in one place.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::config::PrefixKey;
+use crate::pty::keys::{KeyModes, encode_key};
+use crate::ui::Overlay;
+
+/// What a key press does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyAction {
+    /// Bytes for Codex.
+    Send(Vec<u8>),
+    /// The prefix was pressed; the next key is a hotkey.
+    PrefixArmed,
+    TogglePanel,
+    OpenHelp,
+    OpenPicker,
+    SwitchBest,
+    AskQuit,
+    Quit,
+    CloseOverlay,
+    PickerMove(isize),
+    PickerChoose,
+    /// Swallowed (an unknown hotkey, a key an overlay ignores).
+    Nothing,
+}
+
+/// The prefix state machine.
+#[derive(Clone, Debug)]
+pub struct KeyRouter {
+    prefix: PrefixKey,
+    pending: bool,
+}
+
+impl KeyRouter {
+    pub fn new(prefix: PrefixKey) -> Self {
+        Self {
+            prefix,
+            pending: false,
+        }
+    }
+
+    /// Whether the prefix was pressed and the next key is a hotkey.
+    pub fn pending(&self) -> bool {
+        self.pending
+    }
+
+    pub fn route(
+        &mut self,
+        key: &KeyEvent,
+        overlay: Option<&Overlay>,
+        modes: KeyModes,
+    ) -> KeyAction {
+        if key.kind == KeyEventKind::Release {
+            return KeyAction::Nothing;
+        }
+        if let Some(overlay) = overlay {
+            self.pending = false;
+            return route_overlay(key, overlay);
+        }
+        if self.pending {
+            self.pending = false;
+            if self.prefix.matches(key) {
+                return KeyAction::Send(self.prefix.bytes());
+            }
+            return match key.code {
+                KeyCode::Char('s') => KeyAction::OpenPicker,
+                KeyCode::Char('n') => KeyAction::SwitchBest,
+                KeyCode::Char('p') => KeyAction::TogglePanel,
+                KeyCode::Char('?' | 'h') => KeyAction::OpenHelp,
+                KeyCode::Char('q') => KeyAction::AskQuit,
+                _ => KeyAction::Nothing,
+            };
+        }
+        if self.prefix.matches(key) {
+            self.pending = true;
+            return KeyAction::PrefixArmed;
+        }
+        encode_key(key, modes).map_or(KeyAction::Nothing, KeyAction::Send)
+    }
+}
+
+fn route_overlay(key: &KeyEvent, overlay: &Overlay) -> KeyAction {
+    let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+    match overlay {
+        Overlay::Help => KeyAction::CloseOverlay,
+        Overlay::ConfirmQuit => match key.code {
+            KeyCode::Char('y' | 'Y' | 'q') | KeyCode::Enter => KeyAction::Quit,
+            _ => KeyAction::CloseOverlay,
+        },
+        Overlay::Picker { .. } => match key.code {
+            _ if ctrl_c => KeyAction::CloseOverlay,
+            KeyCode::Esc | KeyCode::Char('q') => KeyAction::CloseOverlay,
+            KeyCode::Up | KeyCode::Char('k') | KeyCode::BackTab => KeyAction::PickerMove(-1),
+            KeyCode::Down | KeyCode::Char('j') | KeyCode::Tab => KeyAction::PickerMove(1),
+            KeyCode::Enter => KeyAction::PickerChoose,
+            _ => KeyAction::Nothing,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    fn ctrl(c: char) -> KeyEvent {
+        KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL)
+    }
+
+    fn router() -> KeyRouter {
+        KeyRouter::new(PrefixKey::default())
+    }
+
+    #[test]
+    fn keys_go_to_codex_unless_behind_the_prefix() {
+        let mut r = router();
+        let modes = KeyModes::default();
+        assert_eq!(
+            r.route(&key(KeyCode::Char('s')), None, modes),
+            KeyAction::Send(b"s".to_vec())
+        );
+        assert_eq!(r.route(&ctrl('c'), None, modes), KeyAction::Send(vec![3]));
+        assert_eq!(r.route(&ctrl(']'), None, modes), KeyAction::PrefixArmed);
+        assert!(r.pending());
+        assert_eq!(
+            r.route(&key(KeyCode::Char('s')), None, modes),
+            KeyAction::OpenPicker
+        );
+        assert!(!r.pending());
+        let hotkeys = [
+            ('n', KeyAction::SwitchBest),
+            ('p', KeyAction::TogglePanel),
+            ('?', KeyAction::OpenHelp),
+            ('q', KeyAction::AskQuit),
+            ('x', KeyAction::Nothing),
+        ];
+        for (c, action) in hotkeys {
+            // crossterm reports the 0x1d byte as Ctrl+5; it is the same prefix.
+            assert_eq!(r.route(&ctrl('5'), None, modes), KeyAction::PrefixArmed);
+            assert_eq!(r.route(&key(KeyCode::Char(c)), None, modes), action, "{c}");
+        }
+    }
+
+    #[test]
+    fn prefix_twice_sends_the_prefix_byte() {
+        let mut r = router();
+        let modes = KeyModes::default();
+        r.route(&ctrl(']'), None, modes);
+        assert_eq!(
+            r.route(&ctrl(']'), None, modes),
+            KeyAction::Send(vec![0x1d])
+        );
+        assert!(!r.pending());
+    }
+
+    #[test]
+    fn overlays_take_their_keys() {
+        let mut r = router();
+        let modes = KeyModes::default();
+        let quit = Overlay::ConfirmQuit;
+        assert_eq!(
+            r.route(&key(KeyCode::Char('y')), Some(&quit), modes),
+            KeyAction::Quit
+        );
+        assert_eq!(
+            r.route(&key(KeyCode::Char('n')), Some(&quit), modes),
+            KeyAction::CloseOverlay
+        );
+        assert_eq!(
+            r.route(&key(KeyCode::Esc), Some(&quit), modes),
+            KeyAction::CloseOverlay
+        );
+        let picker = Overlay::Picker { selected: 0 };
+        assert_eq!(
+            r.route(&key(KeyCode::Down), Some(&picker), modes),
+            KeyAction::PickerMove(1)
+        );
+        assert_eq!(
+            r.route(&key(KeyCode::Char('k')), Some(&picker), modes),
+            KeyAction::PickerMove(-1)
+        );
+        assert_eq!(
+            r.route(&key(KeyCode::Enter), Some(&picker), modes),
+            KeyAction::PickerChoose
+        );
+        assert_eq!(
+            r.route(&key(KeyCode::Esc), Some(&picker), modes),
+            KeyAction::CloseOverlay
+        );
+        assert_eq!(
+            r.route(&key(KeyCode::Char('a')), Some(&picker), modes),
+            KeyAction::Nothing
+        );
+        assert_eq!(
+            r.route(&key(KeyCode::Char('a')), Some(&Overlay::Help), modes),
+            KeyAction::CloseOverlay
+        );
+    }
+
+    #[test]
+    fn application_cursor_mode_reaches_the_encoding() {
+        let mut r = router();
+        let app = KeyModes {
+            application_cursor: true,
+        };
+        assert_eq!(
+            r.route(&key(KeyCode::Up), None, app),
+            KeyAction::Send(b"\x1bOA".to_vec())
+        );
+    }
+}

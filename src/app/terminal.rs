@@ -1,0 +1,98 @@
+//! Taking over the outer terminal and giving it back on every path: normal exit, error, panic,
+//! and signals.
+
+use std::io::{BufWriter, Stdout, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use color_eyre::eyre::{Result, WrapErr};
+use crossterm::cursor::{SetCursorStyle, Show};
+use crossterm::event::{
+    DisableBracketedPaste, DisableFocusChange, DisableMouseCapture, EnableBracketedPaste,
+    EnableFocusChange, EnableMouseCapture,
+};
+use crossterm::terminal::{
+    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+};
+use crossterm::{execute, queue};
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+
+use crate::pty::queries::OuterColors;
+
+pub type Tui = Terminal<CrosstermBackend<BufWriter<Stdout>>>;
+
+/// Set while the terminal is ours; restoring twice is harmless.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Puts the terminal back as we found it. Safe to call from a panic hook or twice.
+pub fn restore() {
+    if !ACTIVE.swap(false, Ordering::SeqCst) {
+        return;
+    }
+    let mut out = std::io::stdout();
+    let _ = execute!(
+        out,
+        crossterm::terminal::EndSynchronizedUpdate,
+        DisableMouseCapture,
+        DisableBracketedPaste,
+        DisableFocusChange,
+        LeaveAlternateScreen,
+        SetCursorStyle::DefaultUserShape,
+        Show
+    );
+    let _ = out.flush();
+    let _ = disable_raw_mode();
+}
+
+/// The terminal, ours until dropped.
+pub struct TerminalGuard {
+    pub terminal: Tui,
+    /// The outer terminal's colours, asked before the event reader started.
+    pub colors: OuterColors,
+}
+
+impl TerminalGuard {
+    /// Raw mode, colour probe, alternate screen, bracketed paste, mouse (for the wheel), focus.
+    pub fn enter() -> Result<Self> {
+        install_panic_hook();
+        enable_raw_mode().wrap_err("switching the terminal to raw mode (is stdin a terminal?)")?;
+        ACTIVE.store(true, Ordering::SeqCst);
+        // Before crossterm's reader exists, so the replies are not read as keys.
+        let colors = crate::pty::outer::probe_outer_colors();
+        let mut out = std::io::stdout();
+        queue!(
+            out,
+            EnterAlternateScreen,
+            EnableBracketedPaste,
+            EnableMouseCapture,
+            EnableFocusChange
+        )
+        .and_then(|()| out.flush())
+        .wrap_err("setting up the terminal")?;
+        // Large writes: one full frame in a few syscalls.
+        let backend =
+            CrosstermBackend::new(BufWriter::with_capacity(256 * 1024, std::io::stdout()));
+        let terminal = Terminal::new(backend).wrap_err("starting the terminal UI")?;
+        Ok(Self { terminal, colors })
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        let _ = self.terminal.backend_mut().flush();
+        restore();
+    }
+}
+
+fn install_panic_hook() {
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // Restore first, or the message lands on the alternate screen and vanishes.
+        restore();
+        previous(info);
+    }));
+}

@@ -1,0 +1,341 @@
+//! The dashboard's configuration: `<store dir>/config.toml`.
+//!
+//! Every field has a default (documented in README.md and `assets/config.example.toml`), so a
+//! missing file, or a file that sets only one key, is a complete configuration. Unknown keys are
+//! rejected so a typo is reported instead of silently ignored.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use color_eyre::eyre::{Result, WrapErr};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::errors::WithHint;
+
+/// The file name inside the store directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Everything the user can set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The key that starts a hotkey (`Ctrl+]` then `s`, `n`, `p`, `?`, `q`).
+    pub prefix_key: PrefixKey,
+    pub panel: PanelConfig,
+    pub switch: SwitchConfig,
+    pub polling: PollingConfig,
+    pub pane: PaneConfig,
+}
+
+/// Where the quota panel sits and how wide it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PanelConfig {
+    /// Columns the side panel takes.
+    pub width: u16,
+    /// `right` or `left`.
+    pub side: PanelSide,
+    /// Whether the panel is shown at start (`Ctrl+]` `p` toggles it).
+    pub visible: bool,
+    /// Below this many terminal columns the panel collapses to a one-line status bar, so the
+    /// pane keeps a usable width.
+    pub collapse_below_columns: u16,
+}
+
+impl Default for PanelConfig {
+    fn default() -> Self {
+        Self {
+            width: 44,
+            side: PanelSide::Right,
+            visible: true,
+            collapse_below_columns: 120,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PanelSide {
+    Left,
+    Right,
+}
+
+/// When the proxy switches accounts on its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// Switch at the next turn boundary once the 5-hour window is at least this full (percent).
+    pub five_hour_threshold: f64,
+    /// Switch at the next turn boundary once the weekly window is at least this full (percent).
+    pub weekly_threshold: f64,
+    /// Re-run a turn that failed on a usage limit on the new account, hiding the failure
+    /// (PROTOCOL.md §8). Read by the proxy.
+    pub hidden_rerun: bool,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        Self {
+            five_hour_threshold: 95.0,
+            weekly_threshold: 98.0,
+            hidden_rerun: true,
+        }
+    }
+}
+
+/// How often usage is re-read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollingConfig {
+    /// Seconds between `/wham/usage` reads of the accounts not in use.
+    pub usage_interval_secs: u64,
+    /// Seconds between reads of the active account when no turn reported numbers.
+    pub active_interval_secs: u64,
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        Self {
+            usage_interval_secs: 300,
+            active_interval_secs: 60,
+        }
+    }
+}
+
+impl PollingConfig {
+    pub fn usage_interval(&self) -> Duration {
+        Duration::from_secs(self.usage_interval_secs.max(1))
+    }
+
+    pub fn active_interval(&self) -> Duration {
+        Duration::from_secs(self.active_interval_secs.max(1))
+    }
+}
+
+/// The embedded terminal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaneConfig {
+    /// Lines of scrollback the pane keeps (mouse wheel / Shift+PgUp scroll through them).
+    pub scrollback_lines: usize,
+}
+
+impl Default for PaneConfig {
+    fn default() -> Self {
+        Self {
+            scrollback_lines: 10_000,
+        }
+    }
+}
+
+/// The hotkey prefix, written like `ctrl+]`, `ctrl+a`, `ctrl+space` or `f12`.
+///
+/// Matched by the bytes a terminal sends for it (see [`PrefixKey::bytes`]), because terminals
+/// report one byte in several ways: `Ctrl+]` arrives from crossterm as `Ctrl+5` (both are 0x1d).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixKey {
+    text: String,
+    key: KeyEvent,
+}
+
+impl Default for PrefixKey {
+    fn default() -> Self {
+        Self::parse("ctrl+]").expect("the default prefix parses")
+    }
+}
+
+impl PrefixKey {
+    /// Parses `ctrl+]`, `Ctrl+A`, `alt+x`, `ctrl+space`, `f1`…`f12`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        let mut modifiers = KeyModifiers::NONE;
+        let mut rest = lower.as_str();
+        loop {
+            if let Some(r) = rest.strip_prefix("ctrl+").or(rest.strip_prefix("c-")) {
+                modifiers |= KeyModifiers::CONTROL;
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("alt+").or(rest.strip_prefix("m-")) {
+                modifiers |= KeyModifiers::ALT;
+                rest = r;
+            } else {
+                break;
+            }
+        }
+        let code = match rest {
+            "space" => KeyCode::Char(' '),
+            "esc" | "escape" => KeyCode::Esc,
+            f if f.starts_with('f') && f.len() > 1 => {
+                let n: u8 = f[1..]
+                    .parse()
+                    .map_err(|_| format!("unknown key {text:?}"))?;
+                if !(1..=12).contains(&n) {
+                    return Err(format!("unknown key {text:?} (F1–F12)"));
+                }
+                KeyCode::F(n)
+            }
+            s if s.chars().count() == 1 => KeyCode::Char(s.chars().next().unwrap_or(']')),
+            _ => {
+                return Err(format!(
+                    "unknown key {text:?}; write it like ctrl+] or ctrl+a"
+                ));
+            }
+        };
+        if modifiers.is_empty() && matches!(code, KeyCode::Char(_)) {
+            return Err(format!(
+                "prefix key {text:?} is a plain character, which would swallow typing; \
+                 add ctrl+ or alt+"
+            ));
+        }
+        let key = KeyEvent::new(code, modifiers);
+        if crate::pty::keys::encode_key(&key, crate::pty::keys::KeyModes::default()).is_none() {
+            return Err(format!("prefix key {text:?} has no terminal encoding"));
+        }
+        Ok(Self {
+            text: text.trim().to_owned(),
+            key,
+        })
+    }
+
+    /// The bytes a terminal sends for this key; a key event with the same bytes is the prefix.
+    pub fn bytes(&self) -> Vec<u8> {
+        crate::pty::keys::encode_key(&self.key, crate::pty::keys::KeyModes::default())
+            .unwrap_or_default()
+    }
+
+    /// Whether `event` is this prefix.
+    pub fn matches(&self, event: &KeyEvent) -> bool {
+        crate::pty::keys::encode_key(event, crate::pty::keys::KeyModes::default())
+            .is_some_and(|b| b == self.bytes())
+    }
+
+    /// As the user wrote it, for the footer and the help (`Ctrl+]`).
+    pub fn label(&self) -> String {
+        self.text
+            .split('+')
+            .map(|part| {
+                let mut chars = part.chars();
+                match chars.next() {
+                    Some(first) if part.len() > 1 => {
+                        first.to_uppercase().chain(chars).collect::<String>()
+                    }
+                    _ => part.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}
+
+impl Serialize for PrefixKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for PrefixKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Parses a config file's text.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// `<store dir>/config.toml`.
+    pub fn default_path() -> Result<PathBuf> {
+        Ok(crate::paths::store_dir()?.join(CONFIG_FILE))
+    }
+
+    /// Reads the config at `path`; a missing file means every default.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(err) => {
+                return Err(err).wrap_err_with(|| format!("reading {}", path.display()));
+            }
+        };
+        Self::from_toml(&text)
+            .wrap_err_with(|| format!("parsing {}", path.display()))
+            .hint(
+                "fix the file or delete it to use the defaults; \
+                 assets/config.example.toml lists every key",
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_every_default() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.prefix_key.bytes(), vec![0x1d]);
+        assert_eq!(config.prefix_key.label(), "Ctrl+]");
+        assert_eq!(config.panel.width, 44);
+        assert_eq!(config.panel.side, PanelSide::Right);
+        assert_eq!(config.switch.five_hour_threshold, 95.0);
+        assert_eq!(config.switch.weekly_threshold, 98.0);
+        assert!(config.switch.hidden_rerun);
+        assert_eq!(config.polling.usage_interval(), Duration::from_secs(300));
+        assert_eq!(config.pane.scrollback_lines, 10_000);
+    }
+
+    #[test]
+    fn example_file_parses_and_equals_the_defaults() {
+        let example = include_str!("../assets/config.example.toml");
+        assert_eq!(Config::from_toml(example).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = Config::from_toml(
+            "prefix_key = \"ctrl+a\"\n[panel]\nside = \"left\"\n[switch]\nweekly_threshold = 90\n",
+        )
+        .unwrap();
+        assert_eq!(config.prefix_key.bytes(), vec![0x01]);
+        assert_eq!(config.panel.side, PanelSide::Left);
+        assert_eq!(config.panel.width, 44);
+        assert_eq!(config.switch.weekly_threshold, 90.0);
+        assert_eq!(config.switch.five_hour_threshold, 95.0);
+    }
+
+    #[test]
+    fn typos_and_bad_keys_are_errors() {
+        assert!(Config::from_toml("prefix = \"ctrl+a\"").is_err());
+        assert!(Config::from_toml("[panel]\nwidht = 3").is_err());
+        assert!(Config::from_toml("prefix_key = \"a\"").is_err());
+        assert!(Config::from_toml("prefix_key = \"ctrl+banana\"").is_err());
+        assert!(Config::from_toml("[panel]\nside = \"top\"").is_err());
+    }
+
+    #[test]
+    fn prefix_matches_every_report_of_its_byte() {
+        let prefix = PrefixKey::default();
+        // Terminals send 0x1d for Ctrl+]; crossterm decodes 0x1d as Ctrl+5.
+        assert!(prefix.matches(&KeyEvent::new(KeyCode::Char(']'), KeyModifiers::CONTROL)));
+        assert!(prefix.matches(&KeyEvent::new(KeyCode::Char('5'), KeyModifiers::CONTROL)));
+        assert!(!prefix.matches(&KeyEvent::new(KeyCode::Char(']'), KeyModifiers::NONE)));
+        let f12 = PrefixKey::parse("F12").unwrap();
+        assert!(f12.matches(&KeyEvent::new(KeyCode::F(12), KeyModifiers::NONE)));
+        assert_eq!(PrefixKey::parse("ctrl+space").unwrap().bytes(), vec![0]);
+    }
+
+    #[test]
+    fn missing_file_is_default_and_bad_file_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+        std::fs::write(&path, "[panel]\nwidth = \"wide\"").unwrap();
+        let err = crate::errors::render_error(&Config::load(&path).unwrap_err());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("hint:"), "{err}");
+    }
+}

@@ -1,0 +1,551 @@
+//! The quota panel and its one-line form: pure functions from the dashboard to widgets.
+
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, BorderType, Paragraph, Widget};
+
+use crate::app::dashboard::{AccountState, Dashboard, Notice, SessionMode};
+use crate::proxy::events::ConnectionState;
+use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
+use crate::ui::pace::{
+    Exhaustion, burn_rate, format_duration, pace, time_to_exhaustion, window_average_rate,
+};
+
+/// What every render function needs besides the dashboard.
+#[derive(Clone, Copy, Debug)]
+pub struct RenderContext<'a> {
+    /// Now, in the zone clock times are shown in.
+    pub now: DateTime<FixedOffset>,
+    /// The prefix key as the footer shows it (`Ctrl+]`).
+    pub prefix: &'a str,
+}
+
+impl RenderContext<'_> {
+    fn unix(&self) -> i64 {
+        self.now.timestamp()
+    }
+
+    /// `14:20` today, `Fri 09:00` another day.
+    pub fn clock(&self, unix: i64) -> String {
+        let Some(at) = self.now.timezone().timestamp_opt(unix, 0).single() else {
+            return "?".to_owned();
+        };
+        if at.date_naive() == self.now.date_naive() {
+            at.format("%H:%M").to_string()
+        } else {
+            at.format("%a %H:%M").to_string()
+        }
+    }
+
+    fn clock_utc(&self, at: DateTime<Utc>) -> String {
+        self.clock(at.timestamp())
+    }
+}
+
+const DIM: Style = Style::new().add_modifier(Modifier::DIM);
+
+fn usage_color(used: f64) -> Color {
+    if used >= 90.0 {
+        Color::Red
+    } else if used >= 70.0 {
+        Color::Yellow
+    } else {
+        Color::Green
+    }
+}
+
+/// A text gauge: `███████░░░░░░░`.
+fn bar(used: f64, width: usize) -> Span<'static> {
+    let filled = ((used.clamp(0.0, 100.0) / 100.0) * width as f64).round() as usize;
+    let text = format!("{}{}", "█".repeat(filled), "░".repeat(width - filled));
+    Span::styled(text, Style::new().fg(usage_color(used)))
+}
+
+fn section(title: &str, width: usize) -> Line<'static> {
+    let rule = width.saturating_sub(title.chars().count() + 4);
+    Line::from(vec![
+        Span::styled("── ", DIM),
+        Span::styled(title.to_owned(), Style::new().bold()),
+        Span::styled(format!(" {}", "─".repeat(rule)), DIM),
+    ])
+}
+
+fn connection_text(dashboard: &Dashboard) -> (String, Color) {
+    if dashboard.mode == SessionMode::Direct {
+        return (
+            "no proxy: plain codex, quota unknown".to_owned(),
+            Color::Yellow,
+        );
+    }
+    match dashboard.connection {
+        ConnectionState::Starting => ("proxy starting…".to_owned(), Color::Yellow),
+        ConnectionState::Ready { clients } => (
+            format!(
+                "proxy ready · {clients} client{}",
+                if clients == 1 { "" } else { "s" }
+            ),
+            Color::Green,
+        ),
+        ConnectionState::Down => ("proxy down".to_owned(), Color::Red),
+    }
+}
+
+fn header_lines(dashboard: &Dashboard, lines: &mut Vec<Line<'static>>) {
+    match dashboard.active_account() {
+        Some(active) => {
+            let mut first = vec![
+                Span::styled("● ", Style::new().fg(Color::Green)),
+                Span::styled(active.name.clone(), Style::new().bold()),
+            ];
+            let plan = active
+                .plan
+                .clone()
+                .or_else(|| active.snapshot.as_ref().and_then(|s| s.plan_type.clone()));
+            if let Some(plan) = plan {
+                first.push(Span::styled(format!("  {plan}"), DIM));
+            }
+            lines.push(Line::from(first));
+            if let Some(email) = &active.email {
+                lines.push(Line::styled(format!("  {email}"), DIM));
+            }
+        }
+        None if dashboard.mode == SessionMode::Direct => {
+            lines.push(Line::from("○ the account in $CODEX_HOME"));
+        }
+        None => lines.push(Line::styled("○ no account yet", DIM)),
+    }
+    let (text, color) = connection_text(dashboard);
+    let mut status = vec![Span::styled(text, Style::new().fg(color))];
+    if dashboard.turns_running > 0 {
+        status.push(Span::styled(" · turn running", DIM));
+    }
+    lines.push(Line::from(status));
+    if let Some(to) = &dashboard.switching_to {
+        let name = dashboard
+            .account(to)
+            .map_or(to.as_str(), |a| a.name.as_str());
+        lines.push(Line::styled(
+            format!("  switching to {name}…"),
+            Style::new().fg(Color::Cyan),
+        ));
+    }
+}
+
+fn window_lines(
+    label: &str,
+    window: &RateLimitWindow,
+    rate: Option<f64>,
+    ctx: &RenderContext<'_>,
+    width: usize,
+    lines: &mut Vec<Line<'static>>,
+) {
+    let now = ctx.unix();
+    let gauge_width = width.saturating_sub(13).max(4);
+    lines.push(Line::from(vec![
+        Span::styled(format!("{label:<7}"), Style::new().bold()),
+        bar(window.used_percent, gauge_width),
+        Span::raw(format!(" {:>3.0}%", window.used_percent)),
+    ]));
+    if let Some(reset) = window.resets_at {
+        lines.push(Line::from(format!(
+            "  resets in {} ({})",
+            format_duration(reset - now),
+            ctx.clock(reset)
+        )));
+    }
+    let mut detail = Vec::new();
+    if let Some(pace) = pace(window, now) {
+        let rounded = pace.round();
+        detail.push(if rounded >= 0.0 {
+            Span::styled(
+                format!("  {rounded:.0}% in reserve"),
+                Style::new().fg(Color::Green),
+            )
+        } else {
+            Span::styled(
+                format!("  {:.0}% in deficit", -rounded),
+                Style::new().fg(Color::Yellow),
+            )
+        });
+    }
+    let rate = rate.or_else(|| window_average_rate(window, now));
+    let eta = match time_to_exhaustion(window, rate, now) {
+        Exhaustion::Exhausted => Some(Span::styled(
+            "exhausted".to_owned(),
+            Style::new().fg(Color::Red).bold(),
+        )),
+        Exhaustion::At(at) => Some(Span::styled(
+            format!("empty in {} ({})", format_duration(at - now), ctx.clock(at)),
+            Style::new().fg(Color::Yellow),
+        )),
+        Exhaustion::LastsUntilReset => Some(Span::raw("lasts until reset")),
+        Exhaustion::Unknown => None,
+    };
+    if let Some(eta) = eta {
+        detail.push(Span::styled(
+            if detail.is_empty() { "  " } else { " · " },
+            DIM,
+        ));
+        detail.push(eta);
+    }
+    if !detail.is_empty() {
+        // Pace and ETA on one line when they fit, else on two.
+        let total: usize = detail.iter().map(|s| s.content.chars().count()).sum();
+        if total <= width {
+            lines.push(Line::from(detail));
+        } else {
+            let eta = detail.split_off(1);
+            lines.push(Line::from(detail));
+            let mut second = vec![Span::raw("  ")];
+            second.extend(eta.into_iter().skip(1));
+            lines.push(Line::from(second));
+        }
+    }
+}
+
+fn quota_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, width: usize) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    let Some(snapshot) = dashboard.active_account().and_then(|a| a.snapshot.as_ref()) else {
+        if dashboard.mode == SessionMode::Proxy {
+            lines.push(Line::styled("  waiting for the first numbers…", DIM));
+        }
+        return lines;
+    };
+    for (label, kind) in [
+        ("5-hour", WindowKind::FiveHour),
+        ("weekly", WindowKind::Weekly),
+    ] {
+        match snapshot.window(kind) {
+            Some(window) => {
+                let rate = burn_rate(&dashboard.samples(kind), ctx.unix());
+                window_lines(label, window, rate, ctx, width, &mut lines);
+            }
+            None => lines.push(Line::styled(format!("{label:<7}no data"), DIM)),
+        }
+    }
+    for window in snapshot
+        .windows()
+        .filter(|w| matches!(w.kind(), WindowKind::Other(_)))
+    {
+        window_lines(&window.kind().label(), window, None, ctx, width, &mut lines);
+    }
+    if let Some(credits) = &snapshot.credits {
+        let text = if credits.unlimited {
+            "unlimited".to_owned()
+        } else {
+            credits.balance.clone().unwrap_or_else(|| {
+                if credits.has_credits {
+                    "some".to_owned()
+                } else {
+                    "none".to_owned()
+                }
+            })
+        };
+        lines.push(Line::from(vec![
+            Span::styled("credits ", Style::new().bold()),
+            Span::raw(text),
+        ]));
+    }
+    lines
+}
+
+const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// A sparkline of what is left of a window (100 − used), newest on the right.
+pub fn sparkline(values: &[f64], width: usize) -> String {
+    let start = values.len().saturating_sub(width);
+    values[start..]
+        .iter()
+        .map(|used| {
+            let left = (100.0 - used).clamp(0.0, 100.0);
+            SPARKS[((left / 100.0) * 7.0).round() as usize]
+        })
+        .collect()
+}
+
+fn burn_lines(dashboard: &Dashboard, width: usize) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    for (label, kind) in [("5h", WindowKind::FiveHour), ("wk", WindowKind::Weekly)] {
+        let values: Vec<f64> = dashboard
+            .samples(kind)
+            .iter()
+            .map(|s| s.used_percent)
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        let last = values.last().copied().unwrap_or(0.0);
+        lines.push(Line::from(vec![
+            Span::styled(format!("{label} "), DIM),
+            Span::styled(
+                sparkline(&values, width.saturating_sub(3)),
+                Style::new().fg(usage_color(last)),
+            ),
+        ]));
+    }
+    if lines.is_empty() {
+        lines.push(Line::styled("  no samples yet", DIM));
+    }
+    lines
+}
+
+fn state_span(state: AccountState, ctx: &RenderContext<'_>) -> Span<'static> {
+    match state {
+        AccountState::Active => Span::styled("active", Style::new().fg(Color::Green).bold()),
+        AccountState::Ready => Span::styled("ready", Style::new().fg(Color::Green)),
+        AccountState::ExhaustedUntil(Some(at)) => Span::styled(
+            format!("exhausted until {}", ctx.clock(at)),
+            Style::new().fg(Color::Red),
+        ),
+        AccountState::ExhaustedUntil(None) => {
+            Span::styled("exhausted", Style::new().fg(Color::Red))
+        }
+        AccountState::NeedsLogin => Span::styled("needs login", Style::new().fg(Color::Yellow)),
+        AccountState::Disabled => Span::styled("disabled", DIM),
+    }
+}
+
+fn mini_window(label: &str, window: Option<&RateLimitWindow>, gauge: usize) -> Vec<Span<'static>> {
+    match window {
+        Some(w) => vec![
+            Span::styled(format!("{label} "), DIM),
+            bar(w.used_percent, gauge),
+            Span::raw(format!(" {:>3.0}%", w.used_percent)),
+        ],
+        None => vec![Span::styled(
+            format!("{label} {:>width$}", "–", width = gauge + 5),
+            DIM,
+        )],
+    }
+}
+
+fn account_lines(
+    dashboard: &Dashboard,
+    ctx: &RenderContext<'_>,
+    width: usize,
+) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    if dashboard.accounts.is_empty() {
+        lines.push(Line::styled(
+            if dashboard.mode == SessionMode::Direct {
+                "  none in use without the proxy"
+            } else {
+                "  none stored: cs-tui accounts add"
+            },
+            DIM,
+        ));
+        return lines;
+    }
+    for account in &dashboard.accounts {
+        let state = dashboard.state_of(account);
+        let marker = if state == AccountState::Active {
+            "● "
+        } else {
+            "  "
+        };
+        let state = state_span(state, ctx);
+        let used = 2 + account.name.chars().count() + state.content.chars().count();
+        lines.push(Line::from(vec![
+            Span::styled(marker, Style::new().fg(Color::Green)),
+            Span::styled(account.name.clone(), Style::new().bold()),
+            Span::raw(" ".repeat(width.saturating_sub(used).max(1))),
+            state,
+        ]));
+        let snapshot: Option<&RateLimitSnapshot> = account.snapshot.as_ref();
+        // Two mini gauges: "  5h ██████ 42%  wk ██████ 18%".
+        let gauge = (width.saturating_sub(2 + 2 * 8 + 2) / 2).clamp(3, 12);
+        let mut row = vec![Span::raw("  ")];
+        row.extend(mini_window(
+            "5h",
+            snapshot.and_then(|s| s.five_hour()),
+            gauge,
+        ));
+        row.push(Span::raw("  "));
+        row.extend(mini_window("wk", snapshot.and_then(|s| s.weekly()), gauge));
+        lines.push(Line::from(row));
+    }
+    lines
+}
+
+fn switch_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, max: usize) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    if dashboard.switches.is_empty() {
+        lines.push(Line::styled("  none yet", DIM));
+    }
+    let start = dashboard.switches.len().saturating_sub(max);
+    for record in &dashboard.switches[start..] {
+        let from = record.from.as_deref().unwrap_or("–");
+        let (arrow, color) = if record.error.is_none() {
+            ("→", Color::Cyan)
+        } else {
+            ("✗", Color::Red)
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{} ", ctx.clock_utc(record.at)), DIM),
+            Span::raw(format!("{from} ")),
+            Span::styled(arrow, Style::new().fg(color)),
+            Span::styled(format!(" {}", record.to), Style::new().bold()),
+        ]));
+        lines.push(Line::styled(format!("      {}", record.reason), DIM));
+        if let Some(error) = &record.error {
+            lines.push(Line::styled(
+                format!("      failed: {error}"),
+                Style::new().fg(Color::Red),
+            ));
+        }
+    }
+    lines
+}
+
+fn notice_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, max: usize) -> Vec<Line<'static>> {
+    let start = dashboard.notices.len().saturating_sub(max);
+    dashboard.notices[start..]
+        .iter()
+        .map(|notice| match notice {
+            Notice::SwitchDeferred { to, reason, .. } => Line::styled(
+                format!(
+                    "⏸ switch{} waits for the turn to end ({reason})",
+                    to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default()
+                ),
+                Style::new().fg(Color::Cyan),
+            ),
+            Notice::NoAccountAvailable { earliest_reset, .. } => Line::styled(
+                match earliest_reset {
+                    Some(at) => format!("⚠ no account available until {}", ctx.clock_utc(*at)),
+                    None => "⚠ no account available".to_owned(),
+                },
+                Style::new().fg(Color::Red),
+            ),
+            Notice::Message { text, at } => Line::from(vec![
+                Span::styled(format!("{} ", ctx.clock_utc(*at)), DIM),
+                Span::raw(text.clone()),
+            ]),
+        })
+        .collect()
+}
+
+/// Every line of the panel's body, top to bottom.
+pub fn panel_lines(
+    dashboard: &Dashboard,
+    ctx: &RenderContext<'_>,
+    width: usize,
+) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    header_lines(dashboard, &mut lines);
+    lines.push(Line::default());
+    lines.extend(quota_lines(dashboard, ctx, width));
+    if dashboard.mode == SessionMode::Proxy {
+        lines.push(section("burn-down (left)", width));
+        lines.extend(burn_lines(dashboard, width));
+    }
+    lines.push(section("accounts", width));
+    lines.extend(account_lines(dashboard, ctx, width));
+    lines.push(section("switches", width));
+    lines.extend(switch_lines(dashboard, ctx, 5));
+    if !dashboard.notices.is_empty() {
+        lines.push(section("notices", width));
+        lines.extend(notice_lines(dashboard, ctx, 4));
+    }
+    lines
+}
+
+/// The footer that tells how to reach the hotkeys.
+pub fn footer_line(prefix: &str) -> Line<'static> {
+    Line::from(vec![
+        Span::styled(prefix.to_owned(), Style::new().fg(Color::Cyan).bold()),
+        Span::styled(" then ", DIM),
+        Span::styled("?", Style::new().bold()),
+        Span::styled(" help · ", DIM),
+        Span::styled("s", Style::new().bold()),
+        Span::styled(" switch · ", DIM),
+        Span::styled("q", Style::new().bold()),
+        Span::styled(" quit", DIM),
+    ])
+}
+
+/// Draws the side panel in `area`.
+pub fn render_panel(dashboard: &Dashboard, ctx: &RenderContext<'_>, area: Rect, buf: &mut Buffer) {
+    let block = Block::bordered()
+        .border_type(BorderType::Rounded)
+        .border_style(DIM)
+        .title(Line::from(" cs-tui ").bold());
+    let inner = block.inner(area);
+    block.render(area, buf);
+    if inner.height == 0 || inner.width == 0 {
+        return;
+    }
+    let body = Rect {
+        height: inner.height.saturating_sub(1),
+        ..inner
+    };
+    let footer = Rect {
+        y: inner.bottom() - 1,
+        height: 1,
+        ..inner
+    };
+    Paragraph::new(panel_lines(dashboard, ctx, usize::from(inner.width))).render(body, buf);
+    Paragraph::new(footer_line(ctx.prefix)).render(footer, buf);
+}
+
+/// The one-line status bar used on a narrow terminal or with the panel hidden.
+pub fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Line<'static> {
+    let mut spans = vec![Span::styled(
+        " cs-tui ",
+        Style::new().fg(Color::Black).bg(Color::Cyan),
+    )];
+    let sep = || Span::styled(" │ ", DIM);
+    spans.push(Span::raw(" "));
+    match dashboard.active_account() {
+        Some(active) => spans.push(Span::styled(active.name.clone(), Style::new().bold())),
+        None if dashboard.mode == SessionMode::Direct => {
+            spans.push(Span::styled(
+                "plain codex (no proxy)",
+                Style::new().fg(Color::Yellow),
+            ));
+        }
+        None => spans.push(Span::styled("no account", DIM)),
+    }
+    if let Some(snapshot) = dashboard.active_account().and_then(|a| a.snapshot.as_ref()) {
+        for (label, window) in [("5h", snapshot.five_hour()), ("wk", snapshot.weekly())] {
+            if let Some(w) = window {
+                spans.push(sep());
+                spans.push(Span::styled(format!("{label} "), DIM));
+                spans.push(Span::styled(
+                    format!("{:.0}%", w.used_percent),
+                    Style::new().fg(usage_color(w.used_percent)).bold(),
+                ));
+                if let Some(reset) = w.resets_at {
+                    spans.push(Span::styled(
+                        format!(" ↻{}", format_duration(reset - ctx.unix())),
+                        DIM,
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(notice) = notice_lines(dashboard, ctx, 1).pop() {
+        spans.push(sep());
+        spans.extend(notice.spans);
+    } else if let Some(record) = dashboard.switches.last() {
+        spans.push(sep());
+        spans.push(Span::styled(
+            format!(
+                "{} {} → {}",
+                ctx.clock_utc(record.at),
+                record.from.as_deref().unwrap_or("–"),
+                record.to
+            ),
+            Style::new().fg(Color::Cyan),
+        ));
+    }
+    spans.push(sep());
+    spans.push(Span::styled(
+        ctx.prefix.to_owned(),
+        Style::new().fg(Color::Cyan).bold(),
+    ));
+    spans.push(Span::styled(" ? help", DIM));
+    Line::from(spans)
+}

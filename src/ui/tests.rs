@@ -1,0 +1,296 @@
+//! Snapshots of the panel in its states, rendered with a fixed "now" so they are stable.
+
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+use super::*;
+use crate::app::dashboard::{AccountView, SessionMode, StoredState};
+use crate::config::PanelConfig;
+use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent, SwitchReason};
+use crate::pty::queries::OuterColors;
+use crate::pty::screen::PaneScreen;
+use crate::quota::{Credits, RateLimitSnapshot, RateLimitWindow};
+
+/// 2026-05-01 12:07:00 UTC, a Friday.
+const NOW: i64 = 1_777_637_220;
+
+fn now() -> DateTime<FixedOffset> {
+    FixedOffset::east_opt(0)
+        .unwrap()
+        .timestamp_opt(NOW, 0)
+        .unwrap()
+}
+
+fn at(offset_secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(NOW + offset_secs, 0).unwrap()
+}
+
+fn ctx() -> RenderContext<'static> {
+    RenderContext {
+        now: now(),
+        prefix: "Ctrl+]",
+    }
+}
+
+fn account(id: &str) -> AccountRef {
+    AccountRef {
+        id: id.to_owned(),
+        name: id.to_owned(),
+    }
+}
+
+/// A snapshot with the 5-hour window `used` % full resetting in `five_resets_in` seconds, and
+/// the weekly window `weekly` % full resetting in 3 days.
+fn snapshot(used: f64, five_resets_in: i64, weekly: f64) -> RateLimitSnapshot {
+    RateLimitSnapshot {
+        primary: Some(RateLimitWindow {
+            used_percent: used,
+            window_duration_mins: Some(300),
+            resets_at: Some(NOW + five_resets_in),
+        }),
+        secondary: Some(RateLimitWindow {
+            used_percent: weekly,
+            window_duration_mins: Some(10_080),
+            resets_at: Some(NOW + 3 * 86_400 + 4 * 3600),
+        }),
+        plan_type: Some("plus".into()),
+        ..Default::default()
+    }
+}
+
+fn stored() -> Vec<AccountView> {
+    ["alice", "bob", "carol"]
+        .into_iter()
+        .map(|name| AccountView {
+            email: Some(format!("{name}@example.com")),
+            plan: Some("plus".into()),
+            ..AccountView::new(name, name)
+        })
+        .collect()
+}
+
+fn update(d: &mut Dashboard, id: &str, snap: RateLimitSnapshot, when: i64) {
+    d.apply(&ProxyEvent::RateLimitsUpdated {
+        account: account(id),
+        snapshot: snap,
+        at: at(when),
+    });
+}
+
+fn started(accounts: Vec<AccountView>) -> Dashboard {
+    let mut d = Dashboard::new(SessionMode::Proxy, accounts);
+    d.apply(&ProxyEvent::Connection {
+        state: ConnectionState::Ready { clients: 1 },
+        at: at(-3600),
+    });
+    d.apply(&ProxyEvent::ActiveAccount {
+        account: account("alice"),
+        at: at(-3600),
+    });
+    d
+}
+
+fn render_panel_only(d: &Dashboard, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal
+        .draw(|f| panel::render_panel(d, &ctx(), f.area(), f.buffer_mut()))
+        .unwrap();
+    terminal.backend().to_string()
+}
+
+fn render_app(d: &Dashboard, width: u16, height: u16, overlay: Option<&Overlay>) -> String {
+    let config = PanelConfig::default();
+    let area = Rect::new(0, 0, width, height);
+    let app_layout = layout(area, &config, true);
+    let mut pane = PaneScreen::new(
+        app_layout.pane.height,
+        app_layout.pane.width,
+        0,
+        OuterColors::default(),
+    );
+    pane.process(
+        b"\x1b[1m>_ OpenAI Codex\x1b[0m (v0.169.0)\r\n\r\n\xe2\x80\xba Ask Codex to do anything",
+    );
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal
+        .draw(|f| {
+            draw(
+                f,
+                &View {
+                    screen: pane.screen(),
+                    dashboard: d,
+                    layout: app_layout,
+                    overlay,
+                    prefix_pending: false,
+                    ctx: ctx(),
+                },
+            )
+        })
+        .unwrap();
+    terminal.backend().to_string()
+}
+
+#[test]
+fn panel_fresh_session() {
+    let mut d = Dashboard::new(SessionMode::Proxy, stored());
+    d.apply(&ProxyEvent::ActiveAccount {
+        account: account("alice"),
+        at: at(0),
+    });
+    insta::assert_snapshot!(render_panel_only(&d, 44, 30));
+}
+
+#[test]
+fn panel_burning() {
+    let mut d = started(stored());
+    // 30 minutes of work: 5-hour window from 20 % to 38 %, reset in 2h 13m.
+    for (i, used) in [20.0, 24.0, 29.0, 33.0, 38.0].into_iter().enumerate() {
+        let when = -1800 + i as i64 * 450;
+        update(
+            &mut d,
+            "alice",
+            snapshot(used, 2 * 3600 + 13 * 60 - when, 31.0),
+            when,
+        );
+    }
+    update(&mut d, "bob", snapshot(3.0, 4 * 3600, 9.0), -600);
+    let mut carol = snapshot(12.0, 3600, 50.0);
+    carol.credits = Some(Credits {
+        has_credits: true,
+        unlimited: false,
+        balance: Some("12.50".into()),
+    });
+    update(&mut d, "carol", carol, -600);
+    d.apply(&ProxyEvent::TurnsRunning {
+        running: 1,
+        at: at(0),
+    });
+    insta::assert_snapshot!(render_panel_only(&d, 44, 40));
+}
+
+#[test]
+fn panel_near_limit() {
+    let mut d = started(stored());
+    for (i, used) in [80.0, 86.0, 91.0, 96.0].into_iter().enumerate() {
+        let when = -900 + i as i64 * 300;
+        update(&mut d, "alice", snapshot(used, 40 * 60 - when, 70.0), when);
+    }
+    let mut alice = snapshot(96.0, 40 * 60, 70.0);
+    alice.credits = Some(Credits {
+        has_credits: true,
+        unlimited: false,
+        balance: Some("3.10".into()),
+    });
+    update(&mut d, "alice", alice, 0);
+    update(&mut d, "bob", snapshot(15.0, 4 * 3600, 22.0), -300);
+    d.apply(&ProxyEvent::SwitchDeferred {
+        to: Some(account("bob")),
+        reason: SwitchReason::SoftThreshold {
+            window: "5h".into(),
+            used_percent: 96.0,
+            threshold: 95.0,
+        },
+        at: at(0),
+    });
+    insta::assert_snapshot!(render_panel_only(&d, 44, 40));
+}
+
+#[test]
+fn panel_switched() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(100.0, 47 * 60, 64.0), -120);
+    d.apply(&ProxyEvent::UsageLimitHit {
+        account: account("alice"),
+        at: at(-120),
+    });
+    d.apply(&ProxyEvent::SwitchDone {
+        from: Some(account("alice")),
+        to: account("bob"),
+        reason: SwitchReason::UsageLimit,
+        elapsed_ms: 90,
+        at: at(-118),
+    });
+    update(&mut d, "bob", snapshot(4.0, 4 * 3600 + 50 * 60, 12.0), -60);
+    update(&mut d, "bob", snapshot(6.0, 4 * 3600 + 50 * 60, 12.0), 0);
+    d.accounts[2].stored = StoredState::NeedsLogin;
+    d.apply(&ProxyEvent::SwitchFailed {
+        from: Some(account("bob")),
+        to: account("carol"),
+        reason: SwitchReason::Manual,
+        error: "refresh token expired".into(),
+        at: at(-30),
+    });
+    insta::assert_snapshot!(render_panel_only(&d, 44, 40));
+}
+
+#[test]
+fn panel_all_exhausted() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(100.0, 25 * 60, 64.0), -60);
+    update(&mut d, "bob", snapshot(100.0, 2 * 3600, 80.0), -60);
+    update(&mut d, "carol", snapshot(40.0, 3 * 3600, 100.0), -60);
+    d.apply(&ProxyEvent::NoAccountAvailable {
+        reason: SwitchReason::UsageLimit,
+        earliest_reset: Some(at(25 * 60)),
+        at: at(-30),
+    });
+    insta::assert_snapshot!(render_panel_only(&d, 44, 36));
+}
+
+#[test]
+fn narrow_terminal_collapses_to_a_status_bar() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(42.0, 2 * 3600 + 13 * 60, 18.0), 0);
+    insta::assert_snapshot!(render_app(&d, 90, 8, None));
+}
+
+#[test]
+fn wide_terminal_shows_pane_and_panel() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(42.0, 2 * 3600 + 13 * 60, 18.0), 0);
+    insta::assert_snapshot!(render_app(&d, 130, 24, None));
+}
+
+#[test]
+fn direct_mode_says_there_is_no_proxy() {
+    let d = Dashboard::new(SessionMode::Direct, Vec::new());
+    insta::assert_snapshot!(render_panel_only(&d, 44, 16));
+}
+
+#[test]
+fn overlays() {
+    let mut d = started(stored());
+    update(&mut d, "bob", snapshot(100.0, 2 * 3600, 80.0), -60);
+    insta::assert_snapshot!("help", render_app(&d, 90, 20, Some(&Overlay::Help)));
+    insta::assert_snapshot!("quit", render_app(&d, 90, 12, Some(&Overlay::ConfirmQuit)));
+    insta::assert_snapshot!(
+        "picker",
+        render_app(&d, 90, 12, Some(&Overlay::Picker { selected: 1 }))
+    );
+}
+
+#[test]
+fn layout_puts_the_panel_on_the_chosen_side_or_collapses_it() {
+    let mut config = PanelConfig::default();
+    let wide = Rect::new(0, 0, 160, 48);
+    let l = layout(wide, &config, true);
+    assert_eq!(l.pane, Rect::new(0, 0, 116, 48));
+    assert_eq!(l.panel, Some(Rect::new(116, 0, 44, 48)));
+    config.side = crate::config::PanelSide::Left;
+    let l = layout(wide, &config, true);
+    assert_eq!(l.pane, Rect::new(44, 0, 116, 48));
+    assert_eq!(l.panel, Some(Rect::new(0, 0, 44, 48)));
+    let hidden = layout(wide, &config, false);
+    assert_eq!(hidden.pane, Rect::new(0, 0, 160, 47));
+    assert_eq!(hidden.status, Some(Rect::new(0, 47, 160, 1)));
+    let narrow = layout(Rect::new(0, 0, 100, 30), &config, true);
+    assert_eq!(narrow.panel, None);
+    assert_eq!(narrow.pane, Rect::new(0, 0, 100, 29));
+}
+
+#[test]
+fn sparkline_shows_what_is_left() {
+    assert_eq!(panel::sparkline(&[0.0, 50.0, 100.0], 10), "█▅▁");
+    assert_eq!(panel::sparkline(&[0.0, 10.0, 20.0, 30.0], 2), "▇▆");
+}

@@ -1,0 +1,229 @@
+//! cs-tui end to end, as a person uses it: the real `cs-tui` binary inside tmux, hosting the
+//! real Codex TUI (plain, through the `CS_TUI_NO_PROXY` path) against the mock backend.
+//!
+//! Fails — never skips — when tmux or the pinned codex is missing.
+
+mod pane_support;
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
+use pane_support::Tmux;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+struct Session {
+    _mock: MockBackend,
+    home: CodexHome,
+    _store: tempfile::TempDir,
+    tmux: Tmux,
+    auth_before: Vec<u8>,
+}
+
+async fn start(width: u16, height: u16) -> Session {
+    let mock = MockBackend::start().await;
+    let (alice, refresh) = mock.add_account("alice");
+    let home = CodexHome::offline(&mock.url());
+    home.write_auth_json(&alice.auth_json(3600, &refresh));
+    let auth_before = std::fs::read(home.path().join("auth.json")).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let codex = codex_bin();
+    let refresh_url = mock.refresh_url();
+    let env: Vec<(&str, &OsStr)> = vec![
+        ("CS_TUI_NO_PROXY", OsStr::new("1")),
+        ("CS_TUI_HOME", store.path().as_os_str()),
+        ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+        ("CODEX_HOME", home.path().as_os_str()),
+        ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", OsStr::new(&refresh_url)),
+    ];
+    // cs-tui runs under sh, which afterwards prints its exit status and whether the terminal
+    // is back in canonical (cooked) mode: what a person would find after quitting.
+    let script = "\"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; \
+                  printf 'shell prompt> '; exec sleep 600";
+    let tmux = Tmux::start(
+        width,
+        height,
+        home.work_dir(),
+        &env,
+        OsStr::new("sh"),
+        &[
+            OsStr::new("-c"),
+            OsStr::new(script),
+            OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
+        ],
+    );
+    Session {
+        _mock: mock,
+        home,
+        _store: store,
+        tmux,
+        auth_before,
+    }
+}
+
+/// The last `rows` lines of the screen.
+fn bottom(screen: &str, rows: usize) -> Vec<&str> {
+    let lines: Vec<&str> = screen.lines().collect();
+    lines[lines.len().saturating_sub(rows)..].to_vec()
+}
+
+fn ready(screen: &str) -> bool {
+    screen.contains("OpenAI Codex")
+        && screen.contains("Ask Codex to do anything")
+        && screen.contains("gpt-5.1-codex")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_runs_in_the_pane_and_the_dashboard_around_it_works() {
+    let s = start(160, 48).await;
+    let t = &s.tmux;
+
+    // Codex starts in the pane, the panel beside it with the prefix in its footer.
+    let screen = t.wait_for(
+        WAIT,
+        "Codex ready in the pane, the panel beside it",
+        |screen| {
+            ready(screen) && screen.contains("╭ cs-tui") && screen.contains("Ctrl+] then ? help")
+        },
+    );
+    let composer = screen.lines().find(|l| l.contains("Ask Codex")).unwrap();
+    assert!(
+        composer.contains("│"),
+        "the panel sits right of the composer: {composer:?}"
+    );
+
+    // A pasted prompt (bracketed paste through the pane) and Enter: the reply appears.
+    t.paste("hello pane");
+    t.wait_for(WAIT, "the pasted prompt", |screen| {
+        screen.contains("› hello pane")
+    });
+    t.keys(&["Enter"]);
+    t.wait_for(WAIT, "the reply to the pasted prompt", |screen| {
+        screen.contains("Served by alice: you said \"hello pane\"")
+    });
+
+    // A typed prompt: keys go through the pane's encoder, Enter arrives as \r.
+    t.type_like_a_person("typed prompt");
+    t.keys(&["Enter"]);
+    t.wait_for(WAIT, "the reply to the typed prompt", |screen| {
+        screen.contains("Served by alice: you said \"typed prompt\"")
+    });
+
+    // Backspace (0x7f) edits the composer.
+    t.type_like_a_person("abcX");
+    t.keys(&["BSpace"]);
+    t.wait_for(WAIT, "backspace to delete a character", |screen| {
+        screen.contains("› abc") && !screen.contains("› abcX")
+    });
+    // Ctrl+U clears it again (an emacs-style Ctrl key reaches Codex).
+    t.keys(&["C-u"]);
+    t.wait_for(WAIT, "Ctrl+U to clear the composer", |screen| {
+        screen.contains("Ask Codex to do anything")
+    });
+
+    // The panel toggles: hidden, a one-line status bar takes its place; shown again.
+    t.keys(&["C-]", "p"]);
+    let screen = t.wait_for(WAIT, "the panel hidden", |screen| {
+        !screen.contains("╭ cs-tui") && bottom(screen, 1)[0].contains("cs-tui")
+    });
+    let composer = screen.lines().find(|l| l.contains("Ask Codex")).unwrap();
+    assert!(!composer.contains("│"), "{composer:?}");
+    t.keys(&["C-]", "p"]);
+    t.wait_for(WAIT, "the panel back", |screen| screen.contains("╭ cs-tui"));
+
+    // Resizing the window: the panel collapses on a narrow terminal, the PTY gets the new
+    // size, and Codex redraws for it (its composer sits just above our status bar).
+    t.resize(100, 30);
+    let screen = t.wait_for(WAIT, "Codex redrawn at 100x30", |screen| {
+        let lines: Vec<&str> = screen.lines().collect();
+        lines.len() == 30
+            && !screen.contains("╭ cs-tui")
+            && lines[29].contains("cs-tui")
+            && lines[20..29].iter().any(|l| l.contains("Ask Codex"))
+            && lines.iter().all(|l| l.chars().count() <= 100)
+    });
+    println!("after resize:\n{screen}");
+    t.resize(160, 48);
+    t.wait_for(WAIT, "Codex redrawn at 160x48 with the panel", |screen| {
+        let lines: Vec<&str> = screen.lines().collect();
+        screen.contains("╭ cs-tui") && lines[38..48].iter().any(|l| l.contains("Ask Codex"))
+    });
+
+    // Help, then quit (asks first; "n" stays).
+    t.keys(&["C-]", "?"]);
+    t.wait_for(WAIT, "the help overlay", |screen| {
+        screen.contains("cs-tui hotkeys")
+    });
+    t.keys(&["Escape"]);
+    t.wait_for(WAIT, "the help closed", |screen| {
+        !screen.contains("cs-tui hotkeys")
+    });
+    t.keys(&["C-]", "q"]);
+    t.wait_for(WAIT, "the quit question", |screen| {
+        screen.contains("Quit cs-tui?")
+    });
+    t.keys(&["n"]);
+    t.wait_for(WAIT, "still running", |screen| {
+        !screen.contains("Quit cs-tui?") && ready(screen)
+    });
+    t.keys(&["C-]", "q"]);
+    t.wait_for(WAIT, "the quit question", |screen| {
+        screen.contains("Quit cs-tui?")
+    });
+    t.keys(&["y"]);
+    let screen = t.wait_for(WAIT, "cs-tui gone and the shell back", |screen| {
+        screen.contains("shell prompt>")
+    });
+    println!("after quit:\n{screen}");
+    assert!(screen.contains("cs-tui exited 0"), "{screen}");
+    assert!(
+        screen.lines().any(|l| l.trim() == "icanon"),
+        "the terminal is back in canonical mode: {screen}"
+    );
+    assert_eq!(t.format("#{alternate_on}"), "0", "alternate screen left");
+    assert_eq!(t.format("#{cursor_flag}"), "1", "cursor shown");
+    assert_eq!(t.format("#{mouse_any_flag}"), "0", "mouse reporting off");
+    assert!(
+        !screen.contains("OpenAI Codex"),
+        "nothing of the dashboard is left on the screen: {screen}"
+    );
+
+    // cs-tui never touched the user's Codex login.
+    assert_eq!(
+        std::fs::read(s.home.path().join("auth.json")).unwrap(),
+        s.auth_before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_exit_code_becomes_cs_tui_exit_code_and_the_terminal_is_restored() {
+    let s = start(120, 30).await;
+    let t = &s.tmux;
+    t.wait_for(WAIT, "Codex ready", ready);
+    t.paste("one prompt");
+    t.wait_for(WAIT, "the pasted prompt", |screen| {
+        screen.contains("› one prompt")
+    });
+    t.keys(&["Enter"]);
+    t.wait_for(WAIT, "the reply", |screen| {
+        screen.contains("Served by alice: you said \"one prompt\"")
+    });
+    // Ctrl+C quits Codex (its own key, passed through the pane); it may ask for a second one.
+    t.keys(&["C-c"]);
+    let screen = t.wait_for(WAIT, "Codex gone, or asking for another Ctrl+C", |screen| {
+        screen.contains("shell prompt>") || screen.contains("again to quit")
+    });
+    if !screen.contains("shell prompt>") {
+        t.keys(&["C-c"]);
+    }
+    let screen = t.wait_for(WAIT, "the shell back", |screen| {
+        screen.contains("shell prompt>")
+    });
+    println!("after Codex quit:\n{screen}");
+    assert!(screen.contains("cs-tui exited 0"), "{screen}");
+    // Codex's parting hint survives the alternate screen.
+    assert!(screen.contains("codex resume"), "{screen}");
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    assert_eq!(t.format("#{alternate_on}"), "0");
+}

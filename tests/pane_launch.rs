@@ -1,0 +1,240 @@
+//! How cs-tui starts and stops, outside the happy path: a clear message instead of a blank
+//! screen, Codex's exit code passed on.
+
+mod pane_support;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pane_support::Tmux;
+
+/// cs-tui with its store in `store` and no codex override from the caller's environment.
+fn cs_tui(store: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cs-tui"));
+    cmd.env("CS_TUI_HOME", store).env_remove("CS_TUI_CODEX_BIN");
+    cmd
+}
+
+fn stderr_of(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().expect("run cs-tui");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_codex_binary_is_named_with_what_to_do() {
+    let store = tempfile::tempdir().unwrap();
+    let (code, stderr) = stderr_of(
+        cs_tui(store.path())
+            .env("CS_TUI_NO_PROXY", "1")
+            .args(["--codex-bin", "/nonexistent/codex"]),
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot find the codex binary"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/codex"), "{stderr}");
+    assert!(stderr.contains("hint: install it"), "{stderr}");
+}
+
+#[test]
+fn subcommands_that_cannot_run_through_the_proxy_are_refused() {
+    let store = tempfile::tempdir().unwrap();
+    for args in [&["exec", "hi"][..], &["login"], &["--remote", "ws://x"]] {
+        let (code, stderr) = stderr_of(cs_tui(store.path()).env("CS_TUI_NO_PROXY", "1").args(args));
+        assert_eq!(code, 1, "{args:?}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains("hint:"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_broken_config_file_is_named() {
+    let store = tempfile::tempdir().unwrap();
+    std::fs::write(store.path().join("config.toml"), "prefix_key = \"x\"\n").unwrap();
+    let (code, stderr) = stderr_of(&mut cs_tui(store.path()));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("config.toml"), "{stderr}");
+    assert!(stderr.contains("plain character"), "{stderr}");
+}
+
+#[test]
+fn codex_exit_code_is_cs_tui_exit_code_and_a_spawn_failure_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("codex");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho \"fake codex got: $*\"; echo \"TERM=$TERM COLORTERM=$COLORTERM TMUX=${TMUX:-unset}\"; sleep 0.3; exit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = "\"$0\" resume --last; echo \"cs-tui exited $?\"; exec sleep 600";
+    let t = Tmux::start(
+        120,
+        20,
+        dir.path(),
+        &[
+            ("CS_TUI_NO_PROXY", OsStr::new("1")),
+            ("CS_TUI_HOME", dir.path().as_os_str()),
+            ("CS_TUI_CODEX_BIN", fake.as_os_str()),
+        ],
+        OsStr::new("sh"),
+        &[
+            OsStr::new("-c"),
+            OsStr::new(script),
+            OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
+        ],
+    );
+    let screen = t.wait_for(Duration::from_secs(30), "the exit status", |screen| {
+        screen.contains("cs-tui exited")
+    });
+    assert!(screen.contains("cs-tui exited 3"), "{screen}");
+    assert_eq!(t.format("#{alternate_on}"), "0");
+}
+
+#[test]
+fn the_child_sees_the_pane_not_tmux() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("codex");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho \"args: $*\"; echo \"env: TERM=$TERM COLORTERM=$COLORTERM TMUX=${TMUX:-unset} TMUX_PANE=${TMUX_PANE:-unset}\"; stty size; exec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Tmux::start(
+        160,
+        40,
+        dir.path(),
+        &[
+            ("CS_TUI_NO_PROXY", OsStr::new("1")),
+            ("CS_TUI_HOME", dir.path().as_os_str()),
+            ("CS_TUI_CODEX_BIN", fake.as_os_str()),
+        ],
+        OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
+        &[OsStr::new("resume"), OsStr::new("--last")],
+    );
+    let cwd = std::fs::canonicalize(dir.path()).unwrap();
+    let screen = t.wait_for(Duration::from_secs(30), "the fake codex output", |screen| {
+        screen.contains("env:") && screen.lines().any(|l| l.trim_start().starts_with("40 "))
+    });
+    assert!(
+        screen.contains(&format!("args: resume -C {} --last", cwd.display())),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("env: TERM=xterm-256color COLORTERM=truecolor TMUX=unset TMUX_PANE=unset"),
+        "{screen}"
+    );
+    // The PTY is the pane's size: 160 columns less the 44-column panel, all 40 rows.
+    assert!(
+        screen.lines().any(|l| l.trim_start().starts_with("40 116")),
+        "{screen}"
+    );
+}
+
+fn fake_codex(dir: &Path, body: &str) -> std::path::PathBuf {
+    let fake = dir.join("codex");
+    std::fs::write(&fake, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fake
+}
+
+fn run_in_tmux(dir: &Path, codex: &Path) -> Tmux {
+    let script = "\"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; echo 'shell prompt>'; exec sleep 600";
+    Tmux::start(
+        120,
+        20,
+        dir,
+        &[
+            ("CS_TUI_NO_PROXY", OsStr::new("1")),
+            ("CS_TUI_HOME", dir.as_os_str()),
+            ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+        ],
+        OsStr::new("sh"),
+        &[
+            OsStr::new("-c"),
+            OsStr::new(script),
+            OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
+        ],
+    )
+}
+
+#[test]
+fn sigterm_ends_the_session_and_restores_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_codex(dir.path(), "echo fake codex running; exec sleep 600");
+    let t = run_in_tmux(dir.path(), &fake);
+    t.wait_for(Duration::from_secs(30), "the fake codex", |s| {
+        s.contains("fake codex running")
+    });
+    // cs-tui is the child of the pane's shell.
+    let pid = Command::new("pgrep")
+        .args(["-P", &t.pane_pid().to_string()])
+        .output()
+        .expect("pgrep");
+    let pid: i32 = String::from_utf8_lossy(&pid.stdout)
+        .trim()
+        .parse()
+        .expect("cs-tui pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
+        s.contains("shell prompt>")
+    });
+    assert!(screen.contains("cs-tui exited 143"), "{screen}");
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    assert!(!screen.contains("fake codex running"), "{screen}");
+}
+
+#[test]
+fn a_codex_that_cannot_start_is_a_message_after_the_terminal_is_restored() {
+    // (The exec failure surfaces as the child's exit code 1, with nothing on its screen.)
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("codex");
+    std::fs::write(&fake, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = run_in_tmux(dir.path(), &fake);
+    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
+        s.contains("shell prompt>")
+    });
+    assert!(screen.contains("cs-tui exited 1"), "{screen}");
+    assert!(
+        screen.contains("error: codex exited with code 1"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("hint: it stopped right after starting"),
+        "{screen}"
+    );
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    assert_eq!(t.format("#{alternate_on}"), "0");
+}
+
+#[test]
+fn a_failing_codex_leaves_its_last_words_on_the_restored_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_codex(
+        dir.path(),
+        "echo 'Error: loading config.toml: invalid type at line 3'; exit 2",
+    );
+    let t = run_in_tmux(dir.path(), &fake);
+    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
+        s.contains("shell prompt>")
+    });
+    assert!(screen.contains("cs-tui exited 2"), "{screen}");
+    assert!(
+        screen.contains("error: codex exited with code 2; its last output:"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("  Error: loading config.toml: invalid type at line 3"),
+        "{screen}"
+    );
+}
