@@ -241,6 +241,16 @@ impl<'de> Deserialize<'de> for PrefixKey {
 }
 
 impl Config {
+    /// The proxy's switch policy: the thresholds from `[switch]`, usage staleness from
+    /// `[polling]`, everything else at its default.
+    pub fn policy(&self) -> crate::proxy::policy::PolicyConfig {
+        crate::proxy::policy::PolicyConfig {
+            soft_five_hour_percent: self.switch.five_hour_threshold,
+            soft_weekly_percent: self.switch.weekly_threshold,
+            ..Default::default()
+        }
+    }
+
     /// Parses a config file's text.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)

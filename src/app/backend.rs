@@ -9,15 +9,19 @@ use std::any::Any;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::Utc;
 use color_eyre::eyre::Result;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
-use crate::app::dashboard::AccountView;
+use crate::accounts::{Store, import_codex_auth_if_empty};
+use crate::app::dashboard::{AccountView, StoredState};
 use crate::app::launcher::RemoteTarget;
 use crate::cli::GlobalArgs;
 use crate::config::Config;
-use crate::errors::with_hint;
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
+use crate::proxy::serve::session_options;
+use crate::proxy::session::{ProxyListener, Session};
+use crate::proxy::store_directory::StoreDirectory;
 use crate::secret::Secret;
 
 /// Set to `1` to run plain `codex` in the pane, without the proxy (no quota, no switching).
@@ -162,12 +166,12 @@ impl SessionBackend {
     }
 }
 
-/// Starts whatever sits in front of Codex for this session.
-///
-/// The proxy (issue 4) and the account store (issue 3) plug in here: start the app-server and
-/// the proxy with `config.switch`/`config.polling`, log in the best account, and return its
-/// endpoint, event/command channels, the store's accounts and a guard.
-pub async fn start_backend(_global: &GlobalArgs, _config: &Config) -> Result<SessionBackend> {
+/// The variable Codex reads the proxy's bearer token from (`--remote-auth-token-env`).
+pub const REMOTE_TOKEN_ENV: &str = "CS_TUI_REMOTE_TOKEN";
+
+/// Starts whatever sits in front of Codex for this session: normally the app-server and the
+/// switching proxy, logged in to the best stored account before Codex attaches.
+pub async fn start_backend(global: &GlobalArgs, config: &Config) -> Result<SessionBackend> {
     if std::env::var_os(NO_PROXY_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
         return Ok(match std::env::var_os(DEV_EVENTS_ENV) {
             Some(events) => SessionBackend::replay(
@@ -177,8 +181,86 @@ pub async fn start_backend(_global: &GlobalArgs, _config: &Config) -> Result<Ses
             None => SessionBackend::direct(),
         });
     }
-    Err(with_hint(
-        color_eyre::eyre::eyre!("the switching proxy is not available in this build"),
-        format!("set {NO_PROXY_ENV}=1 to run plain codex in the pane without switching"),
-    ))
+    let store_dir = crate::paths::store_dir()?;
+    let store = Store::open(&store_dir);
+    let imported = import_codex_auth_if_empty(&store)?;
+    let options = session_options(global, config, store_dir.clone())?;
+    let listener = ProxyListener::bind(options.listen).await?;
+    let dir = StoreDirectory::from_env(&store_dir)?;
+    let session = Session::start(listener, options, dir).await?;
+
+    // Proxy events and command answers reach the dashboard on one channel.
+    let (event_tx, events) = mpsc::unbounded_channel();
+    if let Some(account) = imported {
+        let _ = event_tx.send(ProxyEvent::Notice {
+            message: format!("imported {} from $CODEX_HOME/auth.json", account.name),
+            at: Utc::now(),
+        });
+    }
+    let mut proxy_events = session.subscribe();
+    let forward = event_tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match proxy_events.recv().await {
+                Ok(event) => {
+                    if forward.send(event).is_err() {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(n, "the dashboard fell behind the proxy's events");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    let (commands, mut command_rx) = mpsc::unbounded_channel::<ProxyCommand>();
+    let sender = session.commands();
+    tokio::spawn(async move {
+        while let Some(command) = command_rx.recv().await {
+            let answer = sender.send(command);
+            let event_tx = event_tx.clone();
+            tokio::spawn(async move {
+                let message = match answer.await {
+                    Ok(Ok(message)) => message,
+                    Ok(Err(message)) => format!("cannot switch: {message}"),
+                    Err(_) => return,
+                };
+                let _ = event_tx.send(ProxyEvent::Notice {
+                    message,
+                    at: Utc::now(),
+                });
+            });
+        }
+    });
+
+    let accounts = store
+        .load()?
+        .accounts
+        .iter()
+        .map(|account| AccountView {
+            stored: if !account.enabled {
+                StoredState::Disabled
+            } else if account.needs_login() {
+                StoredState::NeedsLogin
+            } else {
+                StoredState::Ready
+            },
+            email: account.email.clone(),
+            plan: account.plan.clone(),
+            ..AccountView::new(account.id.clone(), account.name.clone())
+        })
+        .collect();
+    Ok(SessionBackend {
+        kind: BackendKind::Proxy,
+        remote: Some(RemoteEndpoint {
+            url: session.url().to_owned(),
+            token_env: REMOTE_TOKEN_ENV.to_owned(),
+            token: session.token().clone(),
+        }),
+        events,
+        commands,
+        accounts,
+        guard: Some(Box::new(session)),
+    })
 }

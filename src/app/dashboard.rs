@@ -219,6 +219,7 @@ impl Dashboard {
                 }
             }
             ProxyEvent::TurnsRunning { running, .. } => self.turns_running = *running,
+            ProxyEvent::Notice { message, at } => self.push_message(message.clone(), *at),
             ProxyEvent::SwitchStarted { to, .. } => {
                 self.switching_to = Some(to.id.clone());
             }

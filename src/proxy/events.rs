@@ -126,6 +126,8 @@ pub enum ProxyEvent {
         state: ConnectionState,
         at: DateTime<Utc>,
     },
+    /// Something worth a line in the panel: the answer to a command, a first-run import.
+    Notice { message: String, at: DateTime<Utc> },
     /// The app-server process exited.
     AppServerExited {
         status: String,

@@ -34,13 +34,17 @@ pub struct SwitchArgs {
 }
 
 /// Options every session shares, from the config file and the environment.
-pub fn session_options(global: &GlobalArgs, store_dir: PathBuf) -> Result<SessionOptions> {
+pub fn session_options(
+    global: &GlobalArgs,
+    config: &crate::config::Config,
+    store_dir: PathBuf,
+) -> Result<SessionOptions> {
     Ok(SessionOptions {
         codex_bin: global.codex_bin.clone(),
         codex_home: crate::paths::codex_home()?,
         store_dir,
-        policy: crate::proxy::policy::PolicyConfig::default(),
-        usage_poll: std::time::Duration::from_secs(300),
+        policy: config.policy(),
+        usage_poll: config.polling.usage_interval(),
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         token_file: None,
     })
@@ -63,7 +67,8 @@ async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Resu
         .parse()
         .map_err(|_| eyre!("--listen {} is not an address", args.listen))
         .hint("use 127.0.0.1:PORT")?;
-    let mut options = session_options(global, store_dir.clone())?;
+    let config = crate::config::Config::load(&store_dir.join(crate::config::CONFIG_FILE))?;
+    let mut options = session_options(global, &config, store_dir.clone())?;
     options.listen = listen;
     options.token_file = args.token_file;
     if let Some(imported) =
