@@ -39,7 +39,7 @@ async fn start(width: u16, height: u16) -> Session {
     ];
     // cs-tui runs under sh, which afterwards prints its exit status and whether the terminal
     // is back in canonical (cooked) mode: what a person would find after quitting.
-    let script = "\"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; \
+    let script = "trap '' INT; \"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; \
                   printf 'shell prompt> '; exec sleep 600";
     let tmux = Tmux::start(
         width,
@@ -209,13 +209,21 @@ async fn codex_exit_code_becomes_cs_tui_exit_code_and_the_terminal_is_restored()
     t.wait_for(WAIT, "the reply", |screen| {
         screen.contains("Served by alice: you said \"one prompt\"")
     });
-    // Ctrl+C quits Codex (its own key, passed through the pane); it may ask for a second one.
-    t.keys(&["C-c"]);
-    let screen = t.wait_for(WAIT, "Codex gone, or asking for another Ctrl+C", |screen| {
-        screen.contains("shell prompt>") || screen.contains("again to quit")
-    });
-    if !screen.contains("shell prompt>") {
+    // Ctrl+C quits Codex (its own key, passed through the pane); it may first ask for
+    // another one. (The shell around cs-tui ignores SIGINT, so a late Ctrl+C cannot kill it.)
+    for _ in 0..3 {
+        if t.screen().contains("shell prompt>") {
+            break;
+        }
         t.keys(&["C-c"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let screen = t.screen();
+            if screen.contains("shell prompt>") || screen.contains("again to quit") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
     }
     let screen = t.wait_for(WAIT, "the shell back", |screen| {
         screen.contains("shell prompt>")
