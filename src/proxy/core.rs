@@ -472,6 +472,7 @@ impl<D: AccountDirectory> Core<D> {
             }
             Err(SwitchFailure::Refused(why)) => {
                 tracing::info!(%why, "switch refused");
+                self.emit(ProxyEvent::Notice { message: why, at });
             }
             Err(SwitchFailure::Failed { to, error }) => {
                 tracing::error!(%error, "switch failed");
@@ -744,7 +745,32 @@ impl<D: AccountDirectory> SwitchTask<D> {
         fetched: &mut Vec<(String, RateLimitSnapshot)>,
     ) -> Result<(String, Option<RateLimitSnapshot>), SwitchFailure> {
         let to = match self.pending.target.clone() {
-            Target::Account(id) => id,
+            Target::Account(id) => {
+                // The user named it: check it on fresh numbers, a reset may have passed.
+                let mut snapshot = self.snapshots.get(&id).cloned();
+                if let Some((_, Ok(fresh))) = fetch_usages(&self.dir, std::slice::from_ref(&id))
+                    .await
+                    .into_iter()
+                    .next()
+                {
+                    fetched.push((id.clone(), fresh.clone()));
+                    snapshot = Some(fresh);
+                }
+                if let Some(snapshot) = snapshot.filter(RateLimitSnapshot::is_exhausted) {
+                    let until = snapshot
+                        .available_again_at()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                        .map(|t| {
+                            format!(" until {}", t.with_timezone(&chrono::Local).format("%H:%M"))
+                        })
+                        .unwrap_or_default();
+                    return Err(SwitchFailure::Refused(format!(
+                        "cannot switch to {}: it has hit its usage limit{until}",
+                        self.name(&id)
+                    )));
+                }
+                id
+            }
             Target::Best => {
                 // Fetch the usage of candidates whose numbers are stale, so the choice is
                 // made on what the backend says now.

@@ -191,8 +191,9 @@ pub fn choose_best(
     }
 }
 
-/// Checks a manual switch to a named account: refused when it is the active one, needs a login,
-/// or is exhausted. Cooldown and the enabled flag do not apply: the user asked for it.
+/// Checks a manual switch to a named account: refused when it is the active one or needs a
+/// login. Cooldown and the enabled flag do not apply: the user asked for it. Exhaustion is
+/// checked later, on fresh numbers (the cached ones may predate a reset).
 pub fn check_manual(candidate: &Candidate, active: Option<&str>) -> Result<(), String> {
     if Some(candidate.id.as_str()) == active {
         return Err(format!("{} is already the active account", candidate.name));
@@ -202,11 +203,6 @@ pub fn check_manual(candidate: &Candidate, active: Option<&str>) -> Result<(), S
             "{} needs a new login (cs-tui accounts add {})",
             candidate.name, candidate.name
         ));
-    }
-    if let Some(s) = &candidate.snapshot
-        && s.is_exhausted()
-    {
-        return Err(format!("{} has hit its usage limit", candidate.name));
     }
     Ok(())
 }
@@ -410,6 +406,10 @@ mod tests {
                 .contains("accounts add")
         );
         let dead = cand("dead", Some(snap(Some((100.0, 1)), None)));
-        assert!(check_manual(&dead, None).is_err());
+        assert_eq!(
+            check_manual(&dead, None),
+            Ok(()),
+            "exhaustion is checked on fresh numbers"
+        );
     }
 }
