@@ -32,6 +32,7 @@ async fn relay_to(upstream_url: &str, upstream_token: &str, ready: bool) -> Rela
         client_token: Secret::new("client-secret"),
         ready: ready_rx,
         events: tx,
+        interceptor: Box::new(|_| relay::NoInterceptor),
     });
     tokio::spawn(relay::serve(listener, shared));
     Relay {
