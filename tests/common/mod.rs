@@ -3,6 +3,7 @@
 
 pub mod echo_upstream;
 pub mod fixture_directory;
+pub mod raw;
 
 use std::time::Duration;
 

@@ -443,9 +443,17 @@ impl<I: Interceptor> Connection<I> {
         .store(true, Ordering::Relaxed);
     }
 
+    fn closed(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::ToUpstream => &self.closed_upstream,
+            Direction::ToClient => &self.closed_client,
+        }
+        .load(Ordering::Relaxed)
+    }
+
     /// Close frames went both ways: nothing more may be said on this connection.
     fn close_handshake_done(&self) -> bool {
-        self.closed_upstream.load(Ordering::Relaxed) && self.closed_client.load(Ordering::Relaxed)
+        self.closed(Direction::ToUpstream) && self.closed(Direction::ToClient)
     }
 
     fn interceptor(&self) -> MutexGuard<'_, I> {

@@ -195,6 +195,15 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                 Err(action) => self.act(action),
             }
         }
+        // The app-server drops a connection on a close frame without answering it (0.169.0);
+        // answer the client's close for it, so the client sees its close handshake complete.
+        if self.direction == Direction::ToClient
+            && !self.closed
+            && self.conn.closed(Direction::ToUpstream)
+        {
+            let reply = close_frame(self.direction, CloseCode::Normal, "");
+            let _ = dst.write_all(&reply).await;
+        }
         let _ = dst.shutdown().await;
     }
 
@@ -484,6 +493,12 @@ fn worth_a_look<I: Interceptor>(
     payload: &[u8],
     mask: Option<[u8; 4]>,
 ) -> bool {
+    let interceptor = conn.interceptor();
+    let theirs = interceptor.watched(direction);
+    let ours = built_in_watched(direction);
+    if ours.is_empty() && theirs.is_empty() {
+        return false;
+    }
     let mut prefix = [0u8; LEAD_BYTES];
     let first = match mask {
         Some(mask) => {
@@ -494,12 +509,6 @@ fn worth_a_look<I: Interceptor>(
         }
         None => payload,
     };
-    let interceptor = conn.interceptor();
-    let theirs = interceptor.watched(direction);
-    let ours = built_in_watched(direction);
-    if ours.is_empty() && theirs.is_empty() {
-        return false;
-    }
     match rpc::lead(first) {
         Lead::Method(name) => listed(ours, name) || listed(theirs, name),
         // Responses may be to the proxy's own requests, and other shapes may hide a watched
