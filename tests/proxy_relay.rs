@@ -634,3 +634,44 @@ async fn the_proxy_can_answer_a_client_request_itself() {
     .expect("the handle reports the end of its connection");
     assert!(handle.inject(Direction::ToClient, "late").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_pass_through_and_injections_wait_for_the_message_end() {
+    let (mut relay, mut client, mut upstream, _) = raw_pair().await;
+    let handle = relay.connected().await;
+
+    // A large fragmented message streams through (the relay does not look at it), its frames
+    // split across many reads.
+    let mut first = br#"{"method":"item/agentMessage/delta","params":""#.to_vec();
+    first.resize(200_000, b'a');
+    let first = frame(TEXT, &first, false, None);
+    let mut last = vec![b'b'; 300_000];
+    last.extend_from_slice(br#""}"#);
+    let last = frame(CONTINUE, &last, true, None);
+    upstream.send(&first[..1000]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    upstream.send(&first[1000..]).await;
+    assert_eq!(client.read(first.len()).await, first);
+
+    // Mid-message, an injected message waits for the message's last frame.
+    handle.inject(Direction::ToClient, "injected").unwrap();
+    client.expect_quiet(QUIET).await;
+    for part in last.chunks(70_000) {
+        upstream.send(part).await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(client.read(last.len()).await, last);
+    assert_eq!(
+        client.read_frame().await,
+        frame(TEXT, b"injected", true, None)
+    );
+
+    // The same toward the app-server, masked, with a ping in the middle.
+    let big = frame(BINARY, &vec![7u8; 1 << 20], true, MASK);
+    let ping = frame(PING, b"p", true, MASK);
+    let sent = concat(&[big.clone(), ping, big]);
+    for part in sent.chunks(100_000) {
+        client.send(part).await;
+    }
+    assert_eq!(upstream.read(sent.len()).await, sent);
+}

@@ -21,6 +21,7 @@
 mod handshake;
 mod inspect;
 mod pump;
+mod splice;
 
 use std::convert::Infallible;
 use std::fmt;

@@ -9,20 +9,23 @@ use std::io::{self, Cursor, IoSlice};
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
+use super::splice::Splicer;
 use super::{Actions, Connection, Direction, Inspected, Interceptor, Verdict, inspect};
 use crate::proxy::rpc::{self, Envelope, Lead, OWN_ID_PREFIX, RELAY_WATCHED};
 use crate::proxy::upstream::MAX_MESSAGE;
 
 /// How much to read at a time when no large frame is pending.
 const READ_CHUNK: usize = 64 << 10;
-/// Frames at least this much larger than what is buffered are read to their exact end, so the
-/// next frame starts a fresh buffer instead of being moved to the front of this one.
+/// A frame with at least this much of its payload still to come is passed through as it
+/// arrives (spliced where possible) when the relay does not need to look at it; one it needs
+/// is read to its exact end, so the next frame starts a fresh buffer.
 const LARGE: usize = 64 << 10;
 /// A buffer grown beyond this for one frame is given back once the frame is forwarded.
 const KEEP_CAPACITY: usize = 4 << 20;
@@ -124,6 +127,12 @@ pub(super) struct Pump<'c, I: Interceptor> {
     awaiting: Option<usize>,
     /// `buf` grew beyond [`KEEP_CAPACITY`] for one frame.
     oversized: bool,
+    /// Bytes of the current frame still to pass through unlooked at.
+    pass_through: usize,
+    /// The frame being passed through is the last of a streamed message.
+    message_ends_after_pass_through: bool,
+    /// `None` until the first pass-through; then `Some(None)` where splicing is unavailable.
+    splicer: Option<Option<Splicer>>,
 }
 
 impl<'c, I: Interceptor> Pump<'c, I> {
@@ -140,20 +149,20 @@ impl<'c, I: Interceptor> Pump<'c, I> {
             closed: false,
             awaiting: None,
             oversized: false,
+            pass_through: 0,
+            message_ends_after_pass_through: false,
+            splicer: None,
         }
     }
 
     /// Relays until the source ends or fails, or breaks the protocol; then shuts down the
     /// destination's write half so its peer sees the end too.
-    pub(super) async fn run<R, W>(
+    pub(super) async fn run(
         mut self,
-        mut src: R,
-        mut dst: W,
+        mut src: ReadHalf<'_>,
+        mut dst: WriteHalf<'_>,
         mut actions: mpsc::UnboundedReceiver<PumpAction>,
-    ) where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+    ) {
         let conn = self.conn.id;
         let side = self.direction.source();
         loop {
@@ -171,6 +180,16 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                 );
                 self.fail(violation, &mut dst).await;
                 return;
+            }
+            if self.pass_through > 0 {
+                if let Err(err) = self.pass_through(&mut src, &mut dst).await {
+                    tracing::debug!(conn, side, %err, "passing a frame through failed");
+                    break;
+                }
+                if std::mem::take(&mut self.message_ends_after_pass_through) {
+                    self.end_streamed_message(&mut 0);
+                }
+                continue;
             }
             let limit = self.prepare_read();
             let event = {
@@ -205,6 +224,32 @@ impl<'c, I: Interceptor> Pump<'c, I> {
             let _ = dst.write_all(&reply).await;
         }
         let _ = dst.shutdown().await;
+    }
+
+    /// Moves the rest of the current frame from `src` to `dst` without looking at it: spliced
+    /// where the kernel can, else copied through `buf` a chunk at a time.
+    async fn pass_through(
+        &mut self,
+        src: &mut ReadHalf<'_>,
+        dst: &mut WriteHalf<'_>,
+    ) -> io::Result<()> {
+        let n = std::mem::take(&mut self.pass_through);
+        if let Some(splicer) = self.splicer.get_or_insert_with(Splicer::new) {
+            return splicer.transfer(src.as_ref(), dst.as_ref(), n).await;
+        }
+        let mut left = n;
+        while left > 0 {
+            self.buf.reserve(READ_CHUNK);
+            let read = src
+                .read_buf(&mut (&mut self.buf).limit(left.min(READ_CHUNK)))
+                .await?;
+            if read == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            left -= read;
+            dst.write_all_buf(&mut self.buf).await?;
+        }
+        Ok(())
     }
 
     /// Tells both peers why the connection ends: the offending source gets the violation's
@@ -308,11 +353,23 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                 break Err(Violation::TooBig);
             }
             let total = head + len as usize;
-            if self.buf.len() - run < total {
+            let have = self.buf.len() - run;
+            if have < total {
+                // A large frame the relay need not look at goes on as it arrives.
+                if total - have >= LARGE {
+                    match self.frame(&header, head, total, have, &mut run) {
+                        Ok(true) => {
+                            self.pass_through = total - have;
+                            break Ok(());
+                        }
+                        Ok(false) => {}
+                        Err(violation) => break Err(violation),
+                    }
+                }
                 self.awaiting = Some(total);
                 break Ok(());
             }
-            if let Err(violation) = self.frame(&header, head, total, &mut run) {
+            if let Err(violation) = self.frame(&header, head, total, total, &mut run) {
                 break Err(violation);
             }
         };
@@ -328,15 +385,19 @@ impl<'c, I: Interceptor> Pump<'c, I> {
         }
     }
 
-    /// Handles the complete frame at `buf[run..run + total]`: either extends the forwarded
-    /// run, or takes the frame out of the buffer.
+    /// Handles the frame at `buf[run..]`, `total` bytes long, of which `have` are buffered.
+    /// A whole frame is always handled: it extends the forwarded run or is taken out of the
+    /// buffer. A partial one is handled only when the relay need not look at its payload
+    /// (it is then forwarded as it arrives); otherwise this returns `false` and changes
+    /// nothing.
     fn frame(
         &mut self,
         header: &FrameHeader,
         head: usize,
         total: usize,
+        have: usize,
         run: &mut usize,
-    ) -> Result<(), Violation> {
+    ) -> Result<bool, Violation> {
         if header.rsv1 || header.rsv2 || header.rsv3 {
             return Err(Violation::Protocol(
                 "reserved bits set (no extension was agreed)",
@@ -353,6 +414,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
         }
         let len = total - head;
         let start = *run;
+        let whole = have == total;
         match header.opcode {
             OpCode::Control(control) => {
                 if !header.is_final || len > 125 {
@@ -360,15 +422,18 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                         "a fragmented or oversized control frame",
                     ));
                 }
+                if !whole {
+                    return Ok(false);
+                }
                 if self.closed {
                     // We closed this direction ourselves; the peer's own close is redundant.
                     self.flush_run(run);
                     self.buf.advance(total);
-                    return Ok(());
+                    return Ok(true);
                 }
                 self.set_closed(control == Control::Close);
                 *run += total;
-                Ok(())
+                Ok(true)
             }
             OpCode::Data(Data::Continue) => match self.message.take() {
                 None => Err(Violation::Protocol(
@@ -379,13 +444,22 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                     if size > MAX_MESSAGE {
                         return Err(Violation::TooBig);
                     }
-                    *run += total;
-                    if header.is_final {
+                    *run += have;
+                    if !header.is_final {
+                        self.message = Some(Fragmented::Streaming { size });
+                    } else if whole {
                         self.end_streamed_message(run);
                     } else {
-                        self.message = Some(Fragmented::Streaming { size });
+                        self.message_ends_after_pass_through = true;
                     }
-                    Ok(())
+                    Ok(true)
+                }
+                Some(Fragmented::Buffered { frames, payload }) if !whole => {
+                    if payload.len() + len > MAX_MESSAGE {
+                        return Err(Violation::TooBig);
+                    }
+                    self.message = Some(Fragmented::Buffered { frames, payload });
+                    Ok(false)
                 }
                 Some(Fragmented::Buffered {
                     mut frames,
@@ -404,7 +478,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                     frames.push(self.buf.split_to(total).freeze());
                     if !header.is_final {
                         self.message = Some(Fragmented::Buffered { frames, payload });
-                        return Ok(());
+                        return Ok(true);
                     }
                     let (verdict, actions) = examine(self.conn, self.direction, &payload);
                     match verdict {
@@ -413,25 +487,28 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                         Verdict::Drop => {}
                     }
                     self.apply(actions, run);
-                    Ok(())
+                    Ok(true)
                 }
             },
             OpCode::Data(data) => {
                 if self.message.is_some() {
                     return Err(Violation::Protocol("a new message inside a fragmented one"));
                 }
-                let payload = &self.buf[start + head..start + total];
+                let payload = &self.buf[start + head..start + have];
                 let text = data == Data::Text;
-                if text && header.is_final {
+                if text && header.is_final && whole {
                     log_if_not_json_object(self.conn.id, self.direction, payload, header.mask);
                 }
                 if !(text && worth_a_look(self.conn, self.direction, payload, header.mask)) {
-                    *run += total;
+                    *run += have;
                     if !header.is_final {
                         self.message = Some(Fragmented::Streaming { size: len });
                         self.out_mid_message = true;
                     }
-                    return Ok(());
+                    return Ok(true);
+                }
+                if !whole {
+                    return Ok(false);
                 }
                 let payload = unmasked(payload, header.mask);
                 if !header.is_final {
@@ -439,7 +516,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                     self.flush_run(run);
                     let frames = vec![self.buf.split_to(total).freeze()];
                     self.message = Some(Fragmented::Buffered { frames, payload });
-                    return Ok(());
+                    return Ok(true);
                 }
                 let (verdict, actions) = examine(self.conn, self.direction, &payload);
                 match verdict {
@@ -453,7 +530,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                     }
                 }
                 self.apply(actions, run);
-                Ok(())
+                Ok(true)
             }
         }
     }
