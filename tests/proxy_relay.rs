@@ -675,3 +675,40 @@ async fn large_frames_pass_through_and_injections_wait_for_the_message_end() {
     }
     assert_eq!(upstream.read(sent.len()).await, sent);
 }
+
+/// Panics on `boom`, like a buggy interceptor might.
+struct Fragile;
+
+impl Interceptor for Fragile {
+    type Command = ();
+
+    fn watched(&self, _: Direction) -> &[&'static str] {
+        &["boom"]
+    }
+
+    fn inspect(&mut self, _: &Inspected<'_>, _: &mut Actions) -> Verdict {
+        panic!("the interceptor broke (this panic is expected by the test)")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_interceptor_ends_only_its_connection_and_is_reported() {
+    let echo = common::echo_upstream::start().await;
+    let mut relay = relay_with(&echo, "unused", true, |_| Fragile).await;
+    let mut client = WsClient::connect(&relay.url, &relay.token).await;
+    let handle = relay.connected().await;
+    client
+        .send_raw(Message::Text(r#"{"method":"boom"}"#.into()))
+        .await;
+    match relay
+        .event("Disconnected", |e| matches!(e, RelayEvent::Disconnected(_)))
+        .await
+    {
+        RelayEvent::Disconnected(conn) => assert_eq!(conn, handle.conn()),
+        _ => unreachable!(),
+    }
+    // The relay still serves others.
+    let mut other = WsClient::connect(&relay.url, &relay.token).await;
+    other.send_raw(Message::Text("still here".into())).await;
+    assert_eq!(next_text(&mut other).await, "still here");
+}

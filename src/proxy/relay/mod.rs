@@ -25,10 +25,12 @@ mod splice;
 
 use std::convert::Infallible;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -406,15 +408,21 @@ async fn handle_client<I: Interceptor>(
     };
     let interceptor = (shared.interceptor)(conn);
     let _ = shared.events.send(RelayEvent::Connected(conn, handle));
-    relay(
+    // An interceptor that panics ends its connection, not the relay, and the core still
+    // hears that the client is gone.
+    let relayed = AssertUnwindSafe(relay(
         conn,
         client,
         upstream,
         interceptor,
         commands,
         shared.events.clone(),
-    )
+    ))
+    .catch_unwind()
     .await;
+    if relayed.is_err() {
+        tracing::error!(conn, "relaying this connection panicked; it was dropped");
+    }
     tracing::debug!(conn, "client disconnected");
     let _ = shared.events.send(RelayEvent::Disconnected(conn));
 }
