@@ -94,6 +94,7 @@ async fn start_relay(upstream: &str) -> String {
             client_token: Secret::new("bench"),
             ready,
             events,
+            interceptor: Box::new(|_| relay::NoInterceptor),
         }),
     ));
     url

@@ -205,7 +205,8 @@ impl<D: AccountDirectory> Core<D> {
 
     fn handle(&mut self, msg: CoreMsg) {
         match msg {
-            CoreMsg::Relay(RelayEvent::Connected(conn)) => {
+            // The handle will let the core drive the connection (issue 6); nothing uses it yet.
+            CoreMsg::Relay(RelayEvent::Connected(conn, _handle)) => {
                 self.clients.insert(conn);
                 self.emit_connection();
             }

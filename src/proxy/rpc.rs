@@ -1,6 +1,8 @@
 //! The app-server's JSON-RPC messages: cheap classification of relayed frames, and typed
 //! parameters for the few messages the proxy acts on. Everything else is forwarded as bytes.
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 use serde::Deserialize;
 use serde_json::Value;
@@ -31,36 +33,113 @@ pub const RELAY_WATCHED: &[&str] = &[
     method::TOKENS_REFRESH,
 ];
 
+static METHOD_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"method\""));
+static OWN_ID: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"cs-tui/"));
+
 /// Finds whether `text` may be a message whose top-level `method` is one of `wanted`, without
 /// parsing it: a SIMD substring search for `"method"` followed by `:"name"`. A hit must still
-/// be confirmed by parsing (the key could belong to a nested object); a miss is certain,
-/// because a top-level `"method":"x"` always appears literally (quotes inside JSON strings are
-/// escaped).
+/// be confirmed by parsing (the key could belong to a nested object); a miss is certain for
+/// names written without escapes (serde never escapes `/` or letters), because a top-level
+/// `"method":"x"` always appears literally (quotes inside JSON strings are escaped).
 pub fn sniff_method<'a>(text: &str, wanted: &[&'a str]) -> Option<&'a str> {
-    let bytes = text.as_bytes();
-    let finder = memmem::Finder::new(b"\"method\"");
-    for start in finder.find_iter(bytes) {
+    method_candidates(text.as_bytes())
+        .find_map(|name| wanted.iter().find(|w| w.as_bytes() == name))
+        .copied()
+}
+
+/// Every `"method":"NAME"` in `bytes`, in order, as the raw NAME bytes up to the next quote.
+/// The top-level method of a message, if it has one, is among them; so may be nested ones.
+pub fn method_candidates(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    METHOD_KEY.find_iter(bytes).filter_map(move |start| {
         let rest = skip_ws(&bytes[start + 8..]);
-        let Some(rest) = rest.strip_prefix(b":") else {
-            continue;
-        };
-        let rest = skip_ws(rest);
-        let Some(rest) = rest.strip_prefix(b"\"") else {
-            continue;
-        };
-        if let Some(hit) = wanted.iter().find(|w| {
-            rest.strip_prefix(w.as_bytes())
-                .is_some_and(|after| after.first() == Some(&b'"'))
-        }) {
-            return Some(hit);
-        }
-    }
-    None
+        let rest = skip_ws(rest.strip_prefix(b":")?);
+        let rest = rest.strip_prefix(b"\"")?;
+        let end = memchr::memchr(b'"', rest)?;
+        Some(&rest[..end])
+    })
 }
 
 /// Whether `text` may be a response to one of the proxy's own requests (ids `cs-tui/…`).
 pub fn sniff_own_id(text: &str) -> bool {
-    memmem::find(text.as_bytes(), b"\"cs-tui/").is_some()
+    sniff_own_id_bytes(text.as_bytes())
+}
+
+/// [`sniff_own_id`] on bytes that may not be UTF-8 yet.
+pub fn sniff_own_id_bytes(bytes: &[u8]) -> bool {
+    OWN_ID.find(bytes).is_some()
+}
+
+/// What the first bytes of a message say about it, read in O(1) instead of scanning it.
+///
+/// serde writes keys in declaration order, so the app-server's and the Codex TUI's messages
+/// start `{"method":"…"` (notifications), `{"id":…,"method":"…"` (requests) or
+/// `{"id":…,"result"…` (responses). Anything else — other key orders, whitespace, escapes —
+/// is [`Lead::Unknown`] and must be scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lead<'a> {
+    /// The top-level method is certainly this name: the message starts `{"method":"NAME"` or
+    /// `{"id":ID,"method":"NAME"`.
+    Method(&'a [u8]),
+    /// The message starts `{"id":ID,` followed by a key other than `method`; the id as
+    /// written (without quotes) when it is a string, `None` when it is a number. Where its
+    /// method is (if it has one) is not known.
+    Id(Option<&'a [u8]>),
+    /// The first bytes do not tell.
+    Unknown,
+}
+
+impl Lead<'_> {
+    /// Whether the message may be a response to one of the proxy's own requests. A message
+    /// with a method is not a response; a leading id settles it; otherwise `bytes` is scanned.
+    pub fn may_be_own_response(&self, bytes: &[u8]) -> bool {
+        match self {
+            Lead::Method(_) => false,
+            Lead::Id(Some(id)) => id.starts_with(OWN_ID_PREFIX.as_bytes()),
+            Lead::Id(None) => false,
+            Lead::Unknown => sniff_own_id_bytes(bytes),
+        }
+    }
+}
+
+/// Reads the [`Lead`] of a message (or of its first bytes).
+pub fn lead(bytes: &[u8]) -> Lead<'_> {
+    if let Some(rest) = bytes.strip_prefix(b"{\"method\":\"") {
+        return plain_string(rest).map_or(Lead::Unknown, Lead::Method);
+    }
+    let Some(rest) = bytes.strip_prefix(b"{\"id\":") else {
+        return Lead::Unknown;
+    };
+    let (id, rest) = if let Some(quoted) = rest.strip_prefix(b"\"") {
+        let Some(id) = plain_string(quoted) else {
+            return Lead::Unknown;
+        };
+        (Some(id), &quoted[id.len() + 1..])
+    } else {
+        let digits = rest
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || **b == b'-')
+            .count();
+        if digits == 0 {
+            return Lead::Unknown;
+        }
+        (None, &rest[digits..])
+    };
+    let Some(rest) = rest.strip_prefix(b",\"") else {
+        return Lead::Unknown;
+    };
+    match rest.strip_prefix(b"method\":\"") {
+        Some(method) => plain_string(method).map_or(Lead::Unknown, Lead::Method),
+        None => Lead::Id(id),
+    }
+}
+
+/// The bytes of a JSON string body up to its closing quote, when no escape comes first (an
+/// escaped name's raw bytes differ from its value, so it cannot be compared as bytes).
+fn plain_string(bytes: &[u8]) -> Option<&[u8]> {
+    let end = memchr::memchr2(b'"', b'\\', bytes)?;
+    (bytes[end] == b'"').then(|| &bytes[..end])
 }
 
 fn skip_ws(bytes: &[u8]) -> &[u8] {
@@ -224,6 +303,49 @@ mod tests {
         )
         .unwrap();
         assert!(!other.error.is_usage_limit());
+    }
+
+    #[test]
+    fn the_lead_names_the_method_without_scanning() {
+        assert_eq!(
+            lead(br#"{"method":"turn/started","params":{}}"#),
+            Lead::Method(b"turn/started")
+        );
+        assert_eq!(
+            lead(br#"{"id":12,"method":"account/read","params":{}}"#),
+            Lead::Method(b"account/read")
+        );
+        assert_eq!(lead(br#"{"id":"a-b","method":"x"}"#), Lead::Method(b"x"));
+        assert_eq!(lead(br#"{"id":-3,"result":{}}"#), Lead::Id(None));
+        assert_eq!(
+            lead(br#"{"id":"cs-tui/u/1","result":{}}"#),
+            Lead::Id(Some(b"cs-tui/u/1"))
+        );
+        // An escape, whitespace, another key order or a cut-off name: scan instead.
+        assert_eq!(lead(br#"{"method":"turn\/started"}"#), Lead::Unknown);
+        assert_eq!(lead(br#"{ "method":"x"}"#), Lead::Unknown);
+        assert_eq!(lead(br#"{"params":{},"method":"x"}"#), Lead::Unknown);
+        assert_eq!(lead(br#"{"method":"turn/sta"#), Lead::Unknown);
+        assert_eq!(lead(br#"{"id":null,"result":{}}"#), Lead::Unknown);
+        assert_eq!(lead(br#"{"id":"a\"b","result":{}}"#), Lead::Unknown);
+        assert_eq!(lead(b""), Lead::Unknown);
+    }
+
+    #[test]
+    fn own_responses_are_recognised_from_the_lead_or_a_scan() {
+        let own = |m: &str| lead(m.as_bytes()).may_be_own_response(m.as_bytes());
+        assert!(own(r#"{"id":"cs-tui/u/1","result":{}}"#));
+        assert!(own(r#"{"result":{},"id":"cs-tui/u/1"}"#));
+        assert!(!own(r#"{"id":"other","result":{"x":"cs-tui/"}}"#));
+        assert!(!own(r#"{"id":7,"result":{}}"#));
+        assert!(!own(r#"{"method":"x","params":{"id":"cs-tui/u/1"}}"#));
+    }
+
+    #[test]
+    fn candidates_list_every_method_key() {
+        let text = br#"{"id":1,"result":{"a":{"method" : "inner"}},"method":"outer"}"#;
+        let names: Vec<&[u8]> = method_candidates(text).collect();
+        assert_eq!(names, [&b"inner"[..], &b"outer"[..]]);
     }
 
     #[test]

@@ -257,6 +257,7 @@ impl Session {
             client_token: listener.token.clone(),
             ready,
             events: relay_tx,
+            interceptor: Box::new(|_| relay::NoInterceptor),
         });
         tasks.push(tokio::spawn(relay::serve(listener.listener, shared)));
         tasks.push(ipc::listen(&runtime_dir, core_tx.clone())?);

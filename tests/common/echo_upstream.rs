@@ -3,7 +3,6 @@
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Starts the echo server; returns its `ws://` URL.
@@ -23,12 +22,15 @@ pub async fn start() -> String {
                 };
                 let (mut tx, mut rx) = ws.split();
                 while let Some(Ok(message)) = rx.next().await {
-                    let closing = matches!(message, Message::Close(_));
-                    let echo = matches!(
-                        message,
-                        Message::Text(_) | Message::Binary(_) | Message::Close(_)
-                    );
-                    if echo && tx.send(message).await.is_err() || closing {
+                    // tungstenite queued the reply to a close frame when it read it (sending
+                    // a close of our own now would be refused); closing the sink writes that
+                    // reply, as a real server answers the close handshake.
+                    if message.is_close() {
+                        let _ = tx.close().await;
+                        break;
+                    }
+                    let echo = message.is_text() || message.is_binary();
+                    if echo && tx.send(message).await.is_err() {
                         break;
                     }
                 }

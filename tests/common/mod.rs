@@ -2,6 +2,7 @@
 //! Shared helpers for the proxy's end-to-end tests.
 
 pub mod echo_upstream;
+pub mod raw;
 
 use std::time::Duration;
 

@@ -1,0 +1,118 @@
+//! What the relay itself makes of the server messages it watches ([`RELAY_WATCHED`]): the
+//! observations the session core acts on, and the one request that must never reach a client.
+//!
+//! [`RELAY_WATCHED`]: crate::proxy::rpc::RELAY_WATCHED
+
+use tokio::sync::mpsc;
+
+use super::{ConnId, Interceptor, Observation, RelayEvent};
+use crate::proxy::rpc::{Envelope, ErrorParams, RateLimitsUpdatedParams, TurnParams, method};
+
+/// Reports what a watched message (whose top-level method is `watched`) tells the core.
+/// Returns true when the message must not be forwarded.
+pub(super) fn built_in<I: Interceptor>(
+    conn: ConnId,
+    watched: &str,
+    envelope: &Envelope,
+    events: &mpsc::UnboundedSender<RelayEvent<I>>,
+) -> bool {
+    let observe = |o: Observation| {
+        let _ = events.send(RelayEvent::Observed(conn, o));
+    };
+    match watched {
+        // Sent to every connection; the proxy answers it once on its control connection, and
+        // the TUI must never answer it (it would hand the app-server the wrong tokens).
+        method::TOKENS_REFRESH => return envelope.is_request(),
+        method::RATE_LIMITS_UPDATED => {
+            if let Some(p) = envelope.params::<RateLimitsUpdatedParams>() {
+                observe(Observation::RateLimits(p.rate_limits));
+            }
+        }
+        method::ERROR => {
+            if let Some(p) = envelope.params::<ErrorParams>()
+                && p.error.is_usage_limit()
+            {
+                observe(Observation::UsageLimitError {
+                    thread_id: p.thread_id,
+                    turn_id: p.turn_id,
+                });
+            }
+        }
+        method::TURN_STARTED => {
+            if let Some(p) = envelope.params::<TurnParams>() {
+                observe(Observation::TurnStarted {
+                    thread_id: p.thread_id,
+                    turn_id: p.turn.id,
+                });
+            }
+        }
+        method::TURN_COMPLETED => {
+            if let Some(p) = envelope.params::<TurnParams>() {
+                observe(Observation::TurnCompleted {
+                    thread_id: p.thread_id,
+                    turn_id: p.turn.id,
+                    status: p.turn.status,
+                });
+            }
+        }
+        _ => {}
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::relay::NoInterceptor;
+
+    fn run(text: &str, events: &mpsc::UnboundedSender<RelayEvent<NoInterceptor>>) -> bool {
+        let envelope = Envelope::parse(text).unwrap();
+        built_in(7, envelope.method.unwrap(), &envelope, events)
+    }
+
+    #[test]
+    fn refresh_requests_are_dropped_and_nothing_else_is() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        assert!(run(
+            r#"{"id":0,"method":"account/chatgptAuthTokens/refresh","params":{"previousAccountId":"a","reason":"unauthorized"}}"#,
+            &tx
+        ));
+        // The same method without an id is not a request.
+        assert!(!run(
+            r#"{"method":"account/chatgptAuthTokens/refresh"}"#,
+            &tx
+        ));
+        assert!(!run(r#"{"method":"item/started","params":{}}"#, &tx));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn watched_messages_become_observations() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let messages = [
+            r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u1","items":[],"status":"inProgress"}}}"#,
+            r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":97,"windowDurationMins":300,"resetsAt":5}}}}"#,
+            r#"{"method":"error","params":{"error":{"message":"limit","codexErrorInfo":"usageLimitExceeded"},"willRetry":false,"threadId":"t1","turnId":"u1"}}"#,
+            r#"{"method":"error","params":{"error":{"message":"other","codexErrorInfo":"other"},"willRetry":false,"threadId":"t1","turnId":"u1"}}"#,
+            r#"{"method":"turn/completed","params":{"threadId":"t1","turn":{"id":"u1","items":[],"status":"failed"}}}"#,
+        ];
+        for m in messages {
+            assert!(!run(m, &tx));
+        }
+        let got: Vec<Observation> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| match e {
+                RelayEvent::Observed(7, o) => o,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(matches!(&got[0], Observation::TurnStarted { turn_id, .. } if turn_id == "u1"));
+        assert!(
+            matches!(&got[1], Observation::RateLimits(s) if s.five_hour().unwrap().used_percent == 97.0)
+        );
+        assert!(matches!(&got[2], Observation::UsageLimitError { .. }));
+        assert!(
+            matches!(&got[3], Observation::TurnCompleted { status: Some(s), .. } if s == "failed")
+        );
+    }
+}
