@@ -58,6 +58,7 @@ async fn rig(labels: &[&str]) -> Rig {
         usage_poll: Duration::from_secs(300),
         listen: "127.0.0.1:0".parse().unwrap(),
         token_file: None,
+        hidden_rerun: false,
     };
     let session = Session::start(listener, options, dir.clone())
         .await

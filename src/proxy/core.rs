@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -17,7 +18,8 @@ use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
 use crate::proxy::history::{self, SwitchRecord, UsageNumbers};
 use crate::proxy::policy::{self, Candidate, Choice, Mode, PolicyConfig};
-use crate::proxy::relay::{ConnId, Observation, RelayEvent};
+use crate::proxy::relay::{ConnId, ConnectionHandle, Observation, RelayEvent};
+use crate::proxy::rerun::{GuardCommand, GuardEvent, GuardShared, TurnGuard};
 use crate::proxy::rpc::{RefreshParams, method};
 use crate::proxy::upstream::{self, ControlConnection, ControlEvent};
 use crate::quota::RateLimitSnapshot;
@@ -44,7 +46,8 @@ pub type CommandReply = oneshot::Sender<Result<String, String>>;
 /// Everything the core reacts to.
 #[derive(Debug)]
 pub enum CoreMsg {
-    Relay(RelayEvent),
+    Relay(RelayEvent<TurnGuard>),
+    Guard(GuardEvent),
     Control(ControlEvent),
     Command(ProxyCommand, Option<CommandReply>),
     SwitchFinished(Box<SwitchOutcome>),
@@ -88,6 +91,7 @@ enum SwitchFailure {
 
 /// What the core starts from: the session has already logged in `active`.
 pub struct CoreInit<D: AccountDirectory> {
+    pub guards: Arc<GuardShared>,
     pub dir: D,
     pub control: ControlConnection,
     pub events: broadcast::Sender<ProxyEvent>,
@@ -116,6 +120,12 @@ pub struct Core<D: AccountDirectory> {
     switched_away: HashMap<String, i64>,
     clients: HashSet<ConnId>,
     none_available_until: Option<Instant>,
+    guards: Arc<GuardShared>,
+    handles: HashMap<ConnId, ConnectionHandle<TurnGuard>>,
+    /// Connections whose failed turn waits for a switch: when the limit was hit, and on whom.
+    reruns: HashMap<ConnId, (Instant, Option<String>)>,
+    /// Re-runs under way: connection → (limit hit at, from, to).
+    rerun_started: HashMap<ConnId, (Instant, Option<String>, String)>,
 }
 
 fn now_unix() -> i64 {
@@ -144,6 +154,10 @@ impl<D: AccountDirectory> Core<D> {
             switched_away: HashMap::new(),
             clients: HashSet::new(),
             none_available_until: None,
+            guards: init.guards,
+            handles: HashMap::new(),
+            reruns: HashMap::new(),
+            rerun_started: HashMap::new(),
         }
     }
 
@@ -206,12 +220,16 @@ impl<D: AccountDirectory> Core<D> {
     fn handle(&mut self, msg: CoreMsg) {
         match msg {
             // The handle will let the core drive the connection (issue 6); nothing uses it yet.
-            CoreMsg::Relay(RelayEvent::Connected(conn, _handle)) => {
+            CoreMsg::Relay(RelayEvent::Connected(conn, handle)) => {
                 self.clients.insert(conn);
+                self.handles.insert(conn, handle);
                 self.emit_connection();
             }
             CoreMsg::Relay(RelayEvent::Disconnected(conn)) => {
                 self.clients.remove(&conn);
+                self.handles.remove(&conn);
+                self.reruns.remove(&conn);
+                self.rerun_started.remove(&conn);
                 // Turns seen only on that connection can no longer be tracked.
                 self.running.retain(|_, (c, _)| *c != conn);
                 self.emit_connection();
@@ -222,11 +240,16 @@ impl<D: AccountDirectory> Core<D> {
                 self.observe(conn, observation)
             }
             CoreMsg::Control(event) => self.control_event(event),
+            CoreMsg::Guard(event) => self.guard_event(event),
             CoreMsg::Command(command, reply) => self.command(command, reply),
             CoreMsg::SwitchFinished(outcome) => self.switch_finished(*outcome),
             CoreMsg::UsageFetched(results) => self.usage_fetched(results),
-            CoreMsg::AccountsListed(accounts) => self.accounts = accounts,
+            CoreMsg::AccountsListed(accounts) => {
+                self.accounts = accounts;
+                self.update_alternative();
+            }
             CoreMsg::AppServerExited(exit) => {
+                self.give_up_reruns();
                 self.emit(ProxyEvent::AppServerExited {
                     status: exit.status,
                     stderr_tail: exit.stderr_tail,
@@ -442,6 +465,13 @@ impl<D: AccountDirectory> Core<D> {
                     }
                 });
                 tracing::info!(from = ?record.from, to = ?record.to, reason = %record.reason.describe(), elapsed_ms, "switched");
+                for (conn, (at, from)) in std::mem::take(&mut self.reruns) {
+                    if let Some(handle) = self.handles.get(&conn)
+                        && handle.command(GuardCommand::Rerun).is_ok()
+                    {
+                        self.rerun_started.insert(conn, (at, from, to.clone()));
+                    }
+                }
                 self.emit(ProxyEvent::SwitchDone {
                     from: record.from.clone(),
                     to: record.to.clone(),
@@ -462,6 +492,7 @@ impl<D: AccountDirectory> Core<D> {
                 }
             }
             Err(SwitchFailure::NoneAvailable { earliest_reset }) => {
+                self.give_up_reruns();
                 self.none_available_until = Some(now + NONE_AVAILABLE_BACKOFF);
                 tracing::warn!(?earliest_reset, "no account available to switch to");
                 self.emit(ProxyEvent::NoAccountAvailable {
@@ -472,10 +503,12 @@ impl<D: AccountDirectory> Core<D> {
                 });
             }
             Err(SwitchFailure::Refused(why)) => {
+                self.give_up_reruns();
                 tracing::info!(%why, "switch refused");
                 self.emit(ProxyEvent::Notice { message: why, at });
             }
             Err(SwitchFailure::Failed { to, error }) => {
+                self.give_up_reruns();
                 tracing::error!(%error, "switch failed");
                 self.emit(ProxyEvent::SwitchFailed {
                     from: outcome.from.as_deref().map(|f| self.account_ref(f)),
@@ -486,8 +519,64 @@ impl<D: AccountDirectory> Core<D> {
                 });
             }
         }
+        self.update_alternative();
         // A request that arrived during the switch runs now.
         self.maybe_execute();
+    }
+
+    /// Hidden re-runs wait for the switch; when there is none, the real error shows.
+    fn give_up_reruns(&mut self) {
+        for (conn, _) in std::mem::take(&mut self.reruns) {
+            if let Some(handle) = self.handles.get(&conn) {
+                let _ = handle.command(GuardCommand::GiveUp);
+            }
+        }
+    }
+
+    fn guard_event(&mut self, event: GuardEvent) {
+        match event {
+            GuardEvent::RerunWanted { conn, at, .. } => {
+                self.reruns.insert(conn, (at, self.active.clone()));
+                // The limit error's observation arms the switch too; this makes sure.
+                if !self.switching {
+                    self.arm(Target::Best, SwitchReason::UsageLimit, Mode::Automatic);
+                }
+            }
+            GuardEvent::RerunCancelled { conn } => {
+                self.reruns.remove(&conn);
+                self.rerun_started.remove(&conn);
+            }
+            GuardEvent::Rerunning { conn, .. } => {
+                if let Some((at, from, to)) = self.rerun_started.remove(&conn) {
+                    let from = from
+                        .map(|f| self.account_ref(&f).name)
+                        .unwrap_or_else(|| "the previous account".to_owned());
+                    let to = self.account_ref(&to).name;
+                    self.emit(ProxyEvent::Notice {
+                        message: format!(
+                            "limit hit on {from} — continued on {to}, {:.1} s",
+                            at.elapsed().as_secs_f64()
+                        ),
+                        at: Utc::now(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Tells the guards whether another account could take over now.
+    fn update_alternative(&self) {
+        let candidates: Vec<Candidate> = self.accounts.iter().map(|a| self.candidate(a)).collect();
+        let available = matches!(
+            policy::choose_best(
+                &candidates,
+                self.active.as_deref(),
+                now_unix(),
+                &self.config.policy
+            ),
+            Choice::Switch { .. }
+        );
+        self.guards.set_alternative(available);
     }
 
     fn command(&mut self, command: ProxyCommand, reply: Option<CommandReply>) {
@@ -671,6 +760,7 @@ impl<D: AccountDirectory> Core<D> {
                 Err(err) => tracing::warn!(account = %id, "usage fetch failed: {err}"),
             }
         }
+        self.update_alternative();
     }
 }
 

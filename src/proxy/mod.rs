@@ -8,6 +8,7 @@ pub mod history;
 pub mod ipc;
 pub mod policy;
 pub mod relay;
+pub mod rerun;
 pub mod rpc;
 pub mod serve;
 pub mod session;

@@ -47,6 +47,7 @@ pub fn session_options(
         usage_poll: config.polling.usage_interval(),
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         token_file: None,
+        hidden_rerun: config.switch.hidden_rerun,
     })
 }
 

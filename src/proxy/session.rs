@@ -32,6 +32,7 @@ use crate::proxy::history::HISTORY_FILE;
 use crate::proxy::ipc;
 use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
 use crate::proxy::relay::{self, RelayShared};
+use crate::proxy::rerun::{GuardShared, TurnGuard};
 use crate::proxy::upstream::ControlConnection;
 use crate::secret::Secret;
 
@@ -48,6 +49,8 @@ pub struct SessionOptions {
     pub listen: SocketAddr,
     /// Where to write the proxy's bearer token (default: in the runtime directory).
     pub token_file: Option<PathBuf>,
+    /// Re-run a turn that failed on a usage limit on the new account, hiding the failure.
+    pub hidden_rerun: bool,
 }
 
 /// The proxy's listening socket, bound before the session starts so a client (the Codex TUI)
@@ -223,7 +226,9 @@ impl Session {
                 }
             }));
         }
+        let guards = GuardShared::new(options.hidden_rerun, options.policy.clone());
         let core = Core::new(CoreInit {
+            guards: guards.clone(),
             dir,
             control,
             events: events.clone(),
@@ -257,7 +262,10 @@ impl Session {
             client_token: listener.token.clone(),
             ready,
             events: relay_tx,
-            interceptor: Box::new(|_| relay::NoInterceptor),
+            interceptor: {
+                let core_tx = core_tx.clone();
+                Box::new(move |conn| TurnGuard::new(conn, guards.clone(), core_tx.clone()))
+            },
         });
         tasks.push(tokio::spawn(relay::serve(listener.listener, shared)));
         tasks.push(ipc::listen(&runtime_dir, core_tx.clone())?);

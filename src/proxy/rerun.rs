@@ -1,0 +1,555 @@
+//! Zero retyped prompts: the per-connection turn guard.
+//!
+//! When a user turn fails with `usageLimitExceeded`, the guard withholds that turn's failure
+//! messages from the TUI (the `systemError` status, the error, the failed completion, the
+//! 100 % rate-limit update, and the title thread's duplicates), asks the core to switch, and
+//! once the new account is logged in starts the turn again on the TUI's own connection with a
+//! proxy-owned id (PROTOCOL.md §8): `input: []` when the failed turn already produced
+//! something, so it continues where it stopped; otherwise it reverts the failed turn and
+//! sends the original input, so the saved history holds the prompt once. The TUI renders the
+//! re-run as the same turn; the user sees their prompt once, then the answer.
+//!
+//! Guards: at most one re-run per turn; when the new account fails too, or no account is
+//! usable, the withheld messages are released so the real error shows; Esc during the gap is
+//! answered here (the server has no turn to interrupt) with a clean `interrupted` completion.
+//!
+//! Before the limit, a rate-limit update at or above the soft threshold is not shown to the
+//! TUI when another account will take over (no "less than 5 % left" warning for an account
+//! that is about to be left); the core still records it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::proxy::core::CoreMsg;
+use crate::proxy::policy::{self, PolicyConfig};
+use crate::proxy::relay::{Actions, ConnId, Direction, Inspected, Interceptor, Verdict};
+use crate::proxy::rpc::{ErrorParams, OWN_ID_PREFIX, RateLimitsUpdatedParams, TurnParams};
+
+/// Request ids of the TUI's title generation (a temporary thread), PROTOCOL.md §8.
+const TITLE_REQUEST_PREFIX: &str = "temporary-structured-";
+
+const CLIENT_WATCHED: &[&str] = &["turn/start", "turn/interrupt"];
+const SERVER_WATCHED: &[&str] = &[
+    "account/rateLimits/updated",
+    "thread/status/changed",
+    "error",
+    "turn/started",
+    "turn/completed",
+    "item/started",
+    "thread/reverted",
+];
+
+/// What every guard shares with the core.
+#[derive(Debug)]
+pub struct GuardShared {
+    /// The user's setting (`[switch] hidden_rerun`).
+    pub hidden_rerun: bool,
+    pub policy: PolicyConfig,
+    /// Whether the core knows another usable account (kept current by the core).
+    alternative: AtomicBool,
+}
+
+impl GuardShared {
+    pub fn new(hidden_rerun: bool, policy: PolicyConfig) -> Arc<Self> {
+        Arc::new(Self {
+            hidden_rerun,
+            policy,
+            alternative: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_alternative(&self, available: bool) {
+        self.alternative.store(available, Ordering::Relaxed);
+    }
+
+    pub fn alternative(&self) -> bool {
+        self.alternative.load(Ordering::Relaxed)
+    }
+}
+
+/// What a guard tells the core.
+#[derive(Debug)]
+pub enum GuardEvent {
+    /// A user turn failed on a usage limit and its failure is withheld: switch, then say
+    /// [`GuardCommand::Rerun`] (or [`GuardCommand::GiveUp`]).
+    RerunWanted {
+        conn: ConnId,
+        thread_id: String,
+        turn_id: String,
+        at: Instant,
+    },
+    /// The user pressed Esc during the gap; nothing is to be re-run.
+    RerunCancelled { conn: ConnId },
+    /// The re-run turn started on the new account.
+    Rerunning { conn: ConnId, turn_id: String },
+}
+
+/// What the core tells a guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardCommand {
+    /// The new account is logged in: run the turn again.
+    Rerun,
+    /// No switch happened: show the real error.
+    GiveUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The limit error was seen; the failed completion has not arrived yet.
+    Gathering,
+    /// The failed turn is over; waiting for the core's switch.
+    AwaitingSwitch,
+    /// `thread/revert` sent; the re-run follows its answer.
+    Reverting,
+    /// `turn/start` sent; waiting for the new turn to start.
+    Rerunning,
+    /// The user pressed Esc before the re-run started.
+    Cancelled,
+}
+
+#[derive(Debug)]
+struct Episode {
+    thread_id: String,
+    turn_id: String,
+    /// The TUI's `turn/start` params for the failed turn.
+    params: Value,
+    /// The failed turn already produced items beyond the user message.
+    produced: bool,
+    phase: Phase,
+    revert_id: Option<String>,
+    rerun_turn: Option<String>,
+}
+
+#[derive(Debug)]
+struct TurnInfo {
+    thread_id: String,
+    title: bool,
+    produced: bool,
+}
+
+/// One connection's turn guard (an [`Interceptor`]).
+pub struct TurnGuard {
+    conn: ConnId,
+    shared: Arc<GuardShared>,
+    core: mpsc::UnboundedSender<CoreMsg>,
+    /// The TUI's last `turn/start` params per thread.
+    params_by_thread: HashMap<String, Value>,
+    title_threads: HashSet<String>,
+    turns: HashMap<String, TurnInfo>,
+    /// Something is withheld toward the client.
+    holding: bool,
+    episode: Option<Episode>,
+    /// Turns already re-run once.
+    rerun_done: HashSet<String>,
+    next_id: u64,
+}
+
+impl TurnGuard {
+    pub fn new(
+        conn: ConnId,
+        shared: Arc<GuardShared>,
+        core: mpsc::UnboundedSender<CoreMsg>,
+    ) -> Self {
+        Self {
+            conn,
+            shared,
+            core,
+            params_by_thread: HashMap::new(),
+            title_threads: HashSet::new(),
+            turns: HashMap::new(),
+            holding: false,
+            episode: None,
+            rerun_done: HashSet::new(),
+            next_id: 1,
+        }
+    }
+
+    fn can_hide(&self) -> bool {
+        self.shared.hidden_rerun && self.shared.alternative()
+    }
+
+    fn own_id(&mut self, what: &str) -> String {
+        let id = format!("{OWN_ID_PREFIX}{what}/{}/{}", self.conn, self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn tell_core(&self, event: GuardEvent) {
+        let _ = self.core.send(CoreMsg::Guard(event));
+    }
+
+    fn user_turn_running(&self) -> bool {
+        self.turns.values().any(|t| !t.title)
+    }
+
+    fn hold(&mut self) -> Verdict {
+        self.holding = true;
+        Verdict::Hold
+    }
+
+    /// Lets everything withheld through, in order, behind this message.
+    fn release(&mut self, actions: &mut Actions) -> Verdict {
+        self.holding = false;
+        actions.release_held(Direction::ToClient);
+        Verdict::Hold
+    }
+
+    fn client_message(&mut self, message: &Inspected<'_>, actions: &mut Actions) -> Verdict {
+        let params: Value = message.envelope.params().unwrap_or(Value::Null);
+        let thread = params["threadId"].as_str().unwrap_or_default().to_owned();
+        match message.method() {
+            Some("turn/start") => {
+                let title = matches!(&message.envelope.id, Some(Value::String(id)) if id.starts_with(TITLE_REQUEST_PREFIX));
+                if title {
+                    self.title_threads.insert(thread);
+                } else {
+                    self.params_by_thread.insert(thread, params);
+                }
+                Verdict::Forward
+            }
+            Some("turn/interrupt") => {
+                let turn = params["turnId"].as_str().unwrap_or_default();
+                let Some(episode) = self.episode.as_mut() else {
+                    return Verdict::Forward;
+                };
+                let in_gap = matches!(
+                    episode.phase,
+                    Phase::Gathering | Phase::AwaitingSwitch | Phase::Reverting
+                );
+                if episode.turn_id != turn || !in_gap {
+                    return Verdict::Forward;
+                }
+                // The server has no running turn to interrupt ("no active turn"): answer the
+                // TUI here, forget the withheld failure, and end the turn as interrupted.
+                let id = message.envelope.id.clone().unwrap_or(Value::Null);
+                actions.inject(
+                    Direction::ToClient,
+                    json!({"id": id, "result": {}}).to_string(),
+                );
+                actions.drop_held(Direction::ToClient);
+                self.holding = false;
+                let completion = json!({
+                    "method": "turn/completed",
+                    "params": {
+                        "threadId": episode.thread_id,
+                        "turn": {"id": episode.turn_id, "items": [], "status": "interrupted", "error": null},
+                    },
+                });
+                if episode.phase == Phase::Gathering {
+                    // The failed completion is still to come; it is rewritten when it does.
+                    episode.phase = Phase::Cancelled;
+                } else {
+                    actions.inject(Direction::ToClient, completion.to_string());
+                    self.episode = None;
+                }
+                self.tell_core(GuardEvent::RerunCancelled { conn: self.conn });
+                Verdict::Drop
+            }
+            _ => Verdict::Forward,
+        }
+    }
+
+    fn server_message(&mut self, message: &Inspected<'_>, actions: &mut Actions) -> Verdict {
+        if message.is_own_response() {
+            return self.own_response(message, actions);
+        }
+        match message.method() {
+            Some("turn/started") => self.turn_started(message, actions),
+            Some("item/started") => {
+                let params: Value = message.envelope.params().unwrap_or(Value::Null);
+                let kind = params["item"]["type"].as_str().unwrap_or_default();
+                if kind != "userMessage"
+                    && let Some(turn) = params["turnId"]
+                        .as_str()
+                        .and_then(|t| self.turns.get_mut(t))
+                {
+                    turn.produced = true;
+                }
+                Verdict::Forward
+            }
+            Some("account/rateLimits/updated") => {
+                let Some(p) = message.envelope.params::<RateLimitsUpdatedParams>() else {
+                    return Verdict::Forward;
+                };
+                let snapshot = p.rate_limits;
+                if snapshot.is_exhausted() {
+                    // The limit's first sign: withhold it while a user turn runs, in case that
+                    // turn is about to fail on it.
+                    if self.can_hide() && (self.user_turn_running() || self.episode.is_some()) {
+                        return self.hold();
+                    }
+                } else if policy::trigger_for_snapshot(&snapshot, &self.shared.policy).is_some()
+                    && self.shared.alternative()
+                {
+                    // A switch is armed for the end of this turn: no warning about an account
+                    // that is about to be left.
+                    return Verdict::Drop;
+                }
+                Verdict::Forward
+            }
+            Some("thread/status/changed") => {
+                let params: Value = message.envelope.params().unwrap_or(Value::Null);
+                let system_error = params["status"]["type"] == "systemError";
+                let thread = params["threadId"].as_str().unwrap_or_default();
+                let ours = self.turns.values().any(|t| t.thread_id == thread)
+                    || self.episode.as_ref().is_some_and(|e| e.thread_id == thread);
+                if system_error && ours && self.can_hide() {
+                    return self.hold();
+                }
+                Verdict::Forward
+            }
+            Some("error") => self.error(message, actions),
+            Some("turn/completed") => self.turn_completed(message, actions),
+            Some("thread/reverted") => {
+                let reverting = self
+                    .episode
+                    .as_ref()
+                    .is_some_and(|e| matches!(e.phase, Phase::Reverting | Phase::Rerunning));
+                if reverting {
+                    Verdict::Drop
+                } else {
+                    Verdict::Forward
+                }
+            }
+            _ => Verdict::Forward,
+        }
+    }
+
+    fn turn_started(&mut self, message: &Inspected<'_>, actions: &mut Actions) -> Verdict {
+        let Some(p) = message.envelope.params::<TurnParams>() else {
+            return Verdict::Forward;
+        };
+        let title = self.title_threads.contains(&p.thread_id);
+        if let Some(episode) = self.episode.as_mut()
+            && episode.phase == Phase::Rerunning
+            && episode.thread_id == p.thread_id
+            && !title
+        {
+            // The re-run is under way on the new account: the withheld failure is history.
+            episode.rerun_turn = Some(p.turn.id.clone());
+            actions.drop_held(Direction::ToClient);
+            self.holding = false;
+            self.tell_core(GuardEvent::Rerunning {
+                conn: self.conn,
+                turn_id: p.turn.id.clone(),
+            });
+        }
+        self.turns.insert(
+            p.turn.id,
+            TurnInfo {
+                thread_id: p.thread_id,
+                title,
+                produced: false,
+            },
+        );
+        Verdict::Forward
+    }
+
+    fn error(&mut self, message: &Inspected<'_>, actions: &mut Actions) -> Verdict {
+        let Some(p) = message.envelope.params::<ErrorParams>() else {
+            return Verdict::Forward;
+        };
+        let turn_id = p.turn_id.clone().unwrap_or_default();
+        if !p.error.is_usage_limit() || !self.can_hide() {
+            if self.holding && self.episode.is_none() {
+                return self.release(actions);
+            }
+            return Verdict::Forward;
+        }
+        if let Some(episode) = &self.episode {
+            if episode.rerun_turn.as_deref() == Some(turn_id.as_str()) {
+                // The new account failed too: at most one re-run per turn. Its own error is the
+                // real one; the withheld failure of the first account is stale.
+                actions.drop_held(Direction::ToClient);
+                self.holding = false;
+                self.episode = None;
+                return Verdict::Forward;
+            }
+            // The same limit seen again (the title thread's duplicate).
+            return self.hold();
+        }
+        let Some(turn) = self.turns.get(&turn_id) else {
+            return self.hold_if_title_or_forward(&turn_id);
+        };
+        if turn.title {
+            return self.hold();
+        }
+        let Some(params) = self.params_by_thread.get(&turn.thread_id).cloned() else {
+            // We never saw this turn's request (a reconnect): nothing to re-run.
+            return self.release_or_forward(actions);
+        };
+        if !self.rerun_done.insert(turn_id.clone()) {
+            return self.release_or_forward(actions);
+        }
+        let thread_id = turn.thread_id.clone();
+        self.episode = Some(Episode {
+            thread_id: thread_id.clone(),
+            turn_id: turn_id.clone(),
+            params,
+            produced: turn.produced,
+            phase: Phase::Gathering,
+            revert_id: None,
+            rerun_turn: None,
+        });
+        self.tell_core(GuardEvent::RerunWanted {
+            conn: self.conn,
+            thread_id,
+            turn_id,
+            at: Instant::now(),
+        });
+        self.hold()
+    }
+
+    fn hold_if_title_or_forward(&mut self, _turn_id: &str) -> Verdict {
+        if self.holding {
+            self.hold()
+        } else {
+            Verdict::Forward
+        }
+    }
+
+    fn release_or_forward(&mut self, actions: &mut Actions) -> Verdict {
+        if self.holding {
+            self.release(actions)
+        } else {
+            Verdict::Forward
+        }
+    }
+
+    fn turn_completed(&mut self, message: &Inspected<'_>, actions: &mut Actions) -> Verdict {
+        let Some(p) = message.envelope.params::<TurnParams>() else {
+            return Verdict::Forward;
+        };
+        let info = self.turns.remove(&p.turn.id);
+        let failed = p.turn.status.as_deref() == Some("failed");
+        if let Some(episode) = self.episode.as_mut() {
+            if episode.turn_id == p.turn.id {
+                if episode.phase == Phase::Cancelled {
+                    let mut rewritten: Value =
+                        serde_json::from_str(message.text).unwrap_or(Value::Null);
+                    rewritten["params"]["turn"]["status"] = json!("interrupted");
+                    rewritten["params"]["turn"]["error"] = Value::Null;
+                    actions.inject(Direction::ToClient, rewritten.to_string());
+                    actions.drop_held(Direction::ToClient);
+                    self.holding = false;
+                    self.episode = None;
+                    return Verdict::Drop;
+                }
+                episode.phase = Phase::AwaitingSwitch;
+                return self.hold();
+            }
+            if episode.rerun_turn.as_deref() == Some(p.turn.id.as_str()) {
+                self.episode = None;
+                return Verdict::Forward;
+            }
+            if info.as_ref().is_some_and(|t| t.title) && failed {
+                return self.hold();
+            }
+            return Verdict::Forward;
+        }
+        if self.holding && info.as_ref().is_some_and(|t| !t.title) {
+            // Withheld on suspicion, but this turn did not fail on a limit: show it all.
+            return self.release(actions);
+        }
+        if self.holding && failed {
+            return self.hold();
+        }
+        Verdict::Forward
+    }
+
+    fn own_response(&mut self, message: &Inspected<'_>, actions: &mut Actions) -> Verdict {
+        let id = match &message.envelope.id {
+            Some(Value::String(id)) => id.clone(),
+            _ => return Verdict::Drop,
+        };
+        let Some(episode) = self.episode.as_mut() else {
+            return Verdict::Drop;
+        };
+        if episode.revert_id.as_deref() == Some(id.as_str()) {
+            // Reverted (or not: then continue the failed turn rather than give up).
+            let input = if message.envelope.error.is_some() {
+                tracing::warn!("thread/revert failed; continuing the failed turn instead");
+                json!([])
+            } else {
+                episode.params["input"].clone()
+            };
+            self.start_rerun(input, actions);
+        } else if message.envelope.error.is_some() && episode.phase == Phase::Rerunning {
+            tracing::warn!("the re-run turn/start failed; showing the original error");
+            self.episode = None;
+            self.release(actions);
+        }
+        Verdict::Drop
+    }
+
+    fn start_rerun(&mut self, input: Value, actions: &mut Actions) {
+        let id = self.own_id("rerun");
+        let Some(episode) = self.episode.as_mut() else {
+            return;
+        };
+        let mut params = episode.params.clone();
+        params["input"] = input;
+        episode.phase = Phase::Rerunning;
+        actions.inject(
+            Direction::ToUpstream,
+            json!({"id": id, "method": "turn/start", "params": params}).to_string(),
+        );
+    }
+}
+
+impl Interceptor for TurnGuard {
+    type Command = GuardCommand;
+
+    fn watched(&self, direction: Direction) -> &[&'static str] {
+        match direction {
+            Direction::ToUpstream => CLIENT_WATCHED,
+            Direction::ToClient => SERVER_WATCHED,
+        }
+    }
+
+    fn inspect(&mut self, message: &Inspected<'_>, actions: &mut Actions) -> Verdict {
+        match message.direction {
+            Direction::ToUpstream => self.client_message(message, actions),
+            Direction::ToClient => self.server_message(message, actions),
+        }
+    }
+
+    fn command(&mut self, command: GuardCommand, actions: &mut Actions) {
+        let Some(episode) = self.episode.as_mut() else {
+            return;
+        };
+        if !matches!(episode.phase, Phase::Gathering | Phase::AwaitingSwitch) {
+            return;
+        }
+        match command {
+            GuardCommand::GiveUp => {
+                self.episode = None;
+                self.release(actions);
+            }
+            GuardCommand::Rerun if episode.produced => self.start_rerun(json!([]), actions),
+            GuardCommand::Rerun => {
+                // Nothing beyond the prompt was produced: drop the failed turn from the saved
+                // history, then send the original input, so the prompt is there once.
+                let revert_id = format!("{OWN_ID_PREFIX}revert/{}/{}", self.conn, self.next_id);
+                self.next_id += 1;
+                let episode = self.episode.as_mut().expect("checked above");
+                episode.revert_id = Some(revert_id.clone());
+                episode.phase = Phase::Reverting;
+                actions.inject(
+                    Direction::ToUpstream,
+                    json!({
+                        "id": revert_id,
+                        "method": "thread/revert",
+                        "params": {"threadId": episode.thread_id, "beforeTurnId": episode.turn_id},
+                    })
+                    .to_string(),
+                );
+            }
+        }
+    }
+}
