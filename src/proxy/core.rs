@@ -534,6 +534,7 @@ impl<D: AccountDirectory> Core<D> {
     }
 
     fn guard_event(&mut self, event: GuardEvent) {
+        tracing::info!(?event, "turn guard");
         match event {
             GuardEvent::RerunWanted { conn, at, .. } => {
                 self.reruns.insert(conn, (at, self.active.clone()));

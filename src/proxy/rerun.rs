@@ -456,8 +456,12 @@ impl TurnGuard {
             // Withheld on suspicion, but this turn did not fail on a limit: show it all.
             return self.release(actions);
         }
-        if self.holding && failed {
-            return self.hold();
+        if self.holding && failed && !self.user_turn_running() {
+            // Only the title generation ran into the limit: nothing of it is for the user,
+            // and the core switches away from that account anyway.
+            actions.drop_held(Direction::ToClient);
+            self.holding = false;
+            return Verdict::Drop;
         }
         Verdict::Forward
     }
@@ -551,5 +555,197 @@ impl Interceptor for TurnGuard {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::rpc::Envelope;
+
+    struct Harness {
+        guard: TurnGuard,
+        core: mpsc::UnboundedReceiver<CoreMsg>,
+    }
+
+    impl Harness {
+        fn new(alternative: bool) -> Self {
+            let shared = GuardShared::new(true, PolicyConfig::default());
+            shared.set_alternative(alternative);
+            let (tx, core) = mpsc::unbounded_channel();
+            Self {
+                guard: TurnGuard::new(7, shared, tx),
+                core,
+            }
+        }
+
+        fn feed(&mut self, direction: Direction, text: &str) -> (Verdict, Vec<String>) {
+            let envelope = Envelope::parse(text).expect("test messages are JSON");
+            let message = Inspected {
+                conn: 7,
+                direction,
+                text,
+                envelope: &envelope,
+            };
+            let mut actions = Actions::default();
+            let verdict = self.guard.inspect(&message, &mut actions);
+            (verdict, actions.describe())
+        }
+
+        fn server(&mut self, text: &str) -> (Verdict, Vec<String>) {
+            self.feed(Direction::ToClient, text)
+        }
+
+        fn client(&mut self, text: &str) -> (Verdict, Vec<String>) {
+            self.feed(Direction::ToUpstream, text)
+        }
+
+        fn command(&mut self, command: GuardCommand) -> Vec<String> {
+            let mut actions = Actions::default();
+            self.guard.command(command, &mut actions);
+            actions.describe()
+        }
+
+        fn core_events(&mut self) -> Vec<String> {
+            std::iter::from_fn(|| self.core.try_recv().ok())
+                .map(|m| match m {
+                    CoreMsg::Guard(GuardEvent::RerunWanted { turn_id, .. }) => {
+                        format!("wanted {turn_id}")
+                    }
+                    CoreMsg::Guard(GuardEvent::RerunCancelled { .. }) => "cancelled".into(),
+                    CoreMsg::Guard(GuardEvent::Rerunning { turn_id, .. }) => {
+                        format!("rerunning {turn_id}")
+                    }
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        }
+
+        /// A user turn `u1` on thread `t1`, optionally having produced a tool call.
+        fn user_turn(&mut self, produced: bool) {
+            self.client(r#"{"id":5,"method":"turn/start","params":{"threadId":"t1","input":[{"type":"text","text":"hi"}]}}"#);
+            self.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u1","items":[],"status":"inProgress"}}}"#);
+            self.server(r#"{"method":"item/started","params":{"threadId":"t1","turnId":"u1","item":{"type":"userMessage","id":"m"}}}"#);
+            if produced {
+                self.server(r#"{"method":"item/started","params":{"threadId":"t1","turnId":"u1","item":{"type":"commandExecution","id":"c"}}}"#);
+            }
+        }
+
+        /// The limit failure sequence of PROTOCOL.md §3 for turn `u1`.
+        fn limit_failure(&mut self) -> Vec<Verdict> {
+            [
+                r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":100,"windowDurationMins":300,"resetsAt":9}}}}"#,
+                r#"{"method":"thread/status/changed","params":{"threadId":"t1","status":{"type":"systemError"}}}"#,
+                r#"{"method":"error","params":{"error":{"message":"limit","codexErrorInfo":"usageLimitExceeded"},"willRetry":false,"threadId":"t1","turnId":"u1"}}"#,
+                r#"{"method":"turn/completed","params":{"threadId":"t1","turn":{"id":"u1","items":[],"status":"failed"}}}"#,
+            ]
+            .iter()
+            .map(|m| self.server(m).0)
+            .collect()
+        }
+    }
+
+    #[test]
+    fn a_limit_failure_is_withheld_and_rerun_with_empty_input_after_tool_work() {
+        let mut h = Harness::new(true);
+        h.user_turn(true);
+        assert_eq!(h.limit_failure(), vec![Verdict::Hold; 4]);
+        assert_eq!(h.core_events(), vec!["wanted u1"]);
+        let actions = h.command(GuardCommand::Rerun);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert!(actions[0].starts_with("inject→upstream"), "{actions:?}");
+        assert!(actions[0].contains(r#""method":"turn/start""#), "{actions:?}");
+        assert!(actions[0].contains(r#""input":[]"#), "{actions:?}");
+        assert!(actions[0].contains(r#""id":"cs-tui/rerun/7/"#), "{actions:?}");
+        let (verdict, actions) = h.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"inProgress"}}}"#);
+        assert_eq!(verdict, Verdict::Forward);
+        assert_eq!(actions, vec!["drop-held→client"]);
+        assert_eq!(h.core_events(), vec!["rerunning u2"]);
+    }
+
+    #[test]
+    fn without_output_the_failed_turn_is_reverted_before_the_original_input_is_sent() {
+        let mut h = Harness::new(true);
+        h.user_turn(false);
+        h.limit_failure();
+        let actions = h.command(GuardCommand::Rerun);
+        assert!(actions[0].contains(r#""method":"thread/revert""#), "{actions:?}");
+        assert!(actions[0].contains(r#""beforeTurnId":"u1""#), "{actions:?}");
+        let (verdict, actions) =
+            h.server(r#"{"id":"cs-tui/revert/7/1","result":{"thread":{}}}"#);
+        assert_eq!(verdict, Verdict::Drop);
+        assert!(actions[0].contains(r#""input":[{"text":"hi","type":"text"}]"#), "{actions:?}");
+        let (verdict, _) = h.server(r#"{"method":"thread/reverted","params":{"threadId":"t1"}}"#);
+        assert_eq!(verdict, Verdict::Drop, "the revert is not shown");
+    }
+
+    #[test]
+    fn a_title_turn_that_alone_hits_the_limit_leaves_nothing_held() {
+        let mut h = Harness::new(true);
+        h.client(r#"{"id":"temporary-structured-1","method":"turn/start","params":{"threadId":"title","input":[]}}"#);
+        h.server(r#"{"method":"turn/started","params":{"threadId":"title","turn":{"id":"x1","items":[],"status":"inProgress"}}}"#);
+        let update = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":100,"windowDurationMins":300,"resetsAt":9}}}}"#;
+        assert_eq!(h.server(update).0, Verdict::Forward, "no user turn runs");
+        let (v, _) = h.server(r#"{"method":"thread/status/changed","params":{"threadId":"title","status":{"type":"systemError"}}}"#);
+        assert_eq!(v, Verdict::Hold);
+        let (v, actions) = h.server(r#"{"method":"turn/completed","params":{"threadId":"title","turn":{"id":"x1","items":[],"status":"failed"}}}"#);
+        assert_eq!((v, actions), (Verdict::Drop, vec!["drop-held→client".to_owned()]));
+        assert!(h.core_events().is_empty());
+    }
+
+    #[test]
+    fn with_no_alternative_nothing_is_withheld() {
+        let mut h = Harness::new(false);
+        h.user_turn(false);
+        assert_eq!(h.limit_failure(), vec![Verdict::Forward; 4]);
+        assert!(h.core_events().is_empty());
+    }
+
+    #[test]
+    fn giving_up_releases_the_real_error() {
+        let mut h = Harness::new(true);
+        h.user_turn(false);
+        h.limit_failure();
+        assert_eq!(h.command(GuardCommand::GiveUp), vec!["release-held→client"]);
+        assert!(h.command(GuardCommand::Rerun).is_empty(), "nothing left to re-run");
+    }
+
+    #[test]
+    fn esc_in_the_gap_is_answered_here_with_an_interrupted_completion() {
+        let mut h = Harness::new(true);
+        h.user_turn(false);
+        h.limit_failure();
+        h.core_events();
+        let (verdict, actions) = h.client(r#"{"id":9,"method":"turn/interrupt","params":{"threadId":"t1","turnId":"u1"}}"#);
+        assert_eq!(verdict, Verdict::Drop, "the server has no turn to interrupt");
+        assert!(actions[0].contains(r#""id":9"#), "{actions:?}");
+        assert_eq!(actions[1], "drop-held→client");
+        assert!(actions[2].contains(r#""status":"interrupted""#), "{actions:?}");
+        assert_eq!(h.core_events(), vec!["cancelled"]);
+        assert!(h.command(GuardCommand::Rerun).is_empty(), "the re-run is cancelled");
+    }
+
+    #[test]
+    fn a_second_failure_on_the_new_account_shows_the_real_error() {
+        let mut h = Harness::new(true);
+        h.user_turn(true);
+        h.limit_failure();
+        h.command(GuardCommand::Rerun);
+        h.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"inProgress"}}}"#);
+        let (verdict, _) = h.server(r#"{"method":"error","params":{"error":{"message":"limit","codexErrorInfo":"usageLimitExceeded"},"willRetry":false,"threadId":"t1","turnId":"u2"}}"#);
+        assert_eq!(verdict, Verdict::Forward);
+        let (verdict, _) = h.server(r#"{"method":"turn/completed","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"failed"}}}"#);
+        assert_eq!(verdict, Verdict::Forward);
+    }
+
+    #[test]
+    fn a_soft_threshold_update_is_not_shown_when_another_account_takes_over() {
+        let mut h = Harness::new(true);
+        let update = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":96,"windowDurationMins":300,"resetsAt":9}}}}"#;
+        assert_eq!(h.server(update).0, Verdict::Drop);
+        let mut alone = Harness::new(false);
+        assert_eq!(alone.server(update).0, Verdict::Forward);
+        let calm = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":50,"windowDurationMins":300,"resetsAt":9}}}}"#;
+        assert_eq!(h.server(calm).0, Verdict::Forward);
     }
 }

@@ -94,6 +94,8 @@ pub struct MockAccount {
     pub usage: Usage,
     /// Percentage points added to the primary window after each served model request.
     pub burn_per_request: u8,
+    /// How long `/wham/accounts/check` (the app-server's login discovery) takes.
+    pub login_delay: Duration,
 }
 
 /// A reply the next model request gets instead of the default text.
@@ -107,6 +109,8 @@ pub enum ScriptedReply {
     },
     /// An assistant message with this text.
     Text(String),
+    /// The account hits its usage limit on this request (and stays limited).
+    UsageLimit,
 }
 
 /// One request the mock saw.
@@ -251,6 +255,7 @@ impl MockBackend {
                 mode: AccountMode::Normal,
                 usage: Usage::default(),
                 burn_per_request: 0,
+                login_delay: Duration::ZERO,
             },
         );
         let refresh = mint_refresh_token(&mut state, &fake.chatgpt_account_id);
@@ -281,6 +286,11 @@ impl MockBackend {
 
     pub fn usage(&self, account_id: &str) -> Usage {
         self.with_account(account_id, |a| a.usage.clone())
+    }
+
+    /// Makes logins into this account slow (the app-server waits on `/wham/accounts/check`).
+    pub fn set_login_delay(&self, account_id: &str, delay: Duration) {
+        self.with_account(account_id, |a| a.login_delay = delay);
     }
 
     pub fn set_burn_per_request(&self, account_id: &str, points: u8) {
@@ -409,6 +419,15 @@ async fn handle(
     let who = caller(&headers);
     let mut refresh_token = None;
 
+    if path == "/backend-api/wham/accounts/check" {
+        let delay = who.account_header.as_ref().and_then(|id| {
+            let state = state.lock().expect("mock state lock");
+            state.accounts.get(id).map(|a| a.login_delay)
+        });
+        if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+            tokio::time::sleep(delay).await;
+        }
+    }
     let response = if method == Method::POST && path == "/oauth/token" {
         refresh_token = body_json
             .as_ref()
@@ -679,6 +698,8 @@ fn reply_events(
             None
         }
         Some(ScriptedReply::Text(text)) => Some(text),
+        // Answered with a 429 before any event is built.
+        Some(ScriptedReply::UsageLimit) => None,
         None if title => Some(json!({"title": format!("Chat with {}", account.label)}).to_string()),
         None => {
             let prompt: String = last_user_text(body).chars().take(60).collect();

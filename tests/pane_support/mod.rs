@@ -63,6 +63,11 @@ impl Tmux {
         tmux
     }
 
+    /// The private server's socket name (`tmux -L NAME`).
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new("tmux");
         cmd.args(["-L", &self.socket]);

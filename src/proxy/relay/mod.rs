@@ -166,6 +166,22 @@ enum Action {
 pub struct Actions(Vec<Action>);
 
 impl Actions {
+    /// One line per action, for logs and tests: `inject→upstream {…}`, `release-held→client`…
+    pub fn describe(&self) -> Vec<String> {
+        let side = |d: &Direction| match d {
+            Direction::ToUpstream => "upstream",
+            Direction::ToClient => "client",
+        };
+        self.0
+            .iter()
+            .map(|action| match action {
+                Action::Inject(d, text) => format!("inject→{} {text}", side(d)),
+                Action::ReleaseHeld(d) => format!("release-held→{}", side(d)),
+                Action::DropHeld(d) => format!("drop-held→{}", side(d)),
+            })
+            .collect()
+    }
+
     /// Sends a text message (a whole JSON-RPC message) toward `to`.
     pub fn inject(&mut self, to: Direction, text: impl Into<String>) {
         self.0.push(Action::Inject(to, text.into()));

@@ -1,0 +1,207 @@
+//! The whole product for end-to-end tests: the real `cs-tui` binary in tmux with the real
+//! Codex TUI in its pane, the switching proxy in front of the real app-server, the mock
+//! backend, and stored accounts.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
+
+use crate::pane_support::Tmux;
+
+pub const WAIT: Duration = Duration::from_secs(40);
+
+pub struct Product {
+    pub mock: MockBackend,
+    pub home: CodexHome,
+    pub store: tempfile::TempDir,
+    pub tmux: Tmux,
+    pub auth_before: Vec<u8>,
+}
+
+pub fn cs_tui(store: &Path, home: &CodexHome, mock: &MockBackend, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cs-tui"))
+        .env("CS_TUI_HOME", store)
+        .env("CODEX_HOME", home.path())
+        .env("CS_TUI_CODEX_BIN", codex_bin())
+        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", mock.refresh_url())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cs-tui {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub async fn start(labels: &[&str]) -> Product {
+    start_with(labels, |_| {}).await
+}
+
+/// Like [`start`], with a hook to set the mock up before cs-tui starts.
+pub async fn start_with(labels: &[&str], setup: impl FnOnce(&MockBackend)) -> Product {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::Builder::new()
+        .prefix("cs-tui-store-")
+        .tempdir()
+        .unwrap();
+    if std::env::var_os("CS_TUI_TEST_KEEP").is_some() {
+        eprintln!("store kept at {}", store.path().display());
+    }
+    for (i, label) in labels.iter().enumerate() {
+        let (fake, refresh) = mock.add_account(label);
+        let auth = fake.auth_json(3600, &refresh);
+        if i == 0 {
+            // The user's own Codex login: cs-tui must leave it alone.
+            home.write_auth_json(&auth);
+        }
+        let file = store.path().join(format!("{label}.auth.json"));
+        std::fs::write(&file, auth.to_string()).unwrap();
+        cs_tui(
+            store.path(),
+            &home,
+            &mock,
+            &[
+                "accounts",
+                "import",
+                "--name",
+                label,
+                "--file",
+                file.to_str().unwrap(),
+            ],
+        );
+    }
+    cs_tui(store.path(), &home, &mock, &["accounts", "use", labels[0]]);
+    setup(&mock);
+    let auth_before = std::fs::read(home.path().join("auth.json")).unwrap();
+    let codex = codex_bin();
+    let refresh_url = mock.refresh_url();
+    let env: Vec<(&str, &OsStr)> = vec![
+        ("CS_TUI_HOME", store.path().as_os_str()),
+        ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+        ("CODEX_HOME", home.path().as_os_str()),
+        ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", OsStr::new(&refresh_url)),
+        ("CS_TUI_LOG", OsStr::new("cs_tui=debug")),
+    ];
+    let script = "\"$0\"; echo \"cs-tui exited $?\"; printf 'shell prompt> '; exec sleep 600";
+    let tmux = Tmux::start(
+        160,
+        48,
+        home.work_dir(),
+        &env,
+        OsStr::new("sh"),
+        &[
+            OsStr::new("-c"),
+            OsStr::new(script),
+            OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
+        ],
+    );
+    Product {
+        mock,
+        home,
+        store,
+        tmux,
+        auth_before,
+    }
+}
+
+pub fn ready(screen: &str) -> bool {
+    screen.contains("Ask Codex to do anything") && screen.contains("gpt-5.1-codex")
+}
+
+/// The panel's text (right of the pane's border).
+pub fn panel(screen: &str) -> String {
+    screen
+        .lines()
+        .filter_map(|l| l.split_once('│').map(|(_, rest)| rest.to_owned()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn prompt(t: &Tmux, text: &str) {
+    t.type_like_a_person(text);
+    t.keys(&["Enter"]);
+}
+
+
+/// Watches Codex's pane in the background for text that must never appear there (a
+/// usage-limit message, a low-quota warning), polling as fast as tmux answers. Only the pane is
+/// read (the left 115 columns of the 160-column window): the panel beside it names limits on
+/// purpose.
+pub struct NeverShown {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl NeverShown {
+    pub fn start(tmux: &Tmux, needles: &[&str]) -> Self {
+        let socket = tmux.socket().to_owned();
+        let needles: Vec<String> = needles.iter().map(|n| n.to_lowercase()).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("tmux")
+                    .args(["-L", &socket, "capture-pane", "-p", "-t", "main"])
+                    .output();
+                if let Ok(out) = out {
+                    let screen: String = String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .map(|l| l.chars().take(115).collect::<String>() + "\n")
+                        .collect::<String>()
+                        .to_lowercase();
+                    for needle in &needles {
+                        if screen.contains(needle.as_str()) {
+                            seen.push(format!("{needle:?} on screen:\n{screen}"));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; panics with the first screen that showed a needle.
+    pub fn assert_never_seen(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = self.thread.take().expect("joined once").join().expect("watcher");
+        assert!(seen.is_empty(), "{}", seen[0]);
+    }
+}
+
+impl Drop for Product {
+    /// With `CS_TUI_TEST_KEEP` set, the store's logs are copied out for a post-mortem.
+    fn drop(&mut self) {
+        if std::env::var_os("CS_TUI_TEST_KEEP").is_none() {
+            return;
+        }
+        // Let cs-tui exit (and flush its log) first.
+        let _ = Command::new("tmux")
+            .args(["-L", self.tmux.socket(), "kill-server"])
+            .status();
+        std::thread::sleep(Duration::from_millis(800));
+        let to = std::env::temp_dir().join(format!(
+            "cs-tui-kept-{}",
+            self.store.path().file_name().unwrap().to_string_lossy()
+        ));
+        let _ = Command::new("cp")
+            .arg("-r")
+            .arg(self.store.path())
+            .arg(&to)
+            .status();
+        eprintln!("store copied to {}", to.display());
+    }
+}
