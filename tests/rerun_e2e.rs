@@ -43,7 +43,9 @@ fn ask_and_expect(t: &Tmux, question: &str, who: &str) {
 /// follows is about the user's next prompt only.
 fn warm_up(t: &Tmux) {
     ask_and_expect(t, "warm up", "alice");
-    t.wait_for(WAIT, "the title Codex generated", |s| s.contains("Chat with alice"));
+    t.wait_for(WAIT, "the title Codex generated", |s| {
+        s.contains("Chat with alice")
+    });
 }
 
 /// (f) Three more prompts work, served by `who`.
@@ -91,7 +93,9 @@ async fn a_switches_before_its_limit_and_the_pane_never_warns() {
     });
     ask_and_expect(t, "next one", "bob");
     assert_eq!(
-        requests_with(&p.mock, "next one")[0].account_header.as_deref(),
+        requests_with(&p.mock, "next one")[0]
+            .account_header
+            .as_deref(),
         Some("acct-bob")
     );
     three_more(t, "bob");
@@ -110,7 +114,9 @@ async fn b_a_limit_hit_is_invisible_and_the_prompt_is_answered_by_the_next_accou
         s.contains("Served by bob: you said \"the prompt that hits the limit\"")
     });
     assert_eq!(
-        pane_text(&screen).matches("› the prompt that hits the limit").count(),
+        pane_text(&screen)
+            .matches("› the prompt that hits the limit")
+            .count(),
         1,
         "the prompt shows once:\n{screen}"
     );
@@ -147,7 +153,9 @@ async fn c_a_limit_after_a_tool_call_continues_on_the_next_account_keeping_the_t
     });
     p.mock.push_script(ScriptedReply::UsageLimit);
     prompt(t, "run the tool");
-    t.wait_for(WAIT, "bob continuing the turn", |s| s.contains("Served by bob"));
+    t.wait_for(WAIT, "bob continuing the turn", |s| {
+        s.contains("Served by bob")
+    });
     let to_bob: Vec<_> = p
         .mock
         .model_requests()
@@ -192,8 +200,7 @@ async fn d_with_both_accounts_exhausted_the_real_error_shows_and_the_panel_names
     let reset = chrono::DateTime::from_timestamp(cs_tui_testkit::jwt::unix_now() + 45 * 60, 0)
         .unwrap()
         .with_timezone(&chrono::Local);
-    let hhmm = [reset, reset - chrono::Duration::minutes(1)]
-        .map(|t| t.format("%H:%M").to_string());
+    let hhmm = [reset, reset - chrono::Duration::minutes(1)].map(|t| t.format("%H:%M").to_string());
     assert!(
         hhmm.iter().any(|h| panel(&screen).contains(h.as_str())),
         "the panel names bob's reset ({hhmm:?}):\n{screen}"

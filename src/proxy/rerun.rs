@@ -654,9 +654,15 @@ mod tests {
         let actions = h.command(GuardCommand::Rerun);
         assert_eq!(actions.len(), 1, "{actions:?}");
         assert!(actions[0].starts_with("inject→upstream"), "{actions:?}");
-        assert!(actions[0].contains(r#""method":"turn/start""#), "{actions:?}");
+        assert!(
+            actions[0].contains(r#""method":"turn/start""#),
+            "{actions:?}"
+        );
         assert!(actions[0].contains(r#""input":[]"#), "{actions:?}");
-        assert!(actions[0].contains(r#""id":"cs-tui/rerun/7/"#), "{actions:?}");
+        assert!(
+            actions[0].contains(r#""id":"cs-tui/rerun/7/"#),
+            "{actions:?}"
+        );
         let (verdict, actions) = h.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"inProgress"}}}"#);
         assert_eq!(verdict, Verdict::Forward);
         assert_eq!(actions, vec!["drop-held→client"]);
@@ -669,12 +675,17 @@ mod tests {
         h.user_turn(false);
         h.limit_failure();
         let actions = h.command(GuardCommand::Rerun);
-        assert!(actions[0].contains(r#""method":"thread/revert""#), "{actions:?}");
+        assert!(
+            actions[0].contains(r#""method":"thread/revert""#),
+            "{actions:?}"
+        );
         assert!(actions[0].contains(r#""beforeTurnId":"u1""#), "{actions:?}");
-        let (verdict, actions) =
-            h.server(r#"{"id":"cs-tui/revert/7/1","result":{"thread":{}}}"#);
+        let (verdict, actions) = h.server(r#"{"id":"cs-tui/revert/7/1","result":{"thread":{}}}"#);
         assert_eq!(verdict, Verdict::Drop);
-        assert!(actions[0].contains(r#""input":[{"text":"hi","type":"text"}]"#), "{actions:?}");
+        assert!(
+            actions[0].contains(r#""input":[{"text":"hi","type":"text"}]"#),
+            "{actions:?}"
+        );
         let (verdict, _) = h.server(r#"{"method":"thread/reverted","params":{"threadId":"t1"}}"#);
         assert_eq!(verdict, Verdict::Drop, "the revert is not shown");
     }
@@ -689,7 +700,10 @@ mod tests {
         let (v, _) = h.server(r#"{"method":"thread/status/changed","params":{"threadId":"title","status":{"type":"systemError"}}}"#);
         assert_eq!(v, Verdict::Hold);
         let (v, actions) = h.server(r#"{"method":"turn/completed","params":{"threadId":"title","turn":{"id":"x1","items":[],"status":"failed"}}}"#);
-        assert_eq!((v, actions), (Verdict::Drop, vec!["drop-held→client".to_owned()]));
+        assert_eq!(
+            (v, actions),
+            (Verdict::Drop, vec!["drop-held→client".to_owned()])
+        );
         assert!(h.core_events().is_empty());
     }
 
@@ -707,7 +721,10 @@ mod tests {
         h.user_turn(false);
         h.limit_failure();
         assert_eq!(h.command(GuardCommand::GiveUp), vec!["release-held→client"]);
-        assert!(h.command(GuardCommand::Rerun).is_empty(), "nothing left to re-run");
+        assert!(
+            h.command(GuardCommand::Rerun).is_empty(),
+            "nothing left to re-run"
+        );
     }
 
     #[test]
@@ -716,13 +733,25 @@ mod tests {
         h.user_turn(false);
         h.limit_failure();
         h.core_events();
-        let (verdict, actions) = h.client(r#"{"id":9,"method":"turn/interrupt","params":{"threadId":"t1","turnId":"u1"}}"#);
-        assert_eq!(verdict, Verdict::Drop, "the server has no turn to interrupt");
+        let (verdict, actions) = h.client(
+            r#"{"id":9,"method":"turn/interrupt","params":{"threadId":"t1","turnId":"u1"}}"#,
+        );
+        assert_eq!(
+            verdict,
+            Verdict::Drop,
+            "the server has no turn to interrupt"
+        );
         assert!(actions[0].contains(r#""id":9"#), "{actions:?}");
         assert_eq!(actions[1], "drop-held→client");
-        assert!(actions[2].contains(r#""status":"interrupted""#), "{actions:?}");
+        assert!(
+            actions[2].contains(r#""status":"interrupted""#),
+            "{actions:?}"
+        );
         assert_eq!(h.core_events(), vec!["cancelled"]);
-        assert!(h.command(GuardCommand::Rerun).is_empty(), "the re-run is cancelled");
+        assert!(
+            h.command(GuardCommand::Rerun).is_empty(),
+            "the re-run is cancelled"
+        );
     }
 
     #[test]

@@ -518,6 +518,9 @@ fn backend(
                 .accounts
                 .get_mut(&account_id)
                 .expect("account present");
+            if matches!(script, Some(ScriptedReply::UsageLimit)) {
+                account.mode = AccountMode::UsageLimit;
+            }
             model_response(account, body, title, script)
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"detail": "Not Found"})),

@@ -130,7 +130,6 @@ pub fn prompt(t: &Tmux, text: &str) {
     t.keys(&["Enter"]);
 }
 
-
 /// Watches Codex's pane in the background for text that must never appear there (a
 /// usage-limit message, a low-quota warning), polling as fast as tmux answers. Only the pane is
 /// read (the left 115 columns of the 160-column window): the panel beside it names limits on
@@ -177,7 +176,12 @@ impl NeverShown {
     /// Stops watching; panics with the first screen that showed a needle.
     pub fn assert_never_seen(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let seen = self.thread.take().expect("joined once").join().expect("watcher");
+        let seen = self
+            .thread
+            .take()
+            .expect("joined once")
+            .join()
+            .expect("watcher");
         assert!(seen.is_empty(), "{}", seen[0]);
     }
 }
