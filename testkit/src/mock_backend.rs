@@ -28,7 +28,8 @@ pub enum AccountMode {
     Normal,
     /// HTTP 429 `usage_limit_reached`, the usage-limit error of PROTOCOL.md §4.
     UsageLimit,
-    /// HTTP 401 for the next model request of this account, then normal.
+    /// HTTP 401 for the next request of this account (Codex's background fetches aside), then
+    /// normal.
     UnauthorizedOnce,
     /// HTTP 500 on every model request.
     ServerError,
@@ -492,9 +493,11 @@ fn backend(
             json!({"detail": "Could not validate your credentials"}),
         );
     }
-    // Only a model request consumes the one 401: Codex ignores a 401 on its background
-    // `/codex/models` fetch, while a 401 on `/responses` makes it ask for a token refresh.
-    if account.mode == AccountMode::UnauthorizedOnce && path.ends_with("/responses") {
+    // Codex ignores a 401 on its background fetches (`/codex/models`, `/wham/settings/user`),
+    // so those do not consume the one 401; the next real call (a model request, a usage read)
+    // gets it, as it would with a token the backend stopped accepting.
+    let background = path.ends_with("/codex/models") || path.ends_with("/wham/settings/user");
+    if account.mode == AccountMode::UnauthorizedOnce && !background {
         account.mode = AccountMode::Normal;
         return json_response(
             StatusCode::UNAUTHORIZED,

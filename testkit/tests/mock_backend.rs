@@ -128,9 +128,11 @@ async fn expired_or_foreign_tokens_get_401_and_401_once_recovers() {
     mock.set_mode("acct-alice", AccountMode::UnauthorizedOnce);
     let good = alice.access_token(60, 2);
     assert_eq!(
-        get(&mock, path, &good, "acct-alice").await.0,
-        200,
-        "usage is not a model request"
+        get(&mock, "/backend-api/codex/models", &good, "acct-alice")
+            .await
+            .0,
+        404,
+        "a background fetch does not use up the 401"
     );
     let post = || {
         reqwest::Client::new()
