@@ -278,7 +278,8 @@ impl Drop for AppServer {
     }
 }
 
-fn random_token() -> String {
+/// 32 random bytes as hex: a capability or bearer token.
+pub fn random_token() -> String {
     use rand::Rng as _;
     let bytes: [u8; 32] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

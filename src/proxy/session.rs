@@ -77,7 +77,7 @@ impl ProxyListener {
         Ok(Self {
             listener,
             url: format!("ws://{local}"),
-            token: Secret::new(random_token()),
+            token: Secret::new(app_server::random_token()),
         })
     }
 
@@ -90,12 +90,6 @@ impl ProxyListener {
     pub fn token(&self) -> &Secret {
         &self.token
     }
-}
-
-fn random_token() -> String {
-    use rand::Rng as _;
-    let bytes: [u8; 32] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A running session.
