@@ -31,6 +31,8 @@ const READ_CHUNK: usize = 256 << 10;
 const LARGE: usize = 64 << 10;
 /// A buffer grown beyond this for one frame is given back once the frame is forwarded.
 const KEEP_CAPACITY: usize = 4 << 20;
+/// How much is read after a pass-through: a frame header and its [`Lead`], with room to spare.
+const PEEK: usize = 4 << 10;
 /// How many bytes of a masked frame are unmasked to read its [`Lead`].
 const LEAD_BYTES: usize = 64;
 
@@ -131,6 +133,8 @@ pub(super) struct Pump<'c, I: Interceptor> {
     oversized: bool,
     /// Bytes of the current frame still to pass through unlooked at.
     pass_through: usize,
+    /// The last frame passed through; the next read is a [`PEEK`].
+    after_pass_through: bool,
     /// The frame being passed through is the last of a streamed message.
     message_ends_after_pass_through: bool,
     /// `None` until the first pass-through; then `Some(None)` where splicing is unavailable.
@@ -152,6 +156,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
             awaiting: None,
             oversized: false,
             pass_through: 0,
+            after_pass_through: false,
             message_ends_after_pass_through: false,
             splicer: None,
         }
@@ -208,7 +213,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                     }
                     break;
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => self.after_pass_through = false,
                 Ok(Err(err)) => {
                     tracing::debug!(conn, side, %err, "read failed");
                     break;
@@ -286,6 +291,13 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                 self.buf.reserve(missing);
                 self.oversized |= total > KEEP_CAPACITY;
                 missing
+            }
+            // After a large frame passed through, the next one is probably large too: read
+            // just enough to see its header and first bytes, so that it can pass through
+            // whole instead of a read-sized piece of it being copied in and out.
+            None if self.after_pass_through => {
+                self.buf.reserve(PEEK);
+                PEEK
             }
             _ => {
                 self.buf.reserve(READ_CHUNK);
@@ -366,6 +378,7 @@ impl<'c, I: Interceptor> Pump<'c, I> {
                     match self.frame(&mut interceptor, &header, head, total, have, &mut run) {
                         Ok(true) => {
                             self.pass_through = total - have;
+                            self.after_pass_through = true;
                             break Ok(());
                         }
                         Ok(false) => {}
