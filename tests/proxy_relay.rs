@@ -1,4 +1,5 @@
-//! The relay as a transport: frames pass unchanged and in order, whatever they hold.
+//! The relay as a transport (frames pass byte for byte and in order, whatever they hold) and
+//! its hooks (injecting, holding, releasing and dropping messages per connection).
 
 mod common;
 

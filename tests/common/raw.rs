@@ -56,14 +56,14 @@ impl RawPeer {
     }
 
     /// Asserts nothing more arrives for a while.
-    pub async fn expect_quiet(&mut self, for_: Duration) {
+    pub async fn expect_quiet(&mut self, window: Duration) {
         assert!(
             self.pending.is_empty(),
             "unexpected bytes {:?}",
             self.pending
         );
         let mut chunk = [0u8; 256];
-        if let Ok(read) = tokio::time::timeout(for_, self.stream.read(&mut chunk)).await {
+        if let Ok(read) = tokio::time::timeout(window, self.stream.read(&mut chunk)).await {
             let n = read.expect("raw read");
             panic!("unexpected bytes: {:?}", &chunk[..n]);
         }

@@ -199,8 +199,9 @@ pub(super) async fn connect_upstream(url: &str, token: &Secret) -> Result<Upgrad
     bearer.set_sensitive(true);
     request.headers_mut().insert("authorization", bearer);
     // tungstenite writes the request with a fresh random Sec-WebSocket-Key and returns it.
-    let (head, key) =
-        generate_request(request).map_err(|e| eyre!("building the upgrade request: {e}"))?;
+    // Its error would quote header values, the token's among them: keep it out.
+    let (head, key) = generate_request(request)
+        .map_err(|_| eyre!("could not build the upgrade request for {url}"))?;
 
     let mut stream = TcpStream::connect((host, port))
         .await
