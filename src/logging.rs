@@ -19,6 +19,16 @@ pub fn init(dir: &Path, name: &str, level: Option<&str>) -> Result<(WorkerGuard,
         .wrap_err_with(|| format!("creating log directory {}", dir.display()))?;
     let file_name = format!("{name}.log");
     let path = dir.join(&file_name);
+    // Create it 0600 before the appender opens it (which would use the umask).
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .wrap_err_with(|| format!("creating log file {}", path.display()))?;
+    }
     let appender = tracing_appender::rolling::never(dir, &file_name);
     let (writer, guard) = tracing_appender::non_blocking(appender);
     let directive = level
