@@ -189,6 +189,13 @@ async fn a_switch_requested_during_a_slow_turn_waits_for_the_turn_to_end() {
         .await
         .unwrap();
     client.wait_notification("turn/started", WAIT).await;
+    // The core learns of the turn from the relay; ask once it knows.
+    wait_event(
+        &mut rig.events,
+        "the turn seen by the core",
+        |e| matches!(e, ProxyEvent::TurnsRunning { running, .. } if *running > 0),
+    )
+    .await;
     let answer = rig
         .session
         .commands()
