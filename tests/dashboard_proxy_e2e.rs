@@ -36,17 +36,7 @@ async fn a_limit_switches_accounts_in_the_running_session_and_the_panel_says_why
     t.wait_for(WAIT, "bob's reply", |s| {
         s.contains("Served by bob: you said \"third question\"")
     });
-    let last = p
-        .mock
-        .model_requests()
-        .into_iter()
-        .rev()
-        .find(|r| {
-            r.user_input_texts()
-                .iter()
-                .any(|t| t.contains("third question"))
-        })
-        .unwrap();
+    let last = p.mock.last_user_turn_request("third question");
     assert_eq!(last.account_header.as_deref(), Some("acct-bob"));
 
     // A manual switch back through the picker (alice is usable again).

@@ -95,12 +95,7 @@ async fn tui_client(rig: &Rig) -> WsClient {
 }
 
 fn served_by(mock: &MockBackend, prompt: &str) -> (Option<String>, Option<String>) {
-    let request = mock
-        .model_requests()
-        .into_iter()
-        .rev()
-        .find(|r| !r.is_title_request() && r.user_input_texts().iter().any(|t| t.contains(prompt)))
-        .unwrap_or_else(|| panic!("no model request for {prompt:?}"));
+    let request = mock.last_user_turn_request(prompt);
     (request.account_header, request.token_account)
 }
 

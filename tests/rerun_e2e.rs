@@ -55,15 +55,6 @@ fn three_more(t: &Tmux, who: &str) {
     }
 }
 
-/// The model requests (not title generation) that carried `text` in a user message.
-fn requests_with(mock: &MockBackend, text: &str) -> Vec<cs_tui_testkit::RequestRecord> {
-    mock.model_requests()
-        .into_iter()
-        .filter(|r| !r.is_title_request())
-        .filter(|r| r.user_input_texts().iter().any(|t| t.contains(text)))
-        .collect()
-}
-
 fn occurrences(request: &cs_tui_testkit::RequestRecord, text: &str) -> usize {
     request
         .user_input_texts()
@@ -93,7 +84,7 @@ async fn a_switches_before_its_limit_and_the_pane_never_warns() {
     });
     ask_and_expect(t, "next one", "bob");
     assert_eq!(
-        requests_with(&p.mock, "next one")[0]
+        p.mock.user_turn_requests("next one")[0]
             .account_header
             .as_deref(),
         Some("acct-bob")
@@ -124,7 +115,9 @@ async fn b_a_limit_hit_is_invisible_and_the_prompt_is_answered_by_the_next_accou
         let panel = panel(s);
         panel.contains("alice → bob") && panel.contains("limit hit on alice")
     });
-    let to_bob: Vec<_> = requests_with(&p.mock, "the prompt that hits the limit")
+    let to_bob: Vec<_> = p
+        .mock
+        .user_turn_requests("the prompt that hits the limit")
         .into_iter()
         .filter(|r| r.account_header.as_deref() == Some("acct-bob"))
         .collect();
@@ -233,7 +226,9 @@ async fn e_esc_during_the_switch_ends_the_turn_cleanly_and_the_next_prompt_works
         "the limit stays hidden:\n{screen}"
     );
     t.wait_for(WAIT, "bob active", |s| panel(s).contains("● bob"));
-    let before = requests_with(&p.mock, "interrupt me")
+    let before = p
+        .mock
+        .user_turn_requests("interrupt me")
         .iter()
         .filter(|r| r.account_header.as_deref() == Some("acct-bob"))
         .count();

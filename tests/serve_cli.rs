@@ -129,16 +129,7 @@ async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_t
     assert_eq!(done["reason"]["kind"], "manual");
 
     run_turn(&mut client, &thread, "served by bob?").await;
-    let last = mock
-        .model_requests()
-        .into_iter()
-        .rev()
-        .find(|r| {
-            r.user_input_texts()
-                .iter()
-                .any(|t| t.contains("served by bob?"))
-        })
-        .unwrap();
+    let last = mock.last_user_turn_request("served by bob?");
     assert_eq!(last.account_header.as_deref(), Some("acct-bob"));
 
     // SIGTERM: clean exit, no token file, no runtime directory left.

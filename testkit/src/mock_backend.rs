@@ -321,6 +321,23 @@ impl MockBackend {
             .collect()
     }
 
+    /// Model requests of user turns (title generation left out) whose user messages contain
+    /// `text`, oldest first.
+    pub fn user_turn_requests(&self, text: &str) -> Vec<RequestRecord> {
+        self.model_requests()
+            .into_iter()
+            .filter(|r| !r.is_title_request())
+            .filter(|r| r.user_input_texts().iter().any(|t| t.contains(text)))
+            .collect()
+    }
+
+    /// The newest user-turn model request carrying `text`; panics when there is none.
+    pub fn last_user_turn_request(&self, text: &str) -> RequestRecord {
+        self.user_turn_requests(text)
+            .pop()
+            .unwrap_or_else(|| panic!("no model request carried {text:?}"))
+    }
+
     /// Waits until `pred` holds for the request log, or panics after `timeout`.
     pub async fn wait_for_request(
         &self,
