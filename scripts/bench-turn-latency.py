@@ -3,7 +3,7 @@
 
 Compares, in one run: plain local `codex`; `codex --remote` straight to an app-server over
 ws:// and over unix://; and (with --cs-tui) `codex --remote` through cs-tui's proxy
-(`cs-tui serve`). Prints medians and ratios against plain `codex`.
+(`cs-tui serve`), and the whole product (cs-tui with Codex in its pane). Prints medians and ratios against plain `codex`.
 
 With --rerun PATH (a cs-tui binary): the time from Enter on a prompt that hits the active
 account's usage limit to the reply of the next account on screen (hidden re-run), against
@@ -177,6 +177,13 @@ def main():
             results["--remote via cs-tui proxy"] = measure(
                 "lat-proxy", [CODEX, "-C", work, "--remote", url, "--remote-auth-token-env",
                               "LAT_TOKEN"], {**base, "LAT_TOKEN": ptoken}, opts.rounds)
+            os.killpg(serve.pid, signal.SIGTERM)
+            serve.wait(timeout=10)
+            # The whole product: cs-tui's dashboard with Codex in its pane, in the same tmux size.
+            product_env = {k: senv[k] for k in ("CODEX_HOME", "CS_TUI_HOME", "CS_TUI_CODEX_BIN",
+                                                 "CODEX_REFRESH_TOKEN_URL_OVERRIDE")}
+            results["cs-tui (pane + proxy)"] = measure(
+                "lat-product", [opts.cs_tui, "-C", work], {**base, **product_env}, opts.rounds)
     finally:
         for p in procs:
             try:

@@ -303,3 +303,42 @@ async fn a_wrong_bearer_token_is_refused_with_401() {
         Ok(())
     );
 }
+
+/// The mock's `/codex/models` catalog is taken as the real one would be: the configured model
+/// has metadata (no fallback warning), and under a `chatgptAuthTokens` login Codex fetches the
+/// catalog once, not before every turn. A failed fetch is retried every turn in that mode,
+/// which once made every proxied turn ~40 ms slower (`scripts/bench-turn-latency.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_catalog_is_accepted_and_not_refetched_per_turn() {
+    let rig = rig().await;
+    let (alice, _) = rig.mock.add_account("alice");
+    let mut client = client(&rig).await;
+    login(&mut client, &alice).await;
+    let thread = start_thread(&mut client, &rig).await;
+    let catalog_fetches = || {
+        rig.mock
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/codex/models"))
+            .count()
+    };
+    run_turn(&mut client, &thread, "first").await;
+    let after_first = catalog_fetches();
+    assert!(after_first >= 1, "Codex asked for the catalog");
+    for i in 0..3 {
+        let completed = run_turn(&mut client, &thread, &format!("again {i}")).await;
+        assert_eq!(completed["params"]["turn"]["status"], "completed");
+    }
+    assert_eq!(
+        catalog_fetches(),
+        after_first,
+        "later turns reuse the cached catalog"
+    );
+    let warnings: Vec<&Value> = client.received_with_method("warning");
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.to_string().contains("Model metadata")),
+        "the configured model has metadata: {warnings:?}"
+    );
+}

@@ -56,6 +56,9 @@ impl CodexHome {
     }
 }
 
+/// The model the offline config selects; the mock's catalog describes it.
+pub const MODEL: &str = "gpt-5.1-codex";
+
 /// The offline `config.toml` of PROTOCOL.md §6: the ChatGPT base URL and a custom model provider
 /// point at the mock, every network-reaching feature is off, and `work_dir` is trusted.
 pub fn offline_config(mock: &str, work_dir: &Path) -> String {
@@ -64,7 +67,7 @@ pub fn offline_config(mock: &str, work_dir: &Path) -> String {
     format!(
         r#"chatgpt_base_url = "{mock}/backend-api/"
 model_provider = "mock"
-model = "gpt-5.1-codex"
+model = "{MODEL}"
 check_for_update_on_startup = false
 
 [model_providers.mock]

@@ -527,6 +527,7 @@ fn backend(
             json_response(StatusCode::OK, accounts_check(account))
         }
         ("GET", "/backend-api/wham/usage") => json_response(StatusCode::OK, wham_usage(account)),
+        ("GET", "/backend-api/codex/models") => json_response(StatusCode::OK, models_catalog()),
         ("POST", p) if p.ends_with("/responses") => {
             let title = is_structured_output_request(body);
             let script = if title {
@@ -545,6 +546,42 @@ fn backend(
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"detail": "Not Found"})),
     }
+}
+
+/// The model catalog (`GET {base}/codex/models`, a `ModelsResponse`): one entry for the model the
+/// offline config names. The real backend always answers it; Codex caches a successful answer
+/// (5 minutes, on disk), but retries a failed fetch on every turn while it is signed in with
+/// `chatgptAuthTokens` — which made every turn through the proxy ~40 ms slower when this mock
+/// answered 404.
+fn models_catalog() -> Value {
+    let effort =
+        |effort: &str, description: &str| json!({"effort": effort, "description": description});
+    json!({"models": [{
+        "slug": crate::codex_home::MODEL,
+        "display_name": crate::codex_home::MODEL,
+        "description": "The mock backend's only model.",
+        "default_reasoning_level": "medium",
+        "supported_reasoning_levels": [
+            effort("low", "Fast responses with lighter reasoning"),
+            effort("medium", "Balances speed and reasoning depth"),
+            effort("high", "Greater reasoning depth"),
+        ],
+        "shell_type": "unified_exec",
+        "visibility": "list",
+        "supported_in_api": true,
+        "priority": 1,
+        "upgrade": null,
+        "base_instructions": "You are Codex, served by the cs-tui mock backend.",
+        "supports_reasoning_summaries": true,
+        "support_verbosity": false,
+        "default_verbosity": null,
+        "apply_patch_tool_type": "freeform",
+        "truncation_policy": {"mode": "tokens", "limit": 10000},
+        "supports_parallel_tool_calls": true,
+        "context_window": 272000,
+        "experimental_supported_tools": [],
+        "input_modalities": ["text", "image"],
+    }]})
 }
 
 /// Codex 0.169 refuses a login whose discovery lacks `workspace_backend_origin` (it must be an

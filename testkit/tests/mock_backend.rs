@@ -131,7 +131,7 @@ async fn expired_or_foreign_tokens_get_401_and_401_once_recovers() {
         get(&mock, "/backend-api/codex/models", &good, "acct-alice")
             .await
             .0,
-        404,
+        200,
         "a background fetch does not use up the 401"
     );
     let post = || {
