@@ -57,6 +57,17 @@ def measure(session, command, env, rounds):
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
+def stop_daemons(tmp):
+    """Plain `codex` leaves its managed app-server daemon running from $CODEX_HOME/packages."""
+    for pid in os.listdir("/proc"):
+        try:
+            argv0 = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode()
+            if argv0.startswith(tmp + "/"):
+                os.kill(int(pid), signal.SIGKILL)
+        except (ValueError, OSError):
+            pass
+
+
 def start_app_server(home, listen, token_file=None):
     args = [CODEX, "app-server", "--listen", listen]
     if token_file:
@@ -116,6 +127,7 @@ def rerun_bench(cs_tui, rounds):
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         mock.kill()
+        stop_daemons(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     n, l = statistics.median(normal), statistics.median(limited)
     print(f"Hidden re-run, median of {rounds} (Enter → reply on screen, tmux polled every 2 ms)")
@@ -191,6 +203,7 @@ def main():
             except ProcessLookupError:
                 pass
         mock.kill()
+        stop_daemons(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
     baseline = statistics.median(results["plain codex"])

@@ -234,4 +234,14 @@ async fn codex_exit_code_becomes_cs_tui_exit_code_and_the_terminal_is_restored()
     assert!(screen.contains("codex resume"), "{screen}");
     assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
     assert_eq!(t.format("#{alternate_on}"), "0");
+
+    // Plain Codex leaves its managed app-server daemon running from `$CODEX_HOME/packages`;
+    // the fixture must not leave it behind (CI would collect ~250 MB per test).
+    let home = s.home.path().to_owned();
+    drop(s);
+    assert!(
+        cs_tui_testkit::codex_home::processes_under(&home).is_empty(),
+        "no process left running from the test CODEX_HOME"
+    );
+    assert!(!home.exists(), "the test CODEX_HOME is removed");
 }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// A temporary `CODEX_HOME` plus a trusted work directory, removed on drop.
+/// A temporary `CODEX_HOME` plus a trusted work directory, removed on drop — together with the
+/// background app-server that plain `codex` (0.157+, `features.daemon_auto_start`) starts from
+/// `$CODEX_HOME/packages` and leaves running after the TUI exits.
 pub struct CodexHome {
     dir: TempDir,
     work_dir: PathBuf,
@@ -32,6 +34,26 @@ impl CodexHome {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Kills every process whose executable lives under this `CODEX_HOME` (Codex's managed
+    /// app-server daemon and its helpers) and waits until they are gone.
+    pub fn stop_daemons(&self) {
+        let pids = processes_under(self.path());
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while pids
+            .iter()
+            .any(|pid| Path::new(&format!("/proc/{pid}/cmdline")).exists())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// A directory the config marks as trusted; run Codex with `-C` pointing here.
@@ -101,4 +123,29 @@ screen_reader_detection_done = true
 trust_level = "trusted"
 "#
     )
+}
+
+impl Drop for CodexHome {
+    fn drop(&mut self) {
+        // Before the directory goes: a live daemon would recreate its databases in it.
+        self.stop_daemons();
+    }
+}
+
+/// Pids whose `argv[0]` is a path under `dir`.
+pub fn processes_under(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let argv0 = cmdline.split(|&b| b == 0).next()?;
+            Path::new(std::str::from_utf8(argv0).ok()?)
+                .starts_with(dir)
+                .then_some(pid)
+        })
+        .collect()
 }
