@@ -54,28 +54,8 @@ fn cs_tui(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) -> Comm
     command
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_terminal() {
-    let mock = MockBackend::start().await;
-    let home = CodexHome::offline(&mock.url());
-    let store = tempfile::tempdir().unwrap();
-    for label in ["alice", "bob"] {
-        let (fake, refresh) = mock.add_account(label);
-        let file = store.path().join(format!("{label}.json"));
-        std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
-        let out = cs_tui(store.path(), &home, &mock)
-            .args(["accounts", "import", "--name", label, "--file"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    let mut child = cs_tui(store.path(), &home, &mock)
+fn spawn_serve(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) -> Serve {
+    let mut child = cs_tui(store, home, mock)
         .arg("serve")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -90,7 +70,50 @@ async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_t
             }
         }
     });
-    let serve = Serve { child, lines };
+    Serve { child, lines }
+}
+
+fn import(store: &std::path::Path, home: &CodexHome, mock: &MockBackend, label: &str) {
+    let (fake, refresh) = mock.add_account(label);
+    let file = store.join(format!("{label}.json"));
+    std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
+    let out = cs_tui(store, home, mock)
+        .args(["accounts", "import", "--name", label, "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pids whose command line mentions `needle` (the app-server's token file lives in the store).
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_terminal() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    for label in ["alice", "bob"] {
+        import(store.path(), &home, &mock, label);
+    }
+
+    let serve = spawn_serve(store.path(), &home, &mock);
     let url = serve.next_line("listening line");
     let url = url
         .strip_prefix("listening ")
@@ -173,4 +196,32 @@ fn serve_refuses_a_non_loopback_address() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to listen on 0.0.0.0:0"), "{err}");
+}
+
+/// SIGKILL leaves cs-tui no chance to clean up; the app-server must not outlive it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_serve_takes_its_app_server_with_it() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    import(store.path(), &home, &mock, "alice");
+    let mut serve = spawn_serve(store.path(), &home, &mock);
+    serve.next_line("listening line");
+    serve.next_line("token-file line");
+    serve.wait_event("active account", |e| e["event"] == "active_account");
+    let marker = store.path().join("runtime").display().to_string();
+    let app_server = processes_mentioning(&marker);
+    assert!(!app_server.is_empty(), "the app-server runs from {marker}");
+
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&marker).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        processes_mentioning(&marker),
+        Vec::<i32>::new(),
+        "app-server processes left after cs-tui was killed"
+    );
 }

@@ -123,6 +123,21 @@ impl AppServer {
             // and only signalling the whole group stops both (PROTOCOL.md §1).
             .process_group(0)
             .kill_on_drop(false);
+        // If cs-tui itself is killed (SIGKILL leaves no chance to clean up), the kernel sends
+        // the app-server SIGTERM instead of leaving it orphaned; the npm wrapper forwards it.
+        // SAFETY: the closure runs in the forked child before exec and only makes the
+        // async-signal-safe prctl(2) and getppid(2) calls.
+        let parent = nix::unistd::getpid();
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+                if nix::unistd::getppid() != parent {
+                    // The parent died before the prctl took effect.
+                    return Err(std::io::Error::other("cs-tui exited during the spawn"));
+                }
+                Ok(())
+            });
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => {
