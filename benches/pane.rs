@@ -462,12 +462,28 @@ fn main() {
         "lines-codex",
         "i=0; while [ $i -lt 12000 ]; do printf '\\033[38;2;%d;100;200mscrollback line %d with some text to fill the row \\033[0m\\r\\n' $((i % 256)) $i; i=$((i+1)); done; exec sleep 600",
     );
-    // vt100 keeps 32 bytes per cell, so scrollback memory grows with the pane's width.
-    for (width, label) in [
-        (160, "160x48 window (116-column pane)"),
+    // Rows full to the last column of a 140-column pane: the worst case, since vt100 trims a row's trailing blank
+    // cells as it enters the scrollback (32 bytes per cell that remains).
+    let full = write_script(
+        dir.path(),
+        "full-rows-codex",
+        "i=0; while [ $i -lt 12000 ]; do printf '\\033[38;2;%d;100;200mscrollback line %05d %0118d\\033[0m\\r\\n' $((i % 256)) $i 0; i=$((i+1)); done; exec sleep 600",
+    );
+    for (script, width, label) in [
         (
+            &lines,
+            160,
+            "160x48 window (116-column pane), typical lines",
+        ),
+        (
+            &lines,
             COLS + PanelConfig::default().width,
-            "184x45 window (140-column pane)",
+            "184x45 window (140-column pane), typical lines",
+        ),
+        (
+            &full,
+            COLS + PanelConfig::default().width,
+            "184x45 window (140-column pane), every row full (worst case)",
         ),
     ] {
         let height = if width == 160 { 48 } else { ROWS };
@@ -478,7 +494,7 @@ fn main() {
             &[
                 ("CS_TUI_NO_PROXY", OsStr::new("1")),
                 ("CS_TUI_HOME", dir.path().as_os_str()),
-                ("CS_TUI_CODEX_BIN", lines.as_os_str()),
+                ("CS_TUI_CODEX_BIN", script.as_os_str()),
             ],
             OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
             &[],
