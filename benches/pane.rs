@@ -321,18 +321,30 @@ impl CodexRig {
         }
     }
 
+    /// The product as a user runs it: app-server, switching proxy, Codex in the pane. (The
+    /// store starts empty, so the first run imports `$CODEX_HOME/auth.json`.)
     fn cs_tui(&self, width: u16, height: u16) -> Tmux {
+        self.cs_tui_with(width, height, &[])
+    }
+
+    /// cs-tui's pane alone: Codex in the pane without the app-server and proxy.
+    fn cs_tui_without_proxy(&self, width: u16, height: u16) -> Tmux {
+        self.cs_tui_with(width, height, &[("CS_TUI_NO_PROXY", OsStr::new("1"))])
+    }
+
+    fn cs_tui_with(&self, width: u16, height: u16, extra: &[(&str, &OsStr)]) -> Tmux {
         let codex = codex_bin();
+        let mut env = vec![
+            ("CS_TUI_HOME", self.store.path().as_os_str()),
+            ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+            ("CODEX_HOME", self.home.path().as_os_str()),
+        ];
+        env.extend_from_slice(extra);
         Tmux::start(
             width,
             height,
             self.home.work_dir(),
-            &[
-                ("CS_TUI_NO_PROXY", OsStr::new("1")),
-                ("CS_TUI_HOME", self.store.path().as_os_str()),
-                ("CS_TUI_CODEX_BIN", codex.as_os_str()),
-                ("CODEX_HOME", self.home.path().as_os_str()),
-            ],
+            &env,
             OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
             &[],
         )
@@ -408,6 +420,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// `CS_TUI_BENCH_ONLY=cd` runs just those sections; all of them by default.
+fn wants(section: char) -> bool {
+    std::env::var("CS_TUI_BENCH_ONLY").map_or(true, |only| only.contains(section))
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let size_mb: usize = std::env::var("CS_TUI_BENCH_MB")
@@ -420,99 +437,103 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let stream = dir.path().join("stream.ansi");
-    generate_stream(&stream, size_mb * 1_000_000);
-    let data = std::fs::read(&stream).unwrap();
-    let bytes = data.len();
-    println!("stream: {:.1} MB at {COLS}x{ROWS}", mb(bytes));
+    if wants('a') {
+        let stream = dir.path().join("stream.ansi");
+        generate_stream(&stream, size_mb * 1_000_000);
+        let data = std::fs::read(&stream).unwrap();
+        let bytes = data.len();
+        println!("stream: {:.1} MB at {COLS}x{ROWS}", mb(bytes));
 
-    println!("\n(a) throughput");
-    let tmux = tmux_cat(&stream);
-    let rate = |d: Duration| mb(bytes) / d.as_secs_f64();
-    println!(
-        "  baseline: cat in tmux            {:>7.0} ms  {:>6.1} MB/s  1.00x",
-        ms(tmux),
-        rate(tmux)
-    );
-    let parse = parse_only(&data);
-    println!(
-        "  vt100 parse alone                {:>7.0} ms  {:>6.1} MB/s  {:.2}x tmux",
-        ms(parse),
-        rate(parse),
-        tmux.as_secs_f64() / parse.as_secs_f64()
-    );
-    let (pipeline, frames) = pane_pipeline(&stream, &runtime);
-    println!(
-        "  pane pipeline (PTY+parse+frames) {:>7.0} ms  {:>6.1} MB/s  {:.2}x tmux  ({frames} frames)",
-        ms(pipeline),
-        rate(pipeline),
-        tmux.as_secs_f64() / pipeline.as_secs_f64()
-    );
-    let binary = cs_tui_cat(&stream, dir.path());
-    println!(
-        "  cs-tui binary in tmux, cat child {:>7.0} ms  {:>6.1} MB/s  {:.2}x tmux",
-        ms(binary),
-        rate(binary),
-        tmux.as_secs_f64() / binary.as_secs_f64()
-    );
-
-    println!("\n(c) peak memory with 10,000 lines of scrollback (12,000 lines printed)");
-    let lines = write_script(
-        dir.path(),
-        "lines-codex",
-        "i=0; while [ $i -lt 12000 ]; do printf '\\033[38;2;%d;100;200mscrollback line %d with some text to fill the row \\033[0m\\r\\n' $((i % 256)) $i; i=$((i+1)); done; exec sleep 600",
-    );
-    // Rows full to the last column of a 140-column pane: the worst case, since vt100 trims a row's trailing blank
-    // cells as it enters the scrollback (32 bytes per cell that remains).
-    let full = write_script(
-        dir.path(),
-        "full-rows-codex",
-        "i=0; while [ $i -lt 12000 ]; do printf '\\033[38;2;%d;100;200mscrollback line %05d %0118d\\033[0m\\r\\n' $((i % 256)) $i 0; i=$((i+1)); done; exec sleep 600",
-    );
-    for (script, width, label) in [
-        (
-            &lines,
-            160,
-            "160x48 window (116-column pane), typical lines",
-        ),
-        (
-            &lines,
-            COLS + PanelConfig::default().width,
-            "184x45 window (140-column pane), typical lines",
-        ),
-        (
-            &full,
-            COLS + PanelConfig::default().width,
-            "184x45 window (140-column pane), every row full (worst case)",
-        ),
-    ] {
-        let height = if width == 160 { 48 } else { ROWS };
-        let tmux_lines = Tmux::start(
-            width,
-            height,
-            dir.path(),
-            &[
-                ("CS_TUI_NO_PROXY", OsStr::new("1")),
-                ("CS_TUI_HOME", dir.path().as_os_str()),
-                ("CS_TUI_CODEX_BIN", script.as_os_str()),
-            ],
-            OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
-            &[],
-        );
-        fast_wait(&tmux_lines, "the last line", |s| {
-            s.contains("scrollback line 11999")
-        });
-        let pid = tmux_lines.pane_pid();
-        let hwm = proc_field(pid, "status", "VmHWM:").unwrap_or(0);
+        println!("\n(a) throughput");
+        let tmux = tmux_cat(&stream);
+        let rate = |d: Duration| mb(bytes) / d.as_secs_f64();
         println!(
-            "  {label}: cs-tui VmHWM {:.1} MB (target < 50 MB)",
-            hwm as f64 / 1024.0
+            "  baseline: cat in tmux            {:>7.0} ms  {:>6.1} MB/s  1.00x",
+            ms(tmux),
+            rate(tmux)
         );
+        let parse = parse_only(&data);
+        println!(
+            "  vt100 parse alone                {:>7.0} ms  {:>6.1} MB/s  {:.2}x tmux",
+            ms(parse),
+            rate(parse),
+            tmux.as_secs_f64() / parse.as_secs_f64()
+        );
+        let (pipeline, frames) = pane_pipeline(&stream, &runtime);
+        println!(
+            "  pane pipeline (PTY+parse+frames) {:>7.0} ms  {:>6.1} MB/s  {:.2}x tmux  ({frames} frames)",
+            ms(pipeline),
+            rate(pipeline),
+            tmux.as_secs_f64() / pipeline.as_secs_f64()
+        );
+        let binary = cs_tui_cat(&stream, dir.path());
+        println!(
+            "  cs-tui binary in tmux, cat child {:>7.0} ms  {:>6.1} MB/s  {:.2}x tmux",
+            ms(binary),
+            rate(binary),
+            tmux.as_secs_f64() / binary.as_secs_f64()
+        );
+    }
+
+    if wants('c') {
+        println!("\n(c) peak memory with 10,000 lines of scrollback (12,000 lines printed)");
+        let lines = write_script(
+            dir.path(),
+            "lines-codex",
+            "i=0; while [ $i -lt 12000 ]; do printf '\\033[38;2;%d;100;200mscrollback line %d with some text to fill the row \\033[0m\\r\\n' $((i % 256)) $i; i=$((i+1)); done; exec sleep 600",
+        );
+        // Rows full to the last column of a 140-column pane: the worst case, since vt100 trims a row's trailing blank
+        // cells as it enters the scrollback (32 bytes per cell that remains).
+        let full = write_script(
+            dir.path(),
+            "full-rows-codex",
+            "i=0; while [ $i -lt 12000 ]; do printf '\\033[38;2;%d;100;200mscrollback line %05d %0118d\\033[0m\\r\\n' $((i % 256)) $i 0; i=$((i+1)); done; exec sleep 600",
+        );
+        for (script, width, label) in [
+            (
+                &lines,
+                160,
+                "160x48 window (116-column pane), typical lines",
+            ),
+            (
+                &lines,
+                COLS + PanelConfig::default().width,
+                "184x45 window (140-column pane), typical lines",
+            ),
+            (
+                &full,
+                COLS + PanelConfig::default().width,
+                "184x45 window (140-column pane), every row full (worst case)",
+            ),
+        ] {
+            let height = if width == 160 { 48 } else { ROWS };
+            let tmux_lines = Tmux::start(
+                width,
+                height,
+                dir.path(),
+                &[
+                    ("CS_TUI_NO_PROXY", OsStr::new("1")),
+                    ("CS_TUI_HOME", dir.path().as_os_str()),
+                    ("CS_TUI_CODEX_BIN", script.as_os_str()),
+                ],
+                OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
+                &[],
+            );
+            fast_wait(&tmux_lines, "the last line", |s| {
+                s.contains("scrollback line 11999")
+            });
+            let pid = tmux_lines.pane_pid();
+            let hwm = proc_field(pid, "status", "VmHWM:").unwrap_or(0);
+            println!(
+                "  {label}: cs-tui VmHWM {:.1} MB (target < 50 MB)",
+                hwm as f64 / 1024.0
+            );
+        }
     }
 
     runtime.block_on(async {
         let rig = CodexRig::new().await;
-
+        if wants('b') {
         println!("\n(b) CPU with Codex idle, 10 s");
         let session = rig.cs_tui(160, 48);
         fast_wait(&session, "codex ready", |s| s.contains(MODEL_LINE));
@@ -535,8 +556,12 @@ fn main() {
         println!("  cs-tui VmHWM with Codex: {:.1} MB", hwm as f64 / 1024.0);
         drop(session);
 
+        }
+
+        if wants('d') {
         println!("\n(d) launch to Codex's model line (median of 3)");
         let mut ours = Vec::new();
+        let mut pane_only = Vec::new();
         let mut plain = Vec::new();
         let mut bare = Vec::new();
         for _ in 0..3 {
@@ -545,36 +570,66 @@ fn main() {
             ours.push(fast_wait(&s, "model line", |s| s.contains(MODEL_LINE)) - start);
             drop(s);
             let start = Instant::now();
+            let s = rig.cs_tui_without_proxy(160, 48);
+            pane_only.push(fast_wait(&s, "model line", |s| s.contains(MODEL_LINE)) - start);
+            drop(s);
+            let start = Instant::now();
             let s = rig.plain_codex(116, 48);
             plain.push(fast_wait(&s, "model line", |s| s.contains(MODEL_LINE)) - start);
             drop(s);
             bare.push(codex_in_bare_pane(&rig).await);
         }
         let (ours, plain, bare) = (median(ours), median(plain), median(bare));
+        let pane_only = median(pane_only);
         println!("  plain codex in tmux              {:>6.0} ms", ms(plain));
         println!("  codex in a bare answering pane   {:>6.0} ms", ms(bare));
         println!(
-            "  cs-tui in tmux                   {:>6.0} ms  = {:.2}x plain-in-tmux, {:.2}x bare pane",
+            "  cs-tui's pane alone (no proxy)   {:>6.0} ms  = {:.2}x plain-in-tmux, {:.2}x bare pane",
+            ms(pane_only),
+            pane_only.as_secs_f64() / plain.as_secs_f64(),
+            pane_only.as_secs_f64() / bare.as_secs_f64()
+        );
+        println!(
+            "  cs-tui (app-server, proxy, pane) {:>6.0} ms  = {:.2}x plain-in-tmux, {:.2}x bare pane",
             ms(ours),
             ours.as_secs_f64() / plain.as_secs_f64(),
             ours.as_secs_f64() / bare.as_secs_f64()
         );
 
-        println!("\n(e) Enter to reply on screen (median of 3 prompts)");
-        let mut results = Vec::new();
-        for (name, session) in [("plain codex", rig.plain_codex(116, 48)), ("cs-tui", rig.cs_tui(160, 48))] {
-            fast_wait(&session, "ready", |s| s.contains(MODEL_LINE));
-            let mut times = Vec::new();
-            for i in 0..3 {
+        }
+
+        if wants('e') {
+        const PROMPTS: usize = 8;
+        println!(
+            "\n(e) Enter to reply on screen (median of {PROMPTS} prompts after a warm-up, alternating)"
+        );
+        let sessions = [
+            ("plain codex", rig.plain_codex(116, 48)),
+            ("cs-tui", rig.cs_tui(160, 48)),
+        ];
+        for (_, session) in &sessions {
+            fast_wait(session, "ready", |s| s.contains(MODEL_LINE));
+        }
+        let mut times = vec![Vec::new(); sessions.len()];
+        for i in 0..=PROMPTS {
+            for (k, (name, session)) in sessions.iter().enumerate() {
                 let prompt = format!("bench {name} {i}");
                 session.paste(&prompt);
-                fast_wait(&session, "prompt", |s| s.contains(&prompt));
+                fast_wait(session, "prompt", |s| s.contains(&prompt));
                 let start = Instant::now();
                 session.keys(&["Enter"]);
                 let reply = format!("you said \"{prompt}\"");
-                times.push(fast_wait(&session, "reply", |s| s.contains(&reply)) - start);
+                let took = fast_wait(session, "reply", |s| s.contains(&reply)) - start;
+                // The first turn also names the thread; it warms up.
+                if i > 0 {
+                    times[k].push(took);
+                }
+                std::thread::sleep(Duration::from_millis(300));
             }
-            let m = median(times);
+        }
+        let mut results = Vec::new();
+        for ((name, _), t) in sessions.iter().zip(times) {
+            let m = median(t);
             println!("  {name:<12} {:>6.0} ms", ms(m));
             results.push(m);
         }
@@ -582,6 +637,7 @@ fn main() {
             "  cs-tui / plain = {:.2}x (target within 1.10x)",
             results[1].as_secs_f64() / results[0].as_secs_f64()
         );
+        }
     });
     runtime.shutdown_background();
 }

@@ -144,16 +144,23 @@ fn fake_codex(dir: &Path, body: &str) -> std::path::PathBuf {
 }
 
 fn run_in_tmux(dir: &Path, codex: &Path) -> Tmux {
-    let script = "\"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; echo 'shell prompt>'; exec sleep 600";
-    Tmux::start(
-        120,
-        20,
+    run_in_tmux_with(
         dir,
         &[
             ("CS_TUI_NO_PROXY", OsStr::new("1")),
             ("CS_TUI_HOME", dir.as_os_str()),
             ("CS_TUI_CODEX_BIN", codex.as_os_str()),
         ],
+    )
+}
+
+fn run_in_tmux_with(dir: &Path, env: &[(&str, &OsStr)]) -> Tmux {
+    let script = "\"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; echo 'shell prompt>'; exec sleep 600";
+    Tmux::start(
+        120,
+        20,
+        dir,
+        env,
         OsStr::new("sh"),
         &[
             OsStr::new("-c"),
@@ -237,4 +244,37 @@ fn a_failing_codex_leaves_its_last_words_on_the_restored_terminal() {
         screen.contains("  Error: loading config.toml: invalid type at line 3"),
         "{screen}"
     );
+}
+
+/// The proxy starts while Codex does; when it cannot (here: no account at all), Codex is
+/// stopped and the proxy's reason, with its hint, is what the restored terminal shows.
+#[test]
+fn a_proxy_that_cannot_start_is_a_message_after_the_terminal_is_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let codex_home = dir.path().join("codex-home");
+    std::fs::create_dir_all(&codex_home).unwrap();
+    let codex = cs_tui_testkit::codex_bin();
+    let store = dir.path().join("store");
+    let t = run_in_tmux_with(
+        dir.path(),
+        &[
+            ("CS_TUI_HOME", store.as_os_str()),
+            ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+            ("CODEX_HOME", codex_home.as_os_str()),
+        ],
+    );
+    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
+        s.contains("shell prompt>")
+    });
+    assert!(screen.contains("cs-tui exited 1"), "{screen}");
+    assert!(
+        screen.contains("error: no stored ChatGPT account can start a session"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("hint: add one with `cs-tui accounts import`"),
+        "{screen}"
+    );
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    assert_eq!(t.format("#{alternate_on}"), "0");
 }

@@ -7,11 +7,12 @@
 
 use std::any::Any;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use color_eyre::eyre::Result;
-use tokio::sync::{broadcast, mpsc};
+use color_eyre::eyre::{Result, eyre};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::accounts::{Store, import_codex_auth_if_empty};
 use crate::app::dashboard::{AccountView, StoredState};
@@ -82,6 +83,9 @@ pub struct SessionBackend {
     /// Kept alive until Codex has exited, then dropped: put the proxy's handle here so its
     /// `Drop` stops the app-server.
     pub guard: Option<Box<dyn Any + Send>>,
+    /// The proxy starts while Codex does; this says once whether it came up. An error ends
+    /// the session with that error (Codex could never have connected).
+    pub started: Option<oneshot::Receiver<Result<()>>>,
 }
 
 impl SessionBackend {
@@ -96,6 +100,7 @@ impl SessionBackend {
             commands,
             accounts: Vec::new(),
             guard: None,
+            started: None,
         }
     }
 
@@ -162,6 +167,7 @@ impl SessionBackend {
             commands,
             accounts: Vec::new(),
             guard: None,
+            started: None,
         }
     }
 }
@@ -187,7 +193,14 @@ pub async fn start_backend(global: &GlobalArgs, config: &Config) -> Result<Sessi
     let options = session_options(global, config, store_dir.clone())?;
     let listener = ProxyListener::bind(options.listen).await?;
     let dir = StoreDirectory::from_env(&store_dir)?;
-    let session = Session::start(listener, options, dir).await?;
+    // Codex needs only the listener's address and token to start; its connection waits in the
+    // listener's backlog until the session has logged in and the relay accepts (Codex allows
+    // 10 s for that). Starting both at once saves Codex's whole start-up time.
+    let remote = RemoteEndpoint {
+        url: listener.url().to_owned(),
+        token_env: REMOTE_TOKEN_ENV.to_owned(),
+        token: listener.token().clone(),
+    };
 
     // Proxy events and command answers reach the dashboard on one channel.
     let (event_tx, events) = mpsc::unbounded_channel();
@@ -197,41 +210,26 @@ pub async fn start_backend(global: &GlobalArgs, config: &Config) -> Result<Sessi
             at: Utc::now(),
         });
     }
-    let mut proxy_events = session.subscribe();
-    let forward = event_tx.clone();
+    let (commands, command_rx) = mpsc::unbounded_channel::<ProxyCommand>();
+    let (started_tx, started) = oneshot::channel();
+    let slot = SessionSlot::default();
+    let keep = Arc::downgrade(&slot.0);
     tokio::spawn(async move {
-        loop {
-            match proxy_events.recv().await {
-                Ok(event) => {
-                    if forward.send(event).is_err() {
-                        break;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(n, "the dashboard fell behind the proxy's events");
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
+        let session = match Session::start(listener, options, dir).await {
+            Ok(session) => session,
+            Err(err) => {
+                let _ = started_tx.send(Err(err));
+                return;
             }
+        };
+        connect_dashboard(&session, event_tx, command_rx);
+        // If cs-tui is already ending, dropping the session here stops the app-server.
+        if let Some(slot) = keep.upgrade()
+            && let Ok(mut slot) = slot.lock()
+        {
+            *slot = Some(session);
         }
-    });
-    let (commands, mut command_rx) = mpsc::unbounded_channel::<ProxyCommand>();
-    let sender = session.commands();
-    tokio::spawn(async move {
-        while let Some(command) = command_rx.recv().await {
-            let answer = sender.send(command);
-            let event_tx = event_tx.clone();
-            tokio::spawn(async move {
-                let message = match answer.await {
-                    Ok(Ok(message)) => message,
-                    Ok(Err(message)) => format!("cannot switch: {message}"),
-                    Err(_) => return,
-                };
-                let _ = event_tx.send(ProxyEvent::Notice {
-                    message,
-                    at: Utc::now(),
-                });
-            });
-        }
+        let _ = started_tx.send(Ok(()));
     });
 
     let accounts = store
@@ -253,14 +251,74 @@ pub async fn start_backend(global: &GlobalArgs, config: &Config) -> Result<Sessi
         .collect();
     Ok(SessionBackend {
         kind: BackendKind::Proxy,
-        remote: Some(RemoteEndpoint {
-            url: session.url().to_owned(),
-            token_env: REMOTE_TOKEN_ENV.to_owned(),
-            token: session.token().clone(),
-        }),
+        remote: Some(remote),
         events,
         commands,
         accounts,
-        guard: Some(Box::new(session)),
+        guard: Some(Box::new(slot)),
+        started: Some(started),
     })
+}
+
+/// Holds the session once it has started; dropping it stops the session (and the app-server).
+#[derive(Default)]
+struct SessionSlot(Arc<Mutex<Option<Session>>>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let session = self.0.lock().ok().and_then(|mut slot| slot.take());
+        drop(session);
+    }
+}
+
+/// Forwards the session's events and command answers to the dashboard's channel, and the
+/// dashboard's commands to the session.
+fn connect_dashboard(
+    session: &Session,
+    event_tx: mpsc::UnboundedSender<ProxyEvent>,
+    mut command_rx: mpsc::UnboundedReceiver<ProxyCommand>,
+) {
+    let mut proxy_events = session.subscribe();
+    let forward = event_tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match proxy_events.recv().await {
+                Ok(event) => {
+                    if forward.send(event).is_err() {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(n, "the dashboard fell behind the proxy's events");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    let sender = session.commands();
+    tokio::spawn(async move {
+        while let Some(command) = command_rx.recv().await {
+            let answer = sender.send(command);
+            let event_tx = event_tx.clone();
+            tokio::spawn(async move {
+                let message = match answer.await {
+                    Ok(Ok(message)) => message,
+                    Ok(Err(message)) => format!("cannot switch: {message}"),
+                    Err(_) => return,
+                };
+                let _ = event_tx.send(ProxyEvent::Notice {
+                    message,
+                    at: Utc::now(),
+                });
+            });
+        }
+    });
+}
+
+/// What the dashboard makes of the proxy's start: `Ok` once it runs, or the reason it never
+/// will (with its hint).
+pub async fn wait_started(started: oneshot::Receiver<Result<()>>) -> Result<()> {
+    started
+        .await
+        .unwrap_or_else(|_| Err(eyre!("the switching proxy stopped while starting")))
 }

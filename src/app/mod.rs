@@ -243,6 +243,11 @@ async fn event_loop(
     let mut sigint = signal(SignalKind::interrupt()).wrap_err("installing signal handlers")?;
     let mut proxy_open = true;
     let mut terminal_open = true;
+    let mut proxy_starting = backend
+        .started
+        .take()
+        .map(backend::wait_started)
+        .map(Box::pin);
 
     loop {
         let now = Instant::now();
@@ -265,12 +270,18 @@ async fn event_loop(
                                     handled += more.len();
                                     app.on_output(&more, &mut guard.terminal);
                                 }
-                                Ok(PtyEvent::Exited(code)) => return Ok(app.finish(code, started)),
+                                Ok(PtyEvent::Exited(code)) => {
+                                    proxy_failed(proxy_starting.take()).await?;
+                                    return Ok(app.finish(code, started));
+                                }
                                 Err(_) => break,
                             }
                         }
                     }
-                    PtyEvent::Exited(code) => return Ok(app.finish(code, started)),
+                    PtyEvent::Exited(code) => {
+                        proxy_failed(proxy_starting.take()).await?;
+                        return Ok(app.finish(code, started));
+                    }
                 }
             }
             event = terminal_events.next(), if terminal_open => match event {
@@ -281,6 +292,15 @@ async fn event_loop(
                 }
                 None => terminal_open = false,
             },
+            result = async { proxy_starting.as_mut().expect("checked").await }, if proxy_starting.is_some() => {
+                proxy_starting = None;
+                if let Err(err) = result {
+                    // Codex cannot connect to a proxy that never came up: stop it, and let
+                    // the error (with its hint) reach the restored terminal.
+                    app.child.signal_group(Signal::SIGKILL);
+                    return Err(err);
+                }
+            }
             event = backend.events.recv(), if proxy_open => match event {
                 Some(event) => {
                     tracing::debug!(?event, "proxy event");
@@ -303,6 +323,18 @@ async fn event_loop(
             _ = sighup.recv() => app.end(Ending::Signal(Signal::SIGHUP as i32)),
             _ = sigint.recv() => app.end(Ending::Signal(Signal::SIGINT as i32)),
         }
+    }
+}
+
+/// When Codex exits while the proxy is still starting, the proxy's failure (its listener closed
+/// under Codex) is the real story; give it a moment to arrive.
+async fn proxy_failed(starting: Option<impl Future<Output = Result<()>> + Unpin>) -> Result<()> {
+    match starting {
+        Some(starting) => match tokio::time::timeout(Duration::from_secs(5), starting).await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        },
+        None => Ok(()),
     }
 }
 
