@@ -77,16 +77,22 @@ fn import(store: &std::path::Path, home: &CodexHome, mock: &MockBackend, label: 
     let (fake, refresh) = mock.add_account(label);
     let file = store.join(format!("{label}.json"));
     std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
-    let out = cs_tui(store, home, mock)
-        .args(["accounts", "import", "--name", label, "--file"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    succeeds(
+        cs_tui(store, home, mock)
+            .args(["accounts", "import", "--name", label, "--file"])
+            .arg(&file),
+    );
+}
+
+/// Runs a cs-tui command that must succeed; its stdout.
+fn succeeds(command: &mut Command) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Pids whose command line mentions `needle` (the app-server's token file lives in the store).
@@ -137,16 +143,8 @@ async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_t
     run_turn(&mut client, &thread, "served by alice?").await;
     serve.wait_event("rate limits", |e| e["event"] == "rate_limits_updated");
 
-    let out = cs_tui(store.path(), &home, &mock)
-        .args(["switch", "bob"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("switching to bob"));
+    let out = succeeds(cs_tui(store.path(), &home, &mock).args(["switch", "bob"]));
+    assert!(out.contains("switching to bob"), "{out}");
     let done = serve.wait_event("switch done", |e| e["event"] == "switch_done");
     assert_eq!(done["to"]["name"], "bob");
     assert_eq!(done["reason"]["kind"], "manual");
