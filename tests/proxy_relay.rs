@@ -46,7 +46,7 @@ async fn relay_with<I: Interceptor>(
         upstream_token: Secret::new(upstream_token),
         client_token: Secret::new("client-secret"),
         ready: ready_rx,
-        events: tx,
+        events: tx.into(),
         interceptor: Box::new(interceptor),
     });
     tokio::spawn(relay::serve(listener, shared));

@@ -184,13 +184,6 @@ async fn a_switch_requested_during_a_slow_turn_waits_for_the_turn_to_end() {
         .await
         .unwrap();
     client.wait_notification("turn/started", WAIT).await;
-    // The core learns of the turn from the relay; ask once it knows.
-    wait_event(
-        &mut rig.events,
-        "the turn seen by the core",
-        |e| matches!(e, ProxyEvent::TurnsRunning { running, .. } if *running > 0),
-    )
-    .await;
     let answer = rig
         .session
         .commands()
@@ -233,6 +226,108 @@ async fn a_switch_requested_during_a_slow_turn_waits_for_the_turn_to_end() {
         served_by(&rig.mock, "after the switch").0.as_deref(),
         Some("acct-bob")
     );
+    rig.session.shutdown().await;
+}
+
+/// A switch asked for just after the TUI's `turn/start`, before the app-server's
+/// `turn/started`: the turn guard has already told the core, so the login waits for the turn
+/// (a login would kill it). Should the command overtake the request, the switch simply comes
+/// first and the turn runs on the new account; either way no turn is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_asked_for_between_turn_start_and_turn_started_never_kills_the_turn() {
+    let mut rig = rig(&["alice", "bob"]).await;
+    let mut client = tui_client(&rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
+    rig.mock
+        .set_mode("acct-alice", AccountMode::Slow(Duration::from_millis(800)));
+
+    client
+        .send_json(&json!({
+            "id": "turn-1",
+            "method": "turn/start",
+            "params": {"threadId": thread, "input": [{"type": "text", "text": "racing prompt"}]},
+        }))
+        .await;
+    // Long enough for the relay to pass the request on, well short of the app-server's
+    // `turn/started` (tens of ms).
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let answer = rig
+        .session
+        .commands()
+        .send(ProxyCommand::SwitchTo {
+            account_id: account_id(&rig, "bob"),
+        })
+        .await
+        .unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+
+    let completed = client.wait_notification("turn/completed", WAIT).await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "a switch killed the turn: {completed}"
+    );
+    let served = served_by(&rig.mock, "racing prompt").0;
+    assert!(
+        served.as_deref() == Some("acct-alice") || served.as_deref() == Some("acct-bob"),
+        "{served:?}"
+    );
+    wait_event(
+        &mut rig.events,
+        "the switch",
+        |e| matches!(e, ProxyEvent::SwitchDone { to, .. } if to.name == "bob"),
+    )
+    .await;
+    rig.mock.set_mode("acct-alice", AccountMode::Normal);
+    run_turn(&mut client, &thread, "after the switch").await;
+    assert_eq!(
+        served_by(&rig.mock, "after the switch").0.as_deref(),
+        Some("acct-bob")
+    );
+    rig.session.shutdown().await;
+}
+
+/// The other side of the same race: the switch's login is already under way when the TUI asks
+/// for a turn. The turn guard holds the `turn/start` until the login is done, so the turn
+/// runs on the new account instead of being killed by the login halfway through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_asked_for_during_a_switch_waits_for_the_login_and_runs_on_the_new_account() {
+    let mut rig = rig(&["alice", "bob"]).await;
+    let mut client = tui_client(&rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
+    rig.mock
+        .set_login_delay("acct-bob", Duration::from_millis(700));
+    rig.mock
+        .set_mode("acct-alice", AccountMode::Slow(Duration::from_millis(2000)));
+
+    let answer = rig
+        .session
+        .commands()
+        .send(ProxyCommand::SwitchTo {
+            account_id: account_id(&rig, "bob"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.as_deref(), Ok("switching to bob"));
+    wait_event(&mut rig.events, "the switch starting", |e| {
+        matches!(e, ProxyEvent::SwitchStarted { .. })
+    })
+    .await;
+
+    let done = run_turn(&mut client, &thread, "asked during the login").await;
+    assert_eq!(
+        done["params"]["turn"]["status"], "completed",
+        "the login killed the turn: {done}"
+    );
+    assert_eq!(
+        served_by(&rig.mock, "asked during the login").0.as_deref(),
+        Some("acct-bob")
+    );
+    wait_event(
+        &mut rig.events,
+        "the switch done",
+        |e| matches!(e, ProxyEvent::SwitchDone { to, .. } if to.name == "bob"),
+    )
+    .await;
     rig.session.shutdown().await;
 }
 

@@ -54,6 +54,8 @@ pub enum CoreMsg {
     UsageFetched(Vec<(String, Result<RateLimitSnapshot, String>)>),
     AccountsListed(Vec<DirAccount>),
     AppServerExited(AppServerExit),
+    /// Time passed; a deferred switch may be able to go now.
+    Recheck,
     Shutdown,
 }
 
@@ -115,6 +117,9 @@ pub struct Core<D: AccountDirectory> {
     usage_at: HashMap<String, Instant>,
     /// Running turns: turn id → (connection, account it started on).
     running: HashMap<String, (ConnId, Option<String>)>,
+    /// Turns asked for (`turn/start` seen by a connection's guard) and not started yet:
+    /// (connection, thread) → when. They hold a switch back like running turns do.
+    requested: HashMap<(ConnId, String), Instant>,
     pending: Option<PendingSwitch>,
     switching: bool,
     switched_away: HashMap<String, i64>,
@@ -126,6 +131,30 @@ pub struct Core<D: AccountDirectory> {
     reruns: HashMap<ConnId, (Instant, Option<String>)>,
     /// Re-runs under way: connection → (limit hit at, from, to).
     rerun_started: HashMap<ConnId, (Instant, Option<String>, String)>,
+}
+
+/// A requested turn that has not started after this long is taken to have failed (its
+/// `turn/start` got an error, which the relay does not look at).
+const REQUESTED_TURN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a turn runs or is about to: then a login would kill it. Forgets requests that never
+/// turned into a turn.
+fn busy(
+    running: &HashMap<String, (ConnId, Option<String>)>,
+    requested: &mut HashMap<(ConnId, String), Instant>,
+) -> bool {
+    requested.retain(|(conn, thread), at| {
+        let fresh = at.elapsed() < REQUESTED_TURN_TIMEOUT;
+        if !fresh {
+            tracing::warn!(
+                conn,
+                thread,
+                "a requested turn never started; no longer waiting for it"
+            );
+        }
+        fresh
+    });
+    !running.is_empty() || !requested.is_empty()
 }
 
 fn now_unix() -> i64 {
@@ -149,6 +178,7 @@ impl<D: AccountDirectory> Core<D> {
             snapshots,
             usage_at: HashMap::new(),
             running: HashMap::new(),
+            requested: HashMap::new(),
             pending: None,
             switching: false,
             switched_away: HashMap::new(),
@@ -232,6 +262,7 @@ impl<D: AccountDirectory> Core<D> {
                 self.rerun_started.remove(&conn);
                 // Turns seen only on that connection can no longer be tracked.
                 self.running.retain(|_, (c, _)| *c != conn);
+                self.requested.retain(|(c, _), _| *c != conn);
                 self.emit_connection();
                 self.emit_turns();
                 self.maybe_execute();
@@ -260,6 +291,7 @@ impl<D: AccountDirectory> Core<D> {
                     at: Utc::now(),
                 });
             }
+            CoreMsg::Recheck => self.maybe_execute(),
             CoreMsg::Shutdown => {}
         }
     }
@@ -282,11 +314,15 @@ impl<D: AccountDirectory> Core<D> {
 
     fn observe(&mut self, conn: ConnId, observation: Observation) {
         match observation {
-            Observation::TurnStarted { turn_id, .. } => {
+            Observation::TurnStarted { turn_id, thread_id } => {
+                self.requested.remove(&(conn, thread_id));
                 self.running.insert(turn_id, (conn, self.active.clone()));
                 self.emit_turns();
             }
-            Observation::TurnCompleted { turn_id, .. } => {
+            Observation::TurnCompleted {
+                turn_id, thread_id, ..
+            } => {
+                self.requested.remove(&(conn, thread_id));
                 if self.running.remove(&turn_id).is_some() {
                     self.emit_turns();
                 }
@@ -375,7 +411,7 @@ impl<D: AccountDirectory> Core<D> {
         let Some(pending) = self.pending.as_mut() else {
             return;
         };
-        if !self.running.is_empty() {
+        if busy(&self.running, &mut self.requested) {
             if !pending.announced_deferral {
                 pending.announced_deferral = true;
                 let to = match &pending.target {
@@ -393,6 +429,7 @@ impl<D: AccountDirectory> Core<D> {
         }
         let pending = self.pending.take().expect("pending checked above");
         self.switching = true;
+        self.guards.set_switching(true);
         let task = SwitchTask {
             dir: self.dir.clone(),
             control: self.control.clone(),
@@ -421,6 +458,10 @@ impl<D: AccountDirectory> Core<D> {
 
     fn switch_finished(&mut self, outcome: SwitchOutcome) {
         self.switching = false;
+        self.guards.set_switching(false);
+        for handle in self.handles.values() {
+            let _ = handle.command(GuardCommand::SwitchOver);
+        }
         let now = Instant::now();
         for (id, snapshot) in outcome.fetched {
             self.usage_at.insert(id.clone(), now);
@@ -543,6 +584,15 @@ impl<D: AccountDirectory> Core<D> {
                     self.arm(Target::Best, SwitchReason::UsageLimit, Mode::Automatic);
                 }
             }
+            GuardEvent::TurnRequested { conn, thread_id } => {
+                self.requested.insert((conn, thread_id), Instant::now());
+                // Should the turn never start (the request failed), look again then.
+                let inbox = self.inbox.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(REQUESTED_TURN_TIMEOUT).await;
+                    let _ = inbox.send(CoreMsg::Recheck);
+                });
+            }
             GuardEvent::RerunCancelled { conn } => {
                 self.reruns.remove(&conn);
                 self.rerun_started.remove(&conn);
@@ -612,7 +662,7 @@ impl<D: AccountDirectory> Core<D> {
                 ));
             }
         }
-        let deferred = !self.running.is_empty() || self.switching;
+        let deferred = busy(&self.running, &mut self.requested) || self.switching;
         let what = match &target {
             Target::Account(id) => self.account_ref(id).name,
             Target::Best => "the best other account".to_owned(),
@@ -959,5 +1009,33 @@ pub async fn login_and_confirm<D: AccountDirectory>(
             tracing::warn!("reading rate limits after login failed: {err:#}");
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requested_turn_holds_switches_back_until_it_is_stale() {
+        let mut running = HashMap::new();
+        let mut requested = HashMap::new();
+        assert!(!busy(&running, &mut requested));
+
+        requested.insert((1, "t1".to_owned()), Instant::now());
+        assert!(busy(&running, &mut requested), "asked for, not started yet");
+
+        running.insert("u1".to_owned(), (1, None));
+        requested.clear();
+        assert!(busy(&running, &mut requested), "running");
+
+        running.clear();
+        let long_ago = Instant::now() - REQUESTED_TURN_TIMEOUT - Duration::from_secs(1);
+        requested.insert((1, "t2".to_owned()), long_ago);
+        assert!(
+            !busy(&running, &mut requested),
+            "a request that never became a turn stops counting"
+        );
+        assert!(requested.is_empty(), "and is forgotten");
     }
 }

@@ -52,6 +52,8 @@ pub struct GuardShared {
     pub policy: PolicyConfig,
     /// Whether the core knows another usable account (kept current by the core).
     alternative: AtomicBool,
+    /// A login is under way: a turn started now would run into it (and be killed).
+    switching: AtomicBool,
 }
 
 impl GuardShared {
@@ -60,7 +62,18 @@ impl GuardShared {
             hidden_rerun,
             policy,
             alternative: AtomicBool::new(false),
+            switching: AtomicBool::new(false),
         })
+    }
+
+    /// Set by the core while a switch's login runs; guards hold new turns meanwhile and let
+    /// them go on [`GuardCommand::SwitchOver`].
+    pub fn set_switching(&self, switching: bool) {
+        self.switching.store(switching, Ordering::SeqCst);
+    }
+
+    fn switching(&self) -> bool {
+        self.switching.load(Ordering::SeqCst)
     }
 
     pub fn set_alternative(&self, available: bool) {
@@ -87,6 +100,9 @@ pub enum GuardEvent {
     RerunCancelled { conn: ConnId },
     /// The re-run turn started on the new account.
     Rerunning { conn: ConnId, turn_id: String },
+    /// The client asked for a turn on this thread; it runs from now on as far as switching
+    /// is concerned (a login before its `turn/started` would kill it just the same).
+    TurnRequested { conn: ConnId, thread_id: String },
 }
 
 /// What the core tells a guard.
@@ -96,6 +112,8 @@ pub enum GuardCommand {
     Rerun,
     /// No switch happened: show the real error.
     GiveUp,
+    /// The switch's login is over: turns asked for meanwhile go to the app-server now.
+    SwitchOver,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +165,8 @@ pub struct TurnGuard {
     /// Turns already re-run once.
     rerun_done: HashSet<String>,
     next_id: u64,
+    /// A `turn/start` is withheld until the running switch is over.
+    held_turn_start: bool,
 }
 
 impl TurnGuard {
@@ -166,6 +186,7 @@ impl TurnGuard {
             episode: None,
             rerun_done: HashSet::new(),
             next_id: 1,
+            held_turn_start: false,
         }
     }
 
@@ -204,11 +225,21 @@ impl TurnGuard {
         let thread = params["threadId"].as_str().unwrap_or_default().to_owned();
         match message.method() {
             Some("turn/start") => {
+                self.tell_core(GuardEvent::TurnRequested {
+                    conn: self.conn,
+                    thread_id: thread.clone(),
+                });
                 let title = matches!(&message.envelope.id, Some(Value::String(id)) if id.starts_with(TITLE_REQUEST_PREFIX));
                 if title {
                     self.title_threads.insert(thread);
                 } else {
                     self.params_by_thread.insert(thread, params);
+                }
+                if self.shared.switching() || self.held_turn_start {
+                    // A login is under way and would kill this turn: it starts once the login
+                    // is done, on the new account.
+                    self.held_turn_start = true;
+                    return Verdict::Hold;
                 }
                 Verdict::Forward
             }
@@ -524,6 +555,19 @@ impl Interceptor for TurnGuard {
     }
 
     fn command(&mut self, command: GuardCommand, actions: &mut Actions) {
+        if command == GuardCommand::SwitchOver {
+            if std::mem::take(&mut self.held_turn_start) {
+                actions.release_held(Direction::ToUpstream);
+            }
+        } else {
+            self.rerun_command(command, actions);
+        }
+    }
+}
+
+impl TurnGuard {
+    /// The core's answer to [`GuardEvent::RerunWanted`].
+    fn rerun_command(&mut self, command: GuardCommand, actions: &mut Actions) {
         let Some(episode) = self.episode.as_mut() else {
             return;
         };
@@ -531,6 +575,7 @@ impl Interceptor for TurnGuard {
             return;
         }
         match command {
+            GuardCommand::SwitchOver => {}
             GuardCommand::GiveUp => {
                 self.episode = None;
                 self.release(actions);
@@ -616,6 +661,9 @@ mod tests {
                     CoreMsg::Guard(GuardEvent::Rerunning { turn_id, .. }) => {
                         format!("rerunning {turn_id}")
                     }
+                    CoreMsg::Guard(GuardEvent::TurnRequested { thread_id, .. }) => {
+                        format!("requested {thread_id}")
+                    }
                     other => format!("{other:?}"),
                 })
                 .collect()
@@ -624,6 +672,7 @@ mod tests {
         /// A user turn `u1` on thread `t1`, optionally having produced a tool call.
         fn user_turn(&mut self, produced: bool) {
             self.client(r#"{"id":5,"method":"turn/start","params":{"threadId":"t1","input":[{"type":"text","text":"hi"}]}}"#);
+            assert_eq!(self.core_events(), vec!["requested t1"]);
             self.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u1","items":[],"status":"inProgress"}}}"#);
             self.server(r#"{"method":"item/started","params":{"threadId":"t1","turnId":"u1","item":{"type":"userMessage","id":"m"}}}"#);
             if produced {
@@ -694,6 +743,7 @@ mod tests {
     fn a_title_turn_that_alone_hits_the_limit_leaves_nothing_held() {
         let mut h = Harness::new(true);
         h.client(r#"{"id":"temporary-structured-1","method":"turn/start","params":{"threadId":"title","input":[]}}"#);
+        assert_eq!(h.core_events(), vec!["requested title"]);
         h.server(r#"{"method":"turn/started","params":{"threadId":"title","turn":{"id":"x1","items":[],"status":"inProgress"}}}"#);
         let update = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":100,"windowDurationMins":300,"resetsAt":9}}}}"#;
         assert_eq!(h.server(update).0, Verdict::Forward, "no user turn runs");
@@ -776,5 +826,32 @@ mod tests {
         assert_eq!(alone.server(update).0, Verdict::Forward);
         let calm = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":50,"windowDurationMins":300,"resetsAt":9}}}}"#;
         assert_eq!(h.server(calm).0, Verdict::Forward);
+    }
+
+    #[test]
+    fn a_turn_start_tells_the_core_at_once() {
+        let mut h = Harness::new(true);
+        let (verdict, _) =
+            h.client(r#"{"id":5,"method":"turn/start","params":{"threadId":"t1","input":[]}}"#);
+        assert_eq!(verdict, Verdict::Forward);
+        assert_eq!(h.core_events(), vec!["requested t1"]);
+    }
+
+    #[test]
+    fn a_turn_asked_for_during_a_switch_waits_for_its_login() {
+        let mut h = Harness::new(true);
+        h.guard.shared.set_switching(true);
+        let start = r#"{"id":5,"method":"turn/start","params":{"threadId":"t1","input":[]}}"#;
+        assert_eq!(h.client(start).0, Verdict::Hold);
+        // A second one queues behind the first, in order.
+        h.guard.shared.set_switching(false);
+        assert_eq!(h.client(start).0, Verdict::Hold);
+        assert_eq!(
+            h.command(GuardCommand::SwitchOver),
+            vec!["release-held→upstream"]
+        );
+        assert_eq!(h.client(start).0, Verdict::Forward);
+        // Nothing held: nothing to release.
+        assert!(h.command(GuardCommand::SwitchOver).is_empty());
     }
 }

@@ -31,7 +31,7 @@ use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::history::HISTORY_FILE;
 use crate::proxy::ipc;
 use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
-use crate::proxy::relay::{self, RelayShared};
+use crate::proxy::relay::{self, EventSink, RelayShared};
 use crate::proxy::rerun::{GuardShared, TurnGuard};
 use crate::proxy::upstream::ControlConnection;
 use crate::secret::Secret;
@@ -238,24 +238,18 @@ impl Session {
         });
         tasks.push(tokio::spawn(core.run(core_rx)));
 
-        let (relay_tx, mut relay_rx) = mpsc::unbounded_channel();
-        {
-            let core_tx = core_tx.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Some(event) = relay_rx.recv().await {
-                    if core_tx.send(CoreMsg::Relay(event)).is_err() {
-                        break;
-                    }
-                }
-            }));
-        }
         let (_ready_tx, ready) = watch::channel(true);
         let shared = Arc::new(RelayShared {
             upstream_url: app_server.ws_url(),
             upstream_token: app_server.token().clone(),
             client_token: listener.token.clone(),
             ready,
-            events: relay_tx,
+            events: {
+                let core_tx = core_tx.clone();
+                EventSink::new(move |event| {
+                    let _ = core_tx.send(CoreMsg::Relay(event));
+                })
+            },
             interceptor: {
                 let core_tx = core_tx.clone();
                 Box::new(move |conn| TurnGuard::new(conn, guards.clone(), core_tx.clone()))

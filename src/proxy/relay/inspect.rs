@@ -3,9 +3,7 @@
 //!
 //! [`RELAY_WATCHED`]: crate::proxy::rpc::RELAY_WATCHED
 
-use tokio::sync::mpsc;
-
-use super::{ConnId, Interceptor, Observation, RelayEvent};
+use super::{ConnId, EventSink, Interceptor, Observation, RelayEvent};
 use crate::proxy::rpc::{Envelope, ErrorParams, RateLimitsUpdatedParams, TurnParams, method};
 
 /// Reports what a watched message (whose top-level method is `watched`) tells the core.
@@ -14,11 +12,9 @@ pub(super) fn built_in<I: Interceptor>(
     conn: ConnId,
     watched: &str,
     envelope: &Envelope,
-    events: &mpsc::UnboundedSender<RelayEvent<I>>,
+    events: &EventSink<I>,
 ) -> bool {
-    let observe = |o: Observation| {
-        let _ = events.send(RelayEvent::Observed(conn, o));
-    };
+    let observe = |o: Observation| events.send(RelayEvent::Observed(conn, o));
     match watched {
         // Sent to every connection; the proxy answers it once on its control connection, and
         // the TUI must never answer it (it would hand the app-server the wrong tokens).
@@ -64,10 +60,16 @@ pub(super) fn built_in<I: Interceptor>(
 mod tests {
     use super::*;
     use crate::proxy::relay::NoInterceptor;
+    use tokio::sync::mpsc;
 
     fn run(text: &str, events: &mpsc::UnboundedSender<RelayEvent<NoInterceptor>>) -> bool {
         let envelope = Envelope::parse(text).unwrap();
-        built_in(7, envelope.method.unwrap(), &envelope, events)
+        built_in(
+            7,
+            envelope.method.unwrap(),
+            &envelope,
+            &events.clone().into(),
+        )
     }
 
     #[test]

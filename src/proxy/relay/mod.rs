@@ -322,6 +322,36 @@ impl<I: Interceptor> ConnectionHandle<I> {
 pub type InterceptorFactory<I> = Box<dyn Fn(ConnId) -> I + Send + Sync>;
 
 /// What every client connection shares.
+/// Where the relay reports what it sees. The session hands it the core's own inbox, so the
+/// relay's observations and the interceptors' messages reach the core in the order they
+/// happened on each connection (no task in between to reorder them).
+pub struct EventSink<I: Interceptor>(Arc<dyn Fn(RelayEvent<I>) + Send + Sync>);
+
+impl<I: Interceptor> EventSink<I> {
+    pub fn new(send: impl Fn(RelayEvent<I>) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(send))
+    }
+
+    pub fn send(&self, event: RelayEvent<I>) {
+        (self.0)(event);
+    }
+}
+
+impl<I: Interceptor> Clone for EventSink<I> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+/// Events into a channel (tests, benches); a closed receiver just stops hearing them.
+impl<I: Interceptor> From<mpsc::UnboundedSender<RelayEvent<I>>> for EventSink<I> {
+    fn from(tx: mpsc::UnboundedSender<RelayEvent<I>>) -> Self {
+        Self::new(move |event| {
+            let _ = tx.send(event);
+        })
+    }
+}
+
 pub struct RelayShared<I: Interceptor = NoInterceptor> {
     pub upstream_url: String,
     pub upstream_token: Secret,
@@ -330,7 +360,7 @@ pub struct RelayShared<I: Interceptor = NoInterceptor> {
     /// Clients wait here until the starting account is logged in: a TUI that attaches to an
     /// app-server without auth shows its sign-in screen for good (PROTOCOL.md §2).
     pub ready: watch::Receiver<bool>,
-    pub events: mpsc::UnboundedSender<RelayEvent<I>>,
+    pub events: EventSink<I>,
     /// `Box::new(|_| NoInterceptor)` for a relay that only forwards and observes.
     pub interceptor: InterceptorFactory<I>,
 }
@@ -423,7 +453,7 @@ async fn handle_client<I: Interceptor>(
         commands: commands_tx,
     };
     let interceptor = (shared.interceptor)(conn);
-    let _ = shared.events.send(RelayEvent::Connected(conn, handle));
+    shared.events.send(RelayEvent::Connected(conn, handle));
     // An interceptor that panics ends its connection, not the relay, and the core still
     // hears that the client is gone.
     let relayed = AssertUnwindSafe(relay(
@@ -440,7 +470,7 @@ async fn handle_client<I: Interceptor>(
         tracing::error!(conn, "relaying this connection panicked; it was dropped");
     }
     tracing::debug!(conn, "client disconnected");
-    let _ = shared.events.send(RelayEvent::Disconnected(conn));
+    shared.events.send(RelayEvent::Disconnected(conn));
 }
 
 /// What both directions of a connection share. Both run in the connection's one task, so the
@@ -448,7 +478,7 @@ async fn handle_client<I: Interceptor>(
 struct Connection<I: Interceptor> {
     id: ConnId,
     interceptor: Mutex<I>,
-    events: mpsc::UnboundedSender<RelayEvent<I>>,
+    events: EventSink<I>,
     to_upstream: mpsc::UnboundedSender<PumpAction>,
     to_client: mpsc::UnboundedSender<PumpAction>,
     /// Set once the proxy injected a message toward the app-server: from then on, responses
@@ -542,7 +572,7 @@ async fn relay<I: Interceptor>(
     mut upstream: Upgraded,
     interceptor: I,
     commands: mpsc::UnboundedReceiver<RelayCommand<I::Command>>,
-    events: mpsc::UnboundedSender<RelayEvent<I>>,
+    events: EventSink<I>,
 ) {
     let (to_upstream, to_upstream_rx) = mpsc::unbounded_channel();
     let (to_client, to_client_rx) = mpsc::unbounded_channel();
