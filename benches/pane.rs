@@ -231,7 +231,7 @@ fn pane_pipeline(file: &Path, runtime: &tokio::runtime::Runtime) -> (Duration, u
 }
 
 fn time_until_exit(tmux: &Tmux, start: Instant) -> Duration {
-    tmux.wait_exit(Duration::from_secs(600));
+    tmux.wait_dead(Duration::from_secs(600));
     start.elapsed()
 }
 

@@ -169,22 +169,35 @@ impl Tmux {
         }
     }
 
-    /// Waits until the program in the pane has exited; returns its exit status.
-    pub fn wait_exit(&self, timeout: Duration) -> i32 {
+    /// Waits until the program in the pane has exited (its terminal closed).
+    pub fn wait_dead(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        loop {
-            if self.format("#{pane_dead}") == "1" {
-                return self
-                    .format("#{pane_dead_status}")
-                    .parse()
-                    .expect("exit status");
-            }
+        while self.format("#{pane_dead}") != "1" {
             assert!(
                 Instant::now() < deadline,
                 "timed out after {timeout:?} waiting for the program to exit; the screen:\n{}",
                 self.screen()
             );
             std::thread::sleep(Duration::from_millis(40));
+        }
+    }
+
+    /// Waits until the program in the pane has exited; returns its exit status. (tmux marks
+    /// the pane dead when its terminal closes and learns the status a moment later.)
+    pub fn wait_exit(&self, timeout: Duration) -> i32 {
+        self.wait_dead(timeout);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(status) = self.format("#{pane_dead_status}").parse() {
+                return status;
+            }
+            let signal = self.format("#{pane_dead_signal}");
+            assert!(signal.is_empty(), "the program was killed by signal {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "tmux never learned the program's exit status"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
