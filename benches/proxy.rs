@@ -3,7 +3,8 @@
 //! `cargo bench --bench proxy` prints round-trip latency (p50/p99) of a small JSON request and
 //! one-way throughput (upstream → client, the direction the relay inspects, and client →
 //! upstream) for pipelined 300-byte messages and for 1 MiB messages, direct vs through the
-//! relay, as ratios.
+//! relay, as ratios. A byte-copy TCP forwarder measured alongside shows the floor any relay
+//! pays on this machine for the extra hop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,6 +101,34 @@ async fn start_relay(upstream: &str) -> String {
     url
 }
 
+/// A forwarder that copies bytes and knows nothing of websockets (tokio's
+/// `copy_bidirectional`, with the relay's read size): the floor of any relay on this machine,
+/// since it pays the same extra loopback hop and the same two extra reads and writes per
+/// round trip, and nothing else.
+async fn start_byte_forwarder(upstream: &str) -> String {
+    let upstream = upstream.trim_start_matches("ws://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let _ = client.set_nodelay(true);
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut server,
+                    256 << 10,
+                    256 << 10,
+                )
+                .await;
+            });
+        }
+    });
+    url
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -175,22 +204,28 @@ fn main() {
     runtime.block_on(async {
         let upstream = start_upstream().await;
         let relay = start_relay(&upstream).await;
+        let forwarder = start_byte_forwarder(&upstream).await;
         let mut direct = connect(&upstream).await;
         let mut proxied = connect(&relay).await;
+        let mut copied = connect(&forwarder).await;
 
-        // Warm up, then interleave blocks so both paths see the same machine state.
+        // Warm up, then interleave blocks so every path sees the same machine state.
         latencies(&mut direct, 2000).await;
         latencies(&mut proxied, 2000).await;
-        let (mut d, mut p) = (Vec::new(), Vec::new());
+        latencies(&mut copied, 2000).await;
+        let (mut d, mut p, mut c) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..10 {
             d.extend(latencies(&mut direct, 2000).await);
             p.extend(latencies(&mut proxied, 2000).await);
+            c.extend(latencies(&mut copied, 2000).await);
         }
         let (d50, d99) = (percentile(&mut d, 0.5), percentile(&mut d, 0.99));
         let (p50, p99) = (percentile(&mut p, 0.5), percentile(&mut p, 0.99));
+        let (c50, c99) = (percentile(&mut c, 0.5), percentile(&mut c, 0.99));
         println!("round trip of a small JSON request ({} samples each)", d.len());
         println!("  direct   p50 {:>7.1} µs   p99 {:>7.1} µs", us(d50), us(d99));
         println!("  proxied  p50 {:>7.1} µs   p99 {:>7.1} µs", us(p50), us(p99));
+        println!("  bytecopy p50 {:>7.1} µs   p99 {:>7.1} µs", us(c50), us(c99));
         println!(
             "  added    p50 {:>7.1} µs   p99 {:>7.1} µs   (ratio p50 {:.2}×, p99 {:.2}×)",
             us(p50) - us(d50),
@@ -198,28 +233,37 @@ fn main() {
             us(p50) / us(d50),
             us(p99) / us(d99)
         );
+        println!(
+            "  floor    p50 {:>7.1} µs   p99 {:>7.1} µs   added by the byte-copy forwarder",
+            us(c50) - us(d50),
+            us(c99) - us(d99),
+        );
 
         for (label, n, size, rounds) in [("300 B", 50_000, 300, 5), ("1 MiB", 200, 1 << 20, 5)] {
             for (direction, push) in [("upstream → client", true), ("client → upstream", false)] {
-                let (mut dr, mut pr) = (Vec::new(), Vec::new());
+                let (mut dr, mut pr, mut cr) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..rounds {
                     if push {
                         dr.push(push_rate(&mut direct, n, size).await);
                         pr.push(push_rate(&mut proxied, n, size).await);
+                        cr.push(push_rate(&mut copied, n, size).await);
                     } else {
                         dr.push(sink_rate(&mut direct, n, size).await);
                         pr.push(sink_rate(&mut proxied, n, size).await);
+                        cr.push(sink_rate(&mut copied, n, size).await);
                     }
                 }
                 let dm = median(&mut dr);
                 let pm = median(&mut pr);
+                let cm = median(&mut cr);
                 println!(
-                    "throughput {label} {direction}: direct {:>9.0} msg/s ({:>7.1} MB/s), proxied {:>9.0} msg/s ({:>7.1} MB/s) = {:>5.1} % of direct",
+                    "throughput {label} {direction}: direct {:>9.0} msg/s ({:>7.1} MB/s), proxied {:>9.0} msg/s ({:>7.1} MB/s) = {:>5.1} % of direct (byte-copy floor {:>5.1} %)",
                     dm,
                     dm * size as f64 / 1e6,
                     pm,
                     pm * size as f64 / 1e6,
-                    100.0 * pm / dm
+                    100.0 * pm / dm,
+                    100.0 * cm / dm
                 );
             }
         }

@@ -192,7 +192,10 @@ impl Tmux {
                 return status;
             }
             let signal = self.format("#{pane_dead_signal}");
-            assert!(signal.is_empty(), "the program was killed by signal {signal}");
+            assert!(
+                signal.is_empty(),
+                "the program was killed by signal {signal}"
+            );
             assert!(
                 Instant::now() < deadline,
                 "tmux never learned the program's exit status"
