@@ -400,31 +400,52 @@ fn switch_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, max: usize) -> V
     lines
 }
 
-fn notice_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, max: usize) -> Vec<Line<'static>> {
+fn notice_lines(
+    dashboard: &Dashboard,
+    ctx: &RenderContext<'_>,
+    max: usize,
+    width: usize,
+) -> Vec<Line<'static>> {
     let start = dashboard.notices.len().saturating_sub(max);
-    dashboard.notices[start..]
-        .iter()
-        .map(|notice| match notice {
-            Notice::SwitchDeferred { to, reason, .. } => Line::styled(
+    let mut lines = Vec::new();
+    for notice in &dashboard.notices[start..] {
+        let (text, style) = match notice {
+            Notice::SwitchDeferred { to, reason, .. } => (
                 format!(
                     "⏸ switch{} waits for the turn to end ({reason})",
                     to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default()
                 ),
                 Style::new().fg(Color::Cyan),
             ),
-            Notice::NoAccountAvailable { earliest_reset, .. } => Line::styled(
+            Notice::NoAccountAvailable { earliest_reset, .. } => (
                 match earliest_reset {
                     Some(at) => format!("⚠ no account available until {}", ctx.clock_utc(*at)),
                     None => "⚠ no account available".to_owned(),
                 },
                 Style::new().fg(Color::Red),
             ),
-            Notice::Message { text, at } => Line::from(vec![
-                Span::styled(format!("{} ", ctx.clock_utc(*at)), DIM),
-                Span::raw(text.clone()),
-            ]),
-        })
-        .collect()
+            Notice::Message { text, at } => {
+                (format!("{} {text}", ctx.clock_utc(*at)), Style::new())
+            }
+        };
+        // A notice is a sentence: wrap it, continuation lines indented like a switch's reason.
+        let options = textwrap::Options::new(width.max(12)).subsequent_indent("      ");
+        for (i, line) in textwrap::wrap(&text, options).into_iter().enumerate() {
+            let line = line.into_owned();
+            lines.push(match notice {
+                // The time of a message is dim, like the switch history's.
+                Notice::Message { .. } if i == 0 => match line.split_once(' ') {
+                    Some((time, rest)) => Line::from(vec![
+                        Span::styled(format!("{time} "), DIM),
+                        Span::raw(rest.to_owned()),
+                    ]),
+                    None => Line::raw(line),
+                },
+                _ => Line::styled(line, style),
+            });
+        }
+    }
+    lines
 }
 
 /// Every line of the panel's body, top to bottom.
@@ -447,7 +468,7 @@ pub fn panel_lines(
     lines.extend(switch_lines(dashboard, ctx, 5));
     if !dashboard.notices.is_empty() {
         lines.push(section("notices", width));
-        lines.extend(notice_lines(dashboard, ctx, 4));
+        lines.extend(notice_lines(dashboard, ctx, 4, width));
     }
     lines
 }
@@ -526,7 +547,11 @@ pub fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Line<'stat
             }
         }
     }
-    if let Some(notice) = notice_lines(dashboard, ctx, 1).pop() {
+    // The status bar is one line: the latest notice, unwrapped.
+    if let Some(notice) = notice_lines(dashboard, ctx, 1, usize::MAX)
+        .into_iter()
+        .next()
+    {
         spans.push(sep());
         spans.extend(notice.spans);
     } else if let Some(record) = dashboard.switches.last() {

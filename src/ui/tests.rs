@@ -211,6 +211,11 @@ fn panel_switched() {
         elapsed_ms: 90,
         at: at(-118),
     });
+    // The hidden re-run's notice is longer than the panel is wide: it wraps.
+    d.apply(&ProxyEvent::Notice {
+        message: "limit hit on alice — continued on bob, 0.3 s".into(),
+        at: at(-118),
+    });
     update(&mut d, "bob", snapshot(4.0, 4 * 3600 + 50 * 60, 12.0), -60);
     update(&mut d, "bob", snapshot(6.0, 4 * 3600 + 50 * 60, 12.0), 0);
     d.accounts[2].stored = StoredState::NeedsLogin;
