@@ -2,20 +2,31 @@
 //!
 //! `cargo bench --bench proxy` prints round-trip latency (p50/p99) of a small JSON request and
 //! one-way throughput (upstream → client, the direction the relay inspects, and client →
-//! upstream) for pipelined 300-byte messages and for 1 MiB messages, direct vs through the
-//! relay, as ratios. A byte-copy TCP forwarder measured alongside shows the floor any relay
-//! pays on this machine for the extra hop.
+//! upstream) for pipelined 300-byte messages and for 1 MiB messages, as ratios against the
+//! client talking to the upstream directly over a loopback websocket (what `codex --remote
+//! ws://` does without cs-tui). The upstream listens on a loopback port and on a unix socket,
+//! like the two ways an app-server can listen. Measured alongside:
+//!
+//! - the relay as cs-tui runs it: client → relay over TCP, relay → upstream over the unix
+//!   socket;
+//! - the relay with a TCP upstream (how cs-tui reached its app-server before), which shows why
+//!   the unix socket was chosen;
+//! - a byte-copy forwarder (TCP in, unix out) that knows nothing of websockets: the floor any
+//!   relay pays for the extra hop on this machine;
+//! - the client straight to the unix socket.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cs_tui::proxy::relay::{self, RelayShared};
+use cs_tui::proxy::socket::{AppServerAddr, Stream};
 use cs_tui::secret::Secret;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 fn config() -> WebSocketConfig {
@@ -25,51 +36,61 @@ fn config() -> WebSocketConfig {
 }
 
 /// An upstream that echoes requests, pushes `push N SIZE` messages on demand, and counts
-/// `sink N` messages before answering "sunk".
-async fn start_upstream() -> String {
+/// `sink N` messages before answering "sunk". Listens on a loopback port and on a unix socket
+/// in `dir`; returns both addresses.
+async fn start_upstream(dir: &Path) -> (String, PathBuf) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let ws = tokio_tungstenite::accept_async_with_config(stream, Some(config()))
-                    .await
-                    .unwrap();
-                let (mut tx, mut rx) = ws.split();
-                let mut sinking: Option<usize> = None;
-                while let Some(Ok(message)) = rx.next().await {
-                    let Message::Text(text) = message else {
-                        continue;
-                    };
-                    if let Some(left) = sinking.as_mut() {
-                        *left -= 1;
-                        if *left == 0 {
-                            sinking = None;
-                            tx.send(Message::Text("sunk".into())).await.unwrap();
-                        }
-                        continue;
-                    }
-                    let t = text.as_str();
-                    if let Some(rest) = t.strip_prefix("push ") {
-                        let mut parts = rest.split(' ');
-                        let n: usize = parts.next().unwrap().parse().unwrap();
-                        let size: usize = parts.next().unwrap().parse().unwrap();
-                        let body = app_server_like(size);
-                        for _ in 0..n {
-                            tx.feed(Message::Text(body.clone().into())).await.unwrap();
-                        }
-                        tx.flush().await.unwrap();
-                    } else if let Some(rest) = t.strip_prefix("sink ") {
-                        sinking = Some(rest.parse().unwrap());
-                    } else {
-                        tx.send(Message::Text(text)).await.unwrap();
-                    }
-                }
-            });
+            tokio::spawn(upstream_connection(stream));
         }
     });
-    url
+    let path = dir.join("upstream.sock");
+    let unix = UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = unix.accept().await {
+            tokio::spawn(upstream_connection(stream));
+        }
+    });
+    (url, path)
+}
+
+async fn upstream_connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
+    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(config()))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let mut sinking: Option<usize> = None;
+    while let Some(Ok(message)) = rx.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        if let Some(left) = sinking.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                sinking = None;
+                tx.send(Message::Text("sunk".into())).await.unwrap();
+            }
+            continue;
+        }
+        let t = text.as_str();
+        if let Some(rest) = t.strip_prefix("push ") {
+            let mut parts = rest.split(' ');
+            let n: usize = parts.next().unwrap().parse().unwrap();
+            let size: usize = parts.next().unwrap().parse().unwrap();
+            let body = app_server_like(size);
+            for _ in 0..n {
+                tx.feed(Message::Text(body.clone().into())).await.unwrap();
+            }
+            tx.flush().await.unwrap();
+        } else if let Some(rest) = t.strip_prefix("sink ") {
+            sinking = Some(rest.parse().unwrap());
+        } else {
+            tx.send(Message::Text(text)).await.unwrap();
+        }
+    }
 }
 
 /// A notification shaped like the app-server's streaming deltas, `size` bytes long.
@@ -80,7 +101,7 @@ fn app_server_like(size: usize) -> String {
     format!("{head}{}{tail}", "x".repeat(fill))
 }
 
-async fn start_relay(upstream: &str) -> String {
+async fn start_relay(upstream: AppServerAddr) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());
     // A sink that ignores events: the bench measures the relay, not a consumer.
@@ -90,9 +111,8 @@ async fn start_relay(upstream: &str) -> String {
     tokio::spawn(relay::serve(
         listener,
         Arc::new(RelayShared {
-            upstream_url: upstream.to_owned(),
-            upstream_token: Secret::new("t"),
-            client_token: Secret::new("bench"),
+            upstream,
+            client_token: Secret::new(BEARER),
             ready,
             events,
             interceptor: Box::new(|_| relay::NoInterceptor),
@@ -101,12 +121,11 @@ async fn start_relay(upstream: &str) -> String {
     url
 }
 
-/// A forwarder that copies bytes and knows nothing of websockets (tokio's
-/// `copy_bidirectional`, with the relay's read size): the floor of any relay on this machine,
-/// since it pays the same extra loopback hop and the same two extra reads and writes per
-/// round trip, and nothing else.
-async fn start_byte_forwarder(upstream: &str) -> String {
-    let upstream = upstream.trim_start_matches("ws://").to_owned();
+/// A forwarder that copies bytes from TCP clients to the unix socket and knows nothing of
+/// websockets (tokio's `copy_bidirectional`, with the relay's read size): the floor of any
+/// relay on this machine, since it pays the same extra hop and the same two extra reads and
+/// writes per round trip, and nothing else.
+async fn start_byte_forwarder(upstream: PathBuf) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -114,8 +133,7 @@ async fn start_byte_forwarder(upstream: &str) -> String {
             let upstream = upstream.clone();
             tokio::spawn(async move {
                 let _ = client.set_nodelay(true);
-                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
-                let _ = server.set_nodelay(true);
+                let mut server = tokio::net::UnixStream::connect(&upstream).await.unwrap();
                 let _ = tokio::io::copy_bidirectional_with_sizes(
                     &mut client,
                     &mut server,
@@ -129,18 +147,24 @@ async fn start_byte_forwarder(upstream: &str) -> String {
     url
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+const BEARER: &str = "bench";
 
-async fn connect(url: &str) -> Ws {
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", "Bearer bench".parse().unwrap());
-    tokio_tungstenite::connect_async_with_config(request, Some(config()), true)
+type Ws = tokio_tungstenite::WebSocketStream<Stream>;
+
+async fn connect(addr: AppServerAddr) -> Ws {
+    let (stream, request) = addr.connect().await.unwrap();
+    tokio_tungstenite::client_async_with_config(request, stream, Some(config()))
         .await
         .unwrap()
         .0
+}
+
+/// A loopback websocket URL, with the relay's bearer (the upstream ignores it).
+fn tcp(url: &str) -> AppServerAddr {
+    AppServerAddr::Ws {
+        url: url.to_owned(),
+        token: Secret::new(BEARER),
+    }
 }
 
 async fn next_text(ws: &mut Ws) -> String {
@@ -195,76 +219,94 @@ async fn sink_rate(ws: &mut Ws, n: usize, size: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The ways the client reaches the upstream, in print order. The first is the baseline; the
+/// one at [`UNIX`] is the second baseline, the same upstream over its unix socket.
+const UNIX: usize = 4;
+const PATHS: [&str; 5] = [
+    "direct, TCP",
+    "relay → unix (cs-tui)",
+    "relay → TCP",
+    "byte copy → unix",
+    "direct, unix",
+];
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    let dir = tempfile::tempdir().unwrap();
     runtime.block_on(async {
-        let upstream = start_upstream().await;
-        let relay = start_relay(&upstream).await;
-        let forwarder = start_byte_forwarder(&upstream).await;
-        let mut direct = connect(&upstream).await;
-        let mut proxied = connect(&relay).await;
-        let mut copied = connect(&forwarder).await;
+        let (upstream_url, upstream_socket) = start_upstream(dir.path()).await;
+        let relay_unix = start_relay(AppServerAddr::Unix(upstream_socket.clone())).await;
+        let relay_tcp = start_relay(tcp(&upstream_url)).await;
+        let forwarder = start_byte_forwarder(upstream_socket.clone()).await;
+        let mut clients = [
+            connect(tcp(&upstream_url)).await,
+            connect(tcp(&relay_unix)).await,
+            connect(tcp(&relay_tcp)).await,
+            connect(tcp(&forwarder)).await,
+            connect(AppServerAddr::Unix(upstream_socket)).await,
+        ];
 
         // Warm up, then interleave blocks so every path sees the same machine state.
-        latencies(&mut direct, 2000).await;
-        latencies(&mut proxied, 2000).await;
-        latencies(&mut copied, 2000).await;
-        let (mut d, mut p, mut c) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..10 {
-            d.extend(latencies(&mut direct, 2000).await);
-            p.extend(latencies(&mut proxied, 2000).await);
-            c.extend(latencies(&mut copied, 2000).await);
+        for ws in clients.iter_mut() {
+            latencies(ws, 2000).await;
         }
-        let (d50, d99) = (percentile(&mut d, 0.5), percentile(&mut d, 0.99));
-        let (p50, p99) = (percentile(&mut p, 0.5), percentile(&mut p, 0.99));
-        let (c50, c99) = (percentile(&mut c, 0.5), percentile(&mut c, 0.99));
-        println!("round trip of a small JSON request ({} samples each)", d.len());
-        println!("  direct   p50 {:>7.1} µs   p99 {:>7.1} µs", us(d50), us(d99));
-        println!("  proxied  p50 {:>7.1} µs   p99 {:>7.1} µs", us(p50), us(p99));
-        println!("  bytecopy p50 {:>7.1} µs   p99 {:>7.1} µs", us(c50), us(c99));
+        let mut samples = vec![Vec::new(); PATHS.len()];
+        for _ in 0..10 {
+            for (ws, out) in clients.iter_mut().zip(samples.iter_mut()) {
+                out.extend(latencies(ws, 2000).await);
+            }
+        }
+        let stats: Vec<(f64, f64)> = samples
+            .iter_mut()
+            .map(|s| (us(percentile(s, 0.5)), us(percentile(s, 0.99))))
+            .collect();
+        let (d50, d99) = stats[0];
+        let (u50, u99) = stats[UNIX];
         println!(
-            "  added    p50 {:>7.1} µs   p99 {:>7.1} µs   (ratio p50 {:.2}×, p99 {:.2}×)",
-            us(p50) - us(d50),
-            us(p99) - us(d99),
-            us(p50) / us(d50),
-            us(p99) / us(d99)
+            "round trip of a small JSON request ({} samples per path); added = more than \
+             direct over TCP (over unix)",
+            samples[0].len()
         );
-        println!(
-            "  floor    p50 {:>7.1} µs   p99 {:>7.1} µs   added by the byte-copy forwarder",
-            us(c50) - us(d50),
-            us(c99) - us(d99),
-        );
+        for (name, (p50, p99)) in PATHS.iter().zip(&stats) {
+            println!(
+                "  {name:<22} p50 {p50:>6.1} µs  p99 {p99:>6.1} µs   added p50 {:>5.1} ({:>5.1}) µs  p99 {:>5.1} ({:>5.1}) µs",
+                p50 - d50,
+                p50 - u50,
+                p99 - d99,
+                p99 - u99,
+            );
+        }
 
-        for (label, n, size, rounds) in [("300 B", 50_000, 300, 5), ("1 MiB", 200, 1 << 20, 5)] {
+        for (label, n, size) in [("300 B", 50_000, 300), ("1 MiB", 200, 1 << 20)] {
             for (direction, push) in [("upstream → client", true), ("client → upstream", false)] {
-                let (mut dr, mut pr, mut cr) = (Vec::new(), Vec::new(), Vec::new());
-                for _ in 0..rounds {
-                    if push {
-                        dr.push(push_rate(&mut direct, n, size).await);
-                        pr.push(push_rate(&mut proxied, n, size).await);
-                        cr.push(push_rate(&mut copied, n, size).await);
-                    } else {
-                        dr.push(sink_rate(&mut direct, n, size).await);
-                        pr.push(sink_rate(&mut proxied, n, size).await);
-                        cr.push(sink_rate(&mut copied, n, size).await);
+                let mut rates = vec![Vec::new(); PATHS.len()];
+                for _ in 0..9 {
+                    for (ws, out) in clients.iter_mut().zip(rates.iter_mut()) {
+                        out.push(if push {
+                            push_rate(ws, n, size).await
+                        } else {
+                            sink_rate(ws, n, size).await
+                        });
                     }
                 }
-                let dm = median(&mut dr);
-                let pm = median(&mut pr);
-                let cm = median(&mut cr);
+                let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
                 println!(
-                    "throughput {label} {direction}: direct {:>9.0} msg/s ({:>7.1} MB/s), proxied {:>9.0} msg/s ({:>7.1} MB/s) = {:>5.1} % of direct (byte-copy floor {:>5.1} %)",
-                    dm,
-                    dm * size as f64 / 1e6,
-                    pm,
-                    pm * size as f64 / 1e6,
-                    100.0 * pm / dm,
-                    100.0 * cm / dm
+                    "throughput, {label} messages, {direction} (median of 9); % of direct over \
+                     TCP (over unix)"
                 );
+                for (name, rate) in PATHS.iter().zip(&medians) {
+                    println!(
+                        "  {name:<22} {:>9.0} msg/s {:>7.1} MB/s = {:>5.1} % ({:>5.1} %)",
+                        rate,
+                        rate * size as f64 / 1e6,
+                        100.0 * rate / medians[0],
+                        100.0 * rate / medians[UNIX],
+                    );
+                }
             }
         }
     });

@@ -11,6 +11,7 @@ use cs_tui::proxy::relay::{
     self, Actions, ConnId, ConnectionHandle, Direction, Inspected, Interceptor, NoInterceptor,
     Observation, RelayEvent, RelayShared, Verdict,
 };
+use cs_tui::proxy::socket::AppServerAddr;
 use cs_tui::secret::Secret;
 use cs_tui_testkit::ws_client::connect_status;
 use cs_tui_testkit::{AppServer, CodexHome, MockBackend, WsClient, codex_bin};
@@ -27,13 +28,20 @@ struct Relay<I: Interceptor = NoInterceptor> {
     _ready: watch::Sender<bool>,
 }
 
-async fn relay_to(upstream_url: &str, upstream_token: &str, ready: bool) -> Relay {
-    relay_with(upstream_url, upstream_token, ready, |_| NoInterceptor).await
+/// An upstream on a loopback port, with its token.
+fn ws(url: &str, token: &str) -> AppServerAddr {
+    AppServerAddr::Ws {
+        url: url.to_owned(),
+        token: Secret::new(token),
+    }
+}
+
+async fn relay_to(upstream: AppServerAddr, ready: bool) -> Relay {
+    relay_with(upstream, ready, |_| NoInterceptor).await
 }
 
 async fn relay_with<I: Interceptor>(
-    upstream_url: &str,
-    upstream_token: &str,
+    upstream: AppServerAddr,
     ready: bool,
     interceptor: impl Fn(ConnId) -> I + Send + Sync + 'static,
 ) -> Relay<I> {
@@ -42,8 +50,7 @@ async fn relay_with<I: Interceptor>(
     let (tx, events) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = watch::channel(ready);
     let shared = Arc::new(RelayShared {
-        upstream_url: upstream_url.to_owned(),
-        upstream_token: Secret::new(upstream_token),
+        upstream,
         client_token: Secret::new("client-secret"),
         ready: ready_rx,
         events: tx.into(),
@@ -96,10 +103,25 @@ async fn next_data(client: &mut WsClient) -> Message {
     }
 }
 
+/// An echo upstream of each kind the relay can reach: a loopback port, and a unix socket as
+/// cs-tui's own app-server listens on. The directory holds the socket.
+async fn echo_upstreams() -> (tempfile::TempDir, Vec<AppServerAddr>) {
+    let dir = tempfile::tempdir().unwrap();
+    let tcp = ws(&common::echo_upstream::start().await, "unused");
+    let unix = AppServerAddr::Unix(common::echo_upstream::start_unix(dir.path()));
+    (dir, vec![tcp, unix])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_of_every_kind_pass_unchanged_and_in_order() {
-    let echo = common::echo_upstream::start().await;
-    let relay = relay_to(&echo, "unused", true).await;
+    let (_dir, upstreams) = echo_upstreams().await;
+    for upstream in upstreams {
+        frames_of_every_kind_pass(upstream).await;
+    }
+}
+
+async fn frames_of_every_kind_pass(upstream: AppServerAddr) {
+    let relay = relay_to(upstream, true).await;
     let mut client = WsClient::connect(&relay.url, &relay.token).await;
     let frames = vec![
         Message::Text("{not json at all".into()),
@@ -125,25 +147,28 @@ async fn frames_of_every_kind_pass_unchanged_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_message_passes_both_ways() {
-    let echo = common::echo_upstream::start().await;
-    let relay = relay_to(&echo, "unused", true).await;
-    let mut client = WsClient::connect(&relay.url, &relay.token).await;
     let big = format!(
         "{{\"method\":\"big\",\"params\":\"{}\"}}",
         "x".repeat(64 << 20)
     );
-    client.send_raw(Message::Text(big.clone().into())).await;
-    let Message::Text(back) = next_data(&mut client).await else {
-        panic!("not text")
-    };
-    assert_eq!(back.len(), big.len());
-    assert!(back.as_str() == big);
+    let (_dir, upstreams) = echo_upstreams().await;
+    for upstream in upstreams {
+        let kind = upstream.describe();
+        let relay = relay_to(upstream, true).await;
+        let mut client = WsClient::connect(&relay.url, &relay.token).await;
+        client.send_raw(Message::Text(big.clone().into())).await;
+        let Message::Text(back) = next_data(&mut client).await else {
+            panic!("not text, via {kind}")
+        };
+        assert_eq!(back.len(), big.len(), "via {kind}");
+        assert!(back.as_str() == big, "via {kind}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_client_gets_a_fresh_upstream_and_close_is_relayed() {
     let echo = common::echo_upstream::start().await;
-    let mut relay = relay_to(&echo, "unused", true).await;
+    let mut relay = relay_to(ws(&echo, "unused"), true).await;
     let mut first = WsClient::connect(&relay.url, &relay.token).await;
     first.send_raw(Message::Text("one".into())).await;
     assert_eq!(next_data(&mut first).await, Message::Text("one".into()));
@@ -165,7 +190,7 @@ async fn a_reconnecting_client_gets_a_fresh_upstream_and_close_is_relayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_wait_at_the_gate_until_the_session_is_ready() {
     let echo = common::echo_upstream::start().await;
-    let relay = relay_to(&echo, "unused", false).await;
+    let relay = relay_to(ws(&echo, "unused"), false).await;
     let url = relay.url.clone();
     let token = relay.token.clone();
     let attempt = tokio::spawn(async move { WsClient::connect(&url, &token).await });
@@ -189,7 +214,7 @@ async fn malformed_json_reaches_the_real_app_server_and_the_session_survives() {
     let mock = MockBackend::start().await;
     let home = CodexHome::offline(&mock.url());
     let server = AppServer::spawn(&codex_bin(), home.path(), &mock.refresh_url()).await;
-    let relay = relay_to(&server.ws_url(), server.token(), true).await;
+    let relay = relay_to(ws(&server.ws_url(), server.token()), true).await;
     let mut client = WsClient::connect(&relay.url, &relay.token).await;
     client.initialize(json!("initialize")).await;
     client
@@ -217,7 +242,7 @@ const QUIET: Duration = Duration::from_millis(200);
 /// A raw client and a raw upstream joined by a relay.
 async fn raw_pair() -> (Relay, RawPeer, RawPeer, String) {
     let mut upstream = RawUpstream::start().await;
-    let relay = relay_to(&upstream.url, "upstream-secret", true).await;
+    let relay = relay_to(ws(&upstream.url, "upstream-secret"), true).await;
     let client = raw::connect(&relay.url, &relay.token, &[]).await;
     let (upstream, authorization) = upstream.accept().await;
     (relay, client, upstream, authorization)
@@ -391,7 +416,7 @@ async fn fragmented_messages_pass_with_control_frames_between_their_fragments() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_sent_right_behind_the_upgrade_request_are_relayed() {
     let mut upstream = RawUpstream::start().await;
-    let relay = relay_to(&upstream.url, "t", true).await;
+    let relay = relay_to(ws(&upstream.url, "t"), true).await;
     let first = frame(TEXT, br#"{"id":1,"method":"initialize"}"#, true, MASK);
     let _client = raw::connect(&relay.url, &relay.token, &first).await;
     let (mut upstream, _) = upstream.accept().await;
@@ -401,7 +426,7 @@ async fn frames_sent_right_behind_the_upgrade_request_are_relayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_upgrade_requests_get_http_errors() {
     let echo = common::echo_upstream::start().await;
-    let relay = relay_to(&echo, "unused", true).await;
+    let relay = relay_to(ws(&echo, "unused"), true).await;
     let good = String::from_utf8(raw::upgrade_request(&relay.url, Some(&relay.token))).unwrap();
     let without = |header: &str| {
         let lines: Vec<&str> = good
@@ -429,7 +454,7 @@ async fn bad_upgrade_requests_get_http_errors() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_url = format!("ws://{}", closed.local_addr().unwrap());
     drop(closed);
-    let dead = relay_to(&dead_url, "unused", true).await;
+    let dead = relay_to(ws(&dead_url, "unused"), true).await;
     assert_eq!(connect_status(&dead.url, Some(&dead.token)).await, Err(502));
 }
 
@@ -535,7 +560,7 @@ async fn hooked() -> (
     let echo = common::echo_upstream::start().await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
-    let mut relay = relay_with(&echo, "unused", true, move |_| Scripted {
+    let mut relay = relay_with(ws(&echo, "unused"), true, move |_| Scripted {
         seen: log.clone(),
     })
     .await;
@@ -695,7 +720,7 @@ impl Interceptor for Fragile {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_interceptor_ends_only_its_connection_and_is_reported() {
     let echo = common::echo_upstream::start().await;
-    let mut relay = relay_with(&echo, "unused", true, |_| Fragile).await;
+    let mut relay = relay_with(ws(&echo, "unused"), true, |_| Fragile).await;
     let mut client = WsClient::connect(&relay.url, &relay.token).await;
     let handle = relay.connected().await;
     client

@@ -13,12 +13,16 @@ use tokio::process::Command;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::secret::Secret;
+use crate::proxy::socket::AppServerAddr;
 
 /// How long the app-server gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Readiness is polled this often: spawn-to-ready is ~200 ms, so a coarse poll wastes time.
+/// Readiness (its socket accepting a connection) is polled this often: spawn-to-ready is
+/// ~200 ms, so a coarse poll wastes time, and a failed connect to a unix socket costs
+/// microseconds.
 const READY_POLL: Duration = Duration::from_millis(5);
+/// The socket's name inside the runtime directory.
+const SOCKET_NAME: &str = "app-server.sock";
 /// Grace period between SIGTERM and SIGKILL. SIGTERM during a turn only starts a drain
 /// (PROTOCOL.md §1), so we do not wait long.
 const TERM_GRACE: Duration = Duration::from_millis(1500);
@@ -29,7 +33,7 @@ pub struct AppServerOptions {
     pub codex_bin: OsString,
     /// The user's `CODEX_HOME`.
     pub codex_home: PathBuf,
-    /// A private (0700) directory for the capability-token file; removed at shutdown.
+    /// A private (0700) directory for the app-server's socket; removed at shutdown.
     pub runtime_dir: PathBuf,
     /// Where the app-server's stderr goes.
     pub stderr_log: PathBuf,
@@ -44,23 +48,21 @@ pub struct AppServerExit {
     pub stderr_tail: String,
 }
 
-/// A running app-server. Dropping it kills the process group and removes the token file.
+/// A running app-server. Dropping it kills the process group and removes its socket.
 pub struct AppServer {
     pgid: Pid,
-    port: u16,
-    token: Secret,
-    token_file: PathBuf,
+    socket: PathBuf,
     runtime_dir: PathBuf,
     stderr_log: PathBuf,
     exit: watch::Receiver<Option<AppServerExit>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
-/// Process groups and token files to clean up from a panic hook or a signal handler, where no
-/// destructor runs.
+/// Process groups and runtime directories to clean up from a panic hook or a signal handler,
+/// where no destructor runs.
 static LIVE: Mutex<Vec<(i32, PathBuf)>> = Mutex::new(Vec::new());
 
-/// Kills every app-server this process started and removes their token files. Safe to call from
+/// Kills every app-server this process started and removes their sockets. Safe to call from
 /// a panic hook or a signal handler task; idempotent.
 pub fn emergency_cleanup() {
     let live = match LIVE.lock() {
@@ -69,8 +71,22 @@ pub fn emergency_cleanup() {
     };
     for (pgid, runtime_dir) in live {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        remove_socket(&runtime_dir.join(SOCKET_NAME));
         let _ = std::fs::remove_dir_all(&runtime_dir);
     }
+}
+
+/// Removes what a killed app-server leaves of its socket: it binds the real socket (and a lock
+/// file beside it) under `/tmp/codex-daemon-<uid>/`, named after our path, and links our path
+/// to it. A clean exit removes the socket itself; SIGKILL leaves both.
+fn remove_socket(link: &Path) {
+    if let Ok(target) = std::fs::read_link(link) {
+        let mut lock = target.clone().into_os_string();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(&target);
+        let _ = std::fs::remove_file(lock);
+    }
+    let _ = std::fs::remove_file(link);
 }
 
 fn register(pgid: Pid, runtime_dir: &Path) {
@@ -86,7 +102,8 @@ fn unregister(pgid: Pid) {
 }
 
 impl AppServer {
-    /// Spawns `codex app-server` on a free loopback port and waits until `/readyz` answers.
+    /// Spawns `codex app-server` on a unix socket in the runtime directory and waits until it
+    /// accepts a connection.
     pub async fn start(options: AppServerOptions) -> Result<Self> {
         crate::paths::ensure_private_dir(&options.runtime_dir).wrap_err_with(|| {
             format!(
@@ -94,10 +111,7 @@ impl AppServer {
                 options.runtime_dir.display()
             )
         })?;
-        let token = Secret::new(random_token());
-        let token_file = options.runtime_dir.join("app-server.token");
-        write_private(&token_file, token.expose().as_bytes())?;
-        let port = free_loopback_port()?;
+        let socket = options.runtime_dir.join(SOCKET_NAME);
         if let Some(parent) = options.stderr_log.parent() {
             crate::paths::ensure_private_dir(parent)
                 .wrap_err_with(|| format!("creating {}", parent.display()))?;
@@ -117,11 +131,7 @@ impl AppServer {
             .envs(npm_env)
             .arg("app-server")
             .arg("--listen")
-            .arg(format!("ws://127.0.0.1:{port}"))
-            .arg("--ws-auth")
-            .arg("capability-token")
-            .arg("--ws-token-file")
-            .arg(&token_file)
+            .arg(format!("unix://{}", socket.display()))
             .env("CODEX_HOME", &options.codex_home)
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -192,9 +202,7 @@ impl AppServer {
 
         let server = Self {
             pgid,
-            port,
-            token,
-            token_file,
+            socket,
             runtime_dir: options.runtime_dir,
             stderr_log: options.stderr_log,
             exit: exit_rx,
@@ -205,12 +213,6 @@ impl AppServer {
     }
 
     async fn wait_ready(&self) -> Result<()> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .wrap_err("building the readiness client")?;
-        let url = format!("http://127.0.0.1:{}/readyz", self.port);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut exit = self.exit.clone();
         loop {
@@ -221,8 +223,9 @@ impl AppServer {
                     exit.stderr_tail
                 );
             }
-            if let Ok(resp) = client.get(&url).send().await
-                && resp.status().is_success()
+            if crate::proxy::socket::connect_unix(&self.socket)
+                .await
+                .is_ok()
             {
                 return Ok(());
             }
@@ -239,21 +242,14 @@ impl AppServer {
         }
     }
 
-    /// `ws://127.0.0.1:PORT`.
-    pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
+    /// Where to connect.
+    pub fn addr(&self) -> AppServerAddr {
+        AppServerAddr::Unix(self.socket.clone())
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn token(&self) -> &Secret {
-        &self.token
-    }
-
-    pub fn token_file(&self) -> &Path {
-        &self.token_file
+    /// The socket's path (a link to the socket the app-server bound).
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     pub fn stderr_log(&self) -> &Path {
@@ -271,7 +267,7 @@ impl AppServer {
     }
 
     /// Stops the process group (SIGTERM, then SIGKILL after a grace period), waits for it, and
-    /// removes the token file.
+    /// removes its socket.
     pub async fn shutdown(mut self) -> Option<AppServerExit> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -286,7 +282,7 @@ impl AppServer {
     }
 
     fn cleanup_files(&self) {
-        let _ = std::fs::remove_file(&self.token_file);
+        remove_socket(&self.socket);
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
         unregister(self.pgid);
     }
@@ -322,12 +318,6 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     file.write_all(contents)
         .and_then(|()| file.sync_all())
         .wrap_err_with(|| format!("writing {}", path.display()))
-}
-
-fn free_loopback_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .wrap_err("reserving a loopback port for the app-server")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// The last `lines` lines of a log file.

@@ -12,5 +12,6 @@ pub mod rerun;
 pub mod rpc;
 pub mod serve;
 pub mod session;
+pub mod socket;
 pub mod store_directory;
 pub mod upstream;

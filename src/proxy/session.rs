@@ -191,9 +191,7 @@ impl Session {
         let plan = plan?;
         let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
         let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-        let control =
-            ControlConnection::connect(&app_server.ws_url(), app_server.token(), control_tx)
-                .await?;
+        let control = ControlConnection::connect(&app_server.addr(), control_tx).await?;
         // Log in before any client is accepted: a TUI that attaches to an app-server without
         // auth stays on its sign-in screen (PROTOCOL.md §2).
         let (starting_account, snapshot) = login_first_usable(&dir, &control, &plan).await?;
@@ -240,8 +238,7 @@ impl Session {
 
         let (_ready_tx, ready) = watch::channel(true);
         let shared = Arc::new(RelayShared {
-            upstream_url: app_server.ws_url(),
-            upstream_token: app_server.token().clone(),
+            upstream: app_server.addr(),
             client_token: listener.token.clone(),
             ready,
             events: {
@@ -313,7 +310,7 @@ impl Session {
     }
 
     /// Stops everything: the relay, the core, the app-server's process group; removes the
-    /// runtime directory (token files, socket).
+    /// runtime directory (the proxy's token file, the sockets).
     pub async fn shutdown(mut self) {
         let _ = self.core.send(CoreMsg::Shutdown);
         for task in self.tasks.drain(..) {

@@ -9,18 +9,16 @@ use std::time::Duration;
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::proxy::rpc::{Envelope, LoginCompletedParams, OWN_ID_PREFIX, method};
+use crate::proxy::socket::{AppServerAddr, Stream};
 use crate::secret::Secret;
 
-pub type UpstreamStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type UpstreamStream = WebSocketStream<Stream>;
 
 /// The largest message either side may send through us. Codex sends whole thread histories in
 /// one message; 64 MiB must pass (the bar), so we allow well beyond it.
@@ -32,18 +30,31 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE))
 }
 
-/// Opens a websocket to the app-server with its capability token.
-pub async fn dial(url: &str, token: &Secret) -> Result<UpstreamStream> {
-    let mut request = url
-        .into_client_request()
-        .wrap_err_with(|| format!("invalid app-server URL {url}"))?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        .map_err(|_| eyre!("the app-server token is not a valid header value"))?;
-    request.headers_mut().insert("authorization", bearer);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true)
+/// Opens a websocket to the app-server.
+pub async fn dial(addr: &AppServerAddr) -> Result<UpstreamStream> {
+    let (stream, request) = addr.connect().await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
         .await
-        .wrap_err_with(|| format!("connecting to the app-server at {url}"))?;
+        .map_err(|err| {
+            // The error may quote the request's headers; name only what failed.
+            eyre!(
+                "the websocket upgrade to the app-server at {} failed: {}",
+                addr.describe(),
+                handshake_failure(&err)
+            )
+        })?;
     Ok(ws)
+}
+
+/// What went wrong in a websocket handshake, without any header value.
+fn handshake_failure(err: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error;
+    match err {
+        Error::Http(response) => format!("HTTP {}", response.status()),
+        Error::Io(io) => io.to_string(),
+        Error::ConnectionClosed | Error::AlreadyClosed => "the connection closed".to_owned(),
+        _ => "protocol error".to_owned(),
+    }
 }
 
 /// A JSON-RPC error from the app-server.
@@ -89,11 +100,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 impl ControlConnection {
     /// Connects, initializes, and starts the reader. Events go to `events`.
     pub async fn connect(
-        url: &str,
-        token: &Secret,
+        addr: &AppServerAddr,
         events: mpsc::UnboundedSender<ControlEvent>,
     ) -> Result<Self> {
-        let ws = dial(url, token).await?;
+        let ws = dial(addr).await?;
         let (mut sink, mut stream) = ws.split();
         let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {

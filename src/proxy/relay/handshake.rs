@@ -1,4 +1,4 @@
-//! The two websocket handshakes, done by hand so that the relay ends up holding plain TCP
+//! The two websocket handshakes, done by hand so that the relay ends up holding plain
 //! streams (plus whatever frame bytes arrived with each handshake) and can splice frames.
 //!
 //! No extension or subprotocol is negotiated on either leg, so the frames on both are plain
@@ -10,15 +10,14 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Buf, BytesMut};
-use color_eyre::eyre::{Result, WrapErr, bail, eyre};
+use color_eyre::eyre::{Result, bail, eyre};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::generate_request;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
+use crate::proxy::socket::{AppServerAddr, Stream};
 use crate::secret::Secret;
 
 /// The longest handshake (request or response head) either side may send.
@@ -29,7 +28,7 @@ pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TCP stream after a websocket handshake, with the frame bytes read past its end.
 pub(super) struct Upgraded {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub leftover: BytesMut,
 }
 
@@ -183,30 +182,17 @@ pub(super) async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
     let _ = stream.shutdown().await;
 }
 
-/// Opens a websocket to the app-server with its capability token and returns the raw stream.
-pub(super) async fn connect_upstream(url: &str, token: &Secret) -> Result<Upgraded> {
-    let mut request = url
-        .into_client_request()
-        .wrap_err_with(|| format!("invalid app-server URL {url}"))?;
-    let uri = request.uri().clone();
-    if uri.scheme_str() != Some("ws") {
-        bail!("the relay splices plain ws:// connections; {url} is not one");
-    }
-    let host = uri.host().ok_or_else(|| eyre!("no host in {url}"))?;
-    let port = uri.port_u16().unwrap_or(80);
-    let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        .map_err(|_| eyre!("the app-server token is not a valid header value"))?;
-    bearer.set_sensitive(true);
-    request.headers_mut().insert("authorization", bearer);
+/// Opens a websocket to the app-server and returns the raw stream.
+pub(super) async fn connect_upstream(addr: &AppServerAddr) -> Result<Upgraded> {
+    let (mut stream, request) = addr.connect().await?;
     // tungstenite writes the request with a fresh random Sec-WebSocket-Key and returns it.
     // Its error would quote header values, the token's among them: keep it out.
-    let (head, key) = generate_request(request)
-        .map_err(|_| eyre!("could not build the upgrade request for {url}"))?;
-
-    let mut stream = TcpStream::connect((host, port))
-        .await
-        .wrap_err_with(|| format!("connecting to the app-server at {url}"))?;
-    stream.set_nodelay(true)?;
+    let (head, key) = generate_request(request).map_err(|_| {
+        eyre!(
+            "could not build the upgrade request for {}",
+            addr.describe()
+        )
+    })?;
     stream.write_all(&head).await?;
 
     let mut buf = BytesMut::with_capacity(4096);

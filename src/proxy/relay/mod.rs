@@ -39,6 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use self::handshake::{HANDSHAKE_TIMEOUT, HelloError, Refusal, Upgraded};
 use self::pump::{Pump, PumpAction};
 use crate::proxy::rpc::{Envelope, OWN_ID_PREFIX};
+use crate::proxy::socket::{AppServerAddr, Stream};
 use crate::quota::RateLimitSnapshot;
 use crate::secret::Secret;
 
@@ -353,8 +354,8 @@ impl<I: Interceptor> From<mpsc::UnboundedSender<RelayEvent<I>>> for EventSink<I>
 }
 
 pub struct RelayShared<I: Interceptor = NoInterceptor> {
-    pub upstream_url: String,
-    pub upstream_token: Secret,
+    /// The app-server every client gets its own connection to.
+    pub upstream: AppServerAddr,
     /// The bearer token clients must present.
     pub client_token: Secret,
     /// Clients wait here until the starting account is logged in: a TUI that attaches to an
@@ -423,7 +424,7 @@ async fn handle_client<I: Interceptor>(
     // websocket that opens and dies.
     let upstream = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake::connect_upstream(&shared.upstream_url, &shared.upstream_token),
+        handshake::connect_upstream(&shared.upstream),
     )
     .await
     .unwrap_or_else(|_| {
@@ -444,7 +445,7 @@ async fn handle_client<I: Interceptor>(
         return;
     }
     let client = Upgraded {
-        stream,
+        stream: Stream::Tcp(stream),
         leftover: hello.leftover,
     };
     let (commands_tx, commands) = mpsc::unbounded_channel();

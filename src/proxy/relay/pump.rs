@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
@@ -20,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use super::splice::Splicer;
 use super::{Actions, Connection, Direction, Inspected, Interceptor, Verdict, inspect};
 use crate::proxy::rpc::{self, Envelope, Lead, OWN_ID_PREFIX, RELAY_WATCHED};
+use crate::proxy::socket::{ReadHalf, SocketRef, WriteHalf};
 use crate::proxy::upstream::MAX_MESSAGE;
 
 /// How much to read at a time when no large frame is pending. Bigger batches mean fewer
@@ -235,15 +235,20 @@ impl<'c, I: Interceptor> Pump<'c, I> {
     }
 
     /// Moves the rest of the current frame from `src` to `dst` without looking at it: spliced
-    /// where the kernel can, else copied through `buf` a chunk at a time.
+    /// into a unix socket where the kernel can, else copied through `buf` a chunk at a time.
     async fn pass_through(
         &mut self,
         src: &mut ReadHalf<'_>,
         dst: &mut WriteHalf<'_>,
     ) -> io::Result<()> {
         let n = std::mem::take(&mut self.pass_through);
-        if let Some(splicer) = self.splicer.get_or_insert_with(Splicer::new) {
-            return splicer.transfer(src.as_ref(), dst.as_ref(), n).await;
+        // Splicing pays only into a unix socket. Measured with `cargo bench --bench proxy` on
+        // the 2-core test machine (Linux 6.18), 1 MiB frames from the client's TCP socket into
+        // the app-server's unix socket moved ~1.6x as fast spliced as copied, while frames
+        // spliced into a TCP socket moved at 0.6-0.8x the speed of a copy.
+        let into_unix = matches!(dst.socket(), SocketRef::Unix(_));
+        if into_unix && let Some(splicer) = self.splicer.get_or_insert_with(Splicer::new) {
+            return splicer.transfer(src.socket(), dst.socket(), n).await;
         }
         let mut left = n;
         while left > 0 {

@@ -10,7 +10,8 @@ mod imp {
 
     use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
     use tokio::io::Interest;
-    use tokio::net::TcpStream;
+
+    use crate::proxy::socket::SocketRef;
 
     /// How large a pipe to ask for (the unprivileged maximum by default); each splice moves
     /// at most this much.
@@ -41,8 +42,8 @@ mod imp {
         /// Moves exactly `n` bytes from `src` to `dst`.
         pub(in crate::proxy::relay) async fn transfer(
             &mut self,
-            src: &TcpStream,
-            dst: &TcpStream,
+            src: SocketRef<'_>,
+            dst: SocketRef<'_>,
             mut n: usize,
         ) -> io::Result<()> {
             let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
@@ -106,7 +107,7 @@ mod imp {
 mod imp {
     use std::io;
 
-    use tokio::net::TcpStream;
+    use crate::proxy::socket::SocketRef;
 
     pub(in crate::proxy::relay) enum Splicer {}
 
@@ -117,8 +118,8 @@ mod imp {
 
         pub(in crate::proxy::relay) async fn transfer(
             &mut self,
-            _: &TcpStream,
-            _: &TcpStream,
+            _: SocketRef<'_>,
+            _: SocketRef<'_>,
             _: usize,
         ) -> io::Result<()> {
             match *self {}
