@@ -583,7 +583,11 @@ impl App {
             self.cursor_style = Some(style);
         }
         queue!(terminal.backend_mut(), EndSynchronizedUpdate).wrap_err("drawing")?;
-        terminal.backend_mut().flush().wrap_err("drawing")?;
+        terminal
+            .backend_mut()
+            .writer_mut()
+            .present()
+            .wrap_err("drawing")?;
         self.frames.drew(Instant::now());
         Ok(())
     }

@@ -19,7 +19,39 @@ use ratatui::backend::CrosstermBackend;
 
 use crate::pty::queries::OuterColors;
 
-pub type Tui = Terminal<CrosstermBackend<BufWriter<Stdout>>>;
+pub type Tui = Terminal<CrosstermBackend<FrameWriter>>;
+
+/// Collects everything written to the terminal and hands it over in one `write` per frame:
+/// ratatui flushes in the middle of a draw (after the cells, after the cursor), and every
+/// flush would be a syscall and a wake-up of the outer terminal, which might even paint the
+/// half it got. `flush` is therefore a no-op; [`FrameWriter::present`] writes the frame.
+pub struct FrameWriter {
+    out: BufWriter<Stdout>,
+}
+
+impl FrameWriter {
+    fn new() -> Self {
+        // Large enough for a full frame of a big terminal in one write.
+        Self {
+            out: BufWriter::with_capacity(256 * 1024, std::io::stdout()),
+        }
+    }
+
+    /// Writes what was queued since the last call.
+    pub fn present(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl Write for FrameWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Set while the terminal is ours; restoring twice is harmless.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -69,9 +101,7 @@ impl TerminalGuard {
         )
         .and_then(|()| out.flush())
         .wrap_err("setting up the terminal")?;
-        // Large writes: one full frame in a few syscalls.
-        let backend =
-            CrosstermBackend::new(BufWriter::with_capacity(256 * 1024, std::io::stdout()));
+        let backend = CrosstermBackend::new(FrameWriter::new());
         let terminal = Terminal::new(backend).wrap_err("starting the terminal UI")?;
         Ok(Self { terminal, colors })
     }
@@ -79,7 +109,7 @@ impl TerminalGuard {
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
-        let _ = self.terminal.backend_mut().flush();
+        let _ = self.terminal.backend_mut().writer_mut().present();
         restore();
     }
 }
