@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod app;
 pub mod cli;
+pub mod codex_bin;
 pub mod config;
 pub mod errors;
 pub mod logging;
