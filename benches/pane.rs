@@ -10,8 +10,13 @@
 //! (b) CPU of cs-tui over 10 s with Codex idle in the pane;
 //! (c) peak RSS of cs-tui with 10,000 lines of scrollback filled;
 //! (d) launch to Codex's model line: cs-tui vs. plain codex in tmux vs. codex in an in-process
-//!     pane that answers its queries;
+//!     pane that answers its queries, both with and without codex's shared app-server daemon
+//!     already running;
 //! (e) Enter to reply on screen: cs-tui vs. plain codex, both in tmux.
+//!
+//! The screens are read through tmux control-mode clients polled every millisecond: a
+//! `tmux capture-pane` process every 2 ms took much of the 2-core test machine's CPU and so
+//! slowed whatever needed the most of it.
 
 #[path = "../tests/pane_support/mod.rs"]
 mod pane_support;
@@ -29,7 +34,7 @@ use cs_tui::pty::queries::OuterColors;
 use cs_tui::pty::screen::PaneScreen;
 use cs_tui::ui::{self, RenderContext, View};
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
-use pane_support::Tmux;
+use pane_support::{ControlClient, Tmux};
 use ratatui::backend::CrosstermBackend;
 use ratatui::layout::Rect;
 use ratatui::{Terminal, TerminalOptions, Viewport};
@@ -327,11 +332,6 @@ impl CodexRig {
         self.cs_tui_with(width, height, &[])
     }
 
-    /// cs-tui's pane alone: Codex in the pane without the app-server and proxy.
-    fn cs_tui_without_proxy(&self, width: u16, height: u16) -> Tmux {
-        self.cs_tui_with(width, height, &[("CS_TUI_NO_PROXY", OsStr::new("1"))])
-    }
-
     fn cs_tui_with(&self, width: u16, height: u16, extra: &[(&str, &OsStr)]) -> Tmux {
         let codex = codex_bin();
         let mut env = vec![
@@ -366,28 +366,42 @@ impl CodexRig {
 const MODEL_LINE: &str = "gpt-5.1-codex";
 
 fn fast_wait(tmux: &Tmux, what: &str, pred: impl Fn(&str) -> bool) -> Instant {
+    watch(&mut tmux.control(), what, pred)
+}
+
+/// Polls the screen every millisecond through a control-mode client (no process per poll, so
+/// the observer takes little CPU from what it observes); returns when `pred` first held.
+fn watch(control: &mut ControlClient, what: &str, pred: impl Fn(&str) -> bool) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if pred(&tmux.screen()) {
+        let screen = control.screen();
+        if pred(&screen) {
             return Instant::now();
         }
         assert!(
             Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            tmux.screen()
+            "timed out waiting for {what}:\n{screen}"
         );
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
 /// Codex in our pane, in process, no tmux: spawn to the model line on the parsed screen.
-async fn codex_in_bare_pane(rig: &CodexRig) -> Duration {
+/// `native`: run the npm package's binary directly, as cs-tui does, instead of its Node wrapper.
+async fn codex_in_bare_pane(rig: &CodexRig, native: bool) -> Duration {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let codex = codex_bin();
     let mut extra = vec![("CODEX_HOME".into(), rig.home.path().as_os_str().to_owned())];
     extra.push(("CS_TUI_BENCH".into(), "1".into()));
+    let program = if native {
+        let (binary, env) = cs_tui::codex_bin::exec_target(codex.as_os_str());
+        extra.extend(env);
+        PathBuf::from(binary)
+    } else {
+        codex
+    };
     let spec = ChildSpec {
-        program: codex,
+        program,
         args: vec!["-C".into(), rig.home.work_dir().as_os_str().to_owned()],
         cwd: rig.home.work_dir().to_owned(),
         env: child_environment(std::env::vars_os(), &extra),
@@ -559,67 +573,83 @@ fn main() {
         }
 
         if wants('d') {
+        // Plain codex (0.157+) detaches a shared app-server daemon on its first launch and
+        // attaches to it on later ones, so its launch time depends on whether one is running:
+        // each baseline is measured cold (no daemon) and warm (the daemon of the cold run).
+        // cs-tui always starts its own app-server, and runs the npm package's native binary
+        // (so does the last row: what is left once Node's start-up is out of both).
         println!("\n(d) launch to Codex's model line (median of 3)");
         let mut ours = Vec::new();
-        let mut pane_only = Vec::new();
-        let mut plain = Vec::new();
-        let mut bare = Vec::new();
+        let mut plain_cold = Vec::new();
+        let mut plain_warm = Vec::new();
+        let mut bare_cold = Vec::new();
+        let mut bare_warm = Vec::new();
+        let mut bare_native = Vec::new();
+        let model_line = |tmux: Tmux, start: Instant| {
+            let at = fast_wait(&tmux, "model line", |s| s.contains(MODEL_LINE));
+            drop(tmux);
+            at - start
+        };
         for _ in 0..3 {
+            rig.home.stop_daemons();
             let start = Instant::now();
-            let s = rig.cs_tui(160, 48);
-            ours.push(fast_wait(&s, "model line", |s| s.contains(MODEL_LINE)) - start);
-            drop(s);
+            ours.push(model_line(rig.cs_tui(160, 48), start));
             let start = Instant::now();
-            let s = rig.cs_tui_without_proxy(160, 48);
-            pane_only.push(fast_wait(&s, "model line", |s| s.contains(MODEL_LINE)) - start);
-            drop(s);
+            plain_cold.push(model_line(rig.plain_codex(116, 48), start));
             let start = Instant::now();
-            let s = rig.plain_codex(116, 48);
-            plain.push(fast_wait(&s, "model line", |s| s.contains(MODEL_LINE)) - start);
-            drop(s);
-            bare.push(codex_in_bare_pane(&rig).await);
+            plain_warm.push(model_line(rig.plain_codex(116, 48), start));
+            rig.home.stop_daemons();
+            bare_cold.push(codex_in_bare_pane(&rig, false).await);
+            bare_warm.push(codex_in_bare_pane(&rig, false).await);
+            bare_native.push(codex_in_bare_pane(&rig, true).await);
         }
-        let (ours, plain, bare) = (median(ours), median(plain), median(bare));
-        let pane_only = median(pane_only);
-        println!("  plain codex in tmux              {:>6.0} ms", ms(plain));
-        println!("  codex in a bare answering pane   {:>6.0} ms", ms(bare));
-        println!(
-            "  cs-tui's pane alone (no proxy)   {:>6.0} ms  = {:.2}x plain-in-tmux, {:.2}x bare pane",
-            ms(pane_only),
-            pane_only.as_secs_f64() / plain.as_secs_f64(),
-            pane_only.as_secs_f64() / bare.as_secs_f64()
-        );
-        println!(
-            "  cs-tui (app-server, proxy, pane) {:>6.0} ms  = {:.2}x plain-in-tmux, {:.2}x bare pane",
-            ms(ours),
-            ours.as_secs_f64() / plain.as_secs_f64(),
-            ours.as_secs_f64() / bare.as_secs_f64()
-        );
+        rig.home.stop_daemons();
+        let ours = median(ours);
+        let rows = [
+            ("plain codex in tmux, cold", median(plain_cold)),
+            ("plain codex in tmux, warm", median(plain_warm)),
+            ("codex in a bare answering pane, cold", median(bare_cold)),
+            ("codex in a bare answering pane, warm", median(bare_warm)),
+            ("the same, without the Node wrapper", median(bare_native)),
+        ];
+        println!("  cs-tui (app-server, proxy, pane)        {:>6.0} ms", ms(ours));
+        for (name, baseline) in rows {
+            println!(
+                "  {name:<39} {:>6.0} ms   cs-tui = {:.2}x",
+                ms(baseline),
+                ours.as_secs_f64() / baseline.as_secs_f64()
+            );
+        }
+        println!("  (targets: below 1x plain codex in tmux, at most 1.5x the answering pane)");
 
         }
 
         if wants('e') {
-        const PROMPTS: usize = 8;
+        let prompts: usize = std::env::var("CS_TUI_BENCH_PROMPTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(12);
         println!(
-            "\n(e) Enter to reply on screen (median of {PROMPTS} prompts after a warm-up, alternating)"
+            "\n(e) Enter to reply on screen (median of {prompts} prompts after a warm-up, alternating)"
         );
         let sessions = [
             ("plain codex", rig.plain_codex(116, 48)),
             ("cs-tui", rig.cs_tui(160, 48)),
         ];
-        for (_, session) in &sessions {
-            fast_wait(session, "ready", |s| s.contains(MODEL_LINE));
+        let mut controls: Vec<ControlClient> = sessions.iter().map(|(_, s)| s.control()).collect();
+        for control in &mut controls {
+            watch(control, "ready", |s| s.contains(MODEL_LINE));
         }
         let mut times = vec![Vec::new(); sessions.len()];
-        for i in 0..=PROMPTS {
-            for (k, (name, session)) in sessions.iter().enumerate() {
+        for i in 0..=prompts {
+            for (k, ((name, _), control)) in sessions.iter().zip(&mut controls).enumerate() {
                 let prompt = format!("bench {name} {i}");
-                session.paste(&prompt);
-                fast_wait(session, "prompt", |s| s.contains(&prompt));
+                control.paste(&prompt);
+                watch(control, "prompt", |s| s.contains(&prompt));
                 let start = Instant::now();
-                session.keys(&["Enter"]);
+                control.keys("Enter");
                 let reply = format!("you said \"{prompt}\"");
-                let took = fast_wait(session, "reply", |s| s.contains(&reply)) - start;
+                let took = watch(control, "reply", |s| s.contains(&reply)) - start;
                 // The first turn also names the thread; it warms up.
                 if i > 0 {
                     times[k].push(took);

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Enter-to-reply latency of the real Codex TUI, in tmux, against the mock backend.
 
-Compares, in one run: plain local `codex`; `codex --remote` straight to an app-server over
-ws:// and over unix://; and (with --cs-tui) `codex --remote` through cs-tui's proxy
-(`cs-tui serve`), and the whole product (cs-tui with Codex in its pane). Prints medians and ratios against plain `codex`.
+Compares, in one run with every session open and the turns interleaved (so all rows see the
+same machine): plain local `codex`; `codex --remote` straight to an app-server over ws:// and
+over unix://; and (with --cs-tui) `codex --remote` through cs-tui's proxy (`cs-tui serve`),
+cs-tui's pane alone (plain codex inside it), and the whole product (cs-tui with Codex in its
+pane). Prints medians and ratios against plain `codex`.
 
 With --rerun PATH (a cs-tui binary): the time from Enter on a prompt that hits the active
 account's usage limit to the reply of the next account on screen (hidden re-run), against
@@ -35,26 +37,36 @@ def wait_for(session, text, timeout=20.0, poll=0.002):
     raise SystemExit(f"[{session}] timed out waiting for {text!r}:\n{pane(session)}")
 
 
-def measure(session, command, env, rounds):
+def start_session(session, command, env):
     env_args = [f"{k}={v}" for k, v in env.items()]
     sh("tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "48",
        "env", "-u", "TMUX", "-u", "TMUX_PANE", *env_args, *command)
-    try:
-        wait_for(session, "Ask Codex to do anything", timeout=30)
-        samples = []
-        for i in range(rounds + 1):
-            prompt = f"ping{i}x{uuid.uuid4().hex[:6]}"
-            sh("tmux", "send-keys", "-t", session, "-l", prompt)
-            wait_for(session, prompt)
-            start = time.monotonic()
-            sh("tmux", "send-keys", "-t", session, "Enter")
-            end = wait_for(session, f'you said "{prompt}"')
-            if i > 0:  # the first turn warms caches
-                samples.append((end - start) * 1000)
+    wait_for(session, "Ask Codex to do anything", timeout=30)
+
+
+def turn(session, prompt, served_by=None):
+    """Enter → the mock's reply on screen (from the account `served_by`, if given), in ms."""
+    sh("tmux", "send-keys", "-t", session, "-l", prompt)
+    wait_for(session, prompt)
+    time.sleep(0.2)  # Codex's paste-burst window
+    start = time.monotonic()
+    sh("tmux", "send-keys", "-t", session, "Enter")
+    reply = f'you said "{prompt}"'
+    end = wait_for(session, f"Served by {served_by}: {reply}" if served_by else reply)
+    return (end - start) * 1000
+
+
+def measure_interleaved(sessions, rounds):
+    """Every session takes one turn per round, in turn, so all of them see the same machine
+    state; the first round warms caches and is not counted."""
+    samples = {name: [] for name in sessions}
+    for i in range(rounds + 1):
+        for name, session in sessions.items():
+            took = turn(session, f"ping{i}x{uuid.uuid4().hex[:6]}")
+            if i > 0:
+                samples[name].append(took)
             time.sleep(0.3)
-        return samples
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    return samples
 
 
 def stop_daemons(tmp):
@@ -105,24 +117,14 @@ def rerun_bench(cs_tui, rounds):
     normal, limited = [], []
     try:
         wait_for(session, "Ask Codex to do anything", timeout=30)
-
-        def turn(prompt, who):
-            sh("tmux", "send-keys", "-t", session, "-l", prompt)
-            wait_for(session, prompt)
-            time.sleep(0.2)  # Codex's paste-burst window
-            start = time.monotonic()
-            sh("tmux", "send-keys", "-t", session, "Enter")
-            end = wait_for(session, f'Served by {who}: you said "{prompt}"')
-            return (end - start) * 1000
-
-        turn("warm up", names[0])
+        turn(session, "warm up", names[0])
         wait_for(session, f"Chat with {names[0]}")
         for i in range(rounds):
-            normal.append(turn(f"ordinary {i}", names[i]))
+            normal.append(turn(session, f"ordinary {i}", names[i]))
             mock.stdin.write(f"mode {names[i]} limit\n")
             mock.stdin.flush()
             time.sleep(0.3)
-            limited.append(turn(f"limited {i}", names[i + 1]))
+            limited.append(turn(session, f"limited {i}", names[i + 1]))
             time.sleep(0.5)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
@@ -153,10 +155,11 @@ def main():
     env = dict(l.strip().split("=", 1) for l in lines if "=" in l)
     home, work = env["CODEX_HOME"], os.path.join(tmp, "work")
     base = {"CODEX_HOME": home, "TERM": "xterm-256color"}
-    results = {}
+    sessions = {}
     procs = []
     try:
-        results["plain codex"] = measure("lat-plain", [CODEX, "-C", work], base, opts.rounds)
+        start_session("lat-plain", [CODEX, "-C", work], base)
+        sessions["plain codex"] = "lat-plain"
 
         token = uuid.uuid4().hex
         token_file = os.path.join(tmp, "ws.token")
@@ -164,14 +167,15 @@ def main():
             f.write(token)
         port = 40000 + os.getpid() % 20000
         procs.append(start_app_server(home, f"ws://127.0.0.1:{port}", token_file))
-        results["--remote ws:// (direct)"] = measure(
-            "lat-ws", [CODEX, "-C", work, "--remote", f"ws://127.0.0.1:{port}",
-                       "--remote-auth-token-env", "LAT_TOKEN"], {**base, "LAT_TOKEN": token}, opts.rounds)
+        start_session("lat-ws", [CODEX, "-C", work, "--remote", f"ws://127.0.0.1:{port}",
+                                 "--remote-auth-token-env", "LAT_TOKEN"],
+                      {**base, "LAT_TOKEN": token})
+        sessions["--remote ws:// (direct)"] = "lat-ws"
 
         sock = os.path.join(tmp, "app.sock")
         procs.append(start_app_server(home, f"unix://{sock}"))
-        results["--remote unix:// (direct)"] = measure(
-            "lat-unix", [CODEX, "-C", work, "--remote", f"unix://{sock}"], base, opts.rounds)
+        start_session("lat-unix", [CODEX, "-C", work, "--remote", f"unix://{sock}"], base)
+        sessions["--remote unix:// (direct)"] = "lat-unix"
 
         if opts.cs_tui:
             store = os.path.join(tmp, "store")
@@ -186,17 +190,23 @@ def main():
             url = serve.stdout.readline().split()[-1]
             tok_path = serve.stdout.readline().split()[-1]
             ptoken = open(tok_path).read().strip()
-            results["--remote via cs-tui proxy"] = measure(
-                "lat-proxy", [CODEX, "-C", work, "--remote", url, "--remote-auth-token-env",
-                              "LAT_TOKEN"], {**base, "LAT_TOKEN": ptoken}, opts.rounds)
-            os.killpg(serve.pid, signal.SIGTERM)
-            serve.wait(timeout=10)
-            # The whole product: cs-tui's dashboard with Codex in its pane, in the same tmux size.
+            start_session("lat-proxy", [CODEX, "-C", work, "--remote", url,
+                                        "--remote-auth-token-env", "LAT_TOKEN"],
+                          {**base, "LAT_TOKEN": ptoken})
+            sessions["--remote via cs-tui serve"] = "lat-proxy"
+            # cs-tui's pane alone (plain codex inside it), and the whole product, in the same
+            # tmux size.
             product_env = {k: senv[k] for k in ("CODEX_HOME", "CS_TUI_HOME", "CS_TUI_CODEX_BIN",
                                                  "CODEX_REFRESH_TOKEN_URL_OVERRIDE")}
-            results["cs-tui (pane + proxy)"] = measure(
-                "lat-product", [opts.cs_tui, "-C", work], {**base, **product_env}, opts.rounds)
+            start_session("lat-pane", [opts.cs_tui, "-C", work],
+                          {**base, **product_env, "CS_TUI_NO_PROXY": "1"})
+            sessions["cs-tui pane, no proxy"] = "lat-pane"
+            start_session("lat-product", [opts.cs_tui, "-C", work], {**base, **product_env})
+            sessions["cs-tui (pane + proxy)"] = "lat-product"
+        results = measure_interleaved(sessions, opts.rounds)
     finally:
+        for session in sessions.values():
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         for p in procs:
             try:
                 os.killpg(p.pid, signal.SIGKILL)
@@ -207,7 +217,8 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
     baseline = statistics.median(results["plain codex"])
-    print(f"Enter → reply on screen, median of {opts.rounds} turns (tmux polled every 2 ms)")
+    print(f"Enter → reply on screen, median of {opts.rounds} turns per row, interleaved "
+          "(tmux polled every 2 ms)")
     for name, samples in results.items():
         med = statistics.median(samples)
         print(f"  {name:28} {med:7.1f} ms  (min {min(samples):6.1f}, max {max(samples):6.1f})"

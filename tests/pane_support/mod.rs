@@ -216,6 +216,100 @@ impl Drop for Tmux {
     }
 }
 
+/// A control-mode client (`tmux -C`) of a [`Tmux`] server: commands go down one pipe and their
+/// output comes back on another, with no process started per command. For measurements, where
+/// a `tmux capture-pane` process every 2 ms would take a good part of a small machine's CPU
+/// away from what is being measured.
+pub struct ControlClient {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Tmux {
+    pub fn control(&self) -> ControlClient {
+        use std::process::Stdio;
+        let mut child = self
+            .command()
+            // No %output notifications: they would copy every byte the pane gets.
+            .args(["-C", "attach-session", "-f", "no-output", "-t", "main"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a tmux control client");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(
+            child.stdout.take().expect("piped stdout"),
+        ));
+        ControlClient {
+            child,
+            stdin,
+            lines,
+        }
+    }
+}
+
+impl ControlClient {
+    /// Runs a tmux command; returns its output. Panics if tmux reports an error.
+    pub fn command(&mut self, command: &str) -> String {
+        use std::io::Write as _;
+        // A marker command after it tells this command's block from the attach's own.
+        writeln!(self.stdin, "{command}\ndisplay-message -p cs-tui-mark").expect("tmux control");
+        self.stdin.flush().expect("tmux control");
+        let mut blocks = Vec::new();
+        let mut block: Option<Vec<String>> = None;
+        loop {
+            let line = self
+                .lines
+                .next()
+                .expect("tmux control client output")
+                .expect("tmux control client output");
+            match &mut block {
+                None if line.starts_with("%begin ") => block = Some(Vec::new()),
+                None => {} // a notification
+                Some(body) if line.starts_with("%end ") || line.starts_with("%error ") => {
+                    let body = std::mem::take(body);
+                    assert!(!line.starts_with("%error "), "tmux {command:?}: {body:?}");
+                    if body == ["cs-tui-mark"] {
+                        // The block before the marker is this command's.
+                        return blocks
+                            .pop()
+                            .map(|b: Vec<String>| b.join("\n"))
+                            .unwrap_or_default();
+                    }
+                    blocks.push(body);
+                    block = None;
+                }
+                Some(body) => body.push(line),
+            }
+        }
+    }
+
+    pub fn screen(&mut self) -> String {
+        self.command("capture-pane -p -t main")
+    }
+
+    /// Sends tmux key names (`Enter`, `C-]`).
+    pub fn keys(&mut self, keys: &str) {
+        self.command(&format!("send-keys -t main {keys}"));
+    }
+
+    /// Pastes text (bracketed, as a terminal does). The text must not hold a single quote.
+    pub fn paste(&mut self, text: &str) {
+        assert!(!text.contains('\''), "{text:?}");
+        self.command(&format!("set-buffer -b cs-tui-ctl '{text}'"));
+        self.command("paste-buffer -p -d -b cs-tui-ctl -t main");
+    }
+}
+
+impl Drop for ControlClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
