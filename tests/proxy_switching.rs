@@ -165,6 +165,32 @@ async fn a_usage_limit_switches_to_the_next_account_for_the_next_turn() {
             .any(|m| m["id"].as_str().is_some_and(|id| id.starts_with("cs-tui/"))),
         "a proxy-owned response leaked to the client"
     );
+
+    // Asked by hand to go back to alice, still at her limit (her /wham/usage says so): the
+    // proxy refuses with the reason and stays on bob.
+    rig.session
+        .commands()
+        .send(ProxyCommand::SwitchTo {
+            account_id: account_id(&rig, "alice"),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    wait_event(&mut rig.events, "the refusal", |e| {
+        matches!(e, ProxyEvent::Notice { message, .. }
+            if message.starts_with("cannot switch to alice: it has hit its usage limit until"))
+    })
+    .await;
+    run_turn(&mut client, &thread, "fourth prompt").await;
+    assert_eq!(
+        served_by(&rig.mock, "fourth prompt").0.as_deref(),
+        Some("acct-bob")
+    );
+    assert_eq!(
+        history::read_recent(&rig.store.path().join(history::HISTORY_FILE), 10).len(),
+        1,
+        "a refused switch is not a switch"
+    );
     rig.session.shutdown().await;
 }
 

@@ -612,8 +612,23 @@ fn window_json(w: &UsageWindow) -> Value {
     })
 }
 
+/// What the backend knows of an account's usage: an account held at its usage limit reads as
+/// full (its 5-hour window at 100 %, the limit reached), on every endpoint.
+fn effective_usage(account: &MockAccount) -> Usage {
+    let mut usage = account.usage.clone();
+    if matches!(account.mode, AccountMode::UsageLimit) {
+        if let Some(p) = usage.primary.as_mut() {
+            p.used_percent = 100;
+        }
+        usage
+            .limit_reached_type
+            .get_or_insert_with(|| "rate_limit_reached".to_owned());
+    }
+    usage
+}
+
 fn wham_usage(account: &MockAccount) -> Value {
-    let usage = &account.usage;
+    let usage = &effective_usage(account);
     let limit_reached = usage.limit_reached_type.is_some()
         || [usage.primary, usage.secondary]
             .iter()
@@ -669,10 +684,7 @@ fn model_response(
 ) -> Response {
     match account.mode.clone() {
         AccountMode::UsageLimit => {
-            let mut usage = account.usage.clone();
-            if let Some(p) = usage.primary.as_mut() {
-                p.used_percent = 100;
-            }
+            let usage = effective_usage(account);
             let resets_at = usage
                 .primary
                 .map(|w| w.resets_at)

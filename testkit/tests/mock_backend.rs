@@ -191,6 +191,16 @@ async fn model_requests_stream_sse_with_rate_limit_headers_or_fail_as_configured
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["type"], "usage_limit_reached");
     assert!(body["error"]["resets_at"].as_i64().is_some());
+    // The usage endpoint agrees: the account is at its limit.
+    let token = alice.access_token(600, 1);
+    let (status, usage) = get(&mock, "/backend-api/wham/usage", &token, "acct-alice").await;
+    assert_eq!(status, 200);
+    assert_eq!(usage["rate_limit"]["limit_reached"], true, "{usage}");
+    assert_eq!(usage["rate_limit"]["primary_window"]["used_percent"], 100);
+    assert_eq!(
+        usage["rate_limit_reached_type"]["type"],
+        "rate_limit_reached"
+    );
 
     mock.set_mode("acct-alice", AccountMode::ServerError);
     assert_eq!(post().await.unwrap().status().as_u16(), 500);
