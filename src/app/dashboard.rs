@@ -88,6 +88,16 @@ pub enum Notice {
     Message { text: String, at: DateTime<Utc> },
 }
 
+impl Notice {
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Notice::SwitchDeferred { at, .. }
+            | Notice::NoAccountAvailable { at, .. }
+            | Notice::Message { at, .. } => *at,
+        }
+    }
+}
+
 /// Whether this session has the proxy in front of Codex.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionMode {

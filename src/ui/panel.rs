@@ -547,10 +547,17 @@ pub fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Line<'stat
             }
         }
     }
-    // The status bar is one line: the latest notice, unwrapped.
-    if let Some(notice) = notice_lines(dashboard, ctx, 1, usize::MAX)
-        .into_iter()
-        .next()
+    // The status bar is one line: the latest notice or switch, whichever came last (a
+    // "switching to bob" notice is old news once the switch is done).
+    let switch_is_newer = match (dashboard.notices.last(), dashboard.switches.last()) {
+        (Some(notice), Some(record)) => record.at >= notice.at(),
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    if !switch_is_newer
+        && let Some(notice) = notice_lines(dashboard, ctx, 1, usize::MAX)
+            .into_iter()
+            .next()
     {
         spans.push(sep());
         spans.extend(notice.spans);

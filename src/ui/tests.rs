@@ -299,3 +299,34 @@ fn sparkline_shows_what_is_left() {
     assert_eq!(panel::sparkline(&[0.0, 50.0, 100.0], 10), "█▅▁");
     assert_eq!(panel::sparkline(&[0.0, 10.0, 20.0, 30.0], 2), "▇▆");
 }
+
+#[test]
+fn the_status_bar_shows_whichever_came_last_of_notices_and_switches() {
+    let text = |d: &Dashboard| {
+        crate::ui::panel::status_line(d, &ctx())
+            .spans
+            .iter()
+            .map(|s| s.content.as_ref())
+            .collect::<String>()
+    };
+    let mut d = started(stored());
+    d.apply(&ProxyEvent::Notice {
+        message: "switching to bob".into(),
+        at: at(-10),
+    });
+    assert!(text(&d).contains("switching to bob"), "{}", text(&d));
+    d.apply(&ProxyEvent::SwitchDone {
+        from: Some(account("alice")),
+        to: account("bob"),
+        reason: SwitchReason::Manual,
+        elapsed_ms: 80,
+        at: at(-9),
+    });
+    assert!(text(&d).contains("alice → bob"), "{}", text(&d));
+    assert!(!text(&d).contains("switching"), "{}", text(&d));
+    d.apply(&ProxyEvent::Notice {
+        message: "refreshing every account's usage".into(),
+        at: at(-5),
+    });
+    assert!(text(&d).contains("refreshing"), "{}", text(&d));
+}
