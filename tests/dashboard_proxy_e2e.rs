@@ -84,3 +84,62 @@ async fn a_limit_switches_accounts_in_the_running_session_and_the_panel_says_why
         .unwrap_or_default();
     assert!(runtime.is_empty(), "no token files left: {runtime:?}");
 }
+
+/// The pid of the app-server a cs-tui session with this store started.
+fn app_server_pid(store: &std::path::Path) -> Option<i32> {
+    let needle = format!("unix://{}", store.join("runtime").display());
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains(" app-server ") && cmdline.contains(&needle)).then_some(pid)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_app_server_is_replaced_and_codex_carries_on() {
+    let p = start(&["alice", "bob"]).await;
+    let t = &p.tmux;
+    t.wait_for(WAIT, "Codex and the panel on alice", |s| {
+        ready(s) && panel(s).contains("● alice") && panel(s).contains("proxy ready")
+    });
+    prompt(t, "before the crash");
+    t.wait_for(WAIT, "alice's reply", |s| {
+        s.contains("Served by alice: you said \"before the crash\"")
+    });
+
+    let pid = app_server_pid(p.store.path()).expect("the session's app-server");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    t.wait_for(WAIT, "the restart in the panel", |s| {
+        let panel = panel(s);
+        panel.contains("app-server restarted") && panel.contains("proxy ready · 1 client")
+    });
+    // Codex reconnected by itself; the same conversation goes on, on the same account.
+    prompt(t, "after the crash");
+    let screen = t.wait_for(WAIT, "alice's reply after the crash", |s| {
+        s.contains("Served by alice: you said \"after the crash\"")
+    });
+    assert!(
+        screen.contains("you said \"before the crash\""),
+        "the conversation is still on screen: {screen}"
+    );
+    assert_ne!(app_server_pid(p.store.path()), Some(pid));
+
+    t.keys(&["C-]", "q"]);
+    t.wait_for(WAIT, "the quit question", |s| s.contains("Quit cs-tui?"));
+    t.keys(&["y"]);
+    let screen = t.wait_for(WAIT, "the shell back", |s| s.contains("shell prompt>"));
+    assert!(screen.contains("cs-tui exited 0"), "{screen}");
+    assert_eq!(
+        app_server_pid(p.store.path()),
+        None,
+        "no app-server is left"
+    );
+}

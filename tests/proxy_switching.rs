@@ -462,30 +462,122 @@ async fn a_wrong_bearer_is_refused_with_401() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_app_server_is_reported_and_leaves_no_socket() {
-    let mut rig = rig(&["alice"]).await;
-    let runtime = rig.session.runtime_dir().to_owned();
-    // The app-server binds its socket under /tmp/codex-daemon-<uid>/ and links our path to it.
-    let link = runtime.join("app-server").join("app-server.sock");
-    let socket = std::fs::read_link(&link).expect("the app-server's socket link");
-    assert!(socket.exists(), "{}", socket.display());
-    let pgid = rig.session.app_server_pgid().unwrap();
+fn kill_app_server(rig: &Rig) -> i32 {
+    let pgid = rig.session.app_server_pgid().expect("an app-server runs");
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pgid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    pgid
+}
+
+/// A killed app-server is reported and replaced: the new one listens on the same path, the
+/// active account is logged in again before a client may attach, and the thread goes on
+/// (the Codex TUI reconnects and resumes it by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_app_server_is_restarted_and_the_session_goes_on() {
+    let mut rig = rig(&["alice", "bob"]).await;
+    let runtime = rig.session.runtime_dir().to_owned();
+    // The app-server binds its socket under /tmp/codex-daemon-<uid>/ and links our path to it.
+    let link = runtime.join("app-server").join("app-server.sock");
+    let socket = std::fs::read_link(&link).expect("the app-server's socket link");
+    assert!(socket.exists(), "{}", socket.display());
+    let mut client = tui_client(&rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
+    run_turn(&mut client, &thread, "before the crash").await;
+
+    let killed = kill_app_server(&rig);
     let event = wait_event(&mut rig.events, "app-server exit", |e| {
         matches!(e, ProxyEvent::AppServerExited { .. })
     })
     .await;
-    let ProxyEvent::AppServerExited { status, .. } = event else {
+    let ProxyEvent::AppServerExited {
+        status, restarting, ..
+    } = event
+    else {
         unreachable!()
     };
     assert!(status.contains("signal"), "{status}");
+    assert!(restarting);
+    // A client that comes back at once waits at the gate until the login is done.
+    let url = rig.session.url().to_owned();
+    let token = rig.session.token().expose().to_owned();
+    let reconnect = tokio::spawn(async move {
+        let mut client = WsClient::connect(&url, &token).await;
+        client.initialize(json!("initialize")).await;
+        client
+    });
+    let event = wait_event(&mut rig.events, "the restart", |e| {
+        matches!(e, ProxyEvent::AppServerRestarted { .. })
+    })
+    .await;
+    let ProxyEvent::AppServerRestarted { account, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!(account.name, "alice");
+    assert_ne!(rig.session.app_server_pgid(), Some(killed));
+    let mut client = tokio::time::timeout(WAIT, reconnect)
+        .await
+        .expect("the reconnecting client got through")
+        .unwrap();
+    let read = client.request("account/read", json!({})).await.unwrap();
+    assert_eq!(
+        read["account"]["email"], "alice@example.com",
+        "logged in before the client attached: {read}"
+    );
+    client
+        .request("thread/resume", json!({"threadId": thread}))
+        .await
+        .expect("the thread resumes on the new app-server");
+    let done = run_turn(&mut client, &thread, "after the crash").await;
+    assert_eq!(done["params"]["turn"]["status"], "completed");
+    assert_eq!(
+        served_by(&rig.mock, "after the crash").0.as_deref(),
+        Some("acct-alice")
+    );
+
     rig.session.shutdown().await;
     // SIGKILL gave the app-server no chance to remove its socket; the session did.
     assert!(!socket.exists(), "{} is left", socket.display());
     assert!(!runtime.exists(), "the runtime directory is removed");
+}
+
+/// An app-server that keeps dying is not restarted for ever: after three restarts in ten
+/// minutes the next exit ends the session, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_server_that_keeps_dying_ends_the_session() {
+    let mut rig = rig(&["alice"]).await;
+    for _ in 0..3 {
+        kill_app_server(&rig);
+        wait_event(&mut rig.events, "a restart", |e| {
+            matches!(e, ProxyEvent::AppServerRestarted { .. })
+        })
+        .await;
+    }
+    kill_app_server(&rig);
+    wait_event(&mut rig.events, "the end", |e| {
+        matches!(
+            e,
+            ProxyEvent::AppServerExited {
+                restarting: false,
+                ..
+            }
+        )
+    })
+    .await;
+    wait_event(&mut rig.events, "the proxy down", |e| {
+        matches!(
+            e,
+            ProxyEvent::Connection {
+                state: cs_tui::proxy::events::ConnectionState::Down,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(rig.session.app_server_pgid(), None);
+    let runtime = rig.session.runtime_dir().to_owned();
+    rig.session.shutdown().await;
+    assert!(!runtime.exists());
 }

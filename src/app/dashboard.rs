@@ -291,10 +291,37 @@ impl Dashboard {
                 });
             }
             ProxyEvent::Connection { state, .. } => self.connection = *state,
-            ProxyEvent::AppServerExited { status, at, .. } => {
-                self.connection = ConnectionState::Down;
+            ProxyEvent::AppServerExited {
+                status,
+                stderr_tail,
+                restarting,
+                at,
+            } => {
+                self.connection = if *restarting {
+                    ConnectionState::Starting
+                } else {
+                    ConnectionState::Down
+                };
+                let text = if *restarting {
+                    format!("app-server exited ({status}); starting it again")
+                } else {
+                    // Its last words usually say why.
+                    let said = stderr_tail
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .map(|l| {
+                            let clean: String = l.chars().filter(|c| !c.is_control()).collect();
+                            format!(": {}", clean.trim())
+                        })
+                        .unwrap_or_default();
+                    format!("app-server exited ({status}){said}; quit cs-tui and start it again")
+                };
+                self.push_notice(Notice::Message { text, at: *at });
+            }
+            ProxyEvent::AppServerRestarted { account, at } => {
                 self.push_notice(Notice::Message {
-                    text: format!("app-server exited ({status})"),
+                    text: format!("app-server restarted, {} logged in again", account.name),
                     at: *at,
                 });
             }
@@ -485,5 +512,42 @@ mod tests {
         let snapshot = d.accounts[0].snapshot.as_ref().unwrap();
         assert_eq!(snapshot.five_hour().unwrap().used_percent, 12.0);
         assert_eq!(snapshot.weekly().unwrap().used_percent, 40.0);
+    }
+
+    #[test]
+    fn an_app_server_exit_says_whether_the_session_goes_on() {
+        let mut d = Dashboard::new(SessionMode::Proxy, Vec::new());
+        let last = |d: &Dashboard| match d.notices.last() {
+            Some(Notice::Message { text, .. }) => text.clone(),
+            other => panic!("{other:?}"),
+        };
+        d.apply(&ProxyEvent::AppServerExited {
+            status: "signal: 9 (SIGKILL)".into(),
+            stderr_tail: "starting\n".into(),
+            restarting: true,
+            at: at(0),
+        });
+        assert_eq!(d.connection, ConnectionState::Starting);
+        assert_eq!(
+            last(&d),
+            "app-server exited (signal: 9 (SIGKILL)); starting it again"
+        );
+        d.apply(&ProxyEvent::AppServerRestarted {
+            account: account("alice"),
+            at: at(1),
+        });
+        assert_eq!(last(&d), "app-server restarted, alice logged in again");
+        d.apply(&ProxyEvent::AppServerExited {
+            status: "exit status: 1".into(),
+            stderr_tail: "ok\nError: config.toml is broken\r\n\n".into(),
+            restarting: false,
+            at: at(2),
+        });
+        assert_eq!(d.connection, ConnectionState::Down);
+        assert_eq!(
+            last(&d),
+            "app-server exited (exit status: 1): Error: config.toml is broken; quit cs-tui and \
+             start it again"
+        );
     }
 }

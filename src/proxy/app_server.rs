@@ -127,6 +127,8 @@ impl AppServer {
             .arg("--listen")
             .arg(format!("unix://{}", socket.display()))
             .env("CODEX_HOME", &options.codex_home)
+            // Its stderr goes to a log file (and its tail into events): plain text, no colours.
+            .env("NO_COLOR", "1")
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

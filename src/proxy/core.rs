@@ -11,7 +11,7 @@ use chrono::Utc;
 use color_eyre::eyre::{Result, eyre};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::proxy::app_server::AppServerExit;
 use crate::proxy::directory::{AccountDirectory, DirAccount};
@@ -53,7 +53,19 @@ pub enum CoreMsg {
     SwitchFinished(Box<SwitchOutcome>),
     UsageFetched(Vec<(String, Result<RateLimitSnapshot, String>)>),
     AccountsListed(Vec<DirAccount>),
-    AppServerExited(AppServerExit),
+    /// The app-server exited; `restarting`: the session is starting another.
+    AppServerExited {
+        exit: AppServerExit,
+        restarting: bool,
+    },
+    /// A new app-server is up; this is the control connection to it. The active account is
+    /// logged in again before clients may attach.
+    AppServerRestarted(ControlConnection),
+    /// The login into a restarted app-server ended.
+    Relogged {
+        account: String,
+        result: Result<Option<RateLimitSnapshot>, String>,
+    },
     /// Time passed; a deferred switch may be able to go now.
     Recheck,
     Shutdown,
@@ -102,6 +114,9 @@ pub struct CoreInit<D: AccountDirectory> {
     pub accounts: Vec<DirAccount>,
     pub active: String,
     pub active_snapshot: Option<RateLimitSnapshot>,
+    /// The relay's gate: clients wait while it is `false` (a TUI that attaches to an
+    /// app-server without a login stays on its sign-in screen, PROTOCOL.md §2).
+    pub ready: watch::Sender<bool>,
 }
 
 /// The state the core owns.
@@ -131,6 +146,19 @@ pub struct Core<D: AccountDirectory> {
     reruns: HashMap<ConnId, (Instant, Option<String>)>,
     /// Re-runs under way: connection → (limit hit at, from, to).
     rerun_started: HashMap<ConnId, (Instant, Option<String>, String)>,
+    ready: watch::Sender<bool>,
+    app_server: AppServerState,
+}
+
+/// Where the app-server is in its life, as the core knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AppServerState {
+    /// Up and logged in: switches can run.
+    Up,
+    /// Exited; another is being started and logged in.
+    Restarting,
+    /// Exited for good.
+    Gone,
 }
 
 /// A requested turn that has not started after this long is taken to have failed (its
@@ -188,6 +216,8 @@ impl<D: AccountDirectory> Core<D> {
             handles: HashMap::new(),
             reruns: HashMap::new(),
             rerun_started: HashMap::new(),
+            ready: init.ready,
+            app_server: AppServerState::Up,
         }
     }
 
@@ -279,28 +309,40 @@ impl<D: AccountDirectory> Core<D> {
                 self.accounts = accounts;
                 self.update_alternative();
             }
-            CoreMsg::AppServerExited(exit) => {
+            CoreMsg::AppServerExited { exit, restarting } => {
+                self.app_server = if restarting {
+                    AppServerState::Restarting
+                } else {
+                    AppServerState::Gone
+                };
+                // Reconnecting clients wait at the gate until the next one is logged in.
+                self.ready.send_replace(false);
                 self.give_up_reruns();
                 self.emit(ProxyEvent::AppServerExited {
                     status: exit.status,
                     stderr_tail: exit.stderr_tail,
+                    restarting,
                     at: Utc::now(),
                 });
-                self.emit(ProxyEvent::Connection {
-                    state: ConnectionState::Down,
-                    at: Utc::now(),
-                });
+                self.emit_connection();
             }
+            CoreMsg::AppServerRestarted(control) => self.relogin(control),
+            CoreMsg::Relogged { account, result } => self.relogged(account, result),
             CoreMsg::Recheck => self.maybe_execute(),
             CoreMsg::Shutdown => {}
         }
     }
 
     fn emit_connection(&self) {
-        self.emit(ProxyEvent::Connection {
-            state: ConnectionState::Ready {
+        let state = match self.app_server {
+            AppServerState::Up => ConnectionState::Ready {
                 clients: self.clients.len(),
             },
+            AppServerState::Restarting => ConnectionState::Starting,
+            AppServerState::Gone => ConnectionState::Down,
+        };
+        self.emit(ProxyEvent::Connection {
+            state,
             at: Utc::now(),
         });
     }
@@ -405,7 +447,8 @@ impl<D: AccountDirectory> Core<D> {
     /// Starts the pending switch if no turn is running (a login during a turn kills the turn,
     /// PROTOCOL.md §2), or says that it waits.
     fn maybe_execute(&mut self) {
-        if self.switching {
+        // A switch needs a live, logged-in app-server; it waits for the restart otherwise.
+        if self.switching || self.app_server != AppServerState::Up {
             return;
         }
         let Some(pending) = self.pending.as_mut() else {
@@ -563,6 +606,74 @@ impl<D: AccountDirectory> Core<D> {
         self.update_alternative();
         // A request that arrived during the switch runs now.
         self.maybe_execute();
+    }
+
+    /// Logs the active account into a restarted app-server over its new control connection.
+    fn relogin(&mut self, control: ControlConnection) {
+        self.control = control.clone();
+        let Some(account) = self
+            .active
+            .as_ref()
+            .and_then(|id| self.accounts.iter().find(|a| &a.id == id))
+            .cloned()
+        else {
+            self.emit(ProxyEvent::Notice {
+                message: "the app-server was restarted, but no account was active to log in"
+                    .to_owned(),
+                at: Utc::now(),
+            });
+            return;
+        };
+        let dir = self.dir.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let result = login_and_confirm(&dir, &control, &account)
+                .await
+                .map_err(|err| format!("{err:#}"));
+            let _ = inbox.send(CoreMsg::Relogged {
+                account: account.id,
+                result,
+            });
+        });
+    }
+
+    fn relogged(&mut self, account: String, result: Result<Option<RateLimitSnapshot>, String>) {
+        let at = Utc::now();
+        match result {
+            Ok(snapshot) => {
+                self.app_server = AppServerState::Up;
+                if let Some(snapshot) = snapshot {
+                    self.snapshots.insert(account.clone(), snapshot.clone());
+                    self.emit(ProxyEvent::RateLimitsUpdated {
+                        account: self.account_ref(&account),
+                        snapshot,
+                        at,
+                    });
+                }
+                self.ready.send_replace(true);
+                self.emit(ProxyEvent::AppServerRestarted {
+                    account: self.account_ref(&account),
+                    at,
+                });
+                self.emit_connection();
+                self.maybe_execute();
+            }
+            Err(error) => {
+                // Without a login the app-server cannot serve the TUI: the session is over.
+                tracing::error!(%error, "logging in after the app-server restart failed");
+                self.app_server = AppServerState::Gone;
+                self.emit(ProxyEvent::AppServerExited {
+                    status: format!(
+                        "restarted, but logging in {} failed: {error}",
+                        self.account_ref(&account).name
+                    ),
+                    stderr_tail: String::new(),
+                    restarting: false,
+                    at,
+                });
+                self.emit_connection();
+            }
+        }
     }
 
     /// Hidden re-runs wait for the switch; when there is none, the real error shows.

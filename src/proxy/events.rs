@@ -128,10 +128,18 @@ pub enum ProxyEvent {
     },
     /// Something worth a line in the panel: the answer to a command, a first-run import.
     Notice { message: String, at: DateTime<Utc> },
-    /// The app-server process exited.
+    /// The app-server process exited. `restarting`: the session starts it again (the Codex
+    /// TUI reconnects by itself); otherwise the session is over.
     AppServerExited {
         status: String,
         stderr_tail: String,
+        restarting: bool,
+        at: DateTime<Utc>,
+    },
+    /// A new app-server took the place of one that exited, logged in to `account`; clients
+    /// can attach again.
+    AppServerRestarted {
+        account: AccountRef,
         at: DateTime<Utc>,
     },
 }

@@ -94,7 +94,14 @@ async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Resu
         tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => {
-                    let exited = matches!(event, ProxyEvent::AppServerExited { .. });
+                    // An app-server that is being restarted is not the end of the session.
+                    let exited = matches!(
+                        event,
+                        ProxyEvent::AppServerExited {
+                            restarting: false,
+                            ..
+                        }
+                    );
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "{}", serde_json::to_string(&event)?)?;
                     out.flush()?;

@@ -12,11 +12,15 @@
 //!                     ▼ ProxyEvent (broadcast) ──▶ dashboard, `serve` JSON lines
 //! ```
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable as _};
 
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use tokio::net::TcpListener;
@@ -24,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::errors::with_hint;
-use crate::proxy::app_server::{self, AppServer, AppServerOptions};
+use crate::proxy::app_server::{self, AppServer, AppServerExit, AppServerOptions};
 use crate::proxy::core::{self, Core, CoreConfig, CoreInit, CoreMsg};
 use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
@@ -33,7 +37,7 @@ use crate::proxy::ipc;
 use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
 use crate::proxy::relay::{self, EventSink, RelayShared};
 use crate::proxy::rerun::{GuardShared, TurnGuard};
-use crate::proxy::upstream::ControlConnection;
+use crate::proxy::upstream::{ControlConnection, ControlEvent};
 use crate::secret::Secret;
 
 /// How the session is set up.
@@ -100,7 +104,10 @@ pub struct Session {
     runtime_dir: PathBuf,
     events: broadcast::Sender<ProxyEvent>,
     core: mpsc::UnboundedSender<CoreMsg>,
-    app_server: Option<AppServer>,
+    /// The app-server of the moment: the supervisor replaces one that exits.
+    app_server: Arc<std::sync::Mutex<Option<AppServer>>>,
+    /// Set when the session ends, so an exit then is not answered with a restart.
+    stopping: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
     starting_account: DirAccount,
     /// Subscribed before the core started, so the first subscriber sees its first events.
@@ -157,7 +164,7 @@ impl Session {
         // The app-server's ~200 ms start overlaps with reading the store and the starting
         // account's usage.
         let (app_server, plan) = tokio::join!(
-            AppServer::start(app_server_options),
+            AppServer::start(app_server_options.clone()),
             plan_start(&dir, &options.policy)
         );
         let app_server = app_server.inspect_err(|_| {
@@ -167,7 +174,7 @@ impl Session {
             listener,
             options,
             dir,
-            app_server,
+            (app_server, app_server_options),
             plan,
             runtime_dir.clone(),
             token_file,
@@ -183,7 +190,7 @@ impl Session {
         listener: ProxyListener,
         options: SessionOptions,
         dir: D,
-        app_server: AppServer,
+        (app_server, app_server_options): (AppServer, AppServerOptions),
         plan: Result<StartPlan>,
         runtime_dir: PathBuf,
         token_file: PathBuf,
@@ -191,7 +198,7 @@ impl Session {
         let plan = plan?;
         let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
         let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-        let control = ControlConnection::connect(&app_server.addr(), control_tx).await?;
+        let control = ControlConnection::connect(&app_server.addr(), control_tx.clone()).await?;
         // Log in before any client is accepted: a TUI that attaches to an app-server without
         // auth stays on its sign-in screen (PROTOCOL.md §2).
         let (starting_account, snapshot) = login_first_usable(&dir, &control, &plan).await?;
@@ -208,16 +215,17 @@ impl Session {
                 }
             }));
         }
-        {
-            let core_tx = core_tx.clone();
-            let mut exit = app_server.exit_watch();
-            tasks.push(tokio::spawn(async move {
-                if let Ok(exit) = exit.wait_for(Option::is_some).await {
-                    let exit = exit.clone().expect("checked by wait_for");
-                    let _ = core_tx.send(CoreMsg::AppServerExited(exit));
-                }
-            }));
-        }
+        let upstream = app_server.addr();
+        let app_server = Arc::new(std::sync::Mutex::new(Some(app_server)));
+        let stopping = Arc::new(AtomicBool::new(false));
+        tasks.push(tokio::spawn(supervise(Supervisor {
+            slot: app_server.clone(),
+            options: app_server_options,
+            stopping: stopping.clone(),
+            core: core_tx.clone(),
+            control_events: control_tx,
+        })));
+        let (ready_tx, ready) = watch::channel(true);
         let guards = GuardShared::new(options.hidden_rerun, options.policy.clone());
         let core = Core::new(CoreInit {
             guards: guards.clone(),
@@ -233,12 +241,13 @@ impl Session {
             accounts: plan.accounts,
             active: starting_account.id.clone(),
             active_snapshot: snapshot,
+            ready: ready_tx,
         });
         tasks.push(tokio::spawn(core.run(core_rx)));
 
-        let (_ready_tx, ready) = watch::channel(true);
         let shared = Arc::new(RelayShared {
-            upstream: app_server.addr(),
+            // A restarted app-server listens on the same path.
+            upstream,
             client_token: listener.token.clone(),
             ready,
             events: {
@@ -262,7 +271,8 @@ impl Session {
             runtime_dir,
             events,
             core: core_tx,
-            app_server: Some(app_server),
+            app_server,
+            stopping,
             tasks,
             starting_account,
             first_subscriber: std::sync::Mutex::new(Some(first_subscriber)),
@@ -292,7 +302,7 @@ impl Session {
 
     /// The app-server's process group id.
     pub fn app_server_pgid(&self) -> Option<i32> {
-        self.app_server.as_ref().map(AppServer::pgid)
+        lock(&self.app_server).as_ref().map(AppServer::pgid)
     }
 
     /// Events. The first subscriber gets every event since the session started (the active
@@ -312,11 +322,12 @@ impl Session {
     /// Stops everything: the relay, the core, the app-server's process group; removes the
     /// runtime directory (the proxy's token file, the sockets).
     pub async fn shutdown(mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
         let _ = self.core.send(CoreMsg::Shutdown);
         for task in self.tasks.drain(..) {
             task.abort();
         }
-        if let Some(app_server) = self.app_server.take() {
+        if let Some(app_server) = take(&self.app_server) {
             app_server.shutdown().await;
         }
         let _ = std::fs::remove_file(&self.token_file);
@@ -326,13 +337,113 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
         for task in &self.tasks {
             task.abort();
         }
         // AppServer's own Drop kills its process group.
-        self.app_server.take();
+        take(&self.app_server);
         let _ = std::fs::remove_file(&self.token_file);
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
+    }
+}
+
+fn lock(slot: &Mutex<Option<AppServer>>) -> MutexGuard<'_, Option<AppServer>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn take(slot: &Mutex<Option<AppServer>>) -> Option<AppServer> {
+    lock(slot).take()
+}
+
+/// Restarts within this window count together: one exit more than [`MAX_RESTARTS`] in it ends
+/// the session (an app-server that keeps dying would otherwise be restarted forever).
+const RESTART_WINDOW: Duration = Duration::from_secs(600);
+const MAX_RESTARTS: usize = 3;
+
+/// What the supervisor of the app-server works with.
+struct Supervisor {
+    slot: Arc<Mutex<Option<AppServer>>>,
+    options: AppServerOptions,
+    stopping: Arc<AtomicBool>,
+    core: mpsc::UnboundedSender<CoreMsg>,
+    control_events: mpsc::UnboundedSender<ControlEvent>,
+}
+
+/// Watches the app-server and starts another on the same socket path when it exits (a crash,
+/// a kill), so the session survives it: the Codex TUI reconnects to the proxy by itself, and
+/// the proxy holds it at the gate until the core has logged the active account in again.
+async fn supervise(supervisor: Supervisor) {
+    let Supervisor {
+        slot,
+        options,
+        stopping,
+        core,
+        control_events,
+    } = supervisor;
+    let mut restarts: VecDeque<Instant> = VecDeque::new();
+    loop {
+        let Some(mut exit) = lock(&slot).as_ref().map(AppServer::exit_watch) else {
+            return;
+        };
+        let Ok(exit) = exit
+            .wait_for(Option::is_some)
+            .await
+            .map(|exit| exit.clone().expect("checked by wait_for"))
+        else {
+            return;
+        };
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        // Its socket and directory go before the next one binds the same path.
+        drop(take(&slot));
+        restarts.retain(|at| at.elapsed() < RESTART_WINDOW);
+        let restarting = restarts.len() < MAX_RESTARTS;
+        tracing::warn!(status = %exit.status, restarting, "the app-server exited");
+        let _ = core.send(CoreMsg::AppServerExited { exit, restarting });
+        if !restarting {
+            return;
+        }
+        restarts.push_back(Instant::now());
+        let start = || async {
+            let server = AppServer::start(options.clone()).await?;
+            let control =
+                ControlConnection::connect(&server.addr(), control_events.clone()).await?;
+            Ok::<_, color_eyre::Report>((server, control))
+        };
+        let started = start
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_times(3),
+            )
+            .notify(|err, wait| {
+                tracing::warn!("restarting the app-server failed ({err:#}); again in {wait:?}")
+            })
+            .await;
+        match started {
+            Ok((server, control)) => {
+                if stopping.load(Ordering::SeqCst) {
+                    server.shutdown().await;
+                    return;
+                }
+                tracing::info!("the app-server was restarted");
+                *lock(&slot) = Some(server);
+                let _ = core.send(CoreMsg::AppServerRestarted(control));
+            }
+            Err(err) => {
+                let exit = AppServerExit {
+                    status: format!("could not be started again: {err:#}"),
+                    stderr_tail: app_server::stderr_tail(&options.stderr_log, 20),
+                };
+                let _ = core.send(CoreMsg::AppServerExited {
+                    exit,
+                    restarting: false,
+                });
+                return;
+            }
+        }
     }
 }
 

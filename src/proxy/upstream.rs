@@ -94,6 +94,14 @@ pub struct ControlConnection {
     counter: Arc<AtomicU64>,
 }
 
+impl std::fmt::Debug for ControlConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlConnection")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How long one control request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
