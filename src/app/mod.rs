@@ -135,6 +135,13 @@ impl SessionEnd {
             return (!resume.is_empty()).then(|| resume.join("\n"));
         }
         let mut out = format!("error: codex exited with code {}", self.code);
+        if let Some(signal) = self
+            .code
+            .checked_sub(128)
+            .and_then(|n| Signal::try_from(n).ok())
+        {
+            out.push_str(&format!(" (killed by {signal})"));
+        }
         let tail = &self.last_screen[self.last_screen.len().saturating_sub(15)..];
         if !tail.is_empty() {
             out.push_str("; its last output:");
@@ -594,5 +601,35 @@ impl App {
             .wrap_err("drawing")?;
         self.frames.drew(Instant::now());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(code: i32) -> SessionEnd {
+        SessionEnd {
+            code,
+            codex_exited: true,
+            last_screen: vec!["› Ask Codex to do anything".to_owned()],
+            ran_for: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn the_report_names_the_signal_that_killed_codex() {
+        let report = end(137).report(std::ffi::OsStr::new("codex")).unwrap();
+        assert!(
+            report.starts_with(
+                "error: codex exited with code 137 (killed by SIGKILL); its last output:"
+            ),
+            "{report}"
+        );
+        let report = end(2).report(std::ffi::OsStr::new("codex")).unwrap();
+        assert!(
+            report.starts_with("error: codex exited with code 2; its last output:"),
+            "{report}"
+        );
     }
 }

@@ -78,6 +78,27 @@ pub fn child_environment(
     env
 }
 
+/// Waits for `pid` to end without reaping it (so the PTY library's own wait still works) and
+/// returns the signal that ended it, if one did.
+#[cfg(target_os = "linux")]
+fn killed_by(pid: i32) -> Option<i32> {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+    loop {
+        match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags) {
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Some(signal as i32),
+            Ok(_) => return None,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn killed_by(_pid: i32) -> Option<i32> {
+    None
+}
+
 /// What to run.
 #[derive(Clone)]
 pub struct ChildSpec {
@@ -199,8 +220,13 @@ impl PtyChild {
         std::thread::Builder::new()
             .name("pty-waiter".into())
             .spawn(move || {
+                // portable-pty reports a death by signal as code 1; a shell says 128 + N.
+                let signal = pid.and_then(killed_by);
                 let code = match child.wait() {
-                    Ok(status) => i32::try_from(status.exit_code()).unwrap_or(1),
+                    Ok(status) => match signal {
+                        Some(signal) => 128 + signal,
+                        None => i32::try_from(status.exit_code()).unwrap_or(1),
+                    },
                     Err(err) => {
                         tracing::warn!("waiting for the child: {err}");
                         1
@@ -378,5 +404,29 @@ mod tests {
         assert!(text.contains("size 12 34"), "{text:?}");
         assert!(text.contains("got hi xterm-256color"), "{text:?}");
         assert_eq!(code, 7);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_child_killed_by_a_signal_exits_with_128_plus_its_number() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let spec = ChildSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "kill -9 $$".into()],
+            cwd: std::env::temp_dir(),
+            env: child_environment(std::env::vars_os(), &[]),
+        };
+        let _child = PtyChild::spawn(&spec, 12, 34, tx).unwrap();
+        let code = loop {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("child finishes")
+                .expect("channel open")
+            {
+                PtyEvent::Output(_) => {}
+                PtyEvent::Exited(code) => break code,
+            }
+        };
+        assert_eq!(code, 128 + 9);
     }
 }
