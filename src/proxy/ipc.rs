@@ -1,5 +1,6 @@
 //! A unix socket per running session, so `cs-tui switch NAME` in another terminal can ask the
-//! session to switch. The socket lives in the session's 0700 runtime directory.
+//! session to switch. The socket lives in the session's 0700 runtime directory (or is linked
+//! from there, when that path is too long for a socket).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,11 +8,12 @@ use std::time::Duration;
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::proxy::core::CoreMsg;
 use crate::proxy::events::ProxyCommand;
+use crate::proxy::socket::{BoundSocket, connect_unix};
 
 pub const SOCKET_NAME: &str = "control.sock";
 
@@ -28,11 +30,10 @@ pub fn listen(
     core: mpsc::UnboundedSender<CoreMsg>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let path = runtime_dir.join(SOCKET_NAME);
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .wrap_err_with(|| format!("binding the session socket {}", path.display()))?;
+    let socket = BoundSocket::bind(&path).wrap_err("opening the session socket")?;
     Ok(tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        // Owned by the task: the socket goes when the task is aborted.
+        while let Ok((stream, _)) = socket.listener.accept().await {
             let core = core.clone();
             tokio::spawn(async move {
                 if let Err(err) = serve_one(stream, core).await {
@@ -85,7 +86,7 @@ pub fn session_sockets(store_dir: &Path) -> Vec<PathBuf> {
 
 /// Sends a command to one session socket and returns its answer.
 pub async fn send(socket: &Path, command: &ProxyCommand) -> Result<CommandAnswer> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), UnixStream::connect(socket))
+    let stream = tokio::time::timeout(Duration::from_secs(2), connect_unix(socket))
         .await
         .map_err(|_| eyre!("timed out connecting to {}", socket.display()))?
         .wrap_err_with(|| format!("connecting to {}", socket.display()))?;

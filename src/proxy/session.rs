@@ -566,6 +566,7 @@ fn prune_stale_runtime_dirs(root: &Path) {
         };
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
         if !alive {
+            crate::proxy::socket::remove_link_target(&entry.path().join(ipc::SOCKET_NAME));
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

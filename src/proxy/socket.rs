@@ -102,6 +102,81 @@ pub async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
     UnixStream::connect(target).await
 }
 
+/// The longest socket path `bind(2)` takes (`sun_path` holds 108 bytes on Linux, 104 on
+/// macOS, with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 103;
+
+/// A unix listener at `path`, which stays reachable by that name however deep it is.
+///
+/// A path too long for a socket address is served through a link: the socket itself is bound
+/// in a private (0700, ours) directory `/tmp/cs-tui-<uid>/`, and `path` links to it, as the
+/// app-server does with its own socket. [`connect_unix`] follows the link.
+pub struct BoundSocket {
+    pub listener: tokio::net::UnixListener,
+    /// Where the socket really is, when that is not `path`; removed on drop.
+    target: Option<PathBuf>,
+}
+
+impl BoundSocket {
+    pub fn bind(path: &Path) -> Result<Self> {
+        let _ = std::fs::remove_file(path);
+        if path.as_os_str().len() <= MAX_SOCKET_PATH {
+            let listener = tokio::net::UnixListener::bind(path)
+                .wrap_err_with(|| format!("binding the socket {}", path.display()))?;
+            return Ok(Self {
+                listener,
+                target: None,
+            });
+        }
+        let uid = nix::unistd::getuid();
+        let dir = private_socket_dir();
+        crate::paths::ensure_private_dir(&dir)
+            .wrap_err_with(|| format!("creating {}", dir.display()))?;
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::symlink_metadata(&dir)?);
+        if owner != uid.as_raw() {
+            return Err(eyre!(
+                "{} belongs to another user; it cannot hold cs-tui's sockets",
+                dir.display()
+            ));
+        }
+        let target = dir.join(format!(
+            "{}-{}.sock",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        let listener = tokio::net::UnixListener::bind(&target)
+            .wrap_err_with(|| format!("binding the socket {}", target.display()))?;
+        std::os::unix::fs::symlink(&target, path)
+            .wrap_err_with(|| format!("linking {} to {}", path.display(), target.display()))?;
+        Ok(Self {
+            listener,
+            target: Some(target),
+        })
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if let Some(target) = &self.target {
+            let _ = std::fs::remove_file(target);
+        }
+    }
+}
+
+/// Where sockets too deep for their own path are bound: `/tmp/cs-tui-<uid>`.
+fn private_socket_dir() -> PathBuf {
+    PathBuf::from(format!("/tmp/cs-tui-{}", nix::unistd::getuid()))
+}
+
+/// Removes the socket a link in a dead session's directory points to (see [`BoundSocket`]).
+pub fn remove_link_target(link: &Path) {
+    if let Ok(target) = std::fs::read_link(link)
+        && target.parent() == Some(private_socket_dir().as_path())
+    {
+        let _ = std::fs::remove_file(target);
+    }
+}
+
 /// A connection to either kind of listener (the relay's client side is always TCP).
 #[derive(Debug)]
 pub enum Stream {
@@ -273,3 +348,45 @@ delegate_read!(Stream);
 delegate_write!(Stream);
 delegate_read!(ReadHalf<'_>);
 delegate_write!(WriteHalf<'_>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_socket_too_deep_for_an_address_is_bound_elsewhere_and_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join("control.sock");
+        assert!(path.as_os_str().len() > MAX_SOCKET_PATH);
+
+        let socket = BoundSocket::bind(&path).unwrap();
+        let target = std::fs::read_link(&path).expect("a link at the deep path");
+        assert_eq!(target.parent(), Some(private_socket_dir().as_path()));
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = socket.listener.accept().await.unwrap();
+            stream.write_all(b"hi").await.unwrap();
+            socket
+        });
+        let mut client = connect_unix(&path).await.unwrap();
+        let mut got = [0u8; 2];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi");
+        drop(server.await.unwrap());
+        assert!(!target.exists(), "the socket goes with its listener");
+
+        // A short path is bound where it is.
+        let short = dir.path().join("s.sock");
+        let socket = BoundSocket::bind(&short).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&short)
+                .unwrap()
+                .file_type()
+                .is_socket()
+        );
+        drop(socket);
+    }
+}
