@@ -193,6 +193,7 @@ fn pane_pipeline(file: &Path, runtime: &tokio::runtime::Runtime) -> (Duration, u
         let mut frames = FrameScheduler::default();
         let mut drawn = 0u32;
         let now = chrono::Local::now().fixed_offset();
+        let mut panel_cache = ui::PanelCache::default();
         let mut draw = |pane: &PaneScreen, frames: &mut FrameScheduler| {
             terminal
                 .draw(|f| {
@@ -209,6 +210,7 @@ fn pane_pipeline(file: &Path, runtime: &tokio::runtime::Runtime) -> (Duration, u
                                 prefix: "Ctrl+]",
                             },
                         },
+                        &mut panel_cache,
                     )
                 })
                 .unwrap();

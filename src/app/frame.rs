@@ -17,6 +17,10 @@ pub const MAX_FPS: u32 = BURST + SUSTAINED_FPS;
 pub const BURST: u32 = 10;
 /// The rate a continuous stream of changes is drawn at.
 pub const SUSTAINED_FPS: u32 = 50;
+/// How long a change that is not urgent (the panel's numbers) may wait for a frame the pane
+/// asks for anyway: during a turn Codex redraws often, and the proxy's half-dozen events per
+/// turn then cost no frames of their own.
+pub const SOON: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug)]
 pub struct FrameScheduler {
@@ -26,6 +30,8 @@ pub struct FrameScheduler {
     tokens: f64,
     counted_at: Option<Instant>,
     dirty: bool,
+    /// A change that may wait until then (see [`SOON`]).
+    soon: Option<Instant>,
 }
 
 impl Default for FrameScheduler {
@@ -42,6 +48,7 @@ impl FrameScheduler {
             tokens: f64::from(burst.max(1)),
             counted_at: None,
             dirty: true,
+            soon: None,
         }
     }
 
@@ -50,20 +57,32 @@ impl FrameScheduler {
         self.dirty = true;
     }
 
+    /// Something changed that can wait a little: it is drawn with the next frame, or within
+    /// [`SOON`] of `now`.
+    pub fn request_soon(&mut self, now: Instant) {
+        self.soon.get_or_insert(now + SOON);
+    }
+
     pub fn is_dirty(&self) -> bool {
-        self.dirty
+        self.dirty || self.soon.is_some()
     }
 
     /// When to draw next, or `None` when nothing changed. `hold_until` defers the frame while
     /// the child is inside a synchronized update, so a half-written frame is never shown.
     pub fn deadline(&self, hold_until: Option<Instant>) -> Option<Instant> {
-        if !self.dirty {
-            return None;
-        }
-        let earliest = self.counted_at.map(|at| {
+        let wanted = match (self.dirty, self.soon) {
+            (true, _) => None,
+            (false, Some(soon)) => Some(soon),
+            (false, None) => return None,
+        };
+        let token = self.counted_at.map(|at| {
             let missing = (1.0 - self.tokens).max(0.0);
             at + Duration::from_secs_f64(missing / self.per_second)
         });
+        let earliest = match (token, wanted) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         match (earliest, hold_until) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => Some(a.or(b).unwrap_or_else(Instant::now)),
@@ -79,6 +98,7 @@ impl FrameScheduler {
         self.tokens = refilled - 1.0;
         self.counted_at = Some(now);
         self.dirty = false;
+        self.soon = None;
     }
 }
 
@@ -190,5 +210,27 @@ mod tests {
         assert_eq!(s.deadline(Some(hold)), Some(hold));
         let early = t0 + Duration::from_millis(1);
         assert_eq!(s.deadline(Some(early)), Some(early));
+    }
+
+    #[test]
+    fn a_change_that_can_wait_rides_on_the_next_frame_or_goes_soon() {
+        let mut s = FrameScheduler::default();
+        let t0 = Instant::now();
+        s.drew(t0);
+        s.request_soon(t0);
+        assert_eq!(s.deadline(None), Some(t0 + SOON), "waits for company");
+        assert!(s.is_dirty());
+        s.request();
+        assert_eq!(
+            s.deadline(None),
+            Some(t0),
+            "the pane's frame takes it along"
+        );
+        s.drew(t0);
+        assert_eq!(s.deadline(None), None, "and both are done");
+        // A later non-urgent change does not push an earlier one back.
+        s.request_soon(t0);
+        s.request_soon(t0 + Duration::from_millis(30));
+        assert_eq!(s.deadline(None), Some(t0 + SOON));
     }
 }

@@ -192,6 +192,7 @@ struct App {
     panel_visible: bool,
     layout: AppLayout,
     frames: FrameScheduler,
+    panel_cache: ui::PanelCache,
     commands: mpsc::UnboundedSender<ProxyCommand>,
     cursor_style: Option<vt100::CursorStyle>,
     title: Option<String>,
@@ -241,6 +242,7 @@ async fn event_loop(
         panel_visible,
         layout,
         frames: FrameScheduler::default(),
+        panel_cache: ui::PanelCache::default(),
         commands: backend.commands.clone(),
         cursor_style: None,
         title: None,
@@ -316,7 +318,7 @@ async fn event_loop(
                 Some(event) => {
                     tracing::debug!(?event, "proxy event");
                     app.dashboard.apply(&event);
-                    app.frames.request();
+                    app.frames.request_soon(Instant::now());
                 }
                 None => proxy_open = false,
             },
@@ -581,6 +583,7 @@ impl App {
                             prefix: &prefix,
                         },
                     },
+                    &mut self.panel_cache,
                 );
             })
             .wrap_err("drawing")?;

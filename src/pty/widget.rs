@@ -46,8 +46,8 @@ pub fn convert_color(color: vt100::Color) -> Color {
     }
 }
 
-/// The ratatui style of one vt100 cell.
-pub fn cell_style(cell: &vt100::Cell) -> Style {
+/// The ratatui modifiers of one vt100 cell.
+fn cell_modifier(cell: &vt100::Cell) -> Modifier {
     let mut modifier = Modifier::empty();
     if cell.bold() {
         modifier |= Modifier::BOLD;
@@ -64,53 +64,45 @@ pub fn cell_style(cell: &vt100::Cell) -> Style {
     if cell.inverse() {
         modifier |= Modifier::REVERSED;
     }
-    Style::new()
-        .fg(convert_color(cell.fgcolor()))
-        .bg(convert_color(cell.bgcolor()))
-        .add_modifier(modifier)
+    modifier
 }
 
 impl Widget for PaneWidget<'_> {
+    // Runs for every frame over every cell of the pane (Codex redraws up to 120 times a
+    // second while it works), so it writes the buffer's cells in place, row by row, and
+    // leaves blank cells without a symbol of their own (ratatui's blank).
     fn render(self, area: Rect, buf: &mut Buffer) {
         let area = area.intersection(buf.area);
         let (rows, cols) = self.screen.size();
         let height = area.height.min(rows.get());
         let width = area.width.min(cols.get());
-        for row in 0..height {
-            let y = area.y + row;
-            let mut col = 0;
-            while col < width {
-                let x = area.x + col;
+        for row in 0..area.height {
+            let start = buf.index_of(area.x, area.y + row);
+            let cells = &mut buf.content[start..start + usize::from(area.width)];
+            for target in cells.iter_mut() {
+                target.reset();
+            }
+            if row >= height {
+                continue;
+            }
+            // Columns beyond the emulated width stay blank.
+            for (col, target) in (0..width).zip(cells.iter_mut()) {
                 let Some(cell) = self.screen.cell(row, col) else {
                     break;
                 };
-                let target = &mut buf[(x, y)];
-                target.reset();
-                target.set_style(cell_style(cell));
-                if cell.is_wide_continuation() {
-                    // The right half of a wide character drawn in the previous column. ratatui
-                    // skips it when it diffs, so a blank with the right background is all.
-                    target.set_symbol(" ");
-                    col += 1;
-                    continue;
-                }
+                target.fg = convert_color(cell.fgcolor());
+                target.bg = convert_color(cell.bgcolor());
+                target.modifier = cell_modifier(cell);
+                // The right half of a wide character drawn in the previous column stays
+                // blank (ratatui skips it when it diffs), with the right background; so does
+                // a wide character cut by the pane's edge.
                 let text = cell.contents();
-                if text.is_empty() || (cell.is_wide() && col + 1 >= width) {
-                    // An empty cell, or a wide character cut by the pane's edge.
-                    target.set_symbol(" ");
-                } else {
+                let blank = text.is_empty()
+                    || cell.is_wide_continuation()
+                    || (cell.is_wide() && col + 1 >= width);
+                if !blank {
                     target.set_symbol(text);
                 }
-                col += 1;
-            }
-            // Columns of the area beyond the emulated width stay blank.
-            for x in area.x + width..area.right() {
-                buf[(x, y)].reset();
-            }
-        }
-        for y in area.y + height..area.bottom() {
-            for x in area.x..area.right() {
-                buf[(x, y)].reset();
             }
         }
         let offset = self.screen.scrollback();

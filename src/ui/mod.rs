@@ -1,10 +1,12 @@
-//! Pure render functions: state in, widgets out. Nothing here changes state or does I/O.
+//! Render functions: state in, widgets out. Nothing here changes the app's state or does
+//! I/O; the one thing kept between frames is [`PanelCache`], a memo of the panel's last drawing.
 
 pub mod overlay;
 pub mod pace;
 pub mod panel;
 
 use ratatui::Frame;
+use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::Span;
@@ -73,12 +75,67 @@ pub struct View<'a> {
     pub ctx: RenderContext<'a>,
 }
 
+/// The panel as last drawn, and what it was drawn from. Codex redraws the pane up to 120
+/// times a second while it works; the panel changes a few times a turn, and laying it out was
+/// a third of a frame's cost.
+#[derive(Default)]
+pub struct PanelCache {
+    drawn: Option<(PanelInputs, Buffer)>,
+}
+
+/// Everything the panel's cells depend on. Times show to the minute (the loop wakes each
+/// minute for the countdowns).
+#[derive(Clone, PartialEq)]
+struct PanelInputs {
+    dashboard: Dashboard,
+    minute: i64,
+    area: Rect,
+    prefix: String,
+}
+
+impl PanelCache {
+    /// Draws the panel into `buf` at `area`, laying it out again only when its inputs changed.
+    pub fn render(
+        &mut self,
+        dashboard: &Dashboard,
+        ctx: &RenderContext<'_>,
+        area: Rect,
+        buf: &mut Buffer,
+    ) {
+        let fresh = |(inputs, _): &(PanelInputs, Buffer)| {
+            inputs.area == area
+                && inputs.minute == ctx.now.timestamp().div_euclid(60)
+                && inputs.prefix == ctx.prefix
+                && inputs.dashboard == *dashboard
+        };
+        if !self.drawn.as_ref().is_some_and(fresh) {
+            let mut panel = Buffer::empty(area);
+            panel::render_panel(dashboard, ctx, area, &mut panel);
+            let inputs = PanelInputs {
+                dashboard: dashboard.clone(),
+                minute: ctx.now.timestamp().div_euclid(60),
+                area,
+                prefix: ctx.prefix.to_owned(),
+            };
+            self.drawn = Some((inputs, panel));
+        }
+        let (_, panel) = self.drawn.as_ref().expect("drawn above");
+        let area = area.intersection(buf.area);
+        for y in area.top()..area.bottom() {
+            let from = panel.index_of(area.x, y);
+            let to = buf.index_of(area.x, y);
+            let width = usize::from(area.width);
+            buf.content[to..to + width].clone_from_slice(&panel.content[from..from + width]);
+        }
+    }
+}
+
 /// Draws one frame and places the cursor where the child put it (unless an overlay is open).
-pub fn draw(frame: &mut Frame<'_>, view: &View<'_>) {
+pub fn draw(frame: &mut Frame<'_>, view: &View<'_>, panel_cache: &mut PanelCache) {
     let buf = frame.buffer_mut();
     PaneWidget::new(view.screen).render(view.layout.pane, buf);
     if let Some(area) = view.layout.panel {
-        panel::render_panel(view.dashboard, &view.ctx, area, buf);
+        panel_cache.render(view.dashboard, &view.ctx, area, buf);
         if view.prefix_pending {
             pending_marker(
                 Rect::new(area.x + 2, area.bottom() - 1, area.width - 4, 1),

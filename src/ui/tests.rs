@@ -125,6 +125,7 @@ fn render_app(d: &Dashboard, width: u16, height: u16, overlay: Option<&Overlay>)
                     prefix_pending: false,
                     ctx: ctx(),
                 },
+                &mut PanelCache::default(),
             )
         })
         .unwrap();
@@ -329,4 +330,34 @@ fn the_status_bar_shows_whichever_came_last_of_notices_and_switches() {
         at: at(-5),
     });
     assert!(text(&d).contains("refreshing"), "{}", text(&d));
+}
+
+#[test]
+fn the_panel_is_laid_out_again_only_when_what_it_shows_changed() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(42.0, 2 * 3600 + 13 * 60, 18.0), 0);
+    let area = Rect::new(0, 0, 44, 30);
+    let render = |d: &Dashboard, cache: &mut PanelCache, ctx: &RenderContext<'_>| {
+        let mut buf = ratatui::buffer::Buffer::empty(Rect::new(0, 0, 50, 30));
+        cache.render(d, ctx, area, &mut buf);
+        buf
+    };
+    let fresh = |d: &Dashboard, ctx: &RenderContext<'_>| {
+        let mut buf = ratatui::buffer::Buffer::empty(Rect::new(0, 0, 50, 30));
+        panel::render_panel(d, ctx, area, &mut buf);
+        buf
+    };
+    let mut cache = PanelCache::default();
+    assert_eq!(render(&d, &mut cache, &ctx()), fresh(&d, &ctx()));
+    // Drawn again from the memo: the same cells.
+    assert_eq!(render(&d, &mut cache, &ctx()), fresh(&d, &ctx()));
+    // A change to the dashboard, and a minute passing, show at once.
+    update(&mut d, "alice", snapshot(57.0, 2 * 3600 + 13 * 60, 18.0), 0);
+    assert_eq!(render(&d, &mut cache, &ctx()), fresh(&d, &ctx()));
+    let later = RenderContext {
+        now: now() + chrono::Duration::minutes(7),
+        prefix: "Ctrl+]",
+    };
+    assert_eq!(render(&d, &mut cache, &later), fresh(&d, &later));
+    assert_ne!(fresh(&d, &later), fresh(&d, &ctx()), "the countdown moved");
 }
