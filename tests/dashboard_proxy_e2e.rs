@@ -6,20 +6,13 @@ mod pane_support;
 mod product_support;
 
 use cs_tui_testkit::mock_backend::AccountMode;
-use product_support::{WAIT, panel, prompt, ready, start};
+use product_support::{WAIT, first_turn, panel, prompt, quit, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_switches_accounts_in_the_running_session_and_the_panel_says_why() {
     let p = start(&["alice", "bob"]).await;
     let t = &p.tmux;
-    t.wait_for(WAIT, "Codex and the panel on alice", |s| {
-        ready(s) && panel(s).contains("● alice") && panel(s).contains("proxy ready")
-    });
-
-    prompt(t, "first question");
-    t.wait_for(WAIT, "alice's reply", |s| {
-        s.contains("Served by alice: you said \"first question\"")
-    });
+    first_turn(t, "alice", "first question");
 
     // Alice hits her limit: the turn fails, the proxy logs the session into bob.
     p.mock.set_mode("acct-alice", AccountMode::UsageLimit);
@@ -66,11 +59,7 @@ async fn a_limit_switches_accounts_in_the_running_session_and_the_panel_says_why
         lines.len() == 40 && lines[30..].iter().any(|l| l.contains("Ask Codex"))
     });
 
-    t.keys(&["C-]", "q"]);
-    t.wait_for(WAIT, "the quit question", |s| s.contains("Quit cs-tui?"));
-    t.keys(&["y"]);
-    let screen = t.wait_for(WAIT, "the shell back", |s| s.contains("shell prompt>"));
-    assert!(screen.contains("cs-tui exited 0"), "{screen}");
+    quit(t);
 
     assert_eq!(
         std::fs::read(p.home.path().join("auth.json")).unwrap(),
@@ -103,13 +92,7 @@ fn app_server_pid(store: &std::path::Path) -> Option<i32> {
 async fn a_crashed_app_server_is_replaced_and_codex_carries_on() {
     let p = start(&["alice", "bob"]).await;
     let t = &p.tmux;
-    t.wait_for(WAIT, "Codex and the panel on alice", |s| {
-        ready(s) && panel(s).contains("● alice") && panel(s).contains("proxy ready")
-    });
-    prompt(t, "before the crash");
-    t.wait_for(WAIT, "alice's reply", |s| {
-        s.contains("Served by alice: you said \"before the crash\"")
-    });
+    first_turn(t, "alice", "before the crash");
 
     let pid = app_server_pid(p.store.path()).expect("the session's app-server");
     nix::sys::signal::kill(
@@ -132,11 +115,7 @@ async fn a_crashed_app_server_is_replaced_and_codex_carries_on() {
     );
     assert_ne!(app_server_pid(p.store.path()), Some(pid));
 
-    t.keys(&["C-]", "q"]);
-    t.wait_for(WAIT, "the quit question", |s| s.contains("Quit cs-tui?"));
-    t.keys(&["y"]);
-    let screen = t.wait_for(WAIT, "the shell back", |s| s.contains("shell prompt>"));
-    assert!(screen.contains("cs-tui exited 0"), "{screen}");
+    quit(t);
     assert_eq!(
         app_server_pid(p.store.path()),
         None,

@@ -51,7 +51,11 @@ pub enum CoreMsg {
     Control(ControlEvent),
     Command(ProxyCommand, Option<CommandReply>),
     SwitchFinished(Box<SwitchOutcome>),
-    UsageFetched(Vec<(String, Result<RateLimitSnapshot, String>)>),
+    /// Usage read from `/wham/usage`; `started`: when the reads were sent.
+    UsageFetched {
+        started: Instant,
+        results: Vec<(String, Result<RateLimitSnapshot, String>)>,
+    },
     AccountsListed(Vec<DirAccount>),
     /// The app-server exited; `restarting`: the session is starting another.
     AppServerExited {
@@ -148,6 +152,11 @@ pub struct Core<D: AccountDirectory> {
     rerun_started: HashMap<ConnId, (Instant, Option<String>, String)>,
     ready: watch::Sender<bool>,
     app_server: AppServerState,
+    /// When the session last heard an account's numbers live (from the stream or a limit).
+    heard_live: HashMap<String, Instant>,
+    /// Accounts whose usage-limit hit was reported (once per limit, though one limit can
+    /// raise two errors and a withheld re-run).
+    limit_reported: HashSet<String>,
 }
 
 /// Where the app-server is in its life, as the core knows it.
@@ -218,6 +227,8 @@ impl<D: AccountDirectory> Core<D> {
             rerun_started: HashMap::new(),
             ready: init.ready,
             app_server: AppServerState::Up,
+            heard_live: HashMap::new(),
+            limit_reported: HashSet::new(),
         }
     }
 
@@ -304,7 +315,7 @@ impl<D: AccountDirectory> Core<D> {
             CoreMsg::Guard(event) => self.guard_event(event),
             CoreMsg::Command(command, reply) => self.command(command, reply),
             CoreMsg::SwitchFinished(outcome) => self.switch_finished(*outcome),
-            CoreMsg::UsageFetched(results) => self.usage_fetched(results),
+            CoreMsg::UsageFetched { started, results } => self.usage_fetched(started, results),
             CoreMsg::AccountsListed(accounts) => {
                 self.accounts = accounts;
                 self.update_alternative();
@@ -374,6 +385,7 @@ impl<D: AccountDirectory> Core<D> {
                 let Some(active) = self.active.clone() else {
                     return;
                 };
+                self.heard_live.insert(active.clone(), Instant::now());
                 let snapshot = self.snapshots.entry(active.clone()).or_default();
                 snapshot.merge(&update);
                 let snapshot = snapshot.clone();
@@ -404,11 +416,8 @@ impl<D: AccountDirectory> Core<D> {
                     tracing::debug!("usage-limit error from an account already left; ignored");
                     return;
                 }
-                if let Some(active) = &self.active {
-                    self.emit(ProxyEvent::UsageLimitHit {
-                        account: self.account_ref(active),
-                        at: Utc::now(),
-                    });
+                if let Some(active) = self.active.clone() {
+                    self.report_limit(&active);
                 }
                 match self.pending.as_mut() {
                     // The 100 % update that precedes the error already armed a switch; the
@@ -524,6 +533,8 @@ impl<D: AccountDirectory> Core<D> {
                     self.snapshots.insert(to.clone(), snapshot);
                     self.usage_at.insert(to.clone(), now);
                 }
+                // Logged in and serving: a later limit of this account is a new one.
+                self.limit_reported.remove(&to);
                 self.active = Some(to.clone());
                 let elapsed_ms = outcome.started.elapsed().as_millis() as u64;
                 let record = SwitchRecord {
@@ -689,6 +700,10 @@ impl<D: AccountDirectory> Core<D> {
         tracing::info!(?event, "turn guard");
         match event {
             GuardEvent::RerunWanted { conn, at, .. } => {
+                // The guard saw the active account's turn fail on its limit.
+                if let Some(active) = self.active.clone() {
+                    self.report_limit(&active);
+                }
                 self.reruns.insert(conn, (at, self.active.clone()));
                 // The limit error's observation arms the switch too; this makes sure.
                 if !self.switching {
@@ -724,6 +739,23 @@ impl<D: AccountDirectory> Core<D> {
                 }
             }
         }
+    }
+
+    /// Says once that `account` hit its usage limit, and takes it as exhausted until its
+    /// numbers say otherwise (the 100 % update may not have come, or not yet).
+    fn report_limit(&mut self, account: &str) {
+        self.heard_live.insert(account.to_owned(), Instant::now());
+        if !self.limit_reported.insert(account.to_owned()) {
+            return;
+        }
+        let snapshot = self.snapshots.entry(account.to_owned()).or_default();
+        if !snapshot.is_exhausted() {
+            snapshot.rate_limit_reached_type = Some("usage_limit_reached".to_owned());
+        }
+        self.emit(ProxyEvent::UsageLimitHit {
+            account: self.account_ref(account),
+            at: Utc::now(),
+        });
     }
 
     /// Tells the guards whether another account could take over now.
@@ -897,13 +929,18 @@ impl<D: AccountDirectory> Core<D> {
         if ids.is_empty() {
             return;
         }
+        let started = Instant::now();
         tokio::spawn(async move {
             let results = fetch_usages(&dir, &ids).await;
-            let _ = inbox.send(CoreMsg::UsageFetched(results));
+            let _ = inbox.send(CoreMsg::UsageFetched { started, results });
         });
     }
 
-    fn usage_fetched(&mut self, results: Vec<(String, Result<RateLimitSnapshot, String>)>) {
+    fn usage_fetched(
+        &mut self,
+        started: Instant,
+        results: Vec<(String, Result<RateLimitSnapshot, String>)>,
+    ) {
         let at = Utc::now();
         for (id, result) in results {
             match result {
@@ -911,6 +948,19 @@ impl<D: AccountDirectory> Core<D> {
                     self.usage_at.insert(id.clone(), Instant::now());
                     if Some(&id) == self.active.as_ref() && self.snapshots.contains_key(&id) {
                         continue;
+                    }
+                    // A read sent before the session last heard of this account live (a
+                    // rate-limit update, a limit hit) is older news: a slow read of an
+                    // account's usage must not undo the limit it hit meanwhile.
+                    if self
+                        .heard_live
+                        .get(&id)
+                        .is_some_and(|heard| *heard > started)
+                    {
+                        continue;
+                    }
+                    if !snapshot.is_exhausted() {
+                        self.limit_reported.remove(&id);
                     }
                     self.snapshots.insert(id.clone(), snapshot.clone());
                     self.emit(ProxyEvent::RateLimitsUpdated {

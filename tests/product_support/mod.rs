@@ -130,6 +130,27 @@ pub fn prompt(t: &Tmux, text: &str) {
     t.keys(&["Enter"]);
 }
 
+/// Waits for Codex ready in the pane and the panel on `account` with the proxy ready, then
+/// sends `first` and waits for that account's reply.
+pub fn first_turn(t: &Tmux, account: &str, first: &str) {
+    let active = format!("● {account}");
+    t.wait_for(WAIT, "Codex and the panel", |s| {
+        ready(s) && panel(s).contains(&active) && panel(s).contains("proxy ready")
+    });
+    prompt(t, first);
+    let reply = format!("Served by {account}: you said \"{first}\"");
+    t.wait_for(WAIT, "the first reply", |s| s.contains(&reply));
+}
+
+/// Quits with the hotkey and its confirmation; asserts cs-tui exited 0.
+pub fn quit(t: &Tmux) {
+    t.keys(&["C-]", "q"]);
+    t.wait_for(WAIT, "the quit question", |s| s.contains("Quit cs-tui?"));
+    t.keys(&["y"]);
+    let screen = t.wait_for(WAIT, "the shell back", |s| s.contains("shell prompt>"));
+    assert!(screen.contains("cs-tui exited 0"), "{screen}");
+}
+
 /// Watches Codex's pane in the background for text that must never appear there (a
 /// usage-limit message, a low-quota warning), polling as fast as tmux answers. Only the pane is
 /// read (the left 115 columns of the 160-column window): the panel beside it names limits on
