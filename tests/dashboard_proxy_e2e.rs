@@ -105,10 +105,23 @@ async fn a_crashed_app_server_is_replaced_and_codex_carries_on() {
         panel.contains("app-server restarted") && panel.contains("proxy ready · 1 client")
     });
     // Codex reconnected by itself; the same conversation goes on, on the same account.
-    prompt(t, "after the crash");
-    let screen = t.wait_for(WAIT, "alice's reply after the crash", |s| {
-        s.contains("Served by alice: you said \"after the crash\"")
-    });
+    // Right after reconnecting, Codex resumes its thread and may drop an Enter pressed
+    // meanwhile (the prompt stays in the composer): press it again until the turn goes.
+    let reply = "Served by alice: you said \"after the crash\"";
+    t.type_like_a_person("after the crash");
+    let deadline = std::time::Instant::now() + WAIT;
+    let screen = loop {
+        t.keys(&["Enter"]);
+        let sent = t.wait_for_within(std::time::Duration::from_secs(3), |s| s.contains(reply));
+        if let Some(screen) = sent {
+            break screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reply after the crash: {}",
+            t.screen()
+        );
+    };
     assert!(
         screen.contains("you said \"before the crash\""),
         "the conversation is still on screen: {screen}"

@@ -169,6 +169,25 @@ impl Tmux {
         }
     }
 
+    /// Like [`Tmux::wait_for`], but gives up quietly: `None` when `pred` did not hold in time.
+    pub fn wait_for_within(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return Some(screen);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    }
+
     /// Waits until the program in the pane has exited (its terminal closed).
     pub fn wait_dead(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
