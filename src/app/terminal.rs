@@ -123,6 +123,8 @@ fn install_panic_hook() {
     std::panic::set_hook(Box::new(move |info| {
         // Restore first, or the message lands on the alternate screen and vanishes.
         restore();
+        // The terminal may be gone with the session; the log file keeps it.
+        tracing::error!("cs-tui panicked: {info}");
         previous(info);
     }));
 }

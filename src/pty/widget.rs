@@ -72,7 +72,11 @@ impl Widget for PaneWidget<'_> {
     // second while it works), so it writes the buffer's cells in place, row by row, and
     // leaves blank cells without a symbol of their own (ratatui's blank).
     fn render(self, area: Rect, buf: &mut Buffer) {
+        // The terminal may have shrunk since the layout was made: draw only what fits.
         let area = area.intersection(buf.area);
+        if area.is_empty() {
+            return;
+        }
         let (rows, cols) = self.screen.size();
         let height = area.height.min(rows.get());
         let width = area.width.min(cols.get());

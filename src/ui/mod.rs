@@ -120,7 +120,12 @@ impl PanelCache {
             self.drawn = Some((inputs, panel));
         }
         let (_, panel) = self.drawn.as_ref().expect("drawn above");
+        // The terminal may have shrunk since the layout was made (the resize event is still
+        // on its way): draw only what fits.
         let area = area.intersection(buf.area);
+        if area.is_empty() {
+            return;
+        }
         for y in area.top()..area.bottom() {
             let from = panel.index_of(area.x, y);
             let to = buf.index_of(area.x, y);

@@ -361,3 +361,35 @@ fn the_panel_is_laid_out_again_only_when_what_it_shows_changed() {
     assert_eq!(render(&d, &mut cache, &later), fresh(&d, &later));
     assert_ne!(fresh(&d, &later), fresh(&d, &ctx()), "the countdown moved");
 }
+
+#[test]
+fn a_layout_made_for_a_bigger_terminal_draws_what_fits() {
+    // The terminal shrank and the frame is drawn before the resize event is handled: the
+    // layout still puts the panel beyond the buffer's right edge.
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(42.0, 2 * 3600, 18.0), 0);
+    let stale = layout(Rect::new(0, 0, 160, 48), &PanelConfig::default(), true);
+    let pane = PaneScreen::new(
+        stale.pane.height,
+        stale.pane.width,
+        0,
+        OuterColors::default(),
+    );
+    let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
+    terminal
+        .draw(|f| {
+            draw(
+                f,
+                &View {
+                    screen: pane.screen(),
+                    dashboard: &d,
+                    layout: stale,
+                    overlay: None,
+                    prefix_pending: false,
+                    ctx: ctx(),
+                },
+                &mut PanelCache::default(),
+            )
+        })
+        .unwrap();
+}
