@@ -243,11 +243,6 @@ impl AppServer {
         AppServerAddr::Unix(self.socket.clone())
     }
 
-    /// The socket's path (a link to the socket the app-server bound).
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     pub fn stderr_log(&self) -> &Path {
         &self.stderr_log
     }

@@ -628,11 +628,7 @@ impl<D: AccountDirectory> Core<D> {
             .and_then(|id| self.accounts.iter().find(|a| &a.id == id))
             .cloned()
         else {
-            self.emit(ProxyEvent::Notice {
-                message: "the app-server was restarted, but no account was active to log in"
-                    .to_owned(),
-                at: Utc::now(),
-            });
+            self.app_server_gone("restarted, but no account was active to log in".to_owned());
             return;
         };
         let dir = self.dir.clone();
@@ -670,21 +666,24 @@ impl<D: AccountDirectory> Core<D> {
                 self.maybe_execute();
             }
             Err(error) => {
-                // Without a login the app-server cannot serve the TUI: the session is over.
                 tracing::error!(%error, "logging in after the app-server restart failed");
-                self.app_server = AppServerState::Gone;
-                self.emit(ProxyEvent::AppServerExited {
-                    status: format!(
-                        "restarted, but logging in {} failed: {error}",
-                        self.account_ref(&account).name
-                    ),
-                    stderr_tail: String::new(),
-                    restarting: false,
-                    at,
-                });
-                self.emit_connection();
+                let name = self.account_ref(&account).name;
+                self.app_server_gone(format!("restarted, but logging in {name} failed: {error}"));
             }
         }
+    }
+
+    /// A restarted app-server that cannot serve (nobody logged in): the TUI would sit on its
+    /// sign-in screen, so the session is over, and says so.
+    fn app_server_gone(&mut self, status: String) {
+        self.app_server = AppServerState::Gone;
+        self.emit(ProxyEvent::AppServerExited {
+            status,
+            stderr_tail: String::new(),
+            restarting: false,
+            at: Utc::now(),
+        });
+        self.emit_connection();
     }
 
     /// Hidden re-runs wait for the switch; when there is none, the real error shows.
