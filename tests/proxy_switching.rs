@@ -581,3 +581,44 @@ async fn an_app_server_that_keeps_dying_ends_the_session() {
     rig.session.shutdown().await;
     assert!(!runtime.exists());
 }
+
+/// An account added to the store while the session runs (`cs-tui accounts import` tells the
+/// session over its socket) takes over at the next limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_added_during_the_session_takes_over_at_the_next_limit() {
+    let mut rig = rig(&["alice"]).await;
+    let mut client = tui_client(&rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
+    run_turn(&mut client, &thread, "alone").await;
+
+    let (bob, refresh) = rig.mock.add_account("bob");
+    let file = rig.store.path().join("bob.auth.json");
+    std::fs::write(&file, bob.auth_json(3600, &refresh).to_string()).unwrap();
+    cs_tui::accounts::import_auth_file(&Store::open(rig.store.path()), &file, Some("bob")).unwrap();
+    let store = rig.store.path().to_owned();
+    tokio::task::spawn_blocking(move || cs_tui::proxy::ipc::announce_accounts_changed(&store))
+        .await
+        .unwrap();
+    // Its usage is read at once.
+    wait_event(
+        &mut rig.events,
+        "bob's usage",
+        |e| matches!(e, ProxyEvent::RateLimitsUpdated { account, .. } if account.name == "bob"),
+    )
+    .await;
+
+    rig.mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    run_turn(&mut client, &thread, "at the limit").await;
+    wait_event(
+        &mut rig.events,
+        "the switch to bob",
+        |e| matches!(e, ProxyEvent::SwitchDone { to, .. } if to.name == "bob"),
+    )
+    .await;
+    run_turn(&mut client, &thread, "on bob").await;
+    assert_eq!(
+        served_by(&rig.mock, "on bob").0.as_deref(),
+        Some("acct-bob")
+    );
+    rig.session.shutdown().await;
+}

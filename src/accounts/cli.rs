@@ -196,36 +196,59 @@ fn emit_json(value: &impl Serialize) -> Result<()> {
 
 pub fn run_accounts(global: &GlobalArgs, cmd: AccountsCommand) -> Result<ExitCode> {
     let ctx = Context::new(global)?;
+    // A running session learns of accounts added, removed or switched on and off at once, so
+    // an account added during a session can take over at its next limit.
+    let changes_the_set = matches!(
+        cmd,
+        AccountsCommand::Import(_)
+            | AccountsCommand::Add(_)
+            | AccountsCommand::Rename { .. }
+            | AccountsCommand::Remove { .. }
+            | AccountsCommand::Enable { .. }
+            | AccountsCommand::Disable { .. }
+    );
+    let result = run_accounts_command(&ctx, global, cmd);
+    if changes_the_set && matches!(result, Ok(ExitCode::SUCCESS)) {
+        crate::proxy::ipc::announce_accounts_changed(ctx.store.dir());
+    }
+    result
+}
+
+fn run_accounts_command(
+    ctx: &Context,
+    global: &GlobalArgs,
+    cmd: AccountsCommand,
+) -> Result<ExitCode> {
     match cmd {
-        AccountsCommand::Import(args) => import(&ctx, args),
-        AccountsCommand::Add(args) => add(&ctx, &global.codex_bin, args),
+        AccountsCommand::Import(args) => import(ctx, args),
+        AccountsCommand::Add(args) => add(ctx, &global.codex_bin, args),
         AccountsCommand::List(args) => {
             ctx.first_run_import();
-            list(&ctx, args)
+            list(ctx, args)
         }
         AccountsCommand::Rename { old, new } => {
             ctx.first_run_import();
-            rename(&ctx, &old, &new)
+            rename(ctx, &old, &new)
         }
         AccountsCommand::Remove { name, yes } => {
             ctx.first_run_import();
-            remove(&ctx, &name, yes)
+            remove(ctx, &name, yes)
         }
         AccountsCommand::Enable { name } => {
             ctx.first_run_import();
-            set_enabled(&ctx, &name, true)
+            set_enabled(ctx, &name, true)
         }
         AccountsCommand::Disable { name } => {
             ctx.first_run_import();
-            set_enabled(&ctx, &name, false)
+            set_enabled(ctx, &name, false)
         }
         AccountsCommand::Use { name } => {
             ctx.first_run_import();
-            use_account(&ctx, &name)
+            use_account(ctx, &name)
         }
         AccountsCommand::Refresh { name } => {
             ctx.first_run_import();
-            refresh(&ctx, name.as_deref())
+            refresh(ctx, name.as_deref())
         }
     }
 }

@@ -316,10 +316,7 @@ impl<D: AccountDirectory> Core<D> {
             CoreMsg::Command(command, reply) => self.command(command, reply),
             CoreMsg::SwitchFinished(outcome) => self.switch_finished(*outcome),
             CoreMsg::UsageFetched { started, results } => self.usage_fetched(started, results),
-            CoreMsg::AccountsListed(accounts) => {
-                self.accounts = accounts;
-                self.update_alternative();
-            }
+            CoreMsg::AccountsListed(accounts) => self.accounts_listed(accounts),
             CoreMsg::AppServerExited { exit, restarting } => {
                 self.app_server = if restarting {
                     AppServerState::Restarting
@@ -782,6 +779,10 @@ impl<D: AccountDirectory> Core<D> {
                 self.poll_usage(true);
                 Ok("refreshing every account's usage".to_owned())
             }
+            ProxyCommand::AccountsChanged => {
+                self.list_accounts();
+                Ok("reading the stored accounts again".to_owned())
+            }
         };
         if let Some(reply) = reply {
             let _ = reply.send(answer);
@@ -918,13 +919,7 @@ impl<D: AccountDirectory> Core<D> {
             .map(|a| a.id.clone())
             .collect();
         // Pick up accounts added, removed or re-enabled since the session started.
-        let list_dir = self.dir.clone();
-        let list_inbox = self.inbox.clone();
-        tokio::spawn(async move {
-            if let Ok(accounts) = list_dir.list().await {
-                let _ = list_inbox.send(CoreMsg::AccountsListed(accounts));
-            }
-        });
+        self.list_accounts();
         if ids.is_empty() {
             return;
         }
@@ -933,6 +928,44 @@ impl<D: AccountDirectory> Core<D> {
             let results = fetch_usages(&dir, &ids).await;
             let _ = inbox.send(CoreMsg::UsageFetched { started, results });
         });
+    }
+
+    /// Reads the store's accounts again (answered by [`CoreMsg::AccountsListed`]).
+    fn list_accounts(&self) {
+        let dir = self.dir.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            match dir.list().await {
+                Ok(accounts) => {
+                    let _ = inbox.send(CoreMsg::AccountsListed(accounts));
+                }
+                Err(err) => tracing::warn!("reading the stored accounts failed: {err:#}"),
+            }
+        });
+    }
+
+    /// The store's accounts, read again: an account new to the session gets its usage read
+    /// at once, so it can take over at the next limit.
+    fn accounts_listed(&mut self, accounts: Vec<DirAccount>) {
+        let new: Vec<String> = accounts
+            .iter()
+            .filter(|a| a.switchable() && !self.accounts.iter().any(|known| known.id == a.id))
+            .map(|a| a.id.clone())
+            .collect();
+        for account in accounts.iter().filter(|a| new.contains(&a.id)) {
+            tracing::info!(account = %account.name, "an account was added to the store");
+        }
+        self.accounts = accounts;
+        self.update_alternative();
+        if !new.is_empty() {
+            let dir = self.dir.clone();
+            let inbox = self.inbox.clone();
+            let started = Instant::now();
+            tokio::spawn(async move {
+                let results = fetch_usages(&dir, &new).await;
+                let _ = inbox.send(CoreMsg::UsageFetched { started, results });
+            });
+        }
     }
 
     fn usage_fetched(

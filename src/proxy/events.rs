@@ -154,4 +154,7 @@ pub enum ProxyCommand {
     SwitchBest,
     /// Re-read every account's usage now.
     RefreshUsage,
+    /// The store changed (an account added, removed, renamed, enabled or disabled by the
+    /// `accounts` commands): read it again, and the usage of accounts new to the session.
+    AccountsChanged,
 }

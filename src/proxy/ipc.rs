@@ -103,3 +103,31 @@ pub async fn send(socket: &Path, command: &ProxyCommand) -> Result<CommandAnswer
     .map_err(|_| eyre!("the session did not answer in time"))??;
     serde_json::from_str(&reply).wrap_err("reading the session's answer")
 }
+
+/// Tells every running session (best effort: a stale socket or a busy session is skipped)
+/// that the stored accounts changed. For the `accounts` commands, which run outside any.
+pub fn announce_accounts_changed(store_dir: &Path) {
+    let sockets = session_sockets(store_dir);
+    if sockets.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        for socket in sockets {
+            let sent = tokio::time::timeout(
+                Duration::from_secs(2),
+                send(&socket, &ProxyCommand::AccountsChanged),
+            )
+            .await;
+            match sent {
+                Ok(Ok(_)) => tracing::debug!(socket = %socket.display(), "told a session"),
+                _ => tracing::debug!(socket = %socket.display(), "a session did not hear of it"),
+            }
+        }
+    });
+}
