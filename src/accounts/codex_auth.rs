@@ -546,7 +546,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path());
         let fake = FakeAccount::new("alice");
-        let first = import_auth(&store, &auth_from(&fake.auth_json(600, "rt-1")), None).unwrap();
+        // One token pair, imported twice: building it twice could straddle a second boundary
+        // and give two expiries.
+        let original = auth_from(&fake.auth_json(600, "rt-1"));
+        let first = import_auth(&store, &original, None).unwrap();
         assert_eq!(first.outcome, ImportOutcome::Added);
         assert_eq!(first.account.name, "alice");
         assert_eq!(
@@ -554,7 +557,7 @@ mod tests {
             Some(first.account.id.as_str())
         );
 
-        let again = import_auth(&store, &auth_from(&fake.auth_json(600, "rt-1")), None).unwrap();
+        let again = import_auth(&store, &original, None).unwrap();
         assert_eq!(again.outcome, ImportOutcome::Unchanged);
 
         // Newer tokens (a later expiry) replace the stored ones, and a name renames.
