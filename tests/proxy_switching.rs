@@ -28,6 +28,13 @@ struct Rig {
 }
 
 async fn rig(labels: &[&str]) -> Rig {
+    rig_with(labels, |_| {}).await
+}
+
+/// A rig whose mock is set up by `setup` after the accounts exist and before the session
+/// starts: the session reads every account's usage at start, so a change made after it
+/// would race that first read.
+async fn rig_with(labels: &[&str], setup: impl FnOnce(&MockBackend)) -> Rig {
     let mock = MockBackend::start().await;
     let home = CodexHome::offline(&mock.url());
     let store = tempfile::tempdir().unwrap();
@@ -38,6 +45,7 @@ async fn rig(labels: &[&str]) -> Rig {
         std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
         cs_tui::accounts::import_auth_file(&accounts, &file, Some(label)).unwrap();
     }
+    setup(&mock);
     let dir = StoreDirectory::new(
         store.path(),
         Backend {
@@ -412,22 +420,24 @@ async fn a_backend_401_is_answered_with_the_same_accounts_rotated_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_account_exhausted_the_proxy_stays_and_names_the_earliest_reset() {
-    let mut rig = rig(&["alice", "bob", "carol"]).await;
     let soon = cs_tui_testkit::jwt::unix_now() + 1800;
     let later = cs_tui_testkit::jwt::unix_now() + 7200;
-    for (id, reset) in [("acct-bob", later), ("acct-carol", soon)] {
-        rig.mock.set_usage(
-            id,
-            Usage {
-                primary: Some(UsageWindow {
-                    used_percent: 100,
-                    window_minutes: 300,
-                    resets_at: reset,
-                }),
-                ..Default::default()
-            },
-        );
-    }
+    let mut rig = rig_with(&["alice", "bob", "carol"], |mock| {
+        for (id, reset) in [("acct-bob", later), ("acct-carol", soon)] {
+            mock.set_usage(
+                id,
+                Usage {
+                    primary: Some(UsageWindow {
+                        used_percent: 100,
+                        window_minutes: 300,
+                        resets_at: reset,
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
+    })
+    .await;
     let mut client = tui_client(&rig).await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
     rig.mock.set_mode("acct-alice", AccountMode::UsageLimit);
