@@ -19,7 +19,9 @@ use super::codex_auth::{
     import_codex_auth_if_empty,
 };
 use super::store::{Account, AccountAuth, AccountStatus, AccountsFile, Store, validate_name};
-use super::tokens::{Backend, RefreshPolicy, ensure_fresh_with, needs_login, relogin_command};
+use super::tokens::{
+    Backend, RefreshPolicy, ensure_fresh_with, needs_login, relogin_command, settle_refreshes,
+};
 use super::usage::{UsageReport, fetch_usage_with};
 use crate::cli::GlobalArgs;
 use crate::errors::{render_error, with_hint};
@@ -612,6 +614,9 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
             }
         }
     }
+    if !runtime.block_on(settle_refreshes(&ctx.store)) {
+        failed = true;
+    }
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -740,7 +745,8 @@ pub fn run_status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
     let backend = Backend::from_env()?;
     let http = http_client()?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let outcomes: Vec<Outcome> = runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let outcomes: Vec<Outcome> = runtime.block_on(async {
         let fetches = file.accounts.iter().map(|account| {
             let (store, http, backend) = (&ctx.store, &http, &backend);
             async move {
@@ -772,9 +778,12 @@ pub fn run_status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
         });
         futures_util::future::join_all(fetches).await
     });
+    // A fetch that timed out may have left a refresh under way whose server already rotated
+    // the refresh token: its answer must reach the store before the process ends.
+    let saved = runtime.block_on(settle_refreshes(&ctx.store));
     // Reload: refreshes during the fetch may have changed plans and statuses.
     let file = ctx.store.load().unwrap_or(file);
-    let any_failed = outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
+    let any_failed = !saved || outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
     if args.json {
         emit_json(&status_json(&file, &outcomes))?;
     } else {
