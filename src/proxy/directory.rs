@@ -17,7 +17,10 @@ pub struct DirAccount {
     pub email: Option<String>,
     pub plan: Option<String>,
     /// Missing for API-key accounts, which cannot be logged in with `chatgptAuthTokens`.
+    /// Seats of one workspace share it.
     pub chatgpt_account_id: Option<String>,
+    /// The ChatGPT user: what tells seats of one workspace apart.
+    pub user_id: Option<String>,
     /// Included in automatic switching.
     pub enabled: bool,
     /// The refresh token was rejected.

@@ -50,6 +50,7 @@ fn dir_account(account: &Account) -> DirAccount {
             AccountAuth::ChatGpt { .. } => account.chatgpt_account_id.clone(),
             AccountAuth::ApiKey { .. } => None,
         },
+        user_id: account.user_id.clone(),
         enabled: account.enabled,
         needs_login: matches!(account.status, AccountStatus::NeedsLogin { .. }),
     }
