@@ -437,3 +437,33 @@ async fn a_proxy_a_gateway_or_a_captive_portal_does_not_mark_an_account() {
     assert_eq!(sent.last().unwrap().status, 200);
     rig.assert_no_secret_leaked();
 }
+
+/// A command that is done waits for a refresh under way, but that refresh starts no new
+/// attempt: the exit is bounded by one attempt, not by a whole series of retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exiting_command_lets_the_attempt_under_way_finish_but_starts_no_retry() {
+    let rig = Rig::new().await;
+    let (alice, rt0) = rig.mock.add_account("alice");
+    let file = rig.write_auth_file("alice.json", &alice.auth_json(-60, &rt0));
+    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
+        .await
+        .ok();
+    // Five failures would take five attempts, 3.75 s of backoff at the least.
+    for _ in 0..5 {
+        rig.mock.push_refresh_fault(RefreshFault::ServerError(502));
+    }
+    let status = rig.run(&["status", "--json", "--timeout", "1"]).await;
+    let json = status.fails().json();
+    assert_eq!(status_of(&json, "alice")["state"], "error", "{json:#}");
+    let attempts = refreshes(&rig.mock.requests()).len();
+    assert!(
+        (1..5).contains(&attempts),
+        "retries went on after the command was done: {attempts} attempts"
+    );
+    assert_eq!(rig.stored_refresh_token("alice"), rt0);
+    let list = rig.run(&["accounts", "list", "--json"]).await.ok().json();
+    assert_eq!(status_of(&list, "alice")["status"], "ok");
+    // The faults left over are retried through; the token was never spent.
+    rig.run(&["accounts", "refresh", "alice"]).await.ok();
+    rig.assert_no_secret_leaked();
+}

@@ -21,6 +21,7 @@ use super::codex_auth::{
 use super::store::{Account, AccountAuth, AccountStatus, AccountsFile, Store, validate_name};
 use super::tokens::{
     Backend, RefreshPolicy, ensure_fresh_with, needs_login, relogin_command, settle_refreshes,
+    stop_retrying_refreshes,
 };
 use super::usage::{UsageReport, fetch_usage_with};
 use crate::cli::GlobalArgs;
@@ -614,6 +615,7 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
             }
         }
     }
+    stop_retrying_refreshes();
     if !runtime.block_on(settle_refreshes(&ctx.store)) {
         failed = true;
     }
@@ -780,6 +782,7 @@ pub fn run_status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
     });
     // A fetch that timed out may have left a refresh under way whose server already rotated
     // the refresh token: its answer must reach the store before the process ends.
+    stop_retrying_refreshes();
     let saved = runtime.block_on(settle_refreshes(&ctx.store));
     // Reload: refreshes during the fetch may have changed plans and statuses.
     let file = ctx.store.load().unwrap_or(file);

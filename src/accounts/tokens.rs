@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -217,8 +218,8 @@ pub async fn ensure_fresh_with(
         .wrap_err("the token refresh task stopped")?
 }
 
-/// How long the end of a process waits for refreshes in flight: one attempt and its retries'
-/// first backoff.
+/// How long the end of a process waits for refreshes in flight: the attempt under way (or
+/// about to start after its backoff) and the storing of its answer.
 pub const SETTLE_LIMIT: Duration = Duration::from_secs(25);
 
 /// The number of refreshes in flight in this process.
@@ -240,6 +241,16 @@ impl Drop for InFlight {
     }
 }
 
+/// Set when the process is about to exit: a refresh under way finishes its current attempt but
+/// starts no other, so it ends within [`SETTLE_LIMIT`].
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// For the end of a process, before [`settle_refreshes`]: refreshes under way make no further
+/// attempts after the current one.
+pub fn stop_retrying_refreshes() {
+    EXITING.store(true, Ordering::SeqCst);
+}
+
 /// How many token refreshes of this process are under way.
 pub fn refreshes_in_flight() -> usize {
     *IN_FLIGHT.borrow()
@@ -254,10 +265,11 @@ pub async fn wait_for_refreshes(limit: Duration) -> bool {
         .is_ok()
 }
 
-/// For the end of a process: waits up to [`SETTLE_LIMIT`] for refreshes in flight (a refresh
-/// token spent on the server must not die with the process), saying so on stderr when it takes
-/// more than a second; then tries once more to store rotated tokens the store refused, and says
-/// loudly on stderr which ones are lost. Returns whether everything was stored.
+/// For the end of a process (after [`stop_retrying_refreshes`]): waits up to [`SETTLE_LIMIT`]
+/// for refreshes in flight (a refresh token spent on the server must not die with the
+/// process), saying so on stderr when it takes more than a second; then tries once more to
+/// store rotated tokens the store refused, and says loudly on stderr which ones are lost.
+/// Returns whether everything was stored.
 pub async fn settle_refreshes(store: &Store) -> bool {
     if !wait_for_refreshes(Duration::from_secs(1)).await {
         eprintln!("Waiting for a token refresh under way to finish, so its new tokens are kept…");
@@ -615,12 +627,15 @@ async fn request_refresh(
     url: &str,
     refresh_token: &Secret,
 ) -> std::result::Result<FreshTokens, RefreshError> {
-    let ambiguous = std::sync::atomic::AtomicBool::new(false);
+    let ambiguous = AtomicBool::new(false);
     let attempt = || async {
+        if EXITING.load(Ordering::SeqCst) {
+            return Err(RefreshError::Transient("cs-tui is exiting".to_owned()));
+        }
         match refresh_once(http, url, refresh_token).await {
             Attempt::NotSent(err) => Err(err),
             Attempt::Ambiguous(err) => {
-                ambiguous.store(true, std::sync::atomic::Ordering::Relaxed);
+                ambiguous.store(true, Ordering::Relaxed);
                 Err(err)
             }
             Attempt::Answered(result) => result,
@@ -634,15 +649,13 @@ async fn request_refresh(
                 .with_max_times(4)
                 .with_jitter(),
         )
-        .when(RefreshError::is_transient)
+        .when(|err| err.is_transient() && !EXITING.load(Ordering::SeqCst))
         .notify(|err, wait| tracing::warn!("refresh failed ({err}); retrying in {wait:?}"))
         .await;
     match result {
         // An earlier attempt may have spent the token without telling us: the login is not
         // known to be dead, and the old token stays (it may still be the live one).
-        Err(RefreshError::Rejected(reason))
-            if ambiguous.load(std::sync::atomic::Ordering::Relaxed) =>
-        {
+        Err(RefreshError::Rejected(reason)) if ambiguous.load(Ordering::Relaxed) => {
             tracing::warn!(%reason, "refresh rejected after an unanswered attempt");
             Err(RefreshError::Transient(
                 "an earlier attempt went unanswered and the retry was refused".to_owned(),

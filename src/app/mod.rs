@@ -96,6 +96,7 @@ pub fn run(global: &GlobalArgs, codex_args: Vec<OsString>) -> Result<ExitCode> {
     });
     // The terminal is restored by now. A token refresh under way (a usage poll, a 401 answered
     // for the app-server) may hold a rotated refresh token that must reach the store first.
+    crate::accounts::stop_retrying_refreshes();
     if let Ok(store_dir) = crate::paths::store_dir() {
         runtime.block_on(crate::accounts::settle_refreshes(
             &crate::accounts::Store::open(store_dir),
