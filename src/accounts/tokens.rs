@@ -1,10 +1,18 @@
 //! Keeping tokens fresh (PROTOCOL.md §5).
 //!
 //! Refresh tokens rotate: once one copy is used, every other copy is dead. So a refresh holds
-//! the account's refresh lock (no two processes of ours refresh one account at once), writes the
-//! new tokens to the store the moment they arrive, mirrors them into `$CODEX_HOME/auth.json`
-//! when that file holds the same account, and before refreshing adopts newer tokens that plain
-//! `codex` left there.
+//! the account's refresh lock (no two refreshes of one account at once, in any of our
+//! processes), writes the new tokens to the store the moment they arrive, mirrors them into
+//! `$CODEX_HOME/auth.json` when that file holds the same account, and before refreshing adopts
+//! newer tokens that plain `codex` left there.
+//!
+//! The step from sending the request to storing the answer runs on a task of its own, so a
+//! caller's timeout cannot cut it between the server rotating the token and the store receiving
+//! it; processes wait for such tasks before they exit ([`settle_refreshes`]). A store that
+//! refuses the new tokens does not lose them: they are kept in memory until a write succeeds.
+//! Only the sign-in server's own error codes mark an account "needs login"; anything ambiguous
+//! (a timeout after sending, a cut answer, a page from something in between) keeps the account
+//! and its token.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -251,11 +259,6 @@ pub fn stop_retrying_refreshes() {
     EXITING.store(true, Ordering::SeqCst);
 }
 
-/// How many token refreshes of this process are under way.
-pub fn refreshes_in_flight() -> usize {
-    *IN_FLIGHT.borrow()
-}
-
 /// Waits until no refresh of this process is under way, or `limit` passes. Returns whether
 /// none is.
 pub async fn wait_for_refreshes(limit: Duration) -> bool {
@@ -304,9 +307,9 @@ pub async fn settle_refreshes(store: &Store) -> bool {
 /// Rotated tokens the store refused, by store directory and account id, with the refresh
 /// token they replace and whether `auth.json` holds them. While here, they are the account's
 /// live tokens: the stored ones are dead.
-#[allow(clippy::type_complexity)]
-static UNSAVED: LazyLock<Mutex<HashMap<(PathBuf, String), Unsaved>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static UNSAVED: LazyLock<Mutex<UnsavedMap>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+type UnsavedMap = HashMap<(PathBuf, String), Unsaved>;
 
 #[derive(Clone)]
 struct Unsaved {
@@ -315,7 +318,7 @@ struct Unsaved {
     in_codex_auth: bool,
 }
 
-fn unsaved() -> std::sync::MutexGuard<'static, HashMap<(PathBuf, String), Unsaved>> {
+fn unsaved() -> std::sync::MutexGuard<'static, UnsavedMap> {
     UNSAVED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
