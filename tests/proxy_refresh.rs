@@ -4,6 +4,8 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{run_turn, start_thread};
@@ -11,8 +13,10 @@ use cs_tui::accounts::{AccountAuth, Backend, Store};
 use cs_tui::proxy::policy::PolicyConfig;
 use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
 use cs_tui::proxy::store_directory::StoreDirectory;
-use cs_tui_testkit::mock_backend::AccountMode;
+use cs_tui_testkit::mock_backend::{AccountMode, RefreshFault};
 use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::json;
 
 fn refresh_token(store: &Store, name: &str) -> String {
@@ -105,4 +109,76 @@ async fn a_refresh_request_is_answered_for_the_active_seat_of_a_workspace() {
     let retried = mock.last_user_turn_request("after a 401");
     assert_eq!(retried.status, 200);
     session.shutdown().await;
+}
+
+fn cs_tui(store: &Path, home: &CodexHome, mock: &MockBackend) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cs-tui"));
+    command
+        .env("CS_TUI_HOME", store)
+        .env("CODEX_HOME", home.path())
+        .env("CS_TUI_CODEX_BIN", codex_bin())
+        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", mock.refresh_url())
+        .env_remove("CS_TUI_LOG");
+    command
+}
+
+/// `cs-tui serve` stopped while a usage poll's refresh is under way (the server has rotated the
+/// token and not answered yet) waits for it, so the rotated token is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stopped_during_a_refresh_keeps_the_rotated_token() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path());
+    // alice is active; bob's access token has expired, so the first usage poll refreshes it.
+    for (label, ttl) in [("alice", 3600), ("bob", -60)] {
+        let (fake, rt) = mock.add_account(label);
+        let file = store_dir.path().join(format!("{label}.json"));
+        std::fs::write(&file, fake.auth_json(ttl, &rt).to_string()).unwrap();
+        let out = cs_tui(store_dir.path(), &home, &mock)
+            .args(["accounts", "import", "--name", label, "--file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let bob_rt = refresh_token(&store, "bob");
+    mock.push_refresh_fault(RefreshFault::RotateThenDelay(Duration::from_secs(3)));
+
+    let mut serve = cs_tui(store_dir.path(), &home, &mock)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let refresh = mock
+        .wait_for_request(Duration::from_secs(60), "bob's refresh", |r| {
+            r.path == "/oauth/token"
+        })
+        .await;
+    assert_eq!(refresh.refresh_token.as_deref(), Some(bob_rt.as_str()));
+    // The server has rotated bob's token and answers in 3 s; stop serve now.
+    kill(Pid::from_raw(serve.id() as i32), Signal::SIGTERM).unwrap();
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = serve.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    });
+    let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), exit)
+        .await
+        .expect("serve exits")
+        .unwrap();
+    assert!(status.success(), "{status:?} {stderr}");
+
+    let stored = refresh_token(&store, "bob");
+    assert_ne!(
+        stored, bob_rt,
+        "the rotated refresh token was lost at shutdown"
+    );
+    let out = cs_tui(store_dir.path(), &home, &mock)
+        .args(["accounts", "refresh", "bob"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 }
