@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{run_turn, start_thread};
+use common::{run_turn, start_thread, wait_event};
 use cs_tui::accounts::{AccountAuth, Backend, Store};
+use cs_tui::proxy::events::{ProxyCommand, ProxyEvent};
 use cs_tui::proxy::policy::PolicyConfig;
 use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
 use cs_tui::proxy::store_directory::StoreDirectory;
@@ -18,6 +19,32 @@ use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
+
+async fn start_session(mock: &MockBackend, home: &CodexHome, store_dir: &Path) -> Session {
+    let dir = StoreDirectory::new(
+        store_dir,
+        Backend {
+            codex_home: Some(home.path().to_owned()),
+            refresh_url: mock.refresh_url(),
+            chatgpt_base_url: mock.chatgpt_base_url(),
+        },
+    )
+    .unwrap();
+    let listener = ProxyListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .await
+        .unwrap();
+    let options = SessionOptions {
+        codex_bin: codex_bin().into_os_string(),
+        codex_home: home.path().to_owned(),
+        store_dir: store_dir.to_owned(),
+        policy: PolicyConfig::default(),
+        usage_poll: Duration::from_secs(300),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_file: None,
+        hidden_rerun: false,
+    };
+    Session::start(listener, options, dir).await.unwrap()
+}
 
 fn refresh_token(store: &Store, name: &str) -> String {
     match &store.load().unwrap().resolve(name).unwrap().auth {
@@ -53,29 +80,7 @@ async fn a_refresh_request_is_answered_for_the_active_seat_of_a_workspace() {
         })
         .unwrap();
 
-    let dir = StoreDirectory::new(
-        store_dir.path(),
-        Backend {
-            codex_home: Some(home.path().to_owned()),
-            refresh_url: mock.refresh_url(),
-            chatgpt_base_url: mock.chatgpt_base_url(),
-        },
-    )
-    .unwrap();
-    let listener = ProxyListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
-        .await
-        .unwrap();
-    let options = SessionOptions {
-        codex_bin: codex_bin().into_os_string(),
-        codex_home: home.path().to_owned(),
-        store_dir: store_dir.path().to_owned(),
-        policy: PolicyConfig::default(),
-        usage_poll: Duration::from_secs(300),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: None,
-        hidden_rerun: false,
-    };
-    let session = Session::start(listener, options, dir).await.unwrap();
+    let session = start_session(&mock, &home, store_dir.path()).await;
     assert_eq!(session.starting_account().name, "ben");
     let mut client = WsClient::connect(session.url(), session.token().expose()).await;
     client.initialize(json!("initialize")).await;
@@ -181,4 +186,68 @@ async fn serve_stopped_during_a_refresh_keeps_the_rotated_token() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+}
+
+/// A session whose store refuses the tokens a usage poll's refresh brought keeps them in
+/// memory, says so in the panel, and stores them once the store takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_store_refuses_new_tokens_says_so_and_saves_them_later() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path());
+    for (label, ttl) in [("alice", 3600), ("bob", -60)] {
+        let (fake, rt) = mock.add_account(label);
+        let file = store_dir.path().join(format!("{label}.json"));
+        std::fs::write(&file, fake.auth_json(ttl, &rt).to_string()).unwrap();
+        cs_tui::accounts::import_auth_file(&store, &file, Some(label)).unwrap();
+    }
+    let bob_rt = refresh_token(&store, "bob");
+    // Every store write keeps the previous version as accounts.json.bak: a directory there
+    // makes every write fail, as a full disk would.
+    let blocker = store_dir.path().join("accounts.json.bak");
+    let _ = std::fs::remove_file(&blocker);
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+
+    let session = start_session(&mock, &home, store_dir.path()).await;
+    let mut events = session.subscribe();
+    let notice = wait_event(
+        &mut events,
+        "a notice about bob's tokens",
+        |e| matches!(e, ProxyEvent::Notice { message, .. } if message.contains("bob")),
+    )
+    .await;
+    let ProxyEvent::Notice { message, .. } = notice else {
+        unreachable!()
+    };
+    assert!(
+        message.contains("refused the refreshed tokens"),
+        "{message}"
+    );
+    assert_eq!(
+        refresh_token(&store, "bob"),
+        bob_rt,
+        "the store refused them"
+    );
+
+    // The store takes writes again: the next use of bob stores the tokens memory kept.
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let _ = session.commands().send(ProxyCommand::RefreshUsage);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while refresh_token(&store, "bob") == bob_rt {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the kept tokens never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Refreshed once: the token kept in memory was never spent again.
+    let refreshes: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/oauth/token")
+        .map(|r| (r.refresh_token.unwrap(), r.status))
+        .collect();
+    assert_eq!(refreshes, vec![(bob_rt, 200)]);
+    session.shutdown().await;
 }

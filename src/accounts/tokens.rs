@@ -332,6 +332,13 @@ fn unsaved_ids(store: &Store) -> Vec<String> {
         .collect()
 }
 
+/// Names of the accounts whose refreshed tokens `store` refused and memory holds.
+pub fn unsaved_token_accounts(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = unsaved_names(store).into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    names
+}
+
 fn unsaved_names(store: &Store) -> Vec<(String, bool)> {
     unsaved()
         .iter()

@@ -865,6 +865,7 @@ impl<D: AccountDirectory> Core<D> {
         .cloned();
         let dir = self.dir.clone();
         let control = self.control.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
             let Some(account) = account else {
                 control.respond(
@@ -889,6 +890,9 @@ impl<D: AccountDirectory> Core<D> {
                     tracing::error!(account = %account.name, "token refresh failed: {err:#}");
                     control.respond(id, Err(format!("refreshing {} failed", account.name)));
                 }
+            }
+            if let Some(notice) = unsaved_tokens_notice(&dir) {
+                let _ = events.send(notice);
             }
         });
     }
@@ -999,8 +1003,26 @@ impl<D: AccountDirectory> Core<D> {
                 Err(err) => tracing::warn!(account = %id, "usage fetch failed: {err}"),
             }
         }
+        if let Some(notice) = unsaved_tokens_notice(&self.dir) {
+            self.emit(notice);
+        }
         self.update_alternative();
     }
+}
+
+/// A refresh whose new tokens the store refused (a full disk) keeps them in memory only: the
+/// user must hear of it before quitting.
+fn unsaved_tokens_notice<D: AccountDirectory>(dir: &D) -> Option<ProxyEvent> {
+    let names = dir.unsaved_tokens();
+    (!names.is_empty()).then(|| ProxyEvent::Notice {
+        message: format!(
+            "the account store refused the refreshed tokens of {}: they are kept in memory \
+             (and in Codex's auth.json when it holds the account) and saved once the store can \
+             be written; check the disk before quitting",
+            names.join(", ")
+        ),
+        at: Utc::now(),
+    })
 }
 
 /// The stored account a token refresh request is for. `previousAccountId` names a workspace,

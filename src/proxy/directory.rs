@@ -65,4 +65,9 @@ pub trait AccountDirectory: Clone + Send + Sync + 'static {
     fn fetch_usage(&self, id: &str) -> impl Future<Output = Result<RateLimitSnapshot>> + Send;
     /// Records that the session now runs on this account.
     fn mark_active(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Names of accounts whose refreshed tokens the store refused: they live in memory only
+    /// until a write succeeds.
+    fn unsaved_tokens(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -102,6 +102,10 @@ impl AccountDirectory for StoreDirectory {
         )
     }
 
+    fn unsaved_tokens(&self) -> Vec<String> {
+        accounts::unsaved_token_accounts(&self.store)
+    }
+
     async fn mark_active(&self, id: &str) -> Result<()> {
         let store = self.store.clone();
         let id = id.to_owned();
