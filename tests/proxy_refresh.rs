@@ -232,7 +232,12 @@ async fn a_session_whose_store_refuses_new_tokens_says_so_and_saves_them_later()
 
     // The store takes writes again: the next use of bob stores the tokens memory kept.
     std::fs::remove_dir_all(&blocker).unwrap();
-    let _ = session.commands().send(ProxyCommand::RefreshUsage);
+    let answer = session.commands().send(ProxyCommand::RefreshUsage);
+    tokio::time::timeout(common::WAIT, answer)
+        .await
+        .expect("the session answers")
+        .unwrap()
+        .expect("a usage refresh is accepted");
     let deadline = tokio::time::Instant::now() + common::WAIT;
     while refresh_token(&store, "bob") == bob_rt {
         assert!(
