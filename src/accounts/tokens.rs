@@ -456,6 +456,7 @@ impl RefreshTask {
             match stored {
                 Ok(Some(stored)) => {
                     tracing::info!(account = %stored.name, "stored refreshed tokens");
+                    unsaved().remove(&(self.store.dir().to_owned(), account.id.clone()));
                     self.mirror_to_codex_auth(&stored);
                     return Ok(stored);
                 }
@@ -474,11 +475,17 @@ impl RefreshTask {
             "THE REFRESHED TOKENS COULD NOT BE STORED ({err}); they are kept in memory and \
              stored at the account's next use"
         );
-        unsaved().insert(
-            (self.store.dir().to_owned(), account.id.clone()),
+        let mut unsaved = unsaved();
+        let key = (self.store.dir().to_owned(), account.id.clone());
+        // A refresh of tokens that were themselves never stored replaces what the store holds.
+        let replaces = unsaved
+            .get(&key)
+            .map_or_else(|| self.used.clone(), |u| u.replaces.clone());
+        unsaved.insert(
+            key,
             Unsaved {
                 account: updated.clone(),
-                replaces: self.used.clone(),
+                replaces,
                 in_codex_auth,
             },
         );
@@ -1066,14 +1073,28 @@ mod tests {
             .unwrap();
         assert_eq!(refresh_token_of(&again), rt1);
         assert!(!settle_refreshes(&store).await);
+        // A refresh of the tokens only memory holds (auth.json gone too): memory keeps the
+        // newest, and what they replace in the store.
+        std::fs::remove_file(&auth_path).unwrap();
+        let rt2 = refresh_token_of(
+            &ensure_fresh_with(&store, &http, &b, &account.id, RefreshPolicy::Now)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(refresh_token_of(&store.load().unwrap().accounts[0]), rt);
 
         // Once the store takes writes again, the next use stores them, then refreshes with them.
         std::fs::remove_dir_all(&blocker).unwrap();
+        let stored = ensure_fresh_with(&store, &http, &b, &account.id, RefreshPolicy::IfDue)
+            .await
+            .unwrap();
+        assert_eq!(refresh_token_of(&stored), rt2);
+        assert_eq!(store.load().unwrap().accounts[0], stored);
         let next = ensure_fresh_with(&store, &http, &b, &account.id, RefreshPolicy::Now)
             .await
             .unwrap();
         assert_eq!(store.load().unwrap().accounts[0], next);
-        assert_eq!(refresh_log(&mock), vec![(rt, 200), (rt1, 200)]);
+        assert_eq!(refresh_log(&mock), vec![(rt, 200), (rt1, 200), (rt2, 200)]);
         assert!(settle_refreshes(&store).await);
     }
 
