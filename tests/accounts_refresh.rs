@@ -467,3 +467,43 @@ async fn an_exiting_command_lets_the_attempt_under_way_finish_but_starts_no_retr
     rig.run(&["accounts", "refresh", "alice"]).await.ok();
     rig.assert_no_secret_leaked();
 }
+
+/// Ctrl-C while the sign-in server holds a rotated token's answer: the command stops, but
+/// only after the answer is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_a_refresh_keeps_the_rotated_token() {
+    let rig = Rig::new().await;
+    let (alice, rt0) = rig.mock.add_account("alice");
+    let file = rig.write_auth_file("alice.json", &alice.auth_json(3600, &rt0));
+    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
+        .await
+        .ok();
+    rig.mock
+        .push_refresh_fault(RefreshFault::RotateThenDelay(Duration::from_secs(2)));
+
+    let child = rig
+        .command(&["accounts", "refresh", "alice"])
+        .spawn()
+        .unwrap();
+    rig.mock
+        .wait_for_request(Duration::from_secs(30), "the refresh", |r| {
+            r.path == "/oauth/token"
+        })
+        .await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("Interrupted."), "{stderr}");
+    let rt1 = rig.stored_refresh_token("alice");
+    assert_ne!(rt1, rt0, "the rotated refresh token was lost: {stderr}");
+    assert!(!stderr.contains(&rt0) && !stderr.contains(&rt1), "{stderr}");
+
+    rig.run(&["accounts", "refresh", "alice"]).await.ok();
+    assert_no_refresh_token_reused(&rig.mock.requests());
+    rig.assert_no_secret_leaked();
+}

@@ -174,6 +174,43 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .wrap_err("starting the async runtime")
 }
 
+/// The exit code of a command stopped by Ctrl-C.
+const INTERRUPTED: u8 = 130;
+
+/// Runs `work` until it ends or Ctrl-C comes (`None`). A token refresh under way is not
+/// cancelled by that: it runs on its own task, and [`finish_refreshes`] waits for it.
+fn until_interrupted<T>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let out = runtime.block_on(async {
+        tokio::select! {
+            out = work => Some(out),
+            Ok(()) = tokio::signal::ctrl_c() => None,
+        }
+    });
+    if out.is_none() {
+        eprintln!("Interrupted.");
+    }
+    out
+}
+
+/// Before a command that refreshed tokens exits: lets a refresh under way store its answer
+/// (see [`settle_refreshes`]); a second Ctrl-C stops waiting. Returns whether every rotated
+/// token was stored.
+fn finish_refreshes(runtime: &tokio::runtime::Runtime, store: &Store) -> bool {
+    stop_retrying_refreshes();
+    runtime.block_on(async {
+        tokio::select! {
+            saved = settle_refreshes(store) => saved,
+            Ok(()) = tokio::signal::ctrl_c() => {
+                eprintln!("Interrupted again: not waiting for the token refresh under way.");
+                false
+            }
+        }
+    })
+}
+
 fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -580,6 +617,7 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
     let http = http_client()?;
     let runtime = runtime()?;
     let mut failed = false;
+    let mut interrupted = false;
     for target in targets {
         if !target.is_chatgpt() {
             emit(&format!(
@@ -588,13 +626,13 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
             ))?;
             continue;
         }
-        let result = runtime.block_on(ensure_fresh_with(
-            &ctx.store,
-            &http,
-            &backend,
-            &target.id,
-            RefreshPolicy::Now,
-        ));
+        let Some(result) = until_interrupted(
+            &runtime,
+            ensure_fresh_with(&ctx.store, &http, &backend, &target.id, RefreshPolicy::Now),
+        ) else {
+            interrupted = true;
+            break;
+        };
         match result {
             Ok(account) => {
                 let until = account
@@ -615,11 +653,12 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
             }
         }
     }
-    stop_retrying_refreshes();
-    if !runtime.block_on(settle_refreshes(&ctx.store)) {
+    if !finish_refreshes(&runtime, &ctx.store) {
         failed = true;
     }
-    Ok(if failed {
+    Ok(if interrupted {
+        ExitCode::from(INTERRUPTED)
+    } else if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -748,7 +787,7 @@ pub fn run_status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
     let http = http_client()?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let runtime = runtime()?;
-    let outcomes: Vec<Outcome> = runtime.block_on(async {
+    let outcomes: Option<Vec<Outcome>> = until_interrupted(&runtime, async {
         let fetches = file.accounts.iter().map(|account| {
             let (store, http, backend) = (&ctx.store, &http, &backend);
             async move {
@@ -782,8 +821,10 @@ pub fn run_status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
     });
     // A fetch that timed out may have left a refresh under way whose server already rotated
     // the refresh token: its answer must reach the store before the process ends.
-    stop_retrying_refreshes();
-    let saved = runtime.block_on(settle_refreshes(&ctx.store));
+    let saved = finish_refreshes(&runtime, &ctx.store);
+    let Some(outcomes) = outcomes else {
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
     // Reload: refreshes during the fetch may have changed plans and statuses.
     let file = ctx.store.load().unwrap_or(file);
     let any_failed = !saved || outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
