@@ -4,10 +4,11 @@
 mod accounts_support;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use accounts_support::Rig;
 use cs_tui_testkit::AccountMode;
-use cs_tui_testkit::mock_backend::RequestRecord;
+use cs_tui_testkit::mock_backend::{RefreshFault, RequestRecord};
 use serde_json::Value;
 
 fn refreshes(records: &[RequestRecord]) -> Vec<&RequestRecord> {
@@ -292,5 +293,217 @@ async fn a_rejected_refresh_token_marks_the_account_and_names_the_fix() {
         "{reimport:#?}"
     );
     rig.run(&["status"]).await.ok();
+    rig.assert_no_secret_leaked();
+}
+
+fn status_of<'a>(json: &'a Value, name: &str) -> &'a Value {
+    json["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {json:#}"))
+}
+
+/// Issue 12: the sign-in server rotates the refresh token, then answers after the caller's
+/// timeout. The rotated token must still reach the store, or the account is dead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_sign_in_server_does_not_kill_the_account() {
+    let rig = Rig::new().await;
+    let (alice, rt0) = rig.mock.add_account("alice");
+    // Not in auth.json: the store alone must keep the rotated token.
+    let file = rig.write_auth_file("alice.json", &alice.auth_json(-60, &rt0));
+    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
+        .await
+        .ok();
+    rig.mock
+        .push_refresh_fault(RefreshFault::RotateThenDelay(Duration::from_secs(4)));
+
+    let status = rig.run(&["status", "--json", "--timeout", "2"]).await;
+    let json = status.fails().json();
+    let row = status_of(&json, "alice");
+    assert_eq!(row["state"], "error", "{json:#}");
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within 2s"),
+        "{json:#}"
+    );
+
+    let log = rig.mock.requests();
+    let sent: Vec<(String, u16)> = refreshes(&log)
+        .iter()
+        .map(|r| (r.refresh_token.clone().unwrap(), r.status))
+        .collect();
+    let rt1 = rig.stored_refresh_token("alice");
+    if sent.is_empty() {
+        // The machine was so slow that the request never left within 2 s: nothing was spent.
+        assert_eq!(rt1, rt0);
+    } else {
+        // The server rotated: the store must hold what it minted, not the spent token.
+        assert_eq!(sent, vec![(rt0.clone(), 200)]);
+        assert_ne!(rt1, rt0, "the rotated refresh token was lost");
+        assert!(rt1.starts_with("rt-acct-alice-"), "{rt1}");
+    }
+    let list = rig.run(&["accounts", "list", "--json"]).await.ok().json();
+    assert_eq!(status_of(&list, "alice")["status"], "ok");
+
+    let refreshed = rig.run(&["accounts", "refresh", "alice"]).await;
+    assert!(
+        refreshed.ok().stdout.contains("alice: refreshed"),
+        "{refreshed:#?}"
+    );
+    let log = rig.mock.requests();
+    assert_eq!(
+        refreshes(&log)
+            .last()
+            .map(|r| (r.refresh_token.clone().unwrap(), r.status)),
+        Some((rt1, 200))
+    );
+    assert_no_refresh_token_reused(&log);
+    rig.assert_no_secret_leaked();
+}
+
+/// Issue 12: an HTML 403 from a proxy, a 5xx, a captive portal: a clear transient error, and
+/// the account stays usable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_a_gateway_or_a_captive_portal_does_not_mark_an_account() {
+    let rig = Rig::new().await;
+    let (alice, rt0) = rig.mock.add_account("alice");
+    let file = rig.write_auth_file("alice.json", &alice.auth_json(-60, &rt0));
+    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
+        .await
+        .ok();
+
+    // `status` with an expired token meets a proxy's HTML 403.
+    rig.mock.push_refresh_fault(RefreshFault::Html403);
+    let status = rig.run(&["status", "--json"]).await;
+    let json = status.fails().json();
+    let row = status_of(&json, "alice");
+    assert_eq!(row["state"], "error", "{json:#}");
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not refresh the tokens"),
+        "{json:#}"
+    );
+    assert!(
+        row["hint"].as_str().unwrap().contains("still usable"),
+        "{json:#}"
+    );
+
+    let cases: [(Vec<RefreshFault>, &str); 3] = [
+        (vec![RefreshFault::Html403], "HTTP 403 with an HTML page"),
+        (vec![RefreshFault::ServerError(503); 5], "HTTP 503"),
+        (vec![RefreshFault::CaptivePortal], "captive portal"),
+    ];
+    for (faults, says) in cases {
+        for fault in faults {
+            rig.mock.push_refresh_fault(fault);
+        }
+        let refresh = rig.run(&["accounts", "refresh", "alice"]).await;
+        refresh.fails();
+        assert!(
+            refresh
+                .stderr
+                .starts_with("error: could not refresh the tokens of account \"alice\""),
+            "{refresh:#?}"
+        );
+        assert!(refresh.stderr.contains(says), "{refresh:#?}");
+        assert!(
+            !refresh.stderr.contains("needs a new login"),
+            "{refresh:#?}"
+        );
+        let list = rig.run(&["accounts", "list", "--json"]).await.ok().json();
+        assert_eq!(status_of(&list, "alice")["status"], "ok", "{says}");
+        assert_eq!(rig.stored_refresh_token("alice"), rt0);
+    }
+
+    // The way clears: the same token still works.
+    let status = rig.run(&["status", "--json"]).await.ok().json();
+    assert_eq!(status_of(&status, "alice")["state"], "ok", "{status:#}");
+    assert_ne!(rig.stored_refresh_token("alice"), rt0);
+    // Every attempt presented the one token, and none was refused as reused or revoked (the
+    // portal's 200 was not the sign-in server's).
+    let log = rig.mock.requests();
+    let sent = refreshes(&log);
+    assert!(
+        sent.iter()
+            .all(|r| r.refresh_token.as_deref() == Some(rt0.as_str()) && r.status != 401),
+        "{sent:#?}"
+    );
+    assert_eq!(sent.last().unwrap().status, 200);
+    rig.assert_no_secret_leaked();
+}
+
+/// A command that is done waits for a refresh under way, but that refresh starts no new
+/// attempt: the exit is bounded by one attempt, not by a whole series of retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exiting_command_lets_the_attempt_under_way_finish_but_starts_no_retry() {
+    let rig = Rig::new().await;
+    let (alice, rt0) = rig.mock.add_account("alice");
+    let file = rig.write_auth_file("alice.json", &alice.auth_json(-60, &rt0));
+    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
+        .await
+        .ok();
+    // Five failures would take five attempts, 3.75 s of backoff at the least.
+    for _ in 0..5 {
+        rig.mock.push_refresh_fault(RefreshFault::ServerError(502));
+    }
+    let status = rig.run(&["status", "--json", "--timeout", "1"]).await;
+    let json = status.fails().json();
+    assert_eq!(status_of(&json, "alice")["state"], "error", "{json:#}");
+    let attempts = refreshes(&rig.mock.requests()).len();
+    assert!(
+        (1..5).contains(&attempts),
+        "retries went on after the command was done: {attempts} attempts"
+    );
+    assert_eq!(rig.stored_refresh_token("alice"), rt0);
+    let list = rig.run(&["accounts", "list", "--json"]).await.ok().json();
+    assert_eq!(status_of(&list, "alice")["status"], "ok");
+    // The faults left over are retried through; the token was never spent.
+    rig.run(&["accounts", "refresh", "alice"]).await.ok();
+    rig.assert_no_secret_leaked();
+}
+
+/// Ctrl-C while the sign-in server holds a rotated token's answer: the command stops, but
+/// only after the answer is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_a_refresh_keeps_the_rotated_token() {
+    let rig = Rig::new().await;
+    let (alice, rt0) = rig.mock.add_account("alice");
+    let file = rig.write_auth_file("alice.json", &alice.auth_json(3600, &rt0));
+    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
+        .await
+        .ok();
+    rig.mock
+        .push_refresh_fault(RefreshFault::RotateThenDelay(Duration::from_secs(2)));
+
+    let child = rig
+        .command(&["accounts", "refresh", "alice"])
+        .spawn()
+        .unwrap();
+    rig.mock
+        .wait_for_request(Duration::from_secs(30), "the refresh", |r| {
+            r.path == "/oauth/token"
+        })
+        .await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("Interrupted."), "{stderr}");
+    let rt1 = rig.stored_refresh_token("alice");
+    assert_ne!(rt1, rt0, "the rotated refresh token was lost: {stderr}");
+    assert!(!stderr.contains(&rt0) && !stderr.contains(&rt1), "{stderr}");
+
+    rig.run(&["accounts", "refresh", "alice"]).await.ok();
+    assert_no_refresh_token_reused(&rig.mock.requests());
     rig.assert_no_secret_leaked();
 }

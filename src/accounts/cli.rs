@@ -19,7 +19,10 @@ use super::codex_auth::{
     import_codex_auth_if_empty,
 };
 use super::store::{Account, AccountAuth, AccountStatus, AccountsFile, Store, validate_name};
-use super::tokens::{Backend, RefreshPolicy, ensure_fresh_with, needs_login, relogin_command};
+use super::tokens::{
+    Backend, RefreshPolicy, ensure_fresh_with, needs_login, relogin_command, settle_refreshes,
+    stop_retrying_refreshes,
+};
 use super::usage::{UsageReport, fetch_usage_with};
 use crate::cli::GlobalArgs;
 use crate::errors::{render_error, with_hint};
@@ -169,6 +172,43 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .wrap_err("starting the async runtime")
+}
+
+/// The exit code of a command stopped by Ctrl-C.
+const INTERRUPTED: u8 = 130;
+
+/// Runs `work` until it ends or Ctrl-C comes (`None`). A token refresh under way is not
+/// cancelled by that: it runs on its own task, and [`finish_refreshes`] waits for it.
+fn until_interrupted<T>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let out = runtime.block_on(async {
+        tokio::select! {
+            out = work => Some(out),
+            Ok(()) = tokio::signal::ctrl_c() => None,
+        }
+    });
+    if out.is_none() {
+        eprintln!("Interrupted.");
+    }
+    out
+}
+
+/// Before a command that refreshed tokens exits: lets a refresh under way store its answer
+/// (see [`settle_refreshes`]); a second Ctrl-C stops waiting. Returns whether every rotated
+/// token was stored.
+fn finish_refreshes(runtime: &tokio::runtime::Runtime, store: &Store) -> bool {
+    stop_retrying_refreshes();
+    runtime.block_on(async {
+        tokio::select! {
+            saved = settle_refreshes(store) => saved,
+            Ok(()) = tokio::signal::ctrl_c() => {
+                eprintln!("Interrupted again: not waiting for the token refresh under way.");
+                false
+            }
+        }
+    })
 }
 
 fn http_client() -> Result<reqwest::Client> {
@@ -577,6 +617,7 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
     let http = http_client()?;
     let runtime = runtime()?;
     let mut failed = false;
+    let mut interrupted = false;
     for target in targets {
         if !target.is_chatgpt() {
             emit(&format!(
@@ -585,13 +626,13 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
             ))?;
             continue;
         }
-        let result = runtime.block_on(ensure_fresh_with(
-            &ctx.store,
-            &http,
-            &backend,
-            &target.id,
-            RefreshPolicy::Now,
-        ));
+        let Some(result) = until_interrupted(
+            &runtime,
+            ensure_fresh_with(&ctx.store, &http, &backend, &target.id, RefreshPolicy::Now),
+        ) else {
+            interrupted = true;
+            break;
+        };
         match result {
             Ok(account) => {
                 let until = account
@@ -612,7 +653,12 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
+    if !finish_refreshes(&runtime, &ctx.store) {
+        failed = true;
+    }
+    Ok(if interrupted {
+        ExitCode::from(INTERRUPTED)
+    } else if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -740,7 +786,8 @@ pub fn run_status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
     let backend = Backend::from_env()?;
     let http = http_client()?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let outcomes: Vec<Outcome> = runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let outcomes: Option<Vec<Outcome>> = until_interrupted(&runtime, async {
         let fetches = file.accounts.iter().map(|account| {
             let (store, http, backend) = (&ctx.store, &http, &backend);
             async move {
@@ -772,9 +819,15 @@ pub fn run_status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
         });
         futures_util::future::join_all(fetches).await
     });
+    // A fetch that timed out may have left a refresh under way whose server already rotated
+    // the refresh token: its answer must reach the store before the process ends.
+    let saved = finish_refreshes(&runtime, &ctx.store);
+    let Some(outcomes) = outcomes else {
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
     // Reload: refreshes during the fetch may have changed plans and statuses.
     let file = ctx.store.load().unwrap_or(file);
-    let any_failed = outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
+    let any_failed = !saved || outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
     if args.json {
         emit_json(&status_json(&file, &outcomes))?;
     } else {

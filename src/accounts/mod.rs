@@ -21,6 +21,8 @@ pub use codex_auth::{
 };
 pub use store::{Account, AccountAuth, AccountStatus, AccountsFile, Store, StoreError};
 pub use tokens::{
-    Backend, NeedsLogin, RefreshPolicy, ensure_fresh, ensure_fresh_with, needs_login, refresh_url,
+    Backend, NeedsLogin, RefreshPolicy, SETTLE_LIMIT, ensure_fresh, ensure_fresh_with, needs_login,
+    refresh_url, settle_refreshes, stop_retrying_refreshes, unsaved_token_accounts,
+    wait_for_refreshes,
 };
 pub use usage::{UsageReport, chatgpt_base_url, fetch_usage, fetch_usage_with};

@@ -94,6 +94,14 @@ pub fn run(global: &GlobalArgs, codex_args: Vec<OsString>) -> Result<ExitCode> {
         };
         session(spec, backend, config).await
     });
+    // The terminal is restored by now. A token refresh under way (a usage poll, a 401 answered
+    // for the app-server) may hold a rotated refresh token that must reach the store first.
+    crate::accounts::stop_retrying_refreshes();
+    if let Ok(store_dir) = crate::paths::store_dir() {
+        runtime.block_on(crate::accounts::settle_refreshes(
+            &crate::accounts::Store::open(store_dir),
+        ));
+    }
     // The terminal reader thread may be parked in a read; do not wait for it.
     runtime.shutdown_background();
     let end = result?;

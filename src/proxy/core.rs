@@ -857,19 +857,15 @@ impl<D: AccountDirectory> Core<D> {
             previous_account_id: None,
             reason: None,
         });
-        let account = match &params.previous_account_id {
-            Some(chatgpt_id) => self
-                .accounts
-                .iter()
-                .find(|a| a.chatgpt_account_id.as_deref() == Some(chatgpt_id.as_str())),
-            None => self
-                .active
-                .as_ref()
-                .and_then(|active| self.accounts.iter().find(|a| &a.id == active)),
-        }
+        let account = refresh_target(
+            &self.accounts,
+            self.active.as_deref(),
+            params.previous_account_id.as_deref(),
+        )
         .cloned();
         let dir = self.dir.clone();
         let control = self.control.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
             let Some(account) = account else {
                 control.respond(
@@ -894,6 +890,9 @@ impl<D: AccountDirectory> Core<D> {
                     tracing::error!(account = %account.name, "token refresh failed: {err:#}");
                     control.respond(id, Err(format!("refreshing {} failed", account.name)));
                 }
+            }
+            if let Some(notice) = unsaved_tokens_notice(&dir) {
+                let _ = events.send(notice);
             }
         });
     }
@@ -1004,8 +1003,62 @@ impl<D: AccountDirectory> Core<D> {
                 Err(err) => tracing::warn!(account = %id, "usage fetch failed: {err}"),
             }
         }
+        if let Some(notice) = unsaved_tokens_notice(&self.dir) {
+            self.emit(notice);
+        }
         self.update_alternative();
     }
+}
+
+/// A refresh whose new tokens the store refused (a full disk) keeps them in memory only: the
+/// user must hear of it before quitting.
+fn unsaved_tokens_notice<D: AccountDirectory>(dir: &D) -> Option<ProxyEvent> {
+    let names = dir.unsaved_tokens();
+    (!names.is_empty()).then(|| ProxyEvent::Notice {
+        message: format!(
+            "the account store refused the refreshed tokens of {}: they are kept in memory \
+             (and in Codex's auth.json when it holds the account) and saved once the store can \
+             be written; check the disk before quitting",
+            names.join(", ")
+        ),
+        at: Utc::now(),
+    })
+}
+
+/// The stored account a token refresh request is for. `previousAccountId` names a workspace,
+/// and several stored accounts can be seats of it (one `chatgpt_account_id`, different users):
+/// the active account when it is one of them, else the seat of the active account's user, else
+/// the only one. Without `previousAccountId`, the active account.
+fn refresh_target<'a>(
+    accounts: &'a [DirAccount],
+    active: Option<&str>,
+    previous_account_id: Option<&str>,
+) -> Option<&'a DirAccount> {
+    let active = active.and_then(|id| accounts.iter().find(|a| a.id == id));
+    let Some(workspace) = previous_account_id else {
+        return active;
+    };
+    let seats: Vec<&DirAccount> = accounts
+        .iter()
+        .filter(|a| a.chatgpt_account_id.as_deref() == Some(workspace))
+        .collect();
+    if let Some(active) = active.filter(|a| seats.iter().any(|s| s.id == a.id)) {
+        return Some(active);
+    }
+    let user = active.and_then(|a| a.user_id.as_deref());
+    if let Some(seat) = seats
+        .iter()
+        .find(|s| user.is_some() && s.user_id.as_deref() == user)
+    {
+        return Some(seat);
+    }
+    if seats.len() > 1 {
+        tracing::warn!(
+            seats = seats.len(),
+            "a token refresh names a workspace with several stored seats, none of them active"
+        );
+    }
+    seats.first().copied()
 }
 
 fn candidate_of(
@@ -1208,6 +1261,39 @@ pub async fn login_and_confirm<D: AccountDirectory>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seat(id: &str, workspace: &str, user: &str) -> DirAccount {
+        DirAccount {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            email: None,
+            plan: None,
+            chatgpt_account_id: Some(workspace.to_owned()),
+            user_id: Some(user.to_owned()),
+            enabled: true,
+            needs_login: false,
+        }
+    }
+
+    #[test]
+    fn a_refresh_request_is_answered_for_the_active_seat() {
+        let accounts = [
+            seat("ann", "team", "user-ann"),
+            seat("ben", "team", "user-ben"),
+            seat("ben-solo", "solo", "user-ben"),
+            seat("cat", "other", "user-cat"),
+        ];
+        let target = |active, previous| refresh_target(&accounts, active, previous).map(|a| &a.id);
+        // The active seat of the workspace, wherever it is stored.
+        assert_eq!(target(Some("ben"), Some("team")).unwrap(), "ben");
+        assert_eq!(target(Some("ann"), Some("team")).unwrap(), "ann");
+        // The active account is elsewhere: its user's seat breaks the tie.
+        assert_eq!(target(Some("ben-solo"), Some("team")).unwrap(), "ben");
+        // One seat only: that one.
+        assert_eq!(target(Some("ann"), Some("other")).unwrap(), "cat");
+        assert_eq!(target(Some("ann"), None).unwrap(), "ann");
+        assert_eq!(target(Some("ann"), Some("unknown")), None);
+    }
 
     #[test]
     fn a_requested_turn_holds_switches_back_until_it_is_stale() {

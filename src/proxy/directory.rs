@@ -17,7 +17,10 @@ pub struct DirAccount {
     pub email: Option<String>,
     pub plan: Option<String>,
     /// Missing for API-key accounts, which cannot be logged in with `chatgptAuthTokens`.
+    /// Seats of one workspace share it.
     pub chatgpt_account_id: Option<String>,
+    /// The ChatGPT user: what tells seats of one workspace apart.
+    pub user_id: Option<String>,
     /// Included in automatic switching.
     pub enabled: bool,
     /// The refresh token was rejected.
@@ -62,4 +65,9 @@ pub trait AccountDirectory: Clone + Send + Sync + 'static {
     fn fetch_usage(&self, id: &str) -> impl Future<Output = Result<RateLimitSnapshot>> + Send;
     /// Records that the session now runs on this account.
     fn mark_active(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Names of accounts whose refreshed tokens the store refused: they live in memory only
+    /// until a write succeeds.
+    fn unsaved_tokens(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -120,6 +120,9 @@ async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Resu
         }
     };
     session.shutdown().await;
+    // A refresh under way may hold a rotated refresh token that must reach the store first.
+    crate::accounts::stop_retrying_refreshes();
+    crate::accounts::settle_refreshes(&crate::accounts::Store::open(&store_dir)).await;
     Ok(code)
 }
 

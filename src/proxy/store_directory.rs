@@ -50,6 +50,7 @@ fn dir_account(account: &Account) -> DirAccount {
             AccountAuth::ChatGpt { .. } => account.chatgpt_account_id.clone(),
             AccountAuth::ApiKey { .. } => None,
         },
+        user_id: account.user_id.clone(),
         enabled: account.enabled,
         needs_login: matches!(account.status, AccountStatus::NeedsLogin { .. }),
     }
@@ -99,6 +100,10 @@ impl AccountDirectory for StoreDirectory {
                 .await?
                 .snapshot,
         )
+    }
+
+    fn unsaved_tokens(&self) -> Vec<String> {
+        accounts::unsaved_token_accounts(&self.store)
     }
 
     async fn mark_active(&self, id: &str) -> Result<()> {

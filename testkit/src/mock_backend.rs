@@ -37,6 +37,22 @@ pub enum AccountMode {
     Slow(Duration),
 }
 
+/// How the refresh endpoint misbehaves for one request ([`MockBackend::push_refresh_fault`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RefreshFault {
+    /// Rotates the refresh token as usual (the old one is spent), then answers only after
+    /// this long: a slow sign-in server.
+    RotateThenDelay(Duration),
+    /// Rotates, then sends a 200 whose JSON body breaks off mid-way (the connection drops).
+    RotateThenCutBody,
+    /// A proxy or firewall's HTML 403 page; nothing reaches the sign-in server.
+    Html403,
+    /// A gateway's 5xx with an HTML body; nothing is rotated.
+    ServerError(u16),
+    /// A captive portal: 200 with its HTML sign-in page; nothing is rotated.
+    CaptivePortal,
+}
+
 /// One rate-limit window as the mock reports it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct UsageWindow {
@@ -184,6 +200,10 @@ struct MockState {
     refresh_tokens: HashMap<String, (String, bool)>,
     /// Number of `/oauth/token` requests still to fail with 500.
     refresh_failures: u32,
+    /// Faults the next `/oauth/token` requests get, one each.
+    refresh_faults: VecDeque<RefreshFault>,
+    /// Refresh token → the seat it belongs to, for accounts that share a workspace id.
+    seats: HashMap<String, FakeAccount>,
     token_serial: u64,
     script: VecDeque<ScriptedReply>,
     log: Vec<RequestRecord>,
@@ -301,6 +321,28 @@ impl MockBackend {
     /// Makes the next `n` refresh requests fail with HTTP 500.
     pub fn fail_next_refreshes(&self, n: u32) {
         self.state().refresh_failures = n;
+    }
+
+    /// Makes the next refresh request misbehave as `fault` says (faults queue up, one per
+    /// request).
+    pub fn push_refresh_fault(&self, fault: RefreshFault) {
+        self.state().refresh_faults.push_back(fault);
+    }
+
+    /// Adds a seat of `workspace`'s workspace: another user (`user-{label}`,
+    /// `{label}@example.com`) with the same `chatgpt_account_id`. Returns it with a refresh
+    /// token whose refreshes mint this seat's tokens. The workspace's usage and mode apply.
+    pub fn add_seat(&self, label: &str, workspace: &FakeAccount) -> (FakeAccount, String) {
+        let seat = FakeAccount {
+            chatgpt_account_id: workspace.chatgpt_account_id.clone(),
+            email: format!("{label}@example.com"),
+            plan: workspace.plan.clone(),
+            user_id: format!("user-{label}"),
+        };
+        let mut state = self.state();
+        let refresh = mint_refresh_token(&mut state, &seat.chatgpt_account_id);
+        state.seats.insert(refresh.clone(), seat.clone());
+        (seat, refresh)
     }
 
     /// Queues a scripted reply for the next user-turn model request (title requests skip it).
@@ -446,13 +488,42 @@ async fn handle(
             tokio::time::sleep(delay).await;
         }
     }
+    let mut delay = None;
     let response = if method == Method::POST && path == "/oauth/token" {
         refresh_token = body_json
             .as_ref()
             .and_then(|b| b.get("refresh_token"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        oauth_token(&state, body_json.as_ref())
+        let fault = state
+            .lock()
+            .expect("mock state lock")
+            .refresh_faults
+            .pop_front();
+        match fault {
+            None => oauth_token(&state, body_json.as_ref()),
+            Some(RefreshFault::RotateThenDelay(d)) => {
+                delay = Some(d);
+                oauth_token(&state, body_json.as_ref())
+            }
+            Some(RefreshFault::RotateThenCutBody) => {
+                cut_body(oauth_token(&state, body_json.as_ref())).await
+            }
+            Some(RefreshFault::Html403) => html_response(
+                StatusCode::FORBIDDEN,
+                "<html><head><title>403 Forbidden</title></head><body><h1>Access denied</h1>\
+                 <p>Your organization's proxy blocked this site.</p></body></html>",
+            ),
+            Some(RefreshFault::ServerError(code)) => html_response(
+                StatusCode::from_u16(code).expect("a valid status"),
+                "<html><body><h1>Bad Gateway</h1></body></html>",
+            ),
+            Some(RefreshFault::CaptivePortal) => html_response(
+                StatusCode::OK,
+                "<!DOCTYPE html><html><head><title>Sign in to Airport Wi-Fi</title></head>\
+                 <body><form action=\"/portal/login\"></form></body></html>",
+            ),
+        }
     } else if path.starts_with("/backend-api/") {
         backend(&state, &method, &path, &who, body_json.as_ref())
     } else {
@@ -471,6 +542,39 @@ async fn handle(
         at: Instant::now(),
     };
     state.lock().expect("mock state lock").log.push(record);
+    // Logged first: what the server did is done, however long the answer takes.
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+fn html_response(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// `response` with its body broken off after the first half: the client reads the status and
+/// headers, then the connection fails.
+async fn cut_body(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("a buffered body");
+    let half = bytes.slice(..bytes.len() / 2);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "cut off",
+        )),
+    ];
+    let mut response = Response::from_parts(parts, Body::from_stream(tokio_stream::iter(chunks)));
+    response.headers_mut().remove(header::CONTENT_LENGTH);
     response
 }
 
@@ -863,7 +967,11 @@ fn oauth_token(state: &Arc<Mutex<MockState>>, body: Option<&Value>) -> Response 
                 "message": "Your refresh token has already been used to generate a new access token. Please try signing in again."}}),
         );
     }
-    let Some(fake) = guard.accounts.get(&account_id).map(|a| a.fake.clone()) else {
+    let seat = guard.seats.get(presented).cloned();
+    let Some(fake) = seat
+        .clone()
+        .or_else(|| guard.accounts.get(&account_id).map(|a| a.fake.clone()))
+    else {
         return json_response(
             StatusCode::UNAUTHORIZED,
             json!({"error": {"code": "unknown"}}),
@@ -873,6 +981,9 @@ fn oauth_token(state: &Arc<Mutex<MockState>>, body: Option<&Value>) -> Response 
         .refresh_tokens
         .insert(presented.to_owned(), (account_id.clone(), true));
     let new_refresh = mint_refresh_token(&mut guard, &account_id);
+    if let Some(seat) = seat {
+        guard.seats.insert(new_refresh.clone(), seat);
+    }
     let serial = guard.token_serial;
     json_response(
         StatusCode::OK,
