@@ -55,8 +55,18 @@ fn cs_tui(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) -> Comm
 }
 
 fn spawn_serve(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) -> Serve {
+    spawn_serve_with(store, home, mock, &[])
+}
+
+fn spawn_serve_with(
+    store: &std::path::Path,
+    home: &CodexHome,
+    mock: &MockBackend,
+    args: &[&std::ffi::OsStr],
+) -> Serve {
     let mut child = cs_tui(store, home, mock)
         .arg("serve")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -222,4 +232,105 @@ async fn a_killed_serve_takes_its_app_server_with_it() {
         Vec::<i32>::new(),
         "app-server processes left after cs-tui was killed"
     );
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::symlink_metadata(path).unwrap().permissions())
+        & 0o7777
+}
+
+/// A neighbour prepares the token file (world-readable, or a link to a file of the victim's):
+/// serve refuses with a clear error, writes nothing into it and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_never_writes_its_token_into_a_file_it_did_not_create() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    import(store.path(), &home, &mock, "alice");
+    let tmp = tempfile::tempdir().unwrap();
+
+    let open = tmp.path().join("open-token");
+    std::fs::write(&open, "").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let victim = tmp.path().join("victim-notes");
+    std::fs::write(&victim, "the victim's own words").unwrap();
+    let link = tmp.path().join("linked-token");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let dangling = tmp.path().join("dangling-token");
+    std::os::unix::fs::symlink(tmp.path().join("not-yet"), &dangling).unwrap();
+
+    for (path, says) in [
+        (&open, "already exists"),
+        (&link, "is a symbolic link"),
+        (&dangling, "is a symbolic link"),
+    ] {
+        let out = cs_tui(store.path(), &home, &mock)
+            .arg("serve")
+            .arg("--token-file")
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "serve accepted {}", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("hint:"), "{err}");
+    }
+    assert_eq!(std::fs::read(&open).unwrap(), b"", "nothing written");
+    assert_eq!(mode_of(&open), 0o666, "its mode untouched");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "the victim's own words"
+    );
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(
+        !tmp.path().join("not-yet").exists(),
+        "no file created through a link"
+    );
+    let runtime: Vec<_> = std::fs::read_dir(store.path().join("runtime"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(runtime.is_empty(), "runtime left behind: {runtime:?}");
+}
+
+/// serve creates its token file 0600 and, at exit, removes that file only: a file put in its
+/// place meanwhile stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_removes_only_the_token_file_it_created() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    import(store.path(), &home, &mock, "alice");
+    let tmp = tempfile::tempdir().unwrap();
+
+    for replace in [false, true] {
+        let path = tmp.path().join(format!("token-{replace}"));
+        let serve = spawn_serve_with(
+            store.path(),
+            &home,
+            &mock,
+            &["--token-file".as_ref(), path.as_os_str()],
+        );
+        serve.next_line("listening line");
+        assert_eq!(
+            serve.next_line("token-file line"),
+            format!("token-file {}", path.display())
+        );
+        assert_eq!(mode_of(&path), 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim().len(), 64);
+        if replace {
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, "someone else's").unwrap();
+        }
+        let pid = nix::unistd::Pid::from_raw(serve.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let mut serve = serve;
+        assert!(serve.child.wait().unwrap().success());
+        if replace {
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
+        } else {
+            assert!(!path.exists(), "its own token file is removed");
+        }
+    }
 }

@@ -28,6 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::errors::with_hint;
+use crate::paths::CreatedFile;
 use crate::proxy::app_server::{self, AppServer, AppServerExit, AppServerOptions};
 use crate::proxy::core::{self, Core, CoreConfig, CoreInit, CoreMsg};
 use crate::proxy::directory::{AccountDirectory, DirAccount};
@@ -100,7 +101,8 @@ impl ProxyListener {
 pub struct Session {
     url: String,
     token: Secret,
-    token_file: PathBuf,
+    /// Removed when the session ends, if it is still the file the session created.
+    token_file: CreatedFile,
     runtime_dir: PathBuf,
     events: broadcast::Sender<ProxyEvent>,
     core: mpsc::UnboundedSender<CoreMsg>,
@@ -149,7 +151,17 @@ impl Session {
             .token_file
             .clone()
             .unwrap_or_else(|| runtime_dir.join("proxy.token"));
-        app_server::write_private(&token_file, listener.token.expose().as_bytes())?;
+        let token_file = crate::paths::create_private_file(
+            &token_file,
+            listener.token.expose().as_bytes(),
+        )
+        .map_err(|err| {
+            let _ = std::fs::remove_dir_all(&runtime_dir);
+            with_hint(
+                eyre!(err),
+                "give --token-file a path that does not exist yet; serve creates it (0600) and removes it when it exits",
+            )
+        })?;
 
         let app_server_options = AppServerOptions {
             codex_bin: options.codex_bin.clone(),
@@ -168,6 +180,7 @@ impl Session {
             plan_start(&dir, &options.policy)
         );
         let app_server = app_server.inspect_err(|_| {
+            token_file.remove();
             let _ = std::fs::remove_dir_all(&runtime_dir);
         })?;
         let result = Self::finish_start(
@@ -177,11 +190,13 @@ impl Session {
             (app_server, app_server_options),
             plan,
             runtime_dir.clone(),
-            token_file,
+            token_file.clone(),
         )
         .await;
-        if result.is_err() {
+        if let Err(err) = result {
+            token_file.remove();
             let _ = std::fs::remove_dir_all(&runtime_dir);
+            return Err(err);
         }
         result
     }
@@ -193,7 +208,7 @@ impl Session {
         (app_server, app_server_options): (AppServer, AppServerOptions),
         plan: Result<StartPlan>,
         runtime_dir: PathBuf,
-        token_file: PathBuf,
+        token_file: CreatedFile,
     ) -> Result<Self> {
         let plan = plan?;
         let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
@@ -288,7 +303,7 @@ impl Session {
     }
 
     pub fn token_file(&self) -> &Path {
-        &self.token_file
+        self.token_file.path()
     }
 
     pub fn runtime_dir(&self) -> &Path {
@@ -330,7 +345,7 @@ impl Session {
         if let Some(app_server) = take(&self.app_server) {
             app_server.shutdown().await;
         }
-        let _ = std::fs::remove_file(&self.token_file);
+        self.token_file.remove();
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
@@ -343,7 +358,7 @@ impl Drop for Session {
         }
         // AppServer's own Drop kills its process group.
         take(&self.app_server);
-        let _ = std::fs::remove_file(&self.token_file);
+        self.token_file.remove();
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
