@@ -64,7 +64,11 @@ fn spawn_serve_with(
     mock: &MockBackend,
     args: &[&std::ffi::OsStr],
 ) -> Serve {
-    let mut child = cs_tui(store, home, mock)
+    spawn_command(cs_tui(store, home, mock), args)
+}
+
+fn spawn_command(mut command: Command, args: &[&std::ffi::OsStr]) -> Serve {
+    let mut child = command
         .arg("serve")
         .args(args)
         .stdout(Stdio::piped())
@@ -333,4 +337,123 @@ async fn serve_removes_only_the_token_file_it_created() {
             assert!(!path.exists(), "its own token file is removed");
         }
     }
+}
+
+/// `--listen unix://PATH`: a socket of mode 0600 that a client of our own user reaches with no
+/// token; no token file; the socket goes at exit. A stale socket of ours is replaced; any
+/// other file there is refused and left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_listens_on_a_unix_socket_when_asked() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    import(store.path(), &home, &mock, "alice");
+    let tmp = tempfile::tempdir().unwrap();
+
+    let taken = tmp.path().join("taken");
+    std::fs::write(&taken, "keep me").unwrap();
+    let out = cs_tui(store.path(), &home, &mock)
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("unix://{}", taken.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "keep me");
+
+    let out = cs_tui(store.path(), &home, &mock)
+        .args([
+            "serve",
+            "--listen",
+            "unix:///x.sock",
+            "--token-file",
+            "/x.token",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!std::path::Path::new("/x.token").exists());
+
+    // A socket left by a killed session: nobody listens on it.
+    let path = tmp.path().join("proxy.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let listen = format!("unix://{}", path.display());
+    let serve = spawn_serve_with(
+        store.path(),
+        &home,
+        &mock,
+        &["--listen".as_ref(), listen.as_ref()],
+    );
+    assert_eq!(
+        serve.next_line("listening line"),
+        format!("listening {listen}")
+    );
+    assert_eq!(mode_of(&path), 0o600);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    serve.wait_event("active account", |e| e["event"] == "active_account");
+
+    let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (mut client, _) = tokio_tungstenite::client_async("ws://localhost/rpc", stream)
+        .await
+        .expect("upgraded without a token");
+    let initialize = json!({"id": 1, "method": "initialize", "params": {
+        "clientInfo": {"name": "test", "title": "test", "version": "0"},
+        "capabilities": {"experimentalApi": true}}});
+    client
+        .send(Message::Text(initialize.to_string().into()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(30), client.next())
+        .await
+        .expect("the app-server answers")
+        .unwrap()
+        .unwrap();
+    let answer: Value = serde_json::from_str(answer.to_text().unwrap()).unwrap();
+    assert!(answer["result"]["userAgent"].is_string(), "{answer}");
+
+    let pid = nix::unistd::Pid::from_raw(serve.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut serve = serve;
+    assert!(serve.child.wait().unwrap().success());
+    assert!(!path.exists(), "the socket goes at exit");
+}
+
+/// On a loopback port serve raises its soft open-files limit to the hard one, so that
+/// connections a neighbour opens do not run it out of descriptors at a low soft limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_tcp_raises_its_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use std::os::unix::process::CommandExt;
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    import(store.path(), &home, &mock, "alice");
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(hard > 256, "the test needs a hard limit above 256");
+    let mut command = cs_tui(store.path(), &home, &mock);
+    // SAFETY: setrlimit is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_NOFILE, 256, hard).map_err(std::io::Error::from)
+        });
+    }
+    let serve = spawn_command(command, &[]);
+    serve.next_line("listening line");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, [hard.to_string(), hard.to_string()], "{line}");
 }
