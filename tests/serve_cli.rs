@@ -457,3 +457,55 @@ async fn serve_on_tcp_raises_its_open_files_limit() {
     let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
     assert_eq!(numbers, [hard.to_string(), hard.to_string()], "{line}");
 }
+
+/// A store so deep that the session socket must be bound elsewhere, and that elsewhere is not
+/// usable (a link where the directory should be): the session serves anyway and says that
+/// `cs-tui switch` cannot reach it; the link's target is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_socket_that_cannot_be_opened_is_a_notice_not_the_end() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("s".repeat(60)).join("t".repeat(60));
+    std::fs::create_dir_all(&store).unwrap();
+    import(&store, &home, &mock, "alice");
+    let xdg = root.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, xdg.join("cs-tui")).unwrap();
+
+    let mut command = cs_tui(&store, &home, &mock);
+    command.env("XDG_RUNTIME_DIR", &xdg);
+    let serve = spawn_command(command, &[]);
+    let url = serve.next_line("listening line");
+    assert!(url.starts_with("listening ws://127.0.0.1:"), "{url}");
+    serve.next_line("token-file line");
+    // Both come, in either order.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = serve.wait_event("the notice and the active account", |e| {
+            e["event"] == "notice" || e["event"] == "active_account"
+        });
+        seen.push(event);
+    }
+    let notice = seen
+        .iter()
+        .find(|e| e["event"] == "notice")
+        .expect("a notice");
+    assert!(
+        seen.iter().any(|e| e["event"] == "active_account"),
+        "{seen:?}"
+    );
+    let message = notice["message"].as_str().unwrap();
+    assert!(
+        message.contains("`cs-tui switch` cannot reach"),
+        "{message}"
+    );
+    assert!(message.contains("symbolic link"), "{message}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    assert_eq!(mode_of(&elsewhere), 0o777);
+}
