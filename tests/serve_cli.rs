@@ -181,6 +181,60 @@ async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_t
     assert!(left.is_empty(), "runtime left behind: {left:?}");
     let history = std::fs::read_to_string(store.path().join("switch-history.jsonl")).unwrap();
     assert!(history.contains("\"manual\""), "{history}");
+
+    // The logs (cs-tui's and the app-server's, which is 0600) hold no token.
+    let mut secrets = stored_tokens(store.path());
+    secrets.extend(mock.requests().into_iter().filter_map(|r| r.refresh_token));
+    secrets.push(token.trim().to_owned());
+    let logs: Vec<_> = std::fs::read_dir(store.path().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let app_server_log = logs
+        .iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("app-server-")
+        })
+        .expect("the app-server's log");
+    assert_eq!(mode_of(app_server_log), 0o600);
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        for secret in secrets.iter().filter(|s| s.len() >= 8) {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a token in {}",
+                log.display()
+            );
+        }
+    }
+}
+
+/// Every token stored in the account store.
+fn stored_tokens(store: &std::path::Path) -> Vec<String> {
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(store.join("accounts.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for account in file["accounts"].as_array().unwrap() {
+        for key in ["id_token", "access_token", "refresh_token"] {
+            if let Some(token) = account["auth"][key].as_str() {
+                out.push(token.to_owned());
+                // A JWT's payload alone would still be a leak.
+                out.extend(
+                    token
+                        .split('.')
+                        .nth(1)
+                        .filter(|p| p.len() >= 16)
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    assert!(out.len() >= 6, "tokens to look for");
+    out
 }
 
 #[test]

@@ -116,7 +116,7 @@ impl AppServer {
             crate::paths::ensure_private_dir(parent)
                 .wrap_err_with(|| format!("creating {}", parent.display()))?;
         }
-        let stderr = std::fs::File::create(&options.stderr_log)
+        let stderr = open_private_log(&options.stderr_log)
             .wrap_err_with(|| format!("creating {}", options.stderr_log.display()))?;
 
         let (program, npm_env) = crate::codex_bin::exec_target(&options.codex_bin);
@@ -293,6 +293,21 @@ pub fn random_token() -> String {
     use rand::Rng as _;
     let bytes: [u8; 32] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens the app-server's log, emptied and readable by us only (0600, also when it existed):
+/// what the app-server says may quote requests. A link in its place is not followed.
+fn open_private_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// The last `lines` lines of a log file.
