@@ -4,7 +4,7 @@
 //!
 //! Data flow:
 //! ```text
-//! codex TUI ──ws──▶ relay (127.0.0.1, bearer) ──ws per client──▶ codex app-server
+//! codex TUI ──ws──▶ relay (unix socket, our uid; or 127.0.0.1, bearer) ──ws per client──▶ codex app-server
 //!                     │ observations                                ▲
 //!                     ▼                                             │ login, reads
 //!   commands ──▶ core (state, policy) ──▶ switch task ──▶ control connection
@@ -731,7 +731,9 @@ fn prune_stale_runtime_dirs(root: &Path) {
         };
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
         if !alive {
-            crate::proxy::socket::remove_link_target(&entry.path().join(ipc::SOCKET_NAME));
+            for socket in [ipc::SOCKET_NAME, PROXY_SOCKET_NAME] {
+                crate::proxy::socket::remove_link_target(&entry.path().join(socket));
+            }
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
