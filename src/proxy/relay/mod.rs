@@ -470,11 +470,9 @@ pub async fn serve_with_limits<I: Interceptor>(
     }
 }
 
-/// Whether a unix socket's peer runs as our own user.
-fn peer_is_us(stream: &UnixStream) -> bool {
-    stream
-        .peer_cred()
-        .is_ok_and(|cred| cred.uid() == nix::unistd::geteuid().as_raw())
+/// Whether a unix socket's peer runs as `uid` (its credentials as of `connect`).
+fn peer_runs_as(stream: &UnixStream, uid: u32) -> bool {
+    stream.peer_cred().is_ok_and(|cred| cred.uid() == uid)
 }
 
 async fn handle_client<I: Interceptor>(
@@ -486,7 +484,7 @@ async fn handle_client<I: Interceptor>(
 ) {
     let token = match &stream {
         Stream::Tcp(_) => Some(&shared.client_token),
-        Stream::Unix(unix) if peer_is_us(unix) => None,
+        Stream::Unix(unix) if peer_runs_as(unix, nix::unistd::geteuid().as_raw()) => None,
         Stream::Unix(_) => {
             tracing::warn!(conn, "refused a proxy client of another user");
             return;
@@ -717,5 +715,18 @@ async fn relay<I: Interceptor>(
     tokio::select! {
         () = pumps => {}
         () = conn.dispatch(commands) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_unix_peer_is_admitted_by_its_uid_only() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        assert!(peer_runs_as(&ours, uid));
+        assert!(!peer_runs_as(&ours, uid.wrapping_add(1)));
     }
 }
