@@ -41,3 +41,231 @@ pub fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
+
+/// A file cs-tui created itself (see [`create_private_file`]): remembered by device, inode
+/// and a fingerprint of what it holds (an inode number is reused at once by a file created in
+/// its place), so that only that very file is ever removed, never one put in its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedFile {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+    fingerprint: u64,
+}
+
+fn fingerprint(contents: &[u8]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    contents.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl CreatedFile {
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Removes the file if the path still names the file we created (not a link, not a file
+    /// someone put there since). Returns whether it was removed.
+    pub fn remove(&self) -> bool {
+        use std::io::Read as _;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let ours = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&self.path)
+            .and_then(|mut file| {
+                let meta = file.metadata()?;
+                let mut contents = Vec::new();
+                if meta.is_file() && meta.dev() == self.dev && meta.ino() == self.ino {
+                    file.read_to_end(&mut contents)?;
+                    return Ok(fingerprint(&contents) == self.fingerprint);
+                }
+                Ok(false)
+            });
+        ours.unwrap_or(false) && std::fs::remove_file(&self.path).is_ok()
+    }
+}
+
+/// Why [`create_private_file`] would not write.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateFileError {
+    #[error("{} already exists; cs-tui writes secrets only into a file it creates itself", .0.display())]
+    Exists(std::path::PathBuf),
+    #[error("{} is a symbolic link; cs-tui does not follow links to write secrets", .0.display())]
+    Symlink(std::path::PathBuf),
+    #[error("creating {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Creates `path` anew, readable and writable by us only (0600), and writes `contents`.
+///
+/// The file must not exist: `O_CREAT | O_EXCL | O_NOFOLLOW`, so neither a file someone
+/// prepared (with its mode, e.g. 0666) nor a symbolic link (to a file of the victim's choice)
+/// is ever written through. A partly written file is removed again.
+pub fn create_private_file(
+    path: &std::path::Path,
+    contents: &[u8],
+) -> Result<CreatedFile, CreateFileError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            return Err(if link {
+                CreateFileError::Symlink(path.to_owned())
+            } else {
+                CreateFileError::Exists(path.to_owned())
+            });
+        }
+        Err(source) => {
+            return Err(CreateFileError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let io = |source| CreateFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = file.metadata().map_err(io)?;
+    let created = CreatedFile {
+        path: path.to_owned(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+        fingerprint: fingerprint(contents),
+    };
+    match file.write_all(contents).and_then(|()| file.sync_all()) {
+        Ok(()) => Ok(created),
+        Err(source) => {
+            created.remove();
+            Err(io(source))
+        }
+    }
+}
+
+/// Makes sure `dir` is a private directory of ours: created 0700 if missing (its parent must
+/// exist), without following a link at `dir`. One that exists must be a real directory owned
+/// by us; it is then tightened to 0700 through its own descriptor (never by name, so a link
+/// swapped in cannot redirect the change). A directory of another user is refused, untouched.
+pub fn ensure_own_private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(eyre!("creating {}: {err}", dir.display())),
+    }
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(dir);
+    let handle = match opened {
+        Ok(handle) => handle,
+        Err(_) if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) => {
+            return Err(eyre!(
+                "{} is a symbolic link, not a directory of ours; cs-tui does not follow it",
+                dir.display()
+            ));
+        }
+        Err(err) => return Err(eyre!("opening {}: {err}", dir.display())),
+    };
+    let meta = handle
+        .metadata()
+        .map_err(|err| eyre!("reading {}: {err}", dir.display()))?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(eyre!(
+            "{} belongs to another user (uid {}); cs-tui will not use it",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        handle
+            .set_permissions(std::fs::Permissions::from_mode(0o700))
+            .map_err(|err| eyre!("making {} private: {err}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether `dir` is a real directory of ours that nobody else may enter (as
+/// `$XDG_RUNTIME_DIR` must be).
+pub fn is_own_private_dir(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir).is_ok_and(|meta| {
+        meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 == 0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_private_dir_is_created_0700_and_an_own_open_one_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("fresh");
+        ensure_own_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_own_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
+        assert!(is_own_private_dir(&open));
+    }
+
+    #[test]
+    fn a_link_or_a_file_in_place_of_the_private_dir_is_refused_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let err = ensure_own_private_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(mode(&elsewhere), 0o755, "the link's target is not chmodded");
+        assert!(!is_own_private_dir(&link));
+
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(ensure_own_private_dir(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_directory_of_another_user_is_refused_and_never_chmodded() {
+        let tmp = tempfile::tempdir().unwrap();
+        // As root, a directory given to `nobody`; as anyone else, a directory of root's.
+        let theirs = if nix::unistd::geteuid().is_root() {
+            let dir = tmp.path().join("theirs");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+            dir
+        } else {
+            std::path::PathBuf::from("/")
+        };
+        let before = mode(&theirs);
+        let err = ensure_own_private_dir(&theirs).unwrap_err().to_string();
+        assert!(err.contains("belongs to another user"), "{err}");
+        assert_eq!(mode(&theirs), before);
+        assert!(!is_own_private_dir(&theirs));
+    }
+}

@@ -167,7 +167,38 @@ async fn a_new_user_imports_lists_renames_switches_and_removes() {
             .len(),
         2
     );
+    // Removing an account removes its tokens from the backup too; a temp file a crashed
+    // writer left (with tokens in it) is swept by the next writer.
+    let work_auth = rig.stored_account("work")["auth"].clone();
+    let work_tokens: Vec<String> = ["id_token", "access_token", "refresh_token"]
+        .iter()
+        .filter_map(|key| work_auth[key].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(work_tokens.len(), 3, "{work_auth}");
+    let crashed = rig.store_dir().join(".accounts.json.Xy12ab.tmp");
+    std::fs::copy(rig.accounts_json(), &crashed).unwrap();
     let removed = rig.run(&["accounts", "remove", "work", "--yes"]).await;
+    assert!(!crashed.exists(), "the crashed writer's temp file is swept");
+    for file in files_under(&rig.store_dir()) {
+        let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+        for token in &work_tokens {
+            assert!(
+                !text.contains(token.as_str()),
+                "a removed account's token is left in {}",
+                file.display()
+            );
+        }
+    }
+    let backup: Value =
+        serde_json::from_slice(&std::fs::read(rig.store_dir().join("accounts.json.bak")).unwrap())
+            .unwrap();
+    let kept: Vec<&str> = backup["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, ["alice"], "the backup keeps the others");
     assert!(
         removed
             .ok()
@@ -360,4 +391,18 @@ async fn the_leak_check_catches_a_planted_token() {
         }));
         assert!(caught.is_err(), "a planted token went unnoticed");
     }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(files_under(&path));
+        } else if entry.file_type().unwrap().is_file() {
+            out.push(path);
+        }
+    }
+    out
 }

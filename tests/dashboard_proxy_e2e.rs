@@ -14,6 +14,36 @@ async fn a_limit_switches_accounts_in_the_running_session_and_the_panel_says_why
     let t = &p.tmux;
     first_turn(t, "alice", "first question");
 
+    // Codex reached the proxy over its unix socket in the session's private directory, with no
+    // token, and cs-tui listens on no TCP port at all.
+    let (codex_pid, codex) = codex_cmdline(p.store.path()).expect("the pane's codex");
+    let remote = codex
+        .iter()
+        .position(|a| a == "--remote")
+        .map(|i| codex[i + 1].clone());
+    let expected = format!("unix://{}/", p.store.path().join("runtime").display());
+    assert!(
+        remote
+            .as_deref()
+            .is_some_and(|r| r.starts_with(&expected) && r.ends_with("/proxy.sock")),
+        "{codex:?}"
+    );
+    assert!(
+        !codex.iter().any(|a| a == "--remote-auth-token-env"),
+        "{codex:?}"
+    );
+    let cs_tui = parent_of(codex_pid);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{cs_tui}/exe")).unwrap(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_cs-tui")),
+        "codex is cs-tui's child"
+    );
+    assert_eq!(
+        tcp_listeners_of(cs_tui),
+        Vec::<u64>::new(),
+        "the dashboard listens on TCP"
+    );
+
     // Alice hits her limit: the turn fails, the proxy logs the session into bob.
     p.mock.set_mode("acct-alice", AccountMode::UsageLimit);
     prompt(t, "second question");
@@ -72,6 +102,60 @@ async fn a_limit_switches_accounts_in_the_running_session_and_the_panel_says_why
         .map(|d| d.flatten().collect())
         .unwrap_or_default();
     assert!(runtime.is_empty(), "no token files left: {runtime:?}");
+}
+
+/// The command line of the Codex TUI a cs-tui session with this store started.
+fn codex_cmdline(store: &std::path::Path) -> Option<(i32, Vec<String>)> {
+    let needle = store.join("runtime").display().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = String::from_utf8_lossy(&cmdline)
+                .split('\0')
+                .map(str::to_owned)
+                .collect();
+            (args.iter().any(|a| a == "--remote") && args.iter().any(|a| a.contains(&needle)))
+                .then_some((pid, args))
+        })
+}
+
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // `pid (comm) state ppid …`; comm may hold spaces, so read after its closing parenthesis.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The inodes of listening TCP sockets (v4 and v6) that process `pid` holds.
+fn tcp_listeners_of(pid: i32) -> Vec<u64> {
+    let mut listening = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // `st` 0A is LISTEN; the inode is the tenth field.
+            if fields.get(3) == Some(&"0A")
+                && let Some(inode) = fields.get(9).and_then(|i| i.parse::<u64>().ok())
+            {
+                listening.insert(inode);
+            }
+        }
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("cs-tui's descriptors");
+    let mut held: Vec<u64> = fds
+        .flatten()
+        .filter_map(|fd| {
+            let link = std::fs::read_link(fd.path()).ok()?;
+            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            inode.parse().ok()
+        })
+        .filter(|inode| listening.contains(inode))
+        .collect();
+    held.sort_unstable();
+    held
 }
 
 /// The pid of the app-server a cs-tui session with this store started.

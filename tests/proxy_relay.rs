@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::raw::{self, RawPeer, RawUpstream, frame, payload};
 use cs_tui::proxy::relay::{
-    self, Actions, ConnId, ConnectionHandle, Direction, Inspected, Interceptor, NoInterceptor,
-    Observation, RelayEvent, RelayShared, Verdict,
+    self, Actions, ConnId, ConnectionHandle, Direction, HandshakeLimits, Inspected, Interceptor,
+    NoInterceptor, Observation, RelayEvent, RelayShared, Verdict,
 };
 use cs_tui::proxy::socket::AppServerAddr;
 use cs_tui::secret::Secret;
@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 struct Relay<I: Interceptor = NoInterceptor> {
@@ -45,6 +46,15 @@ async fn relay_with<I: Interceptor>(
     ready: bool,
     interceptor: impl Fn(ConnId) -> I + Send + Sync + 'static,
 ) -> Relay<I> {
+    relay_limited(upstream, ready, interceptor, HandshakeLimits::default()).await
+}
+
+async fn relay_limited<I: Interceptor>(
+    upstream: AppServerAddr,
+    ready: bool,
+    interceptor: impl Fn(ConnId) -> I + Send + Sync + 'static,
+    limits: HandshakeLimits,
+) -> Relay<I> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());
     let (tx, events) = mpsc::unbounded_channel();
@@ -56,7 +66,7 @@ async fn relay_with<I: Interceptor>(
         events: tx.into(),
         interceptor: Box::new(interceptor),
     });
-    tokio::spawn(relay::serve(listener, shared));
+    tokio::spawn(relay::serve_with_limits(listener, shared, limits));
     Relay {
         url,
         token: "client-secret".to_owned(),
@@ -737,4 +747,141 @@ async fn a_panicking_interceptor_ends_only_its_connection_and_is_reported() {
     let mut other = WsClient::connect(&relay.url, &relay.token).await;
     other.send_raw(Message::Text("still here".into())).await;
     assert_eq!(next_text(&mut other).await, "still here");
+}
+
+/// A good upgrade request with one more header line.
+fn request_with(url: &str, token: &str, extra: &str) -> Vec<u8> {
+    let good = String::from_utf8(raw::upgrade_request(url, Some(token))).unwrap();
+    let head = good.strip_suffix("\r\n\r\n").unwrap();
+    format!("{head}\r\n{extra}\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_the_token_is_refused_before_the_gate_opens() {
+    let echo = common::echo_upstream::start().await;
+    // The gate never opens: a refusal can only come from authenticating first.
+    let relay = relay_to(ws(&echo, "unused"), false).await;
+    for token in [None, Some("wrong")] {
+        let status = tokio::time::timeout(raw::WAIT, connect_status(&relay.url, token))
+            .await
+            .expect("answered without waiting for the session");
+        assert_eq!(status, Err(401));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_an_origin_header_is_refused() {
+    let echo = common::echo_upstream::start().await;
+    let relay = relay_to(ws(&echo, "unused"), true).await;
+    for origin in ["Origin: http://127.0.0.1:3000", "origin: null"] {
+        let (head, _) =
+            raw::http_exchange(&relay.url, &request_with(&relay.url, &relay.token, origin)).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    }
+    // The same request without it is fine.
+    assert_eq!(connect_status(&relay.url, Some(&relay.token)).await, Ok(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_bounded_in_number() {
+    let echo = common::echo_upstream::start().await;
+    let limits = HandshakeLimits {
+        max_pending: 2,
+        timeout: Duration::from_secs(600),
+    };
+    let relay = relay_limited(ws(&echo, "unused"), true, |_| NoInterceptor, limits).await;
+    let addr = relay.url.strip_prefix("ws://").unwrap().to_owned();
+    // Two connections that never say anything hold both slots (the relay accepts in order).
+    let silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _silent2 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (head, mut refused) = raw::http_exchange(
+        &relay.url,
+        &raw::upgrade_request(&relay.url, Some(&relay.token)),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    refused.read_to_end().await;
+    // A slot comes free when a silent one leaves.
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + raw::WAIT;
+    loop {
+        match connect_status(&relay.url, Some(&relay.token)).await {
+            Ok(()) => break,
+            Err(503) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("a client after the slot came free: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_bounded_in_time_even_at_a_closed_gate() {
+    let echo = common::echo_upstream::start().await;
+    let limits = HandshakeLimits {
+        max_pending: 64,
+        timeout: Duration::from_millis(200),
+    };
+    for ready in [true, false] {
+        let relay = relay_limited(ws(&echo, "unused"), ready, |_| NoInterceptor, limits).await;
+        let addr = relay.url.strip_prefix("ws://").unwrap();
+        // Half a request, then silence: the relay closes the connection.
+        let mut slow = RawPeer {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            pending: Vec::new(),
+        };
+        slow.send(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+        assert_eq!(slow.read_to_end().await, b"", "closed without an answer");
+    }
+}
+
+/// On a unix socket the peer's uid is the credential: a client of our own user connects with
+/// no token at all, as `codex --remote unix://` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_client_of_our_own_user_needs_no_token() {
+    let echo = common::echo_upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (tx, _events) = mpsc::unbounded_channel::<RelayEvent>();
+    let (_ready_tx, ready) = watch::channel(true);
+    tokio::spawn(relay::serve(
+        listener,
+        Arc::new(RelayShared {
+            upstream: ws(&echo, "unused"),
+            client_token: Secret::new("never-sent"),
+            ready,
+            events: tx.into(),
+            interceptor: Box::new(|_| NoInterceptor),
+        }),
+    ));
+    let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (mut client, response) = tokio_tungstenite::client_async("ws://localhost/rpc", stream)
+        .await
+        .expect("upgraded without a token");
+    assert_eq!(response.status(), 101);
+    use futures_util::{SinkExt as _, StreamExt as _};
+    client
+        .send(Message::Text("over unix".into()))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(raw::WAIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::Text("over unix".into()));
+
+    // An Origin is refused there too.
+    let mut request = "ws://localhost/rpc".into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "http://127.0.0.1".parse().unwrap());
+    let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    match tokio_tungstenite::client_async(request, stream).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
+    }
 }

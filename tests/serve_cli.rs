@@ -55,8 +55,22 @@ fn cs_tui(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) -> Comm
 }
 
 fn spawn_serve(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) -> Serve {
-    let mut child = cs_tui(store, home, mock)
+    spawn_serve_with(store, home, mock, &[])
+}
+
+fn spawn_serve_with(
+    store: &std::path::Path,
+    home: &CodexHome,
+    mock: &MockBackend,
+    args: &[&std::ffi::OsStr],
+) -> Serve {
+    spawn_command(cs_tui(store, home, mock), args)
+}
+
+fn spawn_command(mut command: Command, args: &[&std::ffi::OsStr]) -> Serve {
+    let mut child = command
         .arg("serve")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -167,6 +181,60 @@ async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_t
     assert!(left.is_empty(), "runtime left behind: {left:?}");
     let history = std::fs::read_to_string(store.path().join("switch-history.jsonl")).unwrap();
     assert!(history.contains("\"manual\""), "{history}");
+
+    // The logs (cs-tui's and the app-server's, which is 0600) hold no token.
+    let mut secrets = stored_tokens(store.path());
+    secrets.extend(mock.requests().into_iter().filter_map(|r| r.refresh_token));
+    secrets.push(token.trim().to_owned());
+    let logs: Vec<_> = std::fs::read_dir(store.path().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let app_server_log = logs
+        .iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("app-server-")
+        })
+        .expect("the app-server's log");
+    assert_eq!(mode_of(app_server_log), 0o600);
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        for secret in secrets.iter().filter(|s| s.len() >= 8) {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a token in {}",
+                log.display()
+            );
+        }
+    }
+}
+
+/// Every token stored in the account store.
+fn stored_tokens(store: &std::path::Path) -> Vec<String> {
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(store.join("accounts.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for account in file["accounts"].as_array().unwrap() {
+        for key in ["id_token", "access_token", "refresh_token"] {
+            if let Some(token) = account["auth"][key].as_str() {
+                out.push(token.to_owned());
+                // A JWT's payload alone would still be a leak.
+                out.extend(
+                    token
+                        .split('.')
+                        .nth(1)
+                        .filter(|p| p.len() >= 16)
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    assert!(out.len() >= 6, "tokens to look for");
+    out
 }
 
 #[test]
@@ -222,4 +290,276 @@ async fn a_killed_serve_takes_its_app_server_with_it() {
         Vec::<i32>::new(),
         "app-server processes left after cs-tui was killed"
     );
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::symlink_metadata(path).unwrap().permissions())
+        & 0o7777
+}
+
+/// A neighbour prepares the token file (world-readable, or a link to a file of the victim's):
+/// serve refuses with a clear error, writes nothing into it and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_never_writes_its_token_into_a_file_it_did_not_create() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    import(store.path(), &home, &mock, "alice");
+    let tmp = tempfile::tempdir().unwrap();
+
+    let open = tmp.path().join("open-token");
+    std::fs::write(&open, "").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let victim = tmp.path().join("victim-notes");
+    std::fs::write(&victim, "the victim's own words").unwrap();
+    let link = tmp.path().join("linked-token");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let dangling = tmp.path().join("dangling-token");
+    std::os::unix::fs::symlink(tmp.path().join("not-yet"), &dangling).unwrap();
+
+    for (path, says) in [
+        (&open, "already exists"),
+        (&link, "is a symbolic link"),
+        (&dangling, "is a symbolic link"),
+    ] {
+        let out = cs_tui(store.path(), &home, &mock)
+            .arg("serve")
+            .arg("--token-file")
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "serve accepted {}", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("hint:"), "{err}");
+    }
+    assert_eq!(std::fs::read(&open).unwrap(), b"", "nothing written");
+    assert_eq!(mode_of(&open), 0o666, "its mode untouched");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "the victim's own words"
+    );
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(
+        !tmp.path().join("not-yet").exists(),
+        "no file created through a link"
+    );
+    let runtime: Vec<_> = std::fs::read_dir(store.path().join("runtime"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(runtime.is_empty(), "runtime left behind: {runtime:?}");
+}
+
+/// serve creates its token file 0600 and, at exit, removes that file only: a file put in its
+/// place meanwhile stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_removes_only_the_token_file_it_created() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    import(store.path(), &home, &mock, "alice");
+    let tmp = tempfile::tempdir().unwrap();
+
+    for replace in [false, true] {
+        let path = tmp.path().join(format!("token-{replace}"));
+        let serve = spawn_serve_with(
+            store.path(),
+            &home,
+            &mock,
+            &["--token-file".as_ref(), path.as_os_str()],
+        );
+        serve.next_line("listening line");
+        assert_eq!(
+            serve.next_line("token-file line"),
+            format!("token-file {}", path.display())
+        );
+        assert_eq!(mode_of(&path), 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim().len(), 64);
+        if replace {
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, "someone else's").unwrap();
+        }
+        let pid = nix::unistd::Pid::from_raw(serve.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let mut serve = serve;
+        assert!(serve.child.wait().unwrap().success());
+        if replace {
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
+        } else {
+            assert!(!path.exists(), "its own token file is removed");
+        }
+    }
+}
+
+/// `--listen unix://PATH`: a socket of mode 0600 that a client of our own user reaches with no
+/// token; no token file; the socket goes at exit. A stale socket of ours is replaced; any
+/// other file there is refused and left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_listens_on_a_unix_socket_when_asked() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    import(store.path(), &home, &mock, "alice");
+    let tmp = tempfile::tempdir().unwrap();
+
+    let taken = tmp.path().join("taken");
+    std::fs::write(&taken, "keep me").unwrap();
+    let out = cs_tui(store.path(), &home, &mock)
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("unix://{}", taken.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "keep me");
+
+    let out = cs_tui(store.path(), &home, &mock)
+        .args([
+            "serve",
+            "--listen",
+            "unix:///x.sock",
+            "--token-file",
+            "/x.token",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!std::path::Path::new("/x.token").exists());
+
+    // A socket left by a killed session: nobody listens on it.
+    let path = tmp.path().join("proxy.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let listen = format!("unix://{}", path.display());
+    let serve = spawn_serve_with(
+        store.path(),
+        &home,
+        &mock,
+        &["--listen".as_ref(), listen.as_ref()],
+    );
+    assert_eq!(
+        serve.next_line("listening line"),
+        format!("listening {listen}")
+    );
+    assert_eq!(mode_of(&path), 0o600);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    serve.wait_event("active account", |e| e["event"] == "active_account");
+
+    let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (mut client, _) = tokio_tungstenite::client_async("ws://localhost/rpc", stream)
+        .await
+        .expect("upgraded without a token");
+    let initialize = json!({"id": 1, "method": "initialize", "params": {
+        "clientInfo": {"name": "test", "title": "test", "version": "0"},
+        "capabilities": {"experimentalApi": true}}});
+    client
+        .send(Message::Text(initialize.to_string().into()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(30), client.next())
+        .await
+        .expect("the app-server answers")
+        .unwrap()
+        .unwrap();
+    let answer: Value = serde_json::from_str(answer.to_text().unwrap()).unwrap();
+    assert!(answer["result"]["userAgent"].is_string(), "{answer}");
+
+    let pid = nix::unistd::Pid::from_raw(serve.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut serve = serve;
+    assert!(serve.child.wait().unwrap().success());
+    assert!(!path.exists(), "the socket goes at exit");
+}
+
+/// On a loopback port serve raises its soft open-files limit to the hard one, so that
+/// connections a neighbour opens do not run it out of descriptors at a low soft limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_tcp_raises_its_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use std::os::unix::process::CommandExt;
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    import(store.path(), &home, &mock, "alice");
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(hard > 256, "the test needs a hard limit above 256");
+    let mut command = cs_tui(store.path(), &home, &mock);
+    // SAFETY: setrlimit is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_NOFILE, 256, hard).map_err(std::io::Error::from)
+        });
+    }
+    let serve = spawn_command(command, &[]);
+    serve.next_line("listening line");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, [hard.to_string(), hard.to_string()], "{line}");
+}
+
+/// A store so deep that the session socket must be bound elsewhere, and that elsewhere is not
+/// usable (a link where the directory should be): the session serves anyway and says that
+/// `cs-tui switch` cannot reach it; the link's target is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_socket_that_cannot_be_opened_is_a_notice_not_the_end() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("s".repeat(60)).join("t".repeat(60));
+    std::fs::create_dir_all(&store).unwrap();
+    import(&store, &home, &mock, "alice");
+    let xdg = root.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, xdg.join("cs-tui")).unwrap();
+
+    let mut command = cs_tui(&store, &home, &mock);
+    command.env("XDG_RUNTIME_DIR", &xdg);
+    let serve = spawn_command(command, &[]);
+    let url = serve.next_line("listening line");
+    assert!(url.starts_with("listening ws://127.0.0.1:"), "{url}");
+    serve.next_line("token-file line");
+    // Both come, in either order.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = serve.wait_event("the notice and the active account", |e| {
+            e["event"] == "notice" || e["event"] == "active_account"
+        });
+        seen.push(event);
+    }
+    let notice = seen
+        .iter()
+        .find(|e| e["event"] == "notice")
+        .expect("a notice");
+    assert!(
+        seen.iter().any(|e| e["event"] == "active_account"),
+        "{seen:?}"
+    );
+    let message = notice["message"].as_str().unwrap();
+    assert!(
+        message.contains("`cs-tui switch` cannot reach"),
+        "{message}"
+    );
+    assert!(message.contains("symbolic link"), "{message}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    assert_eq!(mode_of(&elsewhere), 0o777);
 }

@@ -400,6 +400,7 @@ impl Store {
         crate::paths::ensure_private_dir(&self.dir)
             .wrap_err_with(|| format!("creating the store directory {}", self.dir.display()))?;
         let _lock = self.lock(FlockArg::LockExclusive)?;
+        self.sweep_temp_files();
         let before = self.read()?;
         let existed = before.is_some();
         let before = before.unwrap_or_default();
@@ -407,9 +408,38 @@ impl Store {
         let out = f(&mut after, existed)?;
         if after != before {
             after.version = CURRENT_VERSION;
-            self.write(&after, existed)?;
+            // The previous version becomes the backup, less any account removed now: its
+            // tokens must not outlive it there.
+            let mut backup = before.clone();
+            let removed: Vec<String> = before
+                .accounts
+                .iter()
+                .filter(|a| after.get(&a.id).is_none())
+                .map(|a| a.id.clone())
+                .collect();
+            for id in &removed {
+                backup.remove(id);
+            }
+            let scrubbed = (!removed.is_empty()).then_some(&backup);
+            self.write(&after, existed, scrubbed)?;
         }
         Ok(out)
+    }
+
+    /// Removes temp files a writer that crashed left behind (they hold tokens). Only under the
+    /// exclusive lock: every writer holds it from creating its temp file to renaming it.
+    fn sweep_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".accounts.json.") && name.ends_with(".tmp") {
+                tracing::info!(file = %name, "removing a temp file left by an interrupted write");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Records that a session is using the account now (the dashboard calls this on a switch).
@@ -467,25 +497,27 @@ impl Store {
 
     /// Writes `file` to a temp file, fsyncs it, keeps the current version as the backup, and
     /// renames the temp file into place, so a crash leaves either the old or the new store.
-    fn write(&self, file: &AccountsFile, existed: bool) -> Result<()> {
+    /// `scrubbed`: the backup to keep instead of the current version (when accounts were
+    /// removed).
+    fn write(
+        &self,
+        file: &AccountsFile,
+        existed: bool,
+        scrubbed: Option<&AccountsFile>,
+    ) -> Result<()> {
         let path = self.accounts_path();
         let context = || format!("writing the account store {}", path.display());
-        let mut bytes = serde_json::to_vec_pretty(&OnDiskOut {
-            format: FORMAT_MARKER,
-            file,
-        })
-        .wrap_err_with(context)?;
-        bytes.push(b'\n');
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".accounts.json.")
-            .suffix(".tmp")
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(&self.dir)
-            .wrap_err_with(context)?;
-        tmp.write_all(&bytes).wrap_err_with(context)?;
-        tmp.as_file().sync_all().wrap_err_with(context)?;
+        let tmp = self.temp_file_with(file).wrap_err_with(context)?;
         if existed {
-            self.keep_backup(&path).wrap_err_with(|| {
+            let backup = match scrubbed {
+                None => self.keep_backup(&path).map_err(Report::new),
+                Some(backup) => self.temp_file_with(backup).and_then(|tmp| {
+                    tmp.persist(self.backup_path())
+                        .map(drop)
+                        .map_err(|e| Report::new(e.error))
+                }),
+            };
+            backup.wrap_err_with(|| {
                 format!(
                     "keeping the previous account store as {}",
                     self.backup_path().display()
@@ -499,6 +531,23 @@ impl Store {
             .and_then(|d| d.sync_all())
             .wrap_err_with(context)?;
         Ok(())
+    }
+
+    /// A synced 0600 temp file in the store directory holding `file` as stored.
+    fn temp_file_with(&self, file: &AccountsFile) -> Result<tempfile::NamedTempFile> {
+        let mut bytes = serde_json::to_vec_pretty(&OnDiskOut {
+            format: FORMAT_MARKER,
+            file,
+        })?;
+        bytes.push(b'\n');
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".accounts.json.")
+            .suffix(".tmp")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(&self.dir)?;
+        tmp.write_all(&bytes)?;
+        tmp.as_file().sync_all()?;
+        Ok(tmp)
     }
 
     /// Makes `accounts.json.bak` the current `accounts.json`, atomically: a hard link under a

@@ -23,7 +23,6 @@ use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::serve::session_options;
 use crate::proxy::session::{ProxyListener, Session};
 use crate::proxy::store_directory::StoreDirectory;
-use crate::secret::Secret;
 
 /// Set to `1` to run plain `codex` in the pane, without the proxy (no quota, no switching).
 /// A development path: it lets the pane be used and tested on its own.
@@ -49,22 +48,20 @@ pub enum BackendKind {
     Replay,
 }
 
-/// Where Codex connects, and the token it must present there.
+/// Where Codex connects: the proxy's unix socket in the session's 0700 runtime directory. No
+/// other user can reach it (and the relay checks that the peer is us), so there is no token:
+/// `codex --remote unix://` cannot send one.
 #[derive(Debug)]
 pub struct RemoteEndpoint {
-    /// `ws://127.0.0.1:PORT` of the proxy.
+    /// `unix://PATH` of the proxy.
     pub url: String,
-    /// The environment variable Codex reads the token from (`--remote-auth-token-env`).
-    pub token_env: String,
-    /// The proxy's bearer token. Only ever placed in the child's environment.
-    pub token: Secret,
 }
 
 impl RemoteEndpoint {
     pub fn target(&self) -> RemoteTarget {
         RemoteTarget {
             url: self.url.clone(),
-            token_env: self.token_env.clone(),
+            token_env: None,
         }
     }
 }
@@ -172,9 +169,6 @@ impl SessionBackend {
     }
 }
 
-/// The variable Codex reads the proxy's bearer token from (`--remote-auth-token-env`).
-pub const REMOTE_TOKEN_ENV: &str = "CS_TUI_REMOTE_TOKEN";
-
 /// Starts whatever sits in front of Codex for this session: normally the app-server and the
 /// switching proxy, logged in to the best stored account before Codex attaches.
 pub async fn start_backend(global: &GlobalArgs, config: &Config) -> Result<SessionBackend> {
@@ -191,15 +185,13 @@ pub async fn start_backend(global: &GlobalArgs, config: &Config) -> Result<Sessi
     let store = Store::open(&store_dir);
     let imported = import_codex_auth_if_empty(&store)?;
     let options = session_options(global, config, store_dir.clone())?;
-    let listener = ProxyListener::bind(options.listen).await?;
+    let listener = ProxyListener::bind_private(&store_dir)?;
     let dir = StoreDirectory::from_env(&store_dir)?;
-    // Codex needs only the listener's address and token to start; its connection waits in the
-    // listener's backlog until the session has logged in and the relay accepts (Codex allows
-    // 10 s for that). Starting both at once saves Codex's whole start-up time.
+    // Codex needs only the listener's address to start; its connection waits at the relay
+    // until the session has logged in (Codex allows 10 s for that). Starting both at once
+    // saves Codex's whole start-up time.
     let remote = RemoteEndpoint {
         url: listener.url().to_owned(),
-        token_env: REMOTE_TOKEN_ENV.to_owned(),
-        token: listener.token().clone(),
     };
 
     // Proxy events and command answers reach the dashboard on one channel.

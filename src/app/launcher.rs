@@ -1,16 +1,18 @@
 //! The child's command line: what `cs-tui [CODEX ARGS]` may pass to Codex, and the final
-//! `codex [ARGS] --remote ws://… --remote-auth-token-env VAR`.
+//! `codex [ARGS] --remote unix://…` (or `--remote ws://… --remote-auth-token-env VAR`).
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
-/// Where Codex connects: the proxy's websocket and the variable holding its bearer token.
+/// Where Codex connects: the proxy's address, and the variable holding its bearer token when
+/// it needs one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteTarget {
-    /// `ws://127.0.0.1:PORT`.
+    /// `unix://PATH` or `ws://127.0.0.1:PORT`.
     pub url: String,
-    /// The name of the environment variable that holds the token (never the token itself).
-    pub token_env: String,
+    /// The name of the environment variable that holds the token (never the token itself);
+    /// `None` for a unix socket, which Codex reaches without one.
+    pub token_env: Option<String>,
 }
 
 /// Why the arguments cannot be run in the pane.
@@ -229,15 +231,11 @@ pub fn codex_command_args(
             .iter()
             .position(|a| a.as_os_str() == OsStr::new("--"))
             .unwrap_or(args.len());
-        args.splice(
-            end..end,
-            [
-                OsString::from("--remote"),
-                OsString::from(&remote.url),
-                OsString::from("--remote-auth-token-env"),
-                OsString::from(&remote.token_env),
-            ],
-        );
+        let mut flags = vec![OsString::from("--remote"), OsString::from(&remote.url)];
+        if let Some(token_env) = &remote.token_env {
+            flags.extend([OsString::from("--remote-auth-token-env"), token_env.into()]);
+        }
+        args.splice(end..end, flags);
     }
     Ok(args)
 }
@@ -259,7 +257,7 @@ mod tests {
     fn remote() -> RemoteTarget {
         RemoteTarget {
             url: "ws://127.0.0.1:4100".into(),
-            token_env: "CS_TUI_PROXY_TOKEN".into(),
+            token_env: Some("CS_TUI_PROXY_TOKEN".into()),
         }
     }
 
@@ -334,6 +332,19 @@ mod tests {
                 "--",
                 "-not-a-flag"
             ]
+        );
+    }
+
+    #[test]
+    fn a_unix_socket_remote_gets_no_token_flag() {
+        let unix = RemoteTarget {
+            url: "unix:///run/cs/proxy.sock".into(),
+            token_env: None,
+        };
+        let got = codex_command_args(&args(&["hi"]), Path::new("/p"), Some(&unix)).unwrap();
+        assert_eq!(
+            strings(&got),
+            ["-C", "/p", "hi", "--remote", "unix:///run/cs/proxy.sock"]
         );
     }
 

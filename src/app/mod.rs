@@ -77,14 +77,8 @@ pub fn run(global: &GlobalArgs, codex_args: Vec<OsString>) -> Result<ExitCode> {
         let remote = backend.remote.as_ref().map(backend::RemoteEndpoint::target);
         let args = launcher::codex_command_args(&codex_args, &cwd, remote.as_ref())?;
         // The npm wrapper's Node start-up would delay Codex's first frame by ~130 ms.
-        let (program, mut extra_env) = crate::codex_bin::exec_target(program.as_os_str());
+        let (program, extra_env) = crate::codex_bin::exec_target(program.as_os_str());
         let program = std::path::PathBuf::from(program);
-        extra_env.extend(
-            backend
-                .remote
-                .iter()
-                .map(|r| (r.token_env.clone().into(), r.token.expose().into())),
-        );
         tracing::info!(program = %program.display(), ?args, direct = backend.is_direct(), "starting codex");
         let spec = ChildSpec {
             program,

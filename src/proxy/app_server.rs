@@ -116,7 +116,7 @@ impl AppServer {
             crate::paths::ensure_private_dir(parent)
                 .wrap_err_with(|| format!("creating {}", parent.display()))?;
         }
-        let stderr = std::fs::File::create(&options.stderr_log)
+        let stderr = open_private_log(&options.stderr_log)
             .wrap_err_with(|| format!("creating {}", options.stderr_log.display()))?;
 
         let (program, npm_env) = crate::codex_bin::exec_target(&options.codex_bin);
@@ -295,20 +295,19 @@ pub fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes a file readable only by us (0600), created fresh.
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
+/// Opens the app-server's log, emptied and readable by us only (0600, also when it existed):
+/// what the app-server says may quote requests. A link in its place is not followed.
+fn open_private_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .wrap_err_with(|| format!("creating {}", path.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .wrap_err_with(|| format!("writing {}", path.display()))
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// The last `lines` lines of a log file.

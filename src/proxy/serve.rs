@@ -18,11 +18,17 @@ use crate::proxy::store_directory::StoreDirectory;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on (loopback only; port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:0", value_name = "127.0.0.1:PORT")]
+    /// Where to listen: a loopback port (port 0 picks a free one; clients need the bearer
+    /// token), or `unix://PATH`, a socket only our own user may connect to (no token).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:0",
+        value_name = "127.0.0.1:PORT|unix://PATH"
+    )]
     pub listen: String,
-    /// Where to write the proxy's bearer token (mode 0600). Default: the session's runtime
-    /// directory under the store.
+    /// Where to write the proxy's bearer token: a new file (created 0600; an existing file or
+    /// a link is refused), removed at exit. Default: the session's runtime directory under the
+    /// store.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 }
@@ -63,33 +69,44 @@ pub fn run_serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
 }
 
 async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Result<ExitCode> {
-    let listen: SocketAddr = args
-        .listen
-        .parse()
-        .map_err(|_| eyre!("--listen {} is not an address", args.listen))
-        .hint("use 127.0.0.1:PORT")?;
+    // First: a signal while the session starts must still end it cleanly (token file and
+    // sockets removed), once it has started.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let listen = parse_listen(&args.listen)?;
+    if matches!(listen, Listen::Unix(_)) && args.token_file.is_some() {
+        return Err(with_hint(
+            eyre!("--token-file goes with a loopback port, not with --listen unix://"),
+            "a unix socket admits only your own user and needs no token",
+        ));
+    }
     let config = crate::config::Config::load(&store_dir.join(crate::config::CONFIG_FILE))?;
     let mut options = session_options(global, &config, store_dir.clone())?;
-    options.listen = listen;
     options.token_file = args.token_file;
     if let Some(imported) =
         crate::accounts::import_codex_auth_if_empty(&crate::accounts::Store::open(&store_dir))?
     {
         eprintln!("imported {} from $CODEX_HOME/auth.json", imported.name);
     }
-    let listener = ProxyListener::bind(listen).await?;
+    let listener = match listen {
+        Listen::Tcp(addr) => {
+            options.listen = addr;
+            ProxyListener::bind(addr).await?
+        }
+        Listen::Unix(path) => ProxyListener::bind_unix(&path)?,
+    };
     let dir = StoreDirectory::from_env(&store_dir)?;
     let session = Session::start(listener, options, dir).await?;
     let mut events = session.subscribe();
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening {}", session.url())?;
-        writeln!(out, "token-file {}", session.token_file().display())?;
+        if let Some(token_file) = session.token_file() {
+            writeln!(out, "token-file {}", token_file.display())?;
+        }
         out.flush()?;
     }
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     let code = loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -126,6 +143,31 @@ async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Resu
     Ok(code)
 }
 
+/// Where `serve` listens.
+#[derive(Debug, PartialEq, Eq)]
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+fn parse_listen(text: &str) -> Result<Listen> {
+    if let Some(path) = text.strip_prefix("unix://") {
+        if path.is_empty() {
+            return Err(with_hint(
+                eyre!("--listen unix:// needs a path"),
+                "e.g. --listen unix:///run/user/1000/cs-tui.sock",
+            ));
+        }
+        let path = std::path::absolute(path)
+            .wrap_err_with(|| format!("--listen {text}: cannot make the path absolute"))?;
+        return Ok(Listen::Unix(path));
+    }
+    text.parse()
+        .map(Listen::Tcp)
+        .map_err(|_| eyre!("--listen {text} is not an address"))
+        .hint("use 127.0.0.1:PORT or unix://PATH")
+}
+
 pub fn run_switch(_global: &GlobalArgs, args: SwitchArgs) -> Result<ExitCode> {
     let store_dir = crate::paths::store_dir()?;
     let command = if args.account == "best" {
@@ -160,4 +202,28 @@ pub fn run_switch(_global: &GlobalArgs, args: SwitchArgs) -> Result<ExitCode> {
         bail!("no running session accepted the switch");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_a_loopback_port_or_a_unix_path() {
+        assert_eq!(
+            parse_listen("127.0.0.1:8765").unwrap(),
+            Listen::Tcp("127.0.0.1:8765".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen("unix:///run/x.sock").unwrap(),
+            Listen::Unix("/run/x.sock".into())
+        );
+        let relative = parse_listen("unix://x.sock").unwrap();
+        assert_eq!(
+            relative,
+            Listen::Unix(std::env::current_dir().unwrap().join("x.sock"))
+        );
+        assert!(parse_listen("unix://").is_err());
+        assert!(parse_listen("localhost").is_err());
+    }
 }

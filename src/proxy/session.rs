@@ -4,7 +4,7 @@
 //!
 //! Data flow:
 //! ```text
-//! codex TUI ──ws──▶ relay (127.0.0.1, bearer) ──ws per client──▶ codex app-server
+//! codex TUI ──ws──▶ relay (unix socket, our uid; or 127.0.0.1, bearer) ──ws per client──▶ codex app-server
 //!                     │ observations                                ▲
 //!                     ▼                                             │ login, reads
 //!   commands ──▶ core (state, policy) ──▶ switch task ──▶ control connection
@@ -28,6 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::errors::with_hint;
+use crate::paths::CreatedFile;
 use crate::proxy::app_server::{self, AppServer, AppServerExit, AppServerOptions};
 use crate::proxy::core::{self, Core, CoreConfig, CoreInit, CoreMsg};
 use crate::proxy::directory::{AccountDirectory, DirAccount};
@@ -35,8 +36,9 @@ use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::history::HISTORY_FILE;
 use crate::proxy::ipc;
 use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
-use crate::proxy::relay::{self, EventSink, RelayShared};
+use crate::proxy::relay::{self, ClientListener, EventSink, RelayShared};
 use crate::proxy::rerun::{GuardShared, TurnGuard};
+use crate::proxy::socket::{BoundSocket, SocketFiles};
 use crate::proxy::upstream::{ControlConnection, ControlEvent};
 use crate::secret::Secret;
 
@@ -60,47 +62,186 @@ pub struct SessionOptions {
 /// The proxy's listening socket, bound before the session starts so a client (the Codex TUI)
 /// can be launched while the app-server is still starting: its connection waits at the relay
 /// until the starting account is logged in.
+///
+/// On a loopback port clients must present the bearer token; on a unix socket they must be
+/// our own user (the relay checks the peer's credentials), since `codex --remote unix://`
+/// sends no token (0.169.0 refuses `--remote-auth-token-env` with it).
 pub struct ProxyListener {
-    listener: TcpListener,
+    listener: ClientListener,
     url: String,
     token: Secret,
+    /// The unix socket's file, removed with the session (if it is still ours).
+    socket: Option<UnixSocketFile>,
+    /// The session's runtime directory, when the listener was bound in it.
+    runtime_dir: Option<PathBuf>,
+}
+
+/// A unix socket the proxy bound: in the runtime directory (gone with it), or at a path the
+/// user gave (removed at the end if it is still the socket we bound).
+enum UnixSocketFile {
+    Private { _files: SocketFiles },
+    AtPath { path: PathBuf, dev: u64, ino: u64 },
+}
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if let UnixSocketFile::AtPath { path, dev, ino } = self
+            && std::fs::symlink_metadata(&*path)
+                .is_ok_and(|m| m.file_type().is_socket() && m.dev() == *dev && m.ino() == *ino)
+        {
+            let _ = std::fs::remove_file(&*path);
+        }
+    }
 }
 
 impl ProxyListener {
+    /// A loopback port (`serve`'s default).
     pub async fn bind(addr: SocketAddr) -> Result<Self> {
         if !addr.ip().is_loopback() {
             return Err(with_hint(
                 eyre!("refusing to listen on {addr}: the proxy serves this machine only"),
-                "use a 127.0.0.1 address, e.g. --listen 127.0.0.1:8765",
+                "use a 127.0.0.1 address, e.g. --listen 127.0.0.1:8765, or a unix socket, --listen unix://PATH",
             ));
         }
         let listener = TcpListener::bind(addr)
             .await
             .wrap_err_with(|| format!("binding the proxy to {addr}"))?;
+        // Anyone on the machine can open connections to a loopback port; with the soft limit
+        // on open files raised to the hard one, they run the relay out of descriptors later.
+        raise_open_files_limit();
         let local = listener.local_addr()?;
         Ok(Self {
-            listener,
+            listener: listener.into(),
             url: format!("ws://{local}"),
             token: Secret::new(app_server::random_token()),
+            socket: None,
+            runtime_dir: None,
         })
     }
 
-    /// `ws://127.0.0.1:PORT`.
+    /// A unix socket at a path the user chose (`serve --listen unix://PATH`). Something already
+    /// there is refused, except a socket of ours that nobody listens on any more (left by a
+    /// session that was killed), which is replaced.
+    pub fn bind_unix(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        if path.as_os_str().len() > crate::proxy::socket::MAX_SOCKET_PATH {
+            return Err(with_hint(
+                eyre!("{} is too long for a unix socket's address", path.display()),
+                "use a shorter path (at most 103 bytes)",
+            ));
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            let stale = meta.file_type().is_socket()
+                && meta.uid() == nix::unistd::geteuid().as_raw()
+                && std::os::unix::net::UnixStream::connect(path)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+            if !stale {
+                return Err(with_hint(
+                    eyre!("{} already exists", path.display()),
+                    "give --listen unix:// a path where nothing is yet",
+                ));
+            }
+            std::fs::remove_file(path)
+                .wrap_err_with(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .wrap_err_with(|| format!("binding the proxy to {}", path.display()))?;
+        let meta = std::fs::symlink_metadata(path)?;
+        // Not the boundary (the relay checks every peer's uid), but nobody else needs to see it.
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        Ok(Self {
+            listener: listener.into(),
+            url: format!("unix://{}", path.display()),
+            token: Secret::new(app_server::random_token()),
+            socket: Some(UnixSocketFile::AtPath {
+                path: path.to_owned(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }),
+            runtime_dir: None,
+        })
+    }
+
+    /// A unix socket in a new runtime directory of the session under the store (0700): what
+    /// the dashboard's Codex connects to. No other user can even reach it.
+    pub fn bind_private(store_dir: &Path) -> Result<Self> {
+        let runtime_dir = new_runtime_dir(store_dir)?;
+        let bound = BoundSocket::bind(&runtime_dir.join(PROXY_SOCKET_NAME)).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&runtime_dir);
+        })?;
+        Ok(Self {
+            listener: bound.listener.into(),
+            // The socket itself: Codex connects by path, and a deep store's path would not fit
+            // in a socket address.
+            url: format!("unix://{}", bound.files.socket_path().display()),
+            token: Secret::new(app_server::random_token()),
+            socket: Some(UnixSocketFile::Private {
+                _files: bound.files,
+            }),
+            runtime_dir: Some(runtime_dir),
+        })
+    }
+
+    /// `ws://127.0.0.1:PORT` or `unix://PATH`.
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// The bearer token clients must present.
+    /// Whether clients connect over a unix socket (and need no token).
+    pub fn is_unix(&self) -> bool {
+        matches!(self.listener, ClientListener::Unix(_))
+    }
+
+    /// The bearer token clients must present on a loopback port.
     pub fn token(&self) -> &Secret {
         &self.token
     }
+}
+
+/// The proxy's socket in a session's runtime directory.
+pub const PROXY_SOCKET_NAME: &str = "proxy.sock";
+
+/// Raises the soft limit on open files to the hard one (each proxy client takes two).
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(soft, hard, %err, "raising the open-files limit failed");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::debug!(%err, "reading the open-files limit failed"),
+    }
+}
+
+/// Creates a new runtime directory for a session under `<store>/runtime/` (0700), after
+/// removing those of sessions whose process is gone.
+fn new_runtime_dir(store_dir: &Path) -> Result<PathBuf> {
+    let runtime_root = store_dir.join("runtime");
+    crate::paths::ensure_private_dir(&runtime_root)
+        .wrap_err_with(|| format!("creating {}", runtime_root.display()))?;
+    prune_stale_runtime_dirs(&runtime_root);
+    let runtime_dir = runtime_root.join(format!(
+        "{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    crate::paths::ensure_private_dir(&runtime_dir)
+        .wrap_err_with(|| format!("creating {}", runtime_dir.display()))?;
+    Ok(runtime_dir)
 }
 
 /// A running session.
 pub struct Session {
     url: String,
     token: Secret,
-    token_file: PathBuf,
+    /// Removed when the session ends, if it is still the file the session created. None on a
+    /// unix socket.
+    token_file: Option<CreatedFile>,
+    /// The proxy's unix socket, if it listens on one.
+    _socket: Option<UnixSocketFile>,
     runtime_dir: PathBuf,
     events: broadcast::Sender<ProxyEvent>,
     core: mpsc::UnboundedSender<CoreMsg>,
@@ -135,21 +276,29 @@ impl Session {
         options: SessionOptions,
         dir: D,
     ) -> Result<Self> {
-        let runtime_root = options.store_dir.join("runtime");
-        crate::paths::ensure_private_dir(&runtime_root)
-            .wrap_err_with(|| format!("creating {}", runtime_root.display()))?;
-        prune_stale_runtime_dirs(&runtime_root);
-        let runtime_dir = runtime_root.join(format!(
-            "{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        crate::paths::ensure_private_dir(&runtime_dir)?;
-        let token_file = options
-            .token_file
-            .clone()
-            .unwrap_or_else(|| runtime_dir.join("proxy.token"));
-        app_server::write_private(&token_file, listener.token.expose().as_bytes())?;
+        let mut listener = listener;
+        let runtime_dir = match listener.runtime_dir.take() {
+            Some(dir) => dir,
+            None => new_runtime_dir(&options.store_dir)?,
+        };
+        // A client on the unix socket needs no token: there is no file to write.
+        let token_file = if listener.is_unix() {
+            None
+        } else {
+            let path = options
+                .token_file
+                .clone()
+                .unwrap_or_else(|| runtime_dir.join("proxy.token"));
+            let created = crate::paths::create_private_file(&path, listener.token.expose().as_bytes())
+                .map_err(|err| {
+                    let _ = std::fs::remove_dir_all(&runtime_dir);
+                    with_hint(
+                        eyre!(err),
+                        "give --token-file a path that does not exist yet; serve creates it (0600) and removes it when it exits",
+                    )
+                })?;
+            Some(created)
+        };
 
         let app_server_options = AppServerOptions {
             codex_bin: options.codex_bin.clone(),
@@ -168,6 +317,7 @@ impl Session {
             plan_start(&dir, &options.policy)
         );
         let app_server = app_server.inspect_err(|_| {
+            token_file.as_ref().map(CreatedFile::remove);
             let _ = std::fs::remove_dir_all(&runtime_dir);
         })?;
         let result = Self::finish_start(
@@ -177,11 +327,13 @@ impl Session {
             (app_server, app_server_options),
             plan,
             runtime_dir.clone(),
-            token_file,
+            token_file.clone(),
         )
         .await;
-        if result.is_err() {
+        if let Err(err) = result {
+            token_file.as_ref().map(CreatedFile::remove);
             let _ = std::fs::remove_dir_all(&runtime_dir);
+            return Err(err);
         }
         result
     }
@@ -193,7 +345,7 @@ impl Session {
         (app_server, app_server_options): (AppServer, AppServerOptions),
         plan: Result<StartPlan>,
         runtime_dir: PathBuf,
-        token_file: PathBuf,
+        token_file: Option<CreatedFile>,
     ) -> Result<Self> {
         let plan = plan?;
         let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
@@ -262,12 +414,24 @@ impl Session {
             },
         });
         tasks.push(tokio::spawn(relay::serve(listener.listener, shared)));
-        tasks.push(ipc::listen(&runtime_dir, core_tx.clone())?);
+        // Without its control socket the session still serves; only `cs-tui switch` and the
+        // `accounts` commands cannot reach it.
+        match ipc::listen(&runtime_dir, core_tx.clone()) {
+            Ok(task) => tasks.push(task),
+            Err(err) => {
+                tracing::warn!("the session's control socket is unavailable: {err:#}");
+                let _ = events.send(ProxyEvent::Notice {
+                    message: format!("`cs-tui switch` cannot reach this session: {err:#}"),
+                    at: chrono::Utc::now(),
+                });
+            }
+        }
 
         Ok(Self {
             url: listener.url,
             token: listener.token,
             token_file,
+            _socket: listener.socket,
             runtime_dir,
             events,
             core: core_tx,
@@ -287,8 +451,9 @@ impl Session {
         &self.token
     }
 
-    pub fn token_file(&self) -> &Path {
-        &self.token_file
+    /// Where the bearer token is, for a session on a loopback port.
+    pub fn token_file(&self) -> Option<&Path> {
+        self.token_file.as_ref().map(CreatedFile::path)
     }
 
     pub fn runtime_dir(&self) -> &Path {
@@ -330,7 +495,7 @@ impl Session {
         if let Some(app_server) = take(&self.app_server) {
             app_server.shutdown().await;
         }
-        let _ = std::fs::remove_file(&self.token_file);
+        self.token_file.as_ref().map(CreatedFile::remove);
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
@@ -343,7 +508,7 @@ impl Drop for Session {
         }
         // AppServer's own Drop kills its process group.
         take(&self.app_server);
-        let _ = std::fs::remove_file(&self.token_file);
+        self.token_file.as_ref().map(CreatedFile::remove);
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
@@ -566,7 +731,9 @@ fn prune_stale_runtime_dirs(root: &Path) {
         };
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
         if !alive {
-            crate::proxy::socket::remove_link_target(&entry.path().join(ipc::SOCKET_NAME));
+            for socket in [ipc::SOCKET_NAME, PROXY_SOCKET_NAME] {
+                crate::proxy::socket::remove_link_target(&entry.path().join(socket));
+            }
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

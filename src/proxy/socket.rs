@@ -104,58 +104,35 @@ pub async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
 
 /// The longest socket path `bind(2)` takes (`sun_path` holds 108 bytes on Linux, 104 on
 /// macOS, with the terminating NUL).
-const MAX_SOCKET_PATH: usize = 103;
+pub const MAX_SOCKET_PATH: usize = 103;
 
 /// A unix listener at `path`, which stays reachable by that name however deep it is.
 ///
 /// A path too long for a socket address is served through a link: the socket itself is bound
-/// in a private (0700, ours) directory `/tmp/cs-tui-<uid>/`, and `path` links to it, as the
-/// app-server does with its own socket. [`connect_unix`] follows the link.
+/// in a private (0700, ours) directory (see [`private_socket_dir`]), and `path` links to it,
+/// as the app-server does with its own socket. [`connect_unix`] follows the link.
 pub struct BoundSocket {
     pub listener: tokio::net::UnixListener,
-    /// Where the socket really is, when that is not `path`; removed on drop.
+    pub files: SocketFiles,
+}
+
+/// Where a [`BoundSocket`] is; the socket bound elsewhere (if any) is removed on drop.
+#[derive(Debug)]
+pub struct SocketFiles {
+    path: PathBuf,
+    /// Where the socket really is, when that is not `path`.
     target: Option<PathBuf>,
 }
 
-impl BoundSocket {
-    pub fn bind(path: &Path) -> Result<Self> {
-        let _ = std::fs::remove_file(path);
-        if path.as_os_str().len() <= MAX_SOCKET_PATH {
-            let listener = tokio::net::UnixListener::bind(path)
-                .wrap_err_with(|| format!("binding the socket {}", path.display()))?;
-            return Ok(Self {
-                listener,
-                target: None,
-            });
-        }
-        let uid = nix::unistd::getuid();
-        let dir = private_socket_dir();
-        crate::paths::ensure_private_dir(&dir)
-            .wrap_err_with(|| format!("creating {}", dir.display()))?;
-        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::symlink_metadata(&dir)?);
-        if owner != uid.as_raw() {
-            return Err(eyre!(
-                "{} belongs to another user; it cannot hold cs-tui's sockets",
-                dir.display()
-            ));
-        }
-        let target = dir.join(format!(
-            "{}-{}.sock",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ));
-        let listener = tokio::net::UnixListener::bind(&target)
-            .wrap_err_with(|| format!("binding the socket {}", target.display()))?;
-        std::os::unix::fs::symlink(&target, path)
-            .wrap_err_with(|| format!("linking {} to {}", path.display(), target.display()))?;
-        Ok(Self {
-            listener,
-            target: Some(target),
-        })
+impl SocketFiles {
+    /// The socket itself: a path a client can connect to without following a link (short
+    /// enough for a socket address).
+    pub fn socket_path(&self) -> &Path {
+        self.target.as_deref().unwrap_or(&self.path)
     }
 }
 
-impl Drop for BoundSocket {
+impl Drop for SocketFiles {
     fn drop(&mut self) {
         if let Some(target) = &self.target {
             let _ = std::fs::remove_file(target);
@@ -163,15 +140,78 @@ impl Drop for BoundSocket {
     }
 }
 
-/// Where sockets too deep for their own path are bound: `/tmp/cs-tui-<uid>`.
-fn private_socket_dir() -> PathBuf {
-    PathBuf::from(format!("/tmp/cs-tui-{}", nix::unistd::getuid()))
+impl BoundSocket {
+    /// Binds at `path`, which must be in a directory of ours (whatever is at `path` is
+    /// replaced).
+    pub fn bind(path: &Path) -> Result<Self> {
+        let _ = std::fs::remove_file(path);
+        if path.as_os_str().len() <= MAX_SOCKET_PATH {
+            let listener = tokio::net::UnixListener::bind(path)
+                .wrap_err_with(|| format!("binding the socket {}", path.display()))?;
+            return Ok(Self {
+                listener,
+                files: SocketFiles {
+                    path: path.to_owned(),
+                    target: None,
+                },
+            });
+        }
+        let dir = private_socket_dir()?;
+        let target = dir.join(format!(
+            "{}-{}.sock",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        let listener = tokio::net::UnixListener::bind(&target)
+            .wrap_err_with(|| format!("binding the socket {}", target.display()))?;
+        let files = SocketFiles {
+            path: path.to_owned(),
+            target: Some(target),
+        };
+        std::os::unix::fs::symlink(files.socket_path(), path).wrap_err_with(|| {
+            format!(
+                "linking {} to {}",
+                path.display(),
+                files.socket_path().display()
+            )
+        })?;
+        Ok(Self { listener, files })
+    }
+}
+
+/// Where sockets too deep for their own path are bound: `$XDG_RUNTIME_DIR/cs-tui` when the
+/// login session has a runtime directory (a real directory of ours, 0700), else
+/// `/tmp/cs-tui-<uid>`. Created without following links, and used only when it is ours (see
+/// [`crate::paths::ensure_own_private_dir`]): in `/tmp`, a neighbour may have made it first.
+pub fn private_socket_dir() -> Result<PathBuf> {
+    let dir = socket_dir_for(std::env::var_os("XDG_RUNTIME_DIR"));
+    crate::paths::ensure_own_private_dir(&dir)
+        .wrap_err("no private directory for a socket whose own path is too long")?;
+    Ok(dir)
+}
+
+/// [`private_socket_dir`]'s choice, given `$XDG_RUNTIME_DIR`.
+fn socket_dir_for(xdg_runtime_dir: Option<std::ffi::OsString>) -> PathBuf {
+    xdg_runtime_dir
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute() && crate::paths::is_own_private_dir(dir))
+        .map(|dir| dir.join("cs-tui"))
+        .filter(|dir| dir.as_os_str().len() < MAX_SOCKET_PATH - 40)
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/cs-tui-{}", nix::unistd::geteuid())))
 }
 
 /// Removes the socket a link in a dead session's directory points to (see [`BoundSocket`]).
 pub fn remove_link_target(link: &Path) {
-    if let Ok(target) = std::fs::read_link(link)
-        && target.parent() == Some(private_socket_dir().as_path())
+    let Ok(target) = std::fs::read_link(link) else {
+        return;
+    };
+    let ours = [
+        socket_dir_for(std::env::var_os("XDG_RUNTIME_DIR")),
+        socket_dir_for(None),
+    ];
+    if target
+        .parent()
+        .is_some_and(|dir| ours.iter().any(|o| o == dir))
     {
         let _ = std::fs::remove_file(target);
     }
@@ -355,6 +395,29 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    #[test]
+    fn deep_sockets_go_to_the_xdg_runtime_dir_when_it_is_ours_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let fallback = PathBuf::from(format!("/tmp/cs-tui-{}", nix::unistd::geteuid()));
+        assert_eq!(socket_dir_for(None), fallback);
+        let xdg = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(xdg.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(
+            socket_dir_for(Some(xdg.path().into())),
+            xdg.path().join("cs-tui")
+        );
+        // One others may enter, a relative one, or a link are not trusted.
+        std::fs::set_permissions(xdg.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(socket_dir_for(Some(xdg.path().into())), fallback);
+        assert_eq!(socket_dir_for(Some("run/user".into())), fallback);
+        let private = xdg.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = xdg.path().join("link");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        assert_eq!(socket_dir_for(Some(link.into())), fallback);
+    }
+
     #[tokio::test]
     async fn a_socket_too_deep_for_an_address_is_bound_elsewhere_and_linked() {
         let dir = tempfile::tempdir().unwrap();
@@ -365,7 +428,10 @@ mod tests {
 
         let socket = BoundSocket::bind(&path).unwrap();
         let target = std::fs::read_link(&path).expect("a link at the deep path");
-        assert_eq!(target.parent(), Some(private_socket_dir().as_path()));
+        assert_eq!(
+            target.parent(),
+            Some(private_socket_dir().unwrap().as_path())
+        );
         let server = tokio::spawn(async move {
             let (mut stream, _) = socket.listener.accept().await.unwrap();
             stream.write_all(b"hi").await.unwrap();

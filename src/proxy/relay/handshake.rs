@@ -13,7 +13,6 @@ use bytes::{Buf, BytesMut};
 use color_eyre::eyre::{Result, bail, eyre};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_request;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -36,6 +35,8 @@ pub(super) struct Upgraded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refusal {
     Unauthorized,
+    /// The request carries an `Origin` header: a web page is trying to reach the proxy.
+    CrossOrigin,
     BadRequest(&'static str),
     /// `Sec-WebSocket-Version` is not 13 (answered with the version we speak).
     UnsupportedVersion,
@@ -48,6 +49,7 @@ impl Refusal {
     fn status(self) -> &'static str {
         match self {
             Refusal::Unauthorized => "401 Unauthorized",
+            Refusal::CrossOrigin => "403 Forbidden",
             Refusal::BadRequest(_) | Refusal::UnsupportedVersion => "400 Bad Request",
             Refusal::TooLarge => "431 Request Header Fields Too Large",
             Refusal::BadGateway => "502 Bad Gateway",
@@ -57,6 +59,7 @@ impl Refusal {
     pub(super) fn reason(self) -> &'static str {
         match self {
             Refusal::Unauthorized => "missing or wrong bearer token",
+            Refusal::CrossOrigin => "requests from web pages (with an Origin header) are refused",
             Refusal::BadRequest(why) => why,
             Refusal::UnsupportedVersion => "only websocket version 13 is supported",
             Refusal::TooLarge => "request head too large",
@@ -83,10 +86,11 @@ pub(super) struct Hello {
 }
 
 /// Reads a client's upgrade request and checks it (bearer token first, so that a client
-/// without the token learns nothing else).
+/// without the token learns nothing else). `token` is `None` when the transport itself
+/// vouched for the client (a unix socket whose peer is our own user).
 pub(super) async fn read_hello(
-    stream: &mut TcpStream,
-    token: &Secret,
+    stream: &mut Stream,
+    token: Option<&Secret>,
 ) -> Result<Hello, HelloError> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
@@ -115,15 +119,22 @@ pub(super) async fn read_hello(
 /// Checks an upgrade request (RFC 6455 §4.2.1) and returns the `Sec-WebSocket-Accept` value.
 pub(super) fn check_request(
     request: &httparse::Request,
-    token: &Secret,
+    token: Option<&Secret>,
 ) -> Result<String, Refusal> {
     let headers = &*request.headers;
-    let bearer = header(headers, "authorization")
-        .and_then(|v| strip_prefix_ignore_case(v, b"bearer "))
-        .map(<[u8]>::trim_ascii);
-    let authorized = bearer.is_some_and(|t| bool::from(t.ct_eq(token.expose().as_bytes())));
-    if !authorized {
-        return Err(Refusal::Unauthorized);
+    if let Some(token) = token {
+        let bearer = header(headers, "authorization")
+            .and_then(|v| strip_prefix_ignore_case(v, b"bearer "))
+            .map(<[u8]>::trim_ascii);
+        let authorized = bearer.is_some_and(|t| bool::from(t.ct_eq(token.expose().as_bytes())));
+        if !authorized {
+            return Err(Refusal::Unauthorized);
+        }
+    }
+    // Browsers send `Origin` with every websocket upgrade, and no Codex client does: a web
+    // page must never drive the app-server (it can run commands as the user).
+    if header(headers, "origin").is_some() {
+        return Err(Refusal::CrossOrigin);
     }
     if request.method != Some("GET") {
         return Err(Refusal::BadRequest("a websocket upgrade must be a GET"));
@@ -156,7 +167,7 @@ pub(super) fn check_request(
 
 /// Answers an accepted upgrade. Neither extensions nor subprotocols are accepted: the frames
 /// must stay plain so they can be spliced.
-pub(super) async fn accept(stream: &mut TcpStream, accept_key: &str) -> io::Result<()> {
+pub(super) async fn accept(stream: &mut Stream, accept_key: &str) -> io::Result<()> {
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
@@ -165,7 +176,7 @@ pub(super) async fn accept(stream: &mut TcpStream, accept_key: &str) -> io::Resu
 }
 
 /// Answers a refused upgrade with an HTTP error and closes the connection.
-pub(super) async fn refuse(stream: &mut TcpStream, refusal: Refusal) {
+pub(super) async fn refuse(stream: &mut Stream, refusal: Refusal) {
     let body = refusal.reason();
     let version = if refusal == Refusal::UnsupportedVersion {
         "Sec-WebSocket-Version: 13\r\n"
@@ -279,7 +290,7 @@ mod tests {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         assert!(request.parse(head.as_bytes()).unwrap().is_complete());
-        check_request(&request, &Secret::new("tok"))
+        check_request(&request, Some(&Secret::new("tok")))
     }
 
     fn request(lines: &[&str]) -> String {
@@ -366,5 +377,31 @@ mod tests {
         ));
         let post = request(&GOOD).replacen("GET", "POST", 1);
         assert!(matches!(check(&post), Err(Refusal::BadRequest(_))));
+    }
+
+    #[test]
+    fn a_request_with_an_origin_is_refused_even_with_the_bearer() {
+        let mut from_page = GOOD.to_vec();
+        from_page.push("Origin: http://127.0.0.1:8000");
+        assert_eq!(check(&request(&from_page)), Err(Refusal::CrossOrigin));
+        from_page[5] = "origin: null";
+        assert_eq!(check(&request(&from_page)), Err(Refusal::CrossOrigin));
+        // Without the bearer, it is still only "unauthorized".
+        from_page[0] = "X-Other: 1";
+        assert_eq!(check(&request(&from_page)), Err(Refusal::Unauthorized));
+    }
+
+    #[test]
+    fn a_transport_that_vouched_for_the_client_needs_no_bearer() {
+        let without_bearer = request(&without(0));
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(
+            parsed
+                .parse(without_bearer.as_bytes())
+                .unwrap()
+                .is_complete()
+        );
+        assert!(check_request(&parsed, None).is_ok());
     }
 }

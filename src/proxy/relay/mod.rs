@@ -1,5 +1,6 @@
-//! The websocket relay: a loopback listener that requires the proxy's bearer token and gives
-//! every client its own upstream connection to the app-server.
+//! The websocket relay: a loopback listener that requires the proxy's bearer token (or a unix
+//! socket that admits only our own user) and gives every client its own upstream connection
+//! to the app-server.
 //!
 //! After both handshakes (done here, so that no extension is negotiated on either leg) the
 //! relay splices raw bytes and tracks only frame boundaries: frames pass byte for byte and in
@@ -31,8 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
@@ -368,20 +369,100 @@ pub struct RelayShared<I: Interceptor = NoInterceptor> {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// Where the relay accepts clients.
+#[derive(Debug)]
+pub enum ClientListener {
+    /// A loopback port: clients must present the bearer token.
+    Tcp(TcpListener),
+    /// A unix socket: clients must be our own user (checked with the peer's credentials); no
+    /// bearer is asked for, since `codex --remote unix://` cannot send one.
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for ClientListener {
+    fn from(listener: TcpListener) -> Self {
+        ClientListener::Tcp(listener)
+    }
+}
+
+impl From<UnixListener> for ClientListener {
+    fn from(listener: UnixListener) -> Self {
+        ClientListener::Unix(listener)
+    }
+}
+
+/// Bounds on clients that have not yet shown they may connect: anyone on the machine can open
+/// a loopback connection, so those that have not authenticated are limited in number and in
+/// how long they may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeLimits {
+    /// At most this many connections may be reading their upgrade request at once; more are
+    /// answered 503 and closed at once.
+    pub max_pending: usize,
+    /// A client must have sent its whole upgrade request within this time.
+    pub timeout: Duration,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        Self {
+            max_pending: 64,
+            timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// Accepts clients forever, with the default [`HandshakeLimits`].
+pub async fn serve<I: Interceptor>(
+    listener: impl Into<ClientListener>,
+    shared: Arc<RelayShared<I>>,
+) {
+    serve_with_limits(listener, shared, HandshakeLimits::default()).await;
+}
+
+/// The answer to a connection beyond [`HandshakeLimits::max_pending`].
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+    Content-Length: 0\r\n\r\n";
+
 /// Accepts clients forever.
-pub async fn serve<I: Interceptor>(listener: TcpListener, shared: Arc<RelayShared<I>>) {
+pub async fn serve_with_limits<I: Interceptor>(
+    listener: impl Into<ClientListener>,
+    shared: Arc<RelayShared<I>>,
+    limits: HandshakeLimits,
+) {
+    let listener = listener.into();
+    let pending = Arc::new(Semaphore::new(limits.max_pending));
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
+        let accepted = match &listener {
+            ClientListener::Tcp(listener) => listener.accept().await.map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
+                (Stream::Tcp(stream), peer.to_string())
+            }),
+            ClientListener::Unix(listener) => listener
+                .accept()
+                .await
+                .map(|(stream, _)| (Stream::Unix(stream), "unix".to_owned())),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many unauthenticated proxy clients; refused one");
+                    // A fresh socket's send buffer is empty: this never blocks.
+                    let _ = match &stream {
+                        Stream::Tcp(s) => s.try_write(BUSY),
+                        Stream::Unix(s) => s.try_write(BUSY),
+                    };
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(conn, %peer, "client connecting");
-                    handle_client(conn, stream, shared).await;
+                    handle_client(conn, stream, shared, permit, limits.timeout).await;
                 });
             }
             Err(err) => {
+                // Out of descriptors, typically: wait for some to be freed.
                 tracing::warn!(%err, "accepting a proxy client failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -389,20 +470,29 @@ pub async fn serve<I: Interceptor>(listener: TcpListener, shared: Arc<RelayShare
     }
 }
 
+/// Whether a unix socket's peer runs as `uid` (its credentials as of `connect`).
+fn peer_runs_as(stream: &UnixStream, uid: u32) -> bool {
+    stream.peer_cred().is_ok_and(|cred| cred.uid() == uid)
+}
+
 async fn handle_client<I: Interceptor>(
     conn: ConnId,
-    mut stream: TcpStream,
+    mut stream: Stream,
     shared: Arc<RelayShared<I>>,
+    unauthenticated: OwnedSemaphorePermit,
+    timeout: Duration,
 ) {
-    let mut ready = shared.ready.clone();
-    if ready.wait_for(|r| *r).await.is_err() {
-        return;
-    }
-    let hello = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake::read_hello(&mut stream, &shared.client_token),
-    )
-    .await;
+    let token = match &stream {
+        Stream::Tcp(_) => Some(&shared.client_token),
+        Stream::Unix(unix) if peer_runs_as(unix, nix::unistd::geteuid().as_raw()) => None,
+        Stream::Unix(_) => {
+            tracing::warn!(conn, "refused a proxy client of another user");
+            return;
+        }
+    };
+    // The client authenticates before anything else, the wait for the session among it: one
+    // without the token never holds more than its handshake's time and slot.
+    let hello = tokio::time::timeout(timeout, handshake::read_hello(&mut stream, token)).await;
     let hello = match hello {
         Ok(Ok(hello)) => hello,
         Ok(Err(HelloError::Refused(refusal))) => {
@@ -419,6 +509,11 @@ async fn handle_client<I: Interceptor>(
             return;
         }
     };
+    drop(unauthenticated);
+    let mut ready = shared.ready.clone();
+    if ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
     // A fresh upstream per client: a reconnecting TUI starts clean. It is dialled before the
     // client's upgrade is accepted, so an unreachable app-server is an HTTP 502, not a
     // websocket that opens and dies.
@@ -445,7 +540,7 @@ async fn handle_client<I: Interceptor>(
         return;
     }
     let client = Upgraded {
-        stream: Stream::Tcp(stream),
+        stream,
         leftover: hello.leftover,
     };
     let (commands_tx, commands) = mpsc::unbounded_channel();
@@ -620,5 +715,18 @@ async fn relay<I: Interceptor>(
     tokio::select! {
         () = pumps => {}
         () = conn.dispatch(commands) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_unix_peer_is_admitted_by_its_uid_only() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        assert!(peer_runs_as(&ours, uid));
+        assert!(!peer_runs_as(&ours, uid.wrapping_add(1)));
     }
 }
