@@ -73,9 +73,14 @@ pub enum ProxyEvent {
         at: DateTime<Utc>,
     },
     /// New rate-limit numbers for an account (merged: a full picture, not the sparse update).
+    /// `snapshot` is the account's quota (the `codex` family, which switching follows; empty
+    /// when not known yet); `families` are its other limit families (model-specific limits,
+    /// by `limitId`), shown only.
     RateLimitsUpdated {
         account: AccountRef,
         snapshot: RateLimitSnapshot,
+        #[serde(default)]
+        families: Vec<RateLimitSnapshot>,
         at: DateTime<Utc>,
     },
     /// A turn failed with a usage limit on this account.

@@ -38,6 +38,7 @@ use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
 use crate::proxy::relay::{self, EventSink, RelayShared};
 use crate::proxy::rerun::{GuardShared, TurnGuard};
 use crate::proxy::upstream::{ControlConnection, ControlEvent};
+use crate::quota::AccountLimits;
 use crate::secret::Secret;
 
 /// How the session is set up.
@@ -479,6 +480,7 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
     let usage = dir.fetch_usage(&first.id).await.ok();
     let exhausted = usage
         .as_ref()
+        .and_then(AccountLimits::quota)
         .is_some_and(|s| s.is_exhausted() || policy::trigger_for_snapshot(s, config).is_some());
     if exhausted {
         let ids: Vec<String> = switchable
@@ -488,7 +490,11 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
             .collect();
         let mut candidates: Vec<Candidate> = Vec::new();
         for id in ids {
-            let snapshot = dir.fetch_usage(&id).await.ok();
+            let snapshot = dir
+                .fetch_usage(&id)
+                .await
+                .ok()
+                .and_then(|l| l.quota().cloned());
             let account = accounts.iter().find(|a| a.id == id).expect("listed");
             candidates.push(Candidate {
                 id: id.clone(),
@@ -497,6 +503,7 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
                 needs_login: false,
                 snapshot,
                 switched_away_at: None,
+                workspace: account.chatgpt_account_id.clone(),
             });
         }
         if let Choice::Switch { to } = policy::choose_best(
@@ -523,7 +530,7 @@ async fn login_first_usable<D: AccountDirectory>(
     dir: &D,
     control: &ControlConnection,
     plan: &StartPlan,
-) -> Result<(DirAccount, Option<crate::quota::RateLimitSnapshot>)> {
+) -> Result<(DirAccount, Option<AccountLimits>)> {
     let mut failures = Vec::new();
     for id in &plan.order {
         let account = plan
