@@ -991,6 +991,45 @@ fn status_table(file: &AccountsFile, outcomes: &[Outcome], now: DateTime<Utc>) -
         ],
         rows,
     );
+    // Windows the columns do not hold (a 30-day window), and the limits of particular
+    // models (other limit families): one line each under the table.
+    let mut extra = Vec::new();
+    for (account, outcome) in file.accounts.iter().zip(outcomes) {
+        let Outcome::Usage(report) = outcome else {
+            continue;
+        };
+        let describe = |s: &RateLimitSnapshot, only_other: bool| -> String {
+            s.windows()
+                .filter(|w| !only_other || matches!(w.kind(), WindowKind::Other(_)))
+                .map(|w| format!("{} {:.0}%", w.kind().label(), w.used_percent))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let other = describe(&report.snapshot, true);
+        if !other.is_empty() {
+            extra.push(format!("{}: {other}", account.name));
+        }
+        if let Some(spend) = &report.snapshot.individual_limit {
+            extra.push(format!(
+                "{}: spend {} of {}",
+                account.name, spend.used, spend.limit
+            ));
+        }
+        for (name, family) in &report.additional {
+            extra.push(format!(
+                "{} · {name}: {}",
+                account.name,
+                describe(family, false)
+            ));
+        }
+    }
+    if !extra.is_empty() {
+        text.push('\n');
+        for line in extra {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
     if !problems.is_empty() {
         text.push('\n');
         for problem in problems {
