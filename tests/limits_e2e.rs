@@ -356,3 +356,43 @@ async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why
     );
     rig.session.shutdown().await;
 }
+
+/// The active account's plan stops sending its 5-hour window: live updates are sparse and
+/// cannot say so, but the next full read of its usage drops the stale 5-hour numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_read_drops_the_active_accounts_stale_five_hour_window() {
+    let mut rig = rig(&[("alice", None), ("bob", None)]).await;
+    let mut client = tui_client(&rig).await;
+    let thread = common::start_thread(&mut client, rig.home.work_dir()).await;
+    common::run_turn(&mut client, &thread, "first prompt").await;
+    common::wait_event(&mut rig.events, "alice's 5-hour window", |e| {
+        matches!(e, ProxyEvent::RateLimitsUpdated { account, snapshot, .. }
+            if account.name == "alice" && snapshot.five_hour().is_some())
+    })
+    .await;
+
+    rig.mock.set_usage("acct-alice", Usage::weekly_only(30));
+    rig.session
+        .commands()
+        .send(ProxyCommand::RefreshUsage)
+        .await
+        .unwrap()
+        .unwrap();
+    common::wait_event(&mut rig.events, "alice without a 5-hour window", |e| {
+        matches!(e, ProxyEvent::RateLimitsUpdated { account, snapshot, .. }
+            if account.name == "alice"
+                && snapshot.five_hour().is_none()
+                && snapshot.weekly().is_some_and(|w| w.used_percent == 30.0))
+    })
+    .await;
+    // Still alice: 30 % of the week is no reason to switch.
+    common::run_turn(&mut client, &thread, "second prompt").await;
+    assert_eq!(
+        rig.mock
+            .last_user_turn_request("second prompt")
+            .account_header
+            .as_deref(),
+        Some("acct-alice")
+    );
+    rig.session.shutdown().await;
+}

@@ -204,8 +204,10 @@ struct UsageJson {
 
 #[derive(Deserialize)]
 struct SpendControlJson {
+    /// Kept raw: a spend control of a shape we do not know is left out, not an error that
+    /// would lose the account's whole usage.
     #[serde(default)]
-    individual_limit: Option<SpendLimitJson>,
+    individual_limit: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +342,7 @@ pub fn parse_usage(body: &[u8], now: DateTime<Utc>) -> std::result::Result<Usage
         individual_limit: usage
             .spend_control
             .and_then(|s| s.individual_limit)
+            .and_then(|v| serde_json::from_value::<SpendLimitJson>(v).ok())
             .map(|l| SpendLimit {
                 limit: amount(&l.limit),
                 used: amount(&l.used),
@@ -452,6 +455,17 @@ mod tests {
             limits.others().map(|s| s.family_name()).collect::<Vec<_>>(),
             ["GPT-5 Codex Spark"]
         );
+    }
+
+    #[test]
+    fn a_spend_control_of_an_unknown_shape_loses_nothing_else() {
+        let body = json!({
+            "rate_limit": {"primary_window": {"used_percent": 7, "limit_window_seconds": 604800}},
+            "spend_control": {"reached": false, "individual_limit": {"cap": "SECRET?"}},
+        });
+        let report = parse_usage(body.to_string().as_bytes(), Utc::now()).unwrap();
+        assert_eq!(report.snapshot.weekly().unwrap().used_percent, 7.0);
+        assert!(report.snapshot.individual_limit.is_none());
     }
 
     #[test]

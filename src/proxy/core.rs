@@ -951,13 +951,12 @@ impl<D: AccountDirectory> Core<D> {
         let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
         let dir = self.dir.clone();
         let inbox = self.inbox.clone();
-        let active = self.active.clone();
         let ids: Vec<String> = self
             .accounts
             .iter()
             .filter(|a| a.switchable())
-            // The active account's live stream is fresher than /wham/usage.
-            .filter(|a| Some(&a.id) != active.as_ref() || !self.snapshots.contains_key(&a.id))
+            // The active account too: its live updates are sparse, and only a full read
+            // tells that a window is gone (a plan that stopped sending its 5-hour window).
             .filter(|a| {
                 all || self
                     .usage_at
@@ -1025,9 +1024,6 @@ impl<D: AccountDirectory> Core<D> {
             match result {
                 Ok(limits) => {
                     self.usage_at.insert(id.clone(), Instant::now());
-                    if Some(&id) == self.active.as_ref() && self.snapshots.contains_key(&id) {
-                        continue;
-                    }
                     // A read sent before the session last heard of this account live (a
                     // rate-limit update, a limit hit) is older news: a slow read of an
                     // account's usage must not undo the limit it hit meanwhile.

@@ -351,15 +351,22 @@ fn parse_rate_limits_read(value: Value) -> Result<crate::quota::AccountLimits> {
     let single: RateLimitSnapshot =
         serde_json::from_value(single).wrap_err("parsing account/rateLimits/read")?;
     let by_id = match value.get("rateLimitsByLimitId") {
+        // A family we cannot read is left out (and said so), never the whole read.
         Some(Value::Object(map)) => map
             .iter()
-            .map(|(id, snapshot)| {
-                let mut snapshot: RateLimitSnapshot = serde_json::from_value(snapshot.clone())
-                    .wrap_err("parsing account/rateLimits/read")?;
-                snapshot.limit_id.get_or_insert_with(|| id.clone());
-                Ok(snapshot)
+            .filter_map(|(id, snapshot)| {
+                match serde_json::from_value::<RateLimitSnapshot>(snapshot.clone()) {
+                    Ok(mut snapshot) => {
+                        snapshot.limit_id.get_or_insert_with(|| id.clone());
+                        Some(snapshot)
+                    }
+                    Err(err) => {
+                        tracing::warn!(limit_id = %id, "an unreadable limit family: {err}");
+                        None
+                    }
+                }
             })
-            .collect::<Result<Vec<_>>>()?,
+            .collect::<Vec<_>>(),
         _ => Vec::new(),
     };
     if by_id.is_empty() {
@@ -398,6 +405,26 @@ mod rate_limits_read_tests {
         assert_eq!(others.len(), 1);
         assert_eq!(others[0].limit_id.as_deref(), Some("codex_bengalfox"));
         assert_eq!(others[0].family_name(), "GPT-5.3-Codex-Spark");
+
+        let odd = json!({
+            "rateLimits": {"limitId": "codex", "primary": {"usedPercent": 5,
+                "windowDurationMins": 300}},
+            "rateLimitsByLimitId": {
+                "codex": {"limitId": "codex", "primary": {"usedPercent": 5,
+                    "windowDurationMins": 300}},
+                "broken": {"primary": {"usedPercent": "lots"}},
+            },
+        });
+        let limits = parse_rate_limits_read(odd).unwrap();
+        assert_eq!(
+            limits.quota().unwrap().five_hour().unwrap().used_percent,
+            5.0
+        );
+        assert_eq!(
+            limits.others().count(),
+            0,
+            "the unreadable family is left out"
+        );
 
         let old_server = json!({"rateLimits": {"primary": {"usedPercent": 7,
             "windowDurationMins": 10080, "resetsAt": 9}}});
