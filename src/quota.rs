@@ -31,6 +31,14 @@ impl WindowKind {
         }
     }
 
+    /// The compact label of the account lists: `5h`, `wk`, `30d`, …
+    pub fn short_label(self) -> String {
+        match self {
+            Self::Weekly => "wk".to_owned(),
+            other => other.label(),
+        }
+    }
+
     pub fn label(self) -> String {
         match self {
             Self::FiveHour => "5h".to_owned(),
@@ -278,6 +286,13 @@ impl RateLimitSnapshot {
     /// Windows of this snapshot, whatever slot they came in.
     pub fn windows(&self) -> impl Iterator<Item = &RateLimitWindow> {
         self.primary.iter().chain(self.secondary.iter())
+    }
+
+    /// The windows this snapshot has, shortest first (unknown lengths last).
+    pub fn windows_by_length(&self) -> Vec<&RateLimitWindow> {
+        let mut windows: Vec<&RateLimitWindow> = self.windows().collect();
+        windows.sort_by_key(|w| w.window_duration_mins.unwrap_or(u32::MAX));
+        windows
     }
 
     pub fn window(&self, kind: WindowKind) -> Option<&RateLimitWindow> {

@@ -396,3 +396,39 @@ async fn a_full_read_drops_the_active_accounts_stale_five_hour_window() {
     );
     rig.session.shutdown().await;
 }
+
+/// Codex 0.169 reports only the last header family per response, so with a Spark family the
+/// turns carry Spark's numbers, never the quota's. The session then reads the quota itself:
+/// the `codex` family crossing its soft threshold still switches at the turn's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_model_family_in_every_response_the_quota_is_read_and_still_switches() {
+    let mut rig = rig(&[("alice", None), ("bob", None)]).await;
+    rig.mock
+        .set_families("acct-alice", vec![LimitFamily::spark(20)]);
+    let mut client = tui_client(&rig).await;
+    let thread = common::start_thread(&mut client, rig.home.work_dir()).await;
+    common::run_turn(&mut client, &thread, "first prompt").await;
+
+    rig.mock.set_usage(
+        "acct-alice",
+        Usage {
+            primary: Some(UsageWindow::five_hour(96)),
+            ..Default::default()
+        },
+    );
+    common::run_turn(&mut client, &thread, "second prompt").await;
+    let done = common::wait_event(&mut rig.events, "the switch to bob", |e| {
+        matches!(e, ProxyEvent::SwitchDone { .. })
+    })
+    .await;
+    let ProxyEvent::SwitchDone { to, reason, .. } = done else {
+        unreachable!()
+    };
+    assert_eq!(to.name, "bob");
+    assert!(
+        matches!(&reason, cs_tui::proxy::events::SwitchReason::SoftThreshold { window, .. }
+            if window == "5h"),
+        "{reason:?}"
+    );
+    rig.session.shutdown().await;
+}

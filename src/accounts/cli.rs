@@ -652,12 +652,14 @@ struct FamilyJson<'a> {
 
 impl<'a> From<&'a RateLimitSnapshot> for FamilyJson<'a> {
     fn from(s: &'a RateLimitSnapshot) -> Self {
-        let mut windows: Vec<&RateLimitWindow> = s.windows().collect();
-        windows.sort_by_key(|w| w.window_duration_mins.unwrap_or(u32::MAX));
         Self {
             limit_id: s.limit_id.as_deref(),
             limit_name: s.limit_name.as_deref(),
-            windows: windows.into_iter().map(WindowJson::from).collect(),
+            windows: s
+                .windows_by_length()
+                .into_iter()
+                .map(WindowJson::from)
+                .collect(),
             limit_reached_type: s.rate_limit_reached_type.as_deref(),
         }
     }

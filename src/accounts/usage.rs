@@ -195,7 +195,9 @@ struct UsageJson {
     #[serde(default)]
     credits: Option<CreditsJson>,
     #[serde(default)]
-    additional_rate_limits: Option<Vec<AdditionalJson>>,
+    /// Kept raw: one model's limit of a shape we do not know is left out, not an error that
+    /// would lose the account's quota.
+    additional_rate_limits: Option<Vec<Value>>,
     #[serde(default)]
     rate_limit_reached_type: Option<Value>,
     #[serde(default)]
@@ -357,6 +359,12 @@ pub fn parse_usage(body: &[u8], now: DateTime<Utc>) -> std::result::Result<Usage
         .additional_rate_limits
         .unwrap_or_default()
         .into_iter()
+        .filter_map(|extra| {
+            serde_json::from_value::<AdditionalJson>(extra)
+                // The error would quote the body: say only that it was left out.
+                .inspect_err(|_| tracing::warn!("an unreadable additional rate limit left out"))
+                .ok()
+        })
         .map(|extra| {
             let (primary, secondary) = snapshot(extra.rate_limit.as_ref(), now);
             let name = extra
@@ -462,10 +470,13 @@ mod tests {
         let body = json!({
             "rate_limit": {"primary_window": {"used_percent": 7, "limit_window_seconds": 604800}},
             "spend_control": {"reached": false, "individual_limit": {"cap": "SECRET?"}},
+            "additional_rate_limits": [{"limit_name": "odd", "rate_limit":
+                {"primary_window": {"used_percent": "SECRET?"}}}, 7],
         });
         let report = parse_usage(body.to_string().as_bytes(), Utc::now()).unwrap();
         assert_eq!(report.snapshot.weekly().unwrap().used_percent, 7.0);
         assert!(report.snapshot.individual_limit.is_none());
+        assert!(report.additional.is_empty());
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub struct Core<D: AccountDirectory> {
     /// Accounts whose usage-limit hit was reported (once per limit, though one limit can
     /// raise two errors and a withheld re-run).
     limit_reported: HashSet<String>,
+    /// A read of the active account's quota in flight (see [`Core::read_active_quota`]).
+    quota_read: Option<String>,
 }
 
 /// Where the app-server is in its life, as the core knows it.
@@ -230,6 +232,7 @@ impl<D: AccountDirectory> Core<D> {
             app_server: AppServerState::Up,
             heard_live: HashMap::new(),
             limit_reported: HashSet::new(),
+            quota_read: None,
         }
     }
 
@@ -402,19 +405,13 @@ impl<D: AccountDirectory> Core<D> {
                 // account's quota is the `codex` family. A turn refused on such a limit still
                 // ends in a usage-limit error, which switches.
                 if !quota {
+                    // Codex sends one update per response, of the last header family
+                    // (PROTOCOL.md §9): this turn's quota numbers did not come. Read them.
+                    self.read_active_quota(&active);
                     return;
                 }
                 self.heard_live.insert(active.clone(), Instant::now());
-                let snapshot = self.quota(&active).cloned().unwrap_or_default();
-                if let Some(reason) = policy::trigger_for_snapshot(&snapshot, &self.config.policy) {
-                    let hard = matches!(reason, SwitchReason::HardLimit { .. });
-                    let backing_off = self
-                        .none_available_until
-                        .is_some_and(|until| Instant::now() < until);
-                    if hard || !backing_off {
-                        self.arm(Target::Best, reason, Mode::Automatic);
-                    }
-                }
+                self.check_active_quota();
             }
             Observation::UsageLimitError { turn_id, .. } => {
                 // Attribute the error to the account its turn started on: the title thread's
@@ -442,6 +439,41 @@ impl<D: AccountDirectory> Core<D> {
                 }
             }
         }
+    }
+
+    /// Arms a switch when the active account's quota asks for one (a hard limit, or a soft
+    /// threshold unless "no account available" was said a moment ago).
+    fn check_active_quota(&mut self) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let snapshot = self.quota(&active).cloned().unwrap_or_default();
+        if let Some(reason) = policy::trigger_for_snapshot(&snapshot, &self.config.policy) {
+            let hard = matches!(reason, SwitchReason::HardLimit { .. });
+            let backing_off = self
+                .none_available_until
+                .is_some_and(|until| Instant::now() < until);
+            if hard || !backing_off {
+                self.arm(Target::Best, reason, Mode::Automatic);
+            }
+        }
+    }
+
+    /// Reads the active account's usage (one read at a time), when a turn reported the
+    /// numbers of another limit family instead of the quota's.
+    fn read_active_quota(&mut self, active: &str) {
+        if self.quota_read.is_some() {
+            return;
+        }
+        self.quota_read = Some(active.to_owned());
+        let dir = self.dir.clone();
+        let inbox = self.inbox.clone();
+        let ids = vec![active.to_owned()];
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let results = fetch_usages(&dir, &ids).await;
+            let _ = inbox.send(CoreMsg::UsageFetched { started, results });
+        });
     }
 
     /// Records that a switch is wanted; it runs at the next turn boundary.
@@ -1020,7 +1052,11 @@ impl<D: AccountDirectory> Core<D> {
         started: Instant,
         results: Vec<(String, Result<AccountLimits, String>)>,
     ) {
+        let mut active_read = false;
         for (id, result) in results {
+            if self.quota_read.as_ref() == Some(&id) {
+                self.quota_read = None;
+            }
             match result {
                 Ok(limits) => {
                     self.usage_at.insert(id.clone(), Instant::now());
@@ -1040,11 +1076,16 @@ impl<D: AccountDirectory> Core<D> {
                     // A full read: windows and families it lacks are gone.
                     self.snapshots.insert(id.clone(), limits);
                     self.emit_limits(&id);
+                    active_read |= Some(&id) == self.active.as_ref();
                 }
                 Err(err) => tracing::warn!(account = %id, "usage fetch failed: {err}"),
             }
         }
         self.update_alternative();
+        // The active account's quota as the backend has it now may ask for a switch.
+        if active_read {
+            self.check_active_quota();
+        }
     }
 }
 

@@ -141,17 +141,9 @@ pub fn render_picker(
             .as_ref()
             .map(|s| {
                 // The windows it has, shortest first.
-                let mut windows: Vec<_> = s.windows().collect();
-                windows.sort_by_key(|w| w.window_duration_mins.unwrap_or(u32::MAX));
-                windows
+                s.windows_by_length()
                     .iter()
-                    .map(|w| {
-                        let label = match w.kind() {
-                            crate::quota::WindowKind::Weekly => "wk".to_owned(),
-                            other => other.label(),
-                        };
-                        format!("{label} {:>3.0}%", w.used_percent)
-                    })
+                    .map(|w| format!("{} {:>3.0}%", w.kind().short_label(), w.used_percent))
                     .collect::<Vec<_>>()
                     .join("  ")
             })

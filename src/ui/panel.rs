@@ -216,8 +216,7 @@ fn quota_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, width: usize) -> 
     };
     // The windows the account has, shortest first, named by their length: a plan with only
     // a weekly window shows no 5-hour row.
-    let mut windows: Vec<&RateLimitWindow> = snapshot.windows().collect();
-    windows.sort_by_key(|w| w.window_duration_mins.unwrap_or(u32::MAX));
+    let windows = snapshot.windows_by_length();
     if windows.is_empty() {
         lines.push(Line::styled("  no window data", DIM));
     }
@@ -344,12 +343,8 @@ fn state_span(state: AccountState, ctx: &RenderContext<'_>) -> Span<'static> {
 }
 
 fn mini_window(window: &RateLimitWindow, gauge: usize) -> Vec<Span<'static>> {
-    let label = match window.kind() {
-        WindowKind::Weekly => "wk".to_owned(),
-        other => other.label(),
-    };
     vec![
-        Span::styled(format!("{label} "), DIM),
+        Span::styled(format!("{} ", window.kind().short_label()), DIM),
         bar(window.used_percent, gauge),
         Span::raw(format!(" {:>3.0}%", window.used_percent)),
     ]
@@ -357,10 +352,8 @@ fn mini_window(window: &RateLimitWindow, gauge: usize) -> Vec<Span<'static>> {
 
 /// The mini gauges of a snapshot's windows, shortest first ("5h ████ 42%  wk ██ 18%").
 fn mini_windows(snapshot: &RateLimitSnapshot, gauge: usize) -> Vec<Span<'static>> {
-    let mut windows: Vec<&RateLimitWindow> = snapshot.windows().collect();
-    windows.sort_by_key(|w| w.window_duration_mins.unwrap_or(u32::MAX));
     let mut spans = Vec::new();
-    for (i, window) in windows.into_iter().enumerate() {
+    for (i, window) in snapshot.windows_by_length().into_iter().enumerate() {
         if i > 0 {
             spans.push(Span::raw("  "));
         }
@@ -412,17 +405,10 @@ fn account_lines(
         // Its other limit families (model-specific limits), one compact row each:
         // "  GPT-5.3-Codex-Spark  5h 100%".
         for family in &account.families {
-            let mut windows: Vec<&RateLimitWindow> = family.windows().collect();
-            windows.sort_by_key(|w| w.window_duration_mins.unwrap_or(u32::MAX));
+            let windows = family.windows_by_length();
             let numbers: Vec<String> = windows
                 .iter()
-                .map(|w| {
-                    let label = match w.kind() {
-                        WindowKind::Weekly => "wk".to_owned(),
-                        other => other.label(),
-                    };
-                    format!("{label} {:.0}%", w.used_percent)
-                })
+                .map(|w| format!("{} {:.0}%", w.kind().short_label(), w.used_percent))
                 .collect();
             let numbers = if numbers.is_empty() {
                 "–".to_owned()
@@ -607,20 +593,19 @@ pub fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Line<'stat
         None => spans.push(Span::styled("no account", DIM)),
     }
     if let Some(snapshot) = dashboard.active_account().and_then(|a| a.snapshot.as_ref()) {
-        for (label, window) in [("5h", snapshot.five_hour()), ("wk", snapshot.weekly())] {
-            if let Some(w) = window {
-                spans.push(sep());
-                spans.push(Span::styled(format!("{label} "), DIM));
+        // The windows the account has, shortest first.
+        for w in snapshot.windows_by_length() {
+            spans.push(sep());
+            spans.push(Span::styled(format!("{} ", w.kind().short_label()), DIM));
+            spans.push(Span::styled(
+                format!("{:.0}%", w.used_percent),
+                Style::new().fg(usage_color(w.used_percent)).bold(),
+            ));
+            if let Some(reset) = w.resets_at {
                 spans.push(Span::styled(
-                    format!("{:.0}%", w.used_percent),
-                    Style::new().fg(usage_color(w.used_percent)).bold(),
+                    format!(" ↻{}", format_duration(reset - ctx.unix())),
+                    DIM,
                 ));
-                if let Some(reset) = w.resets_at {
-                    spans.push(Span::styled(
-                        format!(" ↻{}", format_duration(reset - ctx.unix())),
-                        DIM,
-                    ));
-                }
             }
         }
     }
