@@ -187,14 +187,6 @@ impl AccountLimits {
         limits
     }
 
-    /// Only the account's quota.
-    pub fn from_quota(quota: RateLimitSnapshot) -> Self {
-        Self {
-            main: Some(Box::new(quota)),
-            others: Default::default(),
-        }
-    }
-
     /// Merges a sparse `account/rateLimits/updated` into its family. Returns whether the
     /// update was of the account's quota (only those may trigger a switch).
     pub fn apply_update(&mut self, update: &RateLimitSnapshot) -> bool {
