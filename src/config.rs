@@ -88,7 +88,8 @@ impl Default for SwitchConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PollingConfig {
-    /// Seconds between `/wham/usage` reads of the accounts not in use.
+    /// Seconds between `/wham/usage` reads of every account (the active one too: a full read
+    /// tells which windows it still has).
     pub usage_interval_secs: u64,
     /// Seconds between reads of the active account when no turn reported numbers.
     pub active_interval_secs: u64,

@@ -31,6 +31,14 @@ impl WindowKind {
         }
     }
 
+    /// The compact label of the account lists: `5h`, `wk`, `30d`, …
+    pub fn short_label(self) -> String {
+        match self {
+            Self::Weekly => "wk".to_owned(),
+            other => other.label(),
+        }
+    }
+
     pub fn label(self) -> String {
         match self {
             Self::FiveHour => "5h".to_owned(),
@@ -112,6 +120,102 @@ pub struct RateLimitSnapshot {
     pub plan_type: Option<String>,
     #[serde(default)]
     pub rate_limit_reached_type: Option<String>,
+    /// The seat's own spend control inside a workspace (`individualLimit`), when the backend
+    /// sends one.
+    #[serde(default)]
+    pub individual_limit: Option<SpendLimit>,
+}
+
+/// A spend-control limit (`individualLimit`, from `spend_control.individual_limit` of
+/// `/wham/usage`): amounts as the backend formats them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpendLimit {
+    pub limit: String,
+    pub used: String,
+    pub remaining_percent: f64,
+    /// Unix seconds.
+    #[serde(default)]
+    pub resets_at: Option<i64>,
+}
+
+impl SpendLimit {
+    pub fn used_percent(&self) -> f64 {
+        (100.0 - self.remaining_percent).clamp(0.0, 100.0)
+    }
+}
+
+/// The limit family that is the account's general quota (PROTOCOL.md §9).
+pub const MAIN_LIMIT_ID: &str = "codex";
+
+/// Whether a snapshot with this `limitId` is the account's general quota: the `codex` family,
+/// or a snapshot that names no family.
+pub fn is_main_family(limit_id: Option<&str>) -> bool {
+    limit_id.is_none_or(|id| id == MAIN_LIMIT_ID)
+}
+
+/// Whether a `rateLimitReachedType` is a workspace's limit, shared by all of its seats.
+pub fn is_workspace_limit(reached_type: &str) -> bool {
+    reached_type.starts_with("workspace_")
+}
+
+/// Every limit family of one account (`limitId` → snapshot). The `codex` family is the
+/// account's quota: gauges, pace and every switch decision come from it; the others belong
+/// to particular models and are shown only.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AccountLimits {
+    main: Option<Box<RateLimitSnapshot>>,
+    others: std::collections::BTreeMap<String, RateLimitSnapshot>,
+}
+
+impl AccountLimits {
+    /// A full picture: what a read (`account/rateLimits/read`, `/wham/usage`) returned. Any
+    /// window or family it does not hold is not there any more.
+    pub fn full(snapshots: impl IntoIterator<Item = RateLimitSnapshot>) -> Self {
+        let mut limits = Self::default();
+        for snapshot in snapshots {
+            match snapshot.limit_id.clone() {
+                Some(id) if !is_main_family(Some(&id)) => {
+                    limits.others.insert(id, snapshot);
+                }
+                _ if limits.main.is_none() => limits.main = Some(Box::new(snapshot)),
+                // A second snapshot without a family: keep the `codex` one.
+                _ if snapshot.limit_id.is_some() => limits.main = Some(Box::new(snapshot)),
+                _ => {}
+            }
+        }
+        limits
+    }
+
+    /// Merges a sparse `account/rateLimits/updated` into its family. Returns whether the
+    /// update was of the account's quota (only those may trigger a switch).
+    pub fn apply_update(&mut self, update: &RateLimitSnapshot) -> bool {
+        match update.limit_id.as_deref() {
+            Some(id) if !is_main_family(Some(id)) => {
+                self.others.entry(id.to_owned()).or_default().merge(update);
+                false
+            }
+            _ => {
+                self.main.get_or_insert_with(Default::default).merge(update);
+                true
+            }
+        }
+    }
+
+    /// The account's quota (the `codex` family), if known.
+    pub fn quota(&self) -> Option<&RateLimitSnapshot> {
+        self.main.as_deref()
+    }
+
+    /// The account's quota, created empty when unknown.
+    pub fn quota_mut(&mut self) -> &mut RateLimitSnapshot {
+        self.main.get_or_insert_with(Default::default)
+    }
+
+    /// The other families (model-specific limits), ordered by `limitId`.
+    pub fn others(&self) -> impl Iterator<Item = &RateLimitSnapshot> {
+        self.others.values()
+    }
 }
 
 impl RateLimitSnapshot {
@@ -139,6 +243,9 @@ impl RateLimitSnapshot {
         if update.rate_limit_reached_type.is_some() {
             self.rate_limit_reached_type
                 .clone_from(&update.rate_limit_reached_type);
+        }
+        if update.individual_limit.is_some() {
+            self.individual_limit.clone_from(&update.individual_limit);
         }
     }
 
@@ -173,6 +280,13 @@ impl RateLimitSnapshot {
         self.primary.iter().chain(self.secondary.iter())
     }
 
+    /// The windows this snapshot has, shortest first (unknown lengths last).
+    pub fn windows_by_length(&self) -> Vec<&RateLimitWindow> {
+        let mut windows: Vec<&RateLimitWindow> = self.windows().collect();
+        windows.sort_by_key(|w| w.window_duration_mins.unwrap_or(u32::MAX));
+        windows
+    }
+
     pub fn window(&self, kind: WindowKind) -> Option<&RateLimitWindow> {
         self.windows().find(|w| w.kind() == kind)
     }
@@ -183,6 +297,21 @@ impl RateLimitSnapshot {
 
     pub fn weekly(&self) -> Option<&RateLimitWindow> {
         self.window(WindowKind::Weekly)
+    }
+
+    /// A workspace's limit (`workspace_*`): every seat of that workspace has hit it.
+    pub fn workspace_limit(&self) -> Option<&str> {
+        self.rate_limit_reached_type
+            .as_deref()
+            .filter(|t| is_workspace_limit(t))
+    }
+
+    /// A short name for the family: its `limitName`, else its `limitId`.
+    pub fn family_name(&self) -> &str {
+        self.limit_name
+            .as_deref()
+            .or(self.limit_id.as_deref())
+            .unwrap_or(MAIN_LIMIT_ID)
     }
 
     /// A hard limit: a window at 100 %, a limit-reached type, or credits exhausted.
@@ -316,6 +445,52 @@ mod tests {
             ..Default::default()
         };
         assert!(!fine.is_exhausted());
+    }
+
+    #[test]
+    fn families_are_kept_apart_and_only_codex_is_the_quota() {
+        let mut limits = AccountLimits::default();
+        let codex = RateLimitSnapshot {
+            limit_id: Some("codex".into()),
+            primary: Some(window(42.0, Some(300), Some(100))),
+            ..Default::default()
+        };
+        let spark = RateLimitSnapshot {
+            limit_id: Some("codex_bengalfox".into()),
+            limit_name: Some("GPT-5.3-Codex-Spark".into()),
+            primary: Some(window(100.0, Some(300), Some(50))),
+            ..Default::default()
+        };
+        assert!(limits.apply_update(&codex));
+        assert!(!limits.apply_update(&spark), "Spark is not the quota");
+        let quota = limits.quota().unwrap();
+        assert_eq!(quota.five_hour().unwrap().used_percent, 42.0);
+        assert!(!quota.is_exhausted());
+        assert_eq!(limits.others().count(), 1);
+        // A sparse update of the quota with no limitId still lands on the quota.
+        assert!(limits.apply_update(&RateLimitSnapshot {
+            primary: Some(window(43.0, Some(300), None)),
+            ..Default::default()
+        }));
+        assert_eq!(
+            limits.quota().unwrap().five_hour().unwrap().resets_at,
+            Some(100)
+        );
+        // A full read replaces: the 5-hour window it lacks is gone, and so is Spark.
+        let weekly_only = RateLimitSnapshot {
+            limit_id: Some("codex".into()),
+            primary: Some(window(30.0, Some(10080), Some(900))),
+            ..Default::default()
+        };
+        let limits = AccountLimits::full([weekly_only]);
+        assert!(limits.quota().unwrap().five_hour().is_none());
+        assert_eq!(limits.others().count(), 0);
+        // A backend that names no family: the snapshot without a limitId is the quota.
+        let limits = AccountLimits::full([spark.clone(), RateLimitSnapshot::default()]);
+        assert!(limits.quota().is_some());
+        assert!(!limits.quota().unwrap().is_exhausted());
+        assert!(is_workspace_limit("workspace_owner_credits_depleted"));
+        assert!(!is_workspace_limit("rate_limit_reached"));
     }
 
     #[test]

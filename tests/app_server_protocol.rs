@@ -342,3 +342,91 @@ async fn the_model_catalog_is_accepted_and_not_refetched_per_turn() {
         "the configured model has metadata: {warnings:?}"
     );
 }
+
+/// PROTOCOL.md §9: every header family becomes its own snapshot, keyed by `limitId`; a read
+/// returns them all under `rateLimitsByLimitId` (from `/wham/usage`'s
+/// `additional_rate_limits`), with the seat's spend control as `individualLimit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limit_family_reaches_the_client_under_its_own_limit_id() {
+    let rig = rig().await;
+    let (alice, _) = rig.mock.add_account("alice");
+    let id = &alice.chatgpt_account_id;
+    rig.mock.set_usage(
+        id,
+        cs_tui_testkit::Usage {
+            primary: Some(cs_tui_testkit::UsageWindow::five_hour(42)),
+            ..Default::default()
+        },
+    );
+    rig.mock
+        .set_families(id, vec![cs_tui_testkit::LimitFamily::spark(100)]);
+    rig.mock.set_individual_limit(
+        id,
+        Some(cs_tui_testkit::SpendControl {
+            limit: "50.00".into(),
+            used: "12.50".into(),
+            used_percent: 25,
+            resets_at: 1_900_000_000,
+        }),
+    );
+    let mut client = client(&rig).await;
+    login(&mut client, &alice).await;
+
+    let read = client
+        .request("account/rateLimits/read", json!(null))
+        .await
+        .unwrap();
+    let by_id = &read["rateLimitsByLimitId"];
+    assert_eq!(by_id["codex"]["primary"]["usedPercent"], 42, "{read}");
+    let spark = &by_id["codex_bengalfox"];
+    assert_eq!(spark["primary"]["usedPercent"], 100, "{read}");
+    assert_eq!(spark["limitName"], "GPT-5.3-Codex-Spark", "{read}");
+    let spend = &read["rateLimits"]["individualLimit"];
+    assert_eq!(spend["limit"], "50.00", "{read}");
+    assert_eq!(spend["remainingPercent"], 75, "{read}");
+
+    // Measured on 0.169.0: with both header families on one response, the turn's update
+    // carries the Spark family (under its own limitId), not the `codex` one: a client that
+    // takes every update for the account's quota sees "100 %".
+    let thread = start_thread(&mut client, &rig).await;
+    run_turn(&mut client, &thread, "ping").await;
+    let update = client
+        .wait_for(WAIT, "the Spark family's update", |m| {
+            m["method"] == "account/rateLimits/updated"
+                && m["params"]["rateLimits"]["limitId"] == "codex_bengalfox"
+        })
+        .await;
+    let spark = &update["params"]["rateLimits"];
+    assert_eq!(spark["primary"]["usedPercent"], 100, "{update}");
+    assert_eq!(spark["limitName"], "GPT-5.3-Codex-Spark", "{update}");
+    for update in client.received_with_method("account/rateLimits/updated") {
+        assert!(
+            update["params"]["rateLimits"]["limitId"].is_string(),
+            "every update names its family: {update}"
+        );
+    }
+}
+
+/// A weekly-only plan (PROTOCOL.md §9) and a workspace limit type reach the client as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weekly_only_plan_and_a_workspace_limit_arrive_as_sent() {
+    let rig = rig().await;
+    let (alice, _) = rig.mock.add_seat("alice", "team");
+    let key = cs_tui_testkit::seat_key(&alice.chatgpt_account_id, &alice.user_id);
+    let mut usage = cs_tui_testkit::Usage::weekly_only(30);
+    usage.limit_reached_type = Some("workspace_member_usage_limit_reached".into());
+    rig.mock.set_usage(&key, usage);
+    let mut client = client(&rig).await;
+    login(&mut client, &alice).await;
+    let read = client
+        .request("account/rateLimits/read", json!(null))
+        .await
+        .unwrap();
+    let snapshot = &read["rateLimits"];
+    assert_eq!(snapshot["primary"]["windowDurationMins"], 10080, "{read}");
+    assert!(snapshot["secondary"].is_null(), "{read}");
+    assert_eq!(
+        snapshot["rateLimitReachedType"], "workspace_member_usage_limit_reached",
+        "{read}"
+    );
+}

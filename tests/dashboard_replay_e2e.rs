@@ -92,16 +92,19 @@ async fn panel_follows_proxy_events_and_hotkeys_send_commands() {
             ProxyEvent::RateLimitsUpdated {
                 account: account("alice"),
                 snapshot: snapshot(42.0, 18.0),
+                families: Vec::new(),
                 at: now,
             },
             ProxyEvent::RateLimitsUpdated {
                 account: account("bob"),
                 snapshot: snapshot(3.0, 9.0),
+                families: Vec::new(),
                 at: now,
             },
             ProxyEvent::RateLimitsUpdated {
                 account: account("carol"),
                 snapshot: snapshot(12.0, 50.0),
+                families: Vec::new(),
                 at: now,
             },
         ],
@@ -150,6 +153,7 @@ async fn panel_follows_proxy_events_and_hotkeys_send_commands() {
             ProxyEvent::RateLimitsUpdated {
                 account: account("alice"),
                 snapshot: snapshot(100.0, 61.0),
+                families: Vec::new(),
                 at: now,
             },
             ProxyEvent::UsageLimitHit {

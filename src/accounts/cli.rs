@@ -671,6 +671,8 @@ struct WindowJson {
     used_percent: f64,
     window_minutes: Option<u32>,
     resets_at: Option<DateTime<Utc>>,
+    /// The window named by its length: `5h`, `weekly`, `30d`, …
+    label: String,
 }
 
 impl From<&RateLimitWindow> for WindowJson {
@@ -679,8 +681,43 @@ impl From<&RateLimitWindow> for WindowJson {
             used_percent: w.used_percent,
             window_minutes: w.window_duration_mins,
             resets_at: w.resets_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+            label: w.kind().label(),
         }
     }
+}
+
+/// One limit family in `status --json` (`codex` first: the account's quota).
+#[derive(Serialize)]
+struct FamilyJson<'a> {
+    limit_id: Option<&'a str>,
+    limit_name: Option<&'a str>,
+    /// The windows the family has, shortest first.
+    windows: Vec<WindowJson>,
+    limit_reached_type: Option<&'a str>,
+}
+
+impl<'a> From<&'a RateLimitSnapshot> for FamilyJson<'a> {
+    fn from(s: &'a RateLimitSnapshot) -> Self {
+        Self {
+            limit_id: s.limit_id.as_deref(),
+            limit_name: s.limit_name.as_deref(),
+            windows: s
+                .windows_by_length()
+                .into_iter()
+                .map(WindowJson::from)
+                .collect(),
+            limit_reached_type: s.rate_limit_reached_type.as_deref(),
+        }
+    }
+}
+
+/// A seat's own spend control (`individual_limit`) in `status --json`.
+#[derive(Serialize)]
+struct SpendLimitJson<'a> {
+    limit: &'a str,
+    used: &'a str,
+    remaining_percent: f64,
+    resets_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize)]
@@ -717,6 +754,9 @@ struct StatusJson<'a> {
     credits: Option<CreditsJson<'a>>,
     limit_reached_type: Option<&'a str>,
     additional: Vec<LimitJson<'a>>,
+    /// Every limit family by `limit_id`, the account's quota (`codex`) first.
+    families: Vec<FamilyJson<'a>>,
+    individual_limit: Option<SpendLimitJson<'a>>,
 }
 
 #[derive(Serialize)]
@@ -876,6 +916,8 @@ fn status_json<'a>(file: &'a AccountsFile, outcomes: &'a [Outcome]) -> StatusLis
                 credits: None,
                 limit_reached_type: None,
                 additional: Vec::new(),
+                families: Vec::new(),
+                individual_limit: None,
             };
             match outcome {
                 Outcome::Usage(report) => {
@@ -888,6 +930,17 @@ fn status_json<'a>(file: &'a AccountsFile, outcomes: &'a [Outcome]) -> StatusLis
                         balance: c.balance.as_deref(),
                     });
                     entry.limit_reached_type = snapshot.rate_limit_reached_type.as_deref();
+                    entry.families = std::iter::once(snapshot)
+                        .chain(report.additional.iter().map(|(_, s)| s))
+                        .map(FamilyJson::from)
+                        .collect();
+                    entry.individual_limit =
+                        snapshot.individual_limit.as_ref().map(|l| SpendLimitJson {
+                            limit: &l.limit,
+                            used: &l.used,
+                            remaining_percent: l.remaining_percent,
+                            resets_at: l.resets_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+                        });
                     entry.additional = report
                         .additional
                         .iter()
@@ -993,6 +1046,45 @@ fn status_table(file: &AccountsFile, outcomes: &[Outcome], now: DateTime<Utc>) -
         ],
         rows,
     );
+    // Windows the columns do not hold (a 30-day window), and the limits of particular
+    // models (other limit families): one line each under the table.
+    let mut extra = Vec::new();
+    for (account, outcome) in file.accounts.iter().zip(outcomes) {
+        let Outcome::Usage(report) = outcome else {
+            continue;
+        };
+        let describe = |s: &RateLimitSnapshot, only_other: bool| -> String {
+            s.windows()
+                .filter(|w| !only_other || matches!(w.kind(), WindowKind::Other(_)))
+                .map(|w| format!("{} {:.0}%", w.kind().label(), w.used_percent))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let other = describe(&report.snapshot, true);
+        if !other.is_empty() {
+            extra.push(format!("{}: {other}", account.name));
+        }
+        if let Some(spend) = &report.snapshot.individual_limit {
+            extra.push(format!(
+                "{}: spend {} of {}",
+                account.name, spend.used, spend.limit
+            ));
+        }
+        for (name, family) in &report.additional {
+            extra.push(format!(
+                "{} · {name}: {}",
+                account.name,
+                describe(family, false)
+            ));
+        }
+    }
+    if !extra.is_empty() {
+        text.push('\n');
+        for line in extra {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
     if !problems.is_empty() {
         text.push('\n');
         for problem in problems {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::store::{Account, AccountAuth, Store};
 use super::tokens::{Backend, RefreshPolicy, ensure_fresh_with};
 use crate::errors::with_hint;
-use crate::quota::{Credits, RateLimitSnapshot, RateLimitWindow};
+use crate::quota::{AccountLimits, Credits, RateLimitSnapshot, RateLimitWindow, SpendLimit};
 
 /// Codex's default `chatgpt_base_url`.
 pub const DEFAULT_CHATGPT_BASE_URL: &str = "https://chatgpt.com/backend-api/";
@@ -33,6 +33,14 @@ impl UsageReport {
     /// Whether the account cannot be used now, by the backend's word or by its numbers.
     pub fn is_exhausted(&self) -> bool {
         self.limit_reached || self.snapshot.is_exhausted()
+    }
+
+    /// Every limit family: the main quota (`codex`) and the additional ones by `limitId`.
+    pub fn limits(&self) -> AccountLimits {
+        AccountLimits::full(
+            std::iter::once(self.snapshot.clone())
+                .chain(self.additional.iter().map(|(_, s)| s.clone())),
+        )
     }
 }
 
@@ -187,9 +195,41 @@ struct UsageJson {
     #[serde(default)]
     credits: Option<CreditsJson>,
     #[serde(default)]
-    additional_rate_limits: Option<Vec<AdditionalJson>>,
+    /// Kept raw: one model's limit of a shape we do not know is left out, not an error that
+    /// would lose the account's quota.
+    additional_rate_limits: Option<Vec<Value>>,
     #[serde(default)]
     rate_limit_reached_type: Option<Value>,
+    #[serde(default)]
+    spend_control: Option<SpendControlJson>,
+}
+
+#[derive(Deserialize)]
+struct SpendControlJson {
+    /// Kept raw: a spend control of a shape we do not know is left out, not an error that
+    /// would lose the account's whole usage.
+    #[serde(default)]
+    individual_limit: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct SpendLimitJson {
+    limit: Value,
+    used: Value,
+    remaining_percent: f64,
+    #[serde(default)]
+    reset_after_seconds: Option<i64>,
+    #[serde(default)]
+    reset_at: Option<i64>,
+}
+
+/// An amount the backend sends as a string (or, leniently, a number).
+fn amount(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => "?".to_owned(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -301,11 +341,30 @@ pub fn parse_usage(body: &[u8], now: DateTime<Utc>) -> std::result::Result<Usage
         }),
         plan_type: usage.plan_type.clone(),
         rate_limit_reached_type: reached_type,
+        individual_limit: usage
+            .spend_control
+            .and_then(|s| s.individual_limit)
+            .and_then(|v| serde_json::from_value::<SpendLimitJson>(v).ok())
+            .map(|l| SpendLimit {
+                limit: amount(&l.limit),
+                used: amount(&l.used),
+                remaining_percent: l.remaining_percent,
+                resets_at: l.reset_at.or_else(|| {
+                    l.reset_after_seconds
+                        .map(|after| now.timestamp() + after.max(0))
+                }),
+            }),
     };
     let additional = usage
         .additional_rate_limits
         .unwrap_or_default()
         .into_iter()
+        .filter_map(|extra| {
+            serde_json::from_value::<AdditionalJson>(extra)
+                // The error would quote the body: say only that it was left out.
+                .inspect_err(|_| tracing::warn!("an unreadable additional rate limit left out"))
+                .ok()
+        })
         .map(|extra| {
             let (primary, secondary) = snapshot(extra.rate_limit.as_ref(), now);
             let name = extra
@@ -360,6 +419,9 @@ mod tests {
                 "rate_limit": {"primary_window": {"used_percent": 7, "limit_window_seconds": 18000,
                     "reset_at": 1_900_000_000}, "secondary_window": null}}],
             "rate_limit_reached_type": {"type": "workspace_member_usage_limit_reached"},
+            "spend_control": {"reached": false, "individual_limit": {"limit": "50.00",
+                "used": "12.50", "remaining": "37.50", "used_percent": 25,
+                "remaining_percent": 75, "reset_after_seconds": 100}},
             "something_new": true,
         });
         let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
@@ -388,6 +450,33 @@ mod tests {
         assert_eq!(name, "GPT-5 Codex Spark");
         assert_eq!(spark.limit_id.as_deref(), Some("codex_spark"));
         assert_eq!(spark.primary.unwrap().kind(), WindowKind::FiveHour);
+        let spend = report.snapshot.individual_limit.as_ref().unwrap();
+        assert_eq!(
+            (spend.limit.as_str(), spend.used.as_str()),
+            ("50.00", "12.50")
+        );
+        assert_eq!(spend.used_percent(), 25.0);
+        assert_eq!(spend.resets_at, Some(1_000_100));
+        let limits = report.limits();
+        assert_eq!(limits.quota(), Some(&report.snapshot));
+        assert_eq!(
+            limits.others().map(|s| s.family_name()).collect::<Vec<_>>(),
+            ["GPT-5 Codex Spark"]
+        );
+    }
+
+    #[test]
+    fn a_spend_control_of_an_unknown_shape_loses_nothing_else() {
+        let body = json!({
+            "rate_limit": {"primary_window": {"used_percent": 7, "limit_window_seconds": 604800}},
+            "spend_control": {"reached": false, "individual_limit": {"cap": "SECRET?"}},
+            "additional_rate_limits": [{"limit_name": "odd", "rate_limit":
+                {"primary_window": {"used_percent": "SECRET?"}}}, 7],
+        });
+        let report = parse_usage(body.to_string().as_bytes(), Utc::now()).unwrap();
+        assert_eq!(report.snapshot.weekly().unwrap().used_percent, 7.0);
+        assert!(report.snapshot.individual_limit.is_none());
+        assert!(report.additional.is_empty());
     }
 
     #[test]

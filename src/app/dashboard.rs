@@ -21,8 +21,11 @@ pub struct AccountView {
     pub email: Option<String>,
     pub plan: Option<String>,
     pub stored: StoredState,
-    /// The last numbers known for it (the proxy's snapshot, or `/wham/usage`).
+    /// The last numbers known of its quota (the `codex` family: the proxy's snapshot, or
+    /// `/wham/usage`).
     pub snapshot: Option<RateLimitSnapshot>,
+    /// Its other limit families (model-specific limits), shown under it.
+    pub families: Vec<RateLimitSnapshot>,
 }
 
 impl AccountView {
@@ -34,6 +37,7 @@ impl AccountView {
             plan: None,
             stored: StoredState::Ready,
             snapshot: None,
+            families: Vec::new(),
         }
     }
 }
@@ -55,6 +59,8 @@ pub enum AccountState {
     Ready,
     /// Exhausted; usable again at this unix time, if known.
     ExhaustedUntil(Option<i64>),
+    /// Its workspace's limit (shared by every seat of it); usable again at this time.
+    WorkspaceLimit(Option<i64>),
     NeedsLogin,
     Disabled,
 }
@@ -190,6 +196,9 @@ impl Dashboard {
             return AccountState::Active;
         }
         match &account.snapshot {
+            Some(s) if s.workspace_limit().is_some() => {
+                AccountState::WorkspaceLimit(s.available_again_at())
+            }
             Some(s) if s.is_exhausted() => AccountState::ExhaustedUntil(s.available_again_at()),
             _ => AccountState::Ready,
         }
@@ -205,13 +214,15 @@ impl Dashboard {
             ProxyEvent::RateLimitsUpdated {
                 account,
                 snapshot,
+                families,
                 at,
             } => {
+                // The proxy sends the whole picture: a window it no longer has is gone (a
+                // plan that stopped sending its 5-hour window shows no 5-hour row).
                 let view = self.account_mut(account);
-                match &mut view.snapshot {
-                    Some(known) => known.merge(snapshot),
-                    None => view.snapshot = Some(snapshot.clone()),
-                }
+                view.snapshot =
+                    (*snapshot != RateLimitSnapshot::default()).then(|| snapshot.clone());
+                view.families.clone_from(families);
                 if view.plan.is_none() {
                     view.plan.clone_from(&snapshot.plan_type);
                 }
@@ -439,6 +450,7 @@ mod tests {
             d.apply(&ProxyEvent::RateLimitsUpdated {
                 account: account("a"),
                 snapshot: five_hour(used),
+                families: Vec::new(),
                 at: at(i as i64 * 60),
             });
         }
@@ -446,6 +458,7 @@ mod tests {
         d.apply(&ProxyEvent::RateLimitsUpdated {
             account: account("b"),
             snapshot: five_hour(5.0),
+            families: Vec::new(),
             at: at(200),
         });
         assert_eq!(d.samples(WindowKind::FiveHour).len(), 3);
@@ -494,24 +507,39 @@ mod tests {
     }
 
     #[test]
-    fn sparse_updates_merge_into_what_is_known() {
+    fn an_update_is_the_whole_picture_and_families_stay_apart() {
         let mut d = Dashboard::new(SessionMode::Proxy, vec![AccountView::new("a", "alice")]);
-        let mut both = five_hour(10.0);
-        both.secondary = Some(RateLimitWindow {
+        let weekly = RateLimitWindow {
             used_percent: 40.0,
             window_duration_mins: Some(10_080),
             resets_at: Some(1_800_500_000),
-        });
-        for snapshot in [both, five_hour(12.0)] {
+        };
+        let mut both = five_hour(10.0);
+        both.secondary = Some(weekly);
+        let weekly_only = RateLimitSnapshot {
+            primary: Some(weekly),
+            ..Default::default()
+        };
+        let mut spark = five_hour(100.0);
+        spark.limit_id = Some("codex_bengalfox".into());
+        for (snapshot, families) in [(both, vec![]), (weekly_only, vec![spark])] {
             d.apply(&ProxyEvent::RateLimitsUpdated {
                 account: account("a"),
                 snapshot,
+                families,
                 at: at(0),
             });
         }
-        let snapshot = d.accounts[0].snapshot.as_ref().unwrap();
-        assert_eq!(snapshot.five_hour().unwrap().used_percent, 12.0);
+        let view = &d.accounts[0];
+        let snapshot = view.snapshot.as_ref().unwrap();
+        assert!(snapshot.five_hour().is_none(), "the 5-hour window is gone");
         assert_eq!(snapshot.weekly().unwrap().used_percent, 40.0);
+        assert_eq!(view.families.len(), 1);
+        assert_eq!(
+            d.state_of(view),
+            AccountState::Ready,
+            "Spark at 100 % is not the quota"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::proxy::relay::{ConnId, ConnectionHandle, Observation, RelayEvent};
 use crate::proxy::rerun::{GuardCommand, GuardEvent, GuardShared, TurnGuard};
 use crate::proxy::rpc::{RefreshParams, method};
 use crate::proxy::upstream::{self, ControlConnection, ControlEvent};
-use crate::quota::RateLimitSnapshot;
+use crate::quota::{AccountLimits, RateLimitSnapshot};
 
 /// How long one `/wham/usage` fetch may take before the account counts as unknown.
 const USAGE_TIMEOUT: Duration = Duration::from_secs(8);
@@ -54,7 +54,7 @@ pub enum CoreMsg {
     /// Usage read from `/wham/usage`; `started`: when the reads were sent.
     UsageFetched {
         started: Instant,
-        results: Vec<(String, Result<RateLimitSnapshot, String>)>,
+        results: Vec<(String, Result<AccountLimits, String>)>,
     },
     AccountsListed(Vec<DirAccount>),
     /// The app-server exited; `restarting`: the session is starting another.
@@ -68,7 +68,7 @@ pub enum CoreMsg {
     /// The login into a restarted app-server ended.
     Relogged {
         account: String,
-        result: Result<Option<RateLimitSnapshot>, String>,
+        result: Result<Option<AccountLimits>, String>,
     },
     /// Time passed; a deferred switch may be able to go now.
     Recheck,
@@ -95,8 +95,8 @@ pub struct SwitchOutcome {
     pending_reason: SwitchReason,
     mode: Mode,
     from: Option<String>,
-    fetched: Vec<(String, RateLimitSnapshot)>,
-    result: Result<(String, Option<RateLimitSnapshot>), SwitchFailure>,
+    fetched: Vec<(String, AccountLimits)>,
+    result: Result<(String, Option<AccountLimits>), SwitchFailure>,
     started: Instant,
 }
 
@@ -117,7 +117,7 @@ pub struct CoreInit<D: AccountDirectory> {
     pub config: CoreConfig,
     pub accounts: Vec<DirAccount>,
     pub active: String,
-    pub active_snapshot: Option<RateLimitSnapshot>,
+    pub active_snapshot: Option<AccountLimits>,
     /// The relay's gate: clients wait while it is `false` (a TUI that attaches to an
     /// app-server without a login stays on its sign-in screen, PROTOCOL.md §2).
     pub ready: watch::Sender<bool>,
@@ -132,7 +132,8 @@ pub struct Core<D: AccountDirectory> {
     config: CoreConfig,
     accounts: Vec<DirAccount>,
     active: Option<String>,
-    snapshots: HashMap<String, RateLimitSnapshot>,
+    /// Every limit family known of each account.
+    snapshots: HashMap<String, AccountLimits>,
     usage_at: HashMap<String, Instant>,
     /// Running turns: turn id → (connection, account it started on).
     running: HashMap<String, (ConnId, Option<String>)>,
@@ -157,6 +158,8 @@ pub struct Core<D: AccountDirectory> {
     /// Accounts whose usage-limit hit was reported (once per limit, though one limit can
     /// raise two errors and a withheld re-run).
     limit_reported: HashSet<String>,
+    /// A read of the active account's quota in flight (see [`Core::read_active_quota`]).
+    quota_read: Option<String>,
 }
 
 /// Where the app-server is in its life, as the core knows it.
@@ -229,6 +232,7 @@ impl<D: AccountDirectory> Core<D> {
             app_server: AppServerState::Up,
             heard_live: HashMap::new(),
             limit_reported: HashSet::new(),
+            quota_read: None,
         }
     }
 
@@ -274,13 +278,7 @@ impl<D: AccountDirectory> Core<D> {
                 account: self.account_ref(active),
                 at,
             });
-            if let Some(snapshot) = self.snapshots.get(active) {
-                self.emit(ProxyEvent::RateLimitsUpdated {
-                    account: self.account_ref(active),
-                    snapshot: snapshot.clone(),
-                    at,
-                });
-            }
+            self.emit_limits(active);
         }
         self.emit(ProxyEvent::Connection {
             state: ConnectionState::Ready { clients: 0 },
@@ -341,6 +339,24 @@ impl<D: AccountDirectory> Core<D> {
         }
     }
 
+    /// Tells what is known of an account's limits: its quota and its other families.
+    fn emit_limits(&self, id: &str) {
+        let Some(limits) = self.snapshots.get(id) else {
+            return;
+        };
+        self.emit(ProxyEvent::RateLimitsUpdated {
+            account: self.account_ref(id),
+            snapshot: limits.quota().cloned().unwrap_or_default(),
+            families: limits.others().cloned().collect(),
+            at: Utc::now(),
+        });
+    }
+
+    /// An account's quota (the `codex` family), if known.
+    fn quota(&self, id: &str) -> Option<&RateLimitSnapshot> {
+        self.snapshots.get(id).and_then(AccountLimits::quota)
+    }
+
     fn emit_connection(&self) {
         let state = match self.app_server {
             AppServerState::Up => ConnectionState::Ready {
@@ -382,24 +398,20 @@ impl<D: AccountDirectory> Core<D> {
                 let Some(active) = self.active.clone() else {
                     return;
                 };
-                self.heard_live.insert(active.clone(), Instant::now());
-                let snapshot = self.snapshots.entry(active.clone()).or_default();
-                snapshot.merge(&update);
-                let snapshot = snapshot.clone();
-                self.emit(ProxyEvent::RateLimitsUpdated {
-                    account: self.account_ref(&active),
-                    snapshot: snapshot.clone(),
-                    at: Utc::now(),
-                });
-                if let Some(reason) = policy::trigger_for_snapshot(&snapshot, &self.config.policy) {
-                    let hard = matches!(reason, SwitchReason::HardLimit { .. });
-                    let backing_off = self
-                        .none_available_until
-                        .is_some_and(|until| Instant::now() < until);
-                    if hard || !backing_off {
-                        self.arm(Target::Best, reason, Mode::Automatic);
-                    }
+                let limits = self.snapshots.entry(active.clone()).or_default();
+                let quota = limits.apply_update(&update);
+                self.emit_limits(&active);
+                // Another family (a model-specific limit) is shown, never switched on: the
+                // account's quota is the `codex` family. A turn refused on such a limit still
+                // ends in a usage-limit error, which switches.
+                if !quota {
+                    // Codex sends one update per response, of the last header family
+                    // (PROTOCOL.md §9): this turn's quota numbers did not come. Read them.
+                    self.read_active_quota(&active);
+                    return;
                 }
+                self.heard_live.insert(active.clone(), Instant::now());
+                self.check_active_quota();
             }
             Observation::UsageLimitError { turn_id, .. } => {
                 // Attribute the error to the account its turn started on: the title thread's
@@ -427,6 +439,41 @@ impl<D: AccountDirectory> Core<D> {
                 }
             }
         }
+    }
+
+    /// Arms a switch when the active account's quota asks for one (a hard limit, or a soft
+    /// threshold unless "no account available" was said a moment ago).
+    fn check_active_quota(&mut self) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let snapshot = self.quota(&active).cloned().unwrap_or_default();
+        if let Some(reason) = policy::trigger_for_snapshot(&snapshot, &self.config.policy) {
+            let hard = matches!(reason, SwitchReason::HardLimit { .. });
+            let backing_off = self
+                .none_available_until
+                .is_some_and(|until| Instant::now() < until);
+            if hard || !backing_off {
+                self.arm(Target::Best, reason, Mode::Automatic);
+            }
+        }
+    }
+
+    /// Reads the active account's usage (one read at a time), when a turn reported the
+    /// numbers of another limit family instead of the quota's.
+    fn read_active_quota(&mut self, active: &str) {
+        if self.quota_read.is_some() {
+            return;
+        }
+        self.quota_read = Some(active.to_owned());
+        let dir = self.dir.clone();
+        let inbox = self.inbox.clone();
+        let ids = vec![active.to_owned()];
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let results = fetch_usages(&dir, &ids).await;
+            let _ = inbox.send(CoreMsg::UsageFetched { started, results });
+        });
     }
 
     /// Records that a switch is wanted; it runs at the next turn boundary.
@@ -512,10 +559,15 @@ impl<D: AccountDirectory> Core<D> {
             let _ = handle.command(GuardCommand::SwitchOver);
         }
         let now = Instant::now();
-        for (id, snapshot) in outcome.fetched {
+        for (id, limits) in outcome.fetched {
             self.usage_at.insert(id.clone(), now);
             if Some(&id) != self.active.as_ref() {
-                self.snapshots.insert(id, snapshot);
+                // A fresh read that shows room lifts "exhausted" everywhere.
+                if !limits.quota().is_some_and(RateLimitSnapshot::is_exhausted) {
+                    self.limit_reported.remove(&id);
+                }
+                self.snapshots.insert(id.clone(), limits);
+                self.emit_limits(&id);
             }
         }
         let at = Utc::now();
@@ -541,9 +593,9 @@ impl<D: AccountDirectory> Core<D> {
                     reason: outcome.pending_reason.clone(),
                     from_usage: from
                         .as_ref()
-                        .and_then(|f| self.snapshots.get(f))
+                        .and_then(|f| self.quota(f))
                         .map(UsageNumbers::from_snapshot),
-                    to_usage: self.snapshots.get(&to).map(UsageNumbers::from_snapshot),
+                    to_usage: self.quota(&to).map(UsageNumbers::from_snapshot),
                     elapsed_ms,
                 };
                 if let Err(err) = history::append(&self.config.history_path, &record) {
@@ -575,18 +627,15 @@ impl<D: AccountDirectory> Core<D> {
                     account: record.to.clone(),
                     at,
                 });
-                if let Some(snapshot) = self.snapshots.get(&to) {
-                    self.emit(ProxyEvent::RateLimitsUpdated {
-                        account: record.to,
-                        snapshot: snapshot.clone(),
-                        at,
-                    });
-                }
+                self.emit_limits(&to);
             }
             Err(SwitchFailure::NoneAvailable { earliest_reset }) => {
                 self.give_up_reruns();
                 self.none_available_until = Some(now + NONE_AVAILABLE_BACKOFF);
                 tracing::warn!(?earliest_reset, "no account available to switch to");
+                if let Some(message) = self.workspace_note() {
+                    self.emit(ProxyEvent::Notice { message, at });
+                }
                 self.emit(ProxyEvent::NoAccountAvailable {
                     reason: outcome.pending_reason,
                     earliest_reset: earliest_reset
@@ -641,18 +690,14 @@ impl<D: AccountDirectory> Core<D> {
         });
     }
 
-    fn relogged(&mut self, account: String, result: Result<Option<RateLimitSnapshot>, String>) {
+    fn relogged(&mut self, account: String, result: Result<Option<AccountLimits>, String>) {
         let at = Utc::now();
         match result {
             Ok(snapshot) => {
                 self.app_server = AppServerState::Up;
-                if let Some(snapshot) = snapshot {
-                    self.snapshots.insert(account.clone(), snapshot.clone());
-                    self.emit(ProxyEvent::RateLimitsUpdated {
-                        account: self.account_ref(&account),
-                        snapshot,
-                        at,
-                    });
+                if let Some(limits) = snapshot {
+                    self.snapshots.insert(account.clone(), limits);
+                    self.emit_limits(&account);
                 }
                 self.ready.send_replace(true);
                 self.emit(ProxyEvent::AppServerRestarted {
@@ -744,7 +789,11 @@ impl<D: AccountDirectory> Core<D> {
         if !self.limit_reported.insert(account.to_owned()) {
             return;
         }
-        let snapshot = self.snapshots.entry(account.to_owned()).or_default();
+        let snapshot = self
+            .snapshots
+            .entry(account.to_owned())
+            .or_default()
+            .quota_mut();
         if !snapshot.is_exhausted() {
             snapshot.rate_limit_reached_type = Some("usage_limit_reached".to_owned());
         }
@@ -798,6 +847,15 @@ impl<D: AccountDirectory> Core<D> {
                 .ok_or_else(|| format!("no stored account has id {id}"))?;
             let candidate = self.candidate(account);
             policy::check_manual(&candidate, self.active.as_deref())?;
+            let candidates: Vec<Candidate> =
+                self.accounts.iter().map(|a| self.candidate(a)).collect();
+            if let Some(limited) = policy::shared_workspace_limit(&candidate, &candidates) {
+                return Err(format!(
+                    "{} is a seat of the same workspace as {}, whose workspace limit it shares; \
+                     not switching to it",
+                    candidate.name, limited.name
+                ));
+            }
             if !account.switchable() {
                 return Err(format!(
                     "{} is not a ChatGPT login; only ChatGPT accounts can be switched to",
@@ -820,6 +878,28 @@ impl<D: AccountDirectory> Core<D> {
 
     fn candidate(&self, account: &DirAccount) -> Candidate {
         candidate_of(account, &self.snapshots, &self.switched_away)
+    }
+
+    /// When the active account hit its workspace's limit and other seats of that workspace
+    /// are stored: a sentence saying why they are not switched to.
+    fn workspace_note(&self) -> Option<String> {
+        let active = self.active.as_deref()?;
+        let account = self.accounts.iter().find(|a| a.id == active)?;
+        self.quota(active)?.workspace_limit()?;
+        let seats: Vec<&str> = self
+            .accounts
+            .iter()
+            .filter(|a| a.id != active && a.chatgpt_account_id == account.chatgpt_account_id)
+            .map(|a| a.name.as_str())
+            .collect();
+        if seats.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{} hit its workspace's limit, which every seat shares: not switching to {}",
+            account.name,
+            seats.join(", ")
+        ))
     }
 
     fn control_event(&mut self, event: ControlEvent) {
@@ -902,13 +982,12 @@ impl<D: AccountDirectory> Core<D> {
         let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
         let dir = self.dir.clone();
         let inbox = self.inbox.clone();
-        let active = self.active.clone();
         let ids: Vec<String> = self
             .accounts
             .iter()
             .filter(|a| a.switchable())
-            // The active account's live stream is fresher than /wham/usage.
-            .filter(|a| Some(&a.id) != active.as_ref() || !self.snapshots.contains_key(&a.id))
+            // The active account too: its live updates are sparse, and only a full read
+            // tells that a window is gone (a plan that stopped sending its 5-hour window).
             .filter(|a| {
                 all || self
                     .usage_at
@@ -970,16 +1049,16 @@ impl<D: AccountDirectory> Core<D> {
     fn usage_fetched(
         &mut self,
         started: Instant,
-        results: Vec<(String, Result<RateLimitSnapshot, String>)>,
+        results: Vec<(String, Result<AccountLimits, String>)>,
     ) {
-        let at = Utc::now();
+        let mut active_read = false;
         for (id, result) in results {
+            if self.quota_read.as_ref() == Some(&id) {
+                self.quota_read = None;
+            }
             match result {
-                Ok(snapshot) => {
+                Ok(limits) => {
                     self.usage_at.insert(id.clone(), Instant::now());
-                    if Some(&id) == self.active.as_ref() && self.snapshots.contains_key(&id) {
-                        continue;
-                    }
                     // A read sent before the session last heard of this account live (a
                     // rate-limit update, a limit hit) is older news: a slow read of an
                     // account's usage must not undo the limit it hit meanwhile.
@@ -990,15 +1069,13 @@ impl<D: AccountDirectory> Core<D> {
                     {
                         continue;
                     }
-                    if !snapshot.is_exhausted() {
+                    if !limits.quota().is_some_and(RateLimitSnapshot::is_exhausted) {
                         self.limit_reported.remove(&id);
                     }
-                    self.snapshots.insert(id.clone(), snapshot.clone());
-                    self.emit(ProxyEvent::RateLimitsUpdated {
-                        account: self.account_ref(&id),
-                        snapshot,
-                        at,
-                    });
+                    // A full read: windows and families it lacks are gone.
+                    self.snapshots.insert(id.clone(), limits);
+                    self.emit_limits(&id);
+                    active_read |= Some(&id) == self.active.as_ref();
                 }
                 Err(err) => tracing::warn!(account = %id, "usage fetch failed: {err}"),
             }
@@ -1007,6 +1084,10 @@ impl<D: AccountDirectory> Core<D> {
             self.emit(notice);
         }
         self.update_alternative();
+        // The active account's quota as the backend has it now may ask for a switch.
+        if active_read {
+            self.check_active_quota();
+        }
     }
 }
 
@@ -1063,7 +1144,7 @@ fn refresh_target<'a>(
 
 fn candidate_of(
     account: &DirAccount,
-    snapshots: &HashMap<String, RateLimitSnapshot>,
+    snapshots: &HashMap<String, AccountLimits>,
     switched_away: &HashMap<String, i64>,
 ) -> Candidate {
     Candidate {
@@ -1071,15 +1152,19 @@ fn candidate_of(
         name: account.name.clone(),
         enabled: account.enabled,
         needs_login: !account.switchable(),
-        snapshot: snapshots.get(&account.id).cloned(),
+        snapshot: snapshots
+            .get(&account.id)
+            .and_then(AccountLimits::quota)
+            .cloned(),
         switched_away_at: switched_away.get(&account.id).copied(),
+        workspace: account.chatgpt_account_id.clone(),
     }
 }
 
 async fn fetch_usages<D: AccountDirectory>(
     dir: &D,
     ids: &[String],
-) -> Vec<(String, Result<RateLimitSnapshot, String>)> {
+) -> Vec<(String, Result<AccountLimits, String>)> {
     join_all(ids.iter().map(|id| async move {
         let result = match tokio::time::timeout(USAGE_TIMEOUT, dir.fetch_usage(id)).await {
             Ok(Ok(snapshot)) => Ok(snapshot),
@@ -1099,7 +1184,7 @@ struct SwitchTask<D: AccountDirectory> {
     policy: PolicyConfig,
     accounts: Vec<DirAccount>,
     from: Option<String>,
-    snapshots: HashMap<String, RateLimitSnapshot>,
+    snapshots: HashMap<String, AccountLimits>,
     fresh: HashSet<String>,
     switched_away: HashMap<String, i64>,
     pending: PendingSwitch,
@@ -1130,19 +1215,23 @@ impl<D: AccountDirectory> SwitchTask<D> {
 
     async fn choose_and_login(
         &mut self,
-        fetched: &mut Vec<(String, RateLimitSnapshot)>,
-    ) -> Result<(String, Option<RateLimitSnapshot>), SwitchFailure> {
+        fetched: &mut Vec<(String, AccountLimits)>,
+    ) -> Result<(String, Option<AccountLimits>), SwitchFailure> {
         let to = match self.pending.target.clone() {
             Target::Account(id) => {
                 // The user named it: check it on fresh numbers, a reset may have passed.
-                let mut snapshot = self.snapshots.get(&id).cloned();
+                let mut snapshot = self
+                    .snapshots
+                    .get(&id)
+                    .and_then(AccountLimits::quota)
+                    .cloned();
                 if let Some((_, Ok(fresh))) = fetch_usages(&self.dir, std::slice::from_ref(&id))
                     .await
                     .into_iter()
                     .next()
                 {
-                    fetched.push((id.clone(), fresh.clone()));
-                    snapshot = Some(fresh);
+                    snapshot = fresh.quota().cloned();
+                    fetched.push((id.clone(), fresh));
                 }
                 if let Some(snapshot) = snapshot.filter(RateLimitSnapshot::is_exhausted) {
                     let until = snapshot
@@ -1161,24 +1250,34 @@ impl<D: AccountDirectory> SwitchTask<D> {
             }
             Target::Best => {
                 // Fetch the usage of candidates whose numbers are stale, so the choice is
-                // made on what the backend says now.
+                // made on what the backend says now. Asked for by hand (`n`), every other
+                // account is read again: a limit may have been lifted since the last read.
+                let manual = self.pending.mode == Mode::Manual;
                 let stale: Vec<String> = self
                     .accounts
                     .iter()
                     .filter(|a| a.switchable() && Some(&a.id) != self.from.as_ref())
-                    .filter(|a| !self.fresh.contains(&a.id))
+                    .filter(|a| manual || !self.fresh.contains(&a.id))
                     .map(|a| a.id.clone())
                     .collect();
                 for (id, result) in fetch_usages(&self.dir, &stale).await {
-                    if let Ok(snapshot) = result {
-                        self.snapshots.insert(id.clone(), snapshot.clone());
-                        fetched.push((id, snapshot));
+                    if let Ok(limits) = result {
+                        self.snapshots.insert(id.clone(), limits.clone());
+                        fetched.push((id, limits));
                     }
                 }
+                // The cooldown keeps automatic switches from ping-ponging; a switch the
+                // user asks for is not held back by it.
+                let no_cooldown = HashMap::new();
+                let switched_away = if manual {
+                    &no_cooldown
+                } else {
+                    &self.switched_away
+                };
                 let candidates: Vec<Candidate> = self
                     .accounts
                     .iter()
-                    .map(|a| candidate_of(a, &self.snapshots, &self.switched_away))
+                    .map(|a| candidate_of(a, &self.snapshots, switched_away))
                     .collect();
                 match policy::choose_best(
                     &candidates,
@@ -1231,7 +1330,7 @@ pub async fn login_and_confirm<D: AccountDirectory>(
     dir: &D,
     control: &ControlConnection,
     account: &DirAccount,
-) -> Result<Option<RateLimitSnapshot>> {
+) -> Result<Option<AccountLimits>> {
     let tokens = dir.login_tokens(&account.id, false).await?;
     control
         .login_with_tokens(

@@ -6,7 +6,7 @@ use std::future::Future;
 use color_eyre::eyre::Result;
 
 use crate::proxy::events::AccountRef;
-use crate::quota::RateLimitSnapshot;
+use crate::quota::AccountLimits;
 use crate::secret::Secret;
 
 /// A stored account, as the proxy sees it (no tokens).
@@ -61,8 +61,8 @@ pub trait AccountDirectory: Clone + Send + Sync + 'static {
         id: &str,
         force_refresh: bool,
     ) -> impl Future<Output = Result<LoginTokens>> + Send;
-    /// The account's quota from `/wham/usage`.
-    fn fetch_usage(&self, id: &str) -> impl Future<Output = Result<RateLimitSnapshot>> + Send;
+    /// The account's limits (every family) from `/wham/usage`.
+    fn fetch_usage(&self, id: &str) -> impl Future<Output = Result<AccountLimits>> + Send;
     /// Records that the session now runs on this account.
     fn mark_active(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Names of accounts whose refreshed tokens the store refused: they live in memory only

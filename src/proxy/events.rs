@@ -73,9 +73,14 @@ pub enum ProxyEvent {
         at: DateTime<Utc>,
     },
     /// New rate-limit numbers for an account (merged: a full picture, not the sparse update).
+    /// `snapshot` is the account's quota (the `codex` family, which switching follows; empty
+    /// when not known yet); `families` are its other limit families (model-specific limits,
+    /// by `limitId`), shown only.
     RateLimitsUpdated {
         account: AccountRef,
         snapshot: RateLimitSnapshot,
+        #[serde(default)]
+        families: Vec<RateLimitSnapshot>,
         at: DateTime<Utc>,
     },
     /// A turn failed with a usage limit on this account.
@@ -157,4 +162,40 @@ pub enum ProxyCommand {
     /// The store changed (an account added, removed, renamed, enabled or disabled by the
     /// `accounts` commands): read it again, and the usage of accounts new to the session.
     AccountsChanged,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_updated_carries_the_quota_and_the_other_families_apart() {
+        let event = ProxyEvent::RateLimitsUpdated {
+            account: AccountRef {
+                id: "a".into(),
+                name: "alice".into(),
+            },
+            snapshot: RateLimitSnapshot {
+                limit_id: Some("codex".into()),
+                ..Default::default()
+            },
+            families: vec![RateLimitSnapshot {
+                limit_id: Some("codex_bengalfox".into()),
+                limit_name: Some("GPT-5.3-Codex-Spark".into()),
+                ..Default::default()
+            }],
+            at: DateTime::from_timestamp(0, 0).unwrap(),
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["snapshot"]["limitId"], "codex");
+        assert_eq!(json["families"][0]["limitName"], "GPT-5.3-Codex-Spark");
+        // A line written before `families` existed still reads.
+        let old = r#"{"event":"rate_limits_updated","account":{"id":"a","name":"alice"},
+            "snapshot":{"primary":null},"at":"2026-01-01T00:00:00Z"}"#;
+        let ProxyEvent::RateLimitsUpdated { families, .. } = serde_json::from_str(old).unwrap()
+        else {
+            panic!("wrong variant")
+        };
+        assert!(families.is_empty());
+    }
 }

@@ -93,6 +93,38 @@ pub struct Candidate {
     pub snapshot: Option<RateLimitSnapshot>,
     /// When the session last switched away from it automatically (unix seconds).
     pub switched_away_at: Option<i64>,
+    /// The workspace it is a seat of (its ChatGPT account id: seats of one workspace share
+    /// it, and share a workspace limit).
+    pub workspace: Option<String>,
+}
+
+/// Workspaces whose limit (`workspace_*`) some account has hit: every seat of them is out.
+fn limited_workspaces(candidates: &[Candidate]) -> Vec<&str> {
+    candidates
+        .iter()
+        .filter(|c| {
+            c.snapshot
+                .as_ref()
+                .is_some_and(|s| s.workspace_limit().is_some())
+        })
+        .filter_map(|c| c.workspace.as_deref())
+        .collect()
+}
+
+/// Why `candidate` cannot be used although its own numbers may look fine: another seat of its
+/// workspace hit the workspace's limit. Names that seat.
+pub fn shared_workspace_limit<'a>(
+    candidate: &Candidate,
+    candidates: &'a [Candidate],
+) -> Option<&'a Candidate> {
+    let workspace = candidate.workspace.as_deref()?;
+    candidates.iter().find(|c| {
+        c.id != candidate.id
+            && c.workspace.as_deref() == Some(workspace)
+            && c.snapshot
+                .as_ref()
+                .is_some_and(|s| s.workspace_limit().is_some())
+    })
 }
 
 /// What the policy decided.
@@ -153,10 +185,13 @@ pub fn choose_best(
     now: i64,
     config: &PolicyConfig,
 ) -> Choice {
+    let limited = limited_workspaces(candidates);
     let eligible: Vec<&Candidate> = candidates
         .iter()
         .filter(|c| Some(c.id.as_str()) != active)
         .filter(|c| c.enabled)
+        // A workspace limit is shared by every seat of that workspace.
+        .filter(|c| c.workspace.as_deref().is_none_or(|w| !limited.contains(&w)))
         .filter(|c| {
             c.switched_away_at
                 .is_none_or(|t| now.saturating_sub(t) >= config.cooldown_secs)
@@ -242,6 +277,7 @@ mod tests {
             needs_login: false,
             snapshot,
             switched_away_at: None,
+            workspace: Some(format!("ws-{id}")),
         }
     }
 
@@ -390,6 +426,48 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_workspace_limit_rules_out_every_seat_of_that_workspace() {
+        let config = PolicyConfig::default();
+        let seat = |id: &str, snapshot: RateLimitSnapshot| {
+            let mut c = cand(id, Some(snapshot));
+            c.workspace = Some("ws-team".into());
+            c
+        };
+        let mut hit = snap(Some((40.0, 100)), Some((30.0, 900)));
+        hit.rate_limit_reached_type = Some("workspace_member_usage_limit_reached".into());
+        let alice = seat("active", hit);
+        // Bob's own numbers look fine: the workspace's limit is not in them yet.
+        let bob = seat("bob", snap(Some((5.0, 100)), None));
+        let carol = cand("carol", Some(snap(Some((60.0, 100)), None)));
+        assert_eq!(
+            choose_best(
+                &[alice.clone(), bob.clone(), carol],
+                Some("active"),
+                0,
+                &config
+            ),
+            Choice::Switch { to: "carol".into() }
+        );
+        assert!(matches!(
+            choose_best(&[alice.clone(), bob.clone()], Some("active"), 0, &config),
+            Choice::NoneAvailable { .. }
+        ));
+        let all = [alice, bob.clone()];
+        assert_eq!(
+            shared_workspace_limit(&bob, &all).map(|c| c.id.as_str()),
+            Some("active")
+        );
+        // A personal limit (rate_limit_reached) does not touch the other seats.
+        let mut personal = snap(Some((100.0, 100)), None);
+        personal.rate_limit_reached_type = Some("rate_limit_reached".into());
+        let alice = seat("active", personal);
+        assert_eq!(
+            choose_best(&[alice, bob], Some("active"), 0, &config),
+            Choice::Switch { to: "bob".into() }
+        );
     }
 
     #[test]

@@ -308,6 +308,11 @@ impl TurnGuard {
                     return Verdict::Forward;
                 };
                 let snapshot = p.rate_limits;
+                // Only the account's quota (the `codex` family) decides switches; another
+                // family's numbers (a model-specific limit) pass through untouched.
+                if !crate::quota::is_main_family(snapshot.limit_id.as_deref()) {
+                    return Verdict::Forward;
+                }
                 if snapshot.is_exhausted() {
                     // The limit's first sign: withhold it while a user turn runs, in case that
                     // turn is about to fail on it.
@@ -826,6 +831,26 @@ mod tests {
         assert_eq!(alone.server(update).0, Verdict::Forward);
         let calm = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":50,"windowDurationMins":300,"resetsAt":9}}}}"#;
         assert_eq!(h.server(calm).0, Verdict::Forward);
+    }
+
+    #[test]
+    fn another_limit_family_is_neither_withheld_nor_dropped() {
+        let mut h = Harness::new(true);
+        h.user_turn(false);
+        let spark = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"limitId":"codex_bengalfox","limitName":"GPT-5.3-Codex-Spark","primary":{"usedPercent":100,"windowDurationMins":300,"resetsAt":9}}}}"#;
+        assert_eq!(
+            h.server(spark).0,
+            Verdict::Forward,
+            "a Spark limit is not ours"
+        );
+        let hot = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"limitId":"codex_bengalfox","primary":{"usedPercent":96,"windowDurationMins":300,"resetsAt":9}}}}"#;
+        assert_eq!(h.server(hot).0, Verdict::Forward);
+        let codex = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"limitId":"codex","primary":{"usedPercent":100,"windowDurationMins":300,"resetsAt":9}}}}"#;
+        assert_eq!(
+            h.server(codex).0,
+            Verdict::Hold,
+            "the quota's limit still is"
+        );
     }
 
     #[test]

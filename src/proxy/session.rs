@@ -40,6 +40,7 @@ use crate::proxy::relay::{self, ClientListener, EventSink, RelayShared};
 use crate::proxy::rerun::{GuardShared, TurnGuard};
 use crate::proxy::socket::{BoundSocket, SocketFiles};
 use crate::proxy::upstream::{ControlConnection, ControlEvent};
+use crate::quota::AccountLimits;
 use crate::secret::Secret;
 
 /// How the session is set up.
@@ -644,6 +645,7 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
     let usage = dir.fetch_usage(&first.id).await.ok();
     let exhausted = usage
         .as_ref()
+        .and_then(AccountLimits::quota)
         .is_some_and(|s| s.is_exhausted() || policy::trigger_for_snapshot(s, config).is_some());
     if exhausted {
         let ids: Vec<String> = switchable
@@ -653,7 +655,11 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
             .collect();
         let mut candidates: Vec<Candidate> = Vec::new();
         for id in ids {
-            let snapshot = dir.fetch_usage(&id).await.ok();
+            let snapshot = dir
+                .fetch_usage(&id)
+                .await
+                .ok()
+                .and_then(|l| l.quota().cloned());
             let account = accounts.iter().find(|a| a.id == id).expect("listed");
             candidates.push(Candidate {
                 id: id.clone(),
@@ -662,6 +668,7 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
                 needs_login: false,
                 snapshot,
                 switched_away_at: None,
+                workspace: account.chatgpt_account_id.clone(),
             });
         }
         if let Choice::Switch { to } = policy::choose_best(
@@ -688,7 +695,7 @@ async fn login_first_usable<D: AccountDirectory>(
     dir: &D,
     control: &ControlConnection,
     plan: &StartPlan,
-) -> Result<(DirAccount, Option<crate::quota::RateLimitSnapshot>)> {
+) -> Result<(DirAccount, Option<AccountLimits>)> {
     let mut failures = Vec::new();
     for id in &plan.order {
         let account = plan

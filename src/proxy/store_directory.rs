@@ -7,7 +7,7 @@ use color_eyre::eyre::{Result, eyre};
 
 use crate::accounts::{self, Account, AccountAuth, AccountStatus, Backend, RefreshPolicy, Store};
 use crate::proxy::directory::{AccountDirectory, DirAccount, LoginTokens};
-use crate::quota::RateLimitSnapshot;
+use crate::quota::AccountLimits;
 
 /// The on-disk store, with an HTTP client for refreshes and usage reads.
 #[derive(Clone)]
@@ -94,11 +94,11 @@ impl AccountDirectory for StoreDirectory {
         }
     }
 
-    async fn fetch_usage(&self, id: &str) -> Result<RateLimitSnapshot> {
+    async fn fetch_usage(&self, id: &str) -> Result<AccountLimits> {
         Ok(
             accounts::fetch_usage_with(&self.store, &self.http, &self.backend, id)
                 .await?
-                .snapshot,
+                .limits(),
         )
     }
 

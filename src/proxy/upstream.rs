@@ -333,16 +333,103 @@ pub async fn read_account(control: &ControlConnection) -> Result<(Option<String>
     Ok((field("email"), field("planType")))
 }
 
-/// Reads the active account's rate limits (`account/rateLimits/read`).
-pub async fn read_rate_limits(
-    control: &ControlConnection,
-) -> Result<crate::quota::RateLimitSnapshot> {
+/// Reads the active account's rate limits (`account/rateLimits/read`): every limit family,
+/// from `rateLimitsByLimitId` when the server sends it, else the single `rateLimits`.
+pub async fn read_rate_limits(control: &ControlConnection) -> Result<crate::quota::AccountLimits> {
     let value = control
         .request("account/rateLimits/read", Value::Null)
         .await?;
-    let snapshot = value
+    parse_rate_limits_read(value)
+}
+
+fn parse_rate_limits_read(value: Value) -> Result<crate::quota::AccountLimits> {
+    use crate::quota::{AccountLimits, RateLimitSnapshot};
+    let single = value
         .get("rateLimits")
         .cloned()
         .ok_or_else(|| eyre!("account/rateLimits/read returned no rateLimits"))?;
-    serde_json::from_value(snapshot).wrap_err("parsing account/rateLimits/read")
+    let single: RateLimitSnapshot =
+        serde_json::from_value(single).wrap_err("parsing account/rateLimits/read")?;
+    let by_id = match value.get("rateLimitsByLimitId") {
+        // A family we cannot read is left out (and said so), never the whole read.
+        Some(Value::Object(map)) => map
+            .iter()
+            .filter_map(|(id, snapshot)| {
+                match serde_json::from_value::<RateLimitSnapshot>(snapshot.clone()) {
+                    Ok(mut snapshot) => {
+                        snapshot.limit_id.get_or_insert_with(|| id.clone());
+                        Some(snapshot)
+                    }
+                    Err(_) => {
+                        tracing::warn!(limit_id = %id, "an unreadable limit family left out");
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    if by_id.is_empty() {
+        return Ok(AccountLimits::full([single]));
+    }
+    // The single view mirrors one of the families; the map holds them all.
+    let has_main = by_id
+        .iter()
+        .any(|s| crate::quota::is_main_family(s.limit_id.as_deref()));
+    let main = (!has_main).then_some(single);
+    Ok(AccountLimits::full(by_id.into_iter().chain(main)))
+}
+
+#[cfg(test)]
+mod rate_limits_read_tests {
+    use super::*;
+
+    #[test]
+    fn every_family_of_a_read_is_kept_and_codex_is_the_quota() {
+        let read = json!({
+            "rateLimits": {"limitId": "codex", "primary": {"usedPercent": 42,
+                "windowDurationMins": 300, "resetsAt": 9}},
+            "rateLimitsByLimitId": {
+                "codex": {"limitId": "codex", "primary": {"usedPercent": 42,
+                    "windowDurationMins": 300, "resetsAt": 9}},
+                "codex_bengalfox": {"limitName": "GPT-5.3-Codex-Spark",
+                    "primary": {"usedPercent": 100, "windowDurationMins": 300, "resetsAt": 9}},
+            },
+        });
+        let limits = parse_rate_limits_read(read).unwrap();
+        assert_eq!(
+            limits.quota().unwrap().five_hour().unwrap().used_percent,
+            42.0
+        );
+        let others: Vec<_> = limits.others().collect();
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].limit_id.as_deref(), Some("codex_bengalfox"));
+        assert_eq!(others[0].family_name(), "GPT-5.3-Codex-Spark");
+
+        let odd = json!({
+            "rateLimits": {"limitId": "codex", "primary": {"usedPercent": 5,
+                "windowDurationMins": 300}},
+            "rateLimitsByLimitId": {
+                "codex": {"limitId": "codex", "primary": {"usedPercent": 5,
+                    "windowDurationMins": 300}},
+                "broken": {"primary": {"usedPercent": "lots"}},
+            },
+        });
+        let limits = parse_rate_limits_read(odd).unwrap();
+        assert_eq!(
+            limits.quota().unwrap().five_hour().unwrap().used_percent,
+            5.0
+        );
+        assert_eq!(
+            limits.others().count(),
+            0,
+            "the unreadable family is left out"
+        );
+
+        let old_server = json!({"rateLimits": {"primary": {"usedPercent": 7,
+            "windowDurationMins": 10080, "resetsAt": 9}}});
+        let limits = parse_rate_limits_read(old_server).unwrap();
+        assert_eq!(limits.quota().unwrap().weekly().unwrap().used_percent, 7.0);
+        assert!(parse_rate_limits_read(json!({})).is_err());
+    }
 }

@@ -129,6 +129,10 @@ pub fn render_picker(
             AccountState::Ready => "ready".to_owned(),
             AccountState::ExhaustedUntil(Some(at)) => format!("exhausted until {}", ctx.clock(at)),
             AccountState::ExhaustedUntil(None) => "exhausted".to_owned(),
+            AccountState::WorkspaceLimit(Some(at)) => {
+                format!("workspace limit until {}", ctx.clock(at))
+            }
+            AccountState::WorkspaceLimit(None) => "workspace limit".to_owned(),
             AccountState::NeedsLogin => "needs login".to_owned(),
             AccountState::Disabled => "disabled".to_owned(),
         };
@@ -136,10 +140,12 @@ pub fn render_picker(
             .snapshot
             .as_ref()
             .map(|s| {
-                let pct = |w: Option<&crate::quota::RateLimitWindow>| {
-                    w.map_or("  –".to_owned(), |w| format!("{:>3.0}%", w.used_percent))
-                };
-                format!("5h {}  wk {}", pct(s.five_hour()), pct(s.weekly()))
+                // The windows it has, shortest first.
+                s.windows_by_length()
+                    .iter()
+                    .map(|w| format!("{} {:>3.0}%", w.kind().short_label(), w.used_percent))
+                    .collect::<Vec<_>>()
+                    .join("  ")
             })
             .unwrap_or_default();
         let style = if i == selected {

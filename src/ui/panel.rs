@@ -214,23 +214,44 @@ fn quota_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, width: usize) -> 
         }
         return lines;
     };
-    for (label, kind) in [
-        ("5-hour", WindowKind::FiveHour),
-        ("weekly", WindowKind::Weekly),
-    ] {
-        match snapshot.window(kind) {
-            Some(window) => {
-                let rate = burn_rate(&dashboard.samples(kind), ctx.unix());
-                window_lines(label, window, rate, ctx, width, &mut lines);
-            }
-            None => lines.push(Line::styled(format!("{label:<7}no data"), DIM)),
+    // The windows the account has, shortest first, named by their length: a plan with only
+    // a weekly window shows no 5-hour row.
+    let windows = snapshot.windows_by_length();
+    if windows.is_empty() {
+        lines.push(Line::styled("  no window data", DIM));
+    }
+    for window in windows {
+        let kind = window.kind();
+        let label = match kind {
+            WindowKind::FiveHour => "5-hour".to_owned(),
+            other => other.label(),
+        };
+        let rate = burn_rate(&dashboard.samples(kind), ctx.unix());
+        window_lines(&label, window, rate, ctx, width, &mut lines);
+    }
+    if snapshot.workspace_limit().is_some() {
+        let text = "  workspace limit reached: every seat of the workspace shares it, so cs-tui \
+                    does not switch to another seat";
+        let options = textwrap::Options::new(width.max(12)).subsequent_indent("  ");
+        for line in textwrap::wrap(text, options) {
+            lines.push(Line::styled(line.into_owned(), Style::new().fg(Color::Red)));
         }
     }
-    for window in snapshot
-        .windows()
-        .filter(|w| matches!(w.kind(), WindowKind::Other(_)))
-    {
-        window_lines(&window.kind().label(), window, None, ctx, width, &mut lines);
+    if let Some(spend) = &snapshot.individual_limit {
+        let gauge_width = width.saturating_sub(13).max(4);
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:<7}", "spend"), Style::new().bold()),
+            bar(spend.used_percent(), gauge_width),
+            Span::raw(format!(" {:>3.0}%", spend.used_percent())),
+        ]));
+        let reset = spend
+            .resets_at
+            .map(|r| format!(" · resets {}", ctx.clock(r)))
+            .unwrap_or_default();
+        lines.push(Line::from(format!(
+            "  {} of {}{reset}",
+            spend.used, spend.limit
+        )));
     }
     if let Some(credits) = &snapshot.credits {
         let text = if credits.unlimited {
@@ -268,7 +289,13 @@ pub fn sparkline(values: &[f64], width: usize) -> String {
 
 fn burn_lines(dashboard: &Dashboard, width: usize) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
+    let quota = dashboard.active_account().and_then(|a| a.snapshot.as_ref());
     for (label, kind) in [("5h", WindowKind::FiveHour), ("wk", WindowKind::Weekly)] {
+        // Only windows the account has now: a 5-hour window the server stopped sending has
+        // no burn-down either.
+        if quota.is_none_or(|s| s.window(kind).is_none()) {
+            continue;
+        }
         let values: Vec<f64> = dashboard
             .samples(kind)
             .iter()
@@ -303,23 +330,36 @@ fn state_span(state: AccountState, ctx: &RenderContext<'_>) -> Span<'static> {
         AccountState::ExhaustedUntil(None) => {
             Span::styled("exhausted", Style::new().fg(Color::Red))
         }
+        AccountState::WorkspaceLimit(Some(at)) => Span::styled(
+            format!("workspace limit until {}", ctx.clock(at)),
+            Style::new().fg(Color::Red),
+        ),
+        AccountState::WorkspaceLimit(None) => {
+            Span::styled("workspace limit", Style::new().fg(Color::Red))
+        }
         AccountState::NeedsLogin => Span::styled("needs login", Style::new().fg(Color::Yellow)),
         AccountState::Disabled => Span::styled("disabled", DIM),
     }
 }
 
-fn mini_window(label: &str, window: Option<&RateLimitWindow>, gauge: usize) -> Vec<Span<'static>> {
-    match window {
-        Some(w) => vec![
-            Span::styled(format!("{label} "), DIM),
-            bar(w.used_percent, gauge),
-            Span::raw(format!(" {:>3.0}%", w.used_percent)),
-        ],
-        None => vec![Span::styled(
-            format!("{label} {:>width$}", "–", width = gauge + 5),
-            DIM,
-        )],
+fn mini_window(window: &RateLimitWindow, gauge: usize) -> Vec<Span<'static>> {
+    vec![
+        Span::styled(format!("{} ", window.kind().short_label()), DIM),
+        bar(window.used_percent, gauge),
+        Span::raw(format!(" {:>3.0}%", window.used_percent)),
+    ]
+}
+
+/// The mini gauges of a snapshot's windows, shortest first ("5h ████ 42%  wk ██ 18%").
+fn mini_windows(snapshot: &RateLimitSnapshot, gauge: usize) -> Vec<Span<'static>> {
+    let mut spans = Vec::new();
+    for (i, window) in snapshot.windows_by_length().into_iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::raw("  "));
+        }
+        spans.extend(mini_window(window, gauge));
     }
+    spans
 }
 
 fn account_lines(
@@ -354,18 +394,41 @@ fn account_lines(
             Span::raw(" ".repeat(width.saturating_sub(used).max(1))),
             state,
         ]));
-        let snapshot: Option<&RateLimitSnapshot> = account.snapshot.as_ref();
-        // Two mini gauges: "  5h ██████ 42%  wk ██████ 18%".
+        // Mini gauges of the windows it has: "  5h ██████ 42%  wk ██████ 18%".
         let gauge = (width.saturating_sub(2 + 2 * 8 + 2) / 2).clamp(3, 12);
         let mut row = vec![Span::raw("  ")];
-        row.extend(mini_window(
-            "5h",
-            snapshot.and_then(|s| s.five_hour()),
-            gauge,
-        ));
-        row.push(Span::raw("  "));
-        row.extend(mini_window("wk", snapshot.and_then(|s| s.weekly()), gauge));
+        match account.snapshot.as_ref().map(|s| mini_windows(s, gauge)) {
+            Some(spans) if !spans.is_empty() => row.extend(spans),
+            _ => row.push(Span::styled("no numbers yet", DIM)),
+        }
         lines.push(Line::from(row));
+        // Its other limit families (model-specific limits), one compact row each:
+        // "  GPT-5.3-Codex-Spark  5h 100%".
+        for family in &account.families {
+            let windows = family.windows_by_length();
+            let numbers: Vec<String> = windows
+                .iter()
+                .map(|w| format!("{} {:.0}%", w.kind().short_label(), w.used_percent))
+                .collect();
+            let numbers = if numbers.is_empty() {
+                "–".to_owned()
+            } else {
+                numbers.join(" ")
+            };
+            let room = width.saturating_sub(4 + numbers.chars().count() + 2).max(4);
+            let mut name: String = family.family_name().chars().take(room).collect();
+            if name.chars().count() < family.family_name().chars().count() {
+                name.pop();
+                name.push('…');
+            }
+            let pad = width.saturating_sub(4 + name.chars().count() + numbers.chars().count());
+            let hot = windows.iter().map(|w| w.used_percent).fold(0.0, f64::max);
+            lines.push(Line::from(vec![
+                Span::styled(format!("  ↳ {name}"), DIM),
+                Span::raw(" ".repeat(pad.max(1))),
+                Span::styled(numbers, Style::new().fg(usage_color(hot))),
+            ]));
+        }
     }
     lines
 }
@@ -530,20 +593,19 @@ pub fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Line<'stat
         None => spans.push(Span::styled("no account", DIM)),
     }
     if let Some(snapshot) = dashboard.active_account().and_then(|a| a.snapshot.as_ref()) {
-        for (label, window) in [("5h", snapshot.five_hour()), ("wk", snapshot.weekly())] {
-            if let Some(w) = window {
-                spans.push(sep());
-                spans.push(Span::styled(format!("{label} "), DIM));
+        // The windows the account has, shortest first.
+        for w in snapshot.windows_by_length() {
+            spans.push(sep());
+            spans.push(Span::styled(format!("{} ", w.kind().short_label()), DIM));
+            spans.push(Span::styled(
+                format!("{:.0}%", w.used_percent),
+                Style::new().fg(usage_color(w.used_percent)).bold(),
+            ));
+            if let Some(reset) = w.resets_at {
                 spans.push(Span::styled(
-                    format!("{:.0}%", w.used_percent),
-                    Style::new().fg(usage_color(w.used_percent)).bold(),
+                    format!(" ↻{}", format_duration(reset - ctx.unix())),
+                    DIM,
                 ));
-                if let Some(reset) = w.resets_at {
-                    spans.push(Span::styled(
-                        format!(" ↻{}", format_duration(reset - ctx.unix())),
-                        DIM,
-                    ));
-                }
             }
         }
     }

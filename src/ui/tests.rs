@@ -10,7 +10,7 @@ use crate::config::PanelConfig;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent, SwitchReason};
 use crate::pty::queries::OuterColors;
 use crate::pty::screen::PaneScreen;
-use crate::quota::{Credits, RateLimitSnapshot, RateLimitWindow};
+use crate::quota::{Credits, RateLimitSnapshot, RateLimitWindow, SpendLimit};
 
 /// 2026-05-01 12:07:00 UTC, a Friday.
 const NOW: i64 = 1_777_637_220;
@@ -71,9 +71,20 @@ fn stored() -> Vec<AccountView> {
 }
 
 fn update(d: &mut Dashboard, id: &str, snap: RateLimitSnapshot, when: i64) {
+    update_families(d, id, snap, Vec::new(), when);
+}
+
+fn update_families(
+    d: &mut Dashboard,
+    id: &str,
+    snap: RateLimitSnapshot,
+    families: Vec<RateLimitSnapshot>,
+    when: i64,
+) {
     d.apply(&ProxyEvent::RateLimitsUpdated {
         account: account(id),
         snapshot: snap,
+        families,
         at: at(when),
     });
 }
@@ -228,6 +239,87 @@ fn panel_switched() {
         at: at(-30),
     });
     insta::assert_snapshot!(render_panel_only(&d, 44, 40));
+}
+
+/// A Spark family at 100 % under an active account whose quota is at 42 %: the gauges keep
+/// the quota's numbers, the family has its own row, nobody reads "exhausted".
+#[test]
+fn panel_model_family_apart_from_the_quota() {
+    let mut d = started(stored());
+    let mut spark = snapshot(100.0, 3 * 3600, 3.0);
+    spark.limit_id = Some("codex_bengalfox".into());
+    spark.limit_name = Some("GPT-5.3-Codex-Spark".into());
+    update_families(
+        &mut d,
+        "alice",
+        snapshot(42.0, 2 * 3600, 20.0),
+        vec![spark],
+        0,
+    );
+    update(&mut d, "bob", snapshot(10.0, 4 * 3600, 9.0), -60);
+    let text = render_panel_only(&d, 44, 34);
+    assert!(text.contains(" 42%"), "{text}");
+    assert!(!text.contains("exhausted"), "{text}");
+    insta::assert_snapshot!(text);
+}
+
+/// A weekly-only plan has no 5-hour row anywhere, a 30-day workspace plan shows its window
+/// by its length; an update that drops the 5-hour window drops the row.
+#[test]
+fn panel_weekly_only_and_monthly_windows() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(30.0, 2 * 3600, 60.0), -600);
+    let weekly_only = RateLimitSnapshot {
+        primary: Some(RateLimitWindow {
+            used_percent: 61.0,
+            window_duration_mins: Some(10_080),
+            resets_at: Some(NOW + 2 * 86_400),
+        }),
+        plan_type: Some("plus".into()),
+        ..Default::default()
+    };
+    update(&mut d, "alice", weekly_only, 0);
+    let monthly = RateLimitSnapshot {
+        primary: Some(RateLimitWindow {
+            used_percent: 12.0,
+            window_duration_mins: Some(43_200),
+            resets_at: Some(NOW + 20 * 86_400),
+        }),
+        ..Default::default()
+    };
+    update(&mut d, "bob", monthly, -60);
+    let text = render_panel_only(&d, 44, 34);
+    assert!(
+        !text.contains("5-hour") && !text.contains("no data"),
+        "{text}"
+    );
+    assert!(text.contains("30d"), "{text}");
+    insta::assert_snapshot!(text);
+}
+
+/// A workspace limit says it is shared by every seat; a seat's own spend control shows.
+#[test]
+fn panel_workspace_limit_and_spend_control() {
+    let mut d = started(stored());
+    let mut alice = snapshot(40.0, 2 * 3600, 30.0);
+    alice.rate_limit_reached_type = Some("workspace_member_usage_limit_reached".into());
+    alice.individual_limit = Some(SpendLimit {
+        limit: "50.00".into(),
+        used: "12.50".into(),
+        remaining_percent: 75.0,
+        resets_at: Some(NOW + 5 * 86_400),
+    });
+    update(&mut d, "alice", alice.clone(), 0);
+    update(&mut d, "bob", alice, 0);
+    d.apply(&ProxyEvent::Notice {
+        message: "alice hit its workspace's limit, which every seat shares: not switching to bob"
+            .into(),
+        at: at(0),
+    });
+    let text = render_panel_only(&d, 44, 44);
+    assert!(text.contains("workspace limit"), "{text}");
+    assert!(text.contains("12.50 of 50.00"), "{text}");
+    insta::assert_snapshot!(text);
 }
 
 #[test]

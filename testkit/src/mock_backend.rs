@@ -63,6 +63,15 @@ pub struct UsageWindow {
 }
 
 impl UsageWindow {
+    /// A 30-day window, as some workspace plans have.
+    pub fn monthly(used_percent: u8) -> Self {
+        Self {
+            used_percent,
+            window_minutes: 43_200,
+            resets_at: unix_now() + 20 * 24 * 3600,
+        }
+    }
+
     pub fn five_hour(used_percent: u8) -> Self {
         Self {
             used_percent,
@@ -101,6 +110,71 @@ impl Default for Usage {
     }
 }
 
+impl Usage {
+    /// The shape of plans with no 5-hour window (PROTOCOL.md §9): the weekly window in
+    /// `primary`, no `secondary`.
+    pub fn weekly_only(used_percent: u8) -> Self {
+        Self {
+            primary: Some(UsageWindow::weekly(used_percent)),
+            secondary: None,
+            ..Self::default()
+        }
+    }
+
+    /// A workspace plan with one 30-day window.
+    pub fn monthly_only(used_percent: u8) -> Self {
+        Self {
+            primary: Some(UsageWindow::monthly(used_percent)),
+            secondary: None,
+            ..Self::default()
+        }
+    }
+}
+
+/// A further limit family of an account (a model-specific limit, PROTOCOL.md §9): sent as
+/// its own header family `x-<family>-*` with `x-<family>-limit-name`, and in `/wham/usage`
+/// under `additional_rate_limits`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitFamily {
+    /// The `limitId` Codex derives, e.g. `codex_bengalfox` (headers `x-codex-bengalfox-*`).
+    pub limit_id: String,
+    pub limit_name: String,
+    pub primary: Option<UsageWindow>,
+    pub secondary: Option<UsageWindow>,
+}
+
+impl LimitFamily {
+    /// GPT-5.3-Codex-Spark's limit, `x-codex-bengalfox-*`, with a 5-hour and a weekly window.
+    pub fn spark(five_hour_percent: u8) -> Self {
+        Self {
+            limit_id: "codex_bengalfox".to_owned(),
+            limit_name: "GPT-5.3-Codex-Spark".to_owned(),
+            primary: Some(UsageWindow::five_hour(five_hour_percent)),
+            secondary: Some(UsageWindow::weekly(3)),
+        }
+    }
+}
+
+/// A seat's own spend control inside a workspace (`spend_control.individual_limit` of
+/// `/wham/usage`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpendControl {
+    /// Amounts as the backend formats them, e.g. `"50.00"`.
+    pub limit: String,
+    pub used: String,
+    pub used_percent: u8,
+    /// Unix seconds.
+    pub resets_at: i64,
+}
+
+/// What the mock reports beyond an account's main [`Usage`]: further limit families and a
+/// spend control.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UsageExtras {
+    pub families: Vec<LimitFamily>,
+    pub individual_limit: Option<SpendControl>,
+}
+
 /// One account the mock knows.
 #[derive(Clone, Debug)]
 pub struct MockAccount {
@@ -113,6 +187,10 @@ pub struct MockAccount {
     pub burn_per_request: u8,
     /// How long `/wham/accounts/check` (the app-server's login discovery) takes.
     pub login_delay: Duration,
+    /// Further limit families and the spend control.
+    pub extras: UsageExtras,
+    /// The workspace this account is a seat of (`structure: "workspace"` at login), if any.
+    pub workspace: Option<String>,
 }
 
 /// A reply the next model request gets instead of the default text.
@@ -277,10 +355,47 @@ impl MockBackend {
                 usage: Usage::default(),
                 burn_per_request: 0,
                 login_delay: Duration::ZERO,
+                extras: UsageExtras::default(),
+                workspace: None,
             },
         );
         let refresh = mint_refresh_token(&mut state, &fake.chatgpt_account_id);
         (fake, refresh)
+    }
+
+    /// Adds a seat `label` of the workspace `workspace`: its ChatGPT account id is the
+    /// workspace's, shared with every other seat, and its user id its own. The returned
+    /// account's `chatgpt_account_id` is the workspace's; other controls take [`seat_key`].
+    pub fn add_seat(&self, label: &str, workspace: &str) -> (FakeAccount, String) {
+        let mut fake = FakeAccount::new(label).with_plan("team");
+        fake.chatgpt_account_id = format!("acct-{workspace}");
+        let key = seat_key(&fake.chatgpt_account_id, &fake.user_id);
+        let mut state = self.state();
+        state.accounts.insert(
+            key.clone(),
+            MockAccount {
+                fake: fake.clone(),
+                label: label.to_owned(),
+                mode: AccountMode::Normal,
+                usage: Usage::default(),
+                burn_per_request: 0,
+                login_delay: Duration::ZERO,
+                extras: UsageExtras::default(),
+                workspace: Some(workspace.to_owned()),
+            },
+        );
+        let refresh = mint_refresh_token(&mut state, &key);
+        (fake, refresh)
+    }
+
+    /// Further limit families (model-specific limits) of an account.
+    pub fn set_families(&self, account_id: &str, families: Vec<LimitFamily>) {
+        self.with_account(account_id, |a| a.extras.families = families);
+    }
+
+    /// The seat's own spend control, or none.
+    pub fn set_individual_limit(&self, account_id: &str, limit: Option<SpendControl>) {
+        self.with_account(account_id, |a| a.extras.individual_limit = limit);
     }
 
     /// A new valid refresh token for an account (as if the user logged in again).
@@ -413,6 +528,12 @@ impl Drop for MockBackend {
     }
 }
 
+/// How the mock keys a workspace seat: seats share the ChatGPT account id, so the user id
+/// tells them apart.
+pub fn seat_key(chatgpt_account_id: &str, user_id: &str) -> String {
+    format!("{chatgpt_account_id}/{user_id}")
+}
+
 fn mint_refresh_token(state: &mut MockState, account_id: &str) -> String {
     state.token_serial += 1;
     let token = format!(
@@ -429,6 +550,8 @@ fn mint_refresh_token(state: &mut MockState, account_id: &str) -> String {
 /// Who a request says it is.
 struct Caller {
     account_header: Option<String>,
+    /// The user id inside the bearer token's claims (tells seats of a workspace apart).
+    token_user: Option<String>,
     token_account: Option<String>,
     token_id: Option<String>,
     token_expired: bool,
@@ -449,6 +572,11 @@ fn caller(headers: &HeaderMap) -> Caller {
         .and_then(|c| c.pointer("/https:~1~1api.openai.com~1auth/chatgpt_account_id"))
         .and_then(Value::as_str)
         .map(str::to_owned);
+    let token_user = claims
+        .as_ref()
+        .and_then(|c| c.pointer("/https:~1~1api.openai.com~1auth/chatgpt_user_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let token_id = claims
         .as_ref()
         .and_then(|c| c.get("jti"))
@@ -461,6 +589,7 @@ fn caller(headers: &HeaderMap) -> Caller {
         .is_some_and(|exp| exp <= unix_now());
     Caller {
         account_header,
+        token_user,
         token_account,
         token_id,
         token_expired,
@@ -482,7 +611,8 @@ async fn handle(
     if path == "/backend-api/wham/accounts/check" {
         let delay = who.account_header.as_ref().and_then(|id| {
             let state = state.lock().expect("mock state lock");
-            state.accounts.get(id).map(|a| a.login_delay)
+            let key = account_key(&state, id, who.token_user.as_deref());
+            state.accounts.get(&key).map(|a| a.login_delay)
         });
         if let Some(delay) = delay.filter(|d| !d.is_zero()) {
             tokio::time::sleep(delay).await;
@@ -578,6 +708,13 @@ async fn cut_body(response: Response) -> Response {
     response
 }
 
+/// The mock's key for a caller: the seat key when that account id has seats, else the id.
+fn account_key(state: &MockState, account_id: &str, user: Option<&str>) -> String {
+    user.map(|user| seat_key(account_id, user))
+        .filter(|key| state.accounts.contains_key(key))
+        .unwrap_or_else(|| account_id.to_owned())
+}
+
 fn json_response(status: StatusCode, body: Value) -> Response {
     (
         status,
@@ -602,6 +739,8 @@ fn backend(
         );
     };
     let authorized = !who.token_expired && who.token_account.as_deref() == Some(&account_id);
+    // A seat of a workspace is found by its user id too.
+    let account_id = account_key(&guard, &account_id, who.token_user.as_deref());
     let Some(account) = guard.accounts.get_mut(&account_id) else {
         return json_response(
             StatusCode::UNAUTHORIZED,
@@ -692,11 +831,15 @@ fn models_catalog() -> Value {
 /// HTTPS origin) or `account_routing_override`; a personal account answers as below.
 fn accounts_check(account: &MockAccount) -> Value {
     let id = &account.fake.chatgpt_account_id;
+    let (name, structure) = match &account.workspace {
+        Some(workspace) => (workspace.as_str(), "workspace"),
+        None => (account.label.as_str(), "personal"),
+    };
     json!({
         "accounts": [{
             "id": id,
-            "name": account.label,
-            "structure": "personal",
+            "name": name,
+            "structure": structure,
             "plan_type": account.fake.plan,
             "workspace_backend_origin": "https://chatgpt.com",
             "account_routing_override": "NO_CONSTRAINT",
@@ -731,6 +874,43 @@ fn effective_usage(account: &MockAccount) -> Usage {
     usage
 }
 
+fn rate_limit_json(
+    primary: Option<&UsageWindow>,
+    secondary: Option<&UsageWindow>,
+    reached: bool,
+) -> Value {
+    let limit_reached = reached
+        || [primary, secondary]
+            .iter()
+            .flatten()
+            .any(|w| w.used_percent >= 100);
+    json!({
+        "allowed": !limit_reached,
+        "limit_reached": limit_reached,
+        "primary_window": primary.map(window_json),
+        "secondary_window": secondary.map(window_json),
+    })
+}
+
+fn spend_control_json(limit: Option<&SpendControl>) -> Value {
+    let Some(l) = limit else {
+        return Value::Null;
+    };
+    let as_cents = |s: &str| s.parse::<f64>().unwrap_or(0.0);
+    json!({
+        "reached": l.used_percent >= 100,
+        "individual_limit": {
+            "limit": l.limit,
+            "used": l.used,
+            "remaining": format!("{:.2}", as_cents(&l.limit) - as_cents(&l.used)),
+            "used_percent": l.used_percent,
+            "remaining_percent": 100 - i32::from(l.used_percent.min(100)),
+            "reset_after_seconds": (l.resets_at - unix_now()).max(0),
+            "reset_at": l.resets_at,
+        },
+    })
+}
+
 fn wham_usage(account: &MockAccount) -> Value {
     let usage = &effective_usage(account);
     let limit_reached = usage.limit_reached_type.is_some()
@@ -738,6 +918,18 @@ fn wham_usage(account: &MockAccount) -> Value {
             .iter()
             .flatten()
             .any(|w| w.used_percent >= 100);
+    let additional: Vec<Value> = account
+        .extras
+        .families
+        .iter()
+        .map(|f| {
+            json!({
+                "limit_name": f.limit_name,
+                "metered_feature": f.limit_id,
+                "rate_limit": rate_limit_json(f.primary.as_ref(), f.secondary.as_ref(), false),
+            })
+        })
+        .collect();
     json!({
         "plan_type": account.fake.plan,
         "rate_limit": {
@@ -749,26 +941,51 @@ fn wham_usage(account: &MockAccount) -> Value {
         "credits": usage.credits.as_ref().map(|(has, unlimited, balance)| json!({
             "has_credits": has, "unlimited": unlimited, "balance": balance,
         })),
-        "additional_rate_limits": [],
+        "additional_rate_limits": additional,
         "rate_limit_reached_type": usage.limit_reached_type.as_ref().map(|t| json!({"type": t})),
+        "spend_control": spend_control_json(account.extras.individual_limit.as_ref()),
     })
+}
+
+/// The header families of the further limits: `codex_bengalfox` → `x-codex-bengalfox-*`,
+/// with `x-codex-bengalfox-limit-name` (PROTOCOL.md §9).
+fn family_headers(families: &[LimitFamily]) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    for family in families {
+        let prefix = format!("x-{}", family.limit_id.replace('_', "-"));
+        window_headers(&prefix, family.primary, family.secondary, &mut headers);
+        headers.push((format!("{prefix}-limit-name"), family.limit_name.clone()));
+    }
+    headers
+}
+
+fn window_headers(
+    prefix: &str,
+    primary: Option<UsageWindow>,
+    secondary: Option<UsageWindow>,
+    headers: &mut Vec<(String, String)>,
+) {
+    for (name, window) in [("primary", primary), ("secondary", secondary)] {
+        if let Some(w) = window {
+            headers.push((
+                format!("{prefix}-{name}-used-percent"),
+                w.used_percent.to_string(),
+            ));
+            headers.push((
+                format!("{prefix}-{name}-window-minutes"),
+                w.window_minutes.to_string(),
+            ));
+            headers.push((format!("{prefix}-{name}-reset-at"), w.resets_at.to_string()));
+        }
+    }
 }
 
 /// The `x-codex-*` headers Codex reads its rate limits from.
 fn rate_limit_headers(usage: &Usage) -> Vec<(String, String)> {
     let mut headers = Vec::new();
-    for (name, window) in [("primary", usage.primary), ("secondary", usage.secondary)] {
-        if let Some(w) = window {
-            headers.push((
-                format!("x-codex-{name}-used-percent"),
-                w.used_percent.to_string(),
-            ));
-            headers.push((
-                format!("x-codex-{name}-window-minutes"),
-                w.window_minutes.to_string(),
-            ));
-            headers.push((format!("x-codex-{name}-reset-at"), w.resets_at.to_string()));
-        }
+    window_headers("x-codex", usage.primary, usage.secondary, &mut headers);
+    if let Some(kind) = &usage.limit_reached_type {
+        headers.push(("x-codex-rate-limit-reached-type".into(), kind.clone()));
     }
     if let Some((has, unlimited, balance)) = &usage.credits {
         headers.push(("x-codex-credits-has-credits".into(), has.to_string()));
@@ -803,6 +1020,7 @@ fn model_response(
                 }}),
             );
             append_headers(&mut response, &rate_limit_headers(&usage));
+            append_headers(&mut response, &family_headers(&account.extras.families));
             response
         }
         AccountMode::ServerError => json_response(
@@ -824,6 +1042,7 @@ fn model_response(
             let events = reply_events(account, body, title, script);
             let mut response = sse_response(events, delay);
             append_headers(&mut response, &headers);
+            append_headers(&mut response, &family_headers(&account.extras.families));
             response
         }
     }

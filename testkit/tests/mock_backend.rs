@@ -210,3 +210,114 @@ async fn model_requests_stream_sse_with_rate_limit_headers_or_fail_as_configured
         vec!["hello mock"]
     );
 }
+
+/// PROTOCOL.md §9: further limit families as their own header family and in
+/// `additional_rate_limits`; a weekly-only shape; a seat's spend control; a workspace seat.
+#[tokio::test]
+async fn usage_reports_families_shapes_spend_control_and_seats() {
+    use cs_tui_testkit::{LimitFamily, SpendControl, seat_key};
+    let mock = MockBackend::start().await;
+    let (alice, _) = mock.add_account("alice");
+    let id = &alice.chatgpt_account_id;
+    mock.set_usage(id, Usage::weekly_only(30));
+    mock.set_families(id, vec![LimitFamily::spark(100)]);
+    mock.set_individual_limit(
+        id,
+        Some(SpendControl {
+            limit: "50.00".into(),
+            used: "12.50".into(),
+            used_percent: 25,
+            resets_at: 2_000_000_000,
+        }),
+    );
+    let token = alice.access_token(3600, 0);
+    let (status, usage) = get(&mock, "/backend-api/wham/usage", &token, id).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        usage["rate_limit"]["primary_window"]["limit_window_seconds"],
+        604800
+    );
+    assert!(usage["rate_limit"]["secondary_window"].is_null(), "{usage}");
+    let spark = &usage["additional_rate_limits"][0];
+    assert_eq!(spark["limit_name"], "GPT-5.3-Codex-Spark");
+    assert_eq!(spark["metered_feature"], "codex_bengalfox");
+    assert_eq!(spark["rate_limit"]["limit_reached"], true);
+    assert_eq!(
+        usage["rate_limit"]["limit_reached"], false,
+        "Spark is not the quota"
+    );
+    let spend = &usage["spend_control"]["individual_limit"];
+    assert_eq!(spend["remaining"], "37.50");
+    assert_eq!(spend["remaining_percent"], 75);
+
+    // The model stream carries both header families.
+    let response = reqwest::Client::new()
+        .post(format!("{}/backend-api/codex/responses", mock.url()))
+        .bearer_auth(&token)
+        .header("chatgpt-account-id", id)
+        .json(&json!({"input": []}))
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        header("x-codex-primary-window-minutes").as_deref(),
+        Some("10080")
+    );
+    assert_eq!(header("x-codex-secondary-used-percent"), None);
+    assert_eq!(
+        header("x-codex-bengalfox-primary-used-percent").as_deref(),
+        Some("100")
+    );
+    assert_eq!(
+        header("x-codex-bengalfox-limit-name").as_deref(),
+        Some("GPT-5.3-Codex-Spark")
+    );
+
+    // Two seats of one workspace share the account id and are told apart by their user.
+    let (seat_a, _) = mock.add_seat("ann", "team");
+    let (seat_b, _) = mock.add_seat("ben", "team");
+    assert_eq!(seat_a.chatgpt_account_id, seat_b.chatgpt_account_id);
+    let mut usage = Usage::monthly_only(12);
+    usage.limit_reached_type = Some("workspace_member_usage_limit_reached".into());
+    mock.set_usage(
+        &seat_key(&seat_a.chatgpt_account_id, &seat_a.user_id),
+        usage,
+    );
+    let (_, ann) = get(
+        &mock,
+        "/backend-api/wham/usage",
+        &seat_a.access_token(3600, 0),
+        &seat_a.chatgpt_account_id,
+    )
+    .await;
+    assert_eq!(
+        ann["rate_limit_reached_type"]["type"],
+        "workspace_member_usage_limit_reached"
+    );
+    assert_eq!(
+        ann["rate_limit"]["primary_window"]["limit_window_seconds"],
+        43200 * 60
+    );
+    let (_, ben) = get(
+        &mock,
+        "/backend-api/wham/usage",
+        &seat_b.access_token(3600, 0),
+        &seat_b.chatgpt_account_id,
+    )
+    .await;
+    assert!(ben["rate_limit_reached_type"].is_null(), "{ben}");
+    let (_, check) = get(
+        &mock,
+        "/backend-api/wham/accounts/check",
+        &seat_b.access_token(3600, 0),
+        &seat_b.chatgpt_account_id,
+    )
+    .await;
+    assert_eq!(check["accounts"][0]["structure"], "workspace");
+}

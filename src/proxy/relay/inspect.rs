@@ -21,7 +21,7 @@ pub(super) fn built_in<I: Interceptor>(
         method::TOKENS_REFRESH => return envelope.is_request(),
         method::RATE_LIMITS_UPDATED => {
             if let Some(p) = envelope.params::<RateLimitsUpdatedParams>() {
-                observe(Observation::RateLimits(p.rate_limits));
+                observe(Observation::RateLimits(Box::new(p.rate_limits)));
             }
         }
         method::ERROR => {

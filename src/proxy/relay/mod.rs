@@ -54,7 +54,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// What the relay saw on a client's upstream connection.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
-    RateLimits(RateLimitSnapshot),
+    RateLimits(Box<RateLimitSnapshot>),
     UsageLimitError {
         thread_id: Option<String>,
         turn_id: Option<String>,
