@@ -63,7 +63,7 @@ async fn a_refresh_request_is_answered_for_the_active_seat_of_a_workspace() {
     let store_dir = tempfile::tempdir().unwrap();
     let store = Store::open(store_dir.path());
     let (ann, ann_rt) = mock.add_account("team");
-    let (ben, ben_rt) = mock.add_seat("ben", &ann);
+    let (ben, ben_rt) = mock.add_seat_sharing("ben", &ann);
     assert_eq!(ann.chatgpt_account_id, ben.chatgpt_account_id);
     for (name, fake, rt) in [("ann", &ann, &ann_rt), ("ben", &ben, &ben_rt)] {
         let file = store_dir.path().join(format!("{name}.auth.json"));

@@ -444,10 +444,11 @@ impl MockBackend {
         self.state().refresh_faults.push_back(fault);
     }
 
-    /// Adds a seat of `workspace`'s workspace: another user (`user-{label}`,
+    /// Adds a seat of `workspace`'s workspace that shares its mock state (usage, mode) instead
+    /// of having its own as [`Self::add_seat`]'s do: another user (`user-{label}`,
     /// `{label}@example.com`) with the same `chatgpt_account_id`. Returns it with a refresh
     /// token whose refreshes mint this seat's tokens. The workspace's usage and mode apply.
-    pub fn add_seat(&self, label: &str, workspace: &FakeAccount) -> (FakeAccount, String) {
+    pub fn add_seat_sharing(&self, label: &str, workspace: &FakeAccount) -> (FakeAccount, String) {
         let seat = FakeAccount {
             chatgpt_account_id: workspace.chatgpt_account_id.clone(),
             email: format!("{label}@example.com"),
