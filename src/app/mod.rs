@@ -254,6 +254,10 @@ async fn event_loop(
     let mut sigterm = signal(SignalKind::terminate()).wrap_err("installing signal handlers")?;
     let mut sighup = signal(SignalKind::hangup()).wrap_err("installing signal handlers")?;
     let mut sigint = signal(SignalKind::interrupt()).wrap_err("installing signal handlers")?;
+    // Once handled, SIGTSTP no longer stops us by itself: `suspend` gives the terminal back
+    // first, then stops.
+    let mut sigtstp = signal(SignalKind::from_raw(Signal::SIGTSTP as i32))
+        .wrap_err("installing signal handlers")?;
     let mut proxy_open = true;
     let mut terminal_open = true;
     let mut proxy_starting = backend
@@ -335,6 +339,15 @@ async fn event_loop(
             _ = sigterm.recv() => app.end(Ending::Signal(Signal::SIGTERM as i32)),
             _ = sighup.recv() => app.end(Ending::Signal(Signal::SIGHUP as i32)),
             _ = sigint.recv() => app.end(Ending::Signal(Signal::SIGINT as i32)),
+            _ = sigtstp.recv() => {
+                tracing::info!("stopped (SIGTSTP)");
+                guard.suspend()?;
+                tracing::info!("continued");
+                // The terminal may have been resized while we were stopped.
+                let size = guard.terminal.size().wrap_err("reading the terminal size")?;
+                app.relayout(size.width, size.height);
+                app.frames.request();
+            }
         }
     }
 }

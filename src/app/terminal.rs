@@ -11,7 +11,7 @@ use crossterm::event::{
     EnableFocusChange, EnableMouseCapture,
 };
 use crossterm::terminal::{
-    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+    Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use crossterm::{execute, queue};
 use ratatui::Terminal;
@@ -104,6 +104,39 @@ impl TerminalGuard {
         let backend = CrosstermBackend::new(FrameWriter::new());
         let terminal = Terminal::new(backend).wrap_err("starting the terminal UI")?;
         Ok(Self { terminal, colors })
+    }
+}
+
+impl TerminalGuard {
+    /// Job control (SIGTSTP: Ctrl+Z in the outer shell, `kill -TSTP`): gives the terminal back
+    /// as we found it, stops the whole process as the default action would have, and takes the
+    /// terminal again when continued (SIGCONT). The caller redraws everything afterwards. Codex
+    /// runs on in its own session meanwhile.
+    pub fn suspend(&mut self) -> Result<()> {
+        let _ = self.terminal.backend_mut().writer_mut().present();
+        restore();
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP)
+            .wrap_err("stopping for job control")?;
+        // Continued.
+        enable_raw_mode().wrap_err("switching the terminal back to raw mode")?;
+        ACTIVE.store(true, Ordering::SeqCst);
+        let mut out = std::io::stdout();
+        queue!(
+            out,
+            EnterAlternateScreen,
+            Clear(ClearType::All),
+            EnableBracketedPaste,
+            EnableMouseCapture,
+            EnableFocusChange
+        )
+        .and_then(|()| out.flush())
+        .wrap_err("setting up the terminal again")?;
+        // The screen is blank now: forget what ratatui thinks is on it, so the next frame is
+        // drawn whole. (Not `Terminal::clear`: it asks the cursor position, and the answer
+        // would go to the event reader.) Each swap blanks the buffer it leaves behind.
+        self.terminal.swap_buffers();
+        self.terminal.swap_buffers();
+        Ok(())
     }
 }
 
