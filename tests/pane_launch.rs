@@ -278,3 +278,41 @@ fn a_proxy_that_cannot_start_is_a_message_after_the_terminal_is_restored() {
     assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
     assert_eq!(t.format("#{alternate_on}"), "0");
 }
+
+/// A panic in a background task (here the dev event replay, told to panic) ends the session:
+/// Codex is stopped, the terminal restored, and the panic said there — not a dashboard left
+/// running on a cooked terminal, nor one running on without the task.
+#[test]
+fn a_panic_off_the_ui_thread_ends_the_session_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_codex(dir.path(), "echo fake codex running; exec sleep 600");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "").unwrap();
+    let t = run_in_tmux_with(
+        dir.path(),
+        &[
+            ("CS_TUI_NO_PROXY", OsStr::new("1")),
+            ("CS_TUI_DEV_EVENTS", events.as_os_str()),
+            ("CS_TUI_HOME", dir.path().as_os_str()),
+            ("CS_TUI_CODEX_BIN", fake.as_os_str()),
+        ],
+    );
+    t.wait_for(Duration::from_secs(30), "the fake codex", |s| {
+        s.contains("fake codex running")
+    });
+    std::fs::write(&events, "panic\n").unwrap();
+    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
+        s.contains("shell prompt>")
+    });
+    assert!(screen.contains("cs-tui exited 1"), "{screen}");
+    assert!(
+        screen.contains("error: cs-tui stopped: an internal task panicked"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("the events file asked for a panic"),
+        "{screen}"
+    );
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    assert_eq!(t.format("#{alternate_on}"), "0");
+}
