@@ -316,3 +316,45 @@ fn a_panic_off_the_ui_thread_ends_the_session_with_a_message() {
     assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
     assert_eq!(t.format("#{alternate_on}"), "0");
 }
+
+/// Whatever the command line, cs-tui answers with a message and an exit code, never a panic
+/// (`cs-tui -é` used to cut `é` in half).
+#[test]
+fn no_argv_panics() {
+    use std::os::unix::ffi::OsStrExt;
+    let store = tempfile::tempdir().unwrap();
+    let table: &[&[&[u8]]] = &[
+        &[b"-\xc3\xa9"],
+        &[b"-\xc3\xa9x", b"hi"],
+        &[b"-\xf0\x9f\x98\x80"],
+        &[b"--\xc3\xbc=1"],
+        &[b"-m"],
+        &[b"-"],
+        &[b"--="],
+        &[b"\xff\xfe"],
+        &[b"-\xff"],
+        &[b"accounts", b"rename", b"\xc3\xa9", b"\xc3\xbc"],
+        &[b"accounts", b"use", b"\xe2\x80\xae"],
+        &[b"status", b"--timeout", b"99999999999999999999999"],
+        &[b"status", b"--timeout", b"-1"],
+        &[b"switch", b"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"],
+        &[b"serve", b"--listen", b"[::1]:99999"],
+        &[b"serve", b"--listen", b"\xc3\xa9"],
+    ];
+    for args in table {
+        let args: Vec<&OsStr> = args.iter().map(|a| OsStr::from_bytes(a)).collect();
+        // No codex: anything that would start the dashboard stops at that, before the terminal.
+        let (code, stderr) = stderr_of(
+            cs_tui(store.path())
+                .env("CS_TUI_NO_PROXY", "1")
+                .env("CS_TUI_CODEX_BIN", "/nonexistent/codex")
+                .args(&args),
+        );
+        assert!(
+            code == 1 || code == 2,
+            "{args:?}: exit code {code}, stderr:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.trim().is_empty(), "{args:?}: no message");
+    }
+}
