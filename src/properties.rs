@@ -184,7 +184,7 @@ proptest! {
         }, "credits": {"has_credits": true, "balance": used}});
         let now_utc = chrono::DateTime::from_timestamp(now, 0).unwrap();
         let report = crate::accounts::usage::parse_usage(body.to_string().as_bytes(), now_utc);
-        let report = report.map_err(|e| TestCaseError::fail(e))?;
+        let report = report.map_err(TestCaseError::fail)?;
         for window in report.snapshot.windows() {
             prop_assert!((0.0..=100.0).contains(&window.headroom()));
             use_window(window, now);
