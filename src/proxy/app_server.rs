@@ -137,7 +137,8 @@ impl AppServer {
         let reaped = crate::proxy::reaper::available();
         let mut command = if reaped {
             // Through the reaper (cs-tui re-executed), so that the app-server's tools die with
-            // cs-tui too; see `reaper.rs`. It costs one exec of cs-tui before the app-server's.
+            // cs-tui too; see `reaper.rs`. It costs one exec of cs-tui before the app-server's:
+            // ~2.6 ms (release build, median) against the app-server's ~200 ms to ready.
             let mut command = Command::new("/proc/self/exe");
             command
                 .arg0("cs-tui")
