@@ -16,6 +16,13 @@ use crate::errors::WithHint;
 /// The file name inside the store directory.
 pub const CONFIG_FILE: &str = "config.toml";
 
+/// The widest panel allowed (columns).
+pub const MAX_PANEL_WIDTH: u16 = 500;
+/// The most scrollback allowed: ~200 MB of typical lines (README: 10,000 take ~20 MB).
+pub const MAX_SCROLLBACK_LINES: usize = 100_000;
+/// The longest polling interval allowed: a day.
+pub const MAX_INTERVAL_SECS: u64 = 86_400;
+
 /// Everything the user can set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -252,9 +259,60 @@ impl Config {
         }
     }
 
-    /// Parses a config file's text.
+    /// Parses a config file's text, and checks every value is in its range.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+        let config: Self = toml::from_str(text)?;
+        config
+            .check_ranges()
+            .map_err(<toml::de::Error as serde::de::Error>::custom)?;
+        Ok(config)
+    }
+
+    /// Values the types allow but cs-tui cannot use: a threshold that is not a percentage,
+    /// a size that would take the machine's memory, an interval a timer cannot hold.
+    fn check_ranges(&self) -> Result<(), String> {
+        for (key, value) in [
+            (
+                "switch.five_hour_threshold",
+                self.switch.five_hour_threshold,
+            ),
+            ("switch.weekly_threshold", self.switch.weekly_threshold),
+        ] {
+            if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
+                return Err(format!(
+                    "{key} = {value}: must be a percentage from 0 to 100"
+                ));
+            }
+        }
+        if !(1..=MAX_PANEL_WIDTH).contains(&self.panel.width) {
+            return Err(format!(
+                "panel.width = {}: must be from 1 to {MAX_PANEL_WIDTH} columns",
+                self.panel.width
+            ));
+        }
+        if self.pane.scrollback_lines > MAX_SCROLLBACK_LINES {
+            return Err(format!(
+                "pane.scrollback_lines = {}: at most {MAX_SCROLLBACK_LINES} (about 200 MB)",
+                self.pane.scrollback_lines
+            ));
+        }
+        for (key, value) in [
+            (
+                "polling.usage_interval_secs",
+                self.polling.usage_interval_secs,
+            ),
+            (
+                "polling.active_interval_secs",
+                self.polling.active_interval_secs,
+            ),
+        ] {
+            if !(1..=MAX_INTERVAL_SECS).contains(&value) {
+                return Err(format!(
+                    "{key} = {value}: must be from 1 to {MAX_INTERVAL_SECS} seconds (a day)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `<store dir>/config.toml`.
@@ -325,6 +383,50 @@ mod tests {
         assert!(Config::from_toml("prefix_key = \"a\"").is_err());
         assert!(Config::from_toml("prefix_key = \"ctrl+banana\"").is_err());
         assert!(Config::from_toml("[panel]\nside = \"top\"").is_err());
+    }
+
+    #[test]
+    fn values_out_of_range_are_errors_that_name_the_key() {
+        let table = [
+            (
+                "[switch]\nfive_hour_threshold = nan",
+                "switch.five_hour_threshold",
+            ),
+            (
+                "[switch]\nfive_hour_threshold = inf",
+                "switch.five_hour_threshold",
+            ),
+            ("[switch]\nweekly_threshold = -1", "switch.weekly_threshold"),
+            (
+                "[switch]\nweekly_threshold = 100.5",
+                "switch.weekly_threshold",
+            ),
+            ("[panel]\nwidth = 0", "panel.width"),
+            ("[panel]\nwidth = 65535", "panel.width"),
+            (
+                "[pane]\nscrollback_lines = 18446744073709551615",
+                "pane.scrollback_lines",
+            ),
+            (
+                "[polling]\nusage_interval_secs = 0",
+                "polling.usage_interval_secs",
+            ),
+            (
+                "[polling]\nactive_interval_secs = 18446744073709551615",
+                "polling.active_interval_secs",
+            ),
+        ];
+        for (text, key) in table {
+            let err = Config::from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        // The edges are fine.
+        let edges = "[switch]\nfive_hour_threshold = 0\nweekly_threshold = 100\n\
+                     [pane]\nscrollback_lines = 100000\n[polling]\nusage_interval_secs = 86400\n";
+        Config::from_toml(edges).unwrap();
+        // Integers that do not fit the type are parse errors, not panics.
+        assert!(Config::from_toml("[panel]\nwidth = 70000").is_err());
+        assert!(Config::from_toml("[pane]\nscrollback_lines = -1").is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub mod config;
 pub mod errors;
 pub mod logging;
 pub mod paths;
+#[cfg(test)]
+mod properties;
 pub mod proxy;
 pub mod pty;
 pub mod quota;

@@ -168,7 +168,11 @@ fn app_server_pid(store: &std::path::Path) -> Option<i32> {
             let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (cmdline.contains(" app-server ") && cmdline.contains(&needle)).then_some(pid)
+            // Not the reaper in front of it (`cs-tui __reaper codex app-server …`).
+            (cmdline.contains(" app-server ")
+                && cmdline.contains(&needle)
+                && !cmdline.contains("__reaper"))
+            .then_some(pid)
         })
 }
 

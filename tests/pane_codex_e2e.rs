@@ -245,3 +245,78 @@ async fn codex_exit_code_becomes_cs_tui_exit_code_and_the_terminal_is_restored()
     );
     assert!(!home.exists(), "the test CODEX_HOME is removed");
 }
+
+/// The state letter of a process (`R`, `S`, `T` for stopped, …).
+fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
+fn only_child_of(pid: i32) -> i32 {
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .expect("pgrep");
+    let children: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(children.len(), 1, "children of {pid}: {children:?}");
+    children[0]
+}
+
+fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !pred() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Job control: SIGTSTP gives the outer terminal back (main screen, cooked mode) and stops
+/// cs-tui, while Codex runs on; SIGCONT takes the terminal again and redraws it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigtstp_gives_the_terminal_back_and_sigcont_redraws() {
+    let s = start(160, 40).await;
+    let t = &s.tmux;
+    t.wait_for(WAIT, "Codex ready beside the panel", |screen| {
+        ready(screen) && screen.contains("╭ cs-tui")
+    });
+    let cs_tui = only_child_of(t.pane_pid());
+    let codex = only_child_of(cs_tui);
+    let tty = t.format("#{pane_tty}");
+    let canonical = || {
+        let out = std::process::Command::new("stty")
+            .args(["-F", &tty, "-a"])
+            .output()
+            .expect("stty");
+        String::from_utf8_lossy(&out.stdout)
+            .split([' ', ';', '\n'])
+            .any(|word| word == "icanon")
+    };
+    assert!(!canonical(), "the dashboard runs in raw mode");
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(cs_tui), sig).unwrap();
+
+    signal(nix::sys::signal::Signal::SIGTSTP);
+    wait_until("cs-tui stopped", || process_state(cs_tui) == 'T');
+    assert_eq!(t.format("#{alternate_on}"), "0", "back on the main screen");
+    assert!(canonical(), "the terminal is back in cooked mode");
+    assert!(
+        !t.screen().contains("Ask Codex to do anything"),
+        "the dashboard is off the screen:\n{}",
+        t.screen()
+    );
+    assert_ne!(process_state(codex), 'T', "Codex runs on");
+
+    signal(nix::sys::signal::Signal::SIGCONT);
+    t.wait_for(WAIT, "the whole dashboard drawn again", |screen| {
+        ready(screen) && screen.contains("╭ cs-tui")
+    });
+    assert_eq!(t.format("#{alternate_on}"), "1");
+    assert!(!canonical(), "raw mode again");
+    // Keys reach Codex again.
+    t.paste("after the stop");
+    t.wait_for(WAIT, "the pasted prompt", |screen| {
+        screen.contains("› after the stop")
+    });
+}

@@ -278,3 +278,83 @@ fn a_proxy_that_cannot_start_is_a_message_after_the_terminal_is_restored() {
     assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
     assert_eq!(t.format("#{alternate_on}"), "0");
 }
+
+/// A panic in a background task (here the dev event replay, told to panic) ends the session:
+/// Codex is stopped, the terminal restored, and the panic said there — not a dashboard left
+/// running on a cooked terminal, nor one running on without the task.
+#[test]
+fn a_panic_off_the_ui_thread_ends_the_session_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_codex(dir.path(), "echo fake codex running; exec sleep 600");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "").unwrap();
+    let t = run_in_tmux_with(
+        dir.path(),
+        &[
+            ("CS_TUI_NO_PROXY", OsStr::new("1")),
+            ("CS_TUI_DEV_EVENTS", events.as_os_str()),
+            ("CS_TUI_HOME", dir.path().as_os_str()),
+            ("CS_TUI_CODEX_BIN", fake.as_os_str()),
+        ],
+    );
+    t.wait_for(Duration::from_secs(30), "the fake codex", |s| {
+        s.contains("fake codex running")
+    });
+    std::fs::write(&events, "panic\n").unwrap();
+    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
+        s.contains("shell prompt>")
+    });
+    assert!(screen.contains("cs-tui exited 1"), "{screen}");
+    assert!(
+        screen.contains("error: cs-tui stopped: an internal task panicked"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("the events file asked for a panic"),
+        "{screen}"
+    );
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    assert_eq!(t.format("#{alternate_on}"), "0");
+}
+
+/// Whatever the command line, cs-tui answers with a message and an exit code, never a panic
+/// (`cs-tui -é` used to cut `é` in half).
+#[test]
+fn no_argv_panics() {
+    use std::os::unix::ffi::OsStrExt;
+    let store = tempfile::tempdir().unwrap();
+    let table: &[&[&[u8]]] = &[
+        &[b"-\xc3\xa9"],
+        &[b"-\xc3\xa9x", b"hi"],
+        &[b"-\xf0\x9f\x98\x80"],
+        &[b"--\xc3\xbc=1"],
+        &[b"-m"],
+        &[b"-"],
+        &[b"--="],
+        &[b"\xff\xfe"],
+        &[b"-\xff"],
+        &[b"accounts", b"rename", b"\xc3\xa9", b"\xc3\xbc"],
+        &[b"accounts", b"use", b"\xe2\x80\xae"],
+        &[b"status", b"--timeout", b"99999999999999999999999"],
+        &[b"status", b"--timeout", b"-1"],
+        &[b"switch", b"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"],
+        &[b"serve", b"--listen", b"[::1]:99999"],
+        &[b"serve", b"--listen", b"\xc3\xa9"],
+    ];
+    for args in table {
+        let args: Vec<&OsStr> = args.iter().map(|a| OsStr::from_bytes(a)).collect();
+        // No codex: anything that would start the dashboard stops at that, before the terminal.
+        let (code, stderr) = stderr_of(
+            cs_tui(store.path())
+                .env("CS_TUI_NO_PROXY", "1")
+                .env("CS_TUI_CODEX_BIN", "/nonexistent/codex")
+                .args(&args),
+        );
+        assert!(
+            code == 1 || code == 2,
+            "{args:?}: exit code {code}, stderr:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.trim().is_empty(), "{args:?}: no message");
+    }
+}

@@ -364,7 +364,7 @@ struct AccountJson<'a> {
     enabled: bool,
     active: bool,
     /// `ok` or `needs_login`.
-    status: &'static str,
+    status: &'a str,
     status_reason: Option<&'a str>,
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
@@ -390,6 +390,7 @@ fn account_json<'a>(file: &'a AccountsFile, account: &'a Account) -> AccountJson
     let (status, status_reason) = match &account.status {
         AccountStatus::Ok => ("ok", None),
         AccountStatus::NeedsLogin { reason } => ("needs_login", Some(reason.as_str())),
+        AccountStatus::Unknown { state, .. } => (state.as_str(), None),
     };
     AccountJson {
         id: &account.id,

@@ -375,6 +375,7 @@ fn import_into(file: &mut AccountsFile, auth: &CodexAuth, name: Option<&str>) ->
                 last_refreshed_at: None,
                 enabled: true,
                 status: AccountStatus::Ok,
+                unknown: Default::default(),
             };
             auth.apply_to(&mut account);
             file.accounts.push(account);

@@ -51,6 +51,22 @@ pub struct AccountsFile {
     pub active: Option<String>,
     #[serde(default)]
     pub accounts: Vec<Account>,
+    /// Fields a newer cs-tui wrote: kept, and written back unchanged.
+    #[serde(flatten)]
+    pub unknown: UnknownFields,
+}
+
+/// Fields of the store this version does not know, kept so that writing the store back does
+/// not drop what a newer version put there. `Debug` shows only their names: one could hold a
+/// token.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UnknownFields(pub serde_json::Map<String, serde_json::Value>);
+
+impl std::fmt::Debug for UnknownFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// One stored account. `Debug` never shows a token (they are [`Secret`]s).
@@ -81,6 +97,9 @@ pub struct Account {
     pub enabled: bool,
     #[serde(default)]
     pub status: AccountStatus,
+    /// Fields a newer cs-tui wrote: kept, and written back unchanged.
+    #[serde(flatten)]
+    pub unknown: UnknownFields,
 }
 
 fn enabled_by_default() -> bool {
@@ -103,13 +122,56 @@ pub enum AccountAuth {
 }
 
 /// Whether the stored tokens still work.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum AccountStatus {
     #[default]
     Ok,
     /// The refresh token was rejected; only a new login helps.
     NeedsLogin { reason: String },
+    /// A state a newer cs-tui wrote; kept as written (the account is used as if `ok`).
+    Unknown {
+        state: String,
+        fields: serde_json::Map<String, serde_json::Value>,
+    },
+}
+
+/// How [`AccountStatus`] is stored: `{"state": "ok"}`, `{"state": "needs_login", "reason": …}`.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum KnownStatus {
+    Ok,
+    NeedsLogin { reason: String },
+}
+
+impl Serialize for AccountStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Ok => KnownStatus::Ok.serialize(serializer),
+            Self::NeedsLogin { reason } => KnownStatus::NeedsLogin {
+                reason: reason.clone(),
+            }
+            .serialize(serializer),
+            Self::Unknown { fields, .. } => fields.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fields = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let state = match fields.get("state") {
+            Some(serde_json::Value::String(state)) => state.clone(),
+            _ => return Err(serde::de::Error::missing_field("state")),
+        };
+        if matches!(state.as_str(), "ok" | "needs_login") {
+            return match serde_json::from_value(serde_json::Value::Object(fields)) {
+                Ok(KnownStatus::Ok) => Ok(Self::Ok),
+                Ok(KnownStatus::NeedsLogin { reason }) => Ok(Self::NeedsLogin { reason }),
+                Err(err) => Err(serde::de::Error::custom(err)),
+            };
+        }
+        Ok(Self::Unknown { state, fields })
+    }
 }
 
 impl Account {
@@ -123,7 +185,13 @@ impl Account {
 
     /// The first 8 digits of the id, enough to tell accounts apart in a table.
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(8)]
+        // (Hand-edited ids need not be ASCII: cut at a character boundary.)
+        let end = self
+            .id
+            .char_indices()
+            .nth(8)
+            .map_or(self.id.len(), |(i, _)| i);
+        &self.id[..end]
     }
 
     /// Claims of the access token, if it is a readable JWT.
@@ -151,6 +219,7 @@ impl Default for AccountsFile {
             version: CURRENT_VERSION,
             active: None,
             accounts: Vec::new(),
+            unknown: UnknownFields::default(),
         }
     }
 }
@@ -342,6 +411,9 @@ struct OnDiskOut<'a> {
 
 #[derive(Deserialize)]
 struct OnDiskIn {
+    /// Checked before (it names the file as ours); named here so it is not an unknown field.
+    #[serde(rename = "format")]
+    _format: serde_json::Value,
     #[serde(flatten)]
     file: AccountsFile,
 }
@@ -657,6 +729,7 @@ mod tests {
             last_refreshed_at: None,
             enabled: true,
             status: AccountStatus::Ok,
+            unknown: Default::default(),
         }
     }
 
@@ -855,5 +928,61 @@ mod tests {
             .expect_err("held by the first");
         drop(held);
         Flock::lock(other, FlockArg::LockExclusiveNonblock).expect("free after the holder went");
+    }
+}
+
+#[cfg(test)]
+mod forward_compatibility_tests {
+    use super::*;
+
+    /// What a newer cs-tui might write: fields and a status this version does not know.
+    const NEWER: &str = r#"{
+      "format": "cs-tui-accounts", "version": 1, "active": "a1",
+      "sync": {"peer": "laptop"},
+      "accounts": [{
+        "id": "a1", "name": "work", "created_at": "2026-01-01T00:00:00Z",
+        "auth": {"type": "api_key", "key": "sk-SECRET-KEY"},
+        "status": {"state": "paused", "until": "2027-01-01T00:00:00Z"},
+        "color": "teal", "future_token": "SECRET-FUTURE"
+      }, {
+        "id": "ééééééééé", "name": "ünïcode", "created_at": "2026-01-01T00:00:00Z",
+        "auth": {"type": "api_key", "key": "sk-OTHER"}
+      }]
+    }"#;
+
+    #[test]
+    fn unknown_fields_and_states_survive_a_write_by_this_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        std::fs::write(store.accounts_path(), NEWER).unwrap();
+        let file = store.load().unwrap();
+        let work = file.get("a1").unwrap();
+        assert!(matches!(&work.status, AccountStatus::Unknown { state, .. } if state == "paused"));
+        assert!(!work.needs_login());
+        // Debug names the unknown fields, never their values.
+        let debug = format!("{file:?}");
+        assert!(debug.contains("future_token"), "{debug}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        // Non-ASCII ids and names work.
+        assert_eq!(file.accounts[1].short_id(), "éééééééé");
+
+        store
+            .update(|file| {
+                file.resolve_mut("work")?.enabled = false;
+                Ok(())
+            })
+            .unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.accounts_path()).unwrap()).unwrap();
+        assert_eq!(written["sync"]["peer"], "laptop");
+        assert_eq!(written["format"], "cs-tui-accounts");
+        let work = &written["accounts"][0];
+        assert_eq!(work["enabled"], false);
+        assert_eq!(work["color"], "teal");
+        assert_eq!(work["future_token"], "SECRET-FUTURE");
+        assert_eq!(work["status"]["state"], "paused");
+        assert_eq!(work["status"]["until"], "2027-01-01T00:00:00Z");
+        // And it reads back the same.
+        assert_eq!(store.load().unwrap().get("a1").unwrap().unknown.0.len(), 2);
     }
 }

@@ -1158,6 +1158,7 @@ mod tests {
             last_refreshed_at: None,
             enabled: true,
             status: AccountStatus::Ok,
+            unknown: Default::default(),
         };
         let now = Utc::now();
         assert!(!needs_refresh(&account, now));

@@ -283,10 +283,10 @@ impl WindowJson {
             window_duration_mins: self
                 .limit_window_seconds
                 .filter(|s| *s > 0)
-                .and_then(|s| u32::try_from((s + 59) / 60).ok()),
+                .and_then(|s| u32::try_from(s.saturating_add(59) / 60).ok()),
             resets_at: self.reset_at.or_else(|| {
                 self.reset_after_seconds
-                    .map(|after| now.timestamp() + after.max(0))
+                    .map(|after| now.timestamp().saturating_add(after.max(0)))
             }),
         }
     }
@@ -400,6 +400,41 @@ mod tests {
     use super::*;
     use crate::quota::WindowKind;
     use serde_json::json;
+
+    #[test]
+    fn extreme_numbers_saturate_instead_of_overflowing() {
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        for (seconds, after) in [(i64::MAX, i64::MAX), (i64::MIN, i64::MIN), (-1, 0)] {
+            let body = json!({"rate_limit": {
+                "primary_window": {"used_percent": 1e308, "limit_window_seconds": seconds,
+                                   "reset_after_seconds": after},
+                "secondary_window": {"used_percent": -1e308, "limit_window_seconds": seconds,
+                                     "reset_at": i64::MIN},
+            }});
+            let report = parse_usage(body.to_string().as_bytes(), now).unwrap();
+            for window in report.snapshot.windows() {
+                assert!(window.headroom() >= 0.0);
+                if let Some(reset) = window.resets_at {
+                    // What the panel does with it.
+                    let _ = crate::ui::pace::pace(window, now.timestamp());
+                    let _ = crate::ui::pace::time_to_exhaustion(window, Some(1e-300), i64::MAX);
+                    let _ = crate::ui::pace::format_duration(reset.saturating_sub(i64::MIN));
+                }
+            }
+        }
+        let body = json!({"rate_limit": {"primary_window": {"used_percent": 5,
+            "limit_window_seconds": i64::MAX, "reset_after_seconds": i64::MAX}}});
+        let report = parse_usage(body.to_string().as_bytes(), now).unwrap();
+        let window = report.snapshot.windows().next().unwrap();
+        assert_eq!(
+            window.window_duration_mins, None,
+            "too long for minutes in a u32"
+        );
+        assert_eq!(window.resets_at, Some(i64::MAX));
+        // A number that is not an i64 at all is a clear error.
+        let body = br#"{"rate_limit": {"primary_window": {"used_percent": 5, "reset_at": 1e400}}}"#;
+        assert!(parse_usage(body, now).is_err());
+    }
 
     #[test]
     fn parses_every_part_of_wham_usage() {

@@ -127,6 +127,8 @@ impl SessionBackend {
                     continue;
                 };
                 for line in new[..end].lines().filter(|l| !l.trim().is_empty()) {
+                    // A development aid: how a task that dies is tested end to end.
+                    assert_ne!(line.trim(), "panic", "the events file asked for a panic");
                     match serde_json::from_str::<ProxyEvent>(line) {
                         Ok(event) => {
                             if event_tx.send(event).is_err() {

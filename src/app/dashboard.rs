@@ -336,6 +336,13 @@ impl Dashboard {
                     at: *at,
                 });
             }
+            ProxyEvent::SessionFailed { message, at } => {
+                self.connection = ConnectionState::Down;
+                self.push_notice(Notice::Message {
+                    text: message.clone(),
+                    at: *at,
+                });
+            }
         }
     }
 

@@ -119,9 +119,10 @@ fn option_name(arg: &str) -> (&str, bool) {
             None => (arg, false),
         }
     } else {
-        // Short options: `-m` or `-mgpt-5` (value attached).
-        let name = &arg[..arg.len().min(2)];
-        (name, arg.len() > 2)
+        // Short options: `-m` or `-mgpt-5` (value attached). The name is `-` and one
+        // character, which need not be one byte (`-é`).
+        let end = arg.char_indices().nth(2).map_or(arg.len(), |(i, _)| i);
+        (&arg[..end], end < arg.len())
     }
 }
 
@@ -377,5 +378,29 @@ mod tests {
             err.to_string(),
             "`codex login` does not run in cs-tui: add accounts with `cs-tui accounts add`"
         );
+        let err = validate_codex_args(&args(&["-m"])).unwrap_err();
+        assert_eq!(err.to_string(), "-m needs a value");
+    }
+
+    #[test]
+    fn non_ascii_options_are_options_not_panics() {
+        let cwd = Path::new("/p");
+        // `-é` is two bytes after the dash; `-éx` has a value attached.
+        for input in [
+            &["-é"][..],
+            &["-éx", "hi"],
+            &["-😀"],
+            &["--ü=1"],
+            &["-\u{301}"],
+        ] {
+            let got = codex_command_args(&args(input), cwd, None).unwrap();
+            assert_eq!(strings(&got[2..]), *input);
+        }
+        // A value option spelled with a multi-byte value attached is complete.
+        let got = codex_command_args(&args(&["-mé"]), cwd, None).unwrap();
+        assert_eq!(strings(&got), ["-C", "/p", "-mé"]);
+        assert_eq!(option_name("-é"), ("-é", false));
+        assert_eq!(option_name("-éabc"), ("-é", true));
+        assert_eq!(option_name("-mé"), ("-m", true));
     }
 }

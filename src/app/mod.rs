@@ -34,7 +34,7 @@ use crate::app::terminal::{TerminalGuard, Tui};
 use crate::cli::GlobalArgs;
 use crate::config::Config;
 use crate::errors::with_hint;
-use crate::proxy::events::ProxyCommand;
+use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::pty::child::{ChildSpec, PtyChild, PtyEvent, child_environment, resolve_program};
 use crate::pty::keys::{KeyModes, WheelAction, encode_paste, wheel};
 use crate::pty::screen::PaneScreen;
@@ -119,10 +119,20 @@ struct SessionEnd {
     /// The non-blank lines of Codex's last screen.
     last_screen: Vec<String>,
     ran_for: Duration,
+    /// Why cs-tui ended the session itself, when part of it stopped working.
+    failure: Option<String>,
 }
 
 impl SessionEnd {
     fn report(&self, program: &std::ffi::OsStr) -> Option<String> {
+        if let Some(failure) = &self.failure {
+            return Some(format!(
+                "error: cs-tui stopped: {failure}\nhint: the log in {} has the details",
+                crate::paths::log_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|_| "the store's logs/ directory".into())
+            ));
+        }
         if !self.codex_exited {
             return None;
         }
@@ -182,6 +192,9 @@ enum Ending {
     UserQuit,
     /// A signal asked us to stop; exit with 128 + its number.
     Signal(i32),
+    /// Part of cs-tui stopped working (a task panicked, the switching core died); exit 1 and
+    /// say why.
+    Failed,
 }
 
 struct App {
@@ -201,6 +214,8 @@ struct App {
     ending: Option<Ending>,
     /// When Codex gets SIGKILL if it has not exited after the hang-up.
     kill_at: Option<Instant>,
+    /// Why the session failed ([`Ending::Failed`]).
+    failure: Option<String>,
 }
 
 async fn event_loop(
@@ -250,12 +265,18 @@ async fn event_loop(
         title: None,
         ending: None,
         kill_at: None,
+        failure: None,
     };
 
     let mut terminal_events = EventStream::new();
     let mut sigterm = signal(SignalKind::terminate()).wrap_err("installing signal handlers")?;
     let mut sighup = signal(SignalKind::hangup()).wrap_err("installing signal handlers")?;
     let mut sigint = signal(SignalKind::interrupt()).wrap_err("installing signal handlers")?;
+    // Once handled, SIGTSTP no longer stops us by itself: `suspend` gives the terminal back
+    // first, then stops.
+    let mut panics = crate::app::terminal::panics_elsewhere();
+    let mut sigtstp = signal(SignalKind::from_raw(Signal::SIGTSTP as i32))
+        .wrap_err("installing signal handlers")?;
     let mut proxy_open = true;
     let mut terminal_open = true;
     let mut proxy_starting = backend
@@ -319,6 +340,9 @@ async fn event_loop(
             event = backend.events.recv(), if proxy_open => match event {
                 Some(event) => {
                     tracing::debug!(?event, "proxy event");
+                    if let ProxyEvent::SessionFailed { message, .. } = &event {
+                        app.fail(message.clone());
+                    }
                     app.dashboard.apply(&event);
                     app.frames.request_soon(Instant::now());
                 }
@@ -337,6 +361,18 @@ async fn event_loop(
             _ = sigterm.recv() => app.end(Ending::Signal(Signal::SIGTERM as i32)),
             _ = sighup.recv() => app.end(Ending::Signal(Signal::SIGHUP as i32)),
             _ = sigint.recv() => app.end(Ending::Signal(Signal::SIGINT as i32)),
+            Some(message) = panics.recv() => {
+                app.fail(format!("an internal task panicked: {message}"));
+            }
+            _ = sigtstp.recv() => {
+                tracing::info!("stopped (SIGTSTP)");
+                guard.suspend()?;
+                tracing::info!("continued");
+                // The terminal may have been resized while we were stopped.
+                let size = guard.terminal.size().wrap_err("reading the terminal size")?;
+                app.relayout(size.width, size.height);
+                app.frames.request();
+            }
         }
     }
 }
@@ -374,6 +410,7 @@ impl App {
         let code = match self.ending {
             Some(Ending::UserQuit) => 0,
             Some(Ending::Signal(signal)) => 128 + signal,
+            Some(Ending::Failed) => 1,
             None => child_code,
         };
         let screen = self.pane.screen();
@@ -388,7 +425,18 @@ impl App {
             codex_exited: self.ending.is_none(),
             last_screen,
             ran_for: started.elapsed(),
+            failure: self.failure.clone(),
         }
+    }
+
+    /// Ends the session because part of cs-tui stopped working; `why` is said on the
+    /// restored terminal.
+    fn fail(&mut self, why: String) {
+        tracing::error!("ending the session: {why}");
+        if self.failure.is_none() {
+            self.failure = Some(why);
+        }
+        self.end(Ending::Failed);
     }
 
     /// Starts ending the session: hang up Codex's process group, as closing a terminal does,
@@ -619,6 +667,7 @@ mod tests {
             codex_exited: true,
             last_screen: vec!["› Ask Codex to do anything".to_owned()],
             ran_for: Duration::from_secs(60),
+            failure: None,
         }
     }
 

@@ -3,6 +3,8 @@
 
 use std::io::{BufWriter, Stdout, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::ThreadId;
 
 use color_eyre::eyre::{Result, WrapErr};
 use crossterm::cursor::{SetCursorStyle, Show};
@@ -11,11 +13,12 @@ use crossterm::event::{
     EnableFocusChange, EnableMouseCapture,
 };
 use crossterm::terminal::{
-    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+    Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use crossterm::{execute, queue};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
+use tokio::sync::mpsc;
 
 use crate::pty::queries::OuterColors;
 
@@ -107,6 +110,39 @@ impl TerminalGuard {
     }
 }
 
+impl TerminalGuard {
+    /// Job control (SIGTSTP: Ctrl+Z in the outer shell, `kill -TSTP`): gives the terminal back
+    /// as we found it, stops the whole process as the default action would have, and takes the
+    /// terminal again when continued (SIGCONT). The caller redraws everything afterwards. Codex
+    /// runs on in its own session meanwhile.
+    pub fn suspend(&mut self) -> Result<()> {
+        let _ = self.terminal.backend_mut().writer_mut().present();
+        restore();
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP)
+            .wrap_err("stopping for job control")?;
+        // Continued.
+        enable_raw_mode().wrap_err("switching the terminal back to raw mode")?;
+        ACTIVE.store(true, Ordering::SeqCst);
+        let mut out = std::io::stdout();
+        queue!(
+            out,
+            EnterAlternateScreen,
+            Clear(ClearType::All),
+            EnableBracketedPaste,
+            EnableMouseCapture,
+            EnableFocusChange
+        )
+        .and_then(|()| out.flush())
+        .wrap_err("setting up the terminal again")?;
+        // The screen is blank now: forget what ratatui thinks is on it, so the next frame is
+        // drawn whole. (Not `Terminal::clear`: it asks the cursor position, and the answer
+        // would go to the event reader.) Each swap blanks the buffer it leaves behind.
+        self.terminal.swap_buffers();
+        self.terminal.swap_buffers();
+        Ok(())
+    }
+}
+
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
         let _ = self.terminal.backend_mut().writer_mut().present();
@@ -114,17 +150,48 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// The thread that draws: a panic there unwinds through [`TerminalGuard`]'s drop.
+static UI_THREAD: OnceLock<ThreadId> = OnceLock::new();
+/// Where a panic on any other thread is reported, while the dashboard runs.
+static PANICS: Mutex<Option<mpsc::UnboundedSender<String>>> = Mutex::new(None);
+
+/// Panics of other threads (tokio tasks, the PTY reader) from now on, as messages. The
+/// dashboard ends on the first: a dead task would leave it running half-dead.
+pub fn panics_elsewhere() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    if let Ok(mut slot) = PANICS.lock() {
+        *slot = Some(tx);
+    }
+    rx
+}
+
+/// Hands a panic on another thread to the dashboard; `false` when nobody listens.
+fn forward_panic(message: String) -> bool {
+    PANICS
+        .lock()
+        .ok()
+        .and_then(|slot| slot.as_ref().map(|tx| tx.send(message).is_ok()))
+        .unwrap_or(false)
+}
+
 fn install_panic_hook() {
     static INSTALLED: AtomicBool = AtomicBool::new(false);
+    let _ = UI_THREAD.set(std::thread::current().id());
     if INSTALLED.swap(true, Ordering::SeqCst) {
         return;
     }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        // Restore first, or the message lands on the alternate screen and vanishes.
-        restore();
         // The terminal may be gone with the session; the log file keeps it.
         tracing::error!("cs-tui panicked: {info}");
+        let on_ui_thread = UI_THREAD.get() == Some(&std::thread::current().id());
+        // Off the UI thread, the dashboard still owns the terminal: it ends the session and
+        // says why once the terminal is restored (printing now would land on its screen).
+        if !on_ui_thread && forward_panic(info.to_string()) {
+            return;
+        }
+        // Restore first, or the message lands on the alternate screen and vanishes.
+        restore();
         previous(info);
     }));
 }

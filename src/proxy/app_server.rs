@@ -51,6 +51,10 @@ pub struct AppServerExit {
 /// A running app-server. Dropping it kills the process group and removes its socket.
 pub struct AppServer {
     pgid: Pid,
+    /// Started through the reaper (`reaper.rs`): the group's leader is the reaper.
+    reaped: bool,
+    /// The reaper's pipe; dropping it makes the reaper kill the whole tree.
+    _reaper_pipe: Option<tokio::process::ChildStdin>,
     socket: PathBuf,
     runtime_dir: PathBuf,
     stderr_log: PathBuf,
@@ -60,7 +64,17 @@ pub struct AppServer {
 
 /// Process groups and runtime directories to clean up from a panic hook or a signal handler,
 /// where no destructor runs.
-static LIVE: Mutex<Vec<(i32, PathBuf)>> = Mutex::new(Vec::new());
+static LIVE: Mutex<Vec<(i32, bool, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Kills the app-server's process group now. Through the reaper, the reaper does it, tools
+/// included (a SIGKILL to the group would kill the reaper before it could).
+fn force_stop(pgid: Pid, reaped: bool) {
+    if reaped {
+        let _ = nix::sys::signal::kill(pgid, crate::proxy::reaper::KILL_NOW);
+    } else {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+}
 
 /// Kills every app-server this process started and removes their sockets. Safe to call from
 /// a panic hook or a signal handler task; idempotent.
@@ -69,8 +83,8 @@ pub fn emergency_cleanup() {
         Ok(mut live) => std::mem::take(&mut *live),
         Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
     };
-    for (pgid, runtime_dir) in live {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    for (pgid, reaped, runtime_dir) in live {
+        force_stop(Pid::from_raw(pgid), reaped);
         remove_socket(&runtime_dir.join(SOCKET_NAME));
         let _ = std::fs::remove_dir_all(&runtime_dir);
     }
@@ -89,15 +103,15 @@ fn remove_socket(link: &Path) {
     let _ = std::fs::remove_file(link);
 }
 
-fn register(pgid: Pid, runtime_dir: &Path) {
+fn register(pgid: Pid, reaped: bool, runtime_dir: &Path) {
     if let Ok(mut live) = LIVE.lock() {
-        live.push((pgid.as_raw(), runtime_dir.to_owned()));
+        live.push((pgid.as_raw(), reaped, runtime_dir.to_owned()));
     }
 }
 
 fn unregister(pgid: Pid) {
     if let Ok(mut live) = LIVE.lock() {
-        live.retain(|(p, _)| *p != pgid.as_raw());
+        live.retain(|(p, _, _)| *p != pgid.as_raw());
     }
 }
 
@@ -120,7 +134,23 @@ impl AppServer {
             .wrap_err_with(|| format!("creating {}", options.stderr_log.display()))?;
 
         let (program, npm_env) = crate::codex_bin::exec_target(&options.codex_bin);
-        let mut command = Command::new(&program);
+        let reaped = crate::proxy::reaper::available();
+        let mut command = if reaped {
+            // Through the reaper (cs-tui re-executed), so that the app-server's tools die with
+            // cs-tui too; see `reaper.rs`. It costs one exec of cs-tui before the app-server's:
+            // ~2.6 ms (release build, median) against the app-server's ~200 ms to ready.
+            let mut command = Command::new("/proc/self/exe");
+            command
+                .arg0("cs-tui")
+                .arg(crate::proxy::reaper::SUBCOMMAND)
+                .arg(&program)
+                .stdin(Stdio::piped());
+            command
+        } else {
+            let mut command = Command::new(&program);
+            command.stdin(Stdio::null());
+            command
+        };
         command
             .envs(npm_env)
             .arg("app-server")
@@ -130,7 +160,6 @@ impl AppServer {
             // Its stderr goes to a log file (and its tail into events): plain text, no colours.
             .env("NO_COLOR", "1")
             .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             // Its own process group: the npm `codex` is a Node wrapper around the real binary,
@@ -141,10 +170,13 @@ impl AppServer {
         // the app-server SIGTERM instead of leaving it orphaned; the npm wrapper forwards it.
         // SAFETY: the closure runs in the forked child before exec and only makes the
         // async-signal-safe prctl(2) and getppid(2) calls.
+        // (The reaper instead learns of cs-tui's death from its pipe, and must outlive it.)
         let parent = nix::unistd::getpid();
         unsafe {
             command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+                if !reaped {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+                }
                 if nix::unistd::getppid() != parent {
                     // The parent died before the prctl took effect.
                     return Err(std::io::Error::other("cs-tui exited during the spawn"));
@@ -165,7 +197,10 @@ impl AppServer {
             }
         };
         let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or_default());
-        register(pgid, &options.runtime_dir);
+        // Its only write end: closed when we drop it or die, which tells the reaper to kill
+        // everything.
+        let reaper_pipe = child.stdin.take();
+        register(pgid, reaped, &options.runtime_dir);
 
         let (exit_tx, exit_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -178,13 +213,14 @@ impl AppServer {
                     match tokio::time::timeout(TERM_GRACE, child.wait()).await {
                         Ok(status) => status,
                         Err(_) => {
-                            let _ = killpg(pgid, Signal::SIGKILL);
+                            force_stop(pgid, reaped);
                             child.wait().await
                         }
                     }
                 }
             };
-            // The wrapper may be gone while the real binary lives on in the group.
+            // The wrapper may be gone while the real binary lives on in the group. (Through the
+            // reaper, nothing is left by now: it exits last.)
             let _ = killpg(pgid, Signal::SIGKILL);
             let status = match status {
                 Ok(s) => s.to_string(),
@@ -198,6 +234,8 @@ impl AppServer {
 
         let server = Self {
             pgid,
+            reaped,
+            _reaper_pipe: reaper_pipe,
             socket,
             runtime_dir: options.runtime_dir,
             stderr_log: options.stderr_log,
@@ -282,7 +320,7 @@ impl AppServer {
 impl Drop for AppServer {
     fn drop(&mut self) {
         if self.stop.is_some() {
-            let _ = killpg(self.pgid, Signal::SIGKILL);
+            force_stop(self.pgid, self.reaped);
         }
         self.cleanup_files();
     }

@@ -147,6 +147,9 @@ pub enum ProxyEvent {
         account: AccountRef,
         at: DateTime<Utc>,
     },
+    /// The session's core (switching, token refresh answers) stopped working: the session is
+    /// over.
+    SessionFailed { message: String, at: DateTime<Utc> },
 }
 
 /// What the rest of cs-tui asks of the proxy.

@@ -117,7 +117,7 @@ async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Resu
                         ProxyEvent::AppServerExited {
                             restarting: false,
                             ..
-                        }
+                        } | ProxyEvent::SessionFailed { .. }
                     );
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "{}", serde_json::to_string(&event)?)?;

@@ -396,7 +396,7 @@ impl Session {
             active_snapshot: snapshot,
             ready: ready_tx,
         });
-        tasks.push(tokio::spawn(core.run(core_rx)));
+        tasks.push(watch_core(tokio::spawn(core.run(core_rx)), events.clone()));
 
         let shared = Arc::new(RelayShared {
             // A restarted app-server listens on the same path.
@@ -742,6 +742,80 @@ fn prune_stale_runtime_dirs(root: &Path) {
                 crate::proxy::socket::remove_link_target(&entry.path().join(socket));
             }
             let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Watches the session's core: if it dies (a panic), nothing would switch accounts or answer
+/// token-refresh requests any more, so the session says so and ends
+/// ([`ProxyEvent::SessionFailed`]) instead of going on half-dead. Aborting the watcher aborts
+/// the core.
+fn watch_core(core: JoinHandle<()>, events: broadcast::Sender<ProxyEvent>) -> JoinHandle<()> {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    // Made out here: a watcher aborted before its first poll still drops it.
+    let abort = AbortOnDrop(core.abort_handle());
+    tokio::spawn(async move {
+        let _abort = abort;
+        if let Err(err) = core.await
+            && err.is_panic()
+        {
+            let payload = err.into_panic();
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            tracing::error!("the session core died: {why}");
+            let _ = events.send(ProxyEvent::SessionFailed {
+                message: format!(
+                    "the switching core stopped ({why}): no more switches or token refreshes"
+                ),
+                at: chrono::Utc::now(),
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod core_watch_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_core_that_panics_ends_the_session_with_a_message() {
+        let (events, mut rx) = broadcast::channel(4);
+        let core = tokio::spawn(async { panic!("core broke") });
+        watch_core(core, events).await.unwrap();
+        match rx.recv().await.unwrap() {
+            ProxyEvent::SessionFailed { message, .. } => {
+                assert!(message.contains("core broke"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn aborting_the_watcher_aborts_the_core() {
+        let (events, _rx) = broadcast::channel(4);
+        let (_hold, wait) = tokio::sync::oneshot::channel::<()>();
+        let core = tokio::spawn(async move {
+            let _ = wait.await;
+        });
+        let abort = core.abort_handle();
+        let watcher = watch_core(core, events);
+        watcher.abort();
+        let _ = watcher.await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !abort.is_finished() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the core still runs"
+            );
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -11,7 +11,7 @@ pub fn pace(window: &RateLimitWindow, now: i64) -> Option<f64> {
     if length <= 0 {
         return None;
     }
-    let remaining = (window.resets_at? - now).clamp(0, length);
+    let remaining = window.resets_at?.saturating_sub(now).clamp(0, length);
     let elapsed = length - remaining;
     let expected = elapsed as f64 / length as f64 * 100.0;
     Some(expected - window.used_percent)
@@ -54,7 +54,7 @@ pub fn burn_rate(samples: &[UsageSample], now: i64) -> Option<f64> {
 /// until the session has seen enough samples of its own.
 pub fn window_average_rate(window: &RateLimitWindow, now: i64) -> Option<f64> {
     let length = i64::from(window.window_duration_mins?) * 60;
-    let remaining = (window.resets_at? - now).clamp(0, length);
+    let remaining = window.resets_at?.saturating_sub(now).clamp(0, length);
     let elapsed = length - remaining;
     (elapsed >= MIN_BURN_SPAN_SECS).then(|| window.used_percent / elapsed as f64)
 }
@@ -79,7 +79,8 @@ pub fn time_to_exhaustion(window: &RateLimitWindow, rate: Option<f64>, now: i64)
     }
     let runs_out = rate
         .filter(|r| *r > 0.0)
-        .map(|r| now + (window.headroom() / r).ceil() as i64);
+        // (`as` saturates: a rate near zero means "never", not an overflow.)
+        .map(|r| now.saturating_add((window.headroom() / r).ceil() as i64));
     match (runs_out, window.resets_at) {
         (Some(at), Some(reset)) if at < reset => Exhaustion::At(at),
         (Some(at), None) => Exhaustion::At(at),

@@ -152,7 +152,7 @@ fn window_lines(
     if let Some(reset) = window.resets_at {
         lines.push(Line::from(format!(
             "  resets in {} ({})",
-            format_duration(reset - now),
+            format_duration(reset.saturating_sub(now)),
             ctx.clock(reset)
         )));
     }
@@ -603,7 +603,7 @@ pub fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Line<'stat
             ));
             if let Some(reset) = w.resets_at {
                 spans.push(Span::styled(
-                    format!(" ↻{}", format_duration(reset - ctx.unix())),
+                    format!(" ↻{}", format_duration(reset.saturating_sub(ctx.unix()))),
                     DIM,
                 ));
             }

@@ -46,6 +46,14 @@ pub async fn start(labels: &[&str]) -> Product {
 
 /// Like [`start`], with a hook to set the mock up before cs-tui starts.
 pub async fn start_with(labels: &[&str], setup: impl FnOnce(&MockBackend)) -> Product {
+    start_configured(labels, |mock, _| setup(mock)).await
+}
+
+/// Like [`start_with`], with the Codex home to configure too.
+pub async fn start_configured(
+    labels: &[&str],
+    setup: impl FnOnce(&MockBackend, &CodexHome),
+) -> Product {
     let mock = MockBackend::start().await;
     let home = CodexHome::offline(&mock.url());
     let store = tempfile::Builder::new()
@@ -79,7 +87,7 @@ pub async fn start_with(labels: &[&str], setup: impl FnOnce(&MockBackend)) -> Pr
         );
     }
     cs_tui(store.path(), &home, &mock, &["accounts", "use", labels[0]]);
-    setup(&mock);
+    setup(&mock, &home);
     let auth_before = std::fs::read(home.path().join("auth.json")).unwrap();
     let codex = codex_bin();
     let refresh_url = mock.refresh_url();
