@@ -62,4 +62,7 @@ pub trait AccountDirectory: Clone + Send + Sync + 'static {
     fn fetch_usage(&self, id: &str) -> impl Future<Output = Result<RateLimitSnapshot>> + Send;
     /// Records that the session now runs on this account.
     fn mark_active(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// The `User-Agent` the session's app-server sends the backend: the directory's own
+    /// backend requests send it too, so the backend sees one caller (issue 11, item 5).
+    fn adopt_user_agent(&self, _user_agent: &str) {}
 }

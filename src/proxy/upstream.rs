@@ -92,6 +92,8 @@ pub struct ControlConnection {
     login_waiter: Arc<Mutex<Option<oneshot::Sender<LoginCompletedParams>>>>,
     prefix: Arc<str>,
     counter: Arc<AtomicU64>,
+    /// The `User-Agent` the app-server sends the backend (its `initialize` result).
+    user_agent: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for ControlConnection {
@@ -102,6 +104,38 @@ impl std::fmt::Debug for ControlConnection {
     }
 }
 
+/// What the control connection says of itself in `initialize`.
+///
+/// The first `initialize` an app-server receives sets the originator and `User-Agent` of all
+/// its backend requests (PROTOCOL.md §9), and the control connection is always first: it logs
+/// the account in before any client may attach. So it introduces itself exactly as the Codex
+/// TUI does (captured from `codex --remote` 0.169.0: name `codex-tui`, no title, Codex's own
+/// version), and the backend sees what a plain `codex --remote` session sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub name: &'static str,
+    pub version: String,
+}
+
+impl ClientIdentity {
+    /// The Codex TUI of the given Codex version (`codex --version`); an unknown version is
+    /// sent as `unknown` rather than cs-tui's own.
+    pub fn codex_tui(codex_version: Option<&str>) -> Self {
+        Self {
+            name: "codex-tui",
+            version: codex_version.unwrap_or("unknown").to_owned(),
+        }
+    }
+
+    fn initialize_params(&self) -> Value {
+        json!({
+            "clientInfo": {"name": self.name, "title": null, "version": self.version},
+            // `chatgptAuthTokens` logins need the experimental API (PROTOCOL.md §1).
+            "capabilities": {"experimentalApi": true},
+        })
+    }
+}
+
 /// How long one control request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -109,6 +143,7 @@ impl ControlConnection {
     /// Connects, initializes, and starts the reader. Events go to `events`.
     pub async fn connect(
         addr: &AppServerAddr,
+        identity: &ClientIdentity,
         events: mpsc::UnboundedSender<ControlEvent>,
     ) -> Result<Self> {
         let ws = dial(addr).await?;
@@ -121,12 +156,13 @@ impl ControlConnection {
                 }
             }
         });
-        let control = Self {
+        let mut control = Self {
             outgoing,
             pending: Arc::default(),
             login_waiter: Arc::default(),
             prefix: format!("{OWN_ID_PREFIX}{}/", uuid::Uuid::new_v4().simple()).into(),
             counter: Arc::new(AtomicU64::new(1)),
+            user_agent: None,
         };
         let reader = control.clone();
         tokio::spawn(async move {
@@ -140,19 +176,22 @@ impl ControlConnection {
             reader.fail_all("the app-server closed the control connection");
             let _ = events.send(ControlEvent::Closed);
         });
-        control
-            .request(
-                "initialize",
-                json!({
-                    "clientInfo": {"name": "cs-tui", "title": "cs-tui switching proxy",
-                                   "version": env!("CARGO_PKG_VERSION")},
-                    "capabilities": {"experimentalApi": true},
-                }),
-            )
+        let initialized = control
+            .request("initialize", identity.initialize_params())
             .await
             .wrap_err("initializing the control connection")?;
+        control.user_agent = initialized
+            .get("userAgent")
+            .and_then(Value::as_str)
+            .map(Arc::from);
         control.notify("initialized", None);
         Ok(control)
+    }
+
+    /// The `User-Agent` the app-server sends the backend, from its `initialize` result:
+    /// cs-tui's own backend reads send the same.
+    pub fn user_agent(&self) -> Option<&str> {
+        self.user_agent.as_deref()
     }
 
     fn dispatch(&self, text: &str, events: &mpsc::UnboundedSender<ControlEvent>) {
@@ -333,12 +372,19 @@ pub async fn read_account(control: &ControlConnection) -> Result<(Option<String>
     Ok((field("email"), field("planType")))
 }
 
+/// The parameters the Codex TUI sends with `account/rateLimits/read`: the control
+/// connection's reads are the same session's reads, so the backend sees the same request
+/// (`/wham/usage` with `x-openai-codex-luna-reserve`).
+pub fn rate_limits_read_params() -> Value {
+    json!({"supportsLunaReserve": true})
+}
+
 /// Reads the active account's rate limits (`account/rateLimits/read`).
 pub async fn read_rate_limits(
     control: &ControlConnection,
 ) -> Result<crate::quota::RateLimitSnapshot> {
     let value = control
-        .request("account/rateLimits/read", Value::Null)
+        .request("account/rateLimits/read", rate_limits_read_params())
         .await?;
     let snapshot = value
         .get("rateLimits")
