@@ -32,6 +32,9 @@ const VOLATILE: &[&str] = &[
     "x-codex-parent-thread-id",
     "thread-id",
     "host",
+    // Transport, not a name: Codex 0.171 offers compressed answers; cs-tui's own reads take
+    // them plain.
+    "accept-encoding",
     // A request parameter, not a name: the TUI's `account/rateLimits/read` declares it can
     // fall back to Luna Reserve; cs-tui's own reads of other accounts declare nothing.
     "x-openai-codex-luna-reserve",

@@ -70,6 +70,11 @@ pub enum CoreMsg {
         account: String,
         result: Result<Option<RateLimitSnapshot>, String>,
     },
+    /// A reset credit cleared the active account's limits; its numbers read since.
+    ResetRedeemed {
+        account: String,
+        snapshot: RateLimitSnapshot,
+    },
     /// Time passed; a deferred switch may be able to go now.
     Recheck,
     Shutdown,
@@ -317,6 +322,20 @@ impl<D: AccountDirectory> Core<D> {
             CoreMsg::SwitchFinished(outcome) => self.switch_finished(*outcome),
             CoreMsg::UsageFetched { started, results } => self.usage_fetched(started, results),
             CoreMsg::AccountsListed(accounts) => self.accounts_listed(accounts),
+            CoreMsg::ResetRedeemed { account, snapshot } => {
+                // Newer than anything heard before the reset, live numbers included.
+                self.heard_live.insert(account.clone(), Instant::now());
+                if !snapshot.is_exhausted() {
+                    self.limit_reported.remove(&account);
+                }
+                self.snapshots.insert(account.clone(), snapshot.clone());
+                self.emit(ProxyEvent::RateLimitsUpdated {
+                    account: self.account_ref(&account),
+                    snapshot,
+                    at: Utc::now(),
+                });
+                self.update_alternative();
+            }
             CoreMsg::AppServerExited { exit, restarting } => {
                 self.app_server = if restarting {
                     AppServerState::Restarting
@@ -783,10 +802,60 @@ impl<D: AccountDirectory> Core<D> {
                 self.list_accounts();
                 Ok("reading the stored accounts again".to_owned())
             }
+            ProxyCommand::ConsumeResetCredit {
+                account_id,
+                idempotency_key,
+            } => {
+                self.consume_reset_credit(account_id, idempotency_key, reply);
+                return;
+            }
         };
         if let Some(reply) = reply {
             let _ = reply.send(answer);
         }
+    }
+
+    /// Redeems a reset credit of the active account on the control connection (the
+    /// app-server's auth is that account's), then re-reads every account's usage.
+    fn consume_reset_credit(
+        &mut self,
+        account_id: String,
+        idempotency_key: String,
+        reply: Option<CommandReply>,
+    ) {
+        let answer = |result: Result<String, String>| {
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        };
+        if self.active.as_deref() != Some(account_id.as_str()) {
+            return answer(Err(crate::proxy::events::NOT_THE_ACTIVE_ACCOUNT.to_owned()));
+        }
+        if self.switching || self.app_server != AppServerState::Up {
+            return answer(Err(
+                "the session is changing accounts or restarting its app-server; try again in a moment"
+                    .to_owned(),
+            ));
+        }
+        let control = self.control.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let result = upstream::consume_reset_credit(&control, &idempotency_key).await;
+            let reset = result.as_deref().is_ok_and(|outcome| outcome == "reset");
+            answer(result.map_err(|err| format!("{err:#}")));
+            // The numbers the session holds are of before the reset: read them again.
+            if reset {
+                match upstream::read_rate_limits(&control).await {
+                    Ok(snapshot) => {
+                        let _ = inbox.send(CoreMsg::ResetRedeemed {
+                            account: account_id,
+                            snapshot,
+                        });
+                    }
+                    Err(err) => tracing::warn!("reading the limits after a reset: {err:#}"),
+                }
+            }
+        });
     }
 
     fn request_manual(&mut self, target: Target) -> Result<String, String> {

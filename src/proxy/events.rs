@@ -157,4 +157,15 @@ pub enum ProxyCommand {
     /// The store changed (an account added, removed, renamed, enabled or disabled by the
     /// `accounts` commands): read it again, and the usage of accounts new to the session.
     AccountsChanged,
+    /// Redeem one reset credit of the session's active account on its control connection
+    /// (`cs-tui accounts reset`). Answers the outcome (`reset`, `nothingToReset`, `noCredit`,
+    /// `alreadyRedeemed`), or [`NOT_THE_ACTIVE_ACCOUNT`] when the session runs on another.
+    ConsumeResetCredit {
+        account_id: String,
+        idempotency_key: String,
+    },
 }
+
+/// A session's answer to [`ProxyCommand::ConsumeResetCredit`] for an account it does not run
+/// on: the caller asks the next session, or redeems outside any.
+pub const NOT_THE_ACTIVE_ACCOUNT: &str = "that account is not the active account of this session";

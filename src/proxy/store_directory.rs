@@ -148,6 +148,7 @@ impl AccountDirectory for StoreDirectory {
         match http_client(Some(user_agent)) {
             Ok(client) => {
                 self.http.send_replace(Some(client));
+                accounts::user_agent::save(self.store.dir(), user_agent);
             }
             Err(err) => {
                 tracing::warn!("a backend client with the app-server's User-Agent: {err:#}")

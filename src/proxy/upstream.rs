@@ -392,3 +392,50 @@ pub async fn read_rate_limits(
         .ok_or_else(|| eyre!("account/rateLimits/read returned no rateLimits"))?;
     serde_json::from_value(snapshot).wrap_err("parsing account/rateLimits/read")
 }
+
+/// How often a reset-credit redemption is tried when its answer is lost.
+const CONSUME_ATTEMPTS: usize = 3;
+
+/// Redeems one reset credit of the logged-in account (`account/rateLimitResetCredit/consume`)
+/// and returns the outcome (`reset`, `nothingToReset`, `noCredit`, `alreadyRedeemed`).
+///
+/// The idempotency key names this one user action: an attempt whose answer was lost (the
+/// backend or the connection failed) is tried again with the same key, which the backend
+/// answers without spending a second credit. A request the app-server refuses as malformed is
+/// not retried.
+pub async fn consume_reset_credit(
+    control: &ControlConnection,
+    idempotency_key: &str,
+) -> Result<String> {
+    let mut last = None;
+    for attempt in 1..=CONSUME_ATTEMPTS {
+        let result = control
+            .request(
+                "account/rateLimitResetCredit/consume",
+                json!({"idempotencyKey": idempotency_key}),
+            )
+            .await;
+        match result {
+            Ok(value) => {
+                return value
+                    .get("outcome")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| eyre!("the app-server's consume answer has no outcome"));
+            }
+            Err(err) => {
+                let refused = err
+                    .downcast_ref::<RpcError>()
+                    .is_some_and(|rpc| matches!(rpc.code, -32602..=-32600));
+                tracing::warn!(attempt, refused, "redeeming a reset credit failed: {err:#}");
+                if refused {
+                    return Err(err);
+                }
+                last = Some(err);
+            }
+        }
+    }
+    Err(last.expect("at least one attempt").wrap_err(format!(
+        "redeeming a reset credit failed {CONSUME_ATTEMPTS} times"
+    )))
+}

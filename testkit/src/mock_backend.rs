@@ -218,6 +218,9 @@ struct MockState {
     refresh_tokens: HashMap<String, (String, bool)>,
     /// Number of `/oauth/token` requests still to fail with 500.
     refresh_failures: u32,
+    /// Number of reset-credit redemptions still to be carried out but answered with a 502,
+    /// as if the answer were lost on the way.
+    lost_consume_answers: u32,
     token_serial: u64,
     script: VecDeque<ScriptedReply>,
     log: Vec<RequestRecord>,
@@ -342,6 +345,12 @@ impl MockBackend {
     /// An account's reset credits, redeemed ones included.
     pub fn reset_credits(&self, account_id: &str) -> Vec<ResetCredit> {
         self.with_account(account_id, |a| a.reset_credits.clone())
+    }
+
+    /// Carries out the next `n` reset-credit redemptions but answers them with HTTP 502, as if
+    /// the answer were lost: a retry with the same `redeem_request_id` must not spend more.
+    pub fn lose_next_consume_answers(&self, n: u32) {
+        self.state().lost_consume_answers = n;
     }
 
     /// Makes the next `n` refresh requests fail with HTTP 500.
@@ -597,7 +606,15 @@ fn backend(
             json_response(StatusCode::OK, reset_credits_list(account))
         }
         ("POST", "/backend-api/wham/rate-limit-reset-credits/consume") => {
-            consume_reset_credit(account, body)
+            let answer = consume_reset_credit(account, body);
+            if guard.lost_consume_answers > 0 && answer.status().is_success() {
+                guard.lost_consume_answers -= 1;
+                return json_response(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"detail": "upstream connect error"}),
+                );
+            }
+            answer
         }
         ("POST", p) if p.ends_with("/responses") => {
             let title = is_structured_output_request(body);
