@@ -208,6 +208,29 @@ async fn the_active_account_of_a_running_session_is_reset_through_that_session()
     .await
     .expect("serve listening");
     assert!(listening.contains("ws://127.0.0.1:"), "{listening}");
+    // The session announces each account's reset credits.
+    let mut credits_event = async |available: u64| {
+        tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                // `token-file PATH` and other plain lines are not events.
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if event["event"] == "reset_credits" && event["credits"]["available"] == available {
+                    return event;
+                }
+            }
+            panic!("serve ended");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no reset_credits event with {available} available"))
+    };
+    let before = credits_event(2).await;
+    assert_eq!(before["account"]["name"], "alice", "{before}");
+    assert!(
+        before["credits"]["nearest_expires_at"].is_string(),
+        "{before}"
+    );
 
     rig.mock.set_mode("acct-alice", AccountMode::UsageLimit);
     let done = rig.run(&["accounts", "reset", "alice", "--yes"]).await;
@@ -226,6 +249,7 @@ async fn the_active_account_of_a_running_session_is_reset_through_that_session()
         })
         .await;
     assert_eq!(refreshed.status, 200);
+    credits_event(1).await;
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
@@ -237,5 +261,36 @@ async fn the_active_account_of_a_running_session_is_reset_through_that_session()
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+    rig.assert_no_secret_leaked();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_reset_credits_and_which_exhausted_account_could_be_reset() {
+    let rig = rig().await;
+    let json = rig.run(&["status", "--json"]).await.ok().json();
+    let credits = &json["accounts"][0]["reset_credits"];
+    assert_eq!(credits["available"], 2, "{json:#}");
+    let soon = rig.mock.reset_credits("acct-alice")[1].expires_at.unwrap();
+    let expected = chrono::DateTime::from_timestamp(soon, 0).unwrap();
+    let shown: chrono::DateTime<chrono::Utc> = credits["nearest_expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(shown, expected, "{json:#}");
+
+    let table = rig.run(&["status"]).await.ok().stdout.clone();
+    assert!(table.contains("RESET CREDITS"), "{table}");
+    assert!(table.contains("2, first expires in 2d"), "{table}");
+    assert!(!table.contains("accounts reset"), "alice has room: {table}");
+
+    rig.mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    let table = rig.run(&["status"]).await.stdout.clone();
+    assert!(
+        table.contains(
+            "alice exhausted and can be reset with a credit: `cs-tui accounts reset alice`"
+        ),
+        "{table}"
+    );
     rig.assert_no_secret_leaked();
 }

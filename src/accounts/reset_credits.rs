@@ -15,7 +15,7 @@ use super::usage::get_with_token;
 use crate::errors::with_hint;
 
 /// What an account has in reset credits.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResetCredits {
     /// Credits that can be redeemed now.
     pub available: u32,

@@ -335,6 +335,7 @@ impl<D: AccountDirectory> Core<D> {
                     at: Utc::now(),
                 });
                 self.update_alternative();
+                self.poll_reset_credits(Some(&account));
             }
             CoreMsg::AppServerExited { exit, restarting } => {
                 self.app_server = if restarting {
@@ -968,7 +969,48 @@ impl<D: AccountDirectory> Core<D> {
     }
 
     /// Fetches `/wham/usage` for every account (or only stale ones) in the background.
+    /// Reads the reset credits of every ChatGPT account and announces them (they change
+    /// rarely: at each usage poll is often enough).
+    fn poll_reset_credits(&self, only: Option<&str>) {
+        let accounts: Vec<AccountRef> = self
+            .accounts
+            .iter()
+            .filter(|a| a.switchable() && only.is_none_or(|id| a.id == id))
+            .map(DirAccount::to_ref)
+            .collect();
+        let dir = self.dir.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let reads = accounts.into_iter().map(|account| {
+                let dir = &dir;
+                async move {
+                    let read =
+                        tokio::time::timeout(USAGE_TIMEOUT, dir.fetch_reset_credits(&account.id))
+                            .await;
+                    (account, read)
+                }
+            });
+            for (account, read) in join_all(reads).await {
+                match read {
+                    Ok(Ok(Some(credits))) => {
+                        let _ = events.send(ProxyEvent::ResetCredits {
+                            account,
+                            credits,
+                            at: Utc::now(),
+                        });
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(err)) => {
+                        tracing::debug!(account = %account.name, "reset credits: {err:#}")
+                    }
+                    Err(_) => tracing::debug!(account = %account.name, "reset credits: timed out"),
+                }
+            }
+        });
+    }
+
     fn poll_usage(&mut self, all: bool) {
+        self.poll_reset_credits(None);
         let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
         let dir = self.dir.clone();
         let inbox = self.inbox.clone();

@@ -67,6 +67,12 @@ pub enum ConnectionState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ProxyEvent {
+    /// An account's rate-limit reset credits, read from the backend.
+    ResetCredits {
+        account: AccountRef,
+        credits: crate::accounts::reset_credits::ResetCredits,
+        at: DateTime<Utc>,
+    },
     /// The session's active account changed or was first logged in.
     ActiveAccount {
         account: AccountRef,

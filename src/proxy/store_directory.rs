@@ -144,6 +144,16 @@ impl AccountDirectory for StoreDirectory {
         .await?
     }
 
+    async fn fetch_reset_credits(
+        &self,
+        id: &str,
+    ) -> Result<Option<accounts::reset_credits::ResetCredits>> {
+        let http = self.http().await;
+        accounts::reset_credits::fetch_reset_credits_with(&self.store, &http, &self.backend, id)
+            .await
+            .map(Some)
+    }
+
     fn adopt_user_agent(&self, user_agent: &str) {
         match http_client(Some(user_agent)) {
             Ok(client) => {
