@@ -185,3 +185,53 @@ async fn the_backend_sees_the_same_caller_with_and_without_cs_tui() {
         assert!(agent.starts_with("codex-tui/"), "{report}");
     }
 }
+
+/// The starting account's usage read waits for the app-server's `User-Agent` (so that it goes
+/// out under Codex's name); a session whose app-server cannot start must still fail at once,
+/// not after that wait (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_codex_cannot_start_fails_at_once() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    let (alice, refresh) = mock.add_account("alice");
+    let file = store.path().join("alice.auth.json");
+    std::fs::write(&file, alice.auth_json(3600, &refresh).to_string()).unwrap();
+    product_support::cs_tui(
+        store.path(),
+        &home,
+        &mock,
+        &[
+            "accounts",
+            "import",
+            "--name",
+            "alice",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cs-tui"))
+        .env("CS_TUI_HOME", store.path())
+        .env("CODEX_HOME", home.path())
+        .env("CS_TUI_CODEX_BIN", "/nonexistent/codex")
+        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", mock.refresh_url())
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), out)
+        .await
+        .expect("serve gave up in time")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/codex"),
+        "{out:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}

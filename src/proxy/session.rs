@@ -182,10 +182,13 @@ impl Session {
             }
             Ok::<_, color_eyre::Report>((server, control))
         };
-        let (started, plan) = tokio::join!(start_server, plan_start(&dir, &options.policy));
-        let (app_server, control) = started.inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&runtime_dir);
-        })?;
+        // A failed start ends the wait at once: the plan's usage read would otherwise wait
+        // for a User-Agent that never comes.
+        let plan = async { Ok::<_, color_eyre::Report>(plan_start(&dir, &options.policy).await) };
+        let ((app_server, control), plan) =
+            tokio::try_join!(start_server, plan).inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&runtime_dir);
+            })?;
         let result = Self::finish_start(
             listener,
             options,
