@@ -381,10 +381,12 @@ async fn run_checks(global: &GlobalArgs, timeout: Duration) -> Vec<Check> {
     let mut checks = Vec::new();
     let store_dir = crate::paths::store_dir();
     let codex_home = crate::paths::codex_home().ok();
-    let base = codex_home
-        .as_deref()
-        .and_then(|h| crate::accounts::chatgpt_base_url(h).ok())
-        .unwrap_or_else(|| crate::accounts::usage::DEFAULT_CHATGPT_BASE_URL.to_owned());
+    // With Codex's config unreadable, the backend it would use is unknown: the config
+    // check says why, and no other address is tried in its place.
+    let base = match codex_home.as_deref() {
+        Some(home) => crate::accounts::chatgpt_base_url(home).ok(),
+        None => Some(crate::accounts::usage::DEFAULT_CHATGPT_BASE_URL.to_owned()),
+    };
 
     let codex = async {
         match crate::codex_bin::version(&global.codex_bin).await {
@@ -403,7 +405,16 @@ async fn run_checks(global: &GlobalArgs, timeout: Duration) -> Vec<Check> {
     };
     let ((codex_check, codex_found), backend) = tokio::join!(
         limited_pair(timeout, codex),
-        limited("backend", timeout, backend_check(&base, timeout))
+        limited("backend", timeout, async {
+            match &base {
+                Some(base) => backend_check(base, timeout).await,
+                None => Check::fail(
+                    "backend",
+                    "not tried: Codex's config.toml cannot be read",
+                    "fix $CODEX_HOME/config.toml (see the config line)",
+                ),
+            }
+        })
     );
     checks.push(codex_check);
 

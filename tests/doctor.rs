@@ -125,3 +125,28 @@ async fn a_backend_that_is_down_fails() {
     );
     assert_eq!(check(&report, "codex")["status"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_codex_config_fails_and_no_other_backend_is_tried() {
+    let rig = rig_with_alice().await;
+    std::fs::write(
+        rig.codex_home.path().join("config.toml"),
+        "chatgpt_base_url = [",
+    )
+    .unwrap();
+    let run = rig.run(&["doctor", "--json"]).await;
+    run.fails();
+    let report = run.json();
+    let config = check(&report, "config");
+    assert_eq!(config["status"], "fail", "{report:#}");
+    assert!(
+        config["message"].as_str().unwrap().contains("is not valid TOML"),
+        "{report:#}"
+    );
+    let backend = check(&report, "backend");
+    assert_eq!(backend["status"], "fail", "{report:#}");
+    assert!(
+        backend["message"].as_str().unwrap().starts_with("not tried"),
+        "{report:#}"
+    );
+}

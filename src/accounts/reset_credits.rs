@@ -173,12 +173,12 @@ mod tests {
     #[test]
     fn counts_unix_times_and_bare_counts_are_understood() {
         let now = at("2026-12-02T12:00:00Z");
-        let unix = br#"{"credits": [{"expires_at": 1796000000}, {"expires_at": null}]}"#;
+        let unix = br#"{"credits": [{"expires_at": 1800000000}, {"expires_at": null}]}"#;
         assert_eq!(
             parse_reset_credits(unix, now).unwrap(),
             ResetCredits {
                 available: 2,
-                nearest_expires_at: DateTime::from_timestamp(1_796_000_000, 0),
+                nearest_expires_at: DateTime::from_timestamp(1_800_000_000, 0),
             }
         );
         let count_only = br#"{"available_count": 3}"#;
