@@ -140,13 +140,19 @@ async fn a_broken_codex_config_fails_and_no_other_backend_is_tried() {
     let config = check(&report, "config");
     assert_eq!(config["status"], "fail", "{report:#}");
     assert!(
-        config["message"].as_str().unwrap().contains("is not valid TOML"),
+        config["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not valid TOML"),
         "{report:#}"
     );
     let backend = check(&report, "backend");
     assert_eq!(backend["status"], "fail", "{report:#}");
     assert!(
-        backend["message"].as_str().unwrap().starts_with("not tried"),
+        backend["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("not tried"),
         "{report:#}"
     );
 }
