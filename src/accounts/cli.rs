@@ -298,11 +298,11 @@ fn reset(ctx: &Context, codex_bin: &std::ffi::OsStr, query: &str, yes: bool) -> 
     let backend = Backend::from_env()?;
     let http = http_client(&ctx.store)?;
     let runtime = runtime()?;
+    // One after the other: a token the first read refreshes serves the second.
     let (usage, credits) = runtime.block_on(async {
-        tokio::join!(
-            fetch_usage_with(&ctx.store, &http, &backend, &target.id),
-            fetch_reset_credits_with(&ctx.store, &http, &backend, &target.id)
-        )
+        let usage = fetch_usage_with(&ctx.store, &http, &backend, &target.id).await;
+        let credits = fetch_reset_credits_with(&ctx.store, &http, &backend, &target.id).await;
+        (usage, credits)
     });
     let usage = usage.wrap_err_with(|| {
         format!(
@@ -914,25 +914,29 @@ pub fn run_status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
                 if !account.is_chatgpt() {
                     return (Outcome::ApiKey, None);
                 }
-                // The reset credits are read beside the usage; an old backend without the
-                // endpoint leaves them unknown and fails nothing.
-                let (usage, credits) = tokio::join!(
-                    tokio::time::timeout(
-                        timeout,
-                        fetch_usage_with(store, http, backend, &account.id),
-                    ),
-                    tokio::time::timeout(
+                let usage = tokio::time::timeout(
+                    timeout,
+                    fetch_usage_with(store, http, backend, &account.id),
+                )
+                .await;
+                // The reset credits are read after the usage, with the tokens its read may
+                // have refreshed (one refresh per account, never two racing); an old backend
+                // without the endpoint leaves them unknown and fails nothing.
+                let credits = match &usage {
+                    Ok(Ok(_)) => match tokio::time::timeout(
                         timeout,
                         fetch_reset_credits_with(store, http, backend, &account.id),
                     )
-                );
-                let credits = match credits {
-                    Ok(Ok(credits)) => Some(credits),
-                    Ok(Err(err)) => {
-                        tracing::info!(account = %account.name, "reset credits: {err:#}");
-                        None
-                    }
-                    Err(_) => None,
+                    .await
+                    {
+                        Ok(Ok(credits)) => Some(credits),
+                        Ok(Err(err)) => {
+                            tracing::info!(account = %account.name, "reset credits: {err:#}");
+                            None
+                        }
+                        Err(_) => None,
+                    },
+                    _ => None,
                 };
                 let outcome = match usage {
                     Ok(Ok(report)) => Outcome::Usage(Box::new(report)),
