@@ -55,6 +55,8 @@ pub enum Command {
     Switch(crate::proxy::serve::SwitchArgs),
     /// Run the app-server and switching proxy without the dashboard.
     Serve(crate::proxy::serve::ServeArgs),
+    /// Check Codex, the app-server, the store, the accounts, the backend and the config.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Parses the command line and runs it.
@@ -80,6 +82,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Status(args)) => crate::accounts::cli::run_status(&cli.global, args),
         Some(Command::Switch(args)) => crate::proxy::serve::run_switch(&cli.global, args),
         Some(Command::Serve(args)) => crate::proxy::serve::run_serve(&cli.global, args),
+        Some(Command::Doctor(args)) => crate::doctor::run_doctor(&cli.global, args),
         None => crate::app::run(&cli.global, cli.codex_args),
     }
 }

@@ -21,6 +21,49 @@ pub fn exec_target(program: &OsStr) -> (OsString, Vec<(OsString, OsString)>) {
     }
 }
 
+/// How long `codex --version` may take.
+const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The version `codex --version` prints (`codex-cli 0.169.0` → `0.169.0`), run the way
+/// [`exec_target`] runs Codex.
+pub async fn version(program: &OsStr) -> color_eyre::Result<String> {
+    use color_eyre::eyre::{WrapErr, eyre};
+    let (binary, env) = exec_target(program);
+    let run = tokio::process::Command::new(&binary)
+        .envs(env)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(VERSION_TIMEOUT, run)
+        .await
+        .map_err(|_| {
+            eyre!(
+                "`{} --version` did not answer within {VERSION_TIMEOUT:?}",
+                program.to_string_lossy()
+            )
+        })?
+        .wrap_err_with(|| format!("running `{} --version`", program.to_string_lossy()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    parse_version(&stdout).ok_or_else(|| {
+        eyre!(
+            "`{} --version` printed no version ({}): {}",
+            program.to_string_lossy(),
+            out.status,
+            stdout.trim()
+        )
+    })
+}
+
+/// `codex-cli 0.169.0` → `0.169.0`: the last word that starts with a digit.
+pub fn parse_version(output: &str) -> Option<String> {
+    output
+        .split_whitespace()
+        .rev()
+        .find(|word| word.starts_with(|c: char| c.is_ascii_digit()) && word.contains('.'))
+        .map(str::to_owned)
+}
+
 /// The native Codex binary inside an npm install, and the environment its Node wrapper gives it.
 #[derive(Debug, PartialEq)]
 struct NativeCodex {
@@ -148,6 +191,31 @@ mod tests {
         executable(&plain, "#!/bin/sh\n");
         assert_eq!(native_codex(plain.as_os_str()), None);
         assert_eq!(native_codex(dir.path().join("nope").as_os_str()), None);
+    }
+
+    #[test]
+    fn versions_are_read_from_codex_version_output() {
+        assert_eq!(
+            parse_version("codex-cli 0.169.0\n").as_deref(),
+            Some("0.169.0")
+        );
+        assert_eq!(
+            parse_version("codex-cli 0.171.0-alpha.2").as_deref(),
+            Some("0.171.0-alpha.2")
+        );
+        assert_eq!(parse_version("codex-cli\n"), None);
+        assert_eq!(parse_version(""), None);
+    }
+
+    #[tokio::test]
+    async fn the_pinned_codex_reports_its_version() {
+        let pinned = Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/.bin/codex");
+        assert_eq!(version(pinned.as_os_str()).await.unwrap(), "0.169.0");
+        let missing = version(OsStr::new("/nonexistent/codex")).await.unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("/nonexistent/codex"),
+            "{missing:#}"
+        );
     }
 
     #[test]

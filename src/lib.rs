@@ -12,6 +12,7 @@ pub mod app;
 pub mod cli;
 pub mod codex_bin;
 pub mod config;
+pub mod doctor;
 pub mod errors;
 pub mod logging;
 pub mod paths;

@@ -36,7 +36,14 @@ pub fn init(dir: &Path, name: &str, level: Option<&str>) -> Result<(WorkerGuard,
         .or_else(|| std::env::var(LOG_ENV).ok())
         .unwrap_or_else(|| "info".to_owned());
     let filter = EnvFilter::try_new(&directive)
-        .wrap_err_with(|| format!("invalid log level {directive:?} (try info, debug or trace)"))?;
+        .wrap_err_with(|| format!("invalid log level {directive:?} (try info, debug or trace)"))?
+        // tungstenite traces whole frames, and a login frame holds an access token.
+        .add_directive("tungstenite=debug".parse().expect("a valid directive"))
+        .add_directive(
+            "tokio_tungstenite=debug"
+                .parse()
+                .expect("a valid directive"),
+        );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -430,3 +430,97 @@ async fn a_weekly_only_plan_and_a_workspace_limit_arrive_as_sent() {
         "{read}"
     );
 }
+
+/// PROTOCOL.md §9: reset credits reach clients in `account/rateLimits/read`
+/// (`rateLimitResetCredits`), read from `/wham/rate-limit-reset-credits`, and
+/// `account/rateLimitResetCredit/consume` is a thin wrapper over the backend's
+/// `POST …/consume {redeem_request_id}` whose `code` becomes the `outcome`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_credits_are_read_and_consumed_through_the_app_server() {
+    use cs_tui_testkit::ResetCredit;
+    let rig = rig().await;
+    let (alice, _) = rig.mock.add_account("alice");
+    let id = alice.chatgpt_account_id.clone();
+    let soon = ResetCredit::expiring_in_days("credit-soon", 3);
+    rig.mock.set_reset_credits(
+        &id,
+        vec![
+            ResetCredit::expiring_in_days("credit-late", 20),
+            soon.clone(),
+        ],
+    );
+    let mut client = client(&rig).await;
+    login(&mut client, &alice).await;
+
+    let limits = client
+        .request("account/rateLimits/read", json!({}))
+        .await
+        .expect("rate limits");
+    let summary = &limits["rateLimitResetCredits"];
+    assert_eq!(summary["availableCount"], 2, "{limits}");
+    let credits = summary["credits"].as_array().expect("credit details");
+    assert_eq!(credits[0]["id"], "credit-soon", "{summary}");
+    assert_eq!(
+        credits[0]["expiresAt"],
+        soon.expires_at.unwrap(),
+        "{summary}"
+    );
+    assert_eq!(credits[0]["status"], "available", "{summary}");
+
+    // Not exhausted: the backend spends the credit for nothing.
+    let key = "7d4e2f0a-0000-4000-8000-000000000001";
+    let outcome = client
+        .request(
+            "account/rateLimitResetCredit/consume",
+            json!({"idempotencyKey": key}),
+        )
+        .await
+        .expect("consume");
+    assert_eq!(outcome["outcome"], "nothingToReset", "{outcome}");
+    let consume = rig
+        .mock
+        .wait_for_request(WAIT, "the consume POST", |r| {
+            r.path.ends_with("/wham/rate-limit-reset-credits/consume")
+        })
+        .await;
+    assert_eq!(consume.method, "POST");
+    assert_eq!(consume.body, Some(json!({"redeem_request_id": key})));
+    assert_eq!(consume.account_header.as_deref(), Some(id.as_str()));
+
+    // Exhausted: the same key again spends nothing more; a new key resets.
+    rig.mock.set_mode(&id, AccountMode::UsageLimit);
+    let again = client
+        .request(
+            "account/rateLimitResetCredit/consume",
+            json!({"idempotencyKey": key}),
+        )
+        .await
+        .expect("consume again");
+    assert_eq!(again["outcome"], "nothingToReset", "{again}");
+    assert_eq!(
+        rig.mock
+            .reset_credits(&id)
+            .iter()
+            .filter(|c| c.redeemed)
+            .count(),
+        1
+    );
+    let reset = client
+        .request(
+            "account/rateLimitResetCredit/consume",
+            json!({"idempotencyKey": "7d4e2f0a-0000-4000-8000-000000000002"}),
+        )
+        .await
+        .expect("consume with a new key");
+    assert_eq!(reset["outcome"], "reset", "{reset}");
+    assert!(rig.mock.reset_credits(&id).iter().all(|c| c.redeemed));
+    assert_eq!(rig.mock.usage(&id).primary.unwrap().used_percent, 0);
+    let none = client
+        .request(
+            "account/rateLimitResetCredit/consume",
+            json!({"idempotencyKey": "7d4e2f0a-0000-4000-8000-000000000003"}),
+        )
+        .await
+        .expect("consume with none left");
+    assert_eq!(none["outcome"], "noCredit", "{none}");
+}

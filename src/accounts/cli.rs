@@ -18,6 +18,7 @@ use super::codex_auth::{
     ImportOutcome, Imported, auth_json_path, import_auth, import_auth_file,
     import_codex_auth_if_empty,
 };
+use super::reset_credits::{ResetCredits, fetch_reset_credits_with};
 use super::store::{Account, AccountAuth, AccountStatus, AccountsFile, Store, validate_name};
 use super::tokens::{
     Backend, RefreshPolicy, ensure_fresh_with, needs_login, relogin_command, settle_refreshes,
@@ -78,6 +79,16 @@ pub enum AccountsCommand {
     Refresh {
         /// The account: its name, id, or a unique id prefix (4+ characters).
         name: Option<String>,
+    },
+    /// Redeem one of an exhausted account's rate-limit reset credits (asks first unless --yes).
+    ///
+    /// Refused when the account is not exhausted: a credit only clears an exhausted window.
+    Reset {
+        /// The account: its name, id, or a unique id prefix (4+ characters).
+        name: String,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -211,12 +222,15 @@ fn finish_refreshes(runtime: &tokio::runtime::Runtime, store: &Store) -> bool {
     })
 }
 
-fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("cs-tui/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .wrap_err("creating the HTTP client")
+/// The client for backend requests. It says what Codex's app-server says (the `User-Agent`
+/// the last session learned, [`super::user_agent`]), and nothing when that is unknown: the
+/// backend is not told of cs-tui.
+fn http_client(store: &Store) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+    if let Some(user_agent) = super::user_agent::load(store.dir()) {
+        builder = builder.user_agent(user_agent);
+    }
+    builder.build().wrap_err("creating the HTTP client")
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -290,6 +304,157 @@ fn run_accounts_command(
             ctx.first_run_import();
             refresh(ctx, name.as_deref())
         }
+        AccountsCommand::Reset { name, yes } => reset(ctx, &global.codex_bin, &name, yes),
+    }
+}
+
+/// "5-hour 100 %, weekly 40 %".
+fn windows_summary(snapshot: &RateLimitSnapshot) -> String {
+    let parts: Vec<String> = [
+        ("5-hour", snapshot.five_hour()),
+        ("weekly", snapshot.weekly()),
+    ]
+    .into_iter()
+    .filter_map(|(name, w)| w.map(|w| format!("{name} {:.0} %", w.used_percent)))
+    .collect();
+    if parts.is_empty() {
+        "no window reported".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn reset(ctx: &Context, codex_bin: &std::ffi::OsStr, query: &str, yes: bool) -> Result<ExitCode> {
+    let target = ctx.store.load()?.resolve(query)?.clone();
+    if !target.is_chatgpt() {
+        return Err(with_hint(
+            eyre!(
+                "{:?} signs in with an API key, which has no reset credits",
+                target.name
+            ),
+            "reset credits belong to ChatGPT logins",
+        ));
+    }
+    let backend = Backend::from_env()?;
+    let http = http_client(&ctx.store)?;
+    let runtime = runtime()?;
+    // One after the other: a token the first read refreshes serves the second.
+    let (usage, credits) = runtime.block_on(async {
+        let usage = fetch_usage_with(&ctx.store, &http, &backend, &target.id).await;
+        let credits = fetch_reset_credits_with(&ctx.store, &http, &backend, &target.id).await;
+        (usage, credits)
+    });
+    let usage = usage.wrap_err_with(|| {
+        format!(
+            "could not check whether {:?} is exhausted; nothing was redeemed",
+            target.name
+        )
+    })?;
+    if !usage.is_exhausted() {
+        return Err(with_hint(
+            eyre!(
+                "{:?} is not exhausted ({}): a reset credit only clears an exhausted window, so none was redeemed",
+                target.name,
+                windows_summary(&usage.snapshot)
+            ),
+            format!(
+                "redeem one once {} hits its limit; `cs-tui status` shows every account's windows",
+                target.name
+            ),
+        ));
+    }
+    let credits = match credits {
+        Ok(credits) if credits.available == 0 => {
+            return Err(with_hint(
+                eyre!(
+                    "{:?} has no reset credit; nothing was redeemed",
+                    target.name
+                ),
+                "`cs-tui status` shows which accounts have one",
+            ));
+        }
+        Ok(credits) => Some(credits),
+        Err(err) => {
+            // The redemption itself says `noCredit` if there is none.
+            tracing::warn!(account = %target.name, "reset credits: {err:#}");
+            None
+        }
+    };
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(with_hint(
+                eyre!(
+                    "not redeeming a reset credit of {:?} without confirmation: stdin is not a terminal",
+                    target.name
+                ),
+                format!("run `cs-tui accounts reset {} --yes`", target.name),
+            ));
+        }
+        let which = match &credits {
+            Some(c) => {
+                let expiry = c
+                    .nearest_expires_at
+                    .map(|at| format!(", the first expires {}", relative_time(at, Utc::now())))
+                    .unwrap_or_default();
+                format!("one of its {} reset credits{expiry}", c.available)
+            }
+            None => "one of its reset credits".to_owned(),
+        };
+        eprint!(
+            "{} is exhausted ({}). Redeem {which} to clear its limits now? [y/N] ",
+            target.name,
+            windows_summary(&usage.snapshot)
+        );
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .wrap_err("reading the answer")?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            eprintln!("Nothing redeemed.");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    // One key for this action, reused by every retry of it.
+    let key = uuid::Uuid::new_v4().to_string();
+    tracing::info!(account = %target.name, idempotency_key = %key, "redeeming a reset credit");
+    let (outcome, via) = runtime.block_on(super::reset::redeem(
+        &ctx.store, &http, &backend, codex_bin, &target, &key,
+    ))?;
+    let via = match via {
+        super::reset::Via::Session => " (through the running session)",
+        super::reset::Via::OwnAppServer => "",
+    };
+    use super::reset::Outcome;
+    match outcome {
+        Outcome::Reset => {
+            let left = credits
+                .map(|c| format!(" {} left.", c.available.saturating_sub(1)))
+                .unwrap_or_default();
+            emit(&format!(
+                "Reset {}'s usage limits with a reset credit{via}.{left}\n",
+                target.name
+            ))?;
+            // Running sessions show the cleared windows at once.
+            crate::proxy::ipc::announce(
+                ctx.store.dir(),
+                &crate::proxy::events::ProxyCommand::RefreshUsage,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::NothingToReset => Err(eyre!(
+            "the backend found nothing to reset on {:?}{via}",
+            target.name
+        )),
+        Outcome::NoCredit => Err(eyre!("{:?} has no reset credit left{via}", target.name)),
+        Outcome::AlreadyRedeemed => Err(eyre!(
+            "that reset credit of {:?} was redeemed already{via}",
+            target.name
+        )),
+        Outcome::Other(other) => Err(eyre!(
+            "redeeming a reset credit of {:?} ended with {other:?}{via}",
+            target.name
+        )),
     }
 }
 
@@ -615,7 +780,7 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let backend = Backend::from_env()?;
-    let http = http_client()?;
+    let http = http_client(&ctx.store)?;
     let runtime = runtime()?;
     let mut failed = false;
     let mut interrupted = false;
@@ -758,6 +923,8 @@ struct StatusJson<'a> {
     /// Every limit family by `limit_id`, the account's quota (`codex`) first.
     families: Vec<FamilyJson<'a>>,
     individual_limit: Option<SpendLimitJson<'a>>,
+    /// Rate-limit reset credits; `null` when they could not be read.
+    reset_credits: Option<&'a ResetCredits>,
 }
 
 #[derive(Serialize)]
@@ -825,54 +992,77 @@ pub fn run_status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let backend = Backend::from_env()?;
-    let http = http_client()?;
+    let http = http_client(&ctx.store)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let runtime = runtime()?;
-    let outcomes: Option<Vec<Outcome>> = until_interrupted(&runtime, async {
-        let fetches = file.accounts.iter().map(|account| {
-            let (store, http, backend) = (&ctx.store, &http, &backend);
-            async move {
-                if !account.is_chatgpt() {
-                    return Outcome::ApiKey;
-                }
-                match tokio::time::timeout(
-                    timeout,
-                    fetch_usage_with(store, http, backend, &account.id),
-                )
-                .await
-                {
-                    Ok(Ok(report)) => Outcome::Usage(Box::new(report)),
-                    Ok(Err(err)) => {
-                        tracing::warn!(account = %account.name, "usage: {err:#}");
-                        failed(&err)
+    let fetched: Option<Vec<(Outcome, Option<ResetCredits>)>> =
+        until_interrupted(&runtime, async {
+            let fetches = file.accounts.iter().map(|account| {
+                let (store, http, backend) = (&ctx.store, &http, &backend);
+                async move {
+                    if !account.is_chatgpt() {
+                        return (Outcome::ApiKey, None);
                     }
-                    Err(_) => Outcome::Failed {
-                        needs_login: false,
-                        message: format!(
-                            "no answer within {}s for account {:?}",
-                            timeout.as_secs(),
-                            account.name
-                        ),
-                        hint: Some("try again, or raise --timeout".into()),
-                    },
+                    let usage = tokio::time::timeout(
+                        timeout,
+                        fetch_usage_with(store, http, backend, &account.id),
+                    )
+                    .await;
+                    // The reset credits are read after the usage, with the tokens its read may
+                    // have refreshed (one refresh per account, never two racing); an old backend
+                    // without the endpoint leaves them unknown and fails nothing.
+                    let credits = match &usage {
+                        Ok(Ok(_)) => match tokio::time::timeout(
+                            timeout,
+                            fetch_reset_credits_with(store, http, backend, &account.id),
+                        )
+                        .await
+                        {
+                            Ok(Ok(credits)) => Some(credits),
+                            Ok(Err(err)) => {
+                                tracing::info!(account = %account.name, "reset credits: {err:#}");
+                                None
+                            }
+                            Err(_) => None,
+                        },
+                        _ => None,
+                    };
+                    let outcome = match usage {
+                        Ok(Ok(report)) => Outcome::Usage(Box::new(report)),
+                        Ok(Err(err)) => {
+                            tracing::warn!(account = %account.name, "usage: {err:#}");
+                            failed(&err)
+                        }
+                        Err(_) => Outcome::Failed {
+                            needs_login: false,
+                            message: format!(
+                                "no answer within {}s for account {:?}",
+                                timeout.as_secs(),
+                                account.name
+                            ),
+                            hint: Some("try again, or raise --timeout".into()),
+                        },
+                    };
+                    (outcome, credits)
                 }
-            }
+            });
+            futures_util::future::join_all(fetches).await
         });
-        futures_util::future::join_all(fetches).await
-    });
     // A fetch that timed out may have left a refresh under way whose server already rotated
     // the refresh token: its answer must reach the store before the process ends.
     let saved = finish_refreshes(&runtime, &ctx.store);
-    let Some(outcomes) = outcomes else {
+    let Some(fetched) = fetched else {
         return Ok(ExitCode::from(INTERRUPTED));
     };
+    let (outcomes, credits): (Vec<Outcome>, Vec<Option<ResetCredits>>) =
+        fetched.into_iter().unzip();
     // Reload: refreshes during the fetch may have changed plans and statuses.
     let file = ctx.store.load().unwrap_or(file);
     let any_failed = !saved || outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
     if args.json {
-        emit_json(&status_json(&file, &outcomes))?;
+        emit_json(&status_json(&file, &outcomes, &credits))?;
     } else {
-        emit(&status_table(&file, &outcomes, Utc::now()))?;
+        emit(&status_table(&file, &outcomes, &credits, Utc::now()))?;
     }
     Ok(if any_failed {
         ExitCode::FAILURE
@@ -895,12 +1085,17 @@ fn windows_json(
     )
 }
 
-fn status_json<'a>(file: &'a AccountsFile, outcomes: &'a [Outcome]) -> StatusListJson<'a> {
+fn status_json<'a>(
+    file: &'a AccountsFile,
+    outcomes: &'a [Outcome],
+    credits: &'a [Option<ResetCredits>],
+) -> StatusListJson<'a> {
     let accounts = file
         .accounts
         .iter()
         .zip(outcomes)
-        .map(|(account, outcome)| {
+        .zip(credits)
+        .map(|((account, outcome), reset_credits)| {
             let mut entry = StatusJson {
                 id: &account.id,
                 name: &account.name,
@@ -919,6 +1114,7 @@ fn status_json<'a>(file: &'a AccountsFile, outcomes: &'a [Outcome]) -> StatusLis
                 additional: Vec::new(),
                 families: Vec::new(),
                 individual_limit: None,
+                reset_credits: reset_credits.as_ref(),
             };
             match outcome {
                 Outcome::Usage(report) => {
@@ -985,13 +1181,42 @@ fn resets(window: Option<&RateLimitWindow>, now: DateTime<Utc>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn status_table(file: &AccountsFile, outcomes: &[Outcome], now: DateTime<Utc>) -> String {
+/// "2, first expires in 3d", "-" when none or unknown.
+fn reset_credits_cell(credits: Option<&ResetCredits>, now: DateTime<Utc>) -> String {
+    match credits {
+        Some(c) if c.available > 0 => match c.nearest_expires_at {
+            Some(at) => format!("{}, first expires {}", c.available, relative_time(at, now)),
+            None => c.available.to_string(),
+        },
+        Some(_) => "0".to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+fn status_table(
+    file: &AccountsFile,
+    outcomes: &[Outcome],
+    credits: &[Option<ResetCredits>],
+    now: DateTime<Utc>,
+) -> String {
     let mut problems = Vec::new();
+    let exhausted_with_credit: Vec<&str> = file
+        .accounts
+        .iter()
+        .zip(outcomes)
+        .zip(credits)
+        .filter(|((_, outcome), credits)| {
+            matches!(outcome, Outcome::Usage(r) if r.is_exhausted())
+                && credits.as_ref().is_some_and(|c| c.available > 0)
+        })
+        .map(|((account, _), _)| account.name.as_str())
+        .collect();
     let rows = file
         .accounts
         .iter()
         .zip(outcomes)
-        .map(|(account, outcome)| {
+        .zip(credits)
+        .map(|((account, outcome), reset_credits)| {
             let (five, weekly, state) = match outcome {
                 Outcome::Usage(report) => {
                     let s = &report.snapshot;
@@ -1037,13 +1262,22 @@ fn status_table(file: &AccountsFile, outcomes: &[Outcome], now: DateTime<Utc>) -
                 percent(weekly.flatten()),
                 resets(weekly.flatten(), now),
                 yes_no(account.enabled),
+                reset_credits_cell(reset_credits.as_ref(), now),
                 state,
             ]
         })
         .collect();
     let mut text = table(
         &[
-            "", "NAME", "5H", "RESETS", "WEEKLY", "RESETS", "AUTO", "STATE",
+            "",
+            "NAME",
+            "5H",
+            "RESETS",
+            "WEEKLY",
+            "RESETS",
+            "AUTO",
+            "RESET CREDITS",
+            "STATE",
         ],
         rows,
     );
@@ -1085,6 +1319,12 @@ fn status_table(file: &AccountsFile, outcomes: &[Outcome], now: DateTime<Utc>) -
             text.push_str(&line);
             text.push('\n');
         }
+    }
+    if let Some(name) = exhausted_with_credit.first() {
+        text.push_str(&format!(
+            "\n{} exhausted and can be reset with a credit: `cs-tui accounts reset {name}`\n",
+            exhausted_with_credit.join(", ")
+        ));
     }
     if !problems.is_empty() {
         text.push('\n');

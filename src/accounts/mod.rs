@@ -5,6 +5,7 @@
 //! - [`codex_auth`]: Codex's `auth.json`: import, first-run import, writing refreshed tokens back;
 //! - [`tokens`]: refresh with rotation, retries, and "needs login";
 //! - [`usage`]: `/wham/usage` of any account, as [`crate::quota`] snapshots;
+//! - [`reset_credits`]: the rate-limit reset credits of any account; [`reset`] redeems one;
 //! - [`login`]: `codex login` in a temporary `CODEX_HOME`;
 //! - [`cli`]: `cs-tui accounts …` and `cs-tui status`.
 
@@ -12,9 +13,12 @@ pub mod claims;
 pub mod cli;
 pub mod codex_auth;
 pub mod login;
+pub mod reset;
+pub mod reset_credits;
 pub mod store;
 pub mod tokens;
 pub mod usage;
+pub mod user_agent;
 
 pub use codex_auth::{
     CodexAuth, ImportOutcome, Imported, import_auth, import_auth_file, import_codex_auth_if_empty,

@@ -114,7 +114,7 @@ pub async fn fetch_usage_with(
 ) -> Result<UsageReport> {
     let account = ensure_fresh_with(store, http, backend, account_id, RefreshPolicy::IfDue).await?;
     let url = usage_url(&backend.chatgpt_base_url);
-    let mut response = get_usage(http, &url, &account).await?;
+    let mut response = get_with_token(http, &url, &account).await?;
     if response.status() == reqwest::StatusCode::UNAUTHORIZED {
         tracing::info!(account = %account.name, "usage answered 401; refreshing and retrying");
         let account = ensure_fresh_with(
@@ -125,7 +125,7 @@ pub async fn fetch_usage_with(
             RefreshPolicy::AfterUnauthorized,
         )
         .await?;
-        response = get_usage(http, &url, &account).await?;
+        response = get_with_token(http, &url, &account).await?;
     }
     let status = response.status();
     if !status.is_success() {
@@ -156,7 +156,8 @@ pub async fn fetch_usage_with(
     })
 }
 
-async fn get_usage(
+/// A GET of a backend endpoint with an account's token and account header.
+pub(crate) async fn get_with_token(
     http: &reqwest::Client,
     url: &str,
     account: &Account,

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::accounts::reset_credits::ResetCredits;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent};
 use crate::quota::{RateLimitSnapshot, WindowKind};
 use crate::ui::pace::UsageSample;
@@ -139,6 +140,8 @@ pub struct Dashboard {
     pub notices: Vec<Notice>,
     /// A switch is under way to this account.
     pub switching_to: Option<String>,
+    /// Rate-limit reset credits by account id, as last read.
+    pub reset_credits: std::collections::BTreeMap<String, ResetCredits>,
 }
 
 impl Dashboard {
@@ -156,7 +159,45 @@ impl Dashboard {
             switches: Vec::new(),
             notices: Vec::new(),
             switching_to: None,
+            reset_credits: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// The account whose reset credit would help, when every account is exhausted: the active
+    /// one if it has a credit (no switch needed), else the one whose credit expires first.
+    pub fn resettable_when_all_exhausted(&self) -> Option<&AccountView> {
+        let usable = |a: &&AccountView| a.stored == StoredState::Ready;
+        let all_exhausted = self.accounts.iter().filter(usable).count() > 0
+            && self.accounts.iter().filter(usable).all(|a| {
+                a.snapshot
+                    .as_ref()
+                    .is_some_and(RateLimitSnapshot::is_exhausted)
+            });
+        if !all_exhausted {
+            return None;
+        }
+        let with_credit = |a: &&AccountView| {
+            self.reset_credits
+                .get(&a.id)
+                .is_some_and(|c| c.available > 0)
+        };
+        let active = self
+            .accounts
+            .iter()
+            .filter(usable)
+            .filter(with_credit)
+            .find(|a| self.active.as_deref() == Some(a.id.as_str()));
+        active.or_else(|| {
+            self.accounts
+                .iter()
+                .filter(usable)
+                .filter(with_credit)
+                .min_by_key(|a| {
+                    self.reset_credits[&a.id]
+                        .nearest_expires_at
+                        .map_or(i64::MAX, |t| t.timestamp())
+                })
+        })
     }
 
     pub fn account(&self, id: &str) -> Option<&AccountView> {
@@ -207,6 +248,13 @@ impl Dashboard {
     /// Applies one proxy event.
     pub fn apply(&mut self, event: &ProxyEvent) {
         match event {
+            ProxyEvent::ResetCredits {
+                account, credits, ..
+            } => {
+                self.account_mut(account);
+                self.reset_credits
+                    .insert(account.id.clone(), credits.clone());
+            }
             ProxyEvent::ActiveAccount { account, at } => {
                 self.account_mut(account);
                 self.make_active(&account.id, at.timestamp());

@@ -60,6 +60,8 @@ pub struct AppServer {
     stderr_log: PathBuf,
     exit: watch::Receiver<Option<AppServerExit>>,
     stop: Option<oneshot::Sender<()>>,
+    /// What `codex --version` said, when it answered.
+    codex_version: Option<String>,
 }
 
 /// Process groups and runtime directories to clean up from a panic hook or a signal handler,
@@ -232,7 +234,7 @@ impl AppServer {
             }));
         });
 
-        let server = Self {
+        let mut server = Self {
             pgid,
             reaped,
             _reaper_pipe: reaper_pipe,
@@ -241,8 +243,18 @@ impl AppServer {
             stderr_log: options.stderr_log,
             exit: exit_rx,
             stop: Some(stop_tx),
+            codex_version: None,
         };
-        server.wait_ready().await?;
+        // The version (for the control connection's `initialize`) is read while the
+        // app-server starts, so it costs no time.
+        let (ready, version) = tokio::join!(
+            server.wait_ready(),
+            crate::codex_bin::version(&options.codex_bin)
+        );
+        ready?;
+        server.codex_version = version
+            .inspect_err(|err| tracing::warn!("reading the Codex version: {err:#}"))
+            .ok();
         Ok(server)
     }
 
@@ -279,6 +291,11 @@ impl AppServer {
     /// Where to connect.
     pub fn addr(&self) -> AppServerAddr {
         AppServerAddr::Unix(self.socket.clone())
+    }
+
+    /// The version of the Codex that runs it (`codex --version`), when known.
+    pub fn codex_version(&self) -> Option<&str> {
+        self.codex_version.as_deref()
     }
 
     pub fn stderr_log(&self) -> &Path {

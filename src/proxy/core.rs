@@ -70,6 +70,11 @@ pub enum CoreMsg {
         account: String,
         result: Result<Option<AccountLimits>, String>,
     },
+    /// A reset credit cleared the active account's limits; its numbers read since.
+    ResetRedeemed {
+        account: String,
+        limits: AccountLimits,
+    },
     /// Time passed; a deferred switch may be able to go now.
     Recheck,
     Shutdown,
@@ -315,6 +320,17 @@ impl<D: AccountDirectory> Core<D> {
             CoreMsg::SwitchFinished(outcome) => self.switch_finished(*outcome),
             CoreMsg::UsageFetched { started, results } => self.usage_fetched(started, results),
             CoreMsg::AccountsListed(accounts) => self.accounts_listed(accounts),
+            CoreMsg::ResetRedeemed { account, limits } => {
+                // Newer than anything heard before the reset, live numbers included.
+                self.heard_live.insert(account.clone(), Instant::now());
+                if !limits.quota().is_some_and(RateLimitSnapshot::is_exhausted) {
+                    self.limit_reported.remove(&account);
+                }
+                self.snapshots.insert(account.clone(), limits);
+                self.emit_limits(&account);
+                self.update_alternative();
+                self.poll_reset_credits(Some(&account));
+            }
             CoreMsg::AppServerExited { exit, restarting } => {
                 self.app_server = if restarting {
                     AppServerState::Restarting
@@ -832,10 +848,60 @@ impl<D: AccountDirectory> Core<D> {
                 self.list_accounts();
                 Ok("reading the stored accounts again".to_owned())
             }
+            ProxyCommand::ConsumeResetCredit {
+                account_id,
+                idempotency_key,
+            } => {
+                self.consume_reset_credit(account_id, idempotency_key, reply);
+                return;
+            }
         };
         if let Some(reply) = reply {
             let _ = reply.send(answer);
         }
+    }
+
+    /// Redeems a reset credit of the active account on the control connection (the
+    /// app-server's auth is that account's), then re-reads every account's usage.
+    fn consume_reset_credit(
+        &mut self,
+        account_id: String,
+        idempotency_key: String,
+        reply: Option<CommandReply>,
+    ) {
+        let answer = |result: Result<String, String>| {
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        };
+        if self.active.as_deref() != Some(account_id.as_str()) {
+            return answer(Err(crate::proxy::events::NOT_THE_ACTIVE_ACCOUNT.to_owned()));
+        }
+        if self.switching || self.app_server != AppServerState::Up {
+            return answer(Err(
+                "the session is changing accounts or restarting its app-server; try again in a moment"
+                    .to_owned(),
+            ));
+        }
+        let control = self.control.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let result = upstream::consume_reset_credit(&control, &idempotency_key).await;
+            let reset = result.as_deref().is_ok_and(|outcome| outcome == "reset");
+            answer(result.map_err(|err| format!("{err:#}")));
+            // The numbers the session holds are of before the reset: read them again.
+            if reset {
+                match upstream::read_rate_limits(&control).await {
+                    Ok(limits) => {
+                        let _ = inbox.send(CoreMsg::ResetRedeemed {
+                            account: account_id,
+                            limits,
+                        });
+                    }
+                    Err(err) => tracing::warn!("reading the limits after a reset: {err:#}"),
+                }
+            }
+        });
     }
 
     fn request_manual(&mut self, target: Target) -> Result<String, String> {
@@ -978,7 +1044,48 @@ impl<D: AccountDirectory> Core<D> {
     }
 
     /// Fetches `/wham/usage` for every account (or only stale ones) in the background.
+    /// Reads the reset credits of every ChatGPT account and announces them (they change
+    /// rarely: at each usage poll is often enough).
+    fn poll_reset_credits(&self, only: Option<&str>) {
+        let accounts: Vec<AccountRef> = self
+            .accounts
+            .iter()
+            .filter(|a| a.switchable() && only.is_none_or(|id| a.id == id))
+            .map(DirAccount::to_ref)
+            .collect();
+        let dir = self.dir.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let reads = accounts.into_iter().map(|account| {
+                let dir = &dir;
+                async move {
+                    let read =
+                        tokio::time::timeout(USAGE_TIMEOUT, dir.fetch_reset_credits(&account.id))
+                            .await;
+                    (account, read)
+                }
+            });
+            for (account, read) in join_all(reads).await {
+                match read {
+                    Ok(Ok(Some(credits))) => {
+                        let _ = events.send(ProxyEvent::ResetCredits {
+                            account,
+                            credits,
+                            at: Utc::now(),
+                        });
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(err)) => {
+                        tracing::debug!(account = %account.name, "reset credits: {err:#}")
+                    }
+                    Err(_) => tracing::debug!(account = %account.name, "reset credits: timed out"),
+                }
+            }
+        });
+    }
+
     fn poll_usage(&mut self, all: bool) {
+        self.poll_reset_credits(None);
         let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
         let dir = self.dir.clone();
         let inbox = self.inbox.clone();

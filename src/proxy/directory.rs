@@ -70,4 +70,15 @@ pub trait AccountDirectory: Clone + Send + Sync + 'static {
     fn unsaved_tokens(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The `User-Agent` the session's app-server sends the backend: the directory's own
+    /// backend requests send it too, so the backend sees one caller (issue 11, item 5).
+    fn adopt_user_agent(&self, _user_agent: &str) {}
+    /// The account's rate-limit reset credits; `None` where the directory cannot read them.
+    fn fetch_reset_credits(
+        &self,
+        _id: &str,
+    ) -> impl Future<Output = Result<Option<crate::accounts::reset_credits::ResetCredits>>> + Send
+    {
+        async { Ok(None) }
+    }
 }

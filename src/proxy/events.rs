@@ -67,6 +67,12 @@ pub enum ConnectionState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ProxyEvent {
+    /// An account's rate-limit reset credits, read from the backend.
+    ResetCredits {
+        account: AccountRef,
+        credits: crate::accounts::reset_credits::ResetCredits,
+        at: DateTime<Utc>,
+    },
     /// The session's active account changed or was first logged in.
     ActiveAccount {
         account: AccountRef,
@@ -165,8 +171,18 @@ pub enum ProxyCommand {
     /// The store changed (an account added, removed, renamed, enabled or disabled by the
     /// `accounts` commands): read it again, and the usage of accounts new to the session.
     AccountsChanged,
+    /// Redeem one reset credit of the session's active account on its control connection
+    /// (`cs-tui accounts reset`). Answers the outcome (`reset`, `nothingToReset`, `noCredit`,
+    /// `alreadyRedeemed`), or [`NOT_THE_ACTIVE_ACCOUNT`] when the session runs on another.
+    ConsumeResetCredit {
+        account_id: String,
+        idempotency_key: String,
+    },
 }
 
+/// A session's answer to [`ProxyCommand::ConsumeResetCredit`] for an account it does not run
+/// on: the caller asks the next session, or redeems outside any.
+pub const NOT_THE_ACTIVE_ACCOUNT: &str = "that account is not the active account of this session";
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,6 +182,12 @@ pub async fn send(socket: &Path, command: &ProxyCommand) -> Result<CommandAnswer
 /// Tells every running session (best effort: a stale socket or a busy session is skipped)
 /// that the stored accounts changed. For the `accounts` commands, which run outside any.
 pub fn announce_accounts_changed(store_dir: &Path) {
+    announce(store_dir, &ProxyCommand::AccountsChanged);
+}
+
+/// Sends a command to every running session, best effort (a stale socket or a busy session
+/// is skipped). For commands that run outside any session.
+pub fn announce(store_dir: &Path, command: &ProxyCommand) {
     let sockets = session_sockets(store_dir);
     if sockets.is_empty() {
         return;
@@ -194,11 +200,7 @@ pub fn announce_accounts_changed(store_dir: &Path) {
     };
     runtime.block_on(async {
         for socket in sockets {
-            let sent = tokio::time::timeout(
-                Duration::from_secs(2),
-                send(&socket, &ProxyCommand::AccountsChanged),
-            )
-            .await;
+            let sent = tokio::time::timeout(Duration::from_secs(2), send(&socket, command)).await;
             match sent {
                 Ok(Ok(_)) => tracing::debug!(socket = %socket.display(), "told a session"),
                 _ => tracing::debug!(socket = %socket.display(), "a session did not hear of it"),

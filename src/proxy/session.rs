@@ -39,7 +39,7 @@ use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
 use crate::proxy::relay::{self, ClientListener, EventSink, RelayShared};
 use crate::proxy::rerun::{GuardShared, TurnGuard};
 use crate::proxy::socket::{BoundSocket, SocketFiles};
-use crate::proxy::upstream::{ControlConnection, ControlEvent};
+use crate::proxy::upstream::{ClientIdentity, ControlConnection, ControlEvent};
 use crate::quota::AccountLimits;
 use crate::secret::Secret;
 
@@ -269,6 +269,13 @@ impl CommandSender {
     }
 }
 
+/// The control connection and the channel its events arrive on.
+type ControlParts = (
+    ControlConnection,
+    mpsc::UnboundedSender<ControlEvent>,
+    mpsc::UnboundedReceiver<ControlEvent>,
+);
+
 impl Session {
     /// Starts the app-server, logs in the starting account over the control connection, and
     /// opens the relay. Returns once clients can attach.
@@ -311,24 +318,36 @@ impl Session {
                 .join(format!("app-server-{}.log", std::process::id())),
             env: Vec::new(),
         };
-        // The app-server's ~200 ms start overlaps with reading the store and the starting
-        // account's usage.
-        let (app_server, plan) = tokio::join!(
-            AppServer::start(app_server_options.clone()),
-            plan_start(&dir, &options.policy)
-        );
-        let app_server = app_server.inspect_err(|_| {
-            token_file.as_ref().map(CreatedFile::remove);
-            let _ = std::fs::remove_dir_all(&runtime_dir);
-        })?;
+        // The app-server's ~200 ms start overlaps with reading the store. The starting
+        // account's usage read waits for the control connection's `initialize`, whose result
+        // names the `User-Agent` our own backend reads must send too.
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let start_server = async {
+            let server = AppServer::start(app_server_options.clone()).await?;
+            let identity = ClientIdentity::codex_tui(server.codex_version());
+            let control =
+                ControlConnection::connect(&server.addr(), &identity, control_tx.clone()).await?;
+            if let Some(user_agent) = control.user_agent() {
+                dir.adopt_user_agent(user_agent);
+            }
+            Ok::<_, color_eyre::Report>((server, control))
+        };
+        // A failed start ends the wait at once: the plan's usage read would otherwise wait
+        // for a User-Agent that never comes.
+        let plan = async { Ok::<_, color_eyre::Report>(plan_start(&dir, &options.policy).await) };
+        let ((app_server, control), plan) =
+            tokio::try_join!(start_server, plan).inspect_err(|_| {
+                token_file.as_ref().map(CreatedFile::remove);
+                let _ = std::fs::remove_dir_all(&runtime_dir);
+            })?;
         let result = Self::finish_start(
             listener,
             options,
             dir,
             (app_server, app_server_options),
+            (control, control_tx, control_rx),
             plan,
-            runtime_dir.clone(),
-            token_file.clone(),
+            (runtime_dir.clone(), token_file.clone()),
         )
         .await;
         if let Err(err) = result {
@@ -344,14 +363,12 @@ impl Session {
         options: SessionOptions,
         dir: D,
         (app_server, app_server_options): (AppServer, AppServerOptions),
+        (control, control_tx, mut control_rx): ControlParts,
         plan: Result<StartPlan>,
-        runtime_dir: PathBuf,
-        token_file: Option<CreatedFile>,
+        (runtime_dir, token_file): (PathBuf, Option<CreatedFile>),
     ) -> Result<Self> {
         let plan = plan?;
         let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
-        let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-        let control = ControlConnection::connect(&app_server.addr(), control_tx.clone()).await?;
         // Log in before any client is accepted: a TUI that attaches to an app-server without
         // auth stays on its sign-in screen (PROTOCOL.md §2).
         let (starting_account, snapshot) = login_first_usable(&dir, &control, &plan).await?;
@@ -574,8 +591,10 @@ async fn supervise(supervisor: Supervisor) {
         restarts.push_back(Instant::now());
         let start = || async {
             let server = AppServer::start(options.clone()).await?;
+            let identity = ClientIdentity::codex_tui(server.codex_version());
             let control =
-                ControlConnection::connect(&server.addr(), control_events.clone()).await?;
+                ControlConnection::connect(&server.addr(), &identity, control_events.clone())
+                    .await?;
             Ok::<_, color_eyre::Report>((server, control))
         };
         let started = start

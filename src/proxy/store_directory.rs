@@ -13,8 +13,23 @@ use crate::quota::AccountLimits;
 #[derive(Clone)]
 pub struct StoreDirectory {
     store: Store,
-    http: reqwest::Client,
+    /// The client for backend requests: `None` until the session's app-server said which
+    /// `User-Agent` it sends ([`AccountDirectory::adopt_user_agent`]), so that no request of
+    /// ours tells the backend another name.
+    http: tokio::sync::watch::Sender<Option<reqwest::Client>>,
     backend: std::sync::Arc<Backend>,
+}
+
+/// How long a backend request waits for the app-server's `User-Agent` (its start takes
+/// ~200 ms; it fails well before this).
+const USER_AGENT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn http_client(user_agent: Option<&str>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(20));
+    if let Some(user_agent) = user_agent {
+        builder = builder.user_agent(user_agent);
+    }
+    Ok(builder.build()?)
 }
 
 impl StoreDirectory {
@@ -25,14 +40,26 @@ impl StoreDirectory {
     }
 
     pub fn new(store_dir: impl Into<PathBuf>, backend: Backend) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(20))
-            .build()?;
+        // Fail here, not later, if no client can be built at all.
+        http_client(None)?;
         Ok(Self {
             store: Store::open(store_dir),
-            http,
+            http: tokio::sync::watch::Sender::new(None),
             backend: std::sync::Arc::new(backend),
         })
+    }
+
+    /// The backend client, once the app-server's `User-Agent` is known (or, should it never
+    /// be, after [`USER_AGENT_WAIT`], a client that sends none).
+    async fn http(&self) -> reqwest::Client {
+        let mut ready = self.http.subscribe();
+        match tokio::time::timeout(USER_AGENT_WAIT, ready.wait_for(Option::is_some)).await {
+            Ok(Ok(client)) => client.clone().expect("waited for Some"),
+            _ => {
+                tracing::warn!("the app-server's User-Agent is unknown; backend reads go without");
+                http_client(None).expect("built once in StoreDirectory::new")
+            }
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -76,8 +103,9 @@ impl AccountDirectory for StoreDirectory {
         } else {
             RefreshPolicy::IfDue
         };
+        let http = self.http().await;
         let account =
-            accounts::ensure_fresh_with(&self.store, &self.http, &self.backend, id, policy).await?;
+            accounts::ensure_fresh_with(&self.store, &http, &self.backend, id, policy).await?;
         match &account.auth {
             AccountAuth::ChatGpt { access_token, .. } => Ok(LoginTokens {
                 access_token: access_token.clone(),
@@ -96,7 +124,7 @@ impl AccountDirectory for StoreDirectory {
 
     async fn fetch_usage(&self, id: &str) -> Result<AccountLimits> {
         Ok(
-            accounts::fetch_usage_with(&self.store, &self.http, &self.backend, id)
+            accounts::fetch_usage_with(&self.store, &self.http().await, &self.backend, id)
                 .await?
                 .limits(),
         )
@@ -119,5 +147,27 @@ impl AccountDirectory for StoreDirectory {
             })
         })
         .await?
+    }
+
+    async fn fetch_reset_credits(
+        &self,
+        id: &str,
+    ) -> Result<Option<accounts::reset_credits::ResetCredits>> {
+        let http = self.http().await;
+        accounts::reset_credits::fetch_reset_credits_with(&self.store, &http, &self.backend, id)
+            .await
+            .map(Some)
+    }
+
+    fn adopt_user_agent(&self, user_agent: &str) {
+        match http_client(Some(user_agent)) {
+            Ok(client) => {
+                self.http.send_replace(Some(client));
+                accounts::user_agent::save(self.store.dir(), user_agent);
+            }
+            Err(err) => {
+                tracing::warn!("a backend client with the app-server's User-Agent: {err:#}")
+            }
+        }
     }
 }

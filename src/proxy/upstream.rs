@@ -92,6 +92,8 @@ pub struct ControlConnection {
     login_waiter: Arc<Mutex<Option<oneshot::Sender<LoginCompletedParams>>>>,
     prefix: Arc<str>,
     counter: Arc<AtomicU64>,
+    /// The `User-Agent` the app-server sends the backend (its `initialize` result).
+    user_agent: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for ControlConnection {
@@ -102,6 +104,38 @@ impl std::fmt::Debug for ControlConnection {
     }
 }
 
+/// What the control connection says of itself in `initialize`.
+///
+/// The first `initialize` an app-server receives sets the originator and `User-Agent` of all
+/// its backend requests (PROTOCOL.md §9), and the control connection is always first: it logs
+/// the account in before any client may attach. So it introduces itself exactly as the Codex
+/// TUI does (captured from `codex --remote` 0.169.0: name `codex-tui`, no title, Codex's own
+/// version), and the backend sees what a plain `codex --remote` session sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub name: &'static str,
+    pub version: String,
+}
+
+impl ClientIdentity {
+    /// The Codex TUI of the given Codex version (`codex --version`); an unknown version is
+    /// sent as `unknown` rather than cs-tui's own.
+    pub fn codex_tui(codex_version: Option<&str>) -> Self {
+        Self {
+            name: "codex-tui",
+            version: codex_version.unwrap_or("unknown").to_owned(),
+        }
+    }
+
+    fn initialize_params(&self) -> Value {
+        json!({
+            "clientInfo": {"name": self.name, "title": null, "version": self.version},
+            // `chatgptAuthTokens` logins need the experimental API (PROTOCOL.md §1).
+            "capabilities": {"experimentalApi": true},
+        })
+    }
+}
+
 /// How long one control request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -109,6 +143,7 @@ impl ControlConnection {
     /// Connects, initializes, and starts the reader. Events go to `events`.
     pub async fn connect(
         addr: &AppServerAddr,
+        identity: &ClientIdentity,
         events: mpsc::UnboundedSender<ControlEvent>,
     ) -> Result<Self> {
         let ws = dial(addr).await?;
@@ -121,12 +156,13 @@ impl ControlConnection {
                 }
             }
         });
-        let control = Self {
+        let mut control = Self {
             outgoing,
             pending: Arc::default(),
             login_waiter: Arc::default(),
             prefix: format!("{OWN_ID_PREFIX}{}/", uuid::Uuid::new_v4().simple()).into(),
             counter: Arc::new(AtomicU64::new(1)),
+            user_agent: None,
         };
         let reader = control.clone();
         tokio::spawn(async move {
@@ -140,19 +176,22 @@ impl ControlConnection {
             reader.fail_all("the app-server closed the control connection");
             let _ = events.send(ControlEvent::Closed);
         });
-        control
-            .request(
-                "initialize",
-                json!({
-                    "clientInfo": {"name": "cs-tui", "title": "cs-tui switching proxy",
-                                   "version": env!("CARGO_PKG_VERSION")},
-                    "capabilities": {"experimentalApi": true},
-                }),
-            )
+        let initialized = control
+            .request("initialize", identity.initialize_params())
             .await
             .wrap_err("initializing the control connection")?;
+        control.user_agent = initialized
+            .get("userAgent")
+            .and_then(Value::as_str)
+            .map(Arc::from);
         control.notify("initialized", None);
         Ok(control)
+    }
+
+    /// The `User-Agent` the app-server sends the backend, from its `initialize` result:
+    /// cs-tui's own backend reads send the same.
+    pub fn user_agent(&self) -> Option<&str> {
+        self.user_agent.as_deref()
     }
 
     fn dispatch(&self, text: &str, events: &mpsc::UnboundedSender<ControlEvent>) {
@@ -333,11 +372,18 @@ pub async fn read_account(control: &ControlConnection) -> Result<(Option<String>
     Ok((field("email"), field("planType")))
 }
 
+/// The parameters the Codex TUI sends with `account/rateLimits/read`: the control
+/// connection's reads are the same session's reads, so the backend sees the same request
+/// (`/wham/usage` with `x-openai-codex-luna-reserve`).
+pub fn rate_limits_read_params() -> Value {
+    json!({"supportsLunaReserve": true})
+}
+
 /// Reads the active account's rate limits (`account/rateLimits/read`): every limit family,
 /// from `rateLimitsByLimitId` when the server sends it, else the single `rateLimits`.
 pub async fn read_rate_limits(control: &ControlConnection) -> Result<crate::quota::AccountLimits> {
     let value = control
-        .request("account/rateLimits/read", Value::Null)
+        .request("account/rateLimits/read", rate_limits_read_params())
         .await?;
     parse_rate_limits_read(value)
 }
@@ -378,6 +424,53 @@ fn parse_rate_limits_read(value: Value) -> Result<crate::quota::AccountLimits> {
         .any(|s| crate::quota::is_main_family(s.limit_id.as_deref()));
     let main = (!has_main).then_some(single);
     Ok(AccountLimits::full(by_id.into_iter().chain(main)))
+}
+
+/// How often a reset-credit redemption is tried when its answer is lost.
+const CONSUME_ATTEMPTS: usize = 3;
+
+/// Redeems one reset credit of the logged-in account (`account/rateLimitResetCredit/consume`)
+/// and returns the outcome (`reset`, `nothingToReset`, `noCredit`, `alreadyRedeemed`).
+///
+/// The idempotency key names this one user action: an attempt whose answer was lost (the
+/// backend or the connection failed) is tried again with the same key, which the backend
+/// answers without spending a second credit. A request the app-server refuses as malformed is
+/// not retried.
+pub async fn consume_reset_credit(
+    control: &ControlConnection,
+    idempotency_key: &str,
+) -> Result<String> {
+    let mut last = None;
+    for attempt in 1..=CONSUME_ATTEMPTS {
+        let result = control
+            .request(
+                "account/rateLimitResetCredit/consume",
+                json!({"idempotencyKey": idempotency_key}),
+            )
+            .await;
+        match result {
+            Ok(value) => {
+                return value
+                    .get("outcome")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| eyre!("the app-server's consume answer has no outcome"));
+            }
+            Err(err) => {
+                let refused = err
+                    .downcast_ref::<RpcError>()
+                    .is_some_and(|rpc| matches!(rpc.code, -32602..=-32600));
+                tracing::warn!(attempt, refused, "redeeming a reset credit failed: {err:#}");
+                if refused {
+                    return Err(err);
+                }
+                last = Some(err);
+            }
+        }
+    }
+    Err(last.expect("at least one attempt").wrap_err(format!(
+        "redeeming a reset credit failed {CONSUME_ATTEMPTS} times"
+    )))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The quota panel and its one-line form: pure functions from the dashboard to widgets.
 
+use crate::accounts::reset_credits::ResetCredits;
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -429,8 +430,48 @@ fn account_lines(
                 Span::styled(numbers, Style::new().fg(usage_color(hot))),
             ]));
         }
+        if let Some(credits) = dashboard
+            .reset_credits
+            .get(&account.id)
+            .filter(|c| c.available > 0)
+        {
+            lines.push(Line::styled(reset_credits_text(credits, ctx), DIM));
+        }
+    }
+    if let Some(account) = dashboard.resettable_when_all_exhausted() {
+        let text = format!(
+            "↺ all exhausted: a reset credit can clear {} now: cs-tui accounts reset {}",
+            account.name, account.name
+        );
+        let options = textwrap::Options::new(width.max(12)).subsequent_indent("  ");
+        for line in textwrap::wrap(&text, options) {
+            lines.push(Line::styled(
+                line.into_owned(),
+                Style::new().fg(Color::Yellow),
+            ));
+        }
     }
     lines
+}
+
+/// "  ↺ 2 reset credits, first expires in 3d".
+fn reset_credits_text(credits: &ResetCredits, ctx: &RenderContext<'_>) -> String {
+    let count = match credits.available {
+        1 => "1 reset credit".to_owned(),
+        n => format!("{n} reset credits"),
+    };
+    match credits.nearest_expires_at {
+        Some(at) => {
+            let left = (at.timestamp() - ctx.unix()).max(0);
+            let span = match (left / 86_400, left / 3600 % 24, left / 60 % 60) {
+                (0, 0, m) => format!("{m}m"),
+                (0, h, _) => format!("{h}h"),
+                (d, _, _) => format!("{d}d"),
+            };
+            format!("  ↺ {count}, first expires in {span}")
+        }
+        None => format!("  ↺ {count}"),
+    }
 }
 
 fn switch_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, max: usize) -> Vec<Line<'static>> {

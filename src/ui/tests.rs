@@ -336,6 +336,61 @@ fn panel_all_exhausted() {
     insta::assert_snapshot!(render_panel_only(&d, 44, 36));
 }
 
+fn credits(d: &mut Dashboard, id: &str, available: u32, expires_in: Option<i64>) {
+    d.apply(&ProxyEvent::ResetCredits {
+        account: account(id),
+        credits: crate::accounts::reset_credits::ResetCredits {
+            available,
+            nearest_expires_at: expires_in.map(at),
+        },
+        at: at(-60),
+    });
+}
+
+#[test]
+fn panel_all_exhausted_with_a_reset_credit() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(100.0, 25 * 60, 64.0), -60);
+    update(&mut d, "bob", snapshot(100.0, 2 * 3600, 80.0), -60);
+    update(&mut d, "carol", snapshot(40.0, 3 * 3600, 100.0), -60);
+    credits(&mut d, "bob", 2, Some(3 * 86_400 + 3600));
+    credits(&mut d, "carol", 1, Some(20 * 86_400));
+    credits(&mut d, "alice", 0, None);
+    insta::assert_snapshot!(render_panel_only(&d, 44, 40));
+}
+
+#[test]
+fn the_account_to_reset_is_named_only_when_every_account_is_exhausted() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(100.0, 25 * 60, 64.0), -60);
+    update(&mut d, "bob", snapshot(100.0, 2 * 3600, 80.0), -60);
+    update(&mut d, "carol", snapshot(40.0, 3 * 3600, 20.0), -60);
+    credits(&mut d, "bob", 1, Some(86_400));
+    credits(&mut d, "carol", 1, Some(3600));
+    // carol has room: no reset is worth it.
+    assert_eq!(d.resettable_when_all_exhausted(), None);
+    update(&mut d, "carol", snapshot(40.0, 3 * 3600, 100.0), -30);
+    // carol's credit expires first.
+    assert_eq!(
+        d.resettable_when_all_exhausted().map(|a| a.name.as_str()),
+        Some("carol")
+    );
+    // The active account, when it has one: no switch needed after the reset.
+    credits(&mut d, "alice", 1, Some(10 * 86_400));
+    assert_eq!(d.active.as_deref(), Some("alice"));
+    assert_eq!(
+        d.resettable_when_all_exhausted().map(|a| a.name.as_str()),
+        Some("alice")
+    );
+    // No credit anywhere: nothing to say.
+    for id in ["alice", "bob", "carol"] {
+        credits(&mut d, id, 0, None);
+    }
+    assert_eq!(d.resettable_when_all_exhausted(), None);
+    let panel = render_panel_only(&d, 44, 40);
+    assert!(!panel.contains("reset credit"), "{panel}");
+}
+
 #[test]
 fn narrow_terminal_collapses_to_a_status_bar() {
     let mut d = started(stored());

@@ -16,6 +16,8 @@ pub use app_server::AppServer;
 pub use codex_bin::codex_bin;
 pub use codex_home::CodexHome;
 pub use jwt::FakeAccount;
-pub use mock_backend::{AccountMode, MockAccount, MockBackend, RequestRecord, Usage, UsageWindow};
+pub use mock_backend::{
+    AccountMode, MockAccount, MockBackend, RequestRecord, ResetCredit, Usage, UsageWindow,
+};
 pub use mock_backend::{LimitFamily, SpendControl, UsageExtras, seat_key};
 pub use ws_client::WsClient;

@@ -1,6 +1,7 @@
 //! A mock of the ChatGPT backend on 127.0.0.1, speaking the wire format recorded in
 //! PROTOCOL.md §4: `/wham/accounts/check`, `/wham/usage`, the `/codex/responses` SSE stream
-//! with `x-codex-*` rate-limit headers, and `/oauth/token` with rotating refresh tokens.
+//! with `x-codex-*` rate-limit headers, `/wham/rate-limit-reset-credits` (list, and `/consume`
+//! with idempotency), and `/oauth/token` with rotating refresh tokens.
 //!
 //! Behaviour is set per account (keyed by the `chatgpt-account-id` header) and can be changed
 //! while it runs. Every request is logged so tests can assert who was served with which token.
@@ -191,6 +192,35 @@ pub struct MockAccount {
     pub extras: UsageExtras,
     /// The workspace this account is a seat of (`structure: "workspace"` at login), if any.
     pub workspace: Option<String>,
+    /// Rate-limit reset credits, available and redeemed.
+    pub reset_credits: Vec<ResetCredit>,
+    /// Answers already given to `/wham/rate-limit-reset-credits/consume`, by
+    /// `redeem_request_id`: a retry with the same key gets the same answer and spends nothing.
+    pub redemptions: HashMap<String, Value>,
+}
+
+/// A rate-limit reset credit (`/wham/rate-limit-reset-credits`): redeeming one clears the
+/// account's exhausted windows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResetCredit {
+    pub id: String,
+    /// Unix seconds.
+    pub granted_at: i64,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<i64>,
+    pub redeemed: bool,
+}
+
+impl ResetCredit {
+    /// An available credit granted a day ago that expires in `days`.
+    pub fn expiring_in_days(id: &str, days: i64) -> Self {
+        Self {
+            id: id.to_owned(),
+            granted_at: unix_now() - 24 * 3600,
+            expires_at: Some(unix_now() + days * 24 * 3600),
+            redeemed: false,
+        }
+    }
 }
 
 /// A reply the next model request gets instead of the default text.
@@ -224,6 +254,10 @@ pub struct RequestRecord {
     pub status: u16,
     /// The JSON body, for POSTs.
     pub body: Option<Value>,
+    /// Every request header by lower-case name (repeats joined with `, `), except
+    /// `authorization` and `cookie`, which hold secrets: who the caller says it is
+    /// (`originator`, `user-agent`, …).
+    pub headers: BTreeMap<String, String>,
     pub at: Instant,
 }
 
@@ -282,6 +316,9 @@ struct MockState {
     refresh_faults: VecDeque<RefreshFault>,
     /// Refresh token → the seat it belongs to, for accounts that share a workspace id.
     seats: HashMap<String, FakeAccount>,
+    /// Number of reset-credit redemptions still to be carried out but answered with a 502,
+    /// as if the answer were lost on the way.
+    lost_consume_answers: u32,
     token_serial: u64,
     script: VecDeque<ScriptedReply>,
     log: Vec<RequestRecord>,
@@ -357,6 +394,8 @@ impl MockBackend {
                 login_delay: Duration::ZERO,
                 extras: UsageExtras::default(),
                 workspace: None,
+                reset_credits: Vec::new(),
+                redemptions: HashMap::new(),
             },
         );
         let refresh = mint_refresh_token(&mut state, &fake.chatgpt_account_id);
@@ -382,6 +421,8 @@ impl MockBackend {
                 login_delay: Duration::ZERO,
                 extras: UsageExtras::default(),
                 workspace: Some(workspace.to_owned()),
+                reset_credits: Vec::new(),
+                redemptions: HashMap::new(),
             },
         );
         let refresh = mint_refresh_token(&mut state, &key);
@@ -431,6 +472,22 @@ impl MockBackend {
 
     pub fn set_burn_per_request(&self, account_id: &str, points: u8) {
         self.with_account(account_id, |a| a.burn_per_request = points);
+    }
+
+    /// Replaces an account's reset credits.
+    pub fn set_reset_credits(&self, account_id: &str, credits: Vec<ResetCredit>) {
+        self.with_account(account_id, |a| a.reset_credits = credits);
+    }
+
+    /// An account's reset credits, redeemed ones included.
+    pub fn reset_credits(&self, account_id: &str) -> Vec<ResetCredit> {
+        self.with_account(account_id, |a| a.reset_credits.clone())
+    }
+
+    /// Carries out the next `n` reset-credit redemptions but answers them with HTTP 502, as if
+    /// the answer were lost: a retry with the same `redeem_request_id` must not spend more.
+    pub fn lose_next_consume_answers(&self, n: u32) {
+        self.state().lost_consume_answers = n;
     }
 
     /// Makes the next `n` refresh requests fail with HTTP 500.
@@ -670,6 +727,7 @@ async fn handle(
         refresh_token,
         status: response.status().as_u16(),
         body: body_json,
+        headers: recorded_headers(&headers),
         at: Instant::now(),
     };
     state.lock().expect("mock state lock").log.push(record);
@@ -714,6 +772,24 @@ fn account_key(state: &MockState, account_id: &str, user: Option<&str>) -> Strin
     user.map(|user| seat_key(account_id, user))
         .filter(|key| state.accounts.contains_key(key))
         .unwrap_or_else(|| account_id.to_owned())
+}
+
+fn recorded_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut recorded = BTreeMap::<String, String>::new();
+    for (name, value) in headers {
+        if name == header::AUTHORIZATION || name == header::COOKIE {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        recorded
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    recorded
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {
@@ -772,6 +848,20 @@ fn backend(
         }
         ("GET", "/backend-api/wham/usage") => json_response(StatusCode::OK, wham_usage(account)),
         ("GET", "/backend-api/codex/models") => json_response(StatusCode::OK, models_catalog()),
+        ("GET", "/backend-api/wham/rate-limit-reset-credits") => {
+            json_response(StatusCode::OK, reset_credits_list(account))
+        }
+        ("POST", "/backend-api/wham/rate-limit-reset-credits/consume") => {
+            let answer = consume_reset_credit(account, body);
+            if guard.lost_consume_answers > 0 && answer.status().is_success() {
+                guard.lost_consume_answers -= 1;
+                return json_response(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"detail": "upstream connect error"}),
+                );
+            }
+            answer
+        }
         ("POST", p) if p.ends_with("/responses") => {
             let title = is_structured_output_request(body);
             let script = if title {
@@ -945,6 +1035,7 @@ fn wham_usage(account: &MockAccount) -> Value {
         "additional_rate_limits": additional,
         "rate_limit_reached_type": usage.limit_reached_type.as_ref().map(|t| json!({"type": t})),
         "spend_control": spend_control_json(account.extras.individual_limit.as_ref()),
+        "rate_limit_reset_credits": {"available_count": available_credits(account).count()},
     })
 }
 
@@ -979,6 +1070,111 @@ fn window_headers(
             headers.push((format!("{prefix}-{name}-reset-at"), w.resets_at.to_string()));
         }
     }
+}
+
+fn available_credits(account: &MockAccount) -> impl Iterator<Item = &ResetCredit> {
+    let now = unix_now();
+    account
+        .reset_credits
+        .iter()
+        .filter(move |c| !c.redeemed && c.expires_at.is_none_or(|e| e > now))
+}
+
+/// ISO 8601 in UTC, as the backend writes the credits' times.
+fn iso_time(unix: i64) -> Value {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+        .unwrap_or(Value::Null)
+}
+
+fn credit_json(credit: &ResetCredit) -> Value {
+    json!({
+        "id": credit.id,
+        "reset_type": "codex_rate_limits",
+        "status": if credit.redeemed { "redeemed" } else { "available" },
+        "granted_at": iso_time(credit.granted_at),
+        "expires_at": credit.expires_at.map_or(Value::Null, iso_time),
+        "title": "Full reset (Weekly + 5 hr)",
+        "description": "Resets your Codex usage limits.",
+    })
+}
+
+/// `GET {base}/wham/rate-limit-reset-credits`: the available credits, soonest expiry first.
+fn reset_credits_list(account: &MockAccount) -> Value {
+    let mut credits: Vec<&ResetCredit> = available_credits(account).collect();
+    credits.sort_by_key(|c| c.expires_at.unwrap_or(i64::MAX));
+    json!({
+        "available_count": credits.len(),
+        "credits": credits.into_iter().map(credit_json).collect::<Vec<_>>(),
+    })
+}
+
+/// `POST {base}/wham/rate-limit-reset-credits/consume` `{redeem_request_id, credit_id?}` →
+/// `{code, windows_reset, credit}`. A credit clears every window of an exhausted account; on an
+/// account with room it is spent for nothing (`nothing_to_reset`, PROTOCOL.md §9). The same
+/// `redeem_request_id` again gets the first answer and spends nothing more.
+fn consume_reset_credit(account: &mut MockAccount, body: Option<&Value>) -> Response {
+    let Some(key) = body
+        .and_then(|b| b.get("redeem_request_id"))
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+    else {
+        return json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"detail": "redeem_request_id is required"}),
+        );
+    };
+    if let Some(answer) = account.redemptions.get(&key) {
+        return json_response(StatusCode::OK, answer.clone());
+    }
+    let wanted = body
+        .and_then(|b| b.get("credit_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let now = unix_now();
+    let candidate = account
+        .reset_credits
+        .iter_mut()
+        // Without a credit id the backend picks the available credit that expires first.
+        .filter(|c| wanted.as_ref().map_or(!c.redeemed, |w| &c.id == w))
+        .filter(|c| c.expires_at.is_none_or(|e| e > now))
+        .min_by_key(|c| (c.redeemed, c.expires_at.unwrap_or(i64::MAX)));
+    let answer = match candidate {
+        None => json!({"code": "no_credit", "windows_reset": 0, "credit": null}),
+        Some(credit) if credit.redeemed => {
+            json!({"code": "already_redeemed", "windows_reset": 0, "credit": credit_json(credit)})
+        }
+        Some(credit) => {
+            credit.redeemed = true;
+            let credit = credit_json(credit);
+            let usage = effective_usage(account);
+            let exhausted = usage.limit_reached_type.is_some()
+                || [usage.primary, usage.secondary]
+                    .iter()
+                    .flatten()
+                    .any(|w| w.used_percent >= 100);
+            if exhausted {
+                let mut windows_reset = 0;
+                for window in [&mut account.usage.primary, &mut account.usage.secondary]
+                    .into_iter()
+                    .flatten()
+                {
+                    window.used_percent = 0;
+                    windows_reset += 1;
+                }
+                account.usage.limit_reached_type = None;
+                if account.mode == AccountMode::UsageLimit {
+                    account.mode = AccountMode::Normal;
+                }
+                json!({"code": "reset", "windows_reset": windows_reset, "credit": credit})
+            } else {
+                json!({"code": "nothing_to_reset", "windows_reset": 0, "credit": credit})
+            }
+        }
+    };
+    account.redemptions.insert(key, answer.clone());
+    json_response(StatusCode::OK, answer)
 }
 
 /// The `x-codex-*` headers Codex reads its rate limits from.
