@@ -145,7 +145,16 @@ fn reap(command: &[OsString]) -> std::io::Result<ExitCode> {
             Ok(())
         });
     }
-    let app_server = Pid::from_raw(child.spawn()?.id() as i32);
+    let spawned = child.spawn().map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!(
+                "starting {}: {err}",
+                std::path::Path::new(program).display()
+            ),
+        )
+    })?;
+    let app_server = Pid::from_raw(spawned.id() as i32);
 
     let parent = std::io::stdin();
     let mut buf = [0u8; 64];

@@ -6,13 +6,14 @@
 //! writes an offline `DIR/codex-home` (config + alice's auth.json) and prints the URLs. Then
 //! type commands on stdin:
 //! `mode NAME normal|limit|401|500|slow MS`, `usage NAME FIVE_HOUR% [WEEKLY%]`,
-//! `burn NAME POINTS`, `log`, `quit`.
+//! `weekly-only NAME WEEK%`, `spark NAME 5H%` (a model's own limit family), `credits NAME COUNT`
+//! (reset credits), `burn NAME POINTS`, `log`, `quit`.
 
 use std::io::BufRead as _;
 use std::time::Duration;
 
 use cs_tui_testkit::mock_backend::AccountMode;
-use cs_tui_testkit::{MockBackend, Usage, UsageWindow};
+use cs_tui_testkit::{LimitFamily, MockBackend, ResetCredit, Usage, UsageWindow};
 
 #[tokio::main]
 async fn main() {
@@ -90,6 +91,26 @@ async fn main() {
                 mock.set_usage(&id(name), usage);
                 println!("ok");
             }
+            ["weekly-only", name, week] => {
+                mock.set_usage(&id(name), Usage::weekly_only(week.parse().unwrap_or(0)));
+                println!("ok");
+            }
+            ["spark", name, five] => {
+                mock.set_families(
+                    &id(name),
+                    vec![LimitFamily::spark(five.parse().unwrap_or(0))],
+                );
+                println!("ok");
+            }
+            ["credits", name, count] => {
+                let credits = (0..count.parse::<usize>().unwrap_or(0))
+                    .map(|i| {
+                        ResetCredit::expiring_in_days(&format!("credit-{name}-{i}"), 3 + i as i64)
+                    })
+                    .collect();
+                mock.set_reset_credits(&id(name), credits);
+                println!("ok");
+            }
             ["burn", name, points] => {
                 mock.set_burn_per_request(&id(name), points.parse().unwrap_or(0));
                 println!("ok");
@@ -104,7 +125,7 @@ async fn main() {
             }
             ["quit"] => break,
             _ => println!(
-                "commands: mode NAME normal|limit|401|500|slow MS, usage NAME 5H% [WEEK%], burn NAME PTS, log, quit"
+                "commands: mode NAME normal|limit|401|500|slow MS, usage NAME 5H% [WEEK%], weekly-only NAME WEEK%, spark NAME 5H%, credits NAME COUNT, burn NAME PTS, log, quit"
             ),
         }
     }
