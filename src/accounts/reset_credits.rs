@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::store::Store;
-use super::tokens::{Backend, RefreshPolicy, ensure_fresh_with};
-use super::usage::get_with_token;
+use super::tokens::Backend;
+use super::usage::get_fresh;
 use crate::errors::with_hint;
 
 /// What an account has in reset credits.
@@ -105,20 +105,8 @@ pub async fn fetch_reset_credits_with(
     backend: &Backend,
     account_id: &str,
 ) -> Result<ResetCredits> {
-    let account = ensure_fresh_with(store, http, backend, account_id, RefreshPolicy::IfDue).await?;
     let url = reset_credits_url(&backend.chatgpt_base_url);
-    let mut response = get_with_token(http, &url, &account).await?;
-    if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-        let account = ensure_fresh_with(
-            store,
-            http,
-            backend,
-            account_id,
-            RefreshPolicy::AfterUnauthorized,
-        )
-        .await?;
-        response = get_with_token(http, &url, &account).await?;
-    }
+    let (account, response) = get_fresh(store, http, backend, account_id, &url).await?;
     let status = response.status();
     if !status.is_success() {
         return Err(with_hint(

@@ -112,21 +112,8 @@ pub async fn fetch_usage_with(
     backend: &Backend,
     account_id: &str,
 ) -> Result<UsageReport> {
-    let account = ensure_fresh_with(store, http, backend, account_id, RefreshPolicy::IfDue).await?;
     let url = usage_url(&backend.chatgpt_base_url);
-    let mut response = get_with_token(http, &url, &account).await?;
-    if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-        tracing::info!(account = %account.name, "usage answered 401; refreshing and retrying");
-        let account = ensure_fresh_with(
-            store,
-            http,
-            backend,
-            account_id,
-            RefreshPolicy::AfterUnauthorized,
-        )
-        .await?;
-        response = get_with_token(http, &url, &account).await?;
-    }
+    let (account, response) = get_fresh(store, http, backend, account_id, &url).await?;
     let status = response.status();
     if !status.is_success() {
         return Err(with_hint(
@@ -157,6 +144,33 @@ pub async fn fetch_usage_with(
 }
 
 /// A GET of a backend endpoint with an account's token and account header.
+/// GETs `url` as a stored account: its token refreshed first when due, and a 401 answered by
+/// one forced refresh and one retry. Returns the account as the request used it.
+pub(crate) async fn get_fresh(
+    store: &Store,
+    http: &reqwest::Client,
+    backend: &Backend,
+    account_id: &str,
+    url: &str,
+) -> Result<(Account, reqwest::Response)> {
+    let account = ensure_fresh_with(store, http, backend, account_id, RefreshPolicy::IfDue).await?;
+    let response = get_with_token(http, url, &account).await?;
+    if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Ok((account, response));
+    }
+    tracing::info!(account = %account.name, url, "answered 401; refreshing and retrying");
+    let account = ensure_fresh_with(
+        store,
+        http,
+        backend,
+        account_id,
+        RefreshPolicy::AfterUnauthorized,
+    )
+    .await?;
+    let response = get_with_token(http, url, &account).await?;
+    Ok((account, response))
+}
+
 pub(crate) async fn get_with_token(
     http: &reqwest::Client,
     url: &str,
