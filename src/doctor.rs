@@ -1,17 +1,16 @@
 //! `cs-tui doctor [--json]`: checks what cs-tui needs, each check with a timeout, each line
 //! `ok`, `warn` or `fail` with a hint. Exits 1 when any check fails.
 
+use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use color_eyre::eyre::{Result, WrapErr, eyre};
+use color_eyre::eyre::{Result, WrapErr};
 use serde::Serialize;
 
 use crate::accounts::{AccountAuth, AccountStatus, Store};
-use crate::cli::GlobalArgs;
 use crate::proxy::app_server::{AppServer, AppServerOptions};
 use crate::proxy::upstream::{ClientIdentity, ControlConnection};
 
@@ -19,16 +18,6 @@ use crate::proxy::upstream::{ClientIdentity, ControlConnection};
 /// newest (`CODEX_NEWEST` in scripts/test-codex-newest; a unit test keeps them in step).
 pub const TESTED_CODEX_OLDEST: &str = "0.169.0";
 pub const TESTED_CODEX_NEWEST: &str = "0.171.0";
-
-#[derive(Debug, clap::Args)]
-pub struct DoctorArgs {
-    /// Print JSON instead of lines.
-    #[arg(long)]
-    pub json: bool,
-    /// Seconds each check may take.
-    #[arg(long, value_name = "SECS", default_value_t = 15)]
-    pub timeout: u64,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,11 +67,12 @@ impl Check {
     }
 }
 
+/// `doctor --json`'s output.
 #[derive(Serialize)]
-struct Report<'a> {
-    ok: bool,
-    tested_codex: [&'static str; 2],
-    checks: &'a [Check],
+pub struct Report<'a> {
+    pub ok: bool,
+    pub tested_codex: [&'static str; 2],
+    pub checks: &'a [Check],
 }
 
 /// Where a Codex version stands against the tested range.
@@ -300,16 +290,16 @@ fn config_check(store_dir: &Path, codex_home: Option<&Path>) -> Check {
     )
 }
 
-async fn backend_check(base: &str, timeout: Duration) -> Check {
+async fn backend_check(http: Result<&reqwest::Client>, base: &str, timeout: Duration) -> Check {
     let hint = "check the network, or chatgpt_base_url in $CODEX_HOME/config.toml";
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
+    let client = match http {
         Ok(client) => client,
-        Err(err) => return Check::fail("backend", format!("no HTTP client: {err}"), hint),
+        Err(err) => return Check::fail("backend", format!("no HTTP client: {err:#}"), hint),
     };
     let url = crate::accounts::usage::usage_url(base);
     let started = Instant::now();
     // Without a token the answer is 401 or so: any answer proves the backend is reachable.
-    match client.get(&url).send().await {
+    match client.get(&url).timeout(timeout).send().await {
         Ok(response) => Check::ok(
             "backend",
             format!(
@@ -378,9 +368,15 @@ async fn app_server_check(
     ))
 }
 
-async fn run_checks(global: &GlobalArgs, timeout: Duration) -> Vec<Check> {
+/// Runs every check, each within `timeout`: `codex_bin`, the store in `store_dir` (or why
+/// there is none), the backend through `http`.
+pub async fn run_checks(
+    codex_bin: &OsStr,
+    store_dir: Result<&Path>,
+    http: Result<&reqwest::Client>,
+    timeout: Duration,
+) -> Vec<Check> {
     let mut checks = Vec::new();
-    let store_dir = crate::paths::store_dir();
     let codex_home = crate::paths::codex_home().ok();
     // With Codex's config unreadable, the backend it would use is unknown: the config
     // check says why, and no other address is tried in its place.
@@ -390,7 +386,7 @@ async fn run_checks(global: &GlobalArgs, timeout: Duration) -> Vec<Check> {
     };
 
     let codex = async {
-        match crate::codex_bin::version(&global.codex_bin).await {
+        match crate::codex_bin::version(codex_bin).await {
             Ok(version) => (judge_codex_version(&version), true),
             Err(err) => (
                 Check::fail(
@@ -408,7 +404,7 @@ async fn run_checks(global: &GlobalArgs, timeout: Duration) -> Vec<Check> {
         limited_pair(timeout, codex),
         limited("backend", timeout, async {
             match &base {
-                Some(base) => backend_check(base, timeout).await,
+                Some(base) => backend_check(http, base, timeout).await,
                 None => Check::fail(
                     "backend",
                     "not tried: Codex's config.toml cannot be read",
@@ -422,7 +418,7 @@ async fn run_checks(global: &GlobalArgs, timeout: Duration) -> Vec<Check> {
     let app_server = match (&store_dir, &codex_home, codex_found) {
         (Ok(store_dir), Some(home), true) => {
             limited("app-server", timeout, async {
-                match app_server_check(&global.codex_bin, home.clone(), store_dir).await {
+                match app_server_check(codex_bin, home.clone(), store_dir).await {
                     Ok(message) => Check::ok("app-server", message),
                     Err(err) => Check::fail(
                         "app-server",
@@ -525,40 +521,6 @@ pub fn render(checks: &[Check]) -> String {
         }
     }
     out
-}
-
-pub fn run_doctor(global: &GlobalArgs, args: DoctorArgs) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .wrap_err("starting the async runtime")?;
-    let timeout = Duration::from_secs(args.timeout.max(1));
-    let checks = runtime.block_on(run_checks(global, timeout));
-    let failed = checks.iter().any(|c| c.status == Status::Fail);
-    let text = if args.json {
-        let mut text = serde_json::to_string_pretty(&Report {
-            ok: !failed,
-            tested_codex: [TESTED_CODEX_OLDEST, TESTED_CODEX_NEWEST],
-            checks: &checks,
-        })
-        .map_err(|e| eyre!("formatting JSON: {e}"))?;
-        text.push('\n');
-        text
-    } else {
-        render(&checks)
-    };
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        other => other.wrap_err("writing to stdout")?,
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 #[cfg(test)]

@@ -5,15 +5,19 @@
 //! - [`pty`]: the child process, key encoding, terminal-query replies, the screen model;
 //! - [`proxy`]: app-server lifecycle, websocket relay, protocol types, switch policy;
 //! - [`accounts`]: the account store, tokens, usage of every account;
-//! - [`app`]: state, events, key routing, the loop; [`ui`]: pure render functions.
+//! - [`app`]: state, events, key routing, the loop; [`ui`]: pure render functions;
+//! - [`cli`]: the command line's types; [`commands`]: one handler per command, and the one
+//!   [`commands::Env`] they share; [`ipc`]: the client of a running session's socket.
 
 pub mod accounts;
 pub mod app;
 pub mod cli;
 pub mod codex_bin;
+pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod errors;
+pub mod ipc;
 pub mod logging;
 pub mod paths;
 #[cfg(test)]

@@ -5,5 +5,5 @@
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    cs_tui::cli::main()
+    cs_tui::commands::main()
 }

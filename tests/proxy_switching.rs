@@ -605,10 +605,7 @@ async fn an_account_added_during_the_session_takes_over_at_the_next_limit() {
     let file = rig.store.path().join("bob.auth.json");
     std::fs::write(&file, bob.auth_json(3600, &refresh).to_string()).unwrap();
     cs_tui::accounts::import_auth_file(&Store::open(rig.store.path()), &file, Some("bob")).unwrap();
-    let store = rig.store.path().to_owned();
-    tokio::task::spawn_blocking(move || cs_tui::proxy::ipc::announce_accounts_changed(&store))
-        .await
-        .unwrap();
+    cs_tui::ipc::announce(rig.store.path(), &ProxyCommand::AccountsChanged).await;
     // Its usage is read at once.
     wait_event(
         &mut rig.events,

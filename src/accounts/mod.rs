@@ -5,12 +5,13 @@
 //! - [`codex_auth`]: Codex's `auth.json`: import, first-run import, writing refreshed tokens back;
 //! - [`tokens`]: refresh with rotation, retries, and "needs login";
 //! - [`usage`]: `/wham/usage` of any account, as [`crate::quota`] snapshots;
-//! - [`reset_credits`]: the rate-limit reset credits of any account; [`reset`] redeems one;
-//! - [`login`]: `codex login` in a temporary `CODEX_HOME`;
-//! - [`cli`]: `cs-tui accounts …` and `cs-tui status`.
+//! - [`reset_credits`]: the rate-limit reset credits of any account; [`reset`]: what redeeming
+//!   one did;
+//! - [`login`]: `codex login` in a temporary `CODEX_HOME`.
+//!
+//! The commands that use them (`cs-tui accounts …`, `cs-tui status`) are in `crate::commands`.
 
 pub mod claims;
-pub mod cli;
 pub mod codex_auth;
 pub mod login;
 pub mod reset;

@@ -14,14 +14,11 @@ use chrono::Utc;
 use color_eyre::eyre::{Result, eyre};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::accounts::{Store, import_codex_auth_if_empty};
+use crate::accounts::{Account, Store};
 use crate::app::dashboard::{AccountView, StoredState};
 use crate::app::launcher::RemoteTarget;
-use crate::cli::GlobalArgs;
-use crate::config::Config;
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
-use crate::proxy::serve::session_options;
-use crate::proxy::session::{ProxyListener, Session};
+use crate::proxy::session::{ProxyListener, Session, SessionOptions};
 use crate::proxy::store_directory::StoreDirectory;
 
 /// Set to `1` to run plain `codex` in the pane, without the proxy (no quota, no switching).
@@ -171,10 +168,24 @@ impl SessionBackend {
     }
 }
 
-/// Starts whatever sits in front of Codex for this session: normally the app-server and the
-/// switching proxy, logged in to the best stored account before Codex attaches.
-pub async fn start_backend(global: &GlobalArgs, config: &Config) -> Result<SessionBackend> {
-    if std::env::var_os(NO_PROXY_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+/// Whether the switching proxy stands in front of Codex: yes, unless [`NO_PROXY_ENV`] says no.
+pub fn proxy_wanted() -> bool {
+    !std::env::var_os(NO_PROXY_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// What the switching proxy starts with.
+pub struct ProxySetup {
+    /// The session's options (the store directory among them).
+    pub options: SessionOptions,
+    /// The Codex login the first run imported, which the panel reports.
+    pub imported: Option<Account>,
+}
+
+/// Starts whatever sits in front of Codex for this session: normally (`proxy` given) the
+/// app-server and the switching proxy, logged in to the best stored account before Codex
+/// attaches; else plain Codex.
+pub async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBackend> {
+    let Some(ProxySetup { options, imported }) = proxy else {
         return Ok(match std::env::var_os(DEV_EVENTS_ENV) {
             Some(events) => SessionBackend::replay(
                 events.into(),
@@ -182,11 +193,9 @@ pub async fn start_backend(global: &GlobalArgs, config: &Config) -> Result<Sessi
             ),
             None => SessionBackend::direct(),
         });
-    }
-    let store_dir = crate::paths::store_dir()?;
+    };
+    let store_dir = options.store_dir.clone();
     let store = Store::open(&store_dir);
-    let imported = import_codex_auth_if_empty(&store)?;
-    let options = session_options(global, config, store_dir.clone())?;
     let listener = ProxyListener::bind_private(&store_dir)?;
     let dir = StoreDirectory::from_env(&store_dir)?;
     // Codex needs only the listener's address to start; its connection waits at the relay

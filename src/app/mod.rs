@@ -31,7 +31,6 @@ use crate::app::dashboard::{AccountState, Dashboard, SessionMode};
 use crate::app::frame::FrameScheduler;
 use crate::app::input::{KeyAction, KeyRouter};
 use crate::app::terminal::{TerminalGuard, Tui};
-use crate::cli::GlobalArgs;
 use crate::config::Config;
 use crate::errors::with_hint;
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
@@ -45,35 +44,59 @@ const CHILD_EXIT_GRACE: Duration = Duration::from_secs(3);
 /// Output handled per loop turn before the loop looks at input and frames again.
 const OUTPUT_BATCH_BYTES: usize = 1 << 20;
 
-/// `cs-tui [CODEX ARGS]`: Codex in the pane, the panel beside it. Exits with Codex's code.
-pub fn run(global: &GlobalArgs, codex_args: Vec<OsString>) -> Result<ExitCode> {
-    let config = Config::load(&Config::default_path()?)?;
-    let _log_guard = crate::paths::log_dir()
-        .ok()
-        .and_then(|dir| crate::logging::init(&dir, "cs-tui", global.log_level.as_deref()).ok());
-    // Refuse what cannot run before anything starts.
-    launcher::validate_codex_args(&codex_args)
-        .map_err(|e| with_hint(e.into(), "cs-tui hosts the interactive Codex TUI only"))?;
-    let program = resolve_program(&global.codex_bin, std::env::var_os("PATH").as_deref())
-        .ok_or_else(|| {
-            with_hint(
-                eyre!(
-                    "cannot find the codex binary {:?}",
-                    global.codex_bin.to_string_lossy()
-                ),
-                "install it with `npm install -g @openai/codex@0.169.0`, or point --codex-bin \
-                 (or CS_TUI_CODEX_BIN) at it",
-            )
-        })?;
-    let cwd = std::env::current_dir().wrap_err("reading the current directory")?;
+/// What `cs-tui [CODEX ARGS]` runs, checked before anything starts: the Codex arguments are
+/// ones the pane can host, and the codex binary is found.
+pub struct Launch {
+    codex_bin: OsString,
+    program: std::path::PathBuf,
+    codex_args: Vec<OsString>,
+    cwd: std::path::PathBuf,
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .wrap_err("starting the async runtime")?;
+impl Launch {
+    /// Refuses what cannot run.
+    pub fn prepare(codex_bin: &std::ffi::OsStr, codex_args: Vec<OsString>) -> Result<Self> {
+        launcher::validate_codex_args(&codex_args)
+            .map_err(|e| with_hint(e.into(), "cs-tui hosts the interactive Codex TUI only"))?;
+        let program =
+            resolve_program(codex_bin, std::env::var_os("PATH").as_deref()).ok_or_else(|| {
+                with_hint(
+                    eyre!(
+                        "cannot find the codex binary {:?}",
+                        codex_bin.to_string_lossy()
+                    ),
+                    "install it with `npm install -g @openai/codex@0.169.0`, or point --codex-bin \
+                     (or CS_TUI_CODEX_BIN) at it",
+                )
+            })?;
+        let cwd = std::env::current_dir().wrap_err("reading the current directory")?;
+        Ok(Self {
+            codex_bin: codex_bin.to_owned(),
+            program,
+            codex_args,
+            cwd,
+        })
+    }
+}
+
+/// `cs-tui [CODEX ARGS]`: Codex in the pane, the panel beside it, on `runtime` (shut down
+/// here: the terminal reader may be parked in a read). `proxy` is the switching proxy's setup,
+/// `None` for plain Codex ([`backend::proxy_wanted`]). Exits with Codex's code.
+pub fn run(
+    runtime: tokio::runtime::Runtime,
+    launch: Launch,
+    config: Config,
+    proxy: Option<backend::ProxySetup>,
+    store_dir: &std::path::Path,
+) -> Result<ExitCode> {
+    let Launch {
+        codex_bin,
+        program,
+        codex_args,
+        cwd,
+    } = launch;
     let result = runtime.block_on(async {
-        let backend = backend::start_backend(global, &config).await?;
+        let backend = backend::start_backend(proxy).await?;
         let remote = backend.remote.as_ref().map(backend::RemoteEndpoint::target);
         let args = launcher::codex_command_args(&codex_args, &cwd, remote.as_ref())?;
         // The npm wrapper's Node start-up would delay Codex's first frame by ~130 ms.
@@ -91,17 +114,15 @@ pub fn run(global: &GlobalArgs, codex_args: Vec<OsString>) -> Result<ExitCode> {
     // The terminal is restored by now. A token refresh under way (a usage poll, a 401 answered
     // for the app-server) may hold a rotated refresh token that must reach the store first.
     crate::accounts::stop_retrying_refreshes();
-    if let Ok(store_dir) = crate::paths::store_dir() {
-        runtime.block_on(crate::accounts::settle_refreshes(
-            &crate::accounts::Store::open(store_dir),
-        ));
-    }
+    runtime.block_on(crate::accounts::settle_refreshes(
+        &crate::accounts::Store::open(store_dir),
+    ));
     // The terminal reader thread may be parked in a read; do not wait for it.
     runtime.shutdown_background();
     let end = result?;
     // The alternate screen is gone with whatever Codex last said; say it again on the
     // restored terminal, or a failing Codex would leave nothing to read.
-    if let Some(report) = end.report(&global.codex_bin) {
+    if let Some(report) = end.report(&codex_bin) {
         eprintln!("{report}");
     }
     Ok(ExitCode::from(

@@ -1,28 +1,20 @@
 //! A unix socket per running session, so `cs-tui switch NAME` in another terminal can ask the
 //! session to switch. The socket lives in the session's 0700 runtime directory (or is linked
-//! from there, when that path is too long for a socket).
+//! from there, when that path is too long for a socket). This is the serving side; the client
+//! (and the answer's wire type) is [`crate::ipc`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::ipc::{CommandAnswer, SOCKET_NAME};
 use crate::proxy::core::CoreMsg;
 use crate::proxy::events::ProxyCommand;
-use crate::proxy::socket::{BoundSocket, connect_unix};
-
-pub const SOCKET_NAME: &str = "control.sock";
-
-/// The answer to a command.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CommandAnswer {
-    pub ok: bool,
-    pub message: String,
-}
+use crate::proxy::socket::BoundSocket;
 
 /// What a client of the session socket may do: it must be our own user, and send one line of
 /// at most `max_line` bytes within `read_timeout`.
@@ -147,71 +139,12 @@ fn refusal(message: String) -> CommandAnswer {
     CommandAnswer { ok: false, message }
 }
 
-/// The session sockets under `<store>/runtime/`.
-pub fn session_sockets(store_dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(store_dir.join("runtime")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join(SOCKET_NAME))
-        .filter(|p| p.exists())
-        .collect()
-}
-
-/// Sends a command to one session socket and returns its answer.
-pub async fn send(socket: &Path, command: &ProxyCommand) -> Result<CommandAnswer> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), connect_unix(socket))
-        .await
-        .map_err(|_| eyre!("timed out connecting to {}", socket.display()))?
-        .wrap_err_with(|| format!("connecting to {}", socket.display()))?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(command)?;
-    line.push('\n');
-    write.write_all(line.as_bytes()).await?;
-    let mut reply = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        BufReader::new(read).read_line(&mut reply),
-    )
-    .await
-    .map_err(|_| eyre!("the session did not answer in time"))??;
-    serde_json::from_str(&reply).wrap_err("reading the session's answer")
-}
-
-/// Tells every running session (best effort: a stale socket or a busy session is skipped)
-/// that the stored accounts changed. For the `accounts` commands, which run outside any.
-pub fn announce_accounts_changed(store_dir: &Path) {
-    announce(store_dir, &ProxyCommand::AccountsChanged);
-}
-
-/// Sends a command to every running session, best effort (a stale socket or a busy session
-/// is skipped). For commands that run outside any session.
-pub fn announce(store_dir: &Path, command: &ProxyCommand) {
-    let sockets = session_sockets(store_dir);
-    if sockets.is_empty() {
-        return;
-    }
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    runtime.block_on(async {
-        for socket in sockets {
-            let sent = tokio::time::timeout(Duration::from_secs(2), send(&socket, command)).await;
-            match sent {
-                Ok(Ok(_)) => tracing::debug!(socket = %socket.display(), "told a session"),
-                _ => tracing::debug!(socket = %socket.display(), "a session did not hear of it"),
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::ipc::{connect_unix, send};
 
     /// A session socket whose core answers every command with "done".
     fn serve(limits: IpcLimits) -> (tempfile::TempDir, PathBuf, mpsc::UnboundedReceiver<String>) {

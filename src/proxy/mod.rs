@@ -11,7 +11,6 @@ pub mod reaper;
 pub mod relay;
 pub mod rerun;
 pub mod rpc;
-pub mod serve;
 pub mod session;
 pub mod socket;
 pub mod store_directory;

@@ -90,17 +90,9 @@ impl AppServerAddr {
     }
 }
 
-/// Connects to a unix socket. The app-server's PATH is a symbolic link to the real socket;
-/// the link's target is connected to directly, since a socket address holds at most ~107
-/// bytes and a store directory can be deeper than that.
-pub async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
-    let target = match std::fs::read_link(path) {
-        Ok(target) if target.is_absolute() => target,
-        Ok(target) => path.parent().unwrap_or(Path::new("/")).join(target),
-        Err(_) => path.to_owned(),
-    };
-    UnixStream::connect(target).await
-}
+/// Connects to a unix socket, following its link (the session socket's client lives in
+/// [`crate::ipc`]).
+pub use crate::ipc::connect_unix;
 
 /// The longest socket path `bind(2)` takes (`sun_path` holds 108 bytes on Linux, 104 on
 /// macOS, with the terminating NUL).

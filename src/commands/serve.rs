@@ -1,74 +1,26 @@
-//! `cs-tui serve` (the app-server and switching proxy without the dashboard) and
-//! `cs-tui switch NAME` (ask a running session to switch).
+//! `cs-tui serve`: the app-server and switching proxy without the dashboard.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use color_eyre::eyre::{Result, WrapErr, bail, eyre};
+use color_eyre::eyre::{Result, WrapErr, eyre};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::GlobalArgs;
+use super::Env;
+use crate::cli::ServeArgs;
 use crate::errors::{WithHint, with_hint};
-use crate::proxy::events::{ProxyCommand, ProxyEvent};
-use crate::proxy::ipc;
-use crate::proxy::session::{ProxyListener, Session, SessionOptions};
+use crate::proxy::events::ProxyEvent;
+use crate::proxy::session::{ProxyListener, Session};
 use crate::proxy::store_directory::StoreDirectory;
 
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Where to listen: a loopback port (port 0 picks a free one; clients need the bearer
-    /// token), or `unix://PATH`, a socket only our own user may connect to (no token).
-    #[arg(
-        long,
-        default_value = "127.0.0.1:0",
-        value_name = "127.0.0.1:PORT|unix://PATH"
-    )]
-    pub listen: String,
-    /// Where to write the proxy's bearer token: a new file (created 0600; an existing file or
-    /// a link is refused), removed at exit. Default: the session's runtime directory under the
-    /// store.
-    #[arg(long, value_name = "PATH")]
-    pub token_file: Option<PathBuf>,
+pub fn run(env: &Env, args: ServeArgs) -> Result<ExitCode> {
+    env.runtime().block_on(serve(env, args))
 }
 
-#[derive(Debug, clap::Args)]
-pub struct SwitchArgs {
-    /// Account name, id, or unique id prefix; `best` picks the best other account.
-    pub account: String,
-}
-
-/// Options every session shares, from the config file and the environment.
-pub fn session_options(
-    global: &GlobalArgs,
-    config: &crate::config::Config,
-    store_dir: PathBuf,
-) -> Result<SessionOptions> {
-    Ok(SessionOptions {
-        codex_bin: global.codex_bin.clone(),
-        codex_home: crate::paths::codex_home()?,
-        store_dir,
-        policy: config.policy(),
-        usage_poll: config.polling.usage_interval(),
-        listen: "127.0.0.1:0".parse().expect("a valid address"),
-        token_file: None,
-        hidden_rerun: config.switch.hidden_rerun,
-    })
-}
-
-pub fn run_serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
-    let store_dir = crate::paths::store_dir()?;
-    let (_guard, _log) = crate::logging::init(
-        &store_dir.join("logs"),
-        "serve",
-        global.log_level.as_deref(),
-    )?;
-    let runtime = tokio::runtime::Runtime::new().wrap_err("starting the async runtime")?;
-    runtime.block_on(serve(global, args, store_dir))
-}
-
-async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Result<ExitCode> {
+async fn serve(env: &Env, args: ServeArgs) -> Result<ExitCode> {
+    let store_dir = env.store_dir()?.to_owned();
     // First: a signal while the session starts must still end it cleanly (token file and
     // sockets removed), once it has started.
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -81,12 +33,9 @@ async fn serve(global: &GlobalArgs, args: ServeArgs, store_dir: PathBuf) -> Resu
             "a unix socket admits only your own user and needs no token",
         ));
     }
-    let config = crate::config::Config::load(&store_dir.join(crate::config::CONFIG_FILE))?;
-    let mut options = session_options(global, &config, store_dir.clone())?;
+    let mut options = env.session_options()?;
     options.token_file = args.token_file;
-    if let Some(imported) =
-        crate::accounts::import_codex_auth_if_empty(&crate::accounts::Store::open(&store_dir))?
-    {
+    if let Some(imported) = env.import_codex_login()? {
         eprintln!("imported {} from $CODEX_HOME/auth.json", imported.name);
     }
     let listener = match listen {
@@ -166,42 +115,6 @@ fn parse_listen(text: &str) -> Result<Listen> {
         .map(Listen::Tcp)
         .map_err(|_| eyre!("--listen {text} is not an address"))
         .hint("use 127.0.0.1:PORT or unix://PATH")
-}
-
-pub fn run_switch(_global: &GlobalArgs, args: SwitchArgs) -> Result<ExitCode> {
-    let store_dir = crate::paths::store_dir()?;
-    let command = if args.account == "best" {
-        ProxyCommand::SwitchBest
-    } else {
-        let file = crate::accounts::Store::open(&store_dir).load()?;
-        let account = file.resolve(&args.account)?;
-        ProxyCommand::SwitchTo {
-            account_id: account.id.clone(),
-        }
-    };
-    let sockets = ipc::session_sockets(&store_dir);
-    if sockets.is_empty() {
-        return Err(with_hint(
-            eyre!("no cs-tui session is running"),
-            "start one with `cs-tui` or `cs-tui serve`; `cs-tui accounts use NAME` picks the account the next session starts on",
-        ));
-    }
-    let runtime = tokio::runtime::Runtime::new()?;
-    let mut ok = false;
-    for socket in sockets {
-        match runtime.block_on(ipc::send(&socket, &command)) {
-            Ok(answer) if answer.ok => {
-                println!("{}", answer.message);
-                ok = true;
-            }
-            Ok(answer) => eprintln!("error: {}", answer.message),
-            Err(err) => tracing::debug!("stale session socket {}: {err:#}", socket.display()),
-        }
-    }
-    if !ok {
-        bail!("no running session accepted the switch");
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,11 +1,18 @@
-//! The command line: `cs-tui [CODEX ARGS]` runs the dashboard; subcommands manage accounts and
-//! the headless proxy. Each subcommand's arguments live beside the code that runs it.
+//! The command line's clap types, and nothing else: `cs-tui [CODEX ARGS]` runs the dashboard;
+//! subcommands manage accounts and the headless proxy. [`crate::commands`] runs them; only it
+//! (and `main`) imports this module.
+
+mod accounts;
+mod doctor;
+mod session;
 
 use std::ffi::OsString;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use color_eyre::eyre::Result;
+
+pub use accounts::{AccountsCommand, AddArgs, ImportArgs, ListArgs, StatusArgs};
+pub use doctor::DoctorArgs;
+pub use session::{ServeArgs, SwitchArgs};
 
 /// cs-tui: run the Codex TUI with a live quota panel, and switch ChatGPT accounts inside the
 /// running session when one hits its usage limit.
@@ -48,41 +55,13 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Manage stored accounts (import, add, list, rename, remove, enable, disable, use).
     #[command(subcommand)]
-    Accounts(crate::accounts::cli::AccountsCommand),
+    Accounts(AccountsCommand),
     /// Show every account's 5-hour and weekly usage.
-    Status(crate::accounts::cli::StatusArgs),
+    Status(StatusArgs),
     /// Ask the running cs-tui session to switch to an account.
-    Switch(crate::proxy::serve::SwitchArgs),
+    Switch(SwitchArgs),
     /// Run the app-server and switching proxy without the dashboard.
-    Serve(crate::proxy::serve::ServeArgs),
+    Serve(ServeArgs),
     /// Check Codex, the app-server, the store, the accounts, the backend and the config.
-    Doctor(crate::doctor::DoctorArgs),
-}
-
-/// Parses the command line and runs it.
-pub fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    if let Some(code) = crate::proxy::reaper::run_if_asked(&args) {
-        return code;
-    }
-    crate::proxy::reaper::enable();
-    let cli = Cli::parse_from(args);
-    match run(cli) {
-        Ok(code) => code,
-        Err(err) => {
-            crate::errors::print_error(&err);
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Some(Command::Accounts(cmd)) => crate::accounts::cli::run_accounts(&cli.global, cmd),
-        Some(Command::Status(args)) => crate::accounts::cli::run_status(&cli.global, args),
-        Some(Command::Switch(args)) => crate::proxy::serve::run_switch(&cli.global, args),
-        Some(Command::Serve(args)) => crate::proxy::serve::run_serve(&cli.global, args),
-        Some(Command::Doctor(args)) => crate::doctor::run_doctor(&cli.global, args),
-        None => crate::app::run(&cli.global, cli.codex_args),
-    }
+    Doctor(DoctorArgs),
 }

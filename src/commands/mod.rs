@@ -1,0 +1,283 @@
+//! The composition root: parses the command line, builds one [`Env`] — the store directory,
+//! the config, the logger, the tokio runtime, the HTTP client, the codex binary — and hands it
+//! to the one handler of the command. Only this module (and `main`) imports [`crate::cli`].
+//!
+//! - [`accounts`]: `cs-tui accounts …` ([`reset`]: `accounts reset`);
+//! - [`status`]: `cs-tui status`;
+//! - [`switch`]: `cs-tui switch NAME`;
+//! - [`serve`]: `cs-tui serve`;
+//! - [`doctor`]: `cs-tui doctor`;
+//! - [`dashboard`]: `cs-tui [CODEX ARGS]`.
+
+mod accounts;
+mod dashboard;
+mod doctor;
+mod output;
+mod reset;
+mod serve;
+mod status;
+mod switch;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use clap::Parser as _;
+use color_eyre::eyre::{Result, WrapErr, eyre};
+use tracing_appender::non_blocking::WorkerGuard;
+
+use crate::accounts::{Account, Store};
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::config::Config;
+use crate::proxy::session::SessionOptions;
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if let Some(code) = crate::proxy::reaper::run_if_asked(&args) {
+        return code;
+    }
+    crate::proxy::reaper::enable();
+    let cli = Cli::parse_from(args);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            crate::errors::print_error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds the [`Env`] the command needs and runs the command's handler.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let Cli {
+        global,
+        command,
+        codex_args,
+    } = cli;
+    let setup = match &command {
+        Some(Command::Accounts(_) | Command::Status(_)) => Setup::logged("accounts"),
+        Some(Command::Serve(_)) => Setup::logged("serve"),
+        Some(Command::Switch(_)) => Setup::plain(),
+        // The doctor reports a missing store directory as a check.
+        Some(Command::Doctor(_)) => Setup {
+            store_required: false,
+            log: Log::None,
+        },
+        // The terminal belongs to the dashboard: a logger that cannot start is not an error.
+        None => Setup {
+            store_required: true,
+            log: Log::BestEffort("cs-tui"),
+        },
+    };
+    let env = Env::new(&global, setup)?;
+    match command {
+        Some(Command::Accounts(cmd)) => accounts::run(&env, cmd),
+        Some(Command::Status(args)) => status::run(&env, args),
+        Some(Command::Switch(args)) => switch::run(&env, args),
+        Some(Command::Serve(args)) => serve::run(&env, args),
+        Some(Command::Doctor(args)) => doctor::run(&env, args),
+        None => dashboard::run(env, codex_args),
+    }
+}
+
+/// What a command needs of its [`Env`].
+struct Setup {
+    /// Fail at once without a store directory.
+    store_required: bool,
+    log: Log,
+}
+
+impl Setup {
+    fn logged(name: &'static str) -> Self {
+        Self {
+            store_required: true,
+            log: Log::Required(name),
+        }
+    }
+
+    fn plain() -> Self {
+        Self {
+            store_required: true,
+            log: Log::None,
+        }
+    }
+}
+
+/// Where a command logs: `<store>/logs/<name>.log`.
+enum Log {
+    None,
+    /// A logger that cannot start is an error.
+    Required(&'static str),
+    /// A logger that cannot start is skipped.
+    BestEffort(&'static str),
+}
+
+/// What every command is given, built once per process.
+pub struct Env {
+    /// The store directory, or why there is none (`$CS_TUI_HOME` unset and no config dir).
+    store_dir: std::result::Result<PathBuf, String>,
+    /// The codex binary to run (`--codex-bin`, `CS_TUI_CODEX_BIN`).
+    codex_bin: OsString,
+    config: OnceLock<Config>,
+    http: OnceLock<reqwest::Client>,
+    /// The one async runtime.
+    runtime: tokio::runtime::Runtime,
+    /// Keeps the logger's buffered lines until exit.
+    _log: Option<WorkerGuard>,
+}
+
+impl Env {
+    fn new(global: &GlobalArgs, setup: Setup) -> Result<Self> {
+        let store_dir = crate::paths::store_dir();
+        let store_dir = match store_dir {
+            Ok(dir) => Ok(dir),
+            Err(err) if setup.store_required => return Err(err),
+            Err(err) => Err(format!("{err:#}")),
+        };
+        let level = global.log_level.as_deref();
+        let log = match (&setup.log, &store_dir) {
+            (Log::None, _) => None,
+            (Log::Required(name), Ok(dir)) => {
+                Some(crate::logging::init(&dir.join("logs"), name, level)?.0)
+            }
+            (Log::BestEffort(name), Ok(dir)) => {
+                crate::logging::init(&dir.join("logs"), name, level)
+                    .ok()
+                    .map(|(guard, _)| guard)
+            }
+            (_, Err(_)) => None,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .wrap_err("starting the async runtime")?;
+        Ok(Self {
+            store_dir,
+            codex_bin: global.codex_bin.clone(),
+            config: OnceLock::new(),
+            http: OnceLock::new(),
+            runtime,
+            _log: log,
+        })
+    }
+
+    /// The store directory: `$CS_TUI_HOME`, else `~/.config/cs-tui`.
+    pub fn store_dir(&self) -> Result<&Path> {
+        match &self.store_dir {
+            Ok(dir) => Ok(dir),
+            Err(message) => Err(eyre!("{message}")),
+        }
+    }
+
+    /// The account store in [`Self::store_dir`].
+    pub fn store(&self) -> Result<Store> {
+        Ok(Store::open(self.store_dir()?))
+    }
+
+    pub fn codex_bin(&self) -> &OsString {
+        &self.codex_bin
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    /// `<store>/config.toml`, read on first use (a command that needs no config is not
+    /// stopped by a broken one).
+    pub fn config(&self) -> Result<&Config> {
+        if let Some(config) = self.config.get() {
+            return Ok(config);
+        }
+        let config = Config::load(&self.store_dir()?.join(crate::config::CONFIG_FILE))?;
+        Ok(self.config.get_or_init(|| config))
+    }
+
+    /// The client for every backend request (usage, tokens, reset credits, the doctor's
+    /// probe), built on first use. It says what Codex's app-server says (the `User-Agent` the
+    /// last session learned, [`crate::accounts::user_agent`]), and nothing when that is
+    /// unknown: the backend is not told of cs-tui.
+    pub fn http(&self) -> Result<&reqwest::Client> {
+        if let Some(client) = self.http.get() {
+            return Ok(client);
+        }
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Ok(dir) = &self.store_dir
+            && let Some(user_agent) = crate::accounts::user_agent::load(dir)
+        {
+            builder = builder.user_agent(user_agent);
+        }
+        let client = builder.build().wrap_err("creating the HTTP client")?;
+        Ok(self.http.get_or_init(|| client))
+    }
+
+    /// On first run — no store yet — imports the current Codex login
+    /// (`$CODEX_HOME/auth.json`). The one place that does; each command says so its own way.
+    pub fn import_codex_login(&self) -> Result<Option<Account>> {
+        crate::accounts::import_codex_auth_if_empty(&self.store()?)
+    }
+
+    /// The options of a session (the dashboard's or `serve`'s), from the config file and the
+    /// environment.
+    pub fn session_options(&self) -> Result<SessionOptions> {
+        let config = self.config()?;
+        Ok(SessionOptions {
+            codex_bin: self.codex_bin.clone(),
+            codex_home: crate::paths::codex_home()?,
+            store_dir: self.store_dir()?.to_owned(),
+            policy: config.policy(),
+            usage_poll: config.polling.usage_interval(),
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            token_file: None,
+            hidden_rerun: config.switch.hidden_rerun,
+        })
+    }
+
+    /// Sends a command to every running session, best effort. For commands that run outside
+    /// any session.
+    pub fn announce(&self, command: &crate::proxy::events::ProxyCommand) {
+        if let Ok(dir) = self.store_dir() {
+            self.runtime.block_on(crate::ipc::announce(dir, command));
+        }
+    }
+}
+
+/// The exit code of a command stopped by Ctrl-C.
+const INTERRUPTED: u8 = 130;
+
+impl Env {
+    /// Runs `work` until it ends or Ctrl-C comes (`None`). A token refresh under way is not
+    /// cancelled by that: it runs on its own task, and [`Self::finish_refreshes`] waits for
+    /// it.
+    fn until_interrupted<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        let out = self.runtime.block_on(async {
+            tokio::select! {
+                out = work => Some(out),
+                Ok(()) = tokio::signal::ctrl_c() => None,
+            }
+        });
+        if out.is_none() {
+            eprintln!("Interrupted.");
+        }
+        out
+    }
+
+    /// Before a command that refreshed tokens exits: lets a refresh under way store its
+    /// answer (see [`crate::accounts::settle_refreshes`]); a second Ctrl-C stops waiting.
+    /// Returns whether every rotated token was stored.
+    fn finish_refreshes(&self, store: &Store) -> bool {
+        crate::accounts::stop_retrying_refreshes();
+        self.runtime.block_on(async {
+            tokio::select! {
+                saved = crate::accounts::settle_refreshes(store) => saved,
+                Ok(()) = tokio::signal::ctrl_c() => {
+                    eprintln!("Interrupted again: not waiting for the token refresh under way.");
+                    false
+                }
+            }
+        })
+    }
+}

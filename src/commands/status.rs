@@ -1,0 +1,524 @@
+//! `cs-tui status`: every account's usage and reset credits, fetched concurrently.
+//!
+//! Human output is an aligned table with relative times; `--json` output is stable (fields are
+//! only ever added) and documented in README.md. No output, error or log line holds a token.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use color_eyre::eyre::Result;
+use serde::Serialize;
+
+use super::Env;
+use super::accounts::Context;
+use super::output::{active_marker, emit, emit_json, relative_time, table, yes_no};
+use crate::accounts::reset_credits::{ResetCredits, fetch_reset_credits_with};
+use crate::accounts::tokens::relogin_command;
+use crate::accounts::{AccountsFile, Backend, UsageReport, fetch_usage_with, needs_login};
+use crate::cli::StatusArgs;
+use crate::errors::render_error;
+use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
+
+/// One window in `status --json`.
+#[derive(Serialize)]
+struct WindowJson {
+    used_percent: f64,
+    window_minutes: Option<u32>,
+    resets_at: Option<DateTime<Utc>>,
+    /// The window named by its length: `5h`, `weekly`, `30d`, …
+    label: String,
+}
+
+impl From<&RateLimitWindow> for WindowJson {
+    fn from(w: &RateLimitWindow) -> Self {
+        Self {
+            used_percent: w.used_percent,
+            window_minutes: w.window_duration_mins,
+            resets_at: w.resets_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+            label: w.kind().label(),
+        }
+    }
+}
+
+/// One limit family in `status --json` (`codex` first: the account's quota).
+#[derive(Serialize)]
+struct FamilyJson<'a> {
+    limit_id: Option<&'a str>,
+    limit_name: Option<&'a str>,
+    /// The windows the family has, shortest first.
+    windows: Vec<WindowJson>,
+    limit_reached_type: Option<&'a str>,
+}
+
+impl<'a> From<&'a RateLimitSnapshot> for FamilyJson<'a> {
+    fn from(s: &'a RateLimitSnapshot) -> Self {
+        Self {
+            limit_id: s.limit_id.as_deref(),
+            limit_name: s.limit_name.as_deref(),
+            windows: s
+                .windows_by_length()
+                .into_iter()
+                .map(WindowJson::from)
+                .collect(),
+            limit_reached_type: s.rate_limit_reached_type.as_deref(),
+        }
+    }
+}
+
+/// A seat's own spend control (`individual_limit`) in `status --json`.
+#[derive(Serialize)]
+struct SpendLimitJson<'a> {
+    limit: &'a str,
+    used: &'a str,
+    remaining_percent: f64,
+    resets_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+struct CreditsJson<'a> {
+    has_credits: bool,
+    unlimited: bool,
+    balance: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct LimitJson<'a> {
+    name: &'a str,
+    five_hour: Option<WindowJson>,
+    weekly: Option<WindowJson>,
+    other_windows: Vec<WindowJson>,
+}
+
+/// One account in `status --json`.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    email: Option<&'a str>,
+    plan: Option<&'a str>,
+    active: bool,
+    enabled: bool,
+    /// `ok`, `limited`, `needs_login`, `error` or `api_key`.
+    state: &'static str,
+    error: Option<String>,
+    hint: Option<String>,
+    five_hour: Option<WindowJson>,
+    weekly: Option<WindowJson>,
+    other_windows: Vec<WindowJson>,
+    credits: Option<CreditsJson<'a>>,
+    limit_reached_type: Option<&'a str>,
+    additional: Vec<LimitJson<'a>>,
+    /// Every limit family by `limit_id`, the account's quota (`codex`) first.
+    families: Vec<FamilyJson<'a>>,
+    individual_limit: Option<SpendLimitJson<'a>>,
+    /// Rate-limit reset credits; `null` when they could not be read.
+    reset_credits: Option<&'a ResetCredits>,
+}
+
+#[derive(Serialize)]
+struct StatusListJson<'a> {
+    fetched_at: DateTime<Utc>,
+    accounts: Vec<StatusJson<'a>>,
+}
+
+/// What `status` found for one account.
+enum Outcome {
+    Usage(Box<UsageReport>),
+    ApiKey,
+    Failed {
+        needs_login: bool,
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+impl Outcome {
+    fn state(&self) -> &'static str {
+        match self {
+            Outcome::Usage(report) if report.is_exhausted() => "limited",
+            Outcome::Usage(_) => "ok",
+            Outcome::ApiKey => "api_key",
+            Outcome::Failed {
+                needs_login: true, ..
+            } => "needs_login",
+            Outcome::Failed { .. } => "error",
+        }
+    }
+}
+
+fn failed(err: &color_eyre::eyre::Report) -> Outcome {
+    let hints = crate::errors::hints(err);
+    let rendered = render_error(err);
+    let message = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned();
+    Outcome::Failed {
+        needs_login: needs_login(err).is_some(),
+        message,
+        hint: hints.into_iter().next(),
+    }
+}
+
+pub fn run(env: &Env, args: StatusArgs) -> Result<ExitCode> {
+    let ctx = Context::new(env)?;
+    ctx.first_run_import();
+    let file = ctx.store.load()?;
+    if file.accounts.is_empty() {
+        if args.json {
+            emit_json(&StatusListJson {
+                fetched_at: Utc::now(),
+                accounts: Vec::new(),
+            })?;
+        } else {
+            eprintln!(
+                "No accounts stored.\nhint: add one with `cs-tui accounts add NAME` or `cs-tui accounts import`"
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let backend = Backend::from_env()?;
+    let http = env.http()?;
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let fetched: Option<Vec<(Outcome, Option<ResetCredits>)>> = env.until_interrupted(async {
+        let fetches = file.accounts.iter().map(|account| {
+            let (store, backend) = (&ctx.store, &backend);
+            async move {
+                if !account.is_chatgpt() {
+                    return (Outcome::ApiKey, None);
+                }
+                let usage = tokio::time::timeout(
+                    timeout,
+                    fetch_usage_with(store, http, backend, &account.id),
+                )
+                .await;
+                // The reset credits are read after the usage, with the tokens its read may
+                // have refreshed (one refresh per account, never two racing); an old backend
+                // without the endpoint leaves them unknown and fails nothing.
+                let credits = match &usage {
+                    Ok(Ok(_)) => match tokio::time::timeout(
+                        timeout,
+                        fetch_reset_credits_with(store, http, backend, &account.id),
+                    )
+                    .await
+                    {
+                        Ok(Ok(credits)) => Some(credits),
+                        Ok(Err(err)) => {
+                            tracing::info!(account = %account.name, "reset credits: {err:#}");
+                            None
+                        }
+                        Err(_) => None,
+                    },
+                    _ => None,
+                };
+                let outcome = match usage {
+                    Ok(Ok(report)) => Outcome::Usage(Box::new(report)),
+                    Ok(Err(err)) => {
+                        tracing::warn!(account = %account.name, "usage: {err:#}");
+                        failed(&err)
+                    }
+                    Err(_) => Outcome::Failed {
+                        needs_login: false,
+                        message: format!(
+                            "no answer within {}s for account {:?}",
+                            timeout.as_secs(),
+                            account.name
+                        ),
+                        hint: Some("try again, or raise --timeout".into()),
+                    },
+                };
+                (outcome, credits)
+            }
+        });
+        futures_util::future::join_all(fetches).await
+    });
+    // A fetch that timed out may have left a refresh under way whose server already rotated
+    // the refresh token: its answer must reach the store before the process ends.
+    let saved = env.finish_refreshes(&ctx.store);
+    let Some(fetched) = fetched else {
+        return Ok(ExitCode::from(super::INTERRUPTED));
+    };
+    let (outcomes, credits): (Vec<Outcome>, Vec<Option<ResetCredits>>) =
+        fetched.into_iter().unzip();
+    // Reload: refreshes during the fetch may have changed plans and statuses.
+    let file = ctx.store.load().unwrap_or(file);
+    let any_failed = !saved || outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
+    if args.json {
+        emit_json(&status_json(&file, &outcomes, &credits))?;
+    } else {
+        emit(&status_table(&file, &outcomes, &credits, Utc::now()))?;
+    }
+    Ok(if any_failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn windows_json(
+    snapshot: &RateLimitSnapshot,
+) -> (Option<WindowJson>, Option<WindowJson>, Vec<WindowJson>) {
+    (
+        snapshot.five_hour().map(WindowJson::from),
+        snapshot.weekly().map(WindowJson::from),
+        snapshot
+            .windows()
+            .filter(|w| matches!(w.kind(), WindowKind::Other(_)))
+            .map(WindowJson::from)
+            .collect(),
+    )
+}
+
+fn status_json<'a>(
+    file: &'a AccountsFile,
+    outcomes: &'a [Outcome],
+    credits: &'a [Option<ResetCredits>],
+) -> StatusListJson<'a> {
+    let accounts = file
+        .accounts
+        .iter()
+        .zip(outcomes)
+        .zip(credits)
+        .map(|((account, outcome), reset_credits)| {
+            let mut entry = StatusJson {
+                id: &account.id,
+                name: &account.name,
+                email: account.email.as_deref(),
+                plan: account.plan.as_deref(),
+                active: file.active.as_deref() == Some(account.id.as_str()),
+                enabled: account.enabled,
+                state: outcome.state(),
+                error: None,
+                hint: None,
+                five_hour: None,
+                weekly: None,
+                other_windows: Vec::new(),
+                credits: None,
+                limit_reached_type: None,
+                additional: Vec::new(),
+                families: Vec::new(),
+                individual_limit: None,
+                reset_credits: reset_credits.as_ref(),
+            };
+            match outcome {
+                Outcome::Usage(report) => {
+                    let snapshot = &report.snapshot;
+                    (entry.five_hour, entry.weekly, entry.other_windows) = windows_json(snapshot);
+                    entry.plan = report.plan.as_deref().or(entry.plan);
+                    entry.credits = snapshot.credits.as_ref().map(|c| CreditsJson {
+                        has_credits: c.has_credits,
+                        unlimited: c.unlimited,
+                        balance: c.balance.as_deref(),
+                    });
+                    entry.limit_reached_type = snapshot.rate_limit_reached_type.as_deref();
+                    entry.families = std::iter::once(snapshot)
+                        .chain(report.additional.iter().map(|(_, s)| s))
+                        .map(FamilyJson::from)
+                        .collect();
+                    entry.individual_limit =
+                        snapshot.individual_limit.as_ref().map(|l| SpendLimitJson {
+                            limit: &l.limit,
+                            used: &l.used,
+                            remaining_percent: l.remaining_percent,
+                            resets_at: l.resets_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+                        });
+                    entry.additional = report
+                        .additional
+                        .iter()
+                        .map(|(name, snapshot)| {
+                            let (five_hour, weekly, other_windows) = windows_json(snapshot);
+                            LimitJson {
+                                name,
+                                five_hour,
+                                weekly,
+                                other_windows,
+                            }
+                        })
+                        .collect();
+                }
+                Outcome::Failed { message, hint, .. } => {
+                    entry.error = Some(message.clone());
+                    entry.hint = hint.clone();
+                }
+                Outcome::ApiKey => {}
+            }
+            entry
+        })
+        .collect();
+    StatusListJson {
+        fetched_at: Utc::now(),
+        accounts,
+    }
+}
+
+fn percent(window: Option<&RateLimitWindow>) -> String {
+    window
+        .map(|w| format!("{:.0}%", w.used_percent))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn resets(window: Option<&RateLimitWindow>, now: DateTime<Utc>) -> String {
+    window
+        .and_then(|w| w.resets_at)
+        .and_then(|s| DateTime::from_timestamp(s, 0))
+        .map(|t| relative_time(t, now))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// "2, first expires in 3d", "-" when none or unknown.
+fn reset_credits_cell(credits: Option<&ResetCredits>, now: DateTime<Utc>) -> String {
+    match credits {
+        Some(c) if c.available > 0 => match c.nearest_expires_at {
+            Some(at) => format!("{}, first expires {}", c.available, relative_time(at, now)),
+            None => c.available.to_string(),
+        },
+        Some(_) => "0".to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+fn status_table(
+    file: &AccountsFile,
+    outcomes: &[Outcome],
+    credits: &[Option<ResetCredits>],
+    now: DateTime<Utc>,
+) -> String {
+    let mut problems = Vec::new();
+    let exhausted_with_credit: Vec<&str> = file
+        .accounts
+        .iter()
+        .zip(outcomes)
+        .zip(credits)
+        .filter(|((_, outcome), credits)| {
+            matches!(outcome, Outcome::Usage(r) if r.is_exhausted())
+                && credits.as_ref().is_some_and(|c| c.available > 0)
+        })
+        .map(|((account, _), _)| account.name.as_str())
+        .collect();
+    let rows = file
+        .accounts
+        .iter()
+        .zip(outcomes)
+        .zip(credits)
+        .map(|((account, outcome), reset_credits)| {
+            let (five, weekly, state) = match outcome {
+                Outcome::Usage(report) => {
+                    let s = &report.snapshot;
+                    let state = if report.is_exhausted() {
+                        match s
+                            .available_again_at()
+                            .and_then(|t| DateTime::from_timestamp(t, 0))
+                        {
+                            Some(t) => format!("limit reached, back {}", relative_time(t, now)),
+                            None => "limit reached".to_owned(),
+                        }
+                    } else {
+                        "ok".to_owned()
+                    };
+                    (Some(s.five_hour()), Some(s.weekly()), state)
+                }
+                Outcome::ApiKey => (None, None, "api key (no ChatGPT limits)".to_owned()),
+                Outcome::Failed {
+                    needs_login,
+                    message,
+                    hint,
+                } => {
+                    problems.push(format!(
+                        "{}: {message}{}",
+                        account.name,
+                        hint.as_deref()
+                            .map(|h| format!("\n  hint: {h}"))
+                            .unwrap_or_default()
+                    ));
+                    let state = if *needs_login {
+                        format!("needs login: run `{}`", relogin_command(&account.name))
+                    } else {
+                        "error (see below)".to_owned()
+                    };
+                    (None, None, state)
+                }
+            };
+            vec![
+                active_marker(file, account),
+                account.name.clone(),
+                percent(five.flatten()),
+                resets(five.flatten(), now),
+                percent(weekly.flatten()),
+                resets(weekly.flatten(), now),
+                yes_no(account.enabled),
+                reset_credits_cell(reset_credits.as_ref(), now),
+                state,
+            ]
+        })
+        .collect();
+    let mut text = table(
+        &[
+            "",
+            "NAME",
+            "5H",
+            "RESETS",
+            "WEEKLY",
+            "RESETS",
+            "AUTO",
+            "RESET CREDITS",
+            "STATE",
+        ],
+        rows,
+    );
+    // Windows the columns do not hold (a 30-day window), and the limits of particular
+    // models (other limit families): one line each under the table.
+    let mut extra = Vec::new();
+    for (account, outcome) in file.accounts.iter().zip(outcomes) {
+        let Outcome::Usage(report) = outcome else {
+            continue;
+        };
+        let describe = |s: &RateLimitSnapshot, only_other: bool| -> String {
+            s.windows()
+                .filter(|w| !only_other || matches!(w.kind(), WindowKind::Other(_)))
+                .map(|w| format!("{} {:.0}%", w.kind().label(), w.used_percent))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let other = describe(&report.snapshot, true);
+        if !other.is_empty() {
+            extra.push(format!("{}: {other}", account.name));
+        }
+        if let Some(spend) = &report.snapshot.individual_limit {
+            extra.push(format!(
+                "{}: spend {} of {}",
+                account.name, spend.used, spend.limit
+            ));
+        }
+        for (name, family) in &report.additional {
+            extra.push(format!(
+                "{} · {name}: {}",
+                account.name,
+                describe(family, false)
+            ));
+        }
+    }
+    if !extra.is_empty() {
+        text.push('\n');
+        for line in extra {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    if let Some(name) = exhausted_with_credit.first() {
+        text.push_str(&format!(
+            "\n{} exhausted and can be reset with a credit: `cs-tui accounts reset {name}`\n",
+            exhausted_with_credit.join(", ")
+        ));
+    }
+    if !problems.is_empty() {
+        text.push('\n');
+        for problem in problems {
+            text.push_str(&problem);
+            text.push('\n');
+        }
+    }
+    text
+}
