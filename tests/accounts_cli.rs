@@ -406,3 +406,31 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The config is read by the commands that use it (a session, `doctor`'s check), never by
+/// the others: a broken `config.toml` must not lock the user out of their accounts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_config_stops_only_the_commands_that_read_it() {
+    let rig = Rig::new().await;
+    let (alice, alice_rt) = rig.mock.add_account("alice");
+    rig.write_codex_auth(&alice.auth_json(3600, &alice_rt));
+    std::fs::create_dir_all(rig.store_dir()).unwrap();
+    std::fs::write(rig.store_dir().join("config.toml"), "no_such_key = true\n").unwrap();
+
+    let list = rig.run(&["accounts", "list", "--json"]).await;
+    assert_eq!(
+        list.ok().json()["accounts"][0]["name"],
+        "alice",
+        "{list:#?}"
+    );
+    let status = rig.run(&["status", "--json"]).await;
+    assert_eq!(
+        status.ok().json()["accounts"][0]["state"],
+        "ok",
+        "{status:#?}"
+    );
+
+    // `serve` reads it, and says what is wrong with it.
+    let serve = rig.run(&["serve"]).await;
+    assert!(serve.fails().stderr.contains("config.toml"), "{serve:#?}");
+}
