@@ -60,16 +60,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let setup = match &command {
         Some(Command::Accounts(_) | Command::Status(_)) => Setup::logged("accounts"),
         Some(Command::Serve(_)) => Setup::logged("serve"),
-        Some(Command::Switch(_)) => Setup::plain(),
+        Some(Command::Switch(_)) => Setup {
+            store_required: true,
+            log: None,
+        },
         // The doctor reports a missing store directory as a check.
         Some(Command::Doctor(_)) => Setup {
             store_required: false,
-            log: Log::None,
+            log: None,
         },
         // The terminal belongs to the dashboard: a logger that cannot start is not an error.
         None => Setup {
             store_required: true,
-            log: Log::BestEffort("cs-tui"),
+            log: Some(Log {
+                name: "cs-tui",
+                required: false,
+            }),
         },
     };
     let env = Env::new(&global, setup)?;
@@ -87,32 +93,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 struct Setup {
     /// Fail at once without a store directory.
     store_required: bool,
-    log: Log,
+    /// Where it logs, if it does.
+    log: Option<Log>,
 }
 
 impl Setup {
     fn logged(name: &'static str) -> Self {
         Self {
             store_required: true,
-            log: Log::Required(name),
-        }
-    }
-
-    fn plain() -> Self {
-        Self {
-            store_required: true,
-            log: Log::None,
+            log: Some(Log {
+                name,
+                required: true,
+            }),
         }
     }
 }
 
-/// Where a command logs: `<store>/logs/<name>.log`.
-enum Log {
-    None,
-    /// A logger that cannot start is an error.
-    Required(&'static str),
-    /// A logger that cannot start is skipped.
-    BestEffort(&'static str),
+/// A log file: `<store>/logs/<name>.log`.
+struct Log {
+    name: &'static str,
+    /// A logger that cannot start is an error (else it is skipped).
+    required: bool,
 }
 
 /// What every command is given, built once per process.
@@ -137,18 +138,16 @@ impl Env {
             Err(err) if setup.store_required => return Err(err),
             Err(err) => Err(format!("{err:#}")),
         };
-        let level = global.log_level.as_deref();
-        let log = match (&setup.log, &store_dir) {
-            (Log::None, _) => None,
-            (Log::Required(name), Ok(dir)) => {
-                Some(crate::logging::init(&dir.join("logs"), name, level)?.0)
+        let log = match (setup.log, &store_dir) {
+            (Some(log), Ok(dir)) => {
+                let level = global.log_level.as_deref();
+                match crate::logging::init(&dir.join("logs"), log.name, level) {
+                    Ok((guard, _)) => Some(guard),
+                    Err(_) if !log.required => None,
+                    Err(err) => return Err(err),
+                }
             }
-            (Log::BestEffort(name), Ok(dir)) => {
-                crate::logging::init(&dir.join("logs"), name, level)
-                    .ok()
-                    .map(|(guard, _)| guard)
-            }
-            (_, Err(_)) => None,
+            _ => None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
