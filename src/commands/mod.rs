@@ -62,16 +62,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Serve(_)) => Setup::logged("serve"),
         Some(Command::Switch(_)) => Setup {
             store_required: true,
+            config_first: false,
             log: None,
         },
         // The doctor reports a missing store directory as a check.
         Some(Command::Doctor(_)) => Setup {
             store_required: false,
+            config_first: false,
             log: None,
         },
         // The terminal belongs to the dashboard: a logger that cannot start is not an error.
+        // Its config is read first: a broken one stops it before anything is written.
         None => Setup {
             store_required: true,
+            config_first: true,
             log: Some(Log {
                 name: "cs-tui",
                 required: false,
@@ -93,6 +97,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 struct Setup {
     /// Fail at once without a store directory.
     store_required: bool,
+    /// Read the config before anything else (else on first use).
+    config_first: bool,
     /// Where it logs, if it does.
     log: Option<Log>,
 }
@@ -101,6 +107,7 @@ impl Setup {
     fn logged(name: &'static str) -> Self {
         Self {
             store_required: true,
+            config_first: false,
             log: Some(Log {
                 name,
                 required: true,
@@ -138,6 +145,12 @@ impl Env {
             Err(err) if setup.store_required => return Err(err),
             Err(err) => Err(format!("{err:#}")),
         };
+        let config = OnceLock::new();
+        if setup.config_first
+            && let Ok(dir) = &store_dir
+        {
+            let _ = config.set(Config::load(&dir.join(crate::config::CONFIG_FILE))?);
+        }
         let log = match (setup.log, &store_dir) {
             (Some(log), Ok(dir)) => {
                 let level = global.log_level.as_deref();
@@ -157,7 +170,7 @@ impl Env {
         Ok(Self {
             store_dir,
             codex_bin: global.codex_bin.clone(),
-            config: OnceLock::new(),
+            config,
             http: OnceLock::new(),
             runtime,
             _log: log,
