@@ -2,12 +2,12 @@
 //! the config, the logger, the tokio runtime, the HTTP client, the codex binary — and hands it
 //! to the one handler of the command. Only this module (and `main`) imports [`crate::cli`].
 //!
-//! - [`accounts`]: `cs-tui accounts …` ([`reset`]: `accounts reset`);
-//! - [`status`]: `cs-tui status`;
-//! - [`switch`]: `cs-tui switch NAME`;
-//! - [`serve`]: `cs-tui serve`;
-//! - [`doctor`]: `cs-tui doctor`;
-//! - [`dashboard`]: `cs-tui [CODEX ARGS]`.
+//! - `accounts`: `cs-tui accounts …` (`reset`: `accounts reset`);
+//! - `status`: `cs-tui status`;
+//! - `switch`: `cs-tui switch NAME`;
+//! - `serve`: `cs-tui serve`;
+//! - `doctor`: `cs-tui doctor`;
+//! - `dashboard`: `cs-tui [CODEX ARGS]`.
 
 mod accounts;
 mod dashboard;
