@@ -18,7 +18,7 @@
 //! `tmux capture-pane` process every 2 ms took much of the 2-core test machine's CPU and so
 //! slowed whatever needed the most of it.
 
-#[path = "../tests/pane_support/mod.rs"]
+#[path = "../tests/e2e/pane_support/mod.rs"]
 mod pane_support;
 
 use std::ffi::OsStr;

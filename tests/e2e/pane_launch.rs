@@ -1,7 +1,6 @@
 //! How cs-tui starts and stops, outside the happy path: a clear message instead of a blank
 //! screen, Codex's exit code passed on.
 
-mod pane_support;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pane_support::Tmux;
+use crate::pane_support::Tmux;
 
 /// cs-tui with its store in `store` and no codex override from the caller's environment.
 fn cs_tui(store: &Path) -> Command {

@@ -1,13 +1,12 @@
 //! The store under concurrent use by real `cs-tui` processes, and a lock holder that dies.
 
-mod accounts_support;
 
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use accounts_support::{BIN, Rig};
+use crate::accounts_support::{BIN, Rig};
 use cs_tui_testkit::FakeAccount;
 
 const PROCESSES: usize = 8;

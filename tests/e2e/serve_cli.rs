@@ -1,14 +1,13 @@
 //! `cs-tui serve` and `cs-tui switch` as a user runs them: the real binary, the real
 //! app-server, the mock backend, and a scripted Codex-like client.
 
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{run_turn, start_thread};
+use crate::common::{run_turn, start_thread};
 use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
 use serde_json::{Value, json};
 

@@ -3,15 +3,13 @@
 //! backend with the same identifying headers (`originator`, `User-Agent`, …), modulo the parts
 //! that change from one session to the next.
 
-mod pane_support;
-mod product_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 
 use cs_tui_testkit::{CodexHome, MockBackend, RequestRecord, codex_bin};
-use pane_support::Tmux;
-use product_support::{WAIT, first_turn, prompt, ready};
+use crate::pane_support::Tmux;
+use crate::product_support::{WAIT, first_turn, prompt, ready};
 
 const PROMPT: &str = "who is calling";
 
@@ -116,7 +114,7 @@ async fn plain_session() -> Vec<RequestRecord> {
 
 /// The same turn through the whole product: cs-tui in tmux, Codex in its pane.
 async fn through_cs_tui() -> Vec<RequestRecord> {
-    let p = product_support::start(&["alice"]).await;
+    let p = crate::product_support::start(&["alice"]).await;
     first_turn(&p.tmux, "alice", PROMPT);
     settle(&p.mock).await;
     p.mock.requests()
@@ -197,7 +195,7 @@ async fn a_session_whose_codex_cannot_start_fails_at_once() {
     let (alice, refresh) = mock.add_account("alice");
     let file = store.path().join("alice.auth.json");
     std::fs::write(&file, alice.auth_json(3600, &refresh).to_string()).unwrap();
-    product_support::cs_tui(
+    crate::product_support::cs_tui(
         store.path(),
         &home,
         &mock,

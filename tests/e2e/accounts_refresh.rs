@@ -1,12 +1,11 @@
 //! Token refresh through the real binary: rotation, auth.json sharing, retries, a 401 from the
 //! backend, and a rejected refresh token.
 
-mod accounts_support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use accounts_support::Rig;
+use crate::accounts_support::Rig;
 use cs_tui_testkit::AccountMode;
 use cs_tui_testkit::mock_backend::{RefreshFault, RequestRecord};
 use serde_json::Value;
@@ -60,7 +59,7 @@ async fn refresh_rotates_tokens_and_keeps_codex_auth_json_in_step() {
     let auth = codex_auth(&rig);
     assert_eq!(auth["tokens"]["refresh_token"], rt1.as_str());
     assert_eq!(auth["tokens"]["account_id"], "acct-alice");
-    assert_eq!(accounts_support::mode(&rig.codex_auth_path()), 0o600);
+    assert_eq!(crate::accounts_support::mode(&rig.codex_auth_path()), 0o600);
 
     // An explicit refresh, through two server errors (retried with backoff).
     rig.mock.fail_next_refreshes(2);

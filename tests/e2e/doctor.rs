@@ -1,11 +1,10 @@
 //! `cs-tui doctor` against a good rig (real codex, mock backend, a private store), a store
 //! other users can read, and a backend that is down.
 
-mod accounts_support;
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use accounts_support::Rig;
+use crate::accounts_support::Rig;
 use cs_tui_testkit::{CodexHome, codex_bin};
 use serde_json::Value;
 

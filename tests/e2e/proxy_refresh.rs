@@ -1,14 +1,13 @@
 //! Token refresh requests from the real `codex app-server` (PROTOCOL.md §2), answered by the
 //! proxy, when several stored accounts are seats of one workspace.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{run_turn, start_thread, wait_event};
+use crate::common::{run_turn, start_thread, wait_event};
 use cs_tui::accounts::{AccountAuth, Backend, Store};
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent};
 use cs_tui::proxy::policy::PolicyConfig;
@@ -233,12 +232,12 @@ async fn a_session_whose_store_refuses_new_tokens_says_so_and_saves_them_later()
     // The store takes writes again: the next use of bob stores the tokens memory kept.
     std::fs::remove_dir_all(&blocker).unwrap();
     let answer = session.commands().send(ProxyCommand::RefreshUsage);
-    tokio::time::timeout(common::WAIT, answer)
+    tokio::time::timeout(crate::common::WAIT, answer)
         .await
         .expect("the session answers")
         .unwrap()
         .expect("a usage refresh is accepted");
-    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let deadline = tokio::time::Instant::now() + crate::common::WAIT;
     while refresh_token(&store, "bob") == bob_rt {
         assert!(
             tokio::time::Instant::now() < deadline,

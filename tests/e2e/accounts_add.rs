@@ -3,11 +3,10 @@
 //! arguments, the temporary CODEX_HOME (private, inside the store, gone afterwards on every
 //! path), and the import of what it wrote.
 
-mod accounts_support;
 
 use std::path::{Path, PathBuf};
 
-use accounts_support::{Rig, Run};
+use crate::accounts_support::{Rig, Run};
 use serde_json::Value;
 
 /// Writes the stand-in codex into `dir`. What it does is chosen by `FAKE_CODEX_MODE`; it

@@ -5,13 +5,12 @@
 //!
 //! Cases per property: 24 here; `CS_TUI_FUZZ_CASES` raises it (`scripts/fuzz`).
 
-mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::raw::{self, frame};
+use crate::common::raw::{self, frame};
 use cs_tui::proxy::relay::{self, NoInterceptor, RelayShared};
 use cs_tui::proxy::socket::AppServerAddr;
 use cs_tui::secret::Secret;
@@ -53,7 +52,7 @@ fn rig() -> &'static Rig {
             .build()
             .unwrap();
         let (url, ready) = runtime.block_on(async {
-            let upstream = common::echo_upstream::start().await;
+            let upstream = crate::common::echo_upstream::start().await;
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("ws://{}", listener.local_addr().unwrap());
             let (events, mut drain) = mpsc::unbounded_channel();

@@ -2,9 +2,6 @@
 //! and workspace limits, end to end with the real Codex TUI and app-server in front of the
 //! mock backend.
 
-mod common;
-mod pane_support;
-mod product_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,8 +17,8 @@ use cs_tui_testkit::{
     CodexHome, FakeAccount, LimitFamily, MockBackend, Usage, UsageWindow, WsClient, codex_bin,
     seat_key,
 };
-use pane_support::Tmux;
-use product_support::{Product, WAIT, first_turn, panel, prompt, quit, start_with};
+use crate::pane_support::Tmux;
+use crate::product_support::{Product, WAIT, first_turn, panel, prompt, quit, start_with};
 use serde_json::json;
 use tokio::sync::broadcast;
 
@@ -286,8 +283,8 @@ async fn a_workspace_limit_never_moves_to_another_seat_of_that_workspace() {
         },
     );
     let mut client = tui_client(&rig).await;
-    let thread = common::start_thread(&mut client, rig.home.work_dir()).await;
-    common::run_turn(&mut client, &thread, "first prompt").await;
+    let thread = crate::common::start_thread(&mut client, rig.home.work_dir()).await;
+    crate::common::run_turn(&mut client, &thread, "first prompt").await;
 
     rig.mock.set_usage(
         &alice,
@@ -297,9 +294,9 @@ async fn a_workspace_limit_never_moves_to_another_seat_of_that_workspace() {
         },
     );
     rig.mock.set_mode(&alice, AccountMode::UsageLimit);
-    let failed = common::run_turn(&mut client, &thread, "second prompt").await;
+    let failed = crate::common::run_turn(&mut client, &thread, "second prompt").await;
     assert_eq!(failed["params"]["turn"]["status"], "failed");
-    let done = common::wait_event(&mut rig.events, "the switch", |e| {
+    let done = crate::common::wait_event(&mut rig.events, "the switch", |e| {
         matches!(e, ProxyEvent::SwitchDone { .. })
     })
     .await;
@@ -307,7 +304,7 @@ async fn a_workspace_limit_never_moves_to_another_seat_of_that_workspace() {
         unreachable!()
     };
     assert_eq!(to.name, "carol", "bob shares alice's workspace limit");
-    common::run_turn(&mut client, &thread, "third prompt").await;
+    crate::common::run_turn(&mut client, &thread, "third prompt").await;
     let served = rig.mock.last_user_turn_request("third prompt");
     assert_eq!(served.account_header.as_deref(), Some("acct-carol"));
     rig.session.shutdown().await;
@@ -320,7 +317,7 @@ async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why
     let mut rig = rig(&[("alice", Some("team")), ("bob", Some("team"))]).await;
     let alice = key(&seat("alice"));
     let mut client = tui_client(&rig).await;
-    let thread = common::start_thread(&mut client, rig.home.work_dir()).await;
+    let thread = crate::common::start_thread(&mut client, rig.home.work_dir()).await;
     rig.mock.set_usage(
         &alice,
         Usage {
@@ -329,13 +326,13 @@ async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why
         },
     );
     rig.mock.set_mode(&alice, AccountMode::UsageLimit);
-    common::run_turn(&mut client, &thread, "hits the limit").await;
-    common::wait_event(&mut rig.events, "why bob is not used", |e| {
+    crate::common::run_turn(&mut client, &thread, "hits the limit").await;
+    crate::common::wait_event(&mut rig.events, "why bob is not used", |e| {
         matches!(e, ProxyEvent::Notice { message, .. }
             if message.contains("workspace") && message.contains("not switching to bob"))
     })
     .await;
-    common::wait_event(&mut rig.events, "no account available", |e| {
+    crate::common::wait_event(&mut rig.events, "no account available", |e| {
         matches!(e, ProxyEvent::NoAccountAvailable { .. })
     })
     .await;
@@ -363,9 +360,9 @@ async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why
 async fn a_full_read_drops_the_active_accounts_stale_five_hour_window() {
     let mut rig = rig(&[("alice", None), ("bob", None)]).await;
     let mut client = tui_client(&rig).await;
-    let thread = common::start_thread(&mut client, rig.home.work_dir()).await;
-    common::run_turn(&mut client, &thread, "first prompt").await;
-    common::wait_event(&mut rig.events, "alice's 5-hour window", |e| {
+    let thread = crate::common::start_thread(&mut client, rig.home.work_dir()).await;
+    crate::common::run_turn(&mut client, &thread, "first prompt").await;
+    crate::common::wait_event(&mut rig.events, "alice's 5-hour window", |e| {
         matches!(e, ProxyEvent::RateLimitsUpdated { account, snapshot, .. }
             if account.name == "alice" && snapshot.five_hour().is_some())
     })
@@ -378,7 +375,7 @@ async fn a_full_read_drops_the_active_accounts_stale_five_hour_window() {
         .await
         .unwrap()
         .unwrap();
-    common::wait_event(&mut rig.events, "alice without a 5-hour window", |e| {
+    crate::common::wait_event(&mut rig.events, "alice without a 5-hour window", |e| {
         matches!(e, ProxyEvent::RateLimitsUpdated { account, snapshot, .. }
             if account.name == "alice"
                 && snapshot.five_hour().is_none()
@@ -386,7 +383,7 @@ async fn a_full_read_drops_the_active_accounts_stale_five_hour_window() {
     })
     .await;
     // Still alice: 30 % of the week is no reason to switch.
-    common::run_turn(&mut client, &thread, "second prompt").await;
+    crate::common::run_turn(&mut client, &thread, "second prompt").await;
     assert_eq!(
         rig.mock
             .last_user_turn_request("second prompt")
@@ -406,8 +403,8 @@ async fn with_a_model_family_in_every_response_the_quota_is_read_and_still_switc
     rig.mock
         .set_families("acct-alice", vec![LimitFamily::spark(20)]);
     let mut client = tui_client(&rig).await;
-    let thread = common::start_thread(&mut client, rig.home.work_dir()).await;
-    common::run_turn(&mut client, &thread, "first prompt").await;
+    let thread = crate::common::start_thread(&mut client, rig.home.work_dir()).await;
+    crate::common::run_turn(&mut client, &thread, "first prompt").await;
 
     rig.mock.set_usage(
         "acct-alice",
@@ -416,8 +413,8 @@ async fn with_a_model_family_in_every_response_the_quota_is_read_and_still_switc
             ..Default::default()
         },
     );
-    common::run_turn(&mut client, &thread, "second prompt").await;
-    let done = common::wait_event(&mut rig.events, "the switch to bob", |e| {
+    crate::common::run_turn(&mut client, &thread, "second prompt").await;
+    let done = crate::common::wait_event(&mut rig.events, "the switch to bob", |e| {
         matches!(e, ProxyEvent::SwitchDone { .. })
     })
     .await;

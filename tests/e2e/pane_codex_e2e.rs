@@ -3,13 +3,12 @@
 //!
 //! Fails — never skips — when tmux or the pinned codex is missing.
 
-mod pane_support;
 
 use std::ffi::OsStr;
 use std::time::Duration;
 
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
-use pane_support::Tmux;
+use crate::pane_support::Tmux;
 
 const WAIT: Duration = Duration::from_secs(40);
 

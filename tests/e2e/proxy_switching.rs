@@ -1,12 +1,11 @@
 //! End-to-end tests of the switching proxy: the real `codex app-server`, the proxy, the mock
 //! backend, and a scripted client that behaves like the Codex TUI.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{WAIT, agent_texts, run_turn, start_thread, wait_event};
+use crate::common::{WAIT, agent_texts, run_turn, start_thread, wait_event};
 use cs_tui::accounts::{AccountAuth, Backend, Store};
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent, SwitchReason};
 use cs_tui::proxy::history;

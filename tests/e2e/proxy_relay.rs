@@ -1,12 +1,11 @@
 //! The relay as a transport (frames pass byte for byte and in order, whatever they hold) and
 //! its hooks (injecting, holding, releasing and dropping messages per connection).
 
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::raw::{self, RawPeer, RawUpstream, frame, payload};
+use crate::common::raw::{self, RawPeer, RawUpstream, frame, payload};
 use cs_tui::proxy::relay::{
     self, Actions, ConnId, ConnectionHandle, Direction, HandshakeLimits, Inspected, Interceptor,
     NoInterceptor, Observation, RelayEvent, RelayShared, Verdict,
@@ -117,8 +116,8 @@ async fn next_data(client: &mut WsClient) -> Message {
 /// cs-tui's own app-server listens on. The directory holds the socket.
 async fn echo_upstreams() -> (tempfile::TempDir, Vec<AppServerAddr>) {
     let dir = tempfile::tempdir().unwrap();
-    let tcp = ws(&common::echo_upstream::start().await, "unused");
-    let unix = AppServerAddr::Unix(common::echo_upstream::start_unix(dir.path()));
+    let tcp = ws(&crate::common::echo_upstream::start().await, "unused");
+    let unix = AppServerAddr::Unix(crate::common::echo_upstream::start_unix(dir.path()));
     (dir, vec![tcp, unix])
 }
 
@@ -177,7 +176,7 @@ async fn a_64_mib_message_passes_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_client_gets_a_fresh_upstream_and_close_is_relayed() {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     let mut relay = relay_to(ws(&echo, "unused"), true).await;
     let mut first = WsClient::connect(&relay.url, &relay.token).await;
     first.send_raw(Message::Text("one".into())).await;
@@ -199,7 +198,7 @@ async fn a_reconnecting_client_gets_a_fresh_upstream_and_close_is_relayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_wait_at_the_gate_until_the_session_is_ready() {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     let relay = relay_to(ws(&echo, "unused"), false).await;
     let url = relay.url.clone();
     let token = relay.token.clone();
@@ -435,7 +434,7 @@ async fn frames_sent_right_behind_the_upgrade_request_are_relayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_upgrade_requests_get_http_errors() {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     let relay = relay_to(ws(&echo, "unused"), true).await;
     let good = String::from_utf8(raw::upgrade_request(&relay.url, Some(&relay.token))).unwrap();
     let without = |header: &str| {
@@ -567,7 +566,7 @@ async fn hooked() -> (
     ConnectionHandle<Scripted>,
     Arc<std::sync::Mutex<Vec<(Direction, String)>>>,
 ) {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     let mut relay = relay_with(ws(&echo, "unused"), true, move |_| Scripted {
@@ -729,7 +728,7 @@ impl Interceptor for Fragile {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_interceptor_ends_only_its_connection_and_is_reported() {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     let mut relay = relay_with(ws(&echo, "unused"), true, |_| Fragile).await;
     let mut client = WsClient::connect(&relay.url, &relay.token).await;
     let handle = relay.connected().await;
@@ -758,7 +757,7 @@ fn request_with(url: &str, token: &str, extra: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_the_token_is_refused_before_the_gate_opens() {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     // The gate never opens: a refusal can only come from authenticating first.
     let relay = relay_to(ws(&echo, "unused"), false).await;
     for token in [None, Some("wrong")] {
@@ -771,7 +770,7 @@ async fn a_client_without_the_token_is_refused_before_the_gate_opens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_an_origin_header_is_refused() {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     let relay = relay_to(ws(&echo, "unused"), true).await;
     for origin in ["Origin: http://127.0.0.1:3000", "origin: null"] {
         let (head, _) =
@@ -784,7 +783,7 @@ async fn a_request_with_an_origin_header_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_connections_are_bounded_in_number() {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     let limits = HandshakeLimits {
         max_pending: 2,
         timeout: Duration::from_secs(600),
@@ -817,7 +816,7 @@ async fn unauthenticated_connections_are_bounded_in_number() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_connections_are_bounded_in_time_even_at_a_closed_gate() {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     let limits = HandshakeLimits {
         max_pending: 64,
         timeout: Duration::from_millis(200),
@@ -839,7 +838,7 @@ async fn unauthenticated_connections_are_bounded_in_time_even_at_a_closed_gate()
 /// no token at all, as `codex --remote unix://` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_socket_client_of_our_own_user_needs_no_token() {
-    let echo = common::echo_upstream::start().await;
+    let echo = crate::common::echo_upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();

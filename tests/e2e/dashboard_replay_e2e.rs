@@ -3,7 +3,6 @@
 //! (`CS_TUI_NO_PROXY` + `CS_TUI_DEV_EVENTS`) while the session runs. The hotkeys' commands are
 //! read back from `CS_TUI_DEV_COMMANDS`.
 
-mod pane_support;
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -14,7 +13,7 @@ use chrono::Utc;
 use cs_tui::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
 use cs_tui::quota::{RateLimitSnapshot, RateLimitWindow};
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
-use pane_support::Tmux;
+use crate::pane_support::Tmux;
 
 const WAIT: Duration = Duration::from_secs(40);
 

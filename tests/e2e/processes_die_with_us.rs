@@ -3,8 +3,6 @@
 //! app-server, not Codex, not the tool (which Codex runs in a session of its own, out of reach
 //! of the app-server's process group and of `PR_SET_PDEATHSIG`).
 
-mod pane_support;
-mod product_support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -13,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cs_tui_testkit::mock_backend::ScriptedReply;
 use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
-use product_support::{WAIT, first_turn, prompt, start_configured};
+use crate::product_support::{WAIT, first_turn, prompt, start_configured};
 use serde_json::json;
 
 /// One process: its parent, its start time (to tell a reused pid apart), state and command.
