@@ -3,7 +3,6 @@
 //! arguments, the temporary CODEX_HOME (private, inside the store, gone afterwards on every
 //! path), and the import of what it wrote.
 
-
 use std::path::{Path, PathBuf};
 
 use crate::accounts_support::{Rig, Run};

@@ -1,6 +1,5 @@
 //! The store under concurrent use by real `cs-tui` processes, and a lock holder that dies.
 
-
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};

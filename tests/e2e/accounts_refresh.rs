@@ -1,7 +1,6 @@
 //! Token refresh through the real binary: rotation, auth.json sharing, retries, a 401 from the
 //! backend, and a rejected refresh token.
 
-
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -1,14 +1,13 @@
 //! `cs-tui accounts reset NAME` end to end: the real binary, the real `codex app-server` it
 //! starts (or the running session's), and the mock backend's reset credits (issue 11, item 4).
 
-
 use std::ffi::OsStr;
 use std::time::Duration;
 
 use crate::accounts_support::{BIN, Rig};
+use crate::pane_support::Tmux;
 use cs_tui_testkit::mock_backend::AccountMode;
 use cs_tui_testkit::{RequestRecord, ResetCredit, codex_bin};
-use crate::pane_support::Tmux;
 use tokio::io::AsyncBufReadExt as _;
 
 const WAIT: Duration = Duration::from_secs(40);

@@ -3,13 +3,12 @@
 //! backend with the same identifying headers (`originator`, `User-Agent`, …), modulo the parts
 //! that change from one session to the next.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 
-use cs_tui_testkit::{CodexHome, MockBackend, RequestRecord, codex_bin};
 use crate::pane_support::Tmux;
 use crate::product_support::{WAIT, first_turn, prompt, ready};
+use cs_tui_testkit::{CodexHome, MockBackend, RequestRecord, codex_bin};
 
 const PROMPT: &str = "who is calling";
 

@@ -2,9 +2,8 @@
 //! in its pane, the switching proxy in front of the real app-server, the mock backend, and two
 //! stored accounts.
 
-
-use cs_tui_testkit::mock_backend::AccountMode;
 use crate::product_support::{WAIT, first_turn, panel, prompt, quit, start};
+use cs_tui_testkit::mock_backend::AccountMode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_switches_accounts_in_the_running_session_and_the_panel_says_why() {

@@ -3,17 +3,16 @@
 //! (`CS_TUI_NO_PROXY` + `CS_TUI_DEV_EVENTS`) while the session runs. The hotkeys' commands are
 //! read back from `CS_TUI_DEV_COMMANDS`.
 
-
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::pane_support::Tmux;
 use chrono::Utc;
 use cs_tui::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
 use cs_tui::quota::{RateLimitSnapshot, RateLimitWindow};
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
-use crate::pane_support::Tmux;
 
 const WAIT: Duration = Duration::from_secs(40);
 

@@ -1,7 +1,6 @@
 //! `cs-tui doctor` against a good rig (real codex, mock backend, a private store), a store
 //! other users can read, and a backend that is down.
 
-
 use std::os::unix::fs::PermissionsExt as _;
 
 use crate::accounts_support::Rig;

@@ -5,7 +5,6 @@
 //!
 //! Cases per property: 24 here; `CS_TUI_FUZZ_CASES` raises it (`scripts/fuzz`).
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

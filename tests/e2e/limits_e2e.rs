@@ -2,10 +2,11 @@
 //! and workspace limits, end to end with the real Codex TUI and app-server in front of the
 //! mock backend.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::pane_support::Tmux;
+use crate::product_support::{Product, WAIT, first_turn, panel, prompt, quit, start_with};
 use cs_tui::accounts::{Backend, Store};
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent};
 use cs_tui::proxy::history;
@@ -17,8 +18,6 @@ use cs_tui_testkit::{
     CodexHome, FakeAccount, LimitFamily, MockBackend, Usage, UsageWindow, WsClient, codex_bin,
     seat_key,
 };
-use crate::pane_support::Tmux;
-use crate::product_support::{Product, WAIT, first_turn, panel, prompt, quit, start_with};
 use serde_json::json;
 use tokio::sync::broadcast;
 

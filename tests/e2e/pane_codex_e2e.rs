@@ -3,12 +3,11 @@
 //!
 //! Fails — never skips — when tmux or the pinned codex is missing.
 
-
 use std::ffi::OsStr;
 use std::time::Duration;
 
-use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
 use crate::pane_support::Tmux;
+use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
 
 const WAIT: Duration = Duration::from_secs(40);
 

@@ -1,7 +1,6 @@
 //! How cs-tui starts and stops, outside the happy path: a clear message instead of a blank
 //! screen, Codex's exit code passed on.
 
-
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

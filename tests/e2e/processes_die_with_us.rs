@@ -3,15 +3,14 @@
 //! app-server, not Codex, not the tool (which Codex runs in a session of its own, out of reach
 //! of the app-server's process group and of `PR_SET_PDEATHSIG`).
 
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::product_support::{WAIT, first_turn, prompt, start_configured};
 use cs_tui_testkit::mock_backend::ScriptedReply;
 use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
-use crate::product_support::{WAIT, first_turn, prompt, start_configured};
 use serde_json::json;
 
 /// One process: its parent, its start time (to tell a reused pid apart), state and command.

@@ -1,7 +1,6 @@
 //! Token refresh requests from the real `codex app-server` (PROTOCOL.md §2), answered by the
 //! proxy, when several stored accounts are seats of one workspace.
 
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;

@@ -1,7 +1,6 @@
 //! The relay as a transport (frames pass byte for byte and in order, whatever they hold) and
 //! its hooks (injecting, holding, releasing and dropping messages per connection).
 
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
 //! End-to-end tests of the switching proxy: the real `codex app-server`, the proxy, the mock
 //! backend, and a scripted client that behaves like the Codex TUI.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -2,13 +2,12 @@
 //! the switching proxy, the real app-server, the mock backend and two accounts. A usage limit
 //! mid-task never costs the prompt that hit it.
 
-
 use std::time::Duration;
 
-use cs_tui_testkit::mock_backend::{AccountMode, ScriptedReply};
-use cs_tui_testkit::{MockBackend, Usage, UsageWindow};
 use crate::pane_support::Tmux;
 use crate::product_support::{NeverShown, Product, WAIT, panel, prompt, ready, start_with};
+use cs_tui_testkit::mock_backend::{AccountMode, ScriptedReply};
+use cs_tui_testkit::{MockBackend, Usage, UsageWindow};
 
 /// What the pane shows (left of the panel), lower-cased.
 fn pane_text(screen: &str) -> String {

@@ -1,7 +1,6 @@
 //! `cs-tui serve` and `cs-tui switch` as a user runs them: the real binary, the real
 //! app-server, the mock backend, and a scripted Codex-like client.
 
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
