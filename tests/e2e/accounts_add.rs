@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::accounts_support::{Rig, Run};
+use crate::support::accounts::{Rig, Run};
 use serde_json::Value;
 
 /// Writes the stand-in codex into `dir`. What it does is chosen by `FAKE_CODEX_MODE`; it

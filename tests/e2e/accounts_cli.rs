@@ -1,6 +1,6 @@
 //! `cs-tui accounts …` and `cs-tui status` as a new user types them, against the mock backend.
 
-use crate::accounts_support::{Rig, mode};
+use crate::support::accounts::{Rig, mode};
 use cs_tui_testkit::{Usage, UsageWindow};
 use serde_json::{Value, json};
 

@@ -5,8 +5,9 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::accounts_support::{BIN, Rig};
+use crate::support::accounts::{BIN, Rig};
 use cs_tui_testkit::FakeAccount;
+use cs_tui_testkit::WAIT;
 
 const PROCESSES: usize = 8;
 const UPDATES_PER_PROCESS: usize = 50;
@@ -111,7 +112,7 @@ async fn a_killed_lock_holder_leaves_nothing_stuck() {
         .process_group(0)
         .spawn()
         .expect("run flock(1) from util-linux");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     while !lock_is_held(&lock) {
         assert!(Instant::now() < deadline, "flock never took the lock");
         std::thread::sleep(Duration::from_millis(10));
@@ -135,7 +136,7 @@ async fn a_killed_lock_holder_leaves_nothing_stuck() {
     .unwrap();
     holder.wait().unwrap();
 
-    let output = tokio::time::timeout(Duration::from_secs(10), waiting.wait_with_output())
+    let output = tokio::time::timeout(WAIT, waiting.wait_with_output())
         .await
         .expect("the waiting command finished once the holder died")
         .unwrap();

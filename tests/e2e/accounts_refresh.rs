@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::accounts_support::Rig;
+use crate::support::accounts::Rig;
 use cs_tui_testkit::AccountMode;
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::{RefreshFault, RequestRecord};
 use serde_json::Value;
 
@@ -58,7 +59,10 @@ async fn refresh_rotates_tokens_and_keeps_codex_auth_json_in_step() {
     let auth = codex_auth(&rig);
     assert_eq!(auth["tokens"]["refresh_token"], rt1.as_str());
     assert_eq!(auth["tokens"]["account_id"], "acct-alice");
-    assert_eq!(crate::accounts_support::mode(&rig.codex_auth_path()), 0o600);
+    assert_eq!(
+        crate::support::accounts::mode(&rig.codex_auth_path()),
+        0o600
+    );
 
     // An explicit refresh, through two server errors (retried with backoff).
     rig.mock.fail_next_refreshes(2);
@@ -486,13 +490,11 @@ async fn ctrl_c_during_a_refresh_keeps_the_rotated_token() {
         .spawn()
         .unwrap();
     rig.mock
-        .wait_for_request(Duration::from_secs(30), "the refresh", |r| {
-            r.path == "/oauth/token"
-        })
+        .wait_for_request(WAIT, "the refresh", |r| r.path == "/oauth/token")
         .await;
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
         .await
         .expect("the command exits")
         .unwrap();

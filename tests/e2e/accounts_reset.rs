@@ -2,15 +2,14 @@
 //! starts (or the running session's), and the mock backend's reset credits (issue 11, item 4).
 
 use std::ffi::OsStr;
-use std::time::Duration;
 
-use crate::accounts_support::{BIN, Rig};
-use crate::pane_support::Tmux;
+use crate::support::accounts::{BIN, Rig};
+use cs_tui_testkit::Tmux;
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
 use cs_tui_testkit::{RequestRecord, ResetCredit, codex_bin};
 use tokio::io::AsyncBufReadExt as _;
 
-const WAIT: Duration = Duration::from_secs(40);
 const CONSUME: &str = "/wham/rate-limit-reset-credits/consume";
 
 /// A rig with alice stored (two reset credits) and `CS_TUI_CODEX_BIN` set.

@@ -2,14 +2,11 @@
 //! (pinned version) and the mock backend. No cs-tui code is involved: these pin the ground
 //! the proxy stands on (PROTOCOL.md §1–§4).
 
-use std::time::Duration;
-
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
 use cs_tui_testkit::ws_client::connect_status;
 use cs_tui_testkit::{AppServer, CodexHome, FakeAccount, MockBackend, WsClient, codex_bin};
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 struct Rig {
     mock: MockBackend,

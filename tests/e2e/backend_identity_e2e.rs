@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 
-use crate::pane_support::Tmux;
-use crate::product_support::{WAIT, first_turn, prompt, ready};
+use crate::support::product::{first_turn, prompt, ready};
+use cs_tui_testkit::Tmux;
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::{CodexHome, MockBackend, RequestRecord, codex_bin};
 
 const PROMPT: &str = "who is calling";
@@ -113,7 +114,7 @@ async fn plain_session() -> Vec<RequestRecord> {
 
 /// The same turn through the whole product: cs-tui in tmux, Codex in its pane.
 async fn through_cs_tui() -> Vec<RequestRecord> {
-    let p = crate::product_support::start(&["alice"]).await;
+    let p = crate::support::product::start(&["alice"]).await;
     first_turn(&p.tmux, "alice", PROMPT);
     settle(&p.mock).await;
     p.mock.requests()
@@ -194,7 +195,7 @@ async fn a_session_whose_codex_cannot_start_fails_at_once() {
     let (alice, refresh) = mock.add_account("alice");
     let file = store.path().join("alice.auth.json");
     std::fs::write(&file, alice.auth_json(3600, &refresh).to_string()).unwrap();
-    crate::product_support::cs_tui(
+    crate::support::product::cs_tui(
         store.path(),
         &home,
         &mock,
@@ -217,7 +218,7 @@ async fn a_session_whose_codex_cannot_start_fails_at_once() {
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(20), out)
+    let out = tokio::time::timeout(WAIT, out)
         .await
         .expect("serve gave up in time")
         .unwrap();

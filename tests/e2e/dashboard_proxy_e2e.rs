@@ -2,7 +2,8 @@
 //! in its pane, the switching proxy in front of the real app-server, the mock backend, and two
 //! stored accounts.
 
-use crate::product_support::{WAIT, first_turn, panel, prompt, quit, start};
+use crate::support::product::{first_turn, panel, prompt, quit, start};
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,13 +8,12 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::pane_support::Tmux;
 use chrono::Utc;
 use cs_tui::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
 use cs_tui::quota::{RateLimitSnapshot, RateLimitWindow};
+use cs_tui_testkit::Tmux;
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
-
-const WAIT: Duration = Duration::from_secs(40);
 
 fn account(name: &str) -> AccountRef {
     AccountRef {

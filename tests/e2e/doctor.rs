@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use crate::accounts_support::Rig;
+use crate::support::accounts::Rig;
 use cs_tui_testkit::{CodexHome, codex_bin};
 use serde_json::Value;
 

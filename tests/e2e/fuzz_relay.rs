@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use crate::common::raw::{self, frame};
 use cs_tui::proxy::relay::{self, NoInterceptor, RelayShared};
 use cs_tui::proxy::socket::AppServerAddr;
 use cs_tui::secret::Secret;
+use cs_tui_testkit::WAIT;
+use cs_tui_testkit::raw::{self, frame};
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,7 +51,7 @@ fn rig() -> &'static Rig {
             .build()
             .unwrap();
         let (url, ready) = runtime.block_on(async {
-            let upstream = crate::common::echo_upstream::start().await;
+            let upstream = cs_tui_testkit::echo_upstream::start().await;
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("ws://{}", listener.local_addr().unwrap());
             let (events, mut drain) = mpsc::unbounded_channel();
@@ -84,7 +84,7 @@ async fn send_and_drain(mut stream: TcpStream, bytes: &[u8]) -> Vec<u8> {
     let _ = stream.write_all(bytes).await;
     let _ = stream.shutdown().await;
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer));
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer));
     match read.await {
         Ok(_) => answer,
         Err(_) => panic!("the relay kept the connection open after our end closed"),

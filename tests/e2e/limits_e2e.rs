@@ -5,14 +5,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::pane_support::Tmux;
-use crate::product_support::{Product, WAIT, first_turn, panel, prompt, quit, start_with};
+use crate::support::product::{Product, first_turn, panel, prompt, quit, start_with};
 use cs_tui::accounts::{Backend, Store};
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent};
 use cs_tui::proxy::history;
 use cs_tui::proxy::policy::PolicyConfig;
 use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
 use cs_tui::proxy::store_directory::StoreDirectory;
+use cs_tui_testkit::Tmux;
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
 use cs_tui_testkit::{
     CodexHome, FakeAccount, LimitFamily, MockBackend, Usage, UsageWindow, WsClient, codex_bin,
@@ -282,8 +283,8 @@ async fn a_workspace_limit_never_moves_to_another_seat_of_that_workspace() {
         },
     );
     let mut client = tui_client(&rig).await;
-    let thread = crate::common::start_thread(&mut client, rig.home.work_dir()).await;
-    crate::common::run_turn(&mut client, &thread, "first prompt").await;
+    let thread = cs_tui_testkit::turns::start_thread(&mut client, rig.home.work_dir()).await;
+    cs_tui_testkit::turns::run_turn(&mut client, &thread, "first prompt").await;
 
     rig.mock.set_usage(
         &alice,
@@ -293,9 +294,9 @@ async fn a_workspace_limit_never_moves_to_another_seat_of_that_workspace() {
         },
     );
     rig.mock.set_mode(&alice, AccountMode::UsageLimit);
-    let failed = crate::common::run_turn(&mut client, &thread, "second prompt").await;
+    let failed = cs_tui_testkit::turns::run_turn(&mut client, &thread, "second prompt").await;
     assert_eq!(failed["params"]["turn"]["status"], "failed");
-    let done = crate::common::wait_event(&mut rig.events, "the switch", |e| {
+    let done = crate::support::wait_event(&mut rig.events, "the switch", |e| {
         matches!(e, ProxyEvent::SwitchDone { .. })
     })
     .await;
@@ -303,7 +304,7 @@ async fn a_workspace_limit_never_moves_to_another_seat_of_that_workspace() {
         unreachable!()
     };
     assert_eq!(to.name, "carol", "bob shares alice's workspace limit");
-    crate::common::run_turn(&mut client, &thread, "third prompt").await;
+    cs_tui_testkit::turns::run_turn(&mut client, &thread, "third prompt").await;
     let served = rig.mock.last_user_turn_request("third prompt");
     assert_eq!(served.account_header.as_deref(), Some("acct-carol"));
     rig.session.shutdown().await;
@@ -316,7 +317,7 @@ async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why
     let mut rig = rig(&[("alice", Some("team")), ("bob", Some("team"))]).await;
     let alice = key(&seat("alice"));
     let mut client = tui_client(&rig).await;
-    let thread = crate::common::start_thread(&mut client, rig.home.work_dir()).await;
+    let thread = cs_tui_testkit::turns::start_thread(&mut client, rig.home.work_dir()).await;
     rig.mock.set_usage(
         &alice,
         Usage {
@@ -325,13 +326,13 @@ async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why
         },
     );
     rig.mock.set_mode(&alice, AccountMode::UsageLimit);
-    crate::common::run_turn(&mut client, &thread, "hits the limit").await;
-    crate::common::wait_event(&mut rig.events, "why bob is not used", |e| {
+    cs_tui_testkit::turns::run_turn(&mut client, &thread, "hits the limit").await;
+    crate::support::wait_event(&mut rig.events, "why bob is not used", |e| {
         matches!(e, ProxyEvent::Notice { message, .. }
             if message.contains("workspace") && message.contains("not switching to bob"))
     })
     .await;
-    crate::common::wait_event(&mut rig.events, "no account available", |e| {
+    crate::support::wait_event(&mut rig.events, "no account available", |e| {
         matches!(e, ProxyEvent::NoAccountAvailable { .. })
     })
     .await;
@@ -359,9 +360,9 @@ async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why
 async fn a_full_read_drops_the_active_accounts_stale_five_hour_window() {
     let mut rig = rig(&[("alice", None), ("bob", None)]).await;
     let mut client = tui_client(&rig).await;
-    let thread = crate::common::start_thread(&mut client, rig.home.work_dir()).await;
-    crate::common::run_turn(&mut client, &thread, "first prompt").await;
-    crate::common::wait_event(&mut rig.events, "alice's 5-hour window", |e| {
+    let thread = cs_tui_testkit::turns::start_thread(&mut client, rig.home.work_dir()).await;
+    cs_tui_testkit::turns::run_turn(&mut client, &thread, "first prompt").await;
+    crate::support::wait_event(&mut rig.events, "alice's 5-hour window", |e| {
         matches!(e, ProxyEvent::RateLimitsUpdated { account, snapshot, .. }
             if account.name == "alice" && snapshot.five_hour().is_some())
     })
@@ -374,7 +375,7 @@ async fn a_full_read_drops_the_active_accounts_stale_five_hour_window() {
         .await
         .unwrap()
         .unwrap();
-    crate::common::wait_event(&mut rig.events, "alice without a 5-hour window", |e| {
+    crate::support::wait_event(&mut rig.events, "alice without a 5-hour window", |e| {
         matches!(e, ProxyEvent::RateLimitsUpdated { account, snapshot, .. }
             if account.name == "alice"
                 && snapshot.five_hour().is_none()
@@ -382,7 +383,7 @@ async fn a_full_read_drops_the_active_accounts_stale_five_hour_window() {
     })
     .await;
     // Still alice: 30 % of the week is no reason to switch.
-    crate::common::run_turn(&mut client, &thread, "second prompt").await;
+    cs_tui_testkit::turns::run_turn(&mut client, &thread, "second prompt").await;
     assert_eq!(
         rig.mock
             .last_user_turn_request("second prompt")
@@ -402,8 +403,8 @@ async fn with_a_model_family_in_every_response_the_quota_is_read_and_still_switc
     rig.mock
         .set_families("acct-alice", vec![LimitFamily::spark(20)]);
     let mut client = tui_client(&rig).await;
-    let thread = crate::common::start_thread(&mut client, rig.home.work_dir()).await;
-    crate::common::run_turn(&mut client, &thread, "first prompt").await;
+    let thread = cs_tui_testkit::turns::start_thread(&mut client, rig.home.work_dir()).await;
+    cs_tui_testkit::turns::run_turn(&mut client, &thread, "first prompt").await;
 
     rig.mock.set_usage(
         "acct-alice",
@@ -412,8 +413,8 @@ async fn with_a_model_family_in_every_response_the_quota_is_read_and_still_switc
             ..Default::default()
         },
     );
-    crate::common::run_turn(&mut client, &thread, "second prompt").await;
-    let done = crate::common::wait_event(&mut rig.events, "the switch to bob", |e| {
+    cs_tui_testkit::turns::run_turn(&mut client, &thread, "second prompt").await;
+    let done = crate::support::wait_event(&mut rig.events, "the switch to bob", |e| {
         matches!(e, ProxyEvent::SwitchDone { .. })
     })
     .await;

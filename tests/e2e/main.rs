@@ -2,10 +2,7 @@
 //! websockets and PTYs, with only the ChatGPT backend mocked (`cs-tui-testkit`). One module per
 //! area; run one with `cargo test --test e2e -- MODULE::`.
 
-mod accounts_support;
-mod common;
-mod pane_support;
-mod product_support;
+mod support;
 
 mod accounts_add;
 mod accounts_cli;

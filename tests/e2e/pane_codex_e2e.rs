@@ -6,10 +6,9 @@
 use std::ffi::OsStr;
 use std::time::Duration;
 
-use crate::pane_support::Tmux;
+use cs_tui_testkit::Tmux;
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
-
-const WAIT: Duration = Duration::from_secs(40);
 
 struct Session {
     _mock: MockBackend,
@@ -214,7 +213,7 @@ async fn codex_exit_code_becomes_cs_tui_exit_code_and_the_terminal_is_restored()
             break;
         }
         t.keys(&["C-c"]);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + WAIT;
         while std::time::Instant::now() < deadline {
             let screen = t.screen();
             if screen.contains("shell prompt>") || screen.contains("again to quit") {

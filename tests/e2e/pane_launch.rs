@@ -5,9 +5,9 @@ use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use crate::pane_support::Tmux;
+use cs_tui_testkit::Tmux;
+use cs_tui_testkit::WAIT;
 
 /// cs-tui with its store in `store` and no codex override from the caller's environment.
 fn cs_tui(store: &Path) -> Command {
@@ -86,7 +86,7 @@ fn codex_exit_code_is_cs_tui_exit_code_and_a_spawn_failure_is_readable() {
             OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
         ],
     );
-    let screen = t.wait_for(Duration::from_secs(30), "the exit status", |screen| {
+    let screen = t.wait_for(WAIT, "the exit status", |screen| {
         screen.contains("cs-tui exited")
     });
     assert!(screen.contains("cs-tui exited 3"), "{screen}");
@@ -116,7 +116,7 @@ fn the_child_sees_the_pane_not_tmux() {
         &[OsStr::new("resume"), OsStr::new("--last")],
     );
     let cwd = std::fs::canonicalize(dir.path()).unwrap();
-    let screen = t.wait_for(Duration::from_secs(30), "the fake codex output", |screen| {
+    let screen = t.wait_for(WAIT, "the fake codex output", |screen| {
         screen.contains("env:") && screen.lines().any(|l| l.trim_start().starts_with("40 "))
     });
     assert!(
@@ -173,9 +173,7 @@ fn sigterm_ends_the_session_and_restores_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let fake = fake_codex(dir.path(), "echo fake codex running; exec sleep 600");
     let t = run_in_tmux(dir.path(), &fake);
-    t.wait_for(Duration::from_secs(30), "the fake codex", |s| {
-        s.contains("fake codex running")
-    });
+    t.wait_for(WAIT, "the fake codex", |s| s.contains("fake codex running"));
     // cs-tui is the child of the pane's shell.
     let pid = Command::new("pgrep")
         .args(["-P", &t.pane_pid().to_string()])
@@ -190,9 +188,7 @@ fn sigterm_ends_the_session_and_restores_the_terminal() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
-        s.contains("shell prompt>")
-    });
+    let screen = t.wait_for(WAIT, "the shell back", |s| s.contains("shell prompt>"));
     assert!(screen.contains("cs-tui exited 143"), "{screen}");
     assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
     assert!(!screen.contains("fake codex running"), "{screen}");
@@ -206,9 +202,7 @@ fn a_codex_that_cannot_start_is_a_message_after_the_terminal_is_restored() {
     std::fs::write(&fake, "#!/nonexistent/interpreter\n").unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let t = run_in_tmux(dir.path(), &fake);
-    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
-        s.contains("shell prompt>")
-    });
+    let screen = t.wait_for(WAIT, "the shell back", |s| s.contains("shell prompt>"));
     assert!(screen.contains("cs-tui exited 1"), "{screen}");
     assert!(
         screen.contains("error: codex exited with code 1"),
@@ -230,9 +224,7 @@ fn a_failing_codex_leaves_its_last_words_on_the_restored_terminal() {
         "echo 'Error: loading config.toml: invalid type at line 3'; exit 2",
     );
     let t = run_in_tmux(dir.path(), &fake);
-    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
-        s.contains("shell prompt>")
-    });
+    let screen = t.wait_for(WAIT, "the shell back", |s| s.contains("shell prompt>"));
     assert!(screen.contains("cs-tui exited 2"), "{screen}");
     assert!(
         screen.contains("error: codex exited with code 2; its last output:"),
@@ -261,9 +253,7 @@ fn a_proxy_that_cannot_start_is_a_message_after_the_terminal_is_restored() {
             ("CODEX_HOME", codex_home.as_os_str()),
         ],
     );
-    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
-        s.contains("shell prompt>")
-    });
+    let screen = t.wait_for(WAIT, "the shell back", |s| s.contains("shell prompt>"));
     assert!(screen.contains("cs-tui exited 1"), "{screen}");
     assert!(
         screen.contains("error: no stored ChatGPT account can start a session"),
@@ -295,13 +285,9 @@ fn a_panic_off_the_ui_thread_ends_the_session_with_a_message() {
             ("CS_TUI_CODEX_BIN", fake.as_os_str()),
         ],
     );
-    t.wait_for(Duration::from_secs(30), "the fake codex", |s| {
-        s.contains("fake codex running")
-    });
+    t.wait_for(WAIT, "the fake codex", |s| s.contains("fake codex running"));
     std::fs::write(&events, "panic\n").unwrap();
-    let screen = t.wait_for(Duration::from_secs(30), "the shell back", |s| {
-        s.contains("shell prompt>")
-    });
+    let screen = t.wait_for(WAIT, "the shell back", |s| s.contains("shell prompt>"));
     assert!(screen.contains("cs-tui exited 1"), "{screen}");
     assert!(
         screen.contains("error: cs-tui stopped: an internal task panicked"),

@@ -8,7 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::product_support::{WAIT, first_turn, prompt, start_configured};
+use crate::support::product::{first_turn, prompt, start_configured};
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::ScriptedReply;
 use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
 use serde_json::json;
@@ -87,7 +88,7 @@ fn wait_for_tool(root: i32, what: &str) -> BTreeMap<i32, Proc> {
 
 /// Waits until none of `before` is alive (gone, or a zombie nobody reaped yet: dead).
 fn wait_all_gone(before: &BTreeMap<i32, Proc>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + WAIT;
     loop {
         let now = processes();
         let alive: Vec<(&i32, &Proc)> = before

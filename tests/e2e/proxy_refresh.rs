@@ -6,13 +6,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{run_turn, start_thread, wait_event};
+use crate::support::wait_event;
 use cs_tui::accounts::{AccountAuth, Backend, Store};
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent};
 use cs_tui::proxy::policy::PolicyConfig;
 use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
 use cs_tui::proxy::store_directory::StoreDirectory;
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::{AccountMode, RefreshFault};
+use cs_tui_testkit::turns::{run_turn, start_thread};
 use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -155,9 +157,7 @@ async fn serve_stopped_during_a_refresh_keeps_the_rotated_token() {
         .spawn()
         .unwrap();
     let refresh = mock
-        .wait_for_request(Duration::from_secs(60), "bob's refresh", |r| {
-            r.path == "/oauth/token"
-        })
+        .wait_for_request(WAIT, "bob's refresh", |r| r.path == "/oauth/token")
         .await;
     assert_eq!(refresh.refresh_token.as_deref(), Some(bob_rt.as_str()));
     // The server has rotated bob's token and answers in 3 s; stop serve now.
@@ -168,7 +168,7 @@ async fn serve_stopped_during_a_refresh_keeps_the_rotated_token() {
         std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut stderr).unwrap();
         (status, stderr)
     });
-    let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), exit)
+    let (status, stderr) = tokio::time::timeout(WAIT, exit)
         .await
         .expect("serve exits")
         .unwrap();
@@ -231,12 +231,12 @@ async fn a_session_whose_store_refuses_new_tokens_says_so_and_saves_them_later()
     // The store takes writes again: the next use of bob stores the tokens memory kept.
     std::fs::remove_dir_all(&blocker).unwrap();
     let answer = session.commands().send(ProxyCommand::RefreshUsage);
-    tokio::time::timeout(crate::common::WAIT, answer)
+    tokio::time::timeout(cs_tui_testkit::WAIT, answer)
         .await
         .expect("the session answers")
         .unwrap()
         .expect("a usage refresh is accepted");
-    let deadline = tokio::time::Instant::now() + crate::common::WAIT;
+    let deadline = tokio::time::Instant::now() + cs_tui_testkit::WAIT;
     while refresh_token(&store, "bob") == bob_rt {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::raw::{self, RawPeer, RawUpstream, frame, payload};
 use cs_tui::proxy::relay::{
     self, Actions, ConnId, ConnectionHandle, Direction, HandshakeLimits, Inspected, Interceptor,
     NoInterceptor, Observation, RelayEvent, RelayShared, Verdict,
 };
 use cs_tui::proxy::socket::AppServerAddr;
 use cs_tui::secret::Secret;
+use cs_tui_testkit::WAIT;
+use cs_tui_testkit::raw::{self, RawPeer, RawUpstream, frame, payload};
 use cs_tui_testkit::ws_client::connect_status;
 use cs_tui_testkit::{AppServer, CodexHome, MockBackend, WsClient, codex_bin};
 use serde_json::{Value, json};
@@ -77,7 +78,7 @@ impl<I: Interceptor> Relay<I> {
     /// The next event that is not an observation... or is, when `pred` says so.
     async fn event(&mut self, what: &str, pred: impl Fn(&RelayEvent<I>) -> bool) -> RelayEvent<I> {
         loop {
-            let event = tokio::time::timeout(Duration::from_secs(10), self.events.recv())
+            let event = tokio::time::timeout(WAIT, self.events.recv())
                 .await
                 .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
                 .expect("relay running");
@@ -100,11 +101,7 @@ impl<I: Interceptor> Relay<I> {
 
 async fn next_data(client: &mut WsClient) -> Message {
     loop {
-        match client
-            .next_raw(Duration::from_secs(20))
-            .await
-            .expect("a frame")
-        {
+        match client.next_raw(WAIT).await.expect("a frame") {
             m @ (Message::Text(_) | Message::Binary(_) | Message::Close(_)) => return m,
             _ => continue,
         }
@@ -115,8 +112,8 @@ async fn next_data(client: &mut WsClient) -> Message {
 /// cs-tui's own app-server listens on. The directory holds the socket.
 async fn echo_upstreams() -> (tempfile::TempDir, Vec<AppServerAddr>) {
     let dir = tempfile::tempdir().unwrap();
-    let tcp = ws(&crate::common::echo_upstream::start().await, "unused");
-    let unix = AppServerAddr::Unix(crate::common::echo_upstream::start_unix(dir.path()));
+    let tcp = ws(&cs_tui_testkit::echo_upstream::start().await, "unused");
+    let unix = AppServerAddr::Unix(cs_tui_testkit::echo_upstream::start_unix(dir.path()));
     (dir, vec![tcp, unix])
 }
 
@@ -175,7 +172,7 @@ async fn a_64_mib_message_passes_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_client_gets_a_fresh_upstream_and_close_is_relayed() {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     let mut relay = relay_to(ws(&echo, "unused"), true).await;
     let mut first = WsClient::connect(&relay.url, &relay.token).await;
     first.send_raw(Message::Text("one".into())).await;
@@ -197,7 +194,7 @@ async fn a_reconnecting_client_gets_a_fresh_upstream_and_close_is_relayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_wait_at_the_gate_until_the_session_is_ready() {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     let relay = relay_to(ws(&echo, "unused"), false).await;
     let url = relay.url.clone();
     let token = relay.token.clone();
@@ -208,10 +205,7 @@ async fn clients_wait_at_the_gate_until_the_session_is_ready() {
         "the handshake must wait for the gate"
     );
     relay._ready.send(true).unwrap();
-    let mut client = tokio::time::timeout(Duration::from_secs(5), attempt)
-        .await
-        .unwrap()
-        .unwrap();
+    let mut client = tokio::time::timeout(WAIT, attempt).await.unwrap().unwrap();
     client.send_raw(Message::Text("in".into())).await;
     assert_eq!(next_data(&mut client).await, Message::Text("in".into()));
     assert_eq!(connect_status(&relay.url, Some("wrong")).await, Err(401));
@@ -433,7 +427,7 @@ async fn frames_sent_right_behind_the_upgrade_request_are_relayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_upgrade_requests_get_http_errors() {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     let relay = relay_to(ws(&echo, "unused"), true).await;
     let good = String::from_utf8(raw::upgrade_request(&relay.url, Some(&relay.token))).unwrap();
     let without = |header: &str| {
@@ -565,7 +559,7 @@ async fn hooked() -> (
     ConnectionHandle<Scripted>,
     Arc<std::sync::Mutex<Vec<(Direction, String)>>>,
 ) {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     let mut relay = relay_with(ws(&echo, "unused"), true, move |_| Scripted {
@@ -659,7 +653,7 @@ async fn the_proxy_can_answer_a_client_request_itself() {
             .contains(&(Direction::ToUpstream, interrupt.to_owned()))
     );
     drop(client);
-    tokio::time::timeout(Duration::from_secs(5), async {
+    tokio::time::timeout(WAIT, async {
         while !handle.is_closed() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -727,7 +721,7 @@ impl Interceptor for Fragile {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_interceptor_ends_only_its_connection_and_is_reported() {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     let mut relay = relay_with(ws(&echo, "unused"), true, |_| Fragile).await;
     let mut client = WsClient::connect(&relay.url, &relay.token).await;
     let handle = relay.connected().await;
@@ -756,11 +750,11 @@ fn request_with(url: &str, token: &str, extra: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_the_token_is_refused_before_the_gate_opens() {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     // The gate never opens: a refusal can only come from authenticating first.
     let relay = relay_to(ws(&echo, "unused"), false).await;
     for token in [None, Some("wrong")] {
-        let status = tokio::time::timeout(raw::WAIT, connect_status(&relay.url, token))
+        let status = tokio::time::timeout(WAIT, connect_status(&relay.url, token))
             .await
             .expect("answered without waiting for the session");
         assert_eq!(status, Err(401));
@@ -769,7 +763,7 @@ async fn a_client_without_the_token_is_refused_before_the_gate_opens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_an_origin_header_is_refused() {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     let relay = relay_to(ws(&echo, "unused"), true).await;
     for origin in ["Origin: http://127.0.0.1:3000", "origin: null"] {
         let (head, _) =
@@ -782,7 +776,7 @@ async fn a_request_with_an_origin_header_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_connections_are_bounded_in_number() {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     let limits = HandshakeLimits {
         max_pending: 2,
         timeout: Duration::from_secs(600),
@@ -801,7 +795,7 @@ async fn unauthenticated_connections_are_bounded_in_number() {
     refused.read_to_end().await;
     // A slot comes free when a silent one leaves.
     drop(silent);
-    let deadline = tokio::time::Instant::now() + raw::WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match connect_status(&relay.url, Some(&relay.token)).await {
             Ok(()) => break,
@@ -815,7 +809,7 @@ async fn unauthenticated_connections_are_bounded_in_number() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_connections_are_bounded_in_time_even_at_a_closed_gate() {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     let limits = HandshakeLimits {
         max_pending: 64,
         timeout: Duration::from_millis(200),
@@ -837,7 +831,7 @@ async fn unauthenticated_connections_are_bounded_in_time_even_at_a_closed_gate()
 /// no token at all, as `codex --remote unix://` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_socket_client_of_our_own_user_needs_no_token() {
-    let echo = crate::common::echo_upstream::start().await;
+    let echo = cs_tui_testkit::echo_upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
@@ -863,7 +857,7 @@ async fn a_unix_socket_client_of_our_own_user_needs_no_token() {
         .send(Message::Text("over unix".into()))
         .await
         .unwrap();
-    let echoed = tokio::time::timeout(raw::WAIT, client.next())
+    let echoed = tokio::time::timeout(WAIT, client.next())
         .await
         .unwrap()
         .unwrap()

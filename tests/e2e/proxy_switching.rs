@@ -4,14 +4,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::common::{WAIT, agent_texts, run_turn, start_thread, wait_event};
+use crate::support::wait_event;
 use cs_tui::accounts::{AccountAuth, Backend, Store};
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent, SwitchReason};
 use cs_tui::proxy::history;
 use cs_tui::proxy::policy::PolicyConfig;
 use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
 use cs_tui::proxy::store_directory::StoreDirectory;
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
+use cs_tui_testkit::turns::{agent_texts, run_turn, start_thread};
 use cs_tui_testkit::ws_client::connect_status;
 use cs_tui_testkit::{CodexHome, MockBackend, Usage, UsageWindow, WsClient, codex_bin};
 use serde_json::json;

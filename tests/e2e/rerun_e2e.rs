@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use crate::pane_support::Tmux;
-use crate::product_support::{NeverShown, Product, WAIT, panel, prompt, ready, start_with};
+use crate::support::product::{NeverShown, Product, panel, prompt, ready, start_with};
+use cs_tui_testkit::Tmux;
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::{AccountMode, ScriptedReply};
 use cs_tui_testkit::{MockBackend, Usage, UsageWindow};
 

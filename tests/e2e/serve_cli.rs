@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::common::{run_turn, start_thread};
+use cs_tui_testkit::WAIT;
+use cs_tui_testkit::turns::{run_turn, start_thread};
 use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
 use serde_json::{Value, json};
 
@@ -18,7 +19,7 @@ struct Serve {
 impl Serve {
     fn next_line(&self, what: &str) -> String {
         self.lines
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(WAIT)
             .unwrap_or_else(|_| panic!("serve printed no {what}"))
     }
 
@@ -279,7 +280,7 @@ async fn a_killed_serve_takes_its_app_server_with_it() {
 
     serve.child.kill().unwrap();
     serve.child.wait().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + WAIT;
     while !processes_mentioning(&marker).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -465,7 +466,7 @@ async fn serve_listens_on_a_unix_socket_when_asked() {
         .send(Message::Text(initialize.to_string().into()))
         .await
         .unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(30), client.next())
+    let answer = tokio::time::timeout(WAIT, client.next())
         .await
         .expect("the app-server answers")
         .unwrap()

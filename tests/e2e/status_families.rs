@@ -1,7 +1,7 @@
 //! `cs-tui status` with limit families, a weekly-only plan, a monthly window and a spend
 //! control, against the mock backend.
 
-use crate::accounts_support::Rig;
+use crate::support::accounts::Rig;
 use cs_tui_testkit::{LimitFamily, SpendControl, Usage};
 use serde_json::{Value, json};
 

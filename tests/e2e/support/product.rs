@@ -2,18 +2,15 @@
 //! Codex TUI in its pane, the switching proxy in front of the real app-server, the mock
 //! backend, and stored accounts.
 
-#![allow(dead_code)]
-
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use cs_tui_testkit::WAIT;
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
 
-use crate::pane_support::Tmux;
-
-pub const WAIT: Duration = Duration::from_secs(40);
+use cs_tui_testkit::Tmux;
 
 pub struct Product {
     pub mock: MockBackend,

@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::WAIT;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -13,8 +15,6 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
-
-pub const WAIT: Duration = Duration::from_secs(10);
 
 /// One end of a raw connection after its handshake, with the bytes read past the handshake.
 pub struct RawPeer {

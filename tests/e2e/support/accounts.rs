@@ -2,8 +2,6 @@
 //! `CODEX_HOME` in temp dirs and the refresh endpoint on the mock backend, keeps every output,
 //! and checks at the end that no token appeared in any of it (or in the log files).
 
-#![allow(dead_code)] // each test file uses a different part of the rig
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,8 +1,6 @@
 //! Drives a program inside a private tmux server, as a person at a terminal would: type keys,
 //! read the screen, resize the window. Every wait polls with a deadline; nothing sleeps blind.
 
-#![allow(dead_code)]
-
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -132,7 +130,7 @@ impl Tmux {
     pub fn type_like_a_person(&self, text: &str) {
         self.type_text(text);
         let typed_at = Instant::now();
-        self.wait_for(Duration::from_secs(20), "the typed text", |screen| {
+        self.wait_for(crate::WAIT, "the typed text", |screen| {
             screen.contains(text)
         });
         let window = Duration::from_millis(250);
@@ -205,7 +203,7 @@ impl Tmux {
     /// the pane dead when its terminal closes and learns the status a moment later.)
     pub fn wait_exit(&self, timeout: Duration) -> i32 {
         self.wait_dead(timeout);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + crate::WAIT;
         loop {
             if let Ok(status) = self.format("#{pane_dead_status}").parse() {
                 return status;

@@ -1,40 +1,9 @@
-#![allow(dead_code)]
-//! Shared helpers for the proxy's end-to-end tests.
+//! Codex turns over the app-server protocol (PROTOCOL.md §2), for tests that talk to an
+//! app-server (directly or through cs-tui's proxy) with a [`WsClient`].
 
-pub mod echo_upstream;
-pub mod raw;
-
-use std::time::Duration;
-
-use cs_tui::proxy::events::ProxyEvent;
-use cs_tui_testkit::WsClient;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 
-pub const WAIT: Duration = Duration::from_secs(20);
-
-/// Waits for the first event matching `pred`, panicking after `timeout` with what was seen.
-pub async fn wait_event(
-    rx: &mut broadcast::Receiver<ProxyEvent>,
-    what: &str,
-    pred: impl Fn(&ProxyEvent) -> bool,
-) -> ProxyEvent {
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Ok(event)) => {
-                if pred(&event) {
-                    return event;
-                }
-                seen.push(event);
-            }
-            Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
-            Ok(Err(e)) => panic!("event channel closed waiting for {what}: {e}"),
-            Err(_) => panic!("timed out waiting for {what}; saw: {seen:#?}"),
-        }
-    }
-}
+use crate::{WAIT, WsClient};
 
 /// Starts a thread in `cwd` and returns its id.
 pub async fn start_thread(client: &mut WsClient, cwd: &std::path::Path) -> String {
