@@ -1,17 +1,8 @@
 //! `cs-tui accounts …` and `cs-tui status` as a new user types them, against the mock backend.
 
-use crate::support::accounts::{Rig, mode};
+use crate::support::accounts::{Rig, account, mode};
 use cs_tui_testkit::{Usage, UsageWindow};
 use serde_json::{Value, json};
-
-fn account<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == name)
-        .unwrap_or_else(|| panic!("no account {name} in {list:#}"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_user_imports_lists_renames_switches_and_removes() {

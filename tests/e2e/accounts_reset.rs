@@ -25,17 +25,7 @@ async fn rig() -> Rig {
             ResetCredit::expiring_in_days("credit-soon", 3),
         ],
     );
-    let file = rig.write_auth_file("alice.json", &alice.auth_json(3600, &refresh));
-    rig.run(&[
-        "accounts",
-        "import",
-        "--name",
-        "alice",
-        "--file",
-        file.to_str().unwrap(),
-    ])
-    .await
-    .ok();
+    rig.import("alice", &alice.auth_json(3600, &refresh)).await;
     rig
 }
 

@@ -4,6 +4,7 @@
 
 use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
+use cs_tui_testkit::turns::{run_turn, start_thread};
 use cs_tui_testkit::ws_client::connect_status;
 use cs_tui_testkit::{AppServer, CodexHome, FakeAccount, MockBackend, WsClient, codex_bin};
 use serde_json::{Value, json};
@@ -46,31 +47,6 @@ async fn login(client: &mut WsClient, account: &FakeAccount) -> Value {
         .await;
     assert_eq!(completed["params"]["success"], true, "{completed}");
     completed
-}
-
-async fn start_thread(client: &mut WsClient, rig: &Rig) -> String {
-    let result = client
-        .request(
-            "thread/start",
-            json!({"cwd": rig.home.work_dir(), "approvalPolicy": "never"}),
-        )
-        .await
-        .expect("thread/start");
-    result["thread"]["id"]
-        .as_str()
-        .expect("thread id")
-        .to_owned()
-}
-
-async fn run_turn(client: &mut WsClient, thread_id: &str, text: &str) -> Value {
-    client
-        .request(
-            "turn/start",
-            json!({"threadId": thread_id, "input": [{"type": "text", "text": text}]}),
-        )
-        .await
-        .expect("turn/start");
-    client.wait_notification("turn/completed", WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +167,7 @@ async fn a_turn_returns_the_mock_reply_and_a_rate_limit_update() {
     );
     let mut client = client(&rig).await;
     login(&mut client, &alice).await;
-    let thread = start_thread(&mut client, &rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
     let completed = run_turn(&mut client, &thread, "ping one").await;
     assert_eq!(
         completed["params"]["turn"]["status"], "completed",
@@ -238,7 +214,7 @@ async fn a_usage_limit_yields_the_documented_error_sequence() {
     let (alice, _) = rig.mock.add_account("alice");
     let mut client = client(&rig).await;
     login(&mut client, &alice).await;
-    let thread = start_thread(&mut client, &rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
     rig.mock
         .set_mode(&alice.chatgpt_account_id, AccountMode::UsageLimit);
     let completed = run_turn(&mut client, &thread, "this will hit the limit").await;
@@ -311,7 +287,7 @@ async fn the_model_catalog_is_accepted_and_not_refetched_per_turn() {
     let (alice, _) = rig.mock.add_account("alice");
     let mut client = client(&rig).await;
     login(&mut client, &alice).await;
-    let thread = start_thread(&mut client, &rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
     let catalog_fetches = || {
         rig.mock
             .requests()
@@ -385,7 +361,7 @@ async fn every_limit_family_reaches_the_client_under_its_own_limit_id() {
     // Measured on 0.169.0: with both header families on one response, the turn's update
     // carries the Spark family (under its own limitId), not the `codex` one: a client that
     // takes every update for the account's quota sees "100 %".
-    let thread = start_thread(&mut client, &rig).await;
+    let thread = start_thread(&mut client, rig.home.work_dir()).await;
     run_turn(&mut client, &thread, "ping").await;
     let update = client
         .wait_for(WAIT, "the Spark family's update", |m| {

@@ -193,20 +193,12 @@ async fn a_session_whose_codex_cannot_start_fails_at_once() {
     let home = CodexHome::offline(&mock.url());
     let store = tempfile::tempdir().unwrap();
     let (alice, refresh) = mock.add_account("alice");
-    let file = store.path().join("alice.auth.json");
-    std::fs::write(&file, alice.auth_json(3600, &refresh).to_string()).unwrap();
-    crate::support::product::cs_tui(
+    crate::support::product::import(
         store.path(),
         &home,
         &mock,
-        &[
-            "accounts",
-            "import",
-            "--name",
-            "alice",
-            "--file",
-            file.to_str().unwrap(),
-        ],
+        "alice",
+        &alice.auth_json(3600, &refresh),
     );
     let started = std::time::Instant::now();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cs-tui"))

@@ -12,17 +12,7 @@ async fn rig_with_alice() -> Rig {
         .await
         .with_env("CS_TUI_CODEX_BIN", codex_bin().to_str().unwrap());
     let (alice, refresh) = rig.mock.add_account("alice");
-    let file = rig.write_auth_file("alice.json", &alice.auth_json(3600, &refresh));
-    rig.run(&[
-        "accounts",
-        "import",
-        "--name",
-        "alice",
-        "--file",
-        file.to_str().unwrap(),
-    ])
-    .await
-    .ok();
+    rig.import("alice", &alice.auth_json(3600, &refresh)).await;
     rig
 }
 

@@ -2,25 +2,14 @@
 //! and workspace limits, end to end with the real Codex TUI and app-server in front of the
 //! mock backend.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use crate::support::product::{Product, first_turn, panel, prompt, quit, start_with};
-use cs_tui::accounts::{Backend, Store};
+use crate::support::session::Rig;
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent};
 use cs_tui::proxy::history;
-use cs_tui::proxy::policy::PolicyConfig;
-use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
-use cs_tui::proxy::store_directory::StoreDirectory;
 use cs_tui_testkit::Tmux;
 use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
-use cs_tui_testkit::{
-    CodexHome, FakeAccount, LimitFamily, MockBackend, Usage, UsageWindow, WsClient, codex_bin,
-    seat_key,
-};
-use serde_json::json;
-use tokio::sync::broadcast;
+use cs_tui_testkit::{FakeAccount, LimitFamily, Usage, UsageWindow, seat_key};
 
 /// The panel's line that starts with `label` (a gauge's row), without the border.
 fn row<'a>(panel: &'a str, label: &str) -> Option<&'a str> {
@@ -174,61 +163,8 @@ async fn next_after_a_lifted_limit_switches_back() {
     quit(t);
 }
 
-struct Rig {
-    mock: MockBackend,
-    home: CodexHome,
-    store: tempfile::TempDir,
-    session: Session,
-    events: broadcast::Receiver<ProxyEvent>,
-}
-
-/// `cs-tui serve`'s session over stored accounts: `(name, workspace)` — a seat of that
-/// workspace, or a personal account.
 async fn rig(accounts: &[(&str, Option<&str>)]) -> Rig {
-    let mock = MockBackend::start().await;
-    let home = CodexHome::offline(&mock.url());
-    let store = tempfile::tempdir().unwrap();
-    let stored = Store::open(store.path());
-    for (label, workspace) in accounts {
-        let (fake, refresh) = match workspace {
-            Some(workspace) => mock.add_seat(label, workspace),
-            None => mock.add_account(label),
-        };
-        let file = store.path().join(format!("{label}.auth.json"));
-        std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
-        cs_tui::accounts::import_auth_file(&stored, &file, Some(label)).unwrap();
-    }
-    let dir = StoreDirectory::new(
-        store.path(),
-        Backend {
-            codex_home: Some(home.path().to_owned()),
-            refresh_url: mock.refresh_url(),
-            chatgpt_base_url: mock.chatgpt_base_url(),
-        },
-    )
-    .unwrap();
-    let listener = ProxyListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
-        .await
-        .unwrap();
-    let options = SessionOptions {
-        codex_bin: codex_bin().into_os_string(),
-        codex_home: home.path().to_owned(),
-        store_dir: store.path().to_owned(),
-        policy: PolicyConfig::default(),
-        usage_poll: Duration::from_secs(300),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: None,
-        hidden_rerun: false,
-    };
-    let session = Session::start(listener, options, dir).await.unwrap();
-    let events = session.subscribe();
-    Rig {
-        mock,
-        home,
-        store,
-        session,
-        events,
-    }
+    Rig::start(accounts, |_| {}).await
 }
 
 fn key(fake: &FakeAccount) -> String {
@@ -239,22 +175,6 @@ fn seat(label: &str) -> FakeAccount {
     let mut fake = FakeAccount::new(label).with_plan("team");
     fake.chatgpt_account_id = "acct-team".to_owned();
     fake
-}
-
-async fn tui_client(rig: &Rig) -> WsClient {
-    let mut client = WsClient::connect(rig.session.url(), rig.session.token().expose()).await;
-    client.initialize(json!("initialize")).await;
-    client
-}
-
-fn account_id(rig: &Rig, name: &str) -> String {
-    Store::open(rig.store.path())
-        .load()
-        .unwrap()
-        .resolve(name)
-        .unwrap()
-        .id
-        .clone()
 }
 
 /// alice hits her workspace's limit. bob, a seat of the same workspace, looks fresh (his own
@@ -282,7 +202,7 @@ async fn a_workspace_limit_never_moves_to_another_seat_of_that_workspace() {
             ..Default::default()
         },
     );
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = cs_tui_testkit::turns::start_thread(&mut client, rig.home.work_dir()).await;
     cs_tui_testkit::turns::run_turn(&mut client, &thread, "first prompt").await;
 
@@ -316,7 +236,7 @@ async fn a_workspace_limit_never_moves_to_another_seat_of_that_workspace() {
 async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why() {
     let mut rig = rig(&[("alice", Some("team")), ("bob", Some("team"))]).await;
     let alice = key(&seat("alice"));
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = cs_tui_testkit::turns::start_thread(&mut client, rig.home.work_dir()).await;
     rig.mock.set_usage(
         &alice,
@@ -341,7 +261,7 @@ async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why
         .session
         .commands()
         .send(ProxyCommand::SwitchTo {
-            account_id: account_id(&rig, "bob"),
+            account_id: rig.account_id("bob"),
         })
         .await
         .unwrap()
@@ -359,7 +279,7 @@ async fn with_only_seats_of_the_limited_workspace_the_session_stays_and_says_why
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_read_drops_the_active_accounts_stale_five_hour_window() {
     let mut rig = rig(&[("alice", None), ("bob", None)]).await;
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = cs_tui_testkit::turns::start_thread(&mut client, rig.home.work_dir()).await;
     cs_tui_testkit::turns::run_turn(&mut client, &thread, "first prompt").await;
     crate::support::wait_event(&mut rig.events, "alice's 5-hour window", |e| {
@@ -402,7 +322,7 @@ async fn with_a_model_family_in_every_response_the_quota_is_read_and_still_switc
     let mut rig = rig(&[("alice", None), ("bob", None)]).await;
     rig.mock
         .set_families("acct-alice", vec![LimitFamily::spark(20)]);
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = cs_tui_testkit::turns::start_thread(&mut client, rig.home.work_dir()).await;
     cs_tui_testkit::turns::run_turn(&mut client, &thread, "first prompt").await;
 

@@ -1,57 +1,21 @@
 //! Token refresh requests from the real `codex app-server` (PROTOCOL.md §2), answered by the
 //! proxy, when several stored accounts are seats of one workspace.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use crate::support::product::cs_tui_command;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::session::{import, refresh_token, start_session};
 use crate::support::wait_event;
-use cs_tui::accounts::{AccountAuth, Backend, Store};
+use cs_tui::accounts::Store;
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent};
-use cs_tui::proxy::policy::PolicyConfig;
-use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
-use cs_tui::proxy::store_directory::StoreDirectory;
 use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::{AccountMode, RefreshFault};
 use cs_tui_testkit::turns::{run_turn, start_thread};
-use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
+use cs_tui_testkit::{CodexHome, MockBackend, WsClient};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
-
-async fn start_session(mock: &MockBackend, home: &CodexHome, store_dir: &Path) -> Session {
-    let dir = StoreDirectory::new(
-        store_dir,
-        Backend {
-            codex_home: Some(home.path().to_owned()),
-            refresh_url: mock.refresh_url(),
-            chatgpt_base_url: mock.chatgpt_base_url(),
-        },
-    )
-    .unwrap();
-    let listener = ProxyListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
-        .await
-        .unwrap();
-    let options = SessionOptions {
-        codex_bin: codex_bin().into_os_string(),
-        codex_home: home.path().to_owned(),
-        store_dir: store_dir.to_owned(),
-        policy: PolicyConfig::default(),
-        usage_poll: Duration::from_secs(300),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: None,
-        hidden_rerun: false,
-    };
-    Session::start(listener, options, dir).await.unwrap()
-}
-
-fn refresh_token(store: &Store, name: &str) -> String {
-    match &store.load().unwrap().resolve(name).unwrap().auth {
-        AccountAuth::ChatGpt { refresh_token, .. } => refresh_token.expose().to_owned(),
-        AccountAuth::ApiKey { .. } => panic!("not a ChatGPT account"),
-    }
-}
 
 /// Two seats of one workspace share its `chatgpt_account_id`; the app-server's refresh request
 /// names only that. It must be answered with the active seat's tokens, refreshed with the
@@ -66,9 +30,7 @@ async fn a_refresh_request_is_answered_for_the_active_seat_of_a_workspace() {
     let (ben, ben_rt) = mock.add_seat_sharing("ben", &ann);
     assert_eq!(ann.chatgpt_account_id, ben.chatgpt_account_id);
     for (name, fake, rt) in [("ann", &ann, &ann_rt), ("ben", &ben, &ben_rt)] {
-        let file = store_dir.path().join(format!("{name}.auth.json"));
-        std::fs::write(&file, fake.auth_json(3600, rt).to_string()).unwrap();
-        cs_tui::accounts::import_auth_file(&store, &file, Some(name)).unwrap();
+        import(store_dir.path(), name, &fake.auth_json(3600, rt));
     }
     // Two accounts, ann stored first; the session starts on ben.
     let ben_id = store.load().unwrap().resolve("ben").unwrap().id.clone();
@@ -116,17 +78,6 @@ async fn a_refresh_request_is_answered_for_the_active_seat_of_a_workspace() {
     session.shutdown().await;
 }
 
-fn cs_tui(store: &Path, home: &CodexHome, mock: &MockBackend) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cs-tui"));
-    command
-        .env("CS_TUI_HOME", store)
-        .env("CODEX_HOME", home.path())
-        .env("CS_TUI_CODEX_BIN", codex_bin())
-        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", mock.refresh_url())
-        .env_remove("CS_TUI_LOG");
-    command
-}
-
 /// `cs-tui serve` stopped while a usage poll's refresh is under way (the server has rotated the
 /// token and not answered yet) waits for it, so the rotated token is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +91,7 @@ async fn serve_stopped_during_a_refresh_keeps_the_rotated_token() {
         let (fake, rt) = mock.add_account(label);
         let file = store_dir.path().join(format!("{label}.json"));
         std::fs::write(&file, fake.auth_json(ttl, &rt).to_string()).unwrap();
-        let out = cs_tui(store_dir.path(), &home, &mock)
+        let out = cs_tui_command(store_dir.path(), &home, &mock)
             .args(["accounts", "import", "--name", label, "--file"])
             .arg(&file)
             .output()
@@ -150,7 +101,7 @@ async fn serve_stopped_during_a_refresh_keeps_the_rotated_token() {
     let bob_rt = refresh_token(&store, "bob");
     mock.push_refresh_fault(RefreshFault::RotateThenDelay(Duration::from_secs(3)));
 
-    let mut serve = cs_tui(store_dir.path(), &home, &mock)
+    let mut serve = cs_tui_command(store_dir.path(), &home, &mock)
         .arg("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -179,7 +130,7 @@ async fn serve_stopped_during_a_refresh_keeps_the_rotated_token() {
         stored, bob_rt,
         "the rotated refresh token was lost at shutdown"
     );
-    let out = cs_tui(store_dir.path(), &home, &mock)
+    let out = cs_tui_command(store_dir.path(), &home, &mock)
         .args(["accounts", "refresh", "bob"])
         .output()
         .unwrap();
@@ -196,9 +147,7 @@ async fn a_session_whose_store_refuses_new_tokens_says_so_and_saves_them_later()
     let store = Store::open(store_dir.path());
     for (label, ttl) in [("alice", 3600), ("bob", -60)] {
         let (fake, rt) = mock.add_account(label);
-        let file = store_dir.path().join(format!("{label}.json"));
-        std::fs::write(&file, fake.auth_json(ttl, &rt).to_string()).unwrap();
-        cs_tui::accounts::import_auth_file(&store, &file, Some(label)).unwrap();
+        import(store_dir.path(), label, &fake.auth_json(ttl, &rt));
     }
     let bob_rt = refresh_token(&store, "bob");
     // Every store write keeps the previous version as accounts.json.bak: a directory there

@@ -1,105 +1,28 @@
 //! End-to-end tests of the switching proxy: the real `codex app-server`, the proxy, the mock
 //! backend, and a scripted client that behaves like the Codex TUI.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::session::{Rig, import, refresh_token};
 use crate::support::wait_event;
-use cs_tui::accounts::{AccountAuth, Backend, Store};
 use cs_tui::proxy::events::{ProxyCommand, ProxyEvent, SwitchReason};
 use cs_tui::proxy::history;
-use cs_tui::proxy::policy::PolicyConfig;
-use cs_tui::proxy::session::{ProxyListener, Session, SessionOptions};
-use cs_tui::proxy::store_directory::StoreDirectory;
 use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
 use cs_tui_testkit::turns::{agent_texts, run_turn, start_thread};
 use cs_tui_testkit::ws_client::connect_status;
-use cs_tui_testkit::{CodexHome, MockBackend, Usage, UsageWindow, WsClient, codex_bin};
+use cs_tui_testkit::{MockBackend, Usage, UsageWindow, WsClient};
 use serde_json::json;
-use tokio::sync::broadcast;
-
-struct Rig {
-    mock: MockBackend,
-    home: CodexHome,
-    store: tempfile::TempDir,
-    session: Session,
-    events: broadcast::Receiver<ProxyEvent>,
-}
 
 async fn rig(labels: &[&str]) -> Rig {
     rig_with(labels, |_| {}).await
 }
 
-/// A rig whose mock is set up by `setup` after the accounts exist and before the session
-/// starts: the session reads every account's usage at start, so a change made after it
-/// would race that first read.
+/// A session over personal accounts `labels`, the mock set up by `setup` before it starts
+/// (see [`Rig::start`]).
 async fn rig_with(labels: &[&str], setup: impl FnOnce(&MockBackend)) -> Rig {
-    let mock = MockBackend::start().await;
-    let home = CodexHome::offline(&mock.url());
-    let store = tempfile::tempdir().unwrap();
-    let accounts = Store::open(store.path());
-    for label in labels {
-        let (fake, refresh) = mock.add_account(label);
-        let file = store.path().join(format!("{label}.auth.json"));
-        std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
-        cs_tui::accounts::import_auth_file(&accounts, &file, Some(label)).unwrap();
-    }
-    setup(&mock);
-    let dir = StoreDirectory::new(
-        store.path(),
-        Backend {
-            codex_home: Some(home.path().to_owned()),
-            refresh_url: mock.refresh_url(),
-            chatgpt_base_url: mock.chatgpt_base_url(),
-        },
-    )
-    .unwrap();
-    let listener = ProxyListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
-        .await
-        .unwrap();
-    let options = SessionOptions {
-        codex_bin: codex_bin().into_os_string(),
-        codex_home: home.path().to_owned(),
-        store_dir: store.path().to_owned(),
-        policy: PolicyConfig::default(),
-        usage_poll: Duration::from_secs(300),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: None,
-        hidden_rerun: false,
-    };
-    let session = Session::start(listener, options, dir.clone())
-        .await
-        .unwrap();
-    let events = session.subscribe();
-    Rig {
-        mock,
-        home,
-        store,
-        session,
-        events,
-    }
-}
-
-fn stored(rig: &Rig) -> cs_tui::accounts::AccountsFile {
-    Store::open(rig.store.path()).load().unwrap()
-}
-
-fn account_id(rig: &Rig, name: &str) -> String {
-    stored(rig).resolve(name).unwrap().id.clone()
-}
-
-fn refresh_token(rig: &Rig, name: &str) -> String {
-    match &stored(rig).resolve(name).unwrap().auth {
-        AccountAuth::ChatGpt { refresh_token, .. } => refresh_token.expose().to_owned(),
-        AccountAuth::ApiKey { .. } => panic!("not a ChatGPT account"),
-    }
-}
-
-async fn tui_client(rig: &Rig) -> WsClient {
-    let mut client = WsClient::connect(rig.session.url(), rig.session.token().expose()).await;
-    client.initialize(json!("initialize")).await;
-    client
+    let accounts: Vec<(&str, Option<&str>)> = labels.iter().map(|label| (*label, None)).collect();
+    Rig::start(&accounts, setup).await
 }
 
 fn served_by(mock: &MockBackend, prompt: &str) -> (Option<String>, Option<String>) {
@@ -110,7 +33,7 @@ fn served_by(mock: &MockBackend, prompt: &str) -> (Option<String>, Option<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_usage_limit_switches_to_the_next_account_for_the_next_turn() {
     let mut rig = rig(&["alice", "bob"]).await;
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
 
     let done = run_turn(&mut client, &thread, "first prompt").await;
@@ -179,7 +102,7 @@ async fn a_usage_limit_switches_to_the_next_account_for_the_next_turn() {
     rig.session
         .commands()
         .send(ProxyCommand::SwitchTo {
-            account_id: account_id(&rig, "alice"),
+            account_id: rig.account_id("alice"),
         })
         .await
         .unwrap()
@@ -205,7 +128,7 @@ async fn a_usage_limit_switches_to_the_next_account_for_the_next_turn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_requested_during_a_slow_turn_waits_for_the_turn_to_end() {
     let mut rig = rig(&["alice", "bob"]).await;
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
     rig.mock
         .set_mode("acct-alice", AccountMode::Slow(Duration::from_millis(1500)));
@@ -222,7 +145,7 @@ async fn a_switch_requested_during_a_slow_turn_waits_for_the_turn_to_end() {
         .session
         .commands()
         .send(ProxyCommand::SwitchTo {
-            account_id: account_id(&rig, "bob"),
+            account_id: rig.account_id("bob"),
         })
         .await
         .unwrap();
@@ -270,7 +193,7 @@ async fn a_switch_requested_during_a_slow_turn_waits_for_the_turn_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_asked_for_between_turn_start_and_turn_started_never_kills_the_turn() {
     let mut rig = rig(&["alice", "bob"]).await;
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
     rig.mock
         .set_mode("acct-alice", AccountMode::Slow(Duration::from_millis(800)));
@@ -289,7 +212,7 @@ async fn a_switch_asked_for_between_turn_start_and_turn_started_never_kills_the_
         .session
         .commands()
         .send(ProxyCommand::SwitchTo {
-            account_id: account_id(&rig, "bob"),
+            account_id: rig.account_id("bob"),
         })
         .await
         .unwrap();
@@ -326,7 +249,7 @@ async fn a_switch_asked_for_between_turn_start_and_turn_started_never_kills_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_asked_for_during_a_switch_waits_for_the_login_and_runs_on_the_new_account() {
     let mut rig = rig(&["alice", "bob"]).await;
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
     rig.mock
         .set_login_delay("acct-bob", Duration::from_millis(700));
@@ -337,7 +260,7 @@ async fn a_turn_asked_for_during_a_switch_waits_for_the_login_and_runs_on_the_ne
         .session
         .commands()
         .send(ProxyCommand::SwitchTo {
-            account_id: account_id(&rig, "bob"),
+            account_id: rig.account_id("bob"),
         })
         .await
         .unwrap();
@@ -368,9 +291,9 @@ async fn a_turn_asked_for_during_a_switch_waits_for_the_login_and_runs_on_the_ne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_401_is_answered_with_the_same_accounts_rotated_tokens() {
     let rig = rig(&["alice", "bob"]).await;
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
-    let old_refresh = refresh_token(&rig, "alice");
+    let old_refresh = refresh_token(&rig.stored(), "alice");
     rig.mock
         .set_mode("acct-alice", AccountMode::UnauthorizedOnce);
 
@@ -392,7 +315,7 @@ async fn a_backend_401_is_answered_with_the_same_accounts_rotated_tokens() {
         refreshes[0].refresh_token.as_deref(),
         Some(old_refresh.as_str())
     );
-    let new_refresh = refresh_token(&rig, "alice");
+    let new_refresh = refresh_token(&rig.stored(), "alice");
     assert_ne!(
         new_refresh, old_refresh,
         "the rotated refresh token is kept"
@@ -438,7 +361,7 @@ async fn with_every_account_exhausted_the_proxy_stays_and_names_the_earliest_res
         }
     })
     .await;
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
     rig.mock.set_mode("acct-alice", AccountMode::UsageLimit);
     run_turn(&mut client, &thread, "hits the limit").await;
@@ -451,7 +374,7 @@ async fn with_every_account_exhausted_the_proxy_stays_and_names_the_earliest_res
     };
     assert_eq!(earliest_reset.unwrap().timestamp(), soon);
     assert_eq!(
-        stored(&rig).active_account().unwrap().name,
+        rig.stored().load().unwrap().active_account().unwrap().name,
         "alice",
         "stayed on alice"
     );
@@ -493,7 +416,7 @@ async fn a_killed_app_server_is_restarted_and_the_session_goes_on() {
     let link = runtime.join("app-server").join("app-server.sock");
     let socket = std::fs::read_link(&link).expect("the app-server's socket link");
     assert!(socket.exists(), "{}", socket.display());
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
     run_turn(&mut client, &thread, "before the crash").await;
 
@@ -597,14 +520,12 @@ async fn an_app_server_that_keeps_dying_ends_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_added_during_the_session_takes_over_at_the_next_limit() {
     let mut rig = rig(&["alice"]).await;
-    let mut client = tui_client(&rig).await;
+    let mut client = rig.tui_client().await;
     let thread = start_thread(&mut client, rig.home.work_dir()).await;
     run_turn(&mut client, &thread, "alone").await;
 
     let (bob, refresh) = rig.mock.add_account("bob");
-    let file = rig.store.path().join("bob.auth.json");
-    std::fs::write(&file, bob.auth_json(3600, &refresh).to_string()).unwrap();
-    cs_tui::accounts::import_auth_file(&Store::open(rig.store.path()), &file, Some("bob")).unwrap();
+    import(rig.store.path(), "bob", &bob.auth_json(3600, &refresh));
     let store = rig.store.path().to_owned();
     tokio::task::spawn_blocking(move || cs_tui::proxy::ipc::announce_accounts_changed(&store))
         .await

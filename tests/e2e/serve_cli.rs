@@ -1,6 +1,7 @@
 //! `cs-tui serve` and `cs-tui switch` as a user runs them: the real binary, the real
 //! app-server, the mock backend, and a scripted Codex-like client.
 
+use crate::support::product::cs_tui_command;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use cs_tui_testkit::WAIT;
 use cs_tui_testkit::turns::{run_turn, start_thread};
-use cs_tui_testkit::{CodexHome, MockBackend, WsClient, codex_bin};
+use cs_tui_testkit::{CodexHome, MockBackend, WsClient};
 use serde_json::{Value, json};
 
 struct Serve {
@@ -42,17 +43,6 @@ impl Drop for Serve {
     }
 }
 
-fn cs_tui(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cs-tui"));
-    command
-        .env("CS_TUI_HOME", store)
-        .env("CODEX_HOME", home.path())
-        .env("CS_TUI_CODEX_BIN", codex_bin())
-        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", mock.refresh_url())
-        .env_remove("CS_TUI_LOG");
-    command
-}
-
 fn spawn_serve(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) -> Serve {
     spawn_serve_with(store, home, mock, &[])
 }
@@ -63,7 +53,7 @@ fn spawn_serve_with(
     mock: &MockBackend,
     args: &[&std::ffi::OsStr],
 ) -> Serve {
-    spawn_command(cs_tui(store, home, mock), args)
+    spawn_command(cs_tui_command(store, home, mock), args)
 }
 
 fn spawn_command(mut command: Command, args: &[&std::ffi::OsStr]) -> Serve {
@@ -91,7 +81,7 @@ fn import(store: &std::path::Path, home: &CodexHome, mock: &MockBackend, label: 
     let file = store.join(format!("{label}.json"));
     std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
     succeeds(
-        cs_tui(store, home, mock)
+        cs_tui_command(store, home, mock)
             .args(["accounts", "import", "--name", label, "--file"])
             .arg(&file),
     );
@@ -156,7 +146,7 @@ async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_t
     run_turn(&mut client, &thread, "served by alice?").await;
     serve.wait_event("rate limits", |e| e["event"] == "rate_limits_updated");
 
-    let out = succeeds(cs_tui(store.path(), &home, &mock).args(["switch", "bob"]));
+    let out = succeeds(cs_tui_command(store.path(), &home, &mock).args(["switch", "bob"]));
     assert!(out.contains("switching to bob"), "{out}");
     let done = serve.wait_event("switch done", |e| e["event"] == "switch_done");
     assert_eq!(done["to"]["name"], "bob");
@@ -322,7 +312,7 @@ async fn serve_never_writes_its_token_into_a_file_it_did_not_create() {
         (&link, "is a symbolic link"),
         (&dangling, "is a symbolic link"),
     ] {
-        let out = cs_tui(store.path(), &home, &mock)
+        let out = cs_tui_command(store.path(), &home, &mock)
             .arg("serve")
             .arg("--token-file")
             .arg(path)
@@ -407,7 +397,7 @@ async fn serve_listens_on_a_unix_socket_when_asked() {
 
     let taken = tmp.path().join("taken");
     std::fs::write(&taken, "keep me").unwrap();
-    let out = cs_tui(store.path(), &home, &mock)
+    let out = cs_tui_command(store.path(), &home, &mock)
         .arg("serve")
         .arg("--listen")
         .arg(format!("unix://{}", taken.display()))
@@ -418,7 +408,7 @@ async fn serve_listens_on_a_unix_socket_when_asked() {
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(std::fs::read_to_string(&taken).unwrap(), "keep me");
 
-    let out = cs_tui(store.path(), &home, &mock)
+    let out = cs_tui_command(store.path(), &home, &mock)
         .args([
             "serve",
             "--listen",
@@ -493,7 +483,7 @@ async fn serve_on_tcp_raises_its_open_files_limit() {
     import(store.path(), &home, &mock, "alice");
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     assert!(hard > 256, "the test needs a hard limit above 256");
-    let mut command = cs_tui(store.path(), &home, &mock);
+    let mut command = cs_tui_command(store.path(), &home, &mock);
     // SAFETY: setrlimit is async-signal-safe, and nothing else runs between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -531,7 +521,7 @@ async fn a_control_socket_that_cannot_be_opened_is_a_notice_not_the_end() {
     std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::os::unix::fs::symlink(&elsewhere, xdg.join("cs-tui")).unwrap();
 
-    let mut command = cs_tui(&store, &home, &mock);
+    let mut command = cs_tui_command(&store, &home, &mock);
     command.env("XDG_RUNTIME_DIR", &xdg);
     let serve = spawn_command(command, &[]);
     let url = serve.next_line("listening line");

@@ -1,18 +1,9 @@
 //! `cs-tui status` with limit families, a weekly-only plan, a monthly window and a spend
 //! control, against the mock backend.
 
-use crate::support::accounts::Rig;
+use crate::support::accounts::{Rig, account};
 use cs_tui_testkit::{LimitFamily, SpendControl, Usage};
 use serde_json::{Value, json};
-
-fn account<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == name)
-        .unwrap_or_else(|| panic!("no account {name} in {list:#}"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_every_family_and_only_the_windows_an_account_has() {
@@ -24,17 +15,7 @@ async fn status_shows_every_family_and_only_the_windows_an_account_has() {
     // The first run imports the current Codex login (alice).
     rig.run(&["accounts", "list"]).await.ok();
     for (name, fake, rt) in [("bob", &bob, &bob_rt), ("carol", &carol, &carol_rt)] {
-        let file = rig.write_auth_file(name, &fake.auth_json(3600, rt));
-        rig.run(&[
-            "accounts",
-            "import",
-            "--name",
-            name,
-            "--file",
-            file.to_str().unwrap(),
-        ])
-        .await
-        .ok();
+        rig.import(name, &fake.auth_json(3600, rt)).await;
     }
     rig.mock
         .set_families(&alice.chatgpt_account_id, vec![LimitFamily::spark(100)]);

@@ -122,6 +122,21 @@ impl Rig {
         path
     }
 
+    /// Stores `auth` as account `name` with `cs-tui accounts import --name NAME --file …`.
+    pub async fn import(&self, name: &str, auth: &Value) {
+        let file = self.write_auth_file(&format!("{name}.json"), auth);
+        self.run(&[
+            "accounts",
+            "import",
+            "--name",
+            name,
+            "--file",
+            file.to_str().unwrap(),
+        ])
+        .await
+        .ok();
+    }
+
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.args(args)
@@ -269,6 +284,17 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
+}
+
+/// Account `name` in the JSON of `accounts list --json` or `status --json`.
+#[track_caller]
+pub fn account<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no account {name} in {list:#}"))
 }
 
 /// The mode bits of a file or directory.

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod product;
+pub mod session;
 
 use cs_tui::proxy::events::ProxyEvent;
 use cs_tui_testkit::WAIT;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use cs_tui_testkit::WAIT;
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
+use serde_json::Value;
 
 use cs_tui_testkit::Tmux;
 
@@ -20,12 +21,21 @@ pub struct Product {
     pub auth_before: Vec<u8>,
 }
 
-pub fn cs_tui(store: &Path, home: &CodexHome, mock: &MockBackend, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cs-tui"))
+/// `cs-tui` with its store, Codex home, Codex binary and refresh endpoint set for the test.
+pub fn cs_tui_command(store: &Path, home: &CodexHome, mock: &MockBackend) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cs-tui"));
+    command
         .env("CS_TUI_HOME", store)
         .env("CODEX_HOME", home.path())
         .env("CS_TUI_CODEX_BIN", codex_bin())
         .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", mock.refresh_url())
+        .env_remove("CS_TUI_LOG");
+    command
+}
+
+/// Runs `cs-tui ARGS` to completion; asserts it succeeded and returns its stdout.
+pub fn cs_tui(store: &Path, home: &CodexHome, mock: &MockBackend, args: &[&str]) -> String {
+    let out = cs_tui_command(store, home, mock)
         .args(args)
         .output()
         .unwrap();
@@ -35,6 +45,25 @@ pub fn cs_tui(store: &Path, home: &CodexHome, mock: &MockBackend, args: &[&str])
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stores `auth` as account `label` with `cs-tui accounts import`.
+pub fn import(store: &Path, home: &CodexHome, mock: &MockBackend, label: &str, auth: &Value) {
+    let file = store.join(format!("{label}.auth.json"));
+    std::fs::write(&file, auth.to_string()).unwrap();
+    cs_tui(
+        store,
+        home,
+        mock,
+        &[
+            "accounts",
+            "import",
+            "--name",
+            label,
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
 }
 
 pub async fn start(labels: &[&str]) -> Product {
@@ -67,21 +96,7 @@ pub async fn start_configured(
             // The user's own Codex login: cs-tui must leave it alone.
             home.write_auth_json(&auth);
         }
-        let file = store.path().join(format!("{label}.auth.json"));
-        std::fs::write(&file, auth.to_string()).unwrap();
-        cs_tui(
-            store.path(),
-            &home,
-            &mock,
-            &[
-                "accounts",
-                "import",
-                "--name",
-                label,
-                "--file",
-                file.to_str().unwrap(),
-            ],
-        );
+        import(store.path(), &home, &mock, label, &auth);
     }
     cs_tui(store.path(), &home, &mock, &["accounts", "use", labels[0]]);
     setup(&mock, &home);
