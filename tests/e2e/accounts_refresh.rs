@@ -144,10 +144,8 @@ async fn a_401_from_the_backend_leads_to_one_refresh_and_one_retry() {
     // auth.json holds another account: it must not be touched.
     rig.write_codex_auth(&carol.auth_json(3600, &carol_rt));
     let before = std::fs::read(rig.codex_auth_path()).unwrap();
-    let file = rig.write_auth_file("alice.json", &alice.auth_json(3600, &rt));
-    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
-        .await
-        .ok();
+    rig.import_file("alice.json", &alice.auth_json(3600, &rt))
+        .await;
 
     rig.mock
         .set_mode(&alice.chatgpt_account_id, AccountMode::UnauthorizedOnce);
@@ -191,10 +189,8 @@ async fn a_rejected_refresh_token_marks_the_account_and_names_the_fix() {
     rig.write_codex_auth(&alice.auth_json(3600, &alice_rt));
     rig.run(&["accounts", "import"]).await.ok();
     // bob's refresh token gets spent elsewhere before cs-tui uses it.
-    let file = rig.write_auth_file("bob.json", &bob.auth_json(-60, &bob_rt));
-    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
-        .await
-        .ok();
+    rig.import_file("bob.json", &bob.auth_json(-60, &bob_rt))
+        .await;
     let spent = reqwest::Client::new()
         .post(rig.mock.refresh_url())
         .json(
@@ -316,10 +312,8 @@ async fn a_slow_sign_in_server_does_not_kill_the_account() {
     let rig = Rig::new().await;
     let (alice, rt0) = rig.mock.add_account("alice");
     // Not in auth.json: the store alone must keep the rotated token.
-    let file = rig.write_auth_file("alice.json", &alice.auth_json(-60, &rt0));
-    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
-        .await
-        .ok();
+    rig.import_file("alice.json", &alice.auth_json(-60, &rt0))
+        .await;
     rig.mock
         .push_refresh_fault(RefreshFault::RotateThenDelay(Duration::from_secs(4)));
 
@@ -375,10 +369,8 @@ async fn a_slow_sign_in_server_does_not_kill_the_account() {
 async fn a_proxy_a_gateway_or_a_captive_portal_does_not_mark_an_account() {
     let rig = Rig::new().await;
     let (alice, rt0) = rig.mock.add_account("alice");
-    let file = rig.write_auth_file("alice.json", &alice.auth_json(-60, &rt0));
-    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
-        .await
-        .ok();
+    rig.import_file("alice.json", &alice.auth_json(-60, &rt0))
+        .await;
 
     // `status` with an expired token meets a proxy's HTML 403.
     rig.mock.push_refresh_fault(RefreshFault::Html403);
@@ -448,10 +440,8 @@ async fn a_proxy_a_gateway_or_a_captive_portal_does_not_mark_an_account() {
 async fn an_exiting_command_lets_the_attempt_under_way_finish_but_starts_no_retry() {
     let rig = Rig::new().await;
     let (alice, rt0) = rig.mock.add_account("alice");
-    let file = rig.write_auth_file("alice.json", &alice.auth_json(-60, &rt0));
-    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
-        .await
-        .ok();
+    rig.import_file("alice.json", &alice.auth_json(-60, &rt0))
+        .await;
     // Five failures would take five attempts, 3.75 s of backoff at the least.
     for _ in 0..5 {
         rig.mock.push_refresh_fault(RefreshFault::ServerError(502));
@@ -478,10 +468,8 @@ async fn an_exiting_command_lets_the_attempt_under_way_finish_but_starts_no_retr
 async fn ctrl_c_during_a_refresh_keeps_the_rotated_token() {
     let rig = Rig::new().await;
     let (alice, rt0) = rig.mock.add_account("alice");
-    let file = rig.write_auth_file("alice.json", &alice.auth_json(3600, &rt0));
-    rig.run(&["accounts", "import", "--file", file.to_str().unwrap()])
-        .await
-        .ok();
+    rig.import_file("alice.json", &alice.auth_json(3600, &rt0))
+        .await;
     rig.mock
         .push_refresh_fault(RefreshFault::RotateThenDelay(Duration::from_secs(2)));
 

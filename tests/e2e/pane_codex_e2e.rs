@@ -3,6 +3,7 @@
 //!
 //! Fails — never skips — when tmux or the pinned codex is missing.
 
+use crate::support::cs_tui_under_sh;
 use std::ffi::OsStr;
 use std::time::Duration;
 
@@ -38,18 +39,7 @@ async fn start(width: u16, height: u16) -> Session {
     // is back in canonical (cooked) mode: what a person would find after quitting.
     let script = "trap '' INT; \"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; \
                   printf 'shell prompt> '; exec sleep 600";
-    let tmux = Tmux::start(
-        width,
-        height,
-        home.work_dir(),
-        &env,
-        OsStr::new("sh"),
-        &[
-            OsStr::new("-c"),
-            OsStr::new(script),
-            OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
-        ],
-    );
+    let tmux = cs_tui_under_sh(width, height, home.work_dir(), &env, script);
     Session {
         _mock: mock,
         home,

@@ -1,6 +1,7 @@
 //! How cs-tui starts and stops, outside the happy path: a clear message instead of a blank
 //! screen, Codex's exit code passed on.
 
+use crate::support::cs_tui_under_sh;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -154,18 +155,7 @@ fn run_in_tmux(dir: &Path, codex: &Path) -> Tmux {
 
 fn run_in_tmux_with(dir: &Path, env: &[(&str, &OsStr)]) -> Tmux {
     let script = "\"$0\"; echo \"cs-tui exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; echo 'shell prompt>'; exec sleep 600";
-    Tmux::start(
-        120,
-        20,
-        dir,
-        env,
-        OsStr::new("sh"),
-        &[
-            OsStr::new("-c"),
-            OsStr::new(script),
-            OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
-        ],
-    )
+    cs_tui_under_sh(120, 20, dir, env, script)
 }
 
 #[test]

@@ -25,6 +25,23 @@ async fn rig_with(labels: &[&str], setup: impl FnOnce(&MockBackend)) -> Rig {
     Rig::start(&accounts, setup).await
 }
 
+/// Waits for the switch to bob (`what`), lets alice answer normally again, and checks that
+/// the next turn is served by bob.
+async fn next_turn_on_bob(rig: &mut Rig, client: &mut WsClient, thread: &str, what: &str) {
+    wait_event(
+        &mut rig.events,
+        what,
+        |e| matches!(e, ProxyEvent::SwitchDone { to, .. } if to.name == "bob"),
+    )
+    .await;
+    rig.mock.set_mode("acct-alice", AccountMode::Normal);
+    run_turn(client, thread, "after the switch").await;
+    assert_eq!(
+        served_by(&rig.mock, "after the switch").0.as_deref(),
+        Some("acct-bob")
+    );
+}
+
 fn served_by(mock: &MockBackend, prompt: &str) -> (Option<String>, Option<String>) {
     let request = mock.last_user_turn_request(prompt);
     (request.account_header, request.token_account)
@@ -171,18 +188,7 @@ async fn a_switch_requested_during_a_slow_turn_waits_for_the_turn_to_end() {
             .iter()
             .any(|t| t.contains("Served by alice"))
     );
-    wait_event(
-        &mut rig.events,
-        "switch after the turn",
-        |e| matches!(e, ProxyEvent::SwitchDone { to, .. } if to.name == "bob"),
-    )
-    .await;
-    rig.mock.set_mode("acct-alice", AccountMode::Normal);
-    run_turn(&mut client, &thread, "after the switch").await;
-    assert_eq!(
-        served_by(&rig.mock, "after the switch").0.as_deref(),
-        Some("acct-bob")
-    );
+    next_turn_on_bob(&mut rig, &mut client, &thread, "switch after the turn").await;
     rig.session.shutdown().await;
 }
 
@@ -228,18 +234,7 @@ async fn a_switch_asked_for_between_turn_start_and_turn_started_never_kills_the_
         served.as_deref() == Some("acct-alice") || served.as_deref() == Some("acct-bob"),
         "{served:?}"
     );
-    wait_event(
-        &mut rig.events,
-        "the switch",
-        |e| matches!(e, ProxyEvent::SwitchDone { to, .. } if to.name == "bob"),
-    )
-    .await;
-    rig.mock.set_mode("acct-alice", AccountMode::Normal);
-    run_turn(&mut client, &thread, "after the switch").await;
-    assert_eq!(
-        served_by(&rig.mock, "after the switch").0.as_deref(),
-        Some("acct-bob")
-    );
+    next_turn_on_bob(&mut rig, &mut client, &thread, "the switch").await;
     rig.session.shutdown().await;
 }
 

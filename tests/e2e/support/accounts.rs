@@ -137,6 +137,15 @@ impl Rig {
         .ok();
     }
 
+    /// Writes `auth` to the file `file_name` and imports it with `cs-tui accounts import
+    /// --file …` (the account is named after the login).
+    pub async fn import_file(&self, file_name: &str, auth: &Value) {
+        let file = self.write_auth_file(file_name, auth);
+        self.run(&["accounts", "import", "--file", file.to_str().unwrap()])
+            .await
+            .ok();
+    }
+
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.args(args)

@@ -2,6 +2,7 @@
 //! Codex TUI in its pane, the switching proxy in front of the real app-server, the mock
 //! backend, and stored accounts.
 
+use crate::support::cs_tui_under_sh;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
@@ -111,18 +112,7 @@ pub async fn start_configured(
         ("CS_TUI_LOG", OsStr::new("cs_tui=debug")),
     ];
     let script = "\"$0\"; echo \"cs-tui exited $?\"; printf 'shell prompt> '; exec sleep 600";
-    let tmux = Tmux::start(
-        160,
-        48,
-        home.work_dir(),
-        &env,
-        OsStr::new("sh"),
-        &[
-            OsStr::new("-c"),
-            OsStr::new(script),
-            OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
-        ],
-    );
+    let tmux = cs_tui_under_sh(160, 48, home.work_dir(), &env, script);
     Product {
         mock,
         home,
