@@ -3,6 +3,7 @@
 //! (`CS_TUI_NO_PROXY` + `CS_TUI_DEV_EVENTS`) while the session runs. The hotkeys' commands are
 //! read back from `CS_TUI_DEV_COMMANDS`.
 
+use crate::support::product::paste_prompt;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::Path;
@@ -133,14 +134,7 @@ async fn panel_follows_proxy_events_and_hotkeys_send_commands() {
     });
     println!("{screen}");
 
-    t.paste("first");
-    t.wait_for(WAIT, "the pasted prompt", |screen| {
-        screen.contains("› first")
-    });
-    t.keys(&["Enter"]);
-    t.wait_for(WAIT, "alice's reply", |screen| {
-        screen.contains("Served by alice: you said \"first\"")
-    });
+    paste_prompt(&t, "alice", "first");
 
     // alice hits her limit; the proxy switches to bob.
     let now = Utc::now();

@@ -4,6 +4,7 @@
 //! Fails — never skips — when tmux or the pinned codex is missing.
 
 use crate::support::cs_tui_under_sh;
+use crate::support::product::paste_prompt;
 use std::ffi::OsStr;
 use std::time::Duration;
 
@@ -81,14 +82,7 @@ async fn codex_runs_in_the_pane_and_the_dashboard_around_it_works() {
     );
 
     // A pasted prompt (bracketed paste through the pane) and Enter: the reply appears.
-    t.paste("hello pane");
-    t.wait_for(WAIT, "the pasted prompt", |screen| {
-        screen.contains("› hello pane")
-    });
-    t.keys(&["Enter"]);
-    t.wait_for(WAIT, "the reply to the pasted prompt", |screen| {
-        screen.contains("Served by alice: you said \"hello pane\"")
-    });
+    paste_prompt(t, "alice", "hello pane");
 
     // A typed prompt: keys go through the pane's encoder, Enter arrives as \r.
     t.type_like_a_person("typed prompt");
@@ -188,14 +182,7 @@ async fn codex_exit_code_becomes_cs_tui_exit_code_and_the_terminal_is_restored()
     let s = start(120, 30).await;
     let t = &s.tmux;
     t.wait_for(WAIT, "Codex ready", ready);
-    t.paste("one prompt");
-    t.wait_for(WAIT, "the pasted prompt", |screen| {
-        screen.contains("› one prompt")
-    });
-    t.keys(&["Enter"]);
-    t.wait_for(WAIT, "the reply", |screen| {
-        screen.contains("Served by alice: you said \"one prompt\"")
-    });
+    paste_prompt(t, "alice", "one prompt");
     // Ctrl+C quits Codex (its own key, passed through the pane); it may first ask for
     // another one. (The shell around cs-tui ignores SIGINT, so a late Ctrl+C cannot kill it.)
     for _ in 0..3 {

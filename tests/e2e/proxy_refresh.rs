@@ -89,14 +89,8 @@ async fn serve_stopped_during_a_refresh_keeps_the_rotated_token() {
     // alice is active; bob's access token has expired, so the first usage poll refreshes it.
     for (label, ttl) in [("alice", 3600), ("bob", -60)] {
         let (fake, rt) = mock.add_account(label);
-        let file = store_dir.path().join(format!("{label}.json"));
-        std::fs::write(&file, fake.auth_json(ttl, &rt).to_string()).unwrap();
-        let out = cs_tui_command(store_dir.path(), &home, &mock)
-            .args(["accounts", "import", "--name", label, "--file"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        let auth = fake.auth_json(ttl, &rt);
+        crate::support::product::import(store_dir.path(), &home, &mock, label, &auth);
     }
     let bob_rt = refresh_token(&store, "bob");
     mock.push_refresh_fault(RefreshFault::RotateThenDelay(Duration::from_secs(3)));

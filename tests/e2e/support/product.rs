@@ -140,6 +140,20 @@ pub fn prompt(t: &Tmux, text: &str) {
     t.keys(&["Enter"]);
 }
 
+/// Pastes `text` into Codex's composer (bracketed, through the pane), sends it with Enter, and
+/// waits for `account`'s reply.
+pub fn paste_prompt(t: &Tmux, account: &str, text: &str) {
+    t.paste(text);
+    t.wait_for(WAIT, "the pasted prompt", |screen| {
+        screen.contains(&format!("› {text}"))
+    });
+    t.keys(&["Enter"]);
+    let reply = format!("Served by {account}: you said \"{text}\"");
+    t.wait_for(WAIT, "the reply to the pasted prompt", |screen| {
+        screen.contains(&reply)
+    });
+}
+
 /// Waits for Codex ready in the pane and the panel on `account` with the proxy ready, then
 /// sends `first` and waits for that account's reply.
 pub fn first_turn(t: &Tmux, account: &str, first: &str) {
