@@ -18,9 +18,6 @@
 //! `tmux capture-pane` process every 2 ms took much of the 2-core test machine's CPU and so
 //! slowed whatever needed the most of it.
 
-#[path = "../tests/pane_support/mod.rs"]
-mod pane_support;
-
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,8 +30,8 @@ use cs_tui::pty::child::{ChildSpec, PtyChild, PtyEvent, child_environment};
 use cs_tui::pty::queries::OuterColors;
 use cs_tui::pty::screen::PaneScreen;
 use cs_tui::ui::{self, RenderContext, View};
+use cs_tui_testkit::tmux::{ControlClient, Tmux};
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
-use pane_support::{ControlClient, Tmux};
 use ratatui::backend::CrosstermBackend;
 use ratatui::layout::Rect;
 use ratatui::{Terminal, TerminalOptions, Viewport};

@@ -1,7 +1,7 @@
 //! Property tests over the parsers that take outside input: the method sniffer, the usage and
 //! rate-limit parsers, config, argv, key and paste encoding. Each property holds for any
 //! input, and none panics. The relay's handshake and frame parser are fuzzed through a real
-//! relay in `tests/fuzz_relay.rs`.
+//! relay in `tests/e2e/fuzz_relay.rs`.
 //!
 //! Cases per property: 64 in the normal run (well under a second each); `CS_TUI_FUZZ_CASES`
 //! raises it (`scripts/fuzz`).

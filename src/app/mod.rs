@@ -18,10 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use crossterm::event::{Event, EventStream, KeyEventKind, MouseEventKind};
-use crossterm::queue;
 use crossterm::terminal::{BeginSynchronizedUpdate, EndSynchronizedUpdate, SetTitle};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
+use ratatui::Terminal;
+use ratatui::backend::{Backend, CrosstermBackend};
 use ratatui::layout::{Position, Rect};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -30,7 +31,7 @@ use crate::app::backend::SessionBackend;
 use crate::app::dashboard::{AccountState, Dashboard, SessionMode};
 use crate::app::frame::FrameScheduler;
 use crate::app::input::{KeyAction, KeyRouter};
-use crate::app::terminal::{TerminalGuard, Tui};
+use crate::app::terminal::{FrameWriter, TerminalGuard};
 use crate::config::Config;
 use crate::errors::with_hint;
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
@@ -218,10 +219,63 @@ enum Ending {
     Failed,
 }
 
-struct App {
+/// What the app needs of the program in its pane: somewhere to send input, a size to set, and
+/// a process group to signal. [`PtyChild`] in production; an in-memory writer in the headless
+/// tests.
+pub trait ChildIo {
+    /// Sends bytes to the child's input.
+    fn write(&self, bytes: Vec<u8>);
+    /// Sets the child's terminal size.
+    fn resize(&self, rows: u16, cols: u16) -> Result<()>;
+    /// Signals the child's process group.
+    fn signal_group(&self, signal: Signal);
+}
+
+impl ChildIo for PtyChild {
+    fn write(&self, bytes: Vec<u8>) {
+        PtyChild::write(self, bytes);
+    }
+
+    fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        PtyChild::resize(self, rows, cols)
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        PtyChild::signal_group(self, signal);
+    }
+}
+
+/// The outer terminal the app draws on: ratatui's cells, plus the escape sequences ratatui
+/// does not know (title, cursor style, synchronized updates, notifications) and one write per
+/// frame. The crossterm backend in production; ratatui's `TestBackend` in the headless tests.
+pub trait HostBackend: Backend<Error: Send + Sync + 'static> {
+    /// Queues an escape sequence outside ratatui's cells.
+    fn queue_raw(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Writes the frame queued so far.
+    fn present(&mut self) -> std::io::Result<()>;
+}
+
+impl HostBackend for CrosstermBackend<FrameWriter> {
+    fn queue_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn present(&mut self) -> std::io::Result<()> {
+        self.writer_mut().present()
+    }
+}
+
+/// Queues a crossterm command (as `queue!` would) on any [`HostBackend`].
+fn queue_command(backend: &mut impl HostBackend, command: impl crossterm::Command) -> Result<()> {
+    let mut ansi = String::new();
+    command.write_ansi(&mut ansi).wrap_err("drawing")?;
+    backend.queue_raw(ansi.as_bytes()).wrap_err("drawing")
+}
+
+struct App<C: ChildIo = PtyChild> {
     config: Config,
     pane: PaneScreen,
-    child: PtyChild,
+    child: C,
     dashboard: Dashboard,
     router: KeyRouter,
     overlay: Option<Overlay>,
@@ -270,24 +324,14 @@ async fn event_loop(
     } else {
         SessionMode::Proxy
     };
-    let mut app = App {
-        router: KeyRouter::new(config.prefix_key.clone()),
+    let mut app = App::new(
         config,
         pane,
         child,
-        dashboard: Dashboard::new(mode, std::mem::take(&mut backend.accounts)),
-        overlay: None,
-        panel_visible,
+        Dashboard::new(mode, std::mem::take(&mut backend.accounts)),
         layout,
-        frames: FrameScheduler::default(),
-        panel_cache: ui::PanelCache::default(),
-        commands: backend.commands.clone(),
-        cursor_style: None,
-        title: None,
-        ending: None,
-        kill_at: None,
-        failure: None,
-    };
+        backend.commands.clone(),
+    );
 
     let mut terminal_events = EventStream::new();
     let mut sigterm = signal(SignalKind::terminate()).wrap_err("installing signal handlers")?;
@@ -426,7 +470,35 @@ fn next_minute() -> Instant {
     Instant::now() + (Duration::from_secs(60) - into_minute)
 }
 
-impl App {
+impl<C: ChildIo> App<C> {
+    fn new(
+        config: Config,
+        pane: PaneScreen,
+        child: C,
+        dashboard: Dashboard,
+        layout: AppLayout,
+        commands: mpsc::UnboundedSender<ProxyCommand>,
+    ) -> Self {
+        Self {
+            router: KeyRouter::new(config.prefix_key.clone()),
+            panel_visible: config.panel.visible,
+            config,
+            pane,
+            child,
+            dashboard,
+            overlay: None,
+            layout,
+            frames: FrameScheduler::default(),
+            panel_cache: ui::PanelCache::default(),
+            commands,
+            cursor_style: None,
+            title: None,
+            ending: None,
+            kill_at: None,
+            failure: None,
+        }
+    }
+
     fn finish(&self, child_code: i32, started: Instant) -> SessionEnd {
         let code = match self.ending {
             Some(Ending::UserQuit) => 0,
@@ -471,13 +543,15 @@ impl App {
         }
     }
 
-    fn on_output(&mut self, bytes: &[u8], terminal: &mut Tui) {
+    fn on_output(&mut self, bytes: &[u8], terminal: &mut Terminal<impl HostBackend>) {
         let replies = self.pane.process(bytes);
         // Answers go back at once: Codex waits for them at startup (PROTOCOL.md §7).
         self.child.write(replies);
         for message in self.pane.take_notifications() {
             let clean: String = message.chars().filter(|c| !c.is_control()).collect();
-            let _ = write!(terminal.backend_mut(), "\x1b]9;{clean}\x07");
+            let _ = terminal
+                .backend_mut()
+                .queue_raw(format!("\x1b]9;{clean}\x07").as_bytes());
         }
         self.frames.request();
     }
@@ -628,14 +702,14 @@ impl App {
         area
     }
 
-    fn draw(&mut self, terminal: &mut Tui) -> Result<()> {
+    fn draw(&mut self, terminal: &mut Terminal<impl HostBackend>) -> Result<()> {
         let now = chrono::Local::now().fixed_offset();
         let prefix = self.config.prefix_key.label();
-        queue!(terminal.backend_mut(), BeginSynchronizedUpdate).wrap_err("drawing")?;
+        queue_command(terminal.backend_mut(), BeginSynchronizedUpdate)?;
         let title = self.pane.title().map(str::to_owned);
         if title != self.title {
             if let Some(title) = &title {
-                queue!(terminal.backend_mut(), SetTitle(title)).wrap_err("drawing")?;
+                queue_command(terminal.backend_mut(), SetTitle(title))?;
             }
             self.title = title;
         }
@@ -660,23 +734,21 @@ impl App {
             .wrap_err("drawing")?;
         let style = self.pane.screen().cursor_style();
         if self.cursor_style != Some(style) {
-            queue!(
+            queue_command(
                 terminal.backend_mut(),
-                crate::pty::widget::cursor_style(style)
-            )
-            .wrap_err("drawing")?;
+                crate::pty::widget::cursor_style(style),
+            )?;
             self.cursor_style = Some(style);
         }
-        queue!(terminal.backend_mut(), EndSynchronizedUpdate).wrap_err("drawing")?;
-        terminal
-            .backend_mut()
-            .writer_mut()
-            .present()
-            .wrap_err("drawing")?;
+        queue_command(terminal.backend_mut(), EndSynchronizedUpdate)?;
+        terminal.backend_mut().present().wrap_err("drawing")?;
         self.frames.drew(Instant::now());
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod headless_tests;
 
 #[cfg(test)]
 mod tests {

@@ -53,7 +53,7 @@ impl AppServer {
             token,
             runtime,
         };
-        server.wait_ready(Duration::from_secs(20)).await;
+        server.wait_ready(crate::WAIT).await;
         server
     }
 

@@ -46,7 +46,7 @@ impl CodexHome {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let deadline = std::time::Instant::now() + crate::WAIT;
         while pids
             .iter()
             .any(|pid| Path::new(&format!("/proc/{pid}/cmdline")).exists())

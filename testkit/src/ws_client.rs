@@ -117,11 +117,9 @@ impl WsClient {
         self.send_json(&json!({"id": id, "method": method, "params": params}))
             .await;
         let response = self
-            .wait_for(
-                Duration::from_secs(30),
-                &format!("response to {method}"),
-                |m| m.get("id") == Some(&id) && m.get("method").is_none(),
-            )
+            .wait_for(crate::WAIT, &format!("response to {method}"), |m| {
+                m.get("id") == Some(&id) && m.get("method").is_none()
+            })
             .await;
         match response.get("error") {
             Some(err) => Err(err.clone()),

@@ -1,0 +1,280 @@
+//! The whole app without a terminal or a child: an [`App`] drawing on ratatui's `TestBackend`
+//! with an in-memory child, fed key events and PTY output bytes as the event loop would, and
+//! its frames snapshotted. Everything between the event loop's producers and the outer
+//! terminal runs for real: key routing, the pane's parser, the layout, the panel, overlays.
+
+use std::cell::RefCell;
+
+use chrono::TimeZone as _;
+use crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::Color;
+
+use super::*;
+use crate::app::dashboard::AccountView;
+use crate::proxy::events::AccountRef;
+use crate::pty::queries::OuterColors;
+
+/// The child end of the pane, in memory: what the app wrote to it, the sizes it was given
+/// and the signals it got.
+#[derive(Default)]
+struct MemoryChild {
+    input: RefCell<Vec<u8>>,
+    sizes: RefCell<Vec<(u16, u16)>>,
+    signals: RefCell<Vec<Signal>>,
+}
+
+impl ChildIo for MemoryChild {
+    fn write(&self, bytes: Vec<u8>) {
+        self.input.borrow_mut().extend_from_slice(&bytes);
+    }
+
+    fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.sizes.borrow_mut().push((rows, cols));
+        Ok(())
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        self.signals.borrow_mut().push(signal);
+    }
+}
+
+/// Escape sequences outside the cells (title, cursor style) have nowhere to go here.
+impl HostBackend for TestBackend {
+    fn queue_raw(&mut self, _bytes: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn present(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Headless {
+    app: App<MemoryChild>,
+    terminal: Terminal<TestBackend>,
+    /// The proxy's end of the command channel.
+    commands: mpsc::UnboundedReceiver<ProxyCommand>,
+}
+
+impl Headless {
+    /// The app on a `width`×`height` terminal with three stored accounts, `alice` active.
+    fn new(width: u16, height: u16) -> Self {
+        let config = Config::default();
+        let layout = ui::layout(
+            Rect::new(0, 0, width, height),
+            &config.panel,
+            config.panel.visible,
+        );
+        let pane = PaneScreen::new(
+            layout.pane.height,
+            layout.pane.width,
+            config.pane.scrollback_lines,
+            OuterColors::default(),
+        );
+        let accounts = ["alice", "bob", "carol"]
+            .into_iter()
+            .map(|name| AccountView::new(name, name))
+            .collect();
+        let mut dashboard = Dashboard::new(SessionMode::Proxy, accounts);
+        dashboard.apply(&ProxyEvent::ActiveAccount {
+            account: AccountRef {
+                id: "alice".into(),
+                name: "alice".into(),
+            },
+            at: chrono::Utc.timestamp_opt(1_777_637_220, 0).unwrap(),
+        });
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let app = App::new(
+            config,
+            pane,
+            MemoryChild::default(),
+            dashboard,
+            layout,
+            commands_tx,
+        );
+        let terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        Self {
+            app,
+            terminal,
+            commands,
+        }
+    }
+
+    fn key(&mut self, code: KeyCode, modifiers: KeyModifiers) {
+        self.app
+            .on_terminal_event(Event::Key(KeyEvent::new(code, modifiers)));
+    }
+
+    fn type_text(&mut self, text: &str) {
+        for c in text.chars() {
+            self.key(KeyCode::Char(c), KeyModifiers::NONE);
+        }
+    }
+
+    /// The prefix key (Ctrl+] by default).
+    fn prefix(&mut self) {
+        self.key(KeyCode::Char(']'), KeyModifiers::CONTROL);
+    }
+
+    /// Bytes from the child, as the PTY reader hands them over.
+    fn output(&mut self, bytes: &[u8]) {
+        self.app.on_output(bytes, &mut self.terminal);
+    }
+
+    fn resize(&mut self, width: u16, height: u16) {
+        self.terminal.backend_mut().resize(width, height);
+        self.app.on_terminal_event(Event::Resize(width, height));
+    }
+
+    /// Draws a frame and returns the screen as text, one line per row.
+    fn frame(&mut self) -> String {
+        self.app.draw(&mut self.terminal).unwrap();
+        self.terminal.backend().to_string()
+    }
+
+    fn input(&self) -> Vec<u8> {
+        self.app.child.input.borrow().clone()
+    }
+}
+
+#[test]
+fn typing_reaches_the_child_byte_exact() {
+    let mut h = Headless::new(120, 30);
+    h.type_text("héllo ✓");
+    h.key(KeyCode::Enter, KeyModifiers::NONE);
+    h.key(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    h.key(KeyCode::Backspace, KeyModifiers::NONE);
+    h.key(KeyCode::Up, KeyModifiers::NONE);
+    assert_eq!(h.input(), "héllo ✓\r\x03\x7f\x1b[A".as_bytes());
+    // A paste while the child asked for bracketed paste arrives bracketed.
+    h.output(b"\x1b[?2004h");
+    h.app.on_terminal_event(Event::Paste("two\nlines".into()));
+    assert!(
+        h.input().ends_with(b"\x1b[200~two\nlines\x1b[201~"),
+        "{:?}",
+        String::from_utf8_lossy(&h.input())
+    );
+    assert!(h.commands.try_recv().is_err(), "typing commands no switch");
+}
+
+#[test]
+fn pty_output_with_colours_renders_in_the_pane() {
+    let mut h = Headless::new(120, 30);
+    h.output(b"plain \x1b[31mred\x1b[0m \x1b[1;38;2;10;200;30mrgb bold\x1b[0m\r\nsecond line");
+    let screen = h.frame();
+    insta::assert_snapshot!(screen);
+    let buffer = h.terminal.backend().buffer();
+    assert_eq!(buffer[(6, 0)].symbol(), "r");
+    assert_eq!(buffer[(6, 0)].fg, Color::Red);
+    assert_eq!(buffer[(0, 0)].fg, Color::Reset);
+    assert_eq!(buffer[(10, 0)].fg, Color::Rgb(10, 200, 30));
+    assert!(
+        buffer[(10, 0)]
+            .modifier
+            .contains(ratatui::style::Modifier::BOLD)
+    );
+}
+
+#[test]
+fn the_panel_shows_beside_the_pane() {
+    let mut h = Headless::new(120, 30);
+    let screen = h.frame();
+    insta::assert_snapshot!(screen);
+    let panel = h
+        .app
+        .layout
+        .panel
+        .expect("a panel on a 120-column terminal");
+    assert_eq!(h.app.layout.pane.width + panel.width, 120);
+    assert!(screen.contains("● alice"), "{screen}");
+    // The prefix key and `p` hide it: the pane takes the width, with a status line below.
+    h.prefix();
+    h.type_text("p");
+    assert_eq!(h.app.layout.panel, None);
+    assert_eq!(h.app.layout.pane.width, 120);
+    assert_eq!(h.app.child.sizes.borrow().last(), Some(&(29, 120)));
+    let screen = h.frame();
+    assert!(
+        screen.lines().last().unwrap().contains("cs-tui  alice"),
+        "{screen}"
+    );
+    assert!(h.input().is_empty(), "{:?}", h.input());
+}
+
+#[test]
+fn the_prefix_key_opens_the_picker_and_help_and_keys_stay_out_of_the_child() {
+    let mut h = Headless::new(120, 30);
+    h.prefix();
+    h.type_text("s");
+    assert!(
+        matches!(h.app.overlay, Some(Overlay::Picker { selected: 1 })),
+        "the picker starts on the first account one could switch to"
+    );
+    insta::assert_snapshot!("picker", h.frame());
+    h.key(KeyCode::Down, KeyModifiers::NONE);
+    h.key(KeyCode::Enter, KeyModifiers::NONE);
+    assert!(h.app.overlay.is_none());
+    match h.commands.try_recv() {
+        Ok(ProxyCommand::SwitchTo { account_id }) => assert_eq!(account_id, "carol"),
+        other => panic!("expected a switch to carol, got {other:?}"),
+    }
+    h.prefix();
+    h.type_text("?");
+    assert!(matches!(h.app.overlay, Some(Overlay::Help)));
+    insta::assert_snapshot!("help", h.frame());
+    h.key(KeyCode::Esc, KeyModifiers::NONE);
+    assert!(h.app.overlay.is_none());
+    assert!(h.input().is_empty(), "{:?}", h.input());
+}
+
+#[test]
+fn a_resize_reflows_the_pane_and_resizes_the_child() {
+    let mut h = Headless::new(120, 30);
+    h.output(&[b'x'; 100]);
+    h.frame();
+    h.resize(70, 20);
+    assert_eq!(h.app.layout.panel, None, "too narrow for the panel");
+    let rows = h.app.layout.pane.height;
+    assert_eq!(h.app.child.sizes.borrow().last(), Some(&(rows, 70)));
+    let (pane_rows, pane_cols) = h.app.pane.screen().size();
+    assert_eq!((pane_rows.get(), pane_cols.get()), (rows, 70));
+    let screen = h.frame();
+    insta::assert_snapshot!(screen);
+    assert_eq!(screen.lines().count(), 20);
+}
+
+#[test]
+fn a_tiny_terminal_does_not_panic() {
+    // (TestBackend cannot print a zero-width buffer, so these frames are drawn, not read.)
+    for (width, height) in [
+        (1, 1),
+        (0, 0),
+        (0, 5),
+        (5, 0),
+        (2, 1),
+        (1, 3),
+        (10, 2),
+        (40, 1),
+    ] {
+        let mut h = Headless::new(width, height);
+        h.output(b"\x1b[31mhello\x1b[0m world\r\n\x1b[?1049h\x1b[2J alternate");
+        h.app.draw(&mut h.terminal).unwrap();
+        for hotkey in ["s", "?", "q", "p"] {
+            h.prefix();
+            h.type_text(hotkey);
+            h.app.draw(&mut h.terminal).unwrap();
+            h.key(KeyCode::Esc, KeyModifiers::NONE);
+        }
+        h.resize(3, 2);
+        h.output(b"more");
+        h.app.draw(&mut h.terminal).unwrap();
+        h.resize(width, height);
+        h.app.draw(&mut h.terminal).unwrap();
+        assert!(
+            h.app.ending.is_none(),
+            "{width}x{height}: Esc closed the quit question"
+        );
+    }
+}
