@@ -62,10 +62,10 @@ pub enum Command {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if let Some(code) = crate::proxy::reaper::run_if_asked(&args) {
+    if let Some(code) = crate::process::reaper::run_if_asked(&args) {
         return code;
     }
-    crate::proxy::reaper::enable();
+    crate::process::reaper::enable();
     let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(code) => code,

@@ -390,7 +390,7 @@ async fn run_checks(global: &GlobalArgs, timeout: Duration) -> Vec<Check> {
     };
 
     let codex = async {
-        match crate::codex_bin::version(&global.codex_bin).await {
+        match crate::process::codex::version(&global.codex_bin).await {
             Ok(version) => (judge_codex_version(&version), true),
             Err(err) => (
                 Check::fail(

@@ -4,22 +4,26 @@
 //! Where things live:
 //! - [`pty`]: the child process, key encoding, terminal-query replies, the screen model;
 //! - [`proxy`]: app-server lifecycle, websocket relay, protocol types, switch policy;
+//! - [`process`]: PATH lookup, running `codex`, children that die with cs-tui, the reaper;
 //! - [`accounts`]: the account store, tokens, usage of every account;
-//! - [`app`]: state, events, key routing, the loop; [`ui`]: pure render functions.
+//! - [`app`]: events, key routing, the loop; [`state`]: what the screen shows (written by
+//!   `app`); [`ui`]: pure render functions that read it; [`pace`]: burn-rate arithmetic.
 
 pub mod accounts;
 pub mod app;
 pub mod cli;
-pub mod codex_bin;
 pub mod config;
 pub mod doctor;
 pub mod errors;
 pub mod logging;
+pub mod pace;
 pub mod paths;
+pub mod process;
 #[cfg(test)]
 mod properties;
 pub mod proxy;
 pub mod pty;
 pub mod quota;
 pub mod secret;
+pub mod state;
 pub mod ui;

@@ -15,7 +15,6 @@ use color_eyre::eyre::{Result, eyre};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::accounts::{Store, import_codex_auth_if_empty};
-use crate::app::dashboard::{AccountView, StoredState};
 use crate::app::launcher::RemoteTarget;
 use crate::cli::GlobalArgs;
 use crate::config::Config;
@@ -23,6 +22,7 @@ use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::serve::session_options;
 use crate::proxy::session::{ProxyListener, Session};
 use crate::proxy::store_directory::StoreDirectory;
+use crate::state::dashboard::{AccountView, StoredState};
 
 /// Set to `1` to run plain `codex` in the pane, without the proxy (no quota, no switching).
 /// A development path: it lets the pane be used and tested on its own.

@@ -49,7 +49,7 @@ pub fn session_options(
         codex_bin: global.codex_bin.clone(),
         codex_home: crate::paths::codex_home()?,
         store_dir,
-        policy: config.policy(),
+        policy: (&config.switch).into(),
         usage_poll: config.polling.usage_interval(),
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         token_file: None,
