@@ -11,6 +11,8 @@
 
 pub mod accounts;
 pub mod app;
+#[cfg(test)]
+mod architecture_tests;
 pub mod cli;
 pub mod config;
 pub mod doctor;
