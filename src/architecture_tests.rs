@@ -61,39 +61,78 @@ const KNOWN_UNTIL_MERGE: &[(&str, &str)] = &[
 /// Top-level module → used module → files where it happens.
 type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<PathBuf>>>;
 
-/// The top-level module a file under `src/` belongs to: `src/x.rs` and `src/x/…` are `x`.
-fn top_level_module(relative: &Path) -> Option<String> {
+/// The top-level module a file under `src/` belongs to (`src/x.rs` and `src/x/…` are `x`), and
+/// how deep the file's module is (`src/x.rs` and `src/x/mod.rs` 1, `src/x/y.rs` 2, …), so
+/// that a `super::` that climbs to the crate's root is seen.
+fn top_level_module(relative: &Path) -> Option<(String, usize)> {
     let first = relative.components().next()?.as_os_str().to_str()?;
-    Some(first.strip_suffix(".rs").unwrap_or(first).to_owned())
+    let depth = relative.components().count() - usize::from(relative.ends_with("mod.rs"));
+    Some((first.strip_suffix(".rs").unwrap_or(first).to_owned(), depth))
 }
 
-/// The modules `source` names through `crate::`.
-fn crate_references(source: &str) -> syn::Result<BTreeSet<String>> {
+/// The top-level modules `source` names through `root` (`crate`, or `cs_tui` in `main.rs`) or
+/// through `super::` climbing to the root from a module `depth` deep.
+fn crate_references(source: &str, root: &str, depth: usize) -> syn::Result<BTreeSet<String>> {
     let file = syn::parse_file(source)?;
-    let mut found = References::default();
+    let mut found = References {
+        root,
+        depth,
+        found: BTreeSet::new(),
+    };
     found.visit_file(&file);
-    Ok(found.0)
+    Ok(found.found)
 }
 
-#[derive(Default)]
-struct References(BTreeSet<String>);
+struct References<'a> {
+    root: &'a str,
+    /// How deep the module being visited is (inline `mod`s included).
+    depth: usize,
+    found: BTreeSet<String>,
+}
 
-impl References {
-    fn use_tree(&mut self, tree: &syn::UseTree, after_crate: bool) {
-        match tree {
-            syn::UseTree::Path(path) if after_crate => {
-                self.0.insert(path.ident.to_string());
+/// Where a path being read stands.
+#[derive(Clone, Copy)]
+enum Position {
+    /// After this many leading `super`s (none yet: 0), still inside the module.
+    Relative(usize),
+    /// At the crate's root: the next name is a top-level module.
+    Root,
+}
+
+impl References<'_> {
+    /// Where `ident` leads from `position`, or `None` once the path stays inside the module.
+    fn step(&self, position: Position, ident: &syn::Ident) -> Option<Position> {
+        match position {
+            Position::Root => None,
+            Position::Relative(0) if ident == self.root => Some(Position::Root),
+            Position::Relative(supers) if ident == "super" => Some(if supers + 1 >= self.depth {
+                Position::Root
+            } else {
+                Position::Relative(supers + 1)
+            }),
+            Position::Relative(_) => None,
+        }
+    }
+
+    fn use_tree(&mut self, tree: &syn::UseTree, position: Position) {
+        match (tree, position) {
+            (syn::UseTree::Path(path), Position::Root) => {
+                self.found.insert(path.ident.to_string());
             }
-            syn::UseTree::Path(path) if path.ident == "crate" => self.use_tree(&path.tree, true),
-            syn::UseTree::Name(name) if after_crate => {
-                self.0.insert(name.ident.to_string());
+            (syn::UseTree::Name(name), Position::Root) => {
+                self.found.insert(name.ident.to_string());
             }
-            syn::UseTree::Rename(rename) if after_crate => {
-                self.0.insert(rename.ident.to_string());
+            (syn::UseTree::Rename(rename), Position::Root) => {
+                self.found.insert(rename.ident.to_string());
             }
-            syn::UseTree::Group(group) => {
+            (syn::UseTree::Path(path), _) => {
+                if let Some(next) = self.step(position, &path.ident) {
+                    self.use_tree(&path.tree, next);
+                }
+            }
+            (syn::UseTree::Group(group), _) => {
                 for tree in &group.items {
-                    self.use_tree(tree, after_crate);
+                    self.use_tree(tree, position);
                 }
             }
             _ => {}
@@ -106,7 +145,7 @@ impl References {
         for (i, token) in tokens.iter().enumerate() {
             match token {
                 TokenTree::Group(group) => self.tokens(group.stream()),
-                TokenTree::Ident(ident) if ident == "crate" => {
+                TokenTree::Ident(ident) if ident == self.root => {
                     if let [
                         TokenTree::Punct(a),
                         TokenTree::Punct(b),
@@ -116,7 +155,7 @@ impl References {
                         && a.as_char() == ':'
                         && b.as_char() == ':'
                     {
-                        self.0.insert(module.to_string());
+                        self.found.insert(module.to_string());
                     }
                 }
                 _ => {}
@@ -125,17 +164,28 @@ impl References {
     }
 }
 
-impl<'ast> Visit<'ast> for References {
+impl<'ast> Visit<'ast> for References<'_> {
     fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
-        self.use_tree(&item.tree, false);
+        self.use_tree(&item.tree, Position::Relative(0));
+    }
+
+    fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+        self.depth += 1;
+        syn::visit::visit_item_mod(self, item);
+        self.depth -= 1;
     }
 
     fn visit_path(&mut self, path: &'ast syn::Path) {
-        let mut segments = path.segments.iter();
-        if let (Some(first), Some(second)) = (segments.next(), segments.next())
-            && first.ident == "crate"
-        {
-            self.0.insert(second.ident.to_string());
+        let mut position = Position::Relative(0);
+        for segment in &path.segments {
+            if let Position::Root = position {
+                self.found.insert(segment.ident.to_string());
+                break;
+            }
+            match self.step(position, &segment.ident) {
+                Some(next) => position = next,
+                None => break,
+            }
         }
         syn::visit::visit_path(self, path);
     }
@@ -161,12 +211,15 @@ fn module_graph(src: &Path) -> Graph {
                 continue;
             }
             let relative = path.strip_prefix(src).unwrap();
-            let from = top_level_module(relative).unwrap();
-            if from == "lib" {
-                continue;
-            }
+            let (from, depth) = top_level_module(relative).unwrap();
+            // The library's root only declares the modules; the binary's uses the library.
+            let (root, depth) = match from.as_str() {
+                "lib" => continue,
+                "main" => ("cs_tui", 0),
+                _ => ("crate", depth),
+            };
             let source = std::fs::read_to_string(&path).unwrap();
-            let used = crate_references(&source)
+            let used = crate_references(&source, root, depth)
                 .unwrap_or_else(|err| panic!("parsing {}: {err}", path.display()));
             for to in used {
                 if to != from {
@@ -277,25 +330,44 @@ fn the_crate_keeps_its_layers() {
 
 #[test]
 fn every_form_of_crate_path_is_an_edge() {
+    // Written with `CRATE` so that tools grepping the tree for `crate::` see no edges here.
     let source = r#"
-        //! Mentions crate::commented in a doc comment, which is no edge.
-        use crate::{alpha::A, beta, gamma::{self, G}};
-        use crate::delta as d;
+        //! Mentions CRATE::commented in a doc comment, which is no edge.
+        use CRATE::{alpha::A, beta, gamma::{self, G}};
+        use CRATE::delta as d;
         use super::sibling;
         use std::fmt;
-        pub(in crate::own) fn f(x: crate::epsilon::T) -> impl crate::zeta::Tr {
-            let s = "crate::in_a_string";
-            tracing::warn!("{}", crate::eta::f(s));
-            crate::theta::g()
+        pub(in CRATE::own) fn f(x: CRATE::epsilon::T) -> impl CRATE::zeta::Tr {
+            let s = "CRATE::in_a_string";
+            tracing::warn!("{}", CRATE::eta::f(s));
+            CRATE::theta::g()
         }
         #[cfg(test)]
-        mod tests { use crate::iota; }
-    "#;
-    let found = crate_references(source).unwrap();
+        mod tests { use CRATE::iota; }
+    "#
+    .replace("CRATE", "crate");
+    let found = crate_references(&source, "crate", 2).unwrap();
     let want = [
         "alpha", "beta", "delta", "epsilon", "eta", "gamma", "iota", "own", "theta", "zeta",
     ];
     assert_eq!(found, want.iter().map(|s| (*s).to_owned()).collect());
+}
+
+#[test]
+fn a_super_that_climbs_to_the_root_is_an_edge() {
+    // In `src/x/y.rs` (depth 2): `super` is `x`, `super::super` the crate's root.
+    let source = "use super::sibling; use super::super::{alpha, beta::B};
+        fn f() { super::super::gamma::g(); super::inside::h(); }
+        mod tests { use super::super::inside; use super::super::super::delta; }";
+    let found = crate_references(source, "crate", 2).unwrap();
+    let want = ["alpha", "beta", "delta", "gamma"];
+    assert_eq!(found, want.iter().map(|s| (*s).to_owned()).collect());
+    // From a top-level file (`src/x.rs`), one `super` is the root already.
+    let found = crate_references("use super::alpha; use self::beta;", "crate", 1).unwrap();
+    assert_eq!(found, ["alpha".to_owned()].into_iter().collect());
+    // The binary names the library by its name.
+    let found = crate_references("fn main() { cs_tui::cli::main() }", "cs_tui", 0).unwrap();
+    assert_eq!(found, ["cli".to_owned()].into_iter().collect());
 }
 
 #[test]
