@@ -23,12 +23,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cs_tui::app::dashboard::{Dashboard, SessionMode};
 use cs_tui::app::frame::FrameScheduler;
 use cs_tui::config::PanelConfig;
 use cs_tui::pty::child::{ChildSpec, PtyChild, PtyEvent, child_environment};
 use cs_tui::pty::queries::OuterColors;
 use cs_tui::pty::screen::PaneScreen;
+use cs_tui::state::dashboard::{Dashboard, SessionMode};
 use cs_tui::ui::{self, RenderContext, View};
 use cs_tui_testkit::tmux::{ControlClient, Tmux};
 use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
@@ -393,7 +393,7 @@ async fn codex_in_bare_pane(rig: &CodexRig, native: bool) -> Duration {
     let mut extra = vec![("CODEX_HOME".into(), rig.home.path().as_os_str().to_owned())];
     extra.push(("CS_TUI_BENCH".into(), "1".into()));
     let program = if native {
-        let (binary, env) = cs_tui::codex_bin::exec_target(codex.as_os_str());
+        let (binary, env) = cs_tui::process::codex::exec_target(codex.as_os_str());
         extra.extend(env);
         PathBuf::from(binary)
     } else {

@@ -195,26 +195,18 @@ impl PrefixKey {
                  add ctrl+ or alt+"
             ));
         }
-        let key = KeyEvent::new(code, modifiers);
-        if crate::pty::keys::encode_key(&key, crate::pty::keys::KeyModes::default()).is_none() {
-            return Err(format!("prefix key {text:?} has no terminal encoding"));
-        }
+        // Every key this grammar accepts (a character, Esc, F1–F12, with Ctrl and Alt) has a
+        // terminal encoding, which is what the key router compares (`app/input.rs`);
+        // `properties.rs` checks that against the encoder.
         Ok(Self {
             text: text.trim().to_owned(),
-            key,
+            key: KeyEvent::new(code, modifiers),
         })
     }
 
-    /// The bytes a terminal sends for this key; a key event with the same bytes is the prefix.
-    pub fn bytes(&self) -> Vec<u8> {
-        crate::pty::keys::encode_key(&self.key, crate::pty::keys::KeyModes::default())
-            .unwrap_or_default()
-    }
-
-    /// Whether `event` is this prefix.
-    pub fn matches(&self, event: &KeyEvent) -> bool {
-        crate::pty::keys::encode_key(event, crate::pty::keys::KeyModes::default())
-            .is_some_and(|b| b == self.bytes())
+    /// The key, for the router to encode: a key event with the same bytes is the prefix.
+    pub fn key(&self) -> &KeyEvent {
+        &self.key
     }
 
     /// As the user wrote it, for the footer and the help (`Ctrl+]`).
@@ -249,16 +241,6 @@ impl<'de> Deserialize<'de> for PrefixKey {
 }
 
 impl Config {
-    /// The proxy's switch policy: the thresholds from `[switch]`, usage staleness from
-    /// `[polling]`, everything else at its default.
-    pub fn policy(&self) -> crate::proxy::policy::PolicyConfig {
-        crate::proxy::policy::PolicyConfig {
-            soft_five_hour_percent: self.switch.five_hour_threshold,
-            soft_weekly_percent: self.switch.weekly_threshold,
-            ..Default::default()
-        }
-    }
-
     /// Parses a config file's text, and checks every value is in its range.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         let config: Self = toml::from_str(text)?;
@@ -346,7 +328,10 @@ mod tests {
     fn empty_file_is_every_default() {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config, Config::default());
-        assert_eq!(config.prefix_key.bytes(), vec![0x1d]);
+        assert_eq!(
+            *config.prefix_key.key(),
+            KeyEvent::new(KeyCode::Char(']'), KeyModifiers::CONTROL)
+        );
         assert_eq!(config.prefix_key.label(), "Ctrl+]");
         assert_eq!(config.panel.width, 44);
         assert_eq!(config.panel.side, PanelSide::Right);
@@ -369,7 +354,10 @@ mod tests {
             "prefix_key = \"ctrl+a\"\n[panel]\nside = \"left\"\n[switch]\nweekly_threshold = 90\n",
         )
         .unwrap();
-        assert_eq!(config.prefix_key.bytes(), vec![0x01]);
+        assert_eq!(
+            *config.prefix_key.key(),
+            KeyEvent::new(KeyCode::Char('a'), KeyModifiers::CONTROL)
+        );
         assert_eq!(config.panel.side, PanelSide::Left);
         assert_eq!(config.panel.width, 44);
         assert_eq!(config.switch.weekly_threshold, 90.0);
@@ -427,18 +415,6 @@ mod tests {
         // Integers that do not fit the type are parse errors, not panics.
         assert!(Config::from_toml("[panel]\nwidth = 70000").is_err());
         assert!(Config::from_toml("[pane]\nscrollback_lines = -1").is_err());
-    }
-
-    #[test]
-    fn prefix_matches_every_report_of_its_byte() {
-        let prefix = PrefixKey::default();
-        // Terminals send 0x1d for Ctrl+]; crossterm decodes 0x1d as Ctrl+5.
-        assert!(prefix.matches(&KeyEvent::new(KeyCode::Char(']'), KeyModifiers::CONTROL)));
-        assert!(prefix.matches(&KeyEvent::new(KeyCode::Char('5'), KeyModifiers::CONTROL)));
-        assert!(!prefix.matches(&KeyEvent::new(KeyCode::Char(']'), KeyModifiers::NONE)));
-        let f12 = PrefixKey::parse("F12").unwrap();
-        assert!(f12.matches(&KeyEvent::new(KeyCode::F(12), KeyModifiers::NONE)));
-        assert_eq!(PrefixKey::parse("ctrl+space").unwrap().bytes(), vec![0]);
     }
 
     #[test]

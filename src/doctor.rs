@@ -386,7 +386,7 @@ pub async fn run_checks(
     };
 
     let codex = async {
-        match crate::codex_bin::version(codex_bin).await {
+        match crate::process::codex::version(codex_bin).await {
             Ok(version) => (judge_codex_version(&version), true),
             Err(err) => (
                 Check::fail(

@@ -4,26 +4,32 @@
 //! Where things live:
 //! - [`pty`]: the child process, key encoding, terminal-query replies, the screen model;
 //! - [`proxy`]: app-server lifecycle, websocket relay, protocol types, switch policy;
+//! - [`process`]: PATH lookup, running `codex`, children that die with cs-tui, the reaper;
 //! - [`accounts`]: the account store, tokens, usage of every account;
-//! - [`app`]: state, events, key routing, the loop; [`ui`]: pure render functions;
+//! - [`app`]: events, key routing, the loop; [`state`]: what the screen shows (written by
+//!   `app`); [`ui`]: pure render functions that read it; [`pace`]: burn-rate arithmetic;
 //! - [`cli`]: the command line's types; [`commands`]: one handler per command, and the one
 //!   [`commands::Env`] they share; [`ipc`]: the client of a running session's socket.
 
 pub mod accounts;
 pub mod app;
+#[cfg(test)]
+mod architecture_tests;
 pub mod cli;
-pub mod codex_bin;
 pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod errors;
 pub mod ipc;
 pub mod logging;
+pub mod pace;
 pub mod paths;
+pub mod process;
 #[cfg(test)]
 mod properties;
 pub mod proxy;
 pub mod pty;
 pub mod quota;
 pub mod secret;
+pub mod state;
 pub mod ui;

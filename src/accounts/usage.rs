@@ -431,9 +431,9 @@ mod tests {
                 assert!(window.headroom() >= 0.0);
                 if let Some(reset) = window.resets_at {
                     // What the panel does with it.
-                    let _ = crate::ui::pace::pace(window, now.timestamp());
-                    let _ = crate::ui::pace::time_to_exhaustion(window, Some(1e-300), i64::MAX);
-                    let _ = crate::ui::pace::format_duration(reset.saturating_sub(i64::MIN));
+                    let _ = crate::pace::pace(window, now.timestamp());
+                    let _ = crate::pace::time_to_exhaustion(window, Some(1e-300), i64::MAX);
+                    let _ = crate::pace::format_duration(reset.saturating_sub(i64::MIN));
                 }
             }
         }

@@ -15,11 +15,11 @@ use color_eyre::eyre::{Result, eyre};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::accounts::{Account, Store};
-use crate::app::dashboard::{AccountView, StoredState};
 use crate::app::launcher::RemoteTarget;
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::session::{ProxyListener, Session, SessionOptions};
 use crate::proxy::store_directory::StoreDirectory;
+use crate::state::dashboard::{AccountView, StoredState};
 
 /// Set to `1` to run plain `codex` in the pane, without the proxy (no quota, no switching).
 /// A development path: it lets the pane be used and tested on its own.

@@ -12,9 +12,9 @@ use ratatui::backend::TestBackend;
 use ratatui::style::Color;
 
 use super::*;
-use crate::app::dashboard::AccountView;
 use crate::proxy::events::AccountRef;
 use crate::pty::queries::OuterColors;
+use crate::state::dashboard::AccountView;
 
 /// The child end of the pane, in memory: what the app wrote to it, the sizes it was given
 /// and the signals it got.

@@ -5,7 +5,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::config::PrefixKey;
 use crate::pty::keys::{KeyModes, encode_key};
-use crate::ui::Overlay;
+use crate::state::Overlay;
 
 /// What a key press does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,16 +30,23 @@ pub enum KeyAction {
 /// The prefix state machine.
 #[derive(Clone, Debug)]
 pub struct KeyRouter {
-    prefix: PrefixKey,
+    /// The bytes a terminal sends for the prefix key: a key event with the same bytes is the
+    /// prefix, however the terminal reported it.
+    prefix: Vec<u8>,
     pending: bool,
 }
 
 impl KeyRouter {
     pub fn new(prefix: PrefixKey) -> Self {
         Self {
-            prefix,
+            prefix: encode_key(prefix.key(), KeyModes::default()).unwrap_or_default(),
             pending: false,
         }
+    }
+
+    /// Whether `key` is the prefix.
+    fn is_prefix(&self, key: &KeyEvent) -> bool {
+        encode_key(key, KeyModes::default()).is_some_and(|bytes| bytes == self.prefix)
     }
 
     /// Whether the prefix was pressed and the next key is a hotkey.
@@ -62,8 +69,8 @@ impl KeyRouter {
         }
         if self.pending {
             self.pending = false;
-            if self.prefix.matches(key) {
-                return KeyAction::Send(self.prefix.bytes());
+            if self.is_prefix(key) {
+                return KeyAction::Send(self.prefix.clone());
             }
             return match key.code {
                 KeyCode::Char('s') => KeyAction::OpenPicker,
@@ -74,7 +81,7 @@ impl KeyRouter {
                 _ => KeyAction::Nothing,
             };
         }
-        if self.prefix.matches(key) {
+        if self.is_prefix(key) {
             self.pending = true;
             return KeyAction::PrefixArmed;
         }
@@ -144,6 +151,44 @@ mod tests {
             // crossterm reports the 0x1d byte as Ctrl+5; it is the same prefix.
             assert_eq!(r.route(&ctrl('5'), None, modes), KeyAction::PrefixArmed);
             assert_eq!(r.route(&key(KeyCode::Char(c)), None, modes), action, "{c}");
+        }
+    }
+
+    #[test]
+    fn prefix_matches_every_report_of_its_byte() {
+        let modes = KeyModes::default();
+        // Terminals send 0x1d for Ctrl+]; crossterm decodes 0x1d as Ctrl+5.
+        assert_eq!(
+            router().route(&ctrl(']'), None, modes),
+            KeyAction::PrefixArmed
+        );
+        assert_eq!(
+            router().route(&ctrl('5'), None, modes),
+            KeyAction::PrefixArmed
+        );
+        assert_eq!(
+            router().route(&key(KeyCode::Char(']')), None, modes),
+            KeyAction::Send(b"]".to_vec())
+        );
+        let mut f12 = KeyRouter::new(PrefixKey::parse("F12").unwrap());
+        assert_eq!(
+            f12.route(&key(KeyCode::F(12)), None, modes),
+            KeyAction::PrefixArmed
+        );
+        // Pressed twice, a prefix goes to Codex as the bytes a terminal sends for it.
+        for (text, bytes) in [("ctrl+space", vec![0]), ("ctrl+a", vec![0x01])] {
+            let mut r = KeyRouter::new(PrefixKey::parse(text).unwrap());
+            let press = PrefixKey::parse(text).unwrap().key().to_owned();
+            assert_eq!(
+                r.route(&press, None, modes),
+                KeyAction::PrefixArmed,
+                "{text}"
+            );
+            assert_eq!(
+                r.route(&press, None, modes),
+                KeyAction::Send(bytes),
+                "{text}"
+            );
         }
     }
 

@@ -5,7 +5,6 @@
 //! what they say, marks the screen dirty, and the frame scheduler turns bursts into one draw.
 
 pub mod backend;
-pub mod dashboard;
 pub mod frame;
 pub mod input;
 pub mod launcher;
@@ -28,17 +27,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::app::backend::SessionBackend;
-use crate::app::dashboard::{AccountState, Dashboard, SessionMode};
 use crate::app::frame::FrameScheduler;
 use crate::app::input::{KeyAction, KeyRouter};
 use crate::app::terminal::{FrameWriter, TerminalGuard};
 use crate::config::Config;
 use crate::errors::with_hint;
+use crate::process::resolve_program;
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
-use crate::pty::child::{ChildSpec, PtyChild, PtyEvent, child_environment, resolve_program};
+use crate::pty::child::{ChildSpec, PtyChild, PtyEvent, child_environment};
 use crate::pty::keys::{KeyModes, WheelAction, encode_paste, wheel};
 use crate::pty::screen::PaneScreen;
-use crate::ui::{self, AppLayout, Overlay, RenderContext, View};
+use crate::state::Overlay;
+use crate::state::dashboard::{AccountState, Dashboard, SessionMode};
+use crate::ui::{self, AppLayout, RenderContext, View};
 
 /// How long Codex gets to exit after a hang-up before it is killed.
 const CHILD_EXIT_GRACE: Duration = Duration::from_secs(3);
@@ -101,7 +102,7 @@ pub fn run(
         let remote = backend.remote.as_ref().map(backend::RemoteEndpoint::target);
         let args = launcher::codex_command_args(&codex_args, &cwd, remote.as_ref())?;
         // The npm wrapper's Node start-up would delay Codex's first frame by ~130 ms.
-        let (program, extra_env) = crate::codex_bin::exec_target(program.as_os_str());
+        let (program, extra_env) = crate::process::codex::exec_target(program.as_os_str());
         let program = std::path::PathBuf::from(program);
         tracing::info!(program = %program.display(), ?args, direct = backend.is_direct(), "starting codex");
         let spec = ChildSpec {

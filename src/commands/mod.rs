@@ -36,10 +36,10 @@ use crate::proxy::session::SessionOptions;
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if let Some(code) = crate::proxy::reaper::run_if_asked(&args) {
+    if let Some(code) = crate::process::reaper::run_if_asked(&args) {
         return code;
     }
-    crate::proxy::reaper::enable();
+    crate::process::reaper::enable();
     let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(code) => code,
@@ -240,7 +240,7 @@ impl Env {
             codex_bin: self.codex_bin.clone(),
             codex_home: crate::paths::codex_home()?,
             store_dir: self.store_dir()?.to_owned(),
-            policy: config.policy(),
+            policy: (&config.switch).into(),
             usage_poll: config.polling.usage_interval(),
             listen: "127.0.0.1:0".parse().expect("a valid address"),
             token_file: None,

@@ -7,12 +7,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::process::Command;
+use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use crate::process::Group;
 use crate::proxy::socket::AppServerAddr;
 
 /// How long the app-server gets to become ready.
@@ -50,9 +49,8 @@ pub struct AppServerExit {
 
 /// A running app-server. Dropping it kills the process group and removes its socket.
 pub struct AppServer {
-    pgid: Pid,
-    /// Started through the reaper (`reaper.rs`): the group's leader is the reaper.
-    reaped: bool,
+    /// Its process group; the reaper's (`process/reaper.rs`) when started through it.
+    group: Group,
     /// The reaper's pipe; dropping it makes the reaper kill the whole tree.
     _reaper_pipe: Option<tokio::process::ChildStdin>,
     socket: PathBuf,
@@ -66,17 +64,7 @@ pub struct AppServer {
 
 /// Process groups and runtime directories to clean up from a panic hook or a signal handler,
 /// where no destructor runs.
-static LIVE: Mutex<Vec<(i32, bool, PathBuf)>> = Mutex::new(Vec::new());
-
-/// Kills the app-server's process group now. Through the reaper, the reaper does it, tools
-/// included (a SIGKILL to the group would kill the reaper before it could).
-fn force_stop(pgid: Pid, reaped: bool) {
-    if reaped {
-        let _ = nix::sys::signal::kill(pgid, crate::proxy::reaper::KILL_NOW);
-    } else {
-        let _ = killpg(pgid, Signal::SIGKILL);
-    }
-}
+static LIVE: Mutex<Vec<(Group, PathBuf)>> = Mutex::new(Vec::new());
 
 /// Kills every app-server this process started and removes their sockets. Safe to call from
 /// a panic hook or a signal handler task; idempotent.
@@ -85,8 +73,8 @@ pub fn emergency_cleanup() {
         Ok(mut live) => std::mem::take(&mut *live),
         Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
     };
-    for (pgid, reaped, runtime_dir) in live {
-        force_stop(Pid::from_raw(pgid), reaped);
+    for (group, runtime_dir) in live {
+        group.kill_now();
         remove_socket(&runtime_dir.join(SOCKET_NAME));
         let _ = std::fs::remove_dir_all(&runtime_dir);
     }
@@ -105,15 +93,15 @@ fn remove_socket(link: &Path) {
     let _ = std::fs::remove_file(link);
 }
 
-fn register(pgid: Pid, reaped: bool, runtime_dir: &Path) {
+fn register(group: Group, runtime_dir: &Path) {
     if let Ok(mut live) = LIVE.lock() {
-        live.push((pgid.as_raw(), reaped, runtime_dir.to_owned()));
+        live.push((group, runtime_dir.to_owned()));
     }
 }
 
-fn unregister(pgid: Pid) {
+fn unregister(group: Group) {
     if let Ok(mut live) = LIVE.lock() {
-        live.retain(|(p, _, _)| *p != pgid.as_raw());
+        live.retain(|(g, _)| *g != group);
     }
 }
 
@@ -135,24 +123,13 @@ impl AppServer {
         let stderr = open_private_log(&options.stderr_log)
             .wrap_err_with(|| format!("creating {}", options.stderr_log.display()))?;
 
-        let (program, npm_env) = crate::codex_bin::exec_target(&options.codex_bin);
-        let reaped = crate::proxy::reaper::available();
-        let mut command = if reaped {
-            // Through the reaper (cs-tui re-executed), so that the app-server's tools die with
-            // cs-tui too; see `reaper.rs`. It costs one exec of cs-tui before the app-server's:
-            // ~2.6 ms (release build, median) against the app-server's ~200 ms to ready.
-            let mut command = Command::new("/proc/self/exe");
-            command
-                .arg0("cs-tui")
-                .arg(crate::proxy::reaper::SUBCOMMAND)
-                .arg(&program)
-                .stdin(Stdio::piped());
-            command
-        } else {
-            let mut command = Command::new(&program);
-            command.stdin(Stdio::null());
-            command
-        };
+        let (program, npm_env) = crate::process::codex::exec_target(&options.codex_bin);
+        // Through the reaper where it can run (Linux, the cs-tui binary), so that the
+        // app-server's tools die with cs-tui too; else directly, with the kernel's parent-death
+        // signal where there is one: the npm wrapper forwards that SIGTERM. See `process`.
+        // In a process group of its own: the npm `codex` is a Node wrapper around the real
+        // binary, and only signalling the whole group stops both (PROTOCOL.md §1).
+        let (mut command, reaped) = crate::process::command_dying_with_us(&program);
         command
             .envs(npm_env)
             .arg("app-server")
@@ -163,29 +140,7 @@ impl AppServer {
             .env("NO_COLOR", "1")
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(stderr)
-            // Its own process group: the npm `codex` is a Node wrapper around the real binary,
-            // and only signalling the whole group stops both (PROTOCOL.md §1).
-            .process_group(0)
-            .kill_on_drop(false);
-        // If cs-tui itself is killed (SIGKILL leaves no chance to clean up), the kernel sends
-        // the app-server SIGTERM instead of leaving it orphaned; the npm wrapper forwards it.
-        // SAFETY: the closure runs in the forked child before exec and only makes the
-        // async-signal-safe prctl(2) and getppid(2) calls.
-        // (The reaper instead learns of cs-tui's death from its pipe, and must outlive it.)
-        let parent = nix::unistd::getpid();
-        unsafe {
-            command.pre_exec(move || {
-                if !reaped {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
-                }
-                if nix::unistd::getppid() != parent {
-                    // The parent died before the prctl took effect.
-                    return Err(std::io::Error::other("cs-tui exited during the spawn"));
-                }
-                Ok(())
-            });
-        }
+            .stderr(stderr);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => {
@@ -198,11 +153,14 @@ impl AppServer {
                 });
             }
         };
-        let pgid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or_default());
+        let group = Group {
+            pgid: child.id().map(|p| p as i32).unwrap_or_default(),
+            reaped,
+        };
         // Its only write end: closed when we drop it or die, which tells the reaper to kill
         // everything.
         let reaper_pipe = child.stdin.take();
-        register(pgid, reaped, &options.runtime_dir);
+        register(group, &options.runtime_dir);
 
         let (exit_tx, exit_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -211,11 +169,11 @@ impl AppServer {
             let status = tokio::select! {
                 status = child.wait() => status,
                 _ = stop_rx => {
-                    let _ = killpg(pgid, Signal::SIGTERM);
+                    group.signal(Signal::SIGTERM);
                     match tokio::time::timeout(TERM_GRACE, child.wait()).await {
                         Ok(status) => status,
                         Err(_) => {
-                            force_stop(pgid, reaped);
+                            group.kill_now();
                             child.wait().await
                         }
                     }
@@ -223,7 +181,7 @@ impl AppServer {
             };
             // The wrapper may be gone while the real binary lives on in the group. (Through the
             // reaper, nothing is left by now: it exits last.)
-            let _ = killpg(pgid, Signal::SIGKILL);
+            group.signal(Signal::SIGKILL);
             let status = match status {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("unknown ({e})"),
@@ -235,8 +193,7 @@ impl AppServer {
         });
 
         let mut server = Self {
-            pgid,
-            reaped,
+            group,
             _reaper_pipe: reaper_pipe,
             socket,
             runtime_dir: options.runtime_dir,
@@ -249,7 +206,7 @@ impl AppServer {
         // app-server starts, so it costs no time.
         let (ready, version) = tokio::join!(
             server.wait_ready(),
-            crate::codex_bin::version(&options.codex_bin)
+            crate::process::codex::version(&options.codex_bin)
         );
         ready?;
         server.codex_version = version
@@ -304,7 +261,7 @@ impl AppServer {
 
     /// The process group id (the wrapper's pid).
     pub fn pgid(&self) -> i32 {
-        self.pgid.as_raw()
+        self.group.pgid
     }
 
     /// A receiver that turns `Some` when the app-server exits.
@@ -330,14 +287,14 @@ impl AppServer {
     fn cleanup_files(&self) {
         remove_socket(&self.socket);
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
-        unregister(self.pgid);
+        unregister(self.group);
     }
 }
 
 impl Drop for AppServer {
     fn drop(&mut self) {
         if self.stop.is_some() {
-            force_stop(self.pgid, self.reaped);
+            self.group.kill_now();
         }
         self.cleanup_files();
     }

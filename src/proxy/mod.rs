@@ -7,7 +7,6 @@ pub mod events;
 pub mod history;
 pub mod ipc;
 pub mod policy;
-pub mod reaper;
 pub mod relay;
 pub mod rerun;
 pub mod rpc;

@@ -35,6 +35,17 @@ impl Default for PolicyConfig {
     }
 }
 
+impl From<&crate::config::SwitchConfig> for PolicyConfig {
+    /// The thresholds from the config file's `[switch]`, everything else at its default.
+    fn from(switch: &crate::config::SwitchConfig) -> Self {
+        Self {
+            soft_five_hour_percent: switch.five_hour_threshold,
+            soft_weekly_percent: switch.weekly_threshold,
+            ..Default::default()
+        }
+    }
+}
+
 /// Why a rate-limit snapshot asks for a switch: a hard limit first, else a soft threshold.
 pub fn trigger_for_snapshot(
     snapshot: &RateLimitSnapshot,

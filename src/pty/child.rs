@@ -1,9 +1,9 @@
 //! The child process in a PTY: spawn with a clean environment, read its output on a thread,
 //! write input on another, resize, and stop its whole process group.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
@@ -121,22 +121,6 @@ impl std::fmt::Debug for ChildSpec {
             )
             .finish()
     }
-}
-
-/// Finds `program` like a shell would: a path as given, a bare name on `PATH`.
-pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> Option<PathBuf> {
-    let candidate = Path::new(program);
-    if candidate.components().count() > 1 {
-        return is_executable(candidate).then(|| candidate.to_path_buf());
-    }
-    std::env::split_paths(path_var?)
-        .map(|dir| dir.join(program))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A running child in a PTY.
@@ -293,7 +277,7 @@ impl PtyChild {
     /// group is what must be signalled (PROTOCOL.md §1).
     pub fn signal_group(&self, signal: nix::sys::signal::Signal) {
         if let Some(pid) = self.pid {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
+            let _ = crate::process::signal_group(pid, signal);
         }
     }
 }
@@ -356,22 +340,6 @@ mod tests {
         let shown = format!("{spec:?}");
         assert!(shown.contains("CS_TUI_PROXY_TOKEN"), "{shown}");
         assert!(!shown.contains("very-secret"), "{shown}");
-    }
-
-    #[test]
-    fn programs_resolve_by_path_or_on_path() {
-        let path = std::env::var_os("PATH");
-        let sh = resolve_program(OsStr::new("sh"), path.as_deref()).expect("sh on PATH");
-        assert!(sh.is_absolute());
-        assert_eq!(
-            resolve_program(OsStr::new("/bin/sh"), None),
-            Some(PathBuf::from("/bin/sh"))
-        );
-        assert_eq!(
-            resolve_program(OsStr::new("no-such-codex-here"), path.as_deref()),
-            None
-        );
-        assert_eq!(resolve_program(OsStr::new("./missing/codex"), None), None);
     }
 
     #[tokio::test]

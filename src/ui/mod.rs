@@ -2,7 +2,6 @@
 //! I/O; the one thing kept between frames is [`PanelCache`], a memo of the panel's last drawing.
 
 pub mod overlay;
-pub mod pace;
 pub mod panel;
 
 use ratatui::Frame;
@@ -12,10 +11,10 @@ use ratatui::style::{Color, Style};
 use ratatui::text::Span;
 use ratatui::widgets::{Paragraph, Widget};
 
-use crate::app::dashboard::Dashboard;
 use crate::config::{PanelConfig, PanelSide};
 use crate::pty::widget::{PaneWidget, cursor_position};
-pub use overlay::Overlay;
+use crate::state::Overlay;
+use crate::state::dashboard::Dashboard;
 pub use panel::RenderContext;
 
 /// Where everything goes on the screen.

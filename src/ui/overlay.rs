@@ -6,19 +6,8 @@ use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Clear, Paragraph, Widget};
 
-use crate::app::dashboard::{AccountState, Dashboard, SessionMode};
+use crate::state::dashboard::{AccountState, Dashboard, SessionMode};
 use crate::ui::panel::RenderContext;
-
-/// Which overlay is open.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Overlay {
-    Help,
-    ConfirmQuit,
-    /// The account picker with the highlighted row.
-    Picker {
-        selected: usize,
-    },
-}
 
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let [row] = Layout::vertical([Constraint::Length(height.min(area.height))])

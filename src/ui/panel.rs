@@ -8,12 +8,12 @@ use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Paragraph, Widget};
 
-use crate::app::dashboard::{AccountState, Dashboard, Notice, SessionMode};
-use crate::proxy::events::ConnectionState;
-use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
-use crate::ui::pace::{
+use crate::pace::{
     Exhaustion, burn_rate, format_duration, pace, time_to_exhaustion, window_average_rate,
 };
+use crate::proxy::events::ConnectionState;
+use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
+use crate::state::dashboard::{AccountState, Dashboard, Notice, SessionMode};
 
 /// What every render function needs besides the dashboard.
 #[derive(Clone, Copy, Debug)]

@@ -5,12 +5,12 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use super::*;
-use crate::app::dashboard::{AccountView, SessionMode, StoredState};
 use crate::config::PanelConfig;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent, SwitchReason};
 use crate::pty::queries::OuterColors;
 use crate::pty::screen::PaneScreen;
 use crate::quota::{Credits, RateLimitSnapshot, RateLimitWindow, SpendLimit};
+use crate::state::dashboard::{AccountView, SessionMode, StoredState};
 
 /// 2026-05-01 12:07:00 UTC, a Friday.
 const NOW: i64 = 1_777_637_220;

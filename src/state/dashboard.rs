@@ -4,9 +4,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::accounts::reset_credits::ResetCredits;
+use crate::pace::UsageSample;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent};
 use crate::quota::{RateLimitSnapshot, WindowKind};
-use crate::ui::pace::UsageSample;
 
 /// How long the panel keeps burn samples (the weekly window is the longest we chart).
 const HISTORY_LIMIT: usize = 2_000;

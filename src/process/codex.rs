@@ -72,7 +72,7 @@ struct NativeCodex {
 }
 
 fn native_codex(program: &OsStr) -> Option<NativeCodex> {
-    let script = crate::pty::child::resolve_program(program, std::env::var_os("PATH").as_deref())?;
+    let script = super::resolve_program(program, std::env::var_os("PATH").as_deref())?;
     let script = std::fs::canonicalize(script).ok()?;
     if script.file_name()? != "codex.js" {
         return None;
