@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
@@ -64,10 +63,6 @@ pub struct AppServer {
     codex_version: Option<String>,
 }
 
-/// Process groups and runtime directories to clean up from a panic hook or a signal handler,
-/// where no destructor runs.
-static LIVE: Mutex<Vec<(i32, bool, PathBuf)>> = Mutex::new(Vec::new());
-
 /// Kills the app-server's process group now. Through the reaper, the reaper does it, tools
 /// included (a SIGKILL to the group would kill the reaper before it could).
 fn force_stop(pgid: Pid, reaped: bool) {
@@ -75,20 +70,6 @@ fn force_stop(pgid: Pid, reaped: bool) {
         let _ = nix::sys::signal::kill(pgid, crate::proxy::reaper::KILL_NOW);
     } else {
         let _ = killpg(pgid, Signal::SIGKILL);
-    }
-}
-
-/// Kills every app-server this process started and removes their sockets. Safe to call from
-/// a panic hook or a signal handler task; idempotent.
-pub fn emergency_cleanup() {
-    let live = match LIVE.lock() {
-        Ok(mut live) => std::mem::take(&mut *live),
-        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-    };
-    for (pgid, reaped, runtime_dir) in live {
-        force_stop(Pid::from_raw(pgid), reaped);
-        remove_socket(&runtime_dir.join(SOCKET_NAME));
-        let _ = std::fs::remove_dir_all(&runtime_dir);
     }
 }
 
@@ -103,18 +84,6 @@ fn remove_socket(link: &Path) {
         let _ = std::fs::remove_file(lock);
     }
     let _ = std::fs::remove_file(link);
-}
-
-fn register(pgid: Pid, reaped: bool, runtime_dir: &Path) {
-    if let Ok(mut live) = LIVE.lock() {
-        live.push((pgid.as_raw(), reaped, runtime_dir.to_owned()));
-    }
-}
-
-fn unregister(pgid: Pid) {
-    if let Ok(mut live) = LIVE.lock() {
-        live.retain(|(p, _, _)| *p != pgid.as_raw());
-    }
 }
 
 impl AppServer {
@@ -202,7 +171,6 @@ impl AppServer {
         // Its only write end: closed when we drop it or die, which tells the reaper to kill
         // everything.
         let reaper_pipe = child.stdin.take();
-        register(pgid, reaped, &options.runtime_dir);
 
         let (exit_tx, exit_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -330,7 +298,6 @@ impl AppServer {
     fn cleanup_files(&self) {
         remove_socket(&self.socket);
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
-        unregister(self.pgid);
     }
 }
 
