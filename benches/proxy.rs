@@ -148,6 +148,8 @@ async fn start_tungstenite_relay(upstream: AppServerAddr, sniff: bool) -> String
             let upstream = upstream.clone();
             tokio::spawn(async move {
                 let _ = client.set_nodelay(true);
+                // The callback's signature is tungstenite's, large error and all.
+                #[allow(clippy::result_large_err)]
                 let authorize = |request: &Request, response: Response| {
                     let expected = format!("Bearer {BEARER}");
                     match request.headers().get("authorization") {
