@@ -25,8 +25,9 @@
 //! upstream. Three release runs on a loaded 2-core machine (2026-12-02), this relay against
 //! that one (higher is better for this relay):
 //!
-//! - round trip of a small request: +9 µs over a direct connection, against +15 µs (p50 of the
-//!   whole round trip ~34 µs against ~40 µs, 1.15×); p99 was dominated by the machine's load;
+//! - round trip of a small request (p50): +9 µs over a direct connection, against +15–16 µs
+//!   (the whole round trip 33–35 µs against 39–41 µs, 1.16–1.20×); p99 was dominated by the
+//!   machine's load;
 //! - 300-byte server→client messages: 1.9–2.9× the messages per second (~550k–930k/s against
 //!   ~280k–460k/s), client→server 1.3–1.8×;
 //! - 1 MiB messages: server→client 1.1–1.3×, client→server 1.3–1.7×.
