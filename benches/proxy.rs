@@ -9,6 +9,13 @@
 //!
 //! - the relay as cs-tui runs it: client → relay over TCP, relay → upstream over the unix
 //!   socket;
+//! - a baseline relay built the obvious way with tokio-tungstenite (what `src/proxy/relay/`
+//!   replaced): accept the client's websocket and open the upstream's (unix socket), forward
+//!   `Message`s both ways with `StreamExt::forward`, and parse every server message's JSON to
+//!   find the methods the relay watches, acting on them as ours does; it shows what the
+//!   hand-written frame splicer buys; and the same relay finding watched methods with our
+//!   sniffer (`rpc::sniff_method`) before parsing, which splits that gain into what comes from
+//!   not parsing and what from not re-framing;
 //! - the relay with a TCP upstream (how cs-tui reached its app-server before), which shows why
 //!   the unix socket was chosen;
 //! - a byte-copy forwarder (TCP in, unix out) that knows nothing of websockets: the floor any
@@ -20,13 +27,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cs_tui::proxy::relay::{self, RelayShared};
+use cs_tui::proxy::rpc::{
+    Envelope, ErrorParams, RELAY_WATCHED, RateLimitsUpdatedParams, TurnParams, method, sniff_method,
+};
 use cs_tui::proxy::socket::{AppServerAddr, Stream};
 use cs_tui::secret::Secret;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 fn config() -> WebSocketConfig {
@@ -119,6 +131,97 @@ async fn start_relay(upstream: AppServerAddr) -> String {
         }),
     ));
     url
+}
+
+/// The baseline: a relay written the obvious way with tokio-tungstenite. Checks the bearer
+/// token in the client's handshake, connects the upstream, then forwards whole `Message`s in
+/// both directions; every server→client text message is parsed (`Envelope`, borrowed, params
+/// left raw) and the watched ones are parsed further into the same typed params our relay
+/// decodes, an `account/chatgptAuthTokens/refresh` request being dropped. The client's
+/// messages pass unparsed, as they do through ours with no interceptor. With `sniff`, a server
+/// message is parsed only when our sniffer says it may be watched, as ours does.
+async fn start_tungstenite_relay(upstream: AppServerAddr, sniff: bool) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let _ = client.set_nodelay(true);
+                // The callback's signature is tungstenite's, large error and all.
+                #[allow(clippy::result_large_err)]
+                let authorize = |request: &Request, response: Response| {
+                    let expected = format!("Bearer {BEARER}");
+                    match request.headers().get("authorization") {
+                        Some(value) if value.as_bytes() == expected.as_bytes() => Ok(response),
+                        _ => {
+                            let mut refusal = ErrorResponse::new(None);
+                            *refusal.status_mut() = StatusCode::UNAUTHORIZED;
+                            Err(refusal)
+                        }
+                    }
+                };
+                let Ok(client) = tokio_tungstenite::accept_hdr_async_with_config(
+                    client,
+                    authorize,
+                    Some(config()),
+                )
+                .await
+                else {
+                    return;
+                };
+                let (stream, request) = upstream.connect().await.unwrap();
+                let (server, _) =
+                    tokio_tungstenite::client_async_with_config(request, stream, Some(config()))
+                        .await
+                        .unwrap();
+                let (client_tx, client_rx) = client.split();
+                let (server_tx, server_rx) = server.split();
+                let up = client_rx.forward(server_tx);
+                let down = server_rx
+                    .try_filter_map(|message| {
+                        let keep = match &message {
+                            Message::Text(text) => !drop_after_inspecting(text.as_str(), sniff),
+                            _ => true,
+                        };
+                        futures_util::future::ready(Ok(keep.then_some(message)))
+                    })
+                    .forward(client_tx);
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    url
+}
+
+/// What the baseline relay does with a server message: parse it, and decode the watched
+/// methods as `src/proxy/relay/inspect.rs` does. True when it must not be forwarded.
+fn drop_after_inspecting(text: &str, sniff: bool) -> bool {
+    if sniff && sniff_method(text, RELAY_WATCHED).is_none() {
+        return false;
+    }
+    let Some(envelope) = Envelope::parse(text) else {
+        return false;
+    };
+    let Some(watched) = envelope.method.filter(|m| RELAY_WATCHED.contains(m)) else {
+        return false;
+    };
+    match watched {
+        method::TOKENS_REFRESH => return envelope.is_request(),
+        method::RATE_LIMITS_UPDATED => {
+            std::hint::black_box(envelope.params::<RateLimitsUpdatedParams>());
+        }
+        method::ERROR => {
+            std::hint::black_box(envelope.params::<ErrorParams>());
+        }
+        _ => {
+            std::hint::black_box(envelope.params::<TurnParams>());
+        }
+    }
+    false
 }
 
 /// A forwarder that copies bytes from TCP clients to the unix socket and knows nothing of
@@ -221,10 +324,12 @@ async fn sink_rate(ws: &mut Ws, n: usize, size: usize) -> f64 {
 
 /// The ways the client reaches the upstream, in print order. The first is the baseline; the
 /// one at [`UNIX`] is the second baseline, the same upstream over its unix socket.
-const UNIX: usize = 4;
-const PATHS: [&str; 5] = [
+const UNIX: usize = 6;
+const PATHS: [&str; 7] = [
     "direct, TCP",
     "relay → unix (cs-tui)",
+    "tungstenite relay → unix",
+    "tungstenite + sniff → unix",
     "relay → TCP",
     "byte copy → unix",
     "direct, unix",
@@ -240,11 +345,17 @@ fn main() {
     runtime.block_on(async {
         let (upstream_url, upstream_socket) = start_upstream(dir.path()).await;
         let relay_unix = start_relay(AppServerAddr::Unix(upstream_socket.clone())).await;
+        let tungstenite_relay =
+            start_tungstenite_relay(AppServerAddr::Unix(upstream_socket.clone()), false).await;
+        let tungstenite_sniffing =
+            start_tungstenite_relay(AppServerAddr::Unix(upstream_socket.clone()), true).await;
         let relay_tcp = start_relay(tcp(&upstream_url)).await;
         let forwarder = start_byte_forwarder(upstream_socket.clone()).await;
         let mut clients = [
             connect(tcp(&upstream_url)).await,
             connect(tcp(&relay_unix)).await,
+            connect(tcp(&tungstenite_relay)).await,
+            connect(tcp(&tungstenite_sniffing)).await,
             connect(tcp(&relay_tcp)).await,
             connect(tcp(&forwarder)).await,
             connect(AppServerAddr::Unix(upstream_socket)).await,
@@ -273,7 +384,7 @@ fn main() {
         );
         for (name, (p50, p99)) in PATHS.iter().zip(&stats) {
             println!(
-                "  {name:<22} p50 {p50:>6.1} µs  p99 {p99:>6.1} µs   added p50 {:>5.1} ({:>5.1}) µs  p99 {:>5.1} ({:>5.1}) µs",
+                "  {name:<26} p50 {p50:>6.1} µs  p99 {p99:>6.1} µs   added p50 {:>5.1} ({:>5.1}) µs  p99 {:>5.1} ({:>5.1}) µs",
                 p50 - d50,
                 p50 - u50,
                 p99 - d99,
@@ -300,7 +411,7 @@ fn main() {
                 );
                 for (name, rate) in PATHS.iter().zip(&medians) {
                     println!(
-                        "  {name:<22} {:>9.0} msg/s {:>7.1} MB/s = {:>5.1} % ({:>5.1} %)",
+                        "  {name:<26} {:>9.0} msg/s {:>7.1} MB/s = {:>5.1} % ({:>5.1} %)",
                         rate,
                         rate * size as f64 / 1e6,
                         100.0 * rate / medians[0],

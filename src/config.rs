@@ -98,15 +98,18 @@ pub struct PollingConfig {
     /// Seconds between `/wham/usage` reads of every account (the active one too: a full read
     /// tells which windows it still has).
     pub usage_interval_secs: u64,
-    /// Seconds between reads of the active account when no turn reported numbers.
-    pub active_interval_secs: u64,
+    /// `active_interval_secs`, which older versions documented but never acted on: a file
+    /// that still sets it loads, and the value (whatever it is) is ignored, with one log line.
+    /// The active account's quota comes from the session's own stream.
+    #[serde(rename = "active_interval_secs", skip_serializing)]
+    legacy_active_interval: Option<serde::de::IgnoredAny>,
 }
 
 impl Default for PollingConfig {
     fn default() -> Self {
         Self {
             usage_interval_secs: 300,
-            active_interval_secs: 60,
+            legacy_active_interval: None,
         }
     }
 }
@@ -114,10 +117,6 @@ impl Default for PollingConfig {
 impl PollingConfig {
     pub fn usage_interval(&self) -> Duration {
         Duration::from_secs(self.usage_interval_secs.max(1))
-    }
-
-    pub fn active_interval(&self) -> Duration {
-        Duration::from_secs(self.active_interval_secs.max(1))
     }
 }
 
@@ -278,21 +277,12 @@ impl Config {
                 self.pane.scrollback_lines
             ));
         }
-        for (key, value) in [
-            (
-                "polling.usage_interval_secs",
-                self.polling.usage_interval_secs,
-            ),
-            (
-                "polling.active_interval_secs",
-                self.polling.active_interval_secs,
-            ),
-        ] {
-            if !(1..=MAX_INTERVAL_SECS).contains(&value) {
-                return Err(format!(
-                    "{key} = {value}: must be from 1 to {MAX_INTERVAL_SECS} seconds (a day)"
-                ));
-            }
+        let interval = self.polling.usage_interval_secs;
+        if !(1..=MAX_INTERVAL_SECS).contains(&interval) {
+            return Err(format!(
+                "polling.usage_interval_secs = {interval}: must be from 1 to \
+                 {MAX_INTERVAL_SECS} seconds (a day)"
+            ));
         }
         Ok(())
     }
@@ -311,12 +301,25 @@ impl Config {
                 return Err(err).wrap_err_with(|| format!("reading {}", path.display()));
             }
         };
-        Self::from_toml(&text)
+        let config = Self::from_toml(&text)
             .wrap_err_with(|| format!("parsing {}", path.display()))
             .hint(
                 "fix the file or delete it to use the defaults; \
                  assets/config.example.toml lists every key",
-            )
+            )?;
+        for key in config.ignored_keys() {
+            tracing::warn!(file = %path.display(), key, "config key is no longer used; ignored");
+        }
+        Ok(config)
+    }
+
+    /// Keys the file sets that older versions knew and this one accepts but ignores.
+    pub fn ignored_keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.polling.legacy_active_interval.is_some() {
+            keys.push("polling.active_interval_secs");
+        }
+        keys
     }
 }
 
@@ -365,6 +368,40 @@ mod tests {
     }
 
     #[test]
+    fn the_retired_active_interval_key_still_loads_and_is_reported_as_ignored() {
+        // Older versions documented `polling.active_interval_secs` and never acted on it: a
+        // file that sets it, to any value the old range check allowed or not, still loads
+        // with every other value as written.
+        for value in ["60", "0", "18446744073709551615", "\"1m\""] {
+            let text =
+                format!("[polling]\nusage_interval_secs = 120\nactive_interval_secs = {value}\n");
+            let config = Config::from_toml(&text).expect(&text);
+            assert_eq!(config.polling.usage_interval(), Duration::from_secs(120));
+            assert_eq!(config.ignored_keys(), ["polling.active_interval_secs"]);
+        }
+        assert!(Config::default().ignored_keys().is_empty());
+        assert!(
+            Config::from_toml("[polling]\nusage_interval_secs = 5")
+                .unwrap()
+                .ignored_keys()
+                .is_empty()
+        );
+        // Only where it was: elsewhere it is a typo like any other.
+        assert!(Config::from_toml("[switch]\nactive_interval_secs = 60").is_err());
+        // And through `load`, as the dashboard, `serve` and `doctor` read it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &path,
+            "[polling]\nactive_interval_secs = 60\n[panel]\nwidth = 50\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.panel.width, 50);
+        assert_eq!(config.ignored_keys(), ["polling.active_interval_secs"]);
+    }
+
+    #[test]
     fn typos_and_bad_keys_are_errors() {
         assert!(Config::from_toml("prefix = \"ctrl+a\"").is_err());
         assert!(Config::from_toml("[panel]\nwidht = 3").is_err());
@@ -398,10 +435,6 @@ mod tests {
             (
                 "[polling]\nusage_interval_secs = 0",
                 "polling.usage_interval_secs",
-            ),
-            (
-                "[polling]\nactive_interval_secs = 18446744073709551615",
-                "polling.active_interval_secs",
             ),
         ];
         for (text, key) in table {

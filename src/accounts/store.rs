@@ -514,17 +514,6 @@ impl Store {
         }
     }
 
-    /// Records that a session is using the account now (the dashboard calls this on a switch).
-    pub fn mark_used(&self, account_id: &str) -> Result<()> {
-        self.update(|file| {
-            let account = file
-                .get_mut(account_id)
-                .ok_or_else(|| eyre!("no stored account has the id {account_id}"))?;
-            account.last_used_at = Some(Utc::now());
-            Ok(())
-        })
-    }
-
     /// Takes the store lock, blocking until it is free.
     fn lock(&self, kind: FlockArg) -> Result<Flock<File>> {
         lock_file(&self.dir.join(LOCK_FILE), kind)

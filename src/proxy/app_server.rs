@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
@@ -62,24 +61,6 @@ pub struct AppServer {
     codex_version: Option<String>,
 }
 
-/// Process groups and runtime directories to clean up from a panic hook or a signal handler,
-/// where no destructor runs.
-static LIVE: Mutex<Vec<(Group, PathBuf)>> = Mutex::new(Vec::new());
-
-/// Kills every app-server this process started and removes their sockets. Safe to call from
-/// a panic hook or a signal handler task; idempotent.
-pub fn emergency_cleanup() {
-    let live = match LIVE.lock() {
-        Ok(mut live) => std::mem::take(&mut *live),
-        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-    };
-    for (group, runtime_dir) in live {
-        group.kill_now();
-        remove_socket(&runtime_dir.join(SOCKET_NAME));
-        let _ = std::fs::remove_dir_all(&runtime_dir);
-    }
-}
-
 /// Removes what a killed app-server leaves of its socket: it binds the real socket (and a lock
 /// file beside it) under `/tmp/codex-daemon-<uid>/`, named after our path, and links our path
 /// to it. A clean exit removes the socket itself; SIGKILL leaves both.
@@ -91,18 +72,6 @@ fn remove_socket(link: &Path) {
         let _ = std::fs::remove_file(lock);
     }
     let _ = std::fs::remove_file(link);
-}
-
-fn register(group: Group, runtime_dir: &Path) {
-    if let Ok(mut live) = LIVE.lock() {
-        live.push((group, runtime_dir.to_owned()));
-    }
-}
-
-fn unregister(group: Group) {
-    if let Ok(mut live) = LIVE.lock() {
-        live.retain(|(g, _)| *g != group);
-    }
 }
 
 impl AppServer {
@@ -160,7 +129,6 @@ impl AppServer {
         // Its only write end: closed when we drop it or die, which tells the reaper to kill
         // everything.
         let reaper_pipe = child.stdin.take();
-        register(group, &options.runtime_dir);
 
         let (exit_tx, exit_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -287,7 +255,6 @@ impl AppServer {
     fn cleanup_files(&self) {
         remove_socket(&self.socket);
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
-        unregister(self.group);
     }
 }
 

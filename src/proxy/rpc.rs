@@ -21,7 +21,6 @@ pub mod method {
     pub const TURN_COMPLETED: &str = "turn/completed";
     pub const TOKENS_REFRESH: &str = "account/chatgptAuthTokens/refresh";
     pub const LOGIN_COMPLETED: &str = "account/login/completed";
-    pub const ACCOUNT_UPDATED: &str = "account/updated";
 }
 
 /// Server→client messages the relay acts on.
@@ -173,10 +172,6 @@ impl<'a> Envelope<'a> {
 
     pub fn is_request(&self) -> bool {
         self.method.is_some() && self.id.is_some()
-    }
-
-    pub fn is_notification(&self) -> bool {
-        self.method.is_some() && self.id.is_none()
     }
 }
 
