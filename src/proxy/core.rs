@@ -19,8 +19,8 @@ use crate::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent
 use crate::proxy::history::{self, SwitchRecord, UsageNumbers};
 use crate::proxy::policy::{self, Candidate, Choice, Mode, PolicyConfig};
 use crate::proxy::relay::{ConnId, ConnectionHandle, Observation, RelayEvent};
-use crate::proxy::rerun::{GuardCommand, GuardEvent, GuardShared, TurnGuard};
 use crate::proxy::rpc::{RefreshParams, method};
+use crate::proxy::turn_guard::{GuardCommand, GuardEvent, GuardShared, TurnGuard};
 use crate::proxy::upstream::{self, ControlConnection, ControlEvent};
 use crate::quota::{AccountLimits, RateLimitSnapshot};
 

@@ -37,8 +37,8 @@ use crate::proxy::history::HISTORY_FILE;
 use crate::proxy::ipc;
 use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
 use crate::proxy::relay::{self, ClientListener, EventSink, RelayShared};
-use crate::proxy::rerun::{GuardShared, TurnGuard};
 use crate::proxy::socket::{BoundSocket, SocketFiles};
+use crate::proxy::turn_guard::{GuardShared, GuardSink, TurnGuard};
 use crate::proxy::upstream::{ClientIdentity, ControlConnection, ControlEvent};
 use crate::quota::AccountLimits;
 use crate::secret::Secret;
@@ -428,7 +428,10 @@ impl Session {
             },
             interceptor: {
                 let core_tx = core_tx.clone();
-                Box::new(move |conn| TurnGuard::new(conn, guards.clone(), core_tx.clone()))
+                let sink = GuardSink::new(move |event| {
+                    let _ = core_tx.send(CoreMsg::Guard(event));
+                });
+                Box::new(move |conn| TurnGuard::new(conn, guards.clone(), sink.clone()))
             },
         });
         tasks.push(tokio::spawn(relay::serve(listener.listener, shared)));
