@@ -46,7 +46,7 @@ impl CoreState {
     ) {
         if self.active.as_deref() != Some(account_id.as_str()) {
             fx.push(Effect::Reply(Err(
-                crate::proxy::events::NOT_THE_ACTIVE_ACCOUNT.to_owned()
+                crate::proxy::events::NOT_THE_ACTIVE_ACCOUNT.to_owned(),
             )));
             return;
         }

@@ -96,7 +96,12 @@ impl CoreState {
 
     /// The store's accounts, read again: an account new to the session gets its usage read
     /// at once, so it can take over at the next limit.
-    pub(super) fn accounts_listed(&mut self, accounts: Vec<DirAccount>, now: Now, fx: &mut Effects) {
+    pub(super) fn accounts_listed(
+        &mut self,
+        accounts: Vec<DirAccount>,
+        now: Now,
+        fx: &mut Effects,
+    ) {
         let new: Vec<String> = accounts
             .iter()
             .filter(|a| a.switchable() && !self.accounts.iter().any(|known| known.id == a.id))

@@ -78,7 +78,9 @@ impl CoreState {
         let snapshot = self.quota(&active).cloned().unwrap_or_default();
         if let Some(reason) = policy::trigger_for_snapshot(&snapshot, &self.config.policy) {
             let hard = matches!(reason, SwitchReason::HardLimit { .. });
-            let backing_off = self.none_available_until.is_some_and(|until| now.mono < until);
+            let backing_off = self
+                .none_available_until
+                .is_some_and(|until| now.mono < until);
             if hard || !backing_off {
                 self.arm(Target::Best, reason, Mode::Automatic, now, fx);
             }

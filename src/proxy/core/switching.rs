@@ -156,7 +156,10 @@ impl CoreState {
                 // Logged in and serving: a later limit of this account is a new one.
                 self.limit_reported.remove(&to);
                 self.active = Some(to.clone());
-                let elapsed_ms = now.mono.saturating_duration_since(outcome.started).as_millis() as u64;
+                let elapsed_ms = now
+                    .mono
+                    .saturating_duration_since(outcome.started)
+                    .as_millis() as u64;
                 let record = SwitchRecord {
                     at,
                     from: from.as_deref().map(|f| self.account_ref(f)),

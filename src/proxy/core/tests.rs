@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::CoreConfig;
 use super::effects::{Effect, SwitchPlan};
 use super::refresh::refresh_target;
 use super::state::{CoreState, Input, Now};
 use super::switching::{SwitchFailure, SwitchOutcome, Target};
 use super::turns::{REQUESTED_TURN_TIMEOUT, busy};
-use super::CoreConfig;
 use crate::proxy::app_server::AppServerExit;
 use crate::proxy::directory::DirAccount;
 use crate::proxy::events::{ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
@@ -90,7 +90,12 @@ impl Sim {
             seat("carol", "ws-c", "u-carol"),
             api_key("key"),
         ];
-        let state = CoreState::new(config, accounts, "alice".into(), Some(limits(20.0, now.wall)));
+        let state = CoreState::new(
+            config,
+            accounts,
+            "alice".into(),
+            Some(limits(20.0, now.wall)),
+        );
         Self { state, now }
     }
 
@@ -140,7 +145,10 @@ impl Sim {
 
     fn rate_limits(&mut self, used: f64) -> Vec<Effect> {
         let update = quota(used, self.now.wall);
-        self.feed(Input::Observed(1, Observation::RateLimits(Box::new(update))))
+        self.feed(Input::Observed(
+            1,
+            Observation::RateLimits(Box::new(update)),
+        ))
     }
 
     fn command(&mut self, command: ProxyCommand) -> Vec<Effect> {
@@ -247,7 +255,10 @@ fn a_requested_turn_holds_switches_back_until_it_is_stale() {
     assert!(!busy(&running, &mut requested, now));
 
     requested.insert((1, "t1".to_owned()), now);
-    assert!(busy(&running, &mut requested, now), "asked for, not started yet");
+    assert!(
+        busy(&running, &mut requested, now),
+        "asked for, not started yet"
+    );
 
     running.insert("u1".to_owned(), (1, None));
     requested.clear();
@@ -272,7 +283,11 @@ fn a_limit_during_a_turn_defers_the_switch_to_the_turn_boundary_and_says_so_once
     assert_eq!(count(&fx, is_start), 0, "a login now would kill the turn");
     assert_eq!(count(&fx, is_deferred), 1);
     let fx = sim.limit_error(1, "u1");
-    assert_eq!(count(&fx, is_start) + count(&fx, is_deferred), 0, "said once");
+    assert_eq!(
+        count(&fx, is_start) + count(&fx, is_deferred),
+        0,
+        "said once"
+    );
 
     let plan = started(sim.turn_completed(1, "u1")).expect("the switch goes at the boundary");
     assert_eq!(plan.pending.target, Target::Best);
@@ -517,11 +532,18 @@ fn after_none_available_soft_thresholds_back_off_but_hard_limits_do_not() {
         }),
         sim.now.mono,
     );
-    assert!(events(&fx)
-        .iter()
-        .any(|e| matches!(e, ProxyEvent::NoAccountAvailable { earliest_reset: Some(_), .. })));
+    assert!(events(&fx).iter().any(|e| matches!(
+        e,
+        ProxyEvent::NoAccountAvailable {
+            earliest_reset: Some(_),
+            ..
+        }
+    )));
     sim.advance(Duration::from_secs(10));
-    assert!(started(sim.rate_limits(96.0)).is_none(), "soft: backing off");
+    assert!(
+        started(sim.rate_limits(96.0)).is_none(),
+        "soft: backing off"
+    );
     let plan = started(sim.rate_limits(100.0)).expect("hard: not held back");
     sim.finished(
         &plan,
@@ -531,7 +553,10 @@ fn after_none_available_soft_thresholds_back_off_but_hard_limits_do_not() {
         sim.now.mono,
     );
     sim.advance(super::limits::NONE_AVAILABLE_BACKOFF + Duration::from_secs(1));
-    assert!(started(sim.rate_limits(96.0)).is_some(), "the backoff is over");
+    assert!(
+        started(sim.rate_limits(96.0)).is_some(),
+        "the backoff is over"
+    );
 }
 
 #[test]
@@ -572,7 +597,10 @@ fn a_switch_that_fails_keeps_the_old_account_and_shows_the_real_error() {
     assert!(guards.contains(&(1, GuardCommand::GiveUp)), "{guards:?}");
     assert!(guards.contains(&(1, GuardCommand::SwitchOver)));
     assert!(guards.contains(&(2, GuardCommand::SwitchOver)));
-    assert!(sim.state.switched_away.is_empty(), "no cooldown for a switch that did not happen");
+    assert!(
+        sim.state.switched_away.is_empty(),
+        "no cooldown for a switch that did not happen"
+    );
 }
 
 #[test]
@@ -604,9 +632,18 @@ fn an_automatic_switch_records_history_marks_the_store_and_cools_the_old_account
     assert_eq!(record.from.as_ref().unwrap().id, "alice");
     assert_eq!(record.to.id, "bob");
     assert_eq!(record.elapsed_ms, 1234);
-    assert_eq!(record.from_usage.as_ref().unwrap().five_hour_percent, Some(100.0));
-    assert_eq!(record.to_usage.as_ref().unwrap().five_hour_percent, Some(5.0));
-    assert!(fx.iter().any(|e| matches!(e, Effect::MarkActive(id) if id == "bob")));
+    assert_eq!(
+        record.from_usage.as_ref().unwrap().five_hour_percent,
+        Some(100.0)
+    );
+    assert_eq!(
+        record.to_usage.as_ref().unwrap().five_hour_percent,
+        Some(5.0)
+    );
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::MarkActive(id) if id == "bob"))
+    );
     assert!(events(&fx).iter().any(|e| matches!(
         e,
         ProxyEvent::ActiveAccount { account, .. } if account.id == "bob"
@@ -687,8 +724,14 @@ fn manual_switches_to_accounts_that_cannot_take_over_are_refused_at_once() {
         assert_eq!(count(&fx, is_start), 0);
         reply(&fx).unwrap_err()
     };
-    assert_eq!(refused(&mut sim, "nobody"), "no stored account has id nobody");
-    assert!(refused(&mut sim, "alice").contains("already"), "the active account");
+    assert_eq!(
+        refused(&mut sim, "nobody"),
+        "no stored account has id nobody"
+    );
+    assert!(
+        refused(&mut sim, "alice").contains("already"),
+        "the active account"
+    );
     assert!(
         refused(&mut sim, "key").contains("needs a new login"),
         "an API-key account"
@@ -718,7 +761,11 @@ fn a_request_during_a_switch_does_not_start_a_second_one() {
 #[test]
 fn a_token_refresh_is_answered_for_the_active_seat_and_other_requests_are_refused() {
     let mut sim = Sim::new();
-    sim.state.accounts.push(seat("alice-2", "ws-a", "u-other"));
+    // Another seat of alice's workspace, stored first; alice's user is not known.
+    sim.state
+        .accounts
+        .insert(0, seat("alice-2", "ws-a", "u-other"));
+    sim.state.accounts[1].user_id = None;
     let fx = sim.feed(Input::ServerRequest {
         id: json!(7),
         method: method::TOKENS_REFRESH.into(),
@@ -733,13 +780,18 @@ fn a_token_refresh_is_answered_for_the_active_seat_and_other_requests_are_refuse
         method: method::TOKENS_REFRESH.into(),
         params: json!({"previousAccountId": "ws-unknown"}),
     });
-    assert!(matches!(&fx[..], [Effect::AnswerRefresh { account: None, .. }]));
+    assert!(matches!(
+        &fx[..],
+        [Effect::AnswerRefresh { account: None, .. }]
+    ));
     let fx = sim.feed(Input::ServerRequest {
         id: json!(9),
         method: "item/tool/call".into(),
         params: json!({}),
     });
-    assert!(matches!(&fx[..], [Effect::RespondError { error, .. }] if error.contains("item/tool/call")));
+    assert!(
+        matches!(&fx[..], [Effect::RespondError { error, .. }] if error.contains("item/tool/call"))
+    );
 }
 
 #[test]
@@ -787,7 +839,11 @@ fn the_usage_poll_reads_every_chatgpt_account_at_start_and_only_stale_ones_later
     });
     sim.advance(Duration::from_secs(60));
     let fx = sim.feed(Input::PollTick);
-    assert_eq!(fetches(&fx), vec![vec!["alice", "carol"]], "bob was read a minute ago");
+    assert_eq!(
+        fetches(&fx),
+        vec![vec!["alice", "carol"]],
+        "bob was read a minute ago"
+    );
     sim.advance(Duration::from_secs(
         PolicyConfig::default().usage_stale_secs as u64,
     ));
@@ -825,7 +881,11 @@ fn another_familys_update_reads_the_quota_once_and_switches_on_nothing() {
         ))
     };
     let fx = update(&mut sim);
-    assert_eq!(count(&fx, is_start), 0, "another family is shown, never switched on");
+    assert_eq!(
+        count(&fx, is_start),
+        0,
+        "another family is shown, never switched on"
+    );
     assert!(fx.iter().any(|e| matches!(
         e,
         Effect::FetchUsage { ids, .. } if ids == &["alice".to_owned()]
@@ -855,7 +915,10 @@ fn a_read_of_the_active_account_at_its_limit_arms_a_switch() {
         results: vec![("alice".into(), Ok(limits(100.0, sim.now.wall)))],
     });
     let plan = started(fx).expect("a switch");
-    assert!(matches!(plan.pending.reason, SwitchReason::HardLimit { .. }));
+    assert!(matches!(
+        plan.pending.reason,
+        SwitchReason::HardLimit { .. }
+    ));
 }
 
 #[test]
@@ -889,11 +952,16 @@ fn a_disconnect_forgets_its_turns_and_lets_the_deferred_switch_go() {
     let fx = sim.feed(Input::Disconnected(1));
     assert!(events(&fx).iter().any(|e| matches!(
         e,
-        ProxyEvent::Connection { state: ConnectionState::Ready { clients: 1 }, .. }
+        ProxyEvent::Connection {
+            state: ConnectionState::Ready { clients: 1 },
+            ..
+        }
     )));
-    assert!(events(&fx)
-        .iter()
-        .any(|e| matches!(e, ProxyEvent::TurnsRunning { running: 0, .. })));
+    assert!(
+        events(&fx)
+            .iter()
+            .any(|e| matches!(e, ProxyEvent::TurnsRunning { running: 0, .. }))
+    );
     assert!(started(fx).is_some());
 }
 
@@ -914,7 +982,11 @@ fn guards_hear_whether_another_account_could_take_over() {
             ("carol".into(), Ok(limits(100.0, sim.now.wall))),
         ],
     });
-    assert_eq!(alternative(&fx), Some(false), "both others are at their limit");
+    assert_eq!(
+        alternative(&fx),
+        Some(false),
+        "both others are at their limit"
+    );
     let fx = sim.feed(Input::UsageFetched {
         started: t0,
         results: vec![("carol".into(), Ok(limits(10.0, sim.now.wall)))],

@@ -116,7 +116,13 @@ impl CoreState {
                 self.reruns.insert(conn, (at, self.active.clone()));
                 // The limit error's observation arms the switch too; this makes sure.
                 if !self.switching {
-                    self.arm(Target::Best, SwitchReason::UsageLimit, Mode::Automatic, now, fx);
+                    self.arm(
+                        Target::Best,
+                        SwitchReason::UsageLimit,
+                        Mode::Automatic,
+                        now,
+                        fx,
+                    );
                 }
             }
             GuardEvent::TurnRequested { conn, thread_id } => {
