@@ -171,6 +171,7 @@ impl CoreState {
                         .map(UsageNumbers::from_snapshot),
                     to_usage: self.quota(&to).map(UsageNumbers::from_snapshot),
                     elapsed_ms,
+                    error: None,
                 };
                 tracing::info!(from = ?record.from, to = ?record.to, reason = %record.reason.describe(), elapsed_ms, "switched");
                 fx.push(Effect::AppendHistory(record.clone()));
