@@ -19,7 +19,7 @@
 //! | `refresh.rs` | whose tokens answer `account/chatgptAuthTokens/refresh` |
 //! | `lifecycle.rs` | app-server exit and restart, re-login, the relay's gate |
 //! | `commands.rs` | the user's commands |
-//! | `switch_task.rs` | the I/O of a switch and of a login |
+//! | `tasks.rs` | the I/O the actor runs: a switch, a login, usage reads, refresh answers |
 
 mod commands;
 mod effects;
@@ -28,8 +28,8 @@ mod lifecycle;
 mod limits;
 mod refresh;
 mod state;
-mod switch_task;
 mod switching;
+mod tasks;
 mod turns;
 
 #[cfg(test)]
@@ -40,27 +40,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use futures_util::future::join_all;
-use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::proxy::app_server::AppServerExit;
 use crate::proxy::directory::{AccountDirectory, DirAccount};
-use crate::proxy::events::{AccountRef, ProxyCommand, ProxyEvent};
+use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::history;
 use crate::proxy::policy::PolicyConfig;
 use crate::proxy::relay::{ConnId, ConnectionHandle, RelayEvent};
 use crate::proxy::turn_guard::{GuardEvent, GuardShared, TurnGuard};
-use crate::proxy::upstream::{self, ControlConnection, ControlEvent};
+use crate::proxy::upstream::{ControlConnection, ControlEvent};
 use crate::quota::AccountLimits;
 
 pub use effects::{Effect, SwitchPlan};
 pub use state::{CoreState, Input, Now};
-pub use switch_task::login_and_confirm;
 pub use switching::SwitchOutcome;
+pub use tasks::login_and_confirm;
 
-use switch_task::{SwitchTask, USAGE_TIMEOUT, fetch_usages};
+use tasks::{SwitchTask, fetch_usages};
 
 /// The core's settings.
 #[derive(Clone, Debug)]
@@ -279,7 +276,9 @@ impl<D: AccountDirectory> Core<D> {
                     let _ = inbox.send(CoreMsg::UsageFetched { started, results });
                 });
             }
-            Effect::ReadResetCredits(accounts) => self.read_reset_credits(accounts),
+            Effect::ReadResetCredits(accounts) => {
+                tasks::read_reset_credits(self.dir.clone(), self.events.clone(), accounts)
+            }
             Effect::ListAccounts => {
                 let dir = self.dir.clone();
                 let inbox = self.inbox.clone();
@@ -322,8 +321,20 @@ impl<D: AccountDirectory> Core<D> {
             Effect::RedeemResetCredit {
                 account,
                 idempotency_key,
-            } => self.redeem_reset_credit(account, idempotency_key, reply.take()),
-            Effect::AnswerRefresh { id, account } => self.answer_refresh(id, account),
+            } => tasks::redeem_reset_credit(
+                self.control.clone(),
+                self.inbox.clone(),
+                account,
+                idempotency_key,
+                reply.take(),
+            ),
+            Effect::AnswerRefresh { id, account } => tasks::answer_refresh(
+                self.dir.clone(),
+                self.control.clone(),
+                self.events.clone(),
+                id,
+                account,
+            ),
             Effect::RespondError { id, error } => self.control.respond(id, Err(error)),
             Effect::RecheckAfter(delay) => {
                 let inbox = self.inbox.clone();
@@ -333,122 +344,10 @@ impl<D: AccountDirectory> Core<D> {
                 });
             }
             Effect::ReportUnsavedTokens => {
-                if let Some(notice) = unsaved_tokens_notice(&self.dir) {
+                if let Some(notice) = tasks::unsaved_tokens_notice(&self.dir) {
                     let _ = self.events.send(notice);
                 }
             }
         }
     }
-
-    /// Reads the accounts' reset credits and announces them.
-    fn read_reset_credits(&self, accounts: Vec<AccountRef>) {
-        let dir = self.dir.clone();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let reads = accounts.into_iter().map(|account| {
-                let dir = &dir;
-                async move {
-                    let read =
-                        tokio::time::timeout(USAGE_TIMEOUT, dir.fetch_reset_credits(&account.id))
-                            .await;
-                    (account, read)
-                }
-            });
-            for (account, read) in join_all(reads).await {
-                match read {
-                    Ok(Ok(Some(credits))) => {
-                        let _ = events.send(ProxyEvent::ResetCredits {
-                            account,
-                            credits,
-                            at: Utc::now(),
-                        });
-                    }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(err)) => {
-                        tracing::debug!(account = %account.name, "reset credits: {err:#}")
-                    }
-                    Err(_) => tracing::debug!(account = %account.name, "reset credits: timed out"),
-                }
-            }
-        });
-    }
-
-    /// Redeems a reset credit on the control connection (the app-server's auth is the active
-    /// account's), answers, and after a reset reads the account's limits again.
-    fn redeem_reset_credit(
-        &self,
-        account: String,
-        idempotency_key: String,
-        reply: Option<CommandReply>,
-    ) {
-        let control = self.control.clone();
-        let inbox = self.inbox.clone();
-        tokio::spawn(async move {
-            let result = upstream::consume_reset_credit(&control, &idempotency_key).await;
-            let reset = result.as_deref().is_ok_and(|outcome| outcome == "reset");
-            if let Some(reply) = reply {
-                let _ = reply.send(result.map_err(|err| format!("{err:#}")));
-            }
-            // The numbers the session holds are of before the reset: read them again.
-            if reset {
-                match upstream::read_rate_limits(&control).await {
-                    Ok(limits) => {
-                        let _ = inbox.send(CoreMsg::ResetRedeemed { account, limits });
-                    }
-                    Err(err) => tracing::warn!("reading the limits after a reset: {err:#}"),
-                }
-            }
-        });
-    }
-
-    /// Answers a token refresh request with `account`'s freshly refreshed tokens.
-    fn answer_refresh(&self, id: serde_json::Value, account: Option<DirAccount>) {
-        let dir = self.dir.clone();
-        let control = self.control.clone();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let Some(account) = account else {
-                control.respond(
-                    id,
-                    Err("no stored account matches previousAccountId".into()),
-                );
-                return;
-            };
-            match dir.login_tokens(&account.id, true).await {
-                Ok(tokens) => {
-                    tracing::info!(account = %account.name, "answered a token refresh request");
-                    control.respond(
-                        id,
-                        Ok(json!({
-                            "accessToken": tokens.access_token.expose(),
-                            "chatgptAccountId": tokens.chatgpt_account_id,
-                            "chatgptPlanType": tokens.plan,
-                        })),
-                    );
-                }
-                Err(err) => {
-                    tracing::error!(account = %account.name, "token refresh failed: {err:#}");
-                    control.respond(id, Err(format!("refreshing {} failed", account.name)));
-                }
-            }
-            if let Some(notice) = unsaved_tokens_notice(&dir) {
-                let _ = events.send(notice);
-            }
-        });
-    }
-}
-
-/// A refresh whose new tokens the store refused (a full disk) keeps them in memory only: the
-/// user must hear of it before quitting.
-fn unsaved_tokens_notice<D: AccountDirectory>(dir: &D) -> Option<ProxyEvent> {
-    let names = dir.unsaved_tokens();
-    (!names.is_empty()).then(|| ProxyEvent::Notice {
-        message: format!(
-            "the account store refused the refreshed tokens of {}: they are kept in memory \
-             (and in Codex's auth.json when it holds the account) and saved once the store can \
-             be written; check the disk before quitting",
-            names.join(", ")
-        ),
-        at: Utc::now(),
-    })
 }

@@ -1,6 +1,8 @@
-//! The I/O behind the core's effects that talk to the backend and the app-server: a switch
-//! in flight (choose on fresh numbers, log in on the control connection, confirm, restore the
-//! old account when the login fails), the login itself, and usage reads with a timeout.
+//! The I/O behind the core's effects, run by the actor: a switch in flight (choose on fresh
+//! numbers, log in on the control connection, confirm, restore the old account when the login
+//! fails), the login itself, usage and reset-credit reads with a timeout, a reset credit's
+//! redemption, and the answer to a token refresh request. What they learn comes back to the
+//! core as messages.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,7 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use color_eyre::eyre::{Result, eyre};
 use futures_util::future::join_all;
-use tokio::sync::broadcast;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
 
 use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{AccountRef, ProxyEvent};
@@ -19,6 +22,7 @@ use crate::quota::{AccountLimits, RateLimitSnapshot};
 use super::effects::SwitchPlan;
 use super::state::candidate_of;
 use super::switching::{SwitchFailure, SwitchOutcome, Target};
+use super::{CommandReply, CoreMsg};
 
 /// How long one `/wham/usage` fetch may take before the account counts as unknown.
 pub(super) const USAGE_TIMEOUT: Duration = Duration::from_secs(8);
@@ -214,4 +218,119 @@ pub async fn login_and_confirm<D: AccountDirectory>(
             Ok(None)
         }
     }
+}
+
+/// Reads the accounts' reset credits and announces them.
+pub(super) fn read_reset_credits<D: AccountDirectory>(
+    dir: D,
+    events: broadcast::Sender<ProxyEvent>,
+    accounts: Vec<AccountRef>,
+) {
+    tokio::spawn(async move {
+        let reads = accounts.into_iter().map(|account| {
+            let dir = &dir;
+            async move {
+                let read =
+                    tokio::time::timeout(USAGE_TIMEOUT, dir.fetch_reset_credits(&account.id)).await;
+                (account, read)
+            }
+        });
+        for (account, read) in join_all(reads).await {
+            match read {
+                Ok(Ok(Some(credits))) => {
+                    let _ = events.send(ProxyEvent::ResetCredits {
+                        account,
+                        credits,
+                        at: Utc::now(),
+                    });
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(account = %account.name, "reset credits: {err:#}")
+                }
+                Err(_) => tracing::debug!(account = %account.name, "reset credits: timed out"),
+            }
+        }
+    });
+}
+
+/// Redeems a reset credit on the control connection (the app-server's auth is the active
+/// account's), answers, and after a reset reads the account's limits again.
+pub(super) fn redeem_reset_credit(
+    control: ControlConnection,
+    inbox: mpsc::UnboundedSender<CoreMsg>,
+    account: String,
+    idempotency_key: String,
+    reply: Option<CommandReply>,
+) {
+    tokio::spawn(async move {
+        let result = upstream::consume_reset_credit(&control, &idempotency_key).await;
+        let reset = result.as_deref().is_ok_and(|outcome| outcome == "reset");
+        if let Some(reply) = reply {
+            let _ = reply.send(result.map_err(|err| format!("{err:#}")));
+        }
+        // The numbers the session holds are of before the reset: read them again.
+        if reset {
+            match upstream::read_rate_limits(&control).await {
+                Ok(limits) => {
+                    let _ = inbox.send(CoreMsg::ResetRedeemed { account, limits });
+                }
+                Err(err) => tracing::warn!("reading the limits after a reset: {err:#}"),
+            }
+        }
+    });
+}
+
+/// Answers a token refresh request with `account`'s freshly refreshed tokens.
+pub(super) fn answer_refresh<D: AccountDirectory>(
+    dir: D,
+    control: ControlConnection,
+    events: broadcast::Sender<ProxyEvent>,
+    id: Value,
+    account: Option<DirAccount>,
+) {
+    tokio::spawn(async move {
+        let Some(account) = account else {
+            control.respond(
+                id,
+                Err("no stored account matches previousAccountId".into()),
+            );
+            return;
+        };
+        match dir.login_tokens(&account.id, true).await {
+            Ok(tokens) => {
+                tracing::info!(account = %account.name, "answered a token refresh request");
+                control.respond(
+                    id,
+                    Ok(json!({
+                        "accessToken": tokens.access_token.expose(),
+                        "chatgptAccountId": tokens.chatgpt_account_id,
+                        "chatgptPlanType": tokens.plan,
+                    })),
+                );
+            }
+            Err(err) => {
+                tracing::error!(account = %account.name, "token refresh failed: {err:#}");
+                control.respond(id, Err(format!("refreshing {} failed", account.name)));
+            }
+        }
+        if let Some(notice) = unsaved_tokens_notice(&dir) {
+            let _ = events.send(notice);
+        }
+    });
+}
+
+/// A refresh whose new tokens the store refused (a full disk) keeps them in memory only: the
+/// user must hear of it before quitting.
+pub(super) fn unsaved_tokens_notice<D: AccountDirectory>(dir: &D) -> Option<ProxyEvent> {
+    let names = dir.unsaved_tokens();
+    (!names.is_empty()).then(|| ProxyEvent::Notice {
+        message: format!(
+            "the account store refused the refreshed tokens of {}: they are kept in memory \
+             (and in Codex's auth.json when it holds the account) and saved once the store can \
+             be written; check the disk before quitting",
+            names.join(", ")
+        ),
+        at: Utc::now(),
+    })
 }
