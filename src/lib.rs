@@ -7,6 +7,7 @@
 //! - [`accounts`]: the account store, tokens, usage of every account;
 //! - [`app`]: state, events, key routing, the loop; [`ui`]: pure render functions.
 
+pub mod account_id;
 pub mod accounts;
 pub mod app;
 pub mod cli;

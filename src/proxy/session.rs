@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::account_id::AccountId;
 use crate::errors::with_hint;
 use crate::paths::CreatedFile;
 use crate::proxy::app_server::{self, AppServer, AppServerExit, AppServerOptions};
@@ -639,7 +640,7 @@ async fn supervise(supervisor: Supervisor) {
 struct StartPlan {
     accounts: Vec<DirAccount>,
     /// Accounts to try, best first.
-    order: Vec<String>,
+    order: Vec<AccountId>,
 }
 
 async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Result<StartPlan> {
@@ -659,7 +660,7 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
     let preferred = dir.preferred().await.ok().flatten();
     let first = switchable
         .iter()
-        .find(|a| Some(&a.id) == preferred.as_ref())
+        .find(|a| preferred.as_deref() == Some(a.id.as_str()))
         .or_else(|| switchable.iter().find(|a| a.enabled))
         .unwrap_or(&switchable[0]);
     let mut order = vec![first.id.clone()];
@@ -670,7 +671,7 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
         .and_then(AccountLimits::quota)
         .is_some_and(|s| s.is_exhausted() || policy::trigger_for_snapshot(s, config).is_some());
     if exhausted {
-        let ids: Vec<String> = switchable
+        let ids: Vec<AccountId> = switchable
             .iter()
             .filter(|a| a.id != first.id)
             .map(|a| a.id.clone())

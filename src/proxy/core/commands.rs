@@ -3,6 +3,7 @@
 //! now, or when the running turn ends); a reset credit is redeemed only for the active
 //! account, and not while the session changes accounts or restarts its app-server.
 
+use crate::account_id::AccountId;
 use crate::proxy::events::ProxyCommand;
 
 use super::effects::{Effect, Effects};
@@ -14,7 +15,7 @@ impl CoreState {
     pub(super) fn command(&mut self, command: ProxyCommand, now: Now, fx: &mut Effects) {
         let answer = match command {
             ProxyCommand::SwitchTo { account_id } => {
-                self.request_manual(Target::Account(account_id), now, fx)
+                self.request_manual(Target::Account(account_id.into()), now, fx)
             }
             ProxyCommand::SwitchBest => self.request_manual(Target::Best, now, fx),
             ProxyCommand::RefreshUsage => {
@@ -29,7 +30,7 @@ impl CoreState {
                 account_id,
                 idempotency_key,
             } => {
-                self.consume_reset_credit(account_id, idempotency_key, fx);
+                self.consume_reset_credit(account_id.into(), idempotency_key, fx);
                 return;
             }
         };
@@ -40,7 +41,7 @@ impl CoreState {
     /// app-server's auth is that account's), then re-reads its usage.
     fn consume_reset_credit(
         &mut self,
-        account_id: String,
+        account_id: AccountId,
         idempotency_key: String,
         fx: &mut Effects,
     ) {

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::account_id::AccountId;
+
 use crate::proxy::directory::DirAccount;
 use crate::proxy::events::{AccountRef, ProxyEvent};
 use crate::proxy::history::SwitchRecord;
@@ -37,7 +39,10 @@ pub enum Effect {
     StartSwitch(Box<SwitchPlan>),
     /// Read these accounts' `/wham/usage`; answered by [`super::Input::UsageFetched`] with
     /// `started`.
-    FetchUsage { ids: Vec<String>, started: Instant },
+    FetchUsage {
+        ids: Vec<AccountId>,
+        started: Instant,
+    },
     /// Read these accounts' reset credits and announce them.
     ReadResetCredits(Vec<AccountRef>),
     /// Read the store's accounts again; answered by [`super::Input::AccountsListed`].
@@ -45,14 +50,14 @@ pub enum Effect {
     /// Append a line to the switch history.
     AppendHistory(SwitchRecord),
     /// Record in the store that the session now runs on this account.
-    MarkActive(String),
+    MarkActive(AccountId),
     /// Log this account into the restarted app-server; answered by
     /// [`super::Input::Relogged`].
     Relogin(DirAccount),
     /// Redeem a reset credit of the active account; the command's reply goes with it, and a
     /// reset is reported by [`super::Input::ResetRedeemed`].
     RedeemResetCredit {
-        account: String,
+        account: AccountId,
         idempotency_key: String,
     },
     /// Answer an `account/chatgptAuthTokens/refresh` request with this account's freshly
@@ -74,12 +79,12 @@ pub enum Effect {
 pub struct SwitchPlan {
     pub policy: PolicyConfig,
     pub accounts: Vec<DirAccount>,
-    pub from: Option<String>,
-    pub snapshots: HashMap<String, AccountLimits>,
+    pub from: Option<AccountId>,
+    pub snapshots: HashMap<AccountId, AccountLimits>,
     /// Accounts whose usage was read recently enough to choose on.
-    pub fresh: HashSet<String>,
+    pub fresh: HashSet<AccountId>,
     /// Accounts left by an automatic switch, and when (the cooldown).
-    pub switched_away: HashMap<String, i64>,
+    pub switched_away: HashMap<AccountId, i64>,
     pub pending: PendingSwitch,
 }
 

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::account_id::AccountId;
 use crate::proxy::directory::DirAccount;
 use crate::proxy::events::AccountRef;
 use crate::quota::{AccountLimits, RateLimitSnapshot};
@@ -42,13 +43,13 @@ impl CoreState {
 
     /// Reads the active account's usage (one read at a time), when a turn reported the
     /// numbers of another limit family instead of the quota's.
-    fn read_active_quota(&mut self, active: &str, now: Now, fx: &mut Effects) {
+    fn read_active_quota(&mut self, active: &AccountId, now: Now, fx: &mut Effects) {
         if self.quota_read.is_some() {
             return;
         }
-        self.quota_read = Some(active.to_owned());
+        self.quota_read = Some(active.clone());
         fx.push(Effect::FetchUsage {
-            ids: vec![active.to_owned()],
+            ids: vec![active.clone()],
             started: now.mono,
         });
     }
@@ -70,7 +71,7 @@ impl CoreState {
     pub(super) fn poll_usage(&mut self, all: bool, now: Now, fx: &mut Effects) {
         self.poll_reset_credits(None, fx);
         let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
-        let ids: Vec<String> = self
+        let ids: Vec<AccountId> = self
             .accounts
             .iter()
             .filter(|a| a.switchable())
@@ -102,7 +103,7 @@ impl CoreState {
         now: Now,
         fx: &mut Effects,
     ) {
-        let new: Vec<String> = accounts
+        let new: Vec<AccountId> = accounts
             .iter()
             .filter(|a| a.switchable() && !self.accounts.iter().any(|known| known.id == a.id))
             .map(|a| a.id.clone())
@@ -123,7 +124,7 @@ impl CoreState {
     pub(super) fn usage_fetched(
         &mut self,
         started: Instant,
-        results: Vec<(String, Result<AccountLimits, String>)>,
+        results: Vec<(AccountId, Result<AccountLimits, String>)>,
         now: Now,
         fx: &mut Effects,
     ) {
@@ -165,7 +166,7 @@ impl CoreState {
     /// A reset credit cleared `account`'s limits; `limits`: its numbers read since.
     pub(super) fn reset_redeemed(
         &mut self,
-        account: String,
+        account: AccountId,
         limits: AccountLimits,
         now: Now,
         fx: &mut Effects,

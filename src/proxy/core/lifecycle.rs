@@ -3,6 +3,7 @@
 //! into the active account before the gate opens again; switches wait meanwhile; a restart
 //! that cannot log anyone in ends the session, and says why.
 
+use crate::account_id::AccountId;
 use crate::proxy::app_server::AppServerExit;
 use crate::proxy::events::{ConnectionState, ProxyEvent};
 use crate::quota::AccountLimits;
@@ -81,7 +82,7 @@ impl CoreState {
 
     pub(super) fn relogged(
         &mut self,
-        account: String,
+        account: AccountId,
         result: Result<Option<AccountLimits>, String>,
         now: Now,
         fx: &mut Effects,

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::account_id::AccountId;
 use crate::proxy::events::{ProxyEvent, SwitchReason};
 use crate::proxy::policy::{self, Mode};
 use crate::quota::{AccountLimits, RateLimitSnapshot};
@@ -43,14 +44,14 @@ impl CoreState {
 
     /// Says once that `account` hit its usage limit, and takes it as exhausted until its
     /// numbers say otherwise (the 100 % update may not have come, or not yet).
-    pub(super) fn report_limit(&mut self, account: &str, now: Now, fx: &mut Effects) {
-        self.heard_live.insert(account.to_owned(), now.mono);
-        if !self.limit_reported.insert(account.to_owned()) {
+    pub(super) fn report_limit(&mut self, account: &AccountId, now: Now, fx: &mut Effects) {
+        self.heard_live.insert(account.clone(), now.mono);
+        if !self.limit_reported.insert(account.clone()) {
             return;
         }
         let snapshot = self
             .snapshots
-            .entry(account.to_owned())
+            .entry(account.clone())
             .or_default()
             .quota_mut();
         if !snapshot.is_exhausted() {
@@ -63,7 +64,7 @@ impl CoreState {
     }
 
     /// Numbers that show room mean a later limit of `id` is a new one.
-    pub(super) fn forget_limit_unless_exhausted(&mut self, id: &str, limits: &AccountLimits) {
+    pub(super) fn forget_limit_unless_exhausted(&mut self, id: &AccountId, limits: &AccountLimits) {
         if !limits.quota().is_some_and(RateLimitSnapshot::is_exhausted) {
             self.limit_reported.remove(id);
         }

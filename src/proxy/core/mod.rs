@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::account_id::AccountId;
 use crate::proxy::app_server::AppServerExit;
 use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
@@ -83,7 +84,7 @@ pub enum CoreMsg {
     /// Usage read from `/wham/usage`; `started`: when the reads were sent.
     UsageFetched {
         started: std::time::Instant,
-        results: Vec<(String, Result<AccountLimits, String>)>,
+        results: Vec<(AccountId, Result<AccountLimits, String>)>,
     },
     AccountsListed(Vec<DirAccount>),
     /// The app-server exited; `restarting`: the session is starting another.
@@ -96,12 +97,12 @@ pub enum CoreMsg {
     AppServerRestarted(ControlConnection),
     /// The login into a restarted app-server ended.
     Relogged {
-        account: String,
+        account: AccountId,
         result: Result<Option<AccountLimits>, String>,
     },
     /// A reset credit cleared the active account's limits; its numbers read since.
     ResetRedeemed {
-        account: String,
+        account: AccountId,
         limits: AccountLimits,
     },
     /// Time passed; a deferred switch may be able to go now.
@@ -118,7 +119,7 @@ pub struct CoreInit<D: AccountDirectory> {
     pub inbox: mpsc::UnboundedSender<CoreMsg>,
     pub config: CoreConfig,
     pub accounts: Vec<DirAccount>,
-    pub active: String,
+    pub active: AccountId,
     pub active_snapshot: Option<AccountLimits>,
     /// The relay's gate: clients wait while it is `false` (a TUI that attaches to an
     /// app-server without a login stays on its sign-in screen, PROTOCOL.md §2).

@@ -9,6 +9,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::account_id::AccountId;
 use crate::proxy::app_server::AppServerExit;
 use crate::proxy::directory::DirAccount;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent};
@@ -67,7 +68,7 @@ pub enum Input {
     /// Usage read from `/wham/usage`; `started`: when the reads were sent.
     UsageFetched {
         started: Instant,
-        results: Vec<(String, Result<AccountLimits, String>)>,
+        results: Vec<(AccountId, Result<AccountLimits, String>)>,
     },
     AccountsListed(Vec<DirAccount>),
     AppServerExited {
@@ -77,11 +78,11 @@ pub enum Input {
     /// A new app-server is up (the actor holds its control connection).
     AppServerRestarted,
     Relogged {
-        account: String,
+        account: AccountId,
         result: Result<Option<AccountLimits>, String>,
     },
     ResetRedeemed {
-        account: String,
+        account: AccountId,
         limits: AccountLimits,
     },
     /// Time passed; a deferred switch may be able to go now.
@@ -93,34 +94,34 @@ pub enum Input {
 pub struct CoreState {
     pub(super) config: CoreConfig,
     pub(super) accounts: Vec<DirAccount>,
-    pub(super) active: Option<String>,
+    pub(super) active: Option<AccountId>,
     /// Every limit family known of each account.
-    pub(super) snapshots: HashMap<String, AccountLimits>,
+    pub(super) snapshots: HashMap<AccountId, AccountLimits>,
     /// When each account's usage was last read in full.
-    pub(super) usage_at: HashMap<String, Instant>,
+    pub(super) usage_at: HashMap<AccountId, Instant>,
     /// Running turns: turn id → (connection, account it started on).
-    pub(super) running: HashMap<String, (ConnId, Option<String>)>,
+    pub(super) running: HashMap<String, (ConnId, Option<AccountId>)>,
     /// Turns asked for (`turn/start` seen by a connection's guard) and not started yet:
     /// (connection, thread) → when. They hold a switch back like running turns do.
     pub(super) requested: HashMap<(ConnId, String), Instant>,
     pub(super) pending: Option<PendingSwitch>,
     pub(super) switching: bool,
     /// Accounts left by an automatic switch, and when (unix seconds).
-    pub(super) switched_away: HashMap<String, i64>,
+    pub(super) switched_away: HashMap<AccountId, i64>,
     pub(super) clients: HashSet<ConnId>,
     pub(super) none_available_until: Option<Instant>,
     /// Connections whose failed turn waits for a switch: when the limit was hit, and on whom.
-    pub(super) reruns: HashMap<ConnId, (Instant, Option<String>)>,
+    pub(super) reruns: HashMap<ConnId, (Instant, Option<AccountId>)>,
     /// Re-runs under way: connection → (limit hit at, from, to).
-    pub(super) rerun_started: HashMap<ConnId, (Instant, Option<String>, String)>,
+    pub(super) rerun_started: HashMap<ConnId, (Instant, Option<AccountId>, AccountId)>,
     pub(super) app_server: AppServerState,
     /// When the session last heard an account's numbers live (from the stream or a limit).
-    pub(super) heard_live: HashMap<String, Instant>,
+    pub(super) heard_live: HashMap<AccountId, Instant>,
     /// Accounts whose usage-limit hit was reported (once per limit, though one limit can
     /// raise two errors and a withheld re-run).
-    pub(super) limit_reported: HashSet<String>,
+    pub(super) limit_reported: HashSet<AccountId>,
     /// A read of the active account's quota in flight.
-    pub(super) quota_read: Option<String>,
+    pub(super) quota_read: Option<AccountId>,
 }
 
 impl CoreState {
@@ -128,7 +129,7 @@ impl CoreState {
     pub fn new(
         config: CoreConfig,
         accounts: Vec<DirAccount>,
-        active: String,
+        active: AccountId,
         active_snapshot: Option<AccountLimits>,
     ) -> Self {
         let mut snapshots = HashMap::new();
@@ -253,8 +254,8 @@ impl CoreState {
 /// An account as the policy weighs it.
 pub(super) fn candidate_of(
     account: &DirAccount,
-    snapshots: &HashMap<String, AccountLimits>,
-    switched_away: &HashMap<String, i64>,
+    snapshots: &HashMap<AccountId, AccountLimits>,
+    switched_away: &HashMap<AccountId, i64>,
 ) -> Candidate {
     Candidate {
         id: account.id.clone(),

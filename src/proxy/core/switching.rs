@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::account_id::AccountId;
 use crate::proxy::directory::DirAccount;
 use crate::proxy::events::{ProxyEvent, SwitchReason};
 use crate::proxy::history::{SwitchRecord, UsageNumbers};
@@ -22,7 +23,7 @@ use super::state::{CoreState, Now};
 pub enum Target {
     /// The best other account, as the policy chooses at the time of the switch.
     Best,
-    Account(String),
+    Account(AccountId),
 }
 
 /// A switch asked for and not started yet.
@@ -39,11 +40,11 @@ pub struct PendingSwitch {
 pub struct SwitchOutcome {
     pub pending_reason: SwitchReason,
     pub mode: Mode,
-    pub from: Option<String>,
+    pub from: Option<AccountId>,
     /// Usage the task read on its way.
-    pub fetched: Vec<(String, AccountLimits)>,
+    pub fetched: Vec<(AccountId, AccountLimits)>,
     /// The account now logged in, and its limits as read after the login.
-    pub result: Result<(String, Option<AccountLimits>), SwitchFailure>,
+    pub result: Result<(AccountId, Option<AccountLimits>), SwitchFailure>,
     pub started: Instant,
 }
 
@@ -52,7 +53,7 @@ pub struct SwitchOutcome {
 pub enum SwitchFailure {
     NoneAvailable { earliest_reset: Option<i64> },
     Refused(String),
-    Failed { to: String, error: String },
+    Failed { to: AccountId, error: String },
 }
 
 impl CoreState {

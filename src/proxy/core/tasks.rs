@@ -13,6 +13,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::account_id::AccountId;
 use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{AccountRef, ProxyEvent};
 use crate::proxy::policy::{self, Candidate, Choice, Mode};
@@ -61,8 +62,8 @@ impl<D: AccountDirectory> SwitchTask<D> {
 
     async fn choose_and_login(
         &mut self,
-        fetched: &mut Vec<(String, AccountLimits)>,
-    ) -> Result<(String, Option<AccountLimits>), SwitchFailure> {
+        fetched: &mut Vec<(AccountId, AccountLimits)>,
+    ) -> Result<(AccountId, Option<AccountLimits>), SwitchFailure> {
         let plan = &mut self.plan;
         let to = match plan.pending.target.clone() {
             Target::Account(id) => {
@@ -100,7 +101,7 @@ impl<D: AccountDirectory> SwitchTask<D> {
                 // made on what the backend says now. Asked for by hand (`n`), every other
                 // account is read again: a limit may have been lifted since the last read.
                 let manual = plan.pending.mode == Mode::Manual;
-                let stale: Vec<String> = plan
+                let stale: Vec<AccountId> = plan
                     .accounts
                     .iter()
                     .filter(|a| a.switchable() && Some(&a.id) != plan.from.as_ref())
@@ -174,8 +175,8 @@ impl<D: AccountDirectory> SwitchTask<D> {
 /// Reads `/wham/usage` of these accounts, each within [`USAGE_TIMEOUT`].
 pub(super) async fn fetch_usages<D: AccountDirectory>(
     dir: &D,
-    ids: &[String],
-) -> Vec<(String, Result<AccountLimits, String>)> {
+    ids: &[AccountId],
+) -> Vec<(AccountId, Result<AccountLimits, String>)> {
     join_all(ids.iter().map(|id| async move {
         let result = match tokio::time::timeout(USAGE_TIMEOUT, dir.fetch_usage(id)).await {
             Ok(Ok(snapshot)) => Ok(snapshot),
@@ -259,7 +260,7 @@ pub(super) fn read_reset_credits<D: AccountDirectory>(
 pub(super) fn redeem_reset_credit(
     control: ControlConnection,
     inbox: mpsc::UnboundedSender<CoreMsg>,
-    account: String,
+    account: AccountId,
     idempotency_key: String,
     reply: Option<CommandReply>,
 ) {

@@ -14,6 +14,7 @@ use super::refresh::refresh_target;
 use super::state::{CoreState, Input, Now};
 use super::switching::{SwitchFailure, SwitchOutcome, Target};
 use super::turns::{REQUESTED_TURN_TIMEOUT, busy};
+use crate::account_id::AccountId;
 use crate::proxy::app_server::AppServerExit;
 use crate::proxy::directory::DirAccount;
 use crate::proxy::events::{ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
@@ -25,7 +26,7 @@ use crate::quota::{AccountLimits, RateLimitSnapshot, RateLimitWindow};
 
 fn seat(id: &str, workspace: &str, user: &str) -> DirAccount {
     DirAccount {
-        id: id.to_owned(),
+        id: id.into(),
         name: id.to_owned(),
         email: None,
         plan: None,
@@ -159,7 +160,7 @@ impl Sim {
     fn finished(
         &mut self,
         plan: &SwitchPlan,
-        result: Result<(String, Option<AccountLimits>), SwitchFailure>,
+        result: Result<(AccountId, Option<AccountLimits>), SwitchFailure>,
         started: Instant,
     ) -> Vec<Effect> {
         self.feed(Input::SwitchFinished(SwitchOutcome {
@@ -821,7 +822,7 @@ fn a_reset_credit_is_redeemed_only_for_the_active_account_and_not_mid_switch() {
 #[test]
 fn the_usage_poll_reads_every_chatgpt_account_at_start_and_only_stale_ones_later() {
     let mut sim = Sim::new();
-    let fetches = |fx: &[Effect]| -> Vec<Vec<String>> {
+    let fetches = |fx: &[Effect]| -> Vec<Vec<AccountId>> {
         fx.iter()
             .filter_map(|e| match e {
                 Effect::FetchUsage { ids, .. } => Some(ids.clone()),

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::account_id::AccountId;
 use crate::proxy::events::{ProxyEvent, SwitchReason};
 use crate::proxy::policy::Mode;
 use crate::proxy::relay::{ConnId, Observation};
@@ -23,7 +24,7 @@ pub(super) const REQUESTED_TURN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whether a turn runs or is about to: then a login would kill it. Forgets requests that never
 /// turned into a turn.
 pub(super) fn busy(
-    running: &HashMap<String, (ConnId, Option<String>)>,
+    running: &HashMap<String, (ConnId, Option<AccountId>)>,
     requested: &mut HashMap<(ConnId, String), Instant>,
     now: Instant,
 ) -> bool {
@@ -153,7 +154,7 @@ impl CoreState {
     }
 
     /// The switch is done: every re-run waiting for it goes, on the new account `to`.
-    pub(super) fn start_reruns(&mut self, to: &str, fx: &mut Effects) {
+    pub(super) fn start_reruns(&mut self, to: &AccountId, fx: &mut Effects) {
         let mut waiting: Vec<_> = std::mem::take(&mut self.reruns).into_iter().collect();
         waiting.sort_by_key(|(conn, _)| *conn);
         for (conn, (at, from)) in waiting {
@@ -162,7 +163,7 @@ impl CoreState {
                     conn,
                     command: GuardCommand::Rerun,
                 });
-                self.rerun_started.insert(conn, (at, from, to.to_owned()));
+                self.rerun_started.insert(conn, (at, from, to.clone()));
             }
         }
     }
