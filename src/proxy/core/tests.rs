@@ -785,6 +785,16 @@ fn a_token_refresh_is_answered_for_the_active_seat_and_other_requests_are_refuse
         &fx[..],
         [Effect::AnswerRefresh { account: None, .. }]
     ));
+    // Params that do not parse are taken as naming no workspace: the active account.
+    let fx = sim.feed(Input::ServerRequest {
+        id: json!(10),
+        method: method::TOKENS_REFRESH.into(),
+        params: json!("garbage"),
+    });
+    assert!(matches!(
+        &fx[..],
+        [Effect::AnswerRefresh { account: Some(a), .. }] if a.id == "alice"
+    ));
     let fx = sim.feed(Input::ServerRequest {
         id: json!(9),
         method: "item/tool/call".into(),
