@@ -5,6 +5,7 @@ use std::future::Future;
 
 use color_eyre::eyre::Result;
 
+use crate::account_id::AccountId;
 use crate::proxy::events::AccountRef;
 use crate::quota::AccountLimits;
 use crate::secret::Secret;
@@ -12,7 +13,7 @@ use crate::secret::Secret;
 /// A stored account, as the proxy sees it (no tokens).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DirAccount {
-    pub id: String,
+    pub id: AccountId,
     pub name: String,
     pub email: Option<String>,
     pub plan: Option<String>,
@@ -30,7 +31,7 @@ pub struct DirAccount {
 impl DirAccount {
     pub fn to_ref(&self) -> AccountRef {
         AccountRef {
-            id: self.id.clone(),
+            id: self.id.to_string(),
             name: self.name.clone(),
         }
     }

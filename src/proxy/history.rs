@@ -32,7 +32,8 @@ impl UsageNumbers {
     }
 }
 
-/// One switch.
+/// One switch: a line of the history file, and an entry of the dashboard's switch log (which
+/// also lists switches that failed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SwitchRecord {
     pub at: DateTime<Utc>,
@@ -42,6 +43,10 @@ pub struct SwitchRecord {
     pub from_usage: Option<UsageNumbers>,
     pub to_usage: Option<UsageNumbers>,
     pub elapsed_ms: u64,
+    /// `None` when it worked, else the error. Only the dashboard holds failed switches; the
+    /// file's lines (all switches that happened) have no such field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Appends a record (the file is created 0600).
@@ -94,6 +99,7 @@ mod tests {
                     from_usage: None,
                     to_usage: Some(UsageNumbers::default()),
                     elapsed_ms: i,
+                    error: None,
                 },
             )
             .unwrap();
@@ -110,5 +116,18 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn lines_written_before_the_record_was_shared_still_read_and_write_the_same() {
+        let old = r#"{"at":"2026-11-30T10:00:00Z","from":{"id":"a1","name":"alice"},"to":{"id":"b2","name":"bob"},"reason":{"kind":"soft_threshold","window":"5-hour","used_percent":96.0,"threshold":95.0},"from_usage":{"five_hour_percent":96.0,"five_hour_resets_at":1800000000,"weekly_percent":40.0,"weekly_resets_at":null},"to_usage":null,"elapsed_ms":812}"#;
+        let record: SwitchRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.to.name, "bob");
+        assert_eq!(record.error, None);
+        assert_eq!(
+            serde_json::to_string(&record).unwrap(),
+            old,
+            "byte-compatible"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::account_id::AccountId;
 use crate::proxy::events::SwitchReason;
 use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
 
@@ -94,7 +95,7 @@ fn soft_trigger(snapshot: &RateLimitSnapshot, config: &PolicyConfig) -> Option<S
 /// An account the policy may pick.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
-    pub id: String,
+    pub id: AccountId,
     pub name: String,
     /// Excluded from automatic switching by the user.
     pub enabled: bool,
@@ -142,7 +143,7 @@ pub fn shared_workspace_limit<'a>(
 #[derive(Clone, Debug, PartialEq)]
 pub enum Choice {
     /// Switch to this account id.
-    Switch { to: String },
+    Switch { to: AccountId },
     /// Nobody is usable: stay, and say when the first account resets (unix seconds).
     NoneAvailable { earliest_reset: Option<i64> },
 }
@@ -282,7 +283,7 @@ mod tests {
 
     fn cand(id: &str, snapshot: Option<RateLimitSnapshot>) -> Candidate {
         Candidate {
-            id: id.to_owned(),
+            id: id.into(),
             name: id.to_owned(),
             enabled: true,
             needs_login: false,

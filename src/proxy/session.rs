@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::account_id::AccountId;
 use crate::errors::with_hint;
 use crate::paths::CreatedFile;
 use crate::proxy::app_server::{self, AppServer, AppServerExit, AppServerOptions};
@@ -37,8 +38,8 @@ use crate::proxy::history::HISTORY_FILE;
 use crate::proxy::ipc;
 use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
 use crate::proxy::relay::{self, ClientListener, EventSink, RelayShared};
-use crate::proxy::rerun::{GuardShared, TurnGuard};
 use crate::proxy::socket::{BoundSocket, SocketFiles};
+use crate::proxy::turn_guard::{GuardShared, GuardSink, TurnGuard};
 use crate::proxy::upstream::{ClientIdentity, ControlConnection, ControlEvent};
 use crate::quota::AccountLimits;
 use crate::secret::Secret;
@@ -428,7 +429,10 @@ impl Session {
             },
             interceptor: {
                 let core_tx = core_tx.clone();
-                Box::new(move |conn| TurnGuard::new(conn, guards.clone(), core_tx.clone()))
+                let sink = GuardSink::new(move |event| {
+                    let _ = core_tx.send(CoreMsg::Guard(event));
+                });
+                Box::new(move |conn| TurnGuard::new(conn, guards.clone(), sink.clone()))
             },
         });
         tasks.push(tokio::spawn(relay::serve(listener.listener, shared)));
@@ -636,7 +640,7 @@ async fn supervise(supervisor: Supervisor) {
 struct StartPlan {
     accounts: Vec<DirAccount>,
     /// Accounts to try, best first.
-    order: Vec<String>,
+    order: Vec<AccountId>,
 }
 
 async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Result<StartPlan> {
@@ -656,7 +660,7 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
     let preferred = dir.preferred().await.ok().flatten();
     let first = switchable
         .iter()
-        .find(|a| Some(&a.id) == preferred.as_ref())
+        .find(|a| preferred.as_deref() == Some(a.id.as_str()))
         .or_else(|| switchable.iter().find(|a| a.enabled))
         .unwrap_or(&switchable[0]);
     let mut order = vec![first.id.clone()];
@@ -667,7 +671,7 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
         .and_then(AccountLimits::quota)
         .is_some_and(|s| s.is_exhausted() || policy::trigger_for_snapshot(s, config).is_some());
     if exhausted {
-        let ids: Vec<String> = switchable
+        let ids: Vec<AccountId> = switchable
             .iter()
             .filter(|a| a.id != first.id)
             .map(|a| a.id.clone())

@@ -69,7 +69,7 @@ impl StoreDirectory {
 
 fn dir_account(account: &Account) -> DirAccount {
     DirAccount {
-        id: account.id.clone(),
+        id: account.id.clone().into(),
         name: account.name.clone(),
         email: account.email.clone(),
         plan: account.plan.clone(),

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use crate::accounts::reset_credits::ResetCredits;
 use crate::pace::UsageSample;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent};
+use crate::proxy::history::SwitchRecord;
 use crate::quota::{RateLimitSnapshot, WindowKind};
 
 /// How long the panel keeps burn samples (the weekly window is the longest we chart).
@@ -64,17 +65,6 @@ pub enum AccountState {
     WorkspaceLimit(Option<i64>),
     NeedsLogin,
     Disabled,
-}
-
-/// One finished (or failed) switch.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SwitchRecord {
-    pub at: DateTime<Utc>,
-    pub from: Option<String>,
-    pub to: String,
-    pub reason: String,
-    /// `None` when it worked, else the error.
-    pub error: Option<String>,
 }
 
 /// Something the user should know that is not a switch.
@@ -226,6 +216,14 @@ impl Dashboard {
             .map_or_else(|| account.name.clone(), |a| a.name.clone())
     }
 
+    /// `account` under the name the panel knows it by.
+    fn named(&self, account: &AccountRef) -> AccountRef {
+        AccountRef {
+            id: account.id.clone(),
+            name: self.name_of(account),
+        }
+    }
+
     /// The state shown next to `account`.
     pub fn state_of(&self, account: &AccountView) -> AccountState {
         match account.stored {
@@ -304,17 +302,20 @@ impl Dashboard {
                 from,
                 to,
                 reason,
+                elapsed_ms,
                 at,
-                ..
             } => {
                 self.switching_to = None;
                 self.account_mut(to);
                 self.make_active(&to.id, at.timestamp());
                 let record = SwitchRecord {
                     at: *at,
-                    from: from.as_ref().map(|f| self.name_of(f)),
-                    to: self.name_of(to),
-                    reason: reason.describe(),
+                    from: from.as_ref().map(|f| self.named(f)),
+                    to: self.named(to),
+                    reason: reason.clone(),
+                    from_usage: None,
+                    to_usage: None,
+                    elapsed_ms: *elapsed_ms,
                     error: None,
                 };
                 self.push_switch(record);
@@ -332,9 +333,12 @@ impl Dashboard {
                 self.switching_to = None;
                 let record = SwitchRecord {
                     at: *at,
-                    from: from.as_ref().map(|f| self.name_of(f)),
-                    to: self.name_of(to),
-                    reason: reason.describe(),
+                    from: from.as_ref().map(|f| self.named(f)),
+                    to: self.named(to),
+                    reason: reason.clone(),
+                    from_usage: None,
+                    to_usage: None,
+                    elapsed_ms: 0,
                     error: Some(error.clone()),
                 };
                 self.push_switch(record);
@@ -539,8 +543,8 @@ mod tests {
         });
         assert_eq!(d.active.as_deref(), Some("b"));
         assert!(d.notices.is_empty(), "the deferred notice is resolved");
-        assert_eq!(d.switches[0].from.as_deref(), Some("alice"));
-        assert_eq!(d.switches[0].reason, "usage limit reached");
+        assert_eq!(d.switches[0].from.as_ref().unwrap().name, "alice");
+        assert_eq!(d.switches[0].reason.describe(), "usage limit reached");
         assert!(matches!(
             d.state_of(&d.accounts[0]),
             AccountState::ExhaustedUntil(_)

@@ -481,7 +481,7 @@ fn switch_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, max: usize) -> V
     }
     let start = dashboard.switches.len().saturating_sub(max);
     for record in &dashboard.switches[start..] {
-        let from = record.from.as_deref().unwrap_or("–");
+        let from = record.from.as_ref().map_or("–", |f| f.name.as_str());
         let (arrow, color) = if record.error.is_none() {
             ("→", Color::Cyan)
         } else {
@@ -491,9 +491,12 @@ fn switch_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, max: usize) -> V
             Span::styled(format!("{} ", ctx.clock_utc(record.at)), DIM),
             Span::raw(format!("{from} ")),
             Span::styled(arrow, Style::new().fg(color)),
-            Span::styled(format!(" {}", record.to), Style::new().bold()),
+            Span::styled(format!(" {}", record.to.name), Style::new().bold()),
         ]));
-        lines.push(Line::styled(format!("      {}", record.reason), DIM));
+        lines.push(Line::styled(
+            format!("      {}", record.reason.describe()),
+            DIM,
+        ));
         if let Some(error) = &record.error {
             lines.push(Line::styled(
                 format!("      failed: {error}"),
@@ -670,8 +673,8 @@ pub fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Line<'stat
             format!(
                 "{} {} → {}",
                 ctx.clock_utc(record.at),
-                record.from.as_deref().unwrap_or("–"),
-                record.to
+                record.from.as_ref().map_or("–", |f| f.name.as_str()),
+                record.to.name
             ),
             Style::new().fg(Color::Cyan),
         ));

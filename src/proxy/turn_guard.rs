@@ -25,7 +25,6 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::proxy::core::CoreMsg;
 use crate::proxy::policy::{self, PolicyConfig};
 use crate::proxy::relay::{Actions, ConnId, Direction, Inspected, Interceptor, Verdict};
 use crate::proxy::rpc::{ErrorParams, OWN_ID_PREFIX, RateLimitsUpdatedParams, TurnParams};
@@ -105,6 +104,36 @@ pub enum GuardEvent {
     TurnRequested { conn: ConnId, thread_id: String },
 }
 
+/// Where a guard's events go (the session sends them to the core), like the relay's
+/// [`EventSink`](crate::proxy::relay::EventSink): the guard does not know who listens.
+#[derive(Clone)]
+pub struct GuardSink(Arc<dyn Fn(GuardEvent) + Send + Sync>);
+
+impl GuardSink {
+    pub fn new(send: impl Fn(GuardEvent) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(send))
+    }
+
+    pub fn send(&self, event: GuardEvent) {
+        (self.0)(event);
+    }
+}
+
+impl std::fmt::Debug for GuardSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuardSink")
+    }
+}
+
+/// Events into a channel (tests); a closed receiver just stops hearing them.
+impl From<mpsc::UnboundedSender<GuardEvent>> for GuardSink {
+    fn from(tx: mpsc::UnboundedSender<GuardEvent>) -> Self {
+        Self::new(move |event| {
+            let _ = tx.send(event);
+        })
+    }
+}
+
 /// What the core tells a guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardCommand {
@@ -154,7 +183,7 @@ struct TurnInfo {
 pub struct TurnGuard {
     conn: ConnId,
     shared: Arc<GuardShared>,
-    core: mpsc::UnboundedSender<CoreMsg>,
+    events: GuardSink,
     /// The TUI's last `turn/start` params per thread.
     params_by_thread: HashMap<String, Value>,
     title_threads: HashSet<String>,
@@ -170,15 +199,11 @@ pub struct TurnGuard {
 }
 
 impl TurnGuard {
-    pub fn new(
-        conn: ConnId,
-        shared: Arc<GuardShared>,
-        core: mpsc::UnboundedSender<CoreMsg>,
-    ) -> Self {
+    pub fn new(conn: ConnId, shared: Arc<GuardShared>, events: GuardSink) -> Self {
         Self {
             conn,
             shared,
-            core,
+            events,
             params_by_thread: HashMap::new(),
             title_threads: HashSet::new(),
             turns: HashMap::new(),
@@ -201,7 +226,7 @@ impl TurnGuard {
     }
 
     fn tell_core(&self, event: GuardEvent) {
-        let _ = self.core.send(CoreMsg::Guard(event));
+        self.events.send(event);
     }
 
     fn user_turn_running(&self) -> bool {
@@ -615,7 +640,7 @@ mod tests {
 
     struct Harness {
         guard: TurnGuard,
-        core: mpsc::UnboundedReceiver<CoreMsg>,
+        core: mpsc::UnboundedReceiver<GuardEvent>,
     }
 
     impl Harness {
@@ -624,7 +649,7 @@ mod tests {
             shared.set_alternative(alternative);
             let (tx, core) = mpsc::unbounded_channel();
             Self {
-                guard: TurnGuard::new(7, shared, tx),
+                guard: TurnGuard::new(7, shared, tx.into()),
                 core,
             }
         }
@@ -659,17 +684,12 @@ mod tests {
         fn core_events(&mut self) -> Vec<String> {
             std::iter::from_fn(|| self.core.try_recv().ok())
                 .map(|m| match m {
-                    CoreMsg::Guard(GuardEvent::RerunWanted { turn_id, .. }) => {
-                        format!("wanted {turn_id}")
-                    }
-                    CoreMsg::Guard(GuardEvent::RerunCancelled { .. }) => "cancelled".into(),
-                    CoreMsg::Guard(GuardEvent::Rerunning { turn_id, .. }) => {
-                        format!("rerunning {turn_id}")
-                    }
-                    CoreMsg::Guard(GuardEvent::TurnRequested { thread_id, .. }) => {
+                    GuardEvent::RerunWanted { turn_id, .. } => format!("wanted {turn_id}"),
+                    GuardEvent::RerunCancelled { .. } => "cancelled".into(),
+                    GuardEvent::Rerunning { turn_id, .. } => format!("rerunning {turn_id}"),
+                    GuardEvent::TurnRequested { thread_id, .. } => {
                         format!("requested {thread_id}")
                     }
-                    other => format!("{other:?}"),
                 })
                 .collect()
         }

@@ -1,0 +1,182 @@
+//! Usage freshness. Rules: every account's usage is read at start and when the user asks,
+//! the stale ones at each poll, a new account at once; a full read replaces what was known
+//! (a window it lacks is gone); a read sent before the session last heard an account live
+//! (a rate-limit update, a limit hit) is older news and changes nothing; a turn that reported
+//! another family's numbers instead of the quota's gets the quota read (one read at a time).
+
+use std::time::{Duration, Instant};
+
+use crate::account_id::AccountId;
+use crate::proxy::directory::DirAccount;
+use crate::proxy::events::AccountRef;
+use crate::quota::{AccountLimits, RateLimitSnapshot};
+
+use super::effects::{Effect, Effects};
+use super::state::{CoreState, Now};
+
+impl CoreState {
+    /// A rate-limit update heard on a turn of the active account.
+    pub(super) fn rate_limits_heard(
+        &mut self,
+        update: &RateLimitSnapshot,
+        now: Now,
+        fx: &mut Effects,
+    ) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let limits = self.snapshots.entry(active.clone()).or_default();
+        let quota = limits.apply_update(update);
+        self.emit_limits(&active, now, fx);
+        // Another family (a model-specific limit) is shown, never switched on: the account's
+        // quota is the `codex` family. A turn refused on such a limit still ends in a
+        // usage-limit error, which switches.
+        if !quota {
+            // Codex sends one update per response, of the last header family (PROTOCOL.md
+            // §9): this turn's quota numbers did not come. Read them.
+            self.read_active_quota(&active, now, fx);
+            return;
+        }
+        self.heard_live.insert(active.clone(), now.mono);
+        self.check_active_quota(now, fx);
+    }
+
+    /// Reads the active account's usage (one read at a time), when a turn reported the
+    /// numbers of another limit family instead of the quota's.
+    fn read_active_quota(&mut self, active: &AccountId, now: Now, fx: &mut Effects) {
+        if self.quota_read.is_some() {
+            return;
+        }
+        self.quota_read = Some(active.clone());
+        fx.push(Effect::FetchUsage {
+            ids: vec![active.clone()],
+            started: now.mono,
+        });
+    }
+
+    /// Reads the reset credits of every ChatGPT account (or of `only`) and announces them
+    /// (they change rarely: at each usage poll is often enough).
+    fn poll_reset_credits(&self, only: Option<&str>, fx: &mut Effects) {
+        let accounts: Vec<AccountRef> = self
+            .accounts
+            .iter()
+            .filter(|a| a.switchable() && only.is_none_or(|id| a.id == id))
+            .map(DirAccount::to_ref)
+            .collect();
+        fx.push(Effect::ReadResetCredits(accounts));
+    }
+
+    /// Reads `/wham/usage` of every account (`all`) or of the stale ones, and the store's
+    /// accounts again.
+    pub(super) fn poll_usage(&mut self, all: bool, now: Now, fx: &mut Effects) {
+        self.poll_reset_credits(None, fx);
+        let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
+        let ids: Vec<AccountId> = self
+            .accounts
+            .iter()
+            .filter(|a| a.switchable())
+            // The active account too: its live updates are sparse, and only a full read
+            // tells that a window is gone (a plan that stopped sending its 5-hour window).
+            .filter(|a| {
+                all || self
+                    .usage_at
+                    .get(&a.id)
+                    .is_none_or(|t| now.mono.saturating_duration_since(*t) >= stale)
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        // Pick up accounts added, removed or re-enabled since the session started.
+        fx.push(Effect::ListAccounts);
+        if !ids.is_empty() {
+            fx.push(Effect::FetchUsage {
+                ids,
+                started: now.mono,
+            });
+        }
+    }
+
+    /// The store's accounts, read again: an account new to the session gets its usage read
+    /// at once, so it can take over at the next limit.
+    pub(super) fn accounts_listed(
+        &mut self,
+        accounts: Vec<DirAccount>,
+        now: Now,
+        fx: &mut Effects,
+    ) {
+        let new: Vec<AccountId> = accounts
+            .iter()
+            .filter(|a| a.switchable() && !self.accounts.iter().any(|known| known.id == a.id))
+            .map(|a| a.id.clone())
+            .collect();
+        for account in accounts.iter().filter(|a| new.contains(&a.id)) {
+            tracing::info!(account = %account.name, "an account was added to the store");
+        }
+        self.accounts = accounts;
+        self.update_alternative(now, fx);
+        if !new.is_empty() {
+            fx.push(Effect::FetchUsage {
+                ids: new,
+                started: now.mono,
+            });
+        }
+    }
+
+    pub(super) fn usage_fetched(
+        &mut self,
+        started: Instant,
+        results: Vec<(AccountId, Result<AccountLimits, String>)>,
+        now: Now,
+        fx: &mut Effects,
+    ) {
+        let mut active_read = false;
+        for (id, result) in results {
+            if self.quota_read.as_ref() == Some(&id) {
+                self.quota_read = None;
+            }
+            match result {
+                Ok(limits) => {
+                    self.usage_at.insert(id.clone(), now.mono);
+                    // A read sent before the session last heard of this account live (a
+                    // rate-limit update, a limit hit) is older news: a slow read of an
+                    // account's usage must not undo the limit it hit meanwhile.
+                    if self
+                        .heard_live
+                        .get(&id)
+                        .is_some_and(|heard| *heard > started)
+                    {
+                        continue;
+                    }
+                    self.forget_limit_unless_exhausted(&id, &limits);
+                    // A full read: windows and families it lacks are gone.
+                    self.snapshots.insert(id.clone(), limits);
+                    self.emit_limits(&id, now, fx);
+                    active_read |= Some(&id) == self.active.as_ref();
+                }
+                Err(err) => tracing::warn!(account = %id, "usage fetch failed: {err}"),
+            }
+        }
+        fx.push(Effect::ReportUnsavedTokens);
+        self.update_alternative(now, fx);
+        // The active account's quota as the backend has it now may ask for a switch.
+        if active_read {
+            self.check_active_quota(now, fx);
+        }
+    }
+
+    /// A reset credit cleared `account`'s limits; `limits`: its numbers read since.
+    pub(super) fn reset_redeemed(
+        &mut self,
+        account: AccountId,
+        limits: AccountLimits,
+        now: Now,
+        fx: &mut Effects,
+    ) {
+        // Newer than anything heard before the reset, live numbers included.
+        self.heard_live.insert(account.clone(), now.mono);
+        self.forget_limit_unless_exhausted(&account, &limits);
+        self.snapshots.insert(account.clone(), limits);
+        self.emit_limits(&account, now, fx);
+        self.update_alternative(now, fx);
+        self.poll_reset_credits(Some(&account), fx);
+    }
+}

@@ -1,0 +1,272 @@
+//! The core's state and its one entry point: [`CoreState::handle`] takes an [`Input`] and
+//! the time, changes the state, and returns the [`Effect`]s to carry out. Nothing here spawns,
+//! sends, sleeps, reads a clock or touches a file: every rule is a plain function of the
+//! state, the input and `now`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::account_id::AccountId;
+use crate::proxy::app_server::AppServerExit;
+use crate::proxy::directory::DirAccount;
+use crate::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent};
+use crate::proxy::policy::Candidate;
+use crate::proxy::relay::{ConnId, Observation};
+use crate::proxy::turn_guard::GuardEvent;
+use crate::quota::{AccountLimits, RateLimitSnapshot};
+
+use super::CoreConfig;
+use super::effects::{Effect, Effects};
+use super::lifecycle::AppServerState;
+use super::switching::{PendingSwitch, SwitchOutcome};
+
+/// The time a decision is made at: both clocks, read once by the actor.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// For durations (timeouts, freshness, backoff).
+    pub mono: Instant,
+    /// For events' `at` and the policy's unix times.
+    pub wall: DateTime<Utc>,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Self {
+            mono: Instant::now(),
+            wall: Utc::now(),
+        }
+    }
+
+    pub fn unix(&self) -> i64 {
+        self.wall.timestamp()
+    }
+}
+
+/// Everything the core decides on (the actor turns its messages into these).
+#[derive(Debug)]
+pub enum Input {
+    /// The session starts: announce the active account, read every account's usage.
+    Start,
+    /// The usage poll's timer fired: read the accounts whose numbers are stale.
+    PollTick,
+    Connected(ConnId),
+    Disconnected(ConnId),
+    Observed(ConnId, Observation),
+    Guard(GuardEvent),
+    /// A request of the app-server on the control connection.
+    ServerRequest {
+        id: Value,
+        method: String,
+        params: Value,
+    },
+    ControlClosed,
+    Command(ProxyCommand),
+    SwitchFinished(SwitchOutcome),
+    /// Usage read from `/wham/usage`; `started`: when the reads were sent.
+    UsageFetched {
+        started: Instant,
+        results: Vec<(AccountId, Result<AccountLimits, String>)>,
+    },
+    AccountsListed(Vec<DirAccount>),
+    AppServerExited {
+        exit: AppServerExit,
+        restarting: bool,
+    },
+    /// A new app-server is up (the actor holds its control connection).
+    AppServerRestarted,
+    Relogged {
+        account: AccountId,
+        result: Result<Option<AccountLimits>, String>,
+    },
+    ResetRedeemed {
+        account: AccountId,
+        limits: AccountLimits,
+    },
+    /// Time passed; a deferred switch may be able to go now.
+    Recheck,
+}
+
+/// The state the core owns.
+#[derive(Debug)]
+pub struct CoreState {
+    pub(super) config: CoreConfig,
+    pub(super) accounts: Vec<DirAccount>,
+    pub(super) active: Option<AccountId>,
+    /// Every limit family known of each account.
+    pub(super) snapshots: HashMap<AccountId, AccountLimits>,
+    /// When each account's usage was last read in full.
+    pub(super) usage_at: HashMap<AccountId, Instant>,
+    /// Running turns: turn id → (connection, account it started on).
+    pub(super) running: HashMap<String, (ConnId, Option<AccountId>)>,
+    /// Turns asked for (`turn/start` seen by a connection's guard) and not started yet:
+    /// (connection, thread) → when. They hold a switch back like running turns do.
+    pub(super) requested: HashMap<(ConnId, String), Instant>,
+    pub(super) pending: Option<PendingSwitch>,
+    pub(super) switching: bool,
+    /// Accounts left by an automatic switch, and when (unix seconds).
+    pub(super) switched_away: HashMap<AccountId, i64>,
+    pub(super) clients: HashSet<ConnId>,
+    pub(super) none_available_until: Option<Instant>,
+    /// Connections whose failed turn waits for a switch: when the limit was hit, and on whom.
+    pub(super) reruns: HashMap<ConnId, (Instant, Option<AccountId>)>,
+    /// Re-runs under way: connection → (limit hit at, from, to).
+    pub(super) rerun_started: HashMap<ConnId, (Instant, Option<AccountId>, AccountId)>,
+    pub(super) app_server: AppServerState,
+    /// When the session last heard an account's numbers live (from the stream or a limit).
+    pub(super) heard_live: HashMap<AccountId, Instant>,
+    /// Accounts whose usage-limit hit was reported (once per limit, though one limit can
+    /// raise two errors and a withheld re-run).
+    pub(super) limit_reported: HashSet<AccountId>,
+    /// A read of the active account's quota in flight.
+    pub(super) quota_read: Option<AccountId>,
+}
+
+impl CoreState {
+    /// The session has already logged in `active`; the app-server is up.
+    pub fn new(
+        config: CoreConfig,
+        accounts: Vec<DirAccount>,
+        active: AccountId,
+        active_snapshot: Option<AccountLimits>,
+    ) -> Self {
+        let mut snapshots = HashMap::new();
+        if let Some(s) = active_snapshot {
+            snapshots.insert(active.clone(), s);
+        }
+        Self {
+            config,
+            accounts,
+            active: Some(active),
+            snapshots,
+            usage_at: HashMap::new(),
+            running: HashMap::new(),
+            requested: HashMap::new(),
+            pending: None,
+            switching: false,
+            switched_away: HashMap::new(),
+            clients: HashSet::new(),
+            none_available_until: None,
+            reruns: HashMap::new(),
+            rerun_started: HashMap::new(),
+            app_server: AppServerState::Up,
+            heard_live: HashMap::new(),
+            limit_reported: HashSet::new(),
+            quota_read: None,
+        }
+    }
+
+    /// Decides what `input` changes and what is to be done about it.
+    pub fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
+        let mut fx = Effects::default();
+        match input {
+            Input::Start => {
+                self.announce_start(now, &mut fx);
+                self.poll_usage(true, now, &mut fx);
+            }
+            Input::PollTick => self.poll_usage(false, now, &mut fx),
+            Input::Connected(conn) => {
+                self.clients.insert(conn);
+                self.emit_connection(now, &mut fx);
+            }
+            Input::Disconnected(conn) => self.disconnected(conn, now, &mut fx),
+            Input::Observed(conn, observation) => self.observe(conn, observation, now, &mut fx),
+            Input::Guard(event) => self.guard_event(event, now, &mut fx),
+            Input::ServerRequest { id, method, params } => {
+                self.server_request(id, &method, params, &mut fx)
+            }
+            Input::ControlClosed => {
+                tracing::warn!("control connection closed");
+                fx.emit(ProxyEvent::Connection {
+                    state: ConnectionState::Down,
+                    at: now.wall,
+                });
+            }
+            Input::Command(command) => self.command(command, now, &mut fx),
+            Input::SwitchFinished(outcome) => self.switch_finished(outcome, now, &mut fx),
+            Input::UsageFetched { started, results } => {
+                self.usage_fetched(started, results, now, &mut fx)
+            }
+            Input::AccountsListed(accounts) => self.accounts_listed(accounts, now, &mut fx),
+            Input::ResetRedeemed { account, limits } => {
+                self.reset_redeemed(account, limits, now, &mut fx)
+            }
+            Input::AppServerExited { exit, restarting } => {
+                self.app_server_exited(exit, restarting, now, &mut fx)
+            }
+            Input::AppServerRestarted => self.relogin(now, &mut fx),
+            Input::Relogged { account, result } => self.relogged(account, result, now, &mut fx),
+            Input::Recheck => self.maybe_execute(now, &mut fx),
+        }
+        fx.into_vec()
+    }
+
+    fn announce_start(&self, now: Now, fx: &mut Effects) {
+        if let Some(active) = &self.active {
+            fx.emit(ProxyEvent::ActiveAccount {
+                account: self.account_ref(active),
+                at: now.wall,
+            });
+            self.emit_limits(active, now, fx);
+        }
+        fx.emit(ProxyEvent::Connection {
+            state: ConnectionState::Ready { clients: 0 },
+            at: now.wall,
+        });
+    }
+
+    pub(super) fn account_ref(&self, id: &str) -> AccountRef {
+        self.accounts
+            .iter()
+            .find(|a| a.id == id)
+            .map(DirAccount::to_ref)
+            .unwrap_or_else(|| AccountRef {
+                id: id.to_owned(),
+                name: id.to_owned(),
+            })
+    }
+
+    /// Tells what is known of an account's limits: its quota and its other families.
+    pub(super) fn emit_limits(&self, id: &str, now: Now, fx: &mut Effects) {
+        let Some(limits) = self.snapshots.get(id) else {
+            return;
+        };
+        fx.emit(ProxyEvent::RateLimitsUpdated {
+            account: self.account_ref(id),
+            snapshot: limits.quota().cloned().unwrap_or_default(),
+            families: limits.others().cloned().collect(),
+            at: now.wall,
+        });
+    }
+
+    /// An account's quota (the `codex` family), if known.
+    pub(super) fn quota(&self, id: &str) -> Option<&RateLimitSnapshot> {
+        self.snapshots.get(id).and_then(AccountLimits::quota)
+    }
+
+    pub(super) fn candidate(&self, account: &DirAccount) -> Candidate {
+        candidate_of(account, &self.snapshots, &self.switched_away)
+    }
+}
+
+/// An account as the policy weighs it.
+pub(super) fn candidate_of(
+    account: &DirAccount,
+    snapshots: &HashMap<AccountId, AccountLimits>,
+    switched_away: &HashMap<AccountId, i64>,
+) -> Candidate {
+    Candidate {
+        id: account.id.clone(),
+        name: account.name.clone(),
+        enabled: account.enabled,
+        needs_login: !account.switchable(),
+        snapshot: snapshots
+            .get(&account.id)
+            .and_then(AccountLimits::quota)
+            .cloned(),
+        switched_away_at: switched_away.get(&account.id).copied(),
+        workspace: account.chatgpt_account_id.clone(),
+    }
+}

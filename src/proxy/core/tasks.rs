@@ -1,0 +1,337 @@
+//! The I/O behind the core's effects, run by the actor: a switch in flight (choose on fresh
+//! numbers, log in on the control connection, confirm, restore the old account when the login
+//! fails), the login itself, usage and reset-credit reads with a timeout, a reset credit's
+//! redemption, and the answer to a token refresh request. What they learn comes back to the
+//! core as messages.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use color_eyre::eyre::{Result, eyre};
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::account_id::AccountId;
+use crate::proxy::directory::{AccountDirectory, DirAccount};
+use crate::proxy::events::{AccountRef, ProxyEvent};
+use crate::proxy::policy::{self, Candidate, Choice, Mode};
+use crate::proxy::upstream::{self, ControlConnection};
+use crate::quota::{AccountLimits, RateLimitSnapshot};
+
+use super::effects::SwitchPlan;
+use super::state::candidate_of;
+use super::switching::{SwitchFailure, SwitchOutcome, Target};
+use super::{CommandReply, CoreMsg};
+
+/// How long one `/wham/usage` fetch may take before the account counts as unknown.
+pub(super) const USAGE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// A switch in flight: choose, log in on the control connection, confirm.
+pub(super) struct SwitchTask<D: AccountDirectory> {
+    pub dir: D,
+    pub control: ControlConnection,
+    pub events: broadcast::Sender<ProxyEvent>,
+    pub plan: SwitchPlan,
+}
+
+impl<D: AccountDirectory> SwitchTask<D> {
+    pub async fn run(mut self) -> SwitchOutcome {
+        let started = Instant::now();
+        let mut fetched = Vec::new();
+        let result = self.choose_and_login(&mut fetched).await;
+        SwitchOutcome {
+            pending_reason: self.plan.pending.reason.clone(),
+            mode: self.plan.pending.mode,
+            from: self.plan.from.clone(),
+            fetched,
+            result,
+            started,
+        }
+    }
+
+    fn name(&self, id: &str) -> String {
+        self.plan
+            .accounts
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| a.name.clone())
+            .unwrap_or_else(|| id.to_owned())
+    }
+
+    async fn choose_and_login(
+        &mut self,
+        fetched: &mut Vec<(AccountId, AccountLimits)>,
+    ) -> Result<(AccountId, Option<AccountLimits>), SwitchFailure> {
+        let plan = &mut self.plan;
+        let to = match plan.pending.target.clone() {
+            Target::Account(id) => {
+                // The user named it: check it on fresh numbers, a reset may have passed.
+                let mut snapshot = plan
+                    .snapshots
+                    .get(&id)
+                    .and_then(AccountLimits::quota)
+                    .cloned();
+                if let Some((_, Ok(fresh))) = fetch_usages(&self.dir, std::slice::from_ref(&id))
+                    .await
+                    .into_iter()
+                    .next()
+                {
+                    snapshot = fresh.quota().cloned();
+                    fetched.push((id.clone(), fresh));
+                }
+                if let Some(snapshot) = snapshot.filter(RateLimitSnapshot::is_exhausted) {
+                    let until = snapshot
+                        .available_again_at()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                        .map(|t| {
+                            format!(" until {}", t.with_timezone(&chrono::Local).format("%H:%M"))
+                        })
+                        .unwrap_or_default();
+                    return Err(SwitchFailure::Refused(format!(
+                        "cannot switch to {}: it has hit its usage limit{until}",
+                        self.name(&id)
+                    )));
+                }
+                id
+            }
+            Target::Best => {
+                // Fetch the usage of candidates whose numbers are stale, so the choice is
+                // made on what the backend says now. Asked for by hand (`n`), every other
+                // account is read again: a limit may have been lifted since the last read.
+                let manual = plan.pending.mode == Mode::Manual;
+                let stale: Vec<AccountId> = plan
+                    .accounts
+                    .iter()
+                    .filter(|a| a.switchable() && Some(&a.id) != plan.from.as_ref())
+                    .filter(|a| manual || !plan.fresh.contains(&a.id))
+                    .map(|a| a.id.clone())
+                    .collect();
+                for (id, result) in fetch_usages(&self.dir, &stale).await {
+                    if let Ok(limits) = result {
+                        plan.snapshots.insert(id.clone(), limits.clone());
+                        fetched.push((id, limits));
+                    }
+                }
+                // The cooldown keeps automatic switches from ping-ponging; a switch the
+                // user asks for is not held back by it.
+                let no_cooldown = HashMap::new();
+                let switched_away = if manual {
+                    &no_cooldown
+                } else {
+                    &plan.switched_away
+                };
+                let candidates: Vec<Candidate> = plan
+                    .accounts
+                    .iter()
+                    .map(|a| candidate_of(a, &plan.snapshots, switched_away))
+                    .collect();
+                match policy::choose_best(
+                    &candidates,
+                    plan.from.as_deref(),
+                    Utc::now().timestamp(),
+                    &plan.policy,
+                ) {
+                    Choice::Switch { to } => to,
+                    Choice::NoneAvailable { earliest_reset } => {
+                        return Err(SwitchFailure::NoneAvailable { earliest_reset });
+                    }
+                }
+            }
+        };
+        let Some(account) = self.plan.accounts.iter().find(|a| a.id == to).cloned() else {
+            return Err(SwitchFailure::Refused(format!("unknown account {to}")));
+        };
+        let _ = self.events.send(ProxyEvent::SwitchStarted {
+            from: self.plan.from.as_deref().map(|f| AccountRef {
+                id: f.to_owned(),
+                name: self.name(f),
+            }),
+            to: account.to_ref(),
+            reason: self.plan.pending.reason.clone(),
+            at: Utc::now(),
+        });
+        match login_and_confirm(&self.dir, &self.control, &account).await {
+            Ok(snapshot) => Ok((to, snapshot)),
+            Err(err) => {
+                let error = format!("{err:#}");
+                // Stay on the old account: make sure the app-server still serves it.
+                if let Some(from) = self.plan.from.clone()
+                    && let Some(old) = self.plan.accounts.iter().find(|a| a.id == from).cloned()
+                    && let Err(restore) = login_and_confirm(&self.dir, &self.control, &old).await
+                {
+                    tracing::error!(
+                        "restoring {} after a failed switch failed: {restore:#}",
+                        old.name
+                    );
+                }
+                Err(SwitchFailure::Failed { to, error })
+            }
+        }
+    }
+}
+
+/// Reads `/wham/usage` of these accounts, each within [`USAGE_TIMEOUT`].
+pub(super) async fn fetch_usages<D: AccountDirectory>(
+    dir: &D,
+    ids: &[AccountId],
+) -> Vec<(AccountId, Result<AccountLimits, String>)> {
+    join_all(ids.iter().map(|id| async move {
+        let result = match tokio::time::timeout(USAGE_TIMEOUT, dir.fetch_usage(id)).await {
+            Ok(Ok(snapshot)) => Ok(snapshot),
+            Ok(Err(err)) => Err(format!("{err:#}")),
+            Err(_) => Err(format!("no answer within {USAGE_TIMEOUT:?}")),
+        };
+        (id.clone(), result)
+    }))
+    .await
+}
+
+/// Logs the app-server into `account`, confirms it with `account/read`, and reads its rate
+/// limits. Used for the starting account and for every switch.
+pub async fn login_and_confirm<D: AccountDirectory>(
+    dir: &D,
+    control: &ControlConnection,
+    account: &DirAccount,
+) -> Result<Option<AccountLimits>> {
+    let tokens = dir.login_tokens(&account.id, false).await?;
+    control
+        .login_with_tokens(
+            &tokens.access_token,
+            &tokens.chatgpt_account_id,
+            tokens.plan.as_deref(),
+        )
+        .await?;
+    let (email, _plan) = upstream::read_account(control).await?;
+    if let (Some(want), Some(got)) = (&account.email, &email)
+        && !want.eq_ignore_ascii_case(got)
+    {
+        return Err(eyre!(
+            "the app-server reports {got} after logging in {} ({want})",
+            account.name
+        ));
+    }
+    match upstream::read_rate_limits(control).await {
+        Ok(snapshot) => Ok(Some(snapshot)),
+        Err(err) => {
+            tracing::warn!("reading rate limits after login failed: {err:#}");
+            Ok(None)
+        }
+    }
+}
+
+/// Reads the accounts' reset credits and announces them.
+pub(super) fn read_reset_credits<D: AccountDirectory>(
+    dir: D,
+    events: broadcast::Sender<ProxyEvent>,
+    accounts: Vec<AccountRef>,
+) {
+    tokio::spawn(async move {
+        let reads = accounts.into_iter().map(|account| {
+            let dir = &dir;
+            async move {
+                let read =
+                    tokio::time::timeout(USAGE_TIMEOUT, dir.fetch_reset_credits(&account.id)).await;
+                (account, read)
+            }
+        });
+        for (account, read) in join_all(reads).await {
+            match read {
+                Ok(Ok(Some(credits))) => {
+                    let _ = events.send(ProxyEvent::ResetCredits {
+                        account,
+                        credits,
+                        at: Utc::now(),
+                    });
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(account = %account.name, "reset credits: {err:#}")
+                }
+                Err(_) => tracing::debug!(account = %account.name, "reset credits: timed out"),
+            }
+        }
+    });
+}
+
+/// Redeems a reset credit on the control connection (the app-server's auth is the active
+/// account's), answers, and after a reset reads the account's limits again.
+pub(super) fn redeem_reset_credit(
+    control: ControlConnection,
+    inbox: mpsc::UnboundedSender<CoreMsg>,
+    account: AccountId,
+    idempotency_key: String,
+    reply: Option<CommandReply>,
+) {
+    tokio::spawn(async move {
+        let result = upstream::consume_reset_credit(&control, &idempotency_key).await;
+        let reset = result.as_deref().is_ok_and(|outcome| outcome == "reset");
+        if let Some(reply) = reply {
+            let _ = reply.send(result.map_err(|err| format!("{err:#}")));
+        }
+        // The numbers the session holds are of before the reset: read them again.
+        if reset {
+            match upstream::read_rate_limits(&control).await {
+                Ok(limits) => {
+                    let _ = inbox.send(CoreMsg::ResetRedeemed { account, limits });
+                }
+                Err(err) => tracing::warn!("reading the limits after a reset: {err:#}"),
+            }
+        }
+    });
+}
+
+/// Answers a token refresh request with `account`'s freshly refreshed tokens.
+pub(super) fn answer_refresh<D: AccountDirectory>(
+    dir: D,
+    control: ControlConnection,
+    events: broadcast::Sender<ProxyEvent>,
+    id: Value,
+    account: Option<DirAccount>,
+) {
+    tokio::spawn(async move {
+        let Some(account) = account else {
+            control.respond(
+                id,
+                Err("no stored account matches previousAccountId".into()),
+            );
+            return;
+        };
+        match dir.login_tokens(&account.id, true).await {
+            Ok(tokens) => {
+                tracing::info!(account = %account.name, "answered a token refresh request");
+                control.respond(
+                    id,
+                    Ok(json!({
+                        "accessToken": tokens.access_token.expose(),
+                        "chatgptAccountId": tokens.chatgpt_account_id,
+                        "chatgptPlanType": tokens.plan,
+                    })),
+                );
+            }
+            Err(err) => {
+                tracing::error!(account = %account.name, "token refresh failed: {err:#}");
+                control.respond(id, Err(format!("refreshing {} failed", account.name)));
+            }
+        }
+        if let Some(notice) = unsaved_tokens_notice(&dir) {
+            let _ = events.send(notice);
+        }
+    });
+}
+
+/// A refresh whose new tokens the store refused (a full disk) keeps them in memory only: the
+/// user must hear of it before quitting.
+pub(super) fn unsaved_tokens_notice<D: AccountDirectory>(dir: &D) -> Option<ProxyEvent> {
+    let names = dir.unsaved_tokens();
+    (!names.is_empty()).then(|| ProxyEvent::Notice {
+        message: format!(
+            "the account store refused the refreshed tokens of {}: they are kept in memory \
+             (and in Codex's auth.json when it holds the account) and saved once the store can \
+             be written; check the disk before quitting",
+            names.join(", ")
+        ),
+        at: Utc::now(),
+    })
+}

@@ -1,0 +1,196 @@
+//! Turn tracking. Rule: a login kills a running turn (PROTOCOL.md §2), so the core knows which
+//! turns run, and which were asked for and have not started yet (they count as running until
+//! [`REQUESTED_TURN_TIMEOUT`]); a turn is attributed to the account it started on. It also
+//! keeps the bookkeeping of hidden re-runs: which connection waits for a switch, and which
+//! re-run is under way.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::account_id::AccountId;
+use crate::proxy::events::{ProxyEvent, SwitchReason};
+use crate::proxy::policy::Mode;
+use crate::proxy::relay::{ConnId, Observation};
+use crate::proxy::turn_guard::{GuardCommand, GuardEvent};
+
+use super::effects::{Effect, Effects};
+use super::state::{CoreState, Now};
+use super::switching::Target;
+
+/// A requested turn that has not started after this long is taken to have failed (its
+/// `turn/start` got an error, which the relay does not look at).
+pub(super) const REQUESTED_TURN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a turn runs or is about to: then a login would kill it. Forgets requests that never
+/// turned into a turn.
+pub(super) fn busy(
+    running: &HashMap<String, (ConnId, Option<AccountId>)>,
+    requested: &mut HashMap<(ConnId, String), Instant>,
+    now: Instant,
+) -> bool {
+    requested.retain(|(conn, thread), at| {
+        let fresh = now.saturating_duration_since(*at) < REQUESTED_TURN_TIMEOUT;
+        if !fresh {
+            tracing::warn!(
+                conn,
+                thread,
+                "a requested turn never started; no longer waiting for it"
+            );
+        }
+        fresh
+    });
+    !running.is_empty() || !requested.is_empty()
+}
+
+impl CoreState {
+    pub(super) fn is_busy(&mut self, now: Now) -> bool {
+        busy(&self.running, &mut self.requested, now.mono)
+    }
+
+    pub(super) fn disconnected(&mut self, conn: ConnId, now: Now, fx: &mut Effects) {
+        self.clients.remove(&conn);
+        self.reruns.remove(&conn);
+        self.rerun_started.remove(&conn);
+        // Turns seen only on that connection can no longer be tracked.
+        self.running.retain(|_, (c, _)| *c != conn);
+        self.requested.retain(|(c, _), _| *c != conn);
+        self.emit_connection(now, fx);
+        self.emit_turns(now, fx);
+        self.maybe_execute(now, fx);
+    }
+
+    pub(super) fn emit_turns(&self, now: Now, fx: &mut Effects) {
+        fx.emit(ProxyEvent::TurnsRunning {
+            running: self.running.len(),
+            at: now.wall,
+        });
+    }
+
+    pub(super) fn observe(
+        &mut self,
+        conn: ConnId,
+        observation: Observation,
+        now: Now,
+        fx: &mut Effects,
+    ) {
+        match observation {
+            Observation::TurnStarted { turn_id, thread_id } => {
+                self.requested.remove(&(conn, thread_id));
+                self.running.insert(turn_id, (conn, self.active.clone()));
+                self.emit_turns(now, fx);
+            }
+            Observation::TurnCompleted {
+                turn_id, thread_id, ..
+            } => {
+                self.requested.remove(&(conn, thread_id));
+                if self.running.remove(&turn_id).is_some() {
+                    self.emit_turns(now, fx);
+                }
+                self.maybe_execute(now, fx);
+            }
+            Observation::RateLimits(update) => self.rate_limits_heard(&update, now, fx),
+            Observation::UsageLimitError { turn_id, .. } => {
+                // Attribute the error to the account its turn started on: the title thread's
+                // duplicate error of an account we already left must not trigger again.
+                let account = turn_id
+                    .as_ref()
+                    .and_then(|t| self.running.get(t))
+                    .and_then(|(_, a)| a.clone())
+                    .or_else(|| self.active.clone());
+                if account != self.active {
+                    tracing::debug!("usage-limit error from an account already left; ignored");
+                    return;
+                }
+                self.usage_limit_error(now, fx);
+            }
+        }
+    }
+
+    pub(super) fn guard_event(&mut self, event: GuardEvent, now: Now, fx: &mut Effects) {
+        tracing::info!(?event, "turn guard");
+        match event {
+            GuardEvent::RerunWanted { conn, at, .. } => {
+                // The guard saw the active account's turn fail on its limit.
+                if let Some(active) = self.active.clone() {
+                    self.report_limit(&active, now, fx);
+                }
+                self.reruns.insert(conn, (at, self.active.clone()));
+                // The limit error's observation arms the switch too; this makes sure.
+                if !self.switching {
+                    self.arm(
+                        Target::Best,
+                        SwitchReason::UsageLimit,
+                        Mode::Automatic,
+                        now,
+                        fx,
+                    );
+                }
+            }
+            GuardEvent::TurnRequested { conn, thread_id } => {
+                self.requested.insert((conn, thread_id), now.mono);
+                // Should the turn never start (the request failed), look again then.
+                fx.push(Effect::RecheckAfter(REQUESTED_TURN_TIMEOUT));
+            }
+            GuardEvent::RerunCancelled { conn } => {
+                self.reruns.remove(&conn);
+                self.rerun_started.remove(&conn);
+            }
+            GuardEvent::Rerunning { conn, .. } => {
+                if let Some((at, from, to)) = self.rerun_started.remove(&conn) {
+                    let from = from
+                        .map(|f| self.account_ref(&f).name)
+                        .unwrap_or_else(|| "the previous account".to_owned());
+                    let to = self.account_ref(&to).name;
+                    fx.emit(ProxyEvent::Notice {
+                        message: format!(
+                            "limit hit on {from} — continued on {to}, {:.1} s",
+                            now.mono.saturating_duration_since(at).as_secs_f64()
+                        ),
+                        at: now.wall,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The switch is done: every re-run waiting for it goes, on the new account `to`.
+    pub(super) fn start_reruns(&mut self, to: &AccountId, fx: &mut Effects) {
+        let mut waiting: Vec<_> = std::mem::take(&mut self.reruns).into_iter().collect();
+        waiting.sort_by_key(|(conn, _)| *conn);
+        for (conn, (at, from)) in waiting {
+            if self.clients.contains(&conn) {
+                fx.push(Effect::Guard {
+                    conn,
+                    command: GuardCommand::Rerun,
+                });
+                self.rerun_started.insert(conn, (at, from, to.clone()));
+            }
+        }
+    }
+
+    /// Hidden re-runs wait for the switch; when there is none, the real error shows.
+    pub(super) fn give_up_reruns(&mut self, fx: &mut Effects) {
+        let mut waiting: Vec<ConnId> = std::mem::take(&mut self.reruns).into_keys().collect();
+        waiting.sort_unstable();
+        for conn in waiting {
+            if self.clients.contains(&conn) {
+                fx.push(Effect::Guard {
+                    conn,
+                    command: GuardCommand::GiveUp,
+                });
+            }
+        }
+    }
+
+    /// A switch's login is over: turns held meanwhile go to the app-server now.
+    pub(super) fn release_held_turns(&self, fx: &mut Effects) {
+        let mut clients: Vec<ConnId> = self.clients.iter().copied().collect();
+        clients.sort_unstable();
+        for conn in clients {
+            fx.push(Effect::Guard {
+                conn,
+                command: GuardCommand::SwitchOver,
+            });
+        }
+    }
+}
