@@ -77,7 +77,7 @@ pub struct SwitchConfig {
     /// Switch at the next turn boundary once the weekly window is at least this full (percent).
     pub weekly_threshold: f64,
     /// Re-run a turn that failed on a usage limit on the new account, hiding the failure
-    /// (PROTOCOL.md §8). Read by the proxy.
+    /// (docs/protocol.md §8). Read by the proxy.
     pub hidden_rerun: bool,
 }
 

@@ -10,7 +10,7 @@ pub const FIVE_HOUR_MINUTES: u32 = 300;
 pub const WEEKLY_MINUTES: u32 = 10_080;
 
 /// Which limit a window is. Codex may put the weekly window in `primary`, so windows are
-/// classified by their duration, never by their slot (PROTOCOL.md §3).
+/// classified by their duration, never by their slot (docs/protocol.md §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum WindowKind {
@@ -145,7 +145,7 @@ impl SpendLimit {
     }
 }
 
-/// The limit family that is the account's general quota (PROTOCOL.md §9).
+/// The limit family that is the account's general quota (docs/protocol.md §9).
 pub const MAIN_LIMIT_ID: &str = "codex";
 
 /// Whether a snapshot with this `limitId` is the account's general quota: the `codex` family,
@@ -220,7 +220,7 @@ impl AccountLimits {
 
 impl RateLimitSnapshot {
     /// Merges a sparse `account/rateLimits/updated` into this snapshot: present values replace
-    /// what we knew, a null field keeps it (PROTOCOL.md §3).
+    /// what we knew, a null field keeps it (docs/protocol.md §3).
     ///
     /// Windows are matched by kind, so an update that moves the weekly window into `primary`
     /// does not overwrite the 5-hour numbers.

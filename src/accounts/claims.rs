@@ -1,4 +1,4 @@
-//! Reading the claims of ChatGPT JWTs (PROTOCOL.md §5).
+//! Reading the claims of ChatGPT JWTs (docs/protocol.md §5).
 //!
 //! Nothing here checks a signature: cs-tui only reads what its own tokens say about themselves
 //! (expiry, e-mail, plan, account), and the backend is the one that validates them.

@@ -1,4 +1,4 @@
-//! Codex's `auth.json` (PROTOCOL.md §5): reading a login, importing it into the store, and
+//! Codex's `auth.json` (docs/protocol.md §5): reading a login, importing it into the store, and
 //! writing refreshed tokens back when it holds the same account.
 
 use std::fs;

@@ -1,5 +1,5 @@
 //! Adding an account: run the real `codex login` with a temporary `CODEX_HOME` and read the
-//! `auth.json` it leaves (PROTOCOL.md §5).
+//! `auth.json` it leaves (docs/protocol.md §5).
 //!
 //! The temporary home lives inside the store directory (0700), not in a shared /tmp, and is
 //! removed on every way out: success, a failed or missing codex, and Ctrl+C / SIGTERM / SIGHUP

@@ -1,4 +1,4 @@
-//! What redeeming a rate-limit reset credit did (PROTOCOL.md §9). The redemption itself —
+//! What redeeming a rate-limit reset credit did (docs/protocol.md §9). The redemption itself —
 //! through a running session, or a short-lived app-server — is `cs-tui accounts reset`'s
 //! (`commands::reset`).
 

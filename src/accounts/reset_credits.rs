@@ -1,5 +1,5 @@
 //! Rate-limit reset credits of any stored account: `GET {chatgpt_base_url}/wham/rate-limit-reset-credits`
-//! (PROTOCOL.md §9), read the way [`super::usage`] reads `/wham/usage`.
+//! (docs/protocol.md §9), read the way [`super::usage`] reads `/wham/usage`.
 //!
 //! A credit clears an account's exhausted windows; redeeming one on an account with room
 //! wastes it, so cs-tui only shows them and redeems one when asked (`cs-tui accounts reset`).

@@ -1,4 +1,4 @@
-//! Keeping tokens fresh (PROTOCOL.md §5).
+//! Keeping tokens fresh (docs/protocol.md §5).
 //!
 //! Refresh tokens rotate: once one copy is used, every other copy is dead. So a refresh holds
 //! the account's refresh lock (no two refreshes of one account at once, in any of our
@@ -607,7 +607,7 @@ impl FreshTokens {
 /// Why a refresh failed. Never holds a token or the server's answer (which may hold one).
 #[derive(Debug, thiserror::Error)]
 enum RefreshError {
-    /// The sign-in server itself said the refresh token is dead (PROTOCOL.md §5); the reason
+    /// The sign-in server itself said the refresh token is dead (docs/protocol.md §5); the reason
     /// is a sentence for the user. Only this marks an account "needs login".
     #[error("{0}")]
     Rejected(String),

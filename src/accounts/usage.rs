@@ -1,4 +1,4 @@
-//! The quota of any stored account: `GET {chatgpt_base_url}/wham/usage` (PROTOCOL.md §4),
+//! The quota of any stored account: `GET {chatgpt_base_url}/wham/usage` (docs/protocol.md §4),
 //! converted into the shared [`crate::quota`] types.
 
 use std::path::Path;

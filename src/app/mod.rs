@@ -546,7 +546,7 @@ impl<C: ChildIo> App<C> {
 
     fn on_output(&mut self, bytes: &[u8], terminal: &mut Terminal<impl HostBackend>) {
         let replies = self.pane.process(bytes);
-        // Answers go back at once: Codex waits for them at startup (PROTOCOL.md §7).
+        // Answers go back at once: Codex waits for them at startup (docs/protocol.md §7).
         self.child.write(replies);
         for message in self.pane.take_notifications() {
             let clean: String = message.chars().filter(|c| !c.is_control()).collect();

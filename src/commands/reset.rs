@@ -1,6 +1,6 @@
 //! `cs-tui accounts reset NAME`: redeem one rate-limit reset credit of an exhausted account.
 //!
-//! A credit only clears an exhausted window (PROTOCOL.md §9), so the account's usage is read
+//! A credit only clears an exhausted window (docs/protocol.md §9), so the account's usage is read
 //! first and the command refuses when it has room. It asks before redeeming, and nothing is
 //! ever redeemed automatically. The redemption goes through Codex's own protocol method
 //! (`account/rateLimitResetCredit/consume`), so the backend sees Codex do it: on the control

@@ -38,7 +38,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Sends `signal` to the process group `pgid` leads. `codex` from npm is a Node wrapper
-/// around the real binary, so the group is what must be signalled (PROTOCOL.md §1).
+/// around the real binary, so the group is what must be signalled (docs/protocol.md §1).
 pub fn signal_group(pgid: i32, signal: Signal) -> nix::Result<()> {
     nix::sys::signal::killpg(Pid::from_raw(pgid), signal)
 }
@@ -90,7 +90,7 @@ pub fn command_dying_with_us(program: &OsStr) -> (tokio::process::Command, bool)
         command
     });
     // Its own process group: only signalling the whole group stops the npm wrapper and the
-    // binary it runs (PROTOCOL.md §1).
+    // binary it runs (docs/protocol.md §1).
     command.process_group(0).kill_on_drop(false);
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec and only makes the

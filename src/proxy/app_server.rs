@@ -22,7 +22,7 @@ const READY_POLL: Duration = Duration::from_millis(5);
 /// The socket's name inside the runtime directory.
 const SOCKET_NAME: &str = "app-server.sock";
 /// Grace period between SIGTERM and SIGKILL. SIGTERM during a turn only starts a drain
-/// (PROTOCOL.md §1), so we do not wait long.
+/// (docs/protocol.md §1), so we do not wait long.
 const TERM_GRACE: Duration = Duration::from_millis(1500);
 
 /// Everything needed to start the app-server.
@@ -97,7 +97,7 @@ impl AppServer {
         // app-server's tools die with cs-tui too; else directly, with the kernel's parent-death
         // signal where there is one: the npm wrapper forwards that SIGTERM. See `process`.
         // In a process group of its own: the npm `codex` is a Node wrapper around the real
-        // binary, and only signalling the whole group stops both (PROTOCOL.md §1).
+        // binary, and only signalling the whole group stops both (docs/protocol.md §1).
         let (mut command, reaped) = crate::process::command_dying_with_us(&program);
         command
             .envs(npm_env)

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::quota::RateLimitSnapshot;
 
 /// Prefix of every request id the proxy itself sends, so its ids can never collide with the
-/// TUI's (integers, prefixed strings and UUIDs, PROTOCOL.md §1).
+/// TUI's (integers, prefixed strings and UUIDs, docs/protocol.md §1).
 pub const OWN_ID_PREFIX: &str = "cs-tui/";
 
 pub mod method {

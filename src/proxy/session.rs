@@ -371,7 +371,7 @@ impl Session {
         let plan = plan?;
         let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
         // Log in before any client is accepted: a TUI that attaches to an app-server without
-        // auth stays on its sign-in screen (PROTOCOL.md §2).
+        // auth stays on its sign-in screen (docs/protocol.md §2).
         let (starting_account, snapshot) = login_first_usable(&dir, &control, &plan).await?;
 
         let (events, first_subscriber) = broadcast::channel(1024);

@@ -4,7 +4,7 @@
 //! messages from the TUI (the `systemError` status, the error, the failed completion, the
 //! 100 % rate-limit update, and the title thread's duplicates), asks the core to switch, and
 //! once the new account is logged in starts the turn again on the TUI's own connection with a
-//! proxy-owned id (PROTOCOL.md §8): `input: []` when the failed turn already produced
+//! proxy-owned id (docs/protocol.md §8): `input: []` when the failed turn already produced
 //! something, so it continues where it stopped; otherwise it reverts the failed turn and
 //! sends the original input, so the saved history holds the prompt once. The TUI renders the
 //! re-run as the same turn; the user sees their prompt once, then the answer.
@@ -29,7 +29,7 @@ use crate::proxy::policy::{self, PolicyConfig};
 use crate::proxy::relay::{Actions, ConnId, Direction, Inspected, Interceptor, Verdict};
 use crate::proxy::rpc::{ErrorParams, OWN_ID_PREFIX, RateLimitsUpdatedParams, TurnParams};
 
-/// Request ids of the TUI's title generation (a temporary thread), PROTOCOL.md §8.
+/// Request ids of the TUI's title generation (a temporary thread), docs/protocol.md §8.
 const TITLE_REQUEST_PREFIX: &str = "temporary-structured-";
 
 const CLIENT_WATCHED: &[&str] = &["turn/start", "turn/interrupt"];
@@ -705,7 +705,7 @@ mod tests {
             }
         }
 
-        /// The limit failure sequence of PROTOCOL.md §3 for turn `u1`.
+        /// The limit failure sequence of docs/protocol.md §3 for turn `u1`.
         fn limit_failure(&mut self) -> Vec<Verdict> {
             [
                 r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":100,"windowDurationMins":300,"resetsAt":9}}}}"#,

@@ -84,7 +84,7 @@ pub enum ControlEvent {
 type Pending = Arc<Mutex<HashMap<String, (String, oneshot::Sender<Result<Value, RpcError>>)>>>;
 
 /// The proxy's own initialized connection to the app-server (`experimentalApi`, which
-/// `chatgptAuthTokens` logins require, PROTOCOL.md §1).
+/// `chatgptAuthTokens` logins require, docs/protocol.md §1).
 #[derive(Clone)]
 pub struct ControlConnection {
     outgoing: mpsc::UnboundedSender<Message>,
@@ -107,7 +107,7 @@ impl std::fmt::Debug for ControlConnection {
 /// What the control connection says of itself in `initialize`.
 ///
 /// The first `initialize` an app-server receives sets the originator and `User-Agent` of all
-/// its backend requests (PROTOCOL.md §9), and the control connection is always first: it logs
+/// its backend requests (docs/protocol.md §9), and the control connection is always first: it logs
 /// the account in before any client may attach. So it introduces itself exactly as the Codex
 /// TUI does (captured from `codex --remote` 0.169.0: name `codex-tui`, no title, Codex's own
 /// version), and the backend sees what a plain `codex --remote` session sends.
@@ -130,7 +130,7 @@ impl ClientIdentity {
     fn initialize_params(&self) -> Value {
         json!({
             "clientInfo": {"name": self.name, "title": null, "version": self.version},
-            // `chatgptAuthTokens` logins need the experimental API (PROTOCOL.md §1).
+            // `chatgptAuthTokens` logins need the experimental API (docs/protocol.md §1).
             "capabilities": {"experimentalApi": true},
         })
     }

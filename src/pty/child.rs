@@ -21,12 +21,12 @@ pub enum PtyEvent {
     Exited(i32),
 }
 
-/// What the pane emulates: `TERM`/`COLORTERM` must say so (PROTOCOL.md §7).
+/// What the pane emulates: `TERM`/`COLORTERM` must say so (docs/protocol.md §7).
 pub const PANE_TERM: &str = "xterm-256color";
 pub const PANE_COLORTERM: &str = "truecolor";
 
 /// Variables that describe the *outer* terminal or multiplexer. Codex changes behaviour when it
-/// sees `TMUX`/`TMUX_PANE`/`ZELLIJ` (PROTOCOL.md §7); the others name a terminal that is not the
+/// sees `TMUX`/`TMUX_PANE`/`ZELLIJ` (docs/protocol.md §7); the others name a terminal that is not the
 /// one Codex is drawing into (the pane is).
 const OUTER_TERMINAL_VARS: &[&str] = &[
     "TMUX",
@@ -274,7 +274,7 @@ impl PtyChild {
 
     /// Signals the child's whole process group. The child is a session leader (portable-pty
     /// calls setsid), and `codex` from npm is a Node wrapper around the real binary, so the
-    /// group is what must be signalled (PROTOCOL.md §1).
+    /// group is what must be signalled (docs/protocol.md §1).
     pub fn signal_group(&self, signal: nix::sys::signal::Signal) {
         if let Some(pid) = self.pid {
             let _ = crate::process::signal_group(pid, signal);

@@ -3,7 +3,7 @@
 //! Codex reads its input with crossterm in legacy mode (we do not claim kitty keyboard support,
 //! see [`super::queries`]), so it must get exactly what a plain xterm would send: Enter as `\r`
 //! (`\n` is Ctrl+J, a newline in the composer), Backspace as 0x7f, Shift+Tab as `ESC[Z`, arrows
-//! as `ESC O A` in application-cursor mode (PROTOCOL.md §7).
+//! as `ESC O A` in application-cursor mode (docs/protocol.md §7).
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 

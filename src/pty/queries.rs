@@ -3,7 +3,7 @@
 //! vt100 only parses; it never answers. The Codex TUI probes at startup and waits up to ~100 ms
 //! for each answer — cursor position `ESC[6n`, colours `OSC 10;?`/`OSC 11;?`, kitty keyboard
 //! `ESC[?u`, device attributes `ESC[c` — and asks the cursor position again at runtime
-//! (PROTOCOL.md §7). The pane answers them itself.
+//! (docs/protocol.md §7). The pane answers them itself.
 //!
 //! The queries are recognised by the vt100 parser itself (through its `Callbacks`), so a query
 //! split across two reads is found like any other sequence, and the cursor position is the one

@@ -22,7 +22,7 @@ fn non_zero(n: u16) -> NonZeroU16 {
 impl PaneScreen {
     /// A screen of `rows`×`cols` keeping `scrollback` lines of history. vt100 0.18 keeps the
     /// rows Codex pushes up through its top-anchored scroll region (0.16 dropped them;
-    /// PROTOCOL.md §7), so the history is really there to scroll back to.
+    /// docs/protocol.md §7), so the history is really there to scroll back to.
     pub fn new(rows: u16, cols: u16, scrollback: usize, colors: OuterColors) -> Self {
         Self {
             parser: vt100::Parser::new_with_callbacks(

@@ -1,5 +1,5 @@
 //! Fake ChatGPT tokens. The app-server accepts an unsigned JWT (`alg: none`) as long as the
-//! signature segment is non-empty (PROTOCOL.md §5), which is how tests stand in for accounts.
+//! signature segment is non-empty (docs/protocol.md §5), which is how tests stand in for accounts.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -66,7 +66,7 @@ impl FakeAccount {
         }))
     }
 
-    /// The `auth.json` that `codex login` would leave for this account (PROTOCOL.md §5).
+    /// The `auth.json` that `codex login` would leave for this account (docs/protocol.md §5).
     pub fn auth_json(&self, access_ttl_secs: i64, refresh_token: &str) -> Value {
         json!({
             "auth_mode": "chatgpt",

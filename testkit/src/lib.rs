@@ -1,7 +1,7 @@
 //! The offline test rig for cs-tui.
 //!
 //! Everything here exists so that tests can run the **real** `codex` binary with no network:
-//! a mock of the ChatGPT backend that speaks the real wire format (PROTOCOL.md §4), fake JWTs
+//! a mock of the ChatGPT backend that speaks the real wire format (docs/protocol.md §4), fake JWTs
 //! the app-server accepts (§5), an offline `CODEX_HOME` (§6), a fixture that runs
 //! `codex app-server`, and a minimal JSON-RPC websocket client; and the rigs the end-to-end
 //! tests share: a private tmux server to drive a program as a person at a terminal would, raw

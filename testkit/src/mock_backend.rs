@@ -1,5 +1,5 @@
 //! A mock of the ChatGPT backend on 127.0.0.1, speaking the wire format recorded in
-//! PROTOCOL.md §4: `/wham/accounts/check`, `/wham/usage`, the `/codex/responses` SSE stream
+//! docs/protocol.md §4: `/wham/accounts/check`, `/wham/usage`, the `/codex/responses` SSE stream
 //! with `x-codex-*` rate-limit headers, `/wham/rate-limit-reset-credits` (list, and `/consume`
 //! with idempotency), and `/oauth/token` with rotating refresh tokens.
 //!
@@ -27,7 +27,7 @@ use crate::jwt::{FakeAccount, decode_claims, unix_now};
 pub enum AccountMode {
     /// Answers normally.
     Normal,
-    /// HTTP 429 `usage_limit_reached`, the usage-limit error of PROTOCOL.md §4.
+    /// HTTP 429 `usage_limit_reached`, the usage-limit error of docs/protocol.md §4.
     UsageLimit,
     /// HTTP 401 for the next request of this account (Codex's background fetches aside), then
     /// normal.
@@ -112,7 +112,7 @@ impl Default for Usage {
 }
 
 impl Usage {
-    /// The shape of plans with no 5-hour window (PROTOCOL.md §9): the weekly window in
+    /// The shape of plans with no 5-hour window (docs/protocol.md §9): the weekly window in
     /// `primary`, no `secondary`.
     pub fn weekly_only(used_percent: u8) -> Self {
         Self {
@@ -132,7 +132,7 @@ impl Usage {
     }
 }
 
-/// A further limit family of an account (a model-specific limit, PROTOCOL.md §9): sent as
+/// A further limit family of an account (a model-specific limit, docs/protocol.md §9): sent as
 /// its own header family `x-<family>-*` with `x-<family>-limit-name`, and in `/wham/usage`
 /// under `additional_rate_limits`.
 #[derive(Clone, Debug, PartialEq)]
@@ -1040,7 +1040,7 @@ fn wham_usage(account: &MockAccount) -> Value {
 }
 
 /// The header families of the further limits: `codex_bengalfox` → `x-codex-bengalfox-*`,
-/// with `x-codex-bengalfox-limit-name` (PROTOCOL.md §9).
+/// with `x-codex-bengalfox-limit-name` (docs/protocol.md §9).
 fn family_headers(families: &[LimitFamily]) -> Vec<(String, String)> {
     let mut headers = Vec::new();
     for family in families {
@@ -1111,7 +1111,7 @@ fn reset_credits_list(account: &MockAccount) -> Value {
 
 /// `POST {base}/wham/rate-limit-reset-credits/consume` `{redeem_request_id, credit_id?}` →
 /// `{code, windows_reset, credit}`. A credit clears every window of an exhausted account; on an
-/// account with room it is spent for nothing (`nothing_to_reset`, PROTOCOL.md §9). The same
+/// account with room it is spent for nothing (`nothing_to_reset`, docs/protocol.md §9). The same
 /// `redeem_request_id` again gets the first answer and spends nothing more.
 fn consume_reset_credit(account: &mut MockAccount, body: Option<&Value>) -> Response {
     let Some(key) = body

@@ -1,4 +1,4 @@
-//! Codex turns over the app-server protocol (PROTOCOL.md §2), for tests that talk to an
+//! Codex turns over the app-server protocol (docs/protocol.md §2), for tests that talk to an
 //! app-server (directly or through cs-tui's proxy) with a [`WsClient`].
 
 use serde_json::{Value, json};

@@ -1,5 +1,5 @@
 //! A minimal JSON-RPC client over a websocket, shaped like the Codex TUI's use of the
-//! app-server protocol (no `"jsonrpc"` field, PROTOCOL.md §1).
+//! app-server protocol (no `"jsonrpc"` field, docs/protocol.md §1).
 
 use std::collections::VecDeque;
 use std::time::Duration;

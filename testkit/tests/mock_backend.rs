@@ -1,4 +1,4 @@
-//! The mock itself must be faithful: these check its wire format against PROTOCOL.md §4–§5.
+//! The mock itself must be faithful: these check its wire format against docs/protocol.md §4–§5.
 
 use cs_tui_testkit::mock_backend::AccountMode;
 use cs_tui_testkit::{MockBackend, Usage, UsageWindow};
@@ -211,7 +211,7 @@ async fn model_requests_stream_sse_with_rate_limit_headers_or_fail_as_configured
     );
 }
 
-/// PROTOCOL.md §9: further limit families as their own header family and in
+/// docs/protocol.md §9: further limit families as their own header family and in
 /// `additional_rate_limits`; a weekly-only shape; a seat's spend control; a workspace seat.
 #[tokio::test]
 async fn usage_reports_families_shapes_spend_control_and_seats() {

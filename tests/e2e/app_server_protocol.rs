@@ -1,6 +1,6 @@
 //! End-to-end checks of the facts cs-tui relies on, against the real `codex app-server`
 //! (pinned version) and the mock backend. No cs-tui code is involved: these pin the ground
-//! the proxy stands on (PROTOCOL.md §1–§4).
+//! the proxy stands on (docs/protocol.md §1–§4).
 
 use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
@@ -233,7 +233,7 @@ async fn a_usage_limit_yields_the_documented_error_sequence() {
         "{error}"
     );
     assert_eq!(error["params"]["willRetry"], false, "{error}");
-    // The order PROTOCOL.md §3 records: 100 % update, systemError status, error, failed turn.
+    // The order docs/protocol.md §3 records: 100 % update, systemError status, error, failed turn.
     let order: Vec<&str> = client
         .received
         .iter()
@@ -316,7 +316,7 @@ async fn the_model_catalog_is_accepted_and_not_refetched_per_turn() {
     );
 }
 
-/// PROTOCOL.md §9: every header family becomes its own snapshot, keyed by `limitId`; a read
+/// docs/protocol.md §9: every header family becomes its own snapshot, keyed by `limitId`; a read
 /// returns them all under `rateLimitsByLimitId` (from `/wham/usage`'s
 /// `additional_rate_limits`), with the seat's spend control as `individualLimit`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +380,7 @@ async fn every_limit_family_reaches_the_client_under_its_own_limit_id() {
     }
 }
 
-/// A weekly-only plan (PROTOCOL.md §9) and a workspace limit type reach the client as sent.
+/// A weekly-only plan (docs/protocol.md §9) and a workspace limit type reach the client as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weekly_only_plan_and_a_workspace_limit_arrive_as_sent() {
     let rig = rig().await;
@@ -404,7 +404,7 @@ async fn a_weekly_only_plan_and_a_workspace_limit_arrive_as_sent() {
     );
 }
 
-/// PROTOCOL.md §9: reset credits reach clients in `account/rateLimits/read`
+/// docs/protocol.md §9: reset credits reach clients in `account/rateLimits/read`
 /// (`rateLimitResetCredits`), read from `/wham/rate-limit-reset-credits`, and
 /// `account/rateLimitResetCredit/consume` is a thin wrapper over the backend's
 /// `POST …/consume {redeem_request_id}` whose `code` becomes the `outcome`.

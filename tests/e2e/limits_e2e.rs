@@ -47,7 +47,7 @@ async fn a_full_model_family_on_the_active_account_causes_no_switch() {
     .await;
     let t = &p.tmux;
     first_turn(t, "alice", "first question");
-    // The turn's rate-limit update is the Spark family's (PROTOCOL.md §9): the panel shows it
+    // The turn's rate-limit update is the Spark family's (docs/protocol.md §9): the panel shows it
     // on its own row once the core has taken it in.
     let screen = t.wait_for(WAIT, "the Spark row under alice", |s| {
         row(&panel(s), "↳ GPT-5.3-Codex-Spark").is_some_and(|r| r.contains("5h 100%"))

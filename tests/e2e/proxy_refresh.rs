@@ -1,4 +1,4 @@
-//! Token refresh requests from the real `codex app-server` (PROTOCOL.md §2), answered by the
+//! Token refresh requests from the real `codex app-server` (docs/protocol.md §2), answered by the
 //! proxy, when several stored accounts are seats of one workspace.
 
 use crate::support::product::cs_tui_command;

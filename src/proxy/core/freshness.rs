@@ -32,7 +32,7 @@ impl CoreState {
         // quota is the `codex` family. A turn refused on such a limit still ends in a
         // usage-limit error, which switches.
         if !quota {
-            // Codex sends one update per response, of the last header family (PROTOCOL.md
+            // Codex sends one update per response, of the last header family (docs/protocol.md
             // §9): this turn's quota numbers did not come. Read them.
             self.read_active_quota(&active, now, fx);
             return;

@@ -122,7 +122,7 @@ pub struct CoreInit<D: AccountDirectory> {
     pub active: AccountId,
     pub active_snapshot: Option<AccountLimits>,
     /// The relay's gate: clients wait while it is `false` (a TUI that attaches to an
-    /// app-server without a login stays on its sign-in screen, PROTOCOL.md §2).
+    /// app-server without a login stays on its sign-in screen, docs/protocol.md §2).
     pub ready: watch::Sender<bool>,
 }
 

@@ -1,7 +1,7 @@
 //! Answers to `account/chatgptAuthTokens/refresh`. Rule: the request reaches every
 //! connection; the relay drops it on client connections and the core answers it once, on its
 //! control connection, with freshly refreshed tokens of the same account — the active seat of
-//! the workspace it names (another account's tokens would fail the turn, PROTOCOL.md §2).
+//! the workspace it names (another account's tokens would fail the turn, docs/protocol.md §2).
 //! Other server requests on the control connection get an error.
 
 use serde_json::Value;

@@ -86,7 +86,7 @@ impl CoreState {
     }
 
     /// Starts the pending switch if no turn is running (a login during a turn kills the turn,
-    /// PROTOCOL.md §2), or says (once) that it waits.
+    /// docs/protocol.md §2), or says (once) that it waits.
     pub(super) fn maybe_execute(&mut self, now: Now, fx: &mut Effects) {
         // A switch needs a live, logged-in app-server; it waits for the restart otherwise.
         if self.switching || self.app_server != AppServerState::Up || self.pending.is_none() {

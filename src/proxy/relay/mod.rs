@@ -383,7 +383,7 @@ pub struct RelayShared<I: Interceptor = NoInterceptor> {
     /// The bearer token clients must present.
     pub client_token: Secret,
     /// Clients wait here until the starting account is logged in: a TUI that attaches to an
-    /// app-server without auth shows its sign-in screen for good (PROTOCOL.md §2).
+    /// app-server without auth shows its sign-in screen for good (docs/protocol.md §2).
     pub ready: watch::Receiver<bool>,
     pub events: EventSink<I>,
     /// `Box::new(|_| NoInterceptor)` for a relay that only forwards and observes.
