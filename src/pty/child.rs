@@ -26,8 +26,8 @@ pub const PANE_TERM: &str = "xterm-256color";
 pub const PANE_COLORTERM: &str = "truecolor";
 
 /// Variables that describe the *outer* terminal or multiplexer. Codex changes behaviour when it
-/// sees `TMUX`/`TMUX_PANE`/`ZELLIJ` (docs/protocol.md §7); the others name a terminal that is not the
-/// one Codex is drawing into (the pane is).
+/// sees `TMUX`/`TMUX_PANE`/`ZELLIJ` (docs/protocol.md §7); the others name a terminal that is not
+/// the one Codex is drawing into (the pane is).
 const OUTER_TERMINAL_VARS: &[&str] = &[
     "TMUX",
     "TMUX_PANE",

@@ -81,8 +81,8 @@ impl CodexHome {
 /// The model the offline config selects; the mock's catalog describes it.
 pub const MODEL: &str = "gpt-5.1-codex";
 
-/// The offline `config.toml` of docs/protocol.md §6: the ChatGPT base URL and a custom model provider
-/// point at the mock, every network-reaching feature is off, and `work_dir` is trusted.
+/// The offline `config.toml` of docs/protocol.md §6: the ChatGPT base URL and a custom model
+/// provider point at the mock, every network-reaching feature is off, and `work_dir` is trusted.
 pub fn offline_config(mock: &str, work_dir: &Path) -> String {
     let mock = mock.trim_end_matches('/');
     let work = work_dir.display();

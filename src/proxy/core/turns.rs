@@ -1,8 +1,8 @@
 //! Turn tracking. Rule: a login kills a running turn (docs/protocol.md §2), so the core knows which
 //! turns run, and which were asked for and have not started yet (they count as running until
-//! [`REQUESTED_TURN_TIMEOUT`]); a turn is attributed to the account it started on. It also
-//! keeps the bookkeeping of hidden re-runs: which connection waits for a switch, and which
-//! re-run is under way.
+//! [`REQUESTED_TURN_TIMEOUT`]); a turn is attributed to the account it started on. It also keeps
+//! the bookkeeping of hidden re-runs: which connection waits for a switch, and which re-run is
+//! under way.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
