@@ -138,8 +138,9 @@ impl Default for PaneConfig {
 
 /// The hotkey prefix, written like `ctrl+]`, `ctrl+a`, `ctrl+space` or `f12`.
 ///
-/// Matched by the bytes a terminal sends for it (see [`PrefixKey::bytes`]), because terminals
-/// report one byte in several ways: `Ctrl+]` arrives from crossterm as `Ctrl+5` (both are 0x1d).
+/// Matched by the bytes a terminal sends for it (the key router encodes [`PrefixKey::key`]),
+/// because terminals report one byte in several ways: `Ctrl+]` arrives from crossterm as `Ctrl+5`
+/// (both are 0x1d).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrefixKey {
     text: String,

@@ -16,12 +16,12 @@ use crate::proxy::upstream::{ClientIdentity, ControlConnection};
 
 /// The Codex releases the end-to-end tests run against: the pinned one (package.json) and the
 /// newest (`CODEX_NEWEST` in scripts/test-codex-newest; a unit test keeps them in step).
-pub const TESTED_CODEX_OLDEST: &str = "0.169.0";
-pub const TESTED_CODEX_NEWEST: &str = "0.171.0";
+pub(crate) const TESTED_CODEX_OLDEST: &str = "0.169.0";
+pub(crate) const TESTED_CODEX_NEWEST: &str = "0.171.0";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     Ok,
     Warn,
     Fail,
@@ -29,7 +29,7 @@ pub enum Status {
 
 /// One line of the report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     /// What was checked: `codex`, `app-server`, `store`, `runtime`, `account NAME`, `backend`,
     /// `config`.
     pub name: String,
@@ -69,14 +69,14 @@ impl Check {
 
 /// `doctor --json`'s output.
 #[derive(Serialize)]
-pub struct Report<'a> {
+pub(crate) struct Report<'a> {
     pub ok: bool,
     pub tested_codex: [&'static str; 2],
     pub checks: &'a [Check],
 }
 
 /// Where a Codex version stands against the tested range.
-pub fn judge_codex_version(version: &str) -> Check {
+pub(crate) fn judge_codex_version(version: &str) -> Check {
     let range = format!("tested {TESTED_CODEX_OLDEST}–{TESTED_CODEX_NEWEST}");
     let parse = |v: &str| semver::Version::parse(v).ok();
     let (Some(have), Some(oldest), Some(newest)) = (
@@ -370,7 +370,7 @@ async fn app_server_check(
 
 /// Runs every check, each within `timeout`: `codex_bin`, the store in `store_dir` (or why
 /// there is none), the backend through `http`.
-pub async fn run_checks(
+pub(crate) async fn run_checks(
     codex_bin: &OsStr,
     store_dir: Result<&Path>,
     http: Result<&reqwest::Client>,
@@ -507,7 +507,7 @@ async fn limited_pair<F: std::future::Future<Output = (Check, bool)>>(
 }
 
 /// `ok   …` / `warn …` / `fail …`, each problem with its hint below.
-pub fn render(checks: &[Check]) -> String {
+pub(crate) fn render(checks: &[Check]) -> String {
     let mut out = String::new();
     for check in checks {
         let word = match check.status {

@@ -7,15 +7,9 @@ use std::fmt;
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// An error that carries what the user should do next. It displays as the error it wraps.
-pub struct Hinted {
+pub(crate) struct Hinted {
     hint: String,
     inner: BoxError,
-}
-
-impl Hinted {
-    pub fn hint(&self) -> &str {
-        &self.hint
-    }
 }
 
 impl fmt::Debug for Hinted {
@@ -37,7 +31,7 @@ impl StdError for Hinted {
 }
 
 /// Attaches a hint to an error.
-pub trait WithHint<T> {
+pub(crate) trait WithHint<T> {
     fn hint(self, hint: impl Into<String>) -> color_eyre::eyre::Result<T>;
 }
 
@@ -51,7 +45,7 @@ where
 }
 
 /// Wraps a report so that [`print_error`] shows `hint`.
-pub fn with_hint(err: Report, hint: impl Into<String>) -> Report {
+pub(crate) fn with_hint(err: Report, hint: impl Into<String>) -> Report {
     Report::new(Hinted {
         hint: hint.into(),
         inner: err.into(),
@@ -59,7 +53,7 @@ pub fn with_hint(err: Report, hint: impl Into<String>) -> Report {
 }
 
 /// The hints attached anywhere in an error's chain, outermost first.
-pub fn hints(err: &Report) -> Vec<String> {
+pub(crate) fn hints(err: &Report) -> Vec<String> {
     err.chain()
         .filter_map(|cause| cause.downcast_ref::<Hinted>())
         .map(|h| h.hint.clone())
@@ -67,7 +61,7 @@ pub fn hints(err: &Report) -> Vec<String> {
 }
 
 /// `error: <message: cause: cause>` then one `hint: …` line per hint.
-pub fn render_error(err: &Report) -> String {
+pub(crate) fn render_error(err: &Report) -> String {
     let mut messages: Vec<String> = Vec::new();
     for cause in err.chain() {
         let message = cause.to_string();
@@ -83,7 +77,7 @@ pub fn render_error(err: &Report) -> String {
     out
 }
 
-pub fn print_error(err: &Report) {
+pub(crate) fn print_error(err: &Report) {
     eprintln!("{}", render_error(err));
 }
 

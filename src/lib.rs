@@ -11,20 +11,20 @@
 //! - [`cli`]: the command line's types; [`commands`]: one handler per command, and the one
 //!   [`commands::Env`] they share; [`ipc`]: the client of a running session's socket.
 
-pub mod account_id;
+pub(crate) mod account_id;
 pub mod accounts;
 pub mod app;
 #[cfg(test)]
 mod architecture_tests;
-pub mod cli;
+pub(crate) mod cli;
 pub mod commands;
 pub mod config;
-pub mod doctor;
-pub mod errors;
+pub(crate) mod doctor;
+pub(crate) mod errors;
 pub mod ipc;
-pub mod logging;
-pub mod pace;
-pub mod paths;
+pub(crate) mod logging;
+pub(crate) mod pace;
+pub(crate) mod paths;
 pub mod process;
 #[cfg(test)]
 mod properties;

@@ -10,11 +10,11 @@ use color_eyre::eyre::{Result, WrapErr};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-pub const LOG_ENV: &str = "CS_TUI_LOG";
+pub(crate) const LOG_ENV: &str = "CS_TUI_LOG";
 
 /// Installs a file logger writing to `dir/<name>.log`. Keep the guard alive until exit, or
 /// buffered lines are lost.
-pub fn init(dir: &Path, name: &str, level: Option<&str>) -> Result<(WorkerGuard, PathBuf)> {
+pub(crate) fn init(dir: &Path, name: &str, level: Option<&str>) -> Result<(WorkerGuard, PathBuf)> {
     crate::paths::ensure_private_dir(dir)
         .wrap_err_with(|| format!("creating log directory {}", dir.display()))?;
     let file_name = format!("{name}.log");

@@ -6,7 +6,7 @@ use crate::quota::RateLimitWindow;
 
 /// How far a window is ahead of (or behind) an even burn: the share of the window's time that
 /// has passed, minus the share of its quota used. Positive = in reserve, negative = in deficit.
-pub fn pace(window: &RateLimitWindow, now: i64) -> Option<f64> {
+pub(crate) fn pace(window: &RateLimitWindow, now: i64) -> Option<f64> {
     let length = i64::from(window.window_duration_mins?) * 60;
     if length <= 0 {
         return None;
@@ -25,14 +25,14 @@ pub struct UsageSample {
 }
 
 /// Look back at most this far for the current burn rate.
-pub const BURN_LOOKBACK_SECS: i64 = 60 * 60;
+pub(crate) const BURN_LOOKBACK_SECS: i64 = 60 * 60;
 /// A rate needs samples at least this far apart to mean anything.
-pub const MIN_BURN_SPAN_SECS: i64 = 60;
+pub(crate) const MIN_BURN_SPAN_SECS: i64 = 60;
 
 /// The current burn rate in percentage points per second, from samples of one window (oldest
 /// first) over the last [`BURN_LOOKBACK_SECS`]. Samples before a drop in use belong to an
 /// earlier window (it reset) and are ignored. `None` when the samples cannot tell.
-pub fn burn_rate(samples: &[UsageSample], now: i64) -> Option<f64> {
+pub(crate) fn burn_rate(samples: &[UsageSample], now: i64) -> Option<f64> {
     let start = samples
         .windows(2)
         .rposition(|pair| pair[1].used_percent < pair[0].used_percent)
@@ -52,7 +52,7 @@ pub fn burn_rate(samples: &[UsageSample], now: i64) -> Option<f64> {
 
 /// The average rate since the window opened: what an even burn so far would give. Used
 /// until the session has seen enough samples of its own.
-pub fn window_average_rate(window: &RateLimitWindow, now: i64) -> Option<f64> {
+pub(crate) fn window_average_rate(window: &RateLimitWindow, now: i64) -> Option<f64> {
     let length = i64::from(window.window_duration_mins?) * 60;
     let remaining = window.resets_at?.saturating_sub(now).clamp(0, length);
     let elapsed = length - remaining;
@@ -61,7 +61,7 @@ pub fn window_average_rate(window: &RateLimitWindow, now: i64) -> Option<f64> {
 
 /// When a window runs out.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Exhaustion {
+pub(crate) enum Exhaustion {
     /// Already at 100 %.
     Exhausted,
     /// At the current rate it runs out at this time, before it resets.
@@ -73,7 +73,11 @@ pub enum Exhaustion {
 }
 
 /// When `window` runs out at `rate` percentage points per second.
-pub fn time_to_exhaustion(window: &RateLimitWindow, rate: Option<f64>, now: i64) -> Exhaustion {
+pub(crate) fn time_to_exhaustion(
+    window: &RateLimitWindow,
+    rate: Option<f64>,
+    now: i64,
+) -> Exhaustion {
     if window.used_percent >= 100.0 {
         return Exhaustion::Exhausted;
     }
@@ -90,7 +94,7 @@ pub fn time_to_exhaustion(window: &RateLimitWindow, rate: Option<f64>, now: i64)
 }
 
 /// `2h 13m`, `45m`, `3d 4h`, `<1m`.
-pub fn format_duration(secs: i64) -> String {
+pub(crate) fn format_duration(secs: i64) -> String {
     let secs = secs.max(0);
     let (days, hours, minutes) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60);
     if days > 0 {

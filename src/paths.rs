@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use color_eyre::eyre::{Result, eyre};
 
 /// Environment variable that overrides the store directory.
-pub const STORE_DIR_ENV: &str = "CS_TUI_HOME";
+pub(crate) const STORE_DIR_ENV: &str = "CS_TUI_HOME";
 
 /// The store directory: `$CS_TUI_HOME`, else the platform config dir (`~/.config/cs-tui`).
-pub fn store_dir() -> Result<PathBuf> {
+pub(crate) fn store_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(STORE_DIR_ENV).filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
@@ -18,7 +18,7 @@ pub fn store_dir() -> Result<PathBuf> {
 }
 
 /// Codex's home: `$CODEX_HOME`, else `~/.codex`.
-pub fn codex_home() -> Result<PathBuf> {
+pub(crate) fn codex_home() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("CODEX_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
@@ -28,12 +28,12 @@ pub fn codex_home() -> Result<PathBuf> {
 }
 
 /// The directory cs-tui writes its log files to (`<store>/logs`).
-pub fn log_dir() -> Result<PathBuf> {
+pub(crate) fn log_dir() -> Result<PathBuf> {
     Ok(store_dir()?.join("logs"))
 }
 
 /// Creates `dir` (and parents) with mode 0700, and tightens it to 0700 if it exists.
-pub fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -46,7 +46,7 @@ pub fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// and a fingerprint of what it holds (an inode number is reused at once by a file created in
 /// its place), so that only that very file is ever removed, never one put in its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreatedFile {
+pub(crate) struct CreatedFile {
     path: std::path::PathBuf,
     dev: u64,
     ino: u64,
@@ -61,13 +61,13 @@ fn fingerprint(contents: &[u8]) -> u64 {
 }
 
 impl CreatedFile {
-    pub fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         &self.path
     }
 
     /// Removes the file if the path still names the file we created (not a link, not a file
     /// someone put there since). Returns whether it was removed.
-    pub fn remove(&self) -> bool {
+    pub(crate) fn remove(&self) -> bool {
         use std::io::Read as _;
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let ours = std::fs::OpenOptions::new()
@@ -89,7 +89,7 @@ impl CreatedFile {
 
 /// Why [`create_private_file`] would not write.
 #[derive(Debug, thiserror::Error)]
-pub enum CreateFileError {
+pub(crate) enum CreateFileError {
     #[error("{} already exists; cs-tui writes secrets only into a file it creates itself", .0.display())]
     Exists(std::path::PathBuf),
     #[error("{} is a symbolic link; cs-tui does not follow links to write secrets", .0.display())]
@@ -106,7 +106,7 @@ pub enum CreateFileError {
 /// The file must not exist: `O_CREAT | O_EXCL | O_NOFOLLOW`, so neither a file someone
 /// prepared (with its mode, e.g. 0666) nor a symbolic link (to a file of the victim's choice)
 /// is ever written through. A partly written file is removed again.
-pub fn create_private_file(
+pub(crate) fn create_private_file(
     path: &std::path::Path,
     contents: &[u8],
 ) -> Result<CreatedFile, CreateFileError> {
@@ -159,7 +159,7 @@ pub fn create_private_file(
 /// exist), without following a link at `dir`. One that exists must be a real directory owned
 /// by us; it is then tightened to 0700 through its own descriptor (never by name, so a link
 /// swapped in cannot redirect the change). A directory of another user is refused, untouched.
-pub fn ensure_own_private_dir(dir: &std::path::Path) -> Result<()> {
+pub(crate) fn ensure_own_private_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
@@ -200,7 +200,7 @@ pub fn ensure_own_private_dir(dir: &std::path::Path) -> Result<()> {
 
 /// Whether `dir` is a real directory of ours that nobody else may enter (as
 /// `$XDG_RUNTIME_DIR` must be).
-pub fn is_own_private_dir(dir: &std::path::Path) -> bool {
+pub(crate) fn is_own_private_dir(dir: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(dir).is_ok_and(|meta| {
         meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 == 0

@@ -36,7 +36,7 @@ pub struct TokenClaims {
 
 /// Why a token could not be read. Never holds any part of the token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ClaimsError {
+pub(crate) enum ClaimsError {
     #[error("is not a JWT (expected three dot-separated parts)")]
     NotAJwt,
     #[error("has a payload that is not base64url")]
@@ -46,7 +46,7 @@ pub enum ClaimsError {
 }
 
 /// Reads the claims of `token`.
-pub fn parse(token: &str) -> Result<TokenClaims, ClaimsError> {
+pub(crate) fn parse(token: &str) -> Result<TokenClaims, ClaimsError> {
     let mut parts = token.split('.');
     let (Some(_header), Some(payload), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

@@ -18,17 +18,17 @@ use crate::errors::with_hint;
 use crate::secret::Secret;
 
 /// The file Codex keeps its login in, inside `CODEX_HOME`.
-pub const AUTH_FILE: &str = "auth.json";
+pub(crate) const AUTH_FILE: &str = "auth.json";
 
 /// A login read from an `auth.json`.
 #[derive(Clone, Debug)]
-pub struct CodexAuth {
+pub(crate) struct CodexAuth {
     pub credentials: Credentials,
     pub last_refresh: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug)]
-pub enum Credentials {
+pub(crate) enum Credentials {
     ChatGpt {
         id_token: Secret,
         access_token: Secret,
@@ -81,12 +81,12 @@ pub(crate) fn describe_json_error(e: &serde_json::Error) -> String {
 }
 
 /// `$CODEX_HOME/auth.json`.
-pub fn auth_json_path(codex_home: &Path) -> PathBuf {
+pub(crate) fn auth_json_path(codex_home: &Path) -> PathBuf {
     codex_home.join(AUTH_FILE)
 }
 
 /// Reads a Codex login from `path`; `None` when the file does not exist.
-pub fn read_auth_json(path: &Path) -> Result<Option<CodexAuth>> {
+pub(crate) fn read_auth_json(path: &Path) -> Result<Option<CodexAuth>> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -148,7 +148,7 @@ fn chatgpt_credentials(tokens: TokensJson) -> std::result::Result<Credentials, S
 
 impl CodexAuth {
     /// A readable label for messages: the e-mail, or the kind of login.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.credentials {
             Credentials::ChatGpt { email, .. } => email
                 .clone()
@@ -158,7 +158,7 @@ impl CodexAuth {
     }
 
     /// Whether `account` is the account this login is for.
-    pub fn is_for(&self, account: &Account) -> bool {
+    pub(crate) fn is_for(&self, account: &Account) -> bool {
         match (&self.credentials, &account.auth) {
             (
                 Credentials::ChatGpt {
@@ -182,7 +182,7 @@ impl CodexAuth {
 
     /// Whether this login's tokens should replace `account`'s: they differ and are newer (a
     /// later access-token expiry, else a later refresh time), or the stored ones are dead.
-    pub fn is_newer_than(&self, account: &Account) -> bool {
+    pub(crate) fn is_newer_than(&self, account: &Account) -> bool {
         match (&self.credentials, &account.auth) {
             (
                 Credentials::ChatGpt {
@@ -294,7 +294,7 @@ pub struct Imported {
 /// Stores the login `auth`: updates the account it belongs to, or adds it (named `name`, else
 /// after its e-mail). `name` also renames an account that is stored already. The first
 /// account stored becomes the active one.
-pub fn import_auth(store: &Store, auth: &CodexAuth, name: Option<&str>) -> Result<Imported> {
+pub(crate) fn import_auth(store: &Store, auth: &CodexAuth, name: Option<&str>) -> Result<Imported> {
     if let Some(name) = name {
         validate_name(name)?;
     }
@@ -396,7 +396,7 @@ fn import_into(file: &mut AccountsFile, auth: &CodexAuth, name: Option<&str>) ->
 ///
 /// Only a store that was never written counts: one the user emptied with `accounts remove`
 /// stays empty, rather than having the login come back on every run.
-pub fn import_codex_auth_if_empty(store: &Store) -> Result<Option<Account>> {
+pub(crate) fn import_codex_auth_if_empty(store: &Store) -> Result<Option<Account>> {
     if store.exists() {
         return Ok(None);
     }
@@ -416,7 +416,7 @@ pub fn import_codex_auth_if_empty(store: &Store) -> Result<Option<Account>> {
 /// When the `auth.json` in `codex_home` holds `account`, writes its current tokens there, so
 /// plain `codex` keeps working after cs-tui rotated the refresh token. Other fields of the
 /// file are kept. Returns whether the file was written.
-pub fn write_tokens_to_codex_auth(codex_home: &Path, account: &Account) -> Result<bool> {
+pub(crate) fn write_tokens_to_codex_auth(codex_home: &Path, account: &Account) -> Result<bool> {
     let AccountAuth::ChatGpt {
         id_token,
         access_token,

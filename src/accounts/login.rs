@@ -29,7 +29,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The arguments cs-tui passes to codex. Credentials are forced into a file: with the keyring
 /// store there would be no `auth.json` to import.
-pub fn login_args(device_auth: bool) -> Vec<&'static str> {
+pub(crate) fn login_args(device_auth: bool) -> Vec<&'static str> {
     let mut args = vec!["login", "-c", "cli_auth_credentials_store=\"file\""];
     if device_auth {
         args.push("--device-auth");
@@ -39,7 +39,7 @@ pub fn login_args(device_auth: bool) -> Vec<&'static str> {
 
 /// Runs `codex login` (with `--device-auth` if asked) in a temporary `CODEX_HOME` and returns
 /// the login it wrote. The terminal is codex's while it runs (it prints the URL to open).
-pub async fn login_with_codex(
+pub(crate) async fn login_with_codex(
     store: &Store,
     codex_bin: &OsStr,
     device_auth: bool,

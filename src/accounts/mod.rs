@@ -11,23 +11,23 @@
 //!
 //! The commands that use them (`cs-tui accounts …`, `cs-tui status`) are in `crate::commands`.
 
-pub mod claims;
-pub mod codex_auth;
-pub mod login;
-pub mod reset;
-pub mod reset_credits;
-pub mod store;
-pub mod tokens;
-pub mod usage;
-pub mod user_agent;
+pub(crate) mod claims;
+pub(crate) mod codex_auth;
+pub(crate) mod login;
+pub(crate) mod reset;
+pub(crate) mod reset_credits;
+pub(crate) mod store;
+pub(crate) mod tokens;
+pub(crate) mod usage;
+pub(crate) mod user_agent;
 
-pub use codex_auth::{
-    CodexAuth, ImportOutcome, Imported, import_auth, import_auth_file, import_codex_auth_if_empty,
+pub use codex_auth::import_auth_file;
+pub(crate) use codex_auth::{ImportOutcome, Imported, import_auth, import_codex_auth_if_empty};
+pub(crate) use store::{Account, AccountStatus, AccountsFile};
+pub use store::{AccountAuth, Store};
+pub use tokens::Backend;
+pub(crate) use tokens::{
+    RefreshPolicy, ensure_fresh_with, needs_login, settle_refreshes, stop_retrying_refreshes,
+    unsaved_token_accounts,
 };
-pub use store::{Account, AccountAuth, AccountStatus, AccountsFile, Store, StoreError};
-pub use tokens::{
-    Backend, NeedsLogin, RefreshPolicy, SETTLE_LIMIT, ensure_fresh, ensure_fresh_with, needs_login,
-    refresh_url, settle_refreshes, stop_retrying_refreshes, unsaved_token_accounts,
-    wait_for_refreshes,
-};
-pub use usage::{UsageReport, chatgpt_base_url, fetch_usage, fetch_usage_with};
+pub(crate) use usage::{UsageReport, chatgpt_base_url, fetch_usage_with};

@@ -4,7 +4,7 @@
 
 /// What a redemption did, as the app-server reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The account's windows were cleared.
     Reset,
     /// The backend found no exhausted window.
@@ -18,7 +18,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn parse(outcome: &str) -> Self {
+    pub(crate) fn parse(outcome: &str) -> Self {
         match outcome {
             "reset" => Self::Reset,
             "nothingToReset" => Self::NothingToReset,

@@ -25,7 +25,7 @@ pub struct ResetCredits {
 
 /// The reset-credit endpoint under `base`, as Codex's backend client builds it (beside
 /// [`super::usage::usage_url`]).
-pub fn reset_credits_url(base: &str) -> String {
+pub(crate) fn reset_credits_url(base: &str) -> String {
     let usage = super::usage::usage_url(base);
     match usage.strip_suffix("/wham/usage") {
         Some(root) => format!("{root}/wham/rate-limit-reset-credits"),
@@ -65,7 +65,7 @@ fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
 
 /// Parses a `/wham/rate-limit-reset-credits` answer. Expired credits do not count; errors
 /// describe the problem without quoting the body.
-pub fn parse_reset_credits(
+pub(crate) fn parse_reset_credits(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> std::result::Result<ResetCredits, String> {
@@ -99,7 +99,7 @@ pub fn parse_reset_credits(
 
 /// Reads one stored account's reset credits. The token is refreshed first when it is due, and
 /// a 401 leads to one forced refresh and one retry.
-pub async fn fetch_reset_credits_with(
+pub(crate) async fn fetch_reset_credits_with(
     store: &Store,
     http: &reqwest::Client,
     backend: &Backend,

@@ -21,9 +21,9 @@ use crate::errors::with_hint;
 use crate::secret::Secret;
 
 /// The store file.
-pub const ACCOUNTS_FILE: &str = "accounts.json";
+pub(crate) const ACCOUNTS_FILE: &str = "accounts.json";
 /// The previous version of the store file, replaced on every write.
-pub const BACKUP_FILE: &str = "accounts.json.bak";
+pub(crate) const BACKUP_FILE: &str = "accounts.json.bak";
 /// The file the store lock is taken on.
 const LOCK_FILE: &str = "accounts.lock";
 /// Per-account locks held while a refresh is in flight (see `tokens`).
@@ -31,10 +31,10 @@ const REFRESH_LOCK_DIR: &str = "locks";
 /// Marks a JSON file as ours, so that a foreign file put in our place is never overwritten.
 const FORMAT_MARKER: &str = "cs-tui-accounts";
 /// The store format this build reads and writes.
-pub const CURRENT_VERSION: u32 = 1;
+pub(crate) const CURRENT_VERSION: u32 = 1;
 /// The shortest id prefix accepted in place of a name: a single typed character selecting an
 /// account to remove by accident is worse than typing four.
-pub const MIN_ID_PREFIX: usize = 4;
+pub(crate) const MIN_ID_PREFIX: usize = 4;
 
 /// A handle on the store directory. Opening it does no I/O.
 #[derive(Clone, Debug)]
@@ -338,12 +338,12 @@ impl AccountsFile {
 }
 
 /// A new random account id.
-pub fn new_account_id() -> String {
+pub(crate) fn new_account_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Checks that `name` can be typed on a command line and shown in a table.
-pub fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let problem = if name.is_empty() {
         Some("is empty")
     } else if name.chars().count() > 64 {
@@ -366,7 +366,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 /// Why the store file cannot be used. In every case the file is left untouched.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("the account store {path} is damaged ({detail}); cs-tui left it unchanged")]
     Damaged { path: PathBuf, detail: String },
     #[error("{path} is not a cs-tui account store; cs-tui left it unchanged")]

@@ -33,11 +33,11 @@ use crate::errors::with_hint;
 use crate::secret::Secret;
 
 /// Codex's OAuth client id.
-pub const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
+pub(crate) const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
 /// The real refresh endpoint.
-pub const DEFAULT_REFRESH_URL: &str = "https://auth.openai.com/oauth/token";
+pub(crate) const DEFAULT_REFRESH_URL: &str = "https://auth.openai.com/oauth/token";
 /// Codex honours this variable for the refresh endpoint; so does cs-tui.
-pub const REFRESH_URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
+pub(crate) const REFRESH_URL_ENV: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 
 /// Refresh this long before the access token expires, so a request never leaves with a token
 /// that dies on the way.
@@ -51,7 +51,7 @@ const RECENT_REFRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 const REFRESH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The refresh endpoint: `CODEX_REFRESH_TOKEN_URL_OVERRIDE`, else the real one.
-pub fn refresh_url() -> String {
+pub(crate) fn refresh_url() -> String {
     std::env::var(REFRESH_URL_ENV)
         .ok()
         .filter(|url| !url.trim().is_empty())
@@ -87,19 +87,19 @@ impl Backend {
 /// with [`needs_login`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("account {name:?} needs a new login")]
-pub struct NeedsLogin {
+pub(crate) struct NeedsLogin {
     pub account_id: String,
     pub name: String,
     pub reason: String,
 }
 
 /// The [`NeedsLogin`] an error carries, if any.
-pub fn needs_login(err: &Report) -> Option<&NeedsLogin> {
+pub(crate) fn needs_login(err: &Report) -> Option<&NeedsLogin> {
     err.downcast_ref::<NeedsLogin>()
 }
 
 /// The command that gets a dead account working again.
-pub fn relogin_command(name: &str) -> String {
+pub(crate) fn relogin_command(name: &str) -> String {
     format!("cs-tui accounts add {name}")
 }
 
@@ -119,7 +119,7 @@ fn needs_login_report(account: &Account, reason: &str) -> Report {
 }
 
 /// Whether `account`'s access token is expired or about to be.
-pub fn needs_refresh(account: &Account, now: DateTime<Utc>) -> bool {
+pub(crate) fn needs_refresh(account: &Account, now: DateTime<Utc>) -> bool {
     if !account.is_chatgpt() {
         return false;
     }
@@ -134,7 +134,7 @@ pub fn needs_refresh(account: &Account, now: DateTime<Utc>) -> bool {
 
 /// When to refresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefreshPolicy {
+pub(crate) enum RefreshPolicy {
     /// When the access token is expired or close to it.
     IfDue,
     /// The backend answered 401 to the current token: refresh, unless the token was refreshed
@@ -144,30 +144,15 @@ pub enum RefreshPolicy {
     Now,
 }
 
-/// Returns the account with a usable access token: refreshed when it is expired or close to it,
-/// or when `force` is set (after the backend answered 401). See the module docs for how
-/// rotation is handled. A rejected refresh token marks the account "needs login" and fails with
-/// [`NeedsLogin`].
-pub async fn ensure_fresh(
-    store: &Store,
-    http: &reqwest::Client,
-    account_id: &str,
-    force: bool,
-) -> Result<Account> {
-    let policy = if force {
-        RefreshPolicy::AfterUnauthorized
-    } else {
-        RefreshPolicy::IfDue
-    };
-    ensure_fresh_with(store, http, &Backend::from_env()?, account_id, policy).await
-}
-
-/// [`ensure_fresh`] with an explicit [`Backend`] and [`RefreshPolicy`].
+/// Returns the account with a usable access token from `backend`: refreshed as `policy` says
+/// (when it is expired or close to it, or after the backend answered 401). See the module docs
+/// for how rotation is handled. A rejected refresh token marks the account "needs login" and
+/// fails with [`NeedsLogin`].
 ///
 /// Cancelling the returned future never loses a rotated refresh token: once the lock is held,
 /// the request, and the storing of its answer, run on a task of their own that finishes even
 /// when every caller is gone (see [`settle_refreshes`] for the end of a process).
-pub async fn ensure_fresh_with(
+pub(crate) async fn ensure_fresh_with(
     store: &Store,
     http: &reqwest::Client,
     backend: &Backend,
@@ -228,7 +213,7 @@ pub async fn ensure_fresh_with(
 
 /// How long the end of a process waits for refreshes in flight: the attempt under way (or
 /// about to start after its backoff) and the storing of its answer.
-pub const SETTLE_LIMIT: Duration = Duration::from_secs(25);
+pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(25);
 
 /// The number of refreshes in flight in this process.
 static IN_FLIGHT: LazyLock<watch::Sender<usize>> = LazyLock::new(|| watch::Sender::new(0));
@@ -255,13 +240,13 @@ static EXITING: AtomicBool = AtomicBool::new(false);
 
 /// For the end of a process, before [`settle_refreshes`]: refreshes under way make no further
 /// attempts after the current one.
-pub fn stop_retrying_refreshes() {
+pub(crate) fn stop_retrying_refreshes() {
     EXITING.store(true, Ordering::SeqCst);
 }
 
 /// Waits until no refresh of this process is under way, or `limit` passes. Returns whether
 /// none is.
-pub async fn wait_for_refreshes(limit: Duration) -> bool {
+pub(crate) async fn wait_for_refreshes(limit: Duration) -> bool {
     let mut rx = IN_FLIGHT.subscribe();
     tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
         .await
@@ -273,7 +258,7 @@ pub async fn wait_for_refreshes(limit: Duration) -> bool {
 /// process), saying so on stderr when it takes more than a second; then tries once more to
 /// store rotated tokens the store refused, and says loudly on stderr which ones are lost.
 /// Returns whether everything was stored.
-pub async fn settle_refreshes(store: &Store) -> bool {
+pub(crate) async fn settle_refreshes(store: &Store) -> bool {
     if !wait_for_refreshes(Duration::from_secs(1)).await {
         eprintln!("Waiting for a token refresh under way to finish, so its new tokens are kept…");
         if !wait_for_refreshes(SETTLE_LIMIT).await {
@@ -333,7 +318,7 @@ fn unsaved_ids(store: &Store) -> Vec<String> {
 }
 
 /// Names of the accounts whose refreshed tokens `store` refused and memory holds.
-pub fn unsaved_token_accounts(store: &Store) -> Vec<String> {
+pub(crate) fn unsaved_token_accounts(store: &Store) -> Vec<String> {
     let mut names: Vec<String> = unsaved_names(store).into_iter().map(|(n, _)| n).collect();
     names.sort();
     names

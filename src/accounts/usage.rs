@@ -14,11 +14,11 @@ use crate::errors::with_hint;
 use crate::quota::{AccountLimits, Credits, RateLimitSnapshot, RateLimitWindow, SpendLimit};
 
 /// Codex's default `chatgpt_base_url`.
-pub const DEFAULT_CHATGPT_BASE_URL: &str = "https://chatgpt.com/backend-api/";
+pub(crate) const DEFAULT_CHATGPT_BASE_URL: &str = "https://chatgpt.com/backend-api/";
 
 /// One account's usage as the backend reported it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct UsageReport {
+pub(crate) struct UsageReport {
     /// The main Codex limit: the 5-hour and weekly windows, credits, the limit-reached type.
     pub snapshot: RateLimitSnapshot,
     /// Further metered limits, by name.
@@ -31,12 +31,12 @@ pub struct UsageReport {
 
 impl UsageReport {
     /// Whether the account cannot be used now, by the backend's word or by its numbers.
-    pub fn is_exhausted(&self) -> bool {
+    pub(crate) fn is_exhausted(&self) -> bool {
         self.limit_reached || self.snapshot.is_exhausted()
     }
 
     /// Every limit family: the main quota (`codex`) and the additional ones by `limitId`.
-    pub fn limits(&self) -> AccountLimits {
+    pub(crate) fn limits(&self) -> AccountLimits {
         AccountLimits::full(
             std::iter::once(self.snapshot.clone())
                 .chain(self.additional.iter().map(|(_, s)| s.clone())),
@@ -46,7 +46,7 @@ impl UsageReport {
 
 /// The ChatGPT base URL Codex uses: `chatgpt_base_url` of the selected profile, else the
 /// top-level one, in `$CODEX_HOME/config.toml`; else the default.
-pub fn chatgpt_base_url(codex_home: &Path) -> Result<String> {
+pub(crate) fn chatgpt_base_url(codex_home: &Path) -> Result<String> {
     let path = codex_home.join("config.toml");
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -80,7 +80,7 @@ pub fn chatgpt_base_url(codex_home: &Path) -> Result<String> {
 
 /// The usage endpoint under `base`, as Codex's backend client builds it: bases on the ChatGPT
 /// host gain `/backend-api`; a `/backend-api` base has `wham/usage`, any other the Codex API path.
-pub fn usage_url(base: &str) -> String {
+pub(crate) fn usage_url(base: &str) -> String {
     let mut base = base.trim_end_matches('/').to_owned();
     let chatgpt_host = ["https://chatgpt.com", "https://chat.openai.com"]
         .iter()
@@ -95,18 +95,9 @@ pub fn usage_url(base: &str) -> String {
     }
 }
 
-/// Fetches the usage of one stored account. The token is refreshed first when it is due, and a
-/// 401 leads to one forced refresh and one retry.
-pub async fn fetch_usage(
-    store: &Store,
-    http: &reqwest::Client,
-    account_id: &str,
-) -> Result<UsageReport> {
-    fetch_usage_with(store, http, &Backend::from_env()?, account_id).await
-}
-
-/// [`fetch_usage`] with an explicit [`Backend`].
-pub async fn fetch_usage_with(
+/// Fetches the usage of one stored account from `backend`. The token is refreshed first when
+/// it is due, and a 401 leads to one forced refresh and one retry.
+pub(crate) async fn fetch_usage_with(
     store: &Store,
     http: &reqwest::Client,
     backend: &Backend,
@@ -328,7 +319,10 @@ fn snapshot(
 }
 
 /// Parses a `/wham/usage` answer. Errors describe the problem without quoting the body.
-pub fn parse_usage(body: &[u8], now: DateTime<Utc>) -> std::result::Result<UsageReport, String> {
+pub(crate) fn parse_usage(
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> std::result::Result<UsageReport, String> {
     let usage: UsageJson =
         serde_json::from_slice(body).map_err(|e| super::codex_auth::describe_json_error(&e))?;
     let (primary, secondary) = snapshot(usage.rate_limit.as_ref(), now);

@@ -11,7 +11,7 @@ fn path(store_dir: &Path) -> PathBuf {
 }
 
 /// The last `User-Agent` a session's app-server reported, if any (one printable line).
-pub fn load(store_dir: &Path) -> Option<String> {
+pub(crate) fn load(store_dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path(store_dir)).ok()?;
     let line = text.lines().next()?.trim();
     let printable = !line.is_empty() && line.chars().all(|c| (' '..='~').contains(&c));
@@ -19,7 +19,7 @@ pub fn load(store_dir: &Path) -> Option<String> {
 }
 
 /// Remembers the app-server's `User-Agent`; a failure only costs the next command its name.
-pub fn save(store_dir: &Path, user_agent: &str) {
+pub(crate) fn save(store_dir: &Path, user_agent: &str) {
     if load(store_dir).as_deref() == Some(user_agent) {
         return;
     }

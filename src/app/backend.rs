@@ -23,20 +23,20 @@ use crate::state::dashboard::{AccountView, StoredState};
 
 /// Set to `1` to run plain `codex` in the pane, without the proxy (no quota, no switching).
 /// A development path: it lets the pane be used and tested on its own.
-pub const NO_PROXY_ENV: &str = "CS_TUI_NO_PROXY";
+pub(crate) const NO_PROXY_ENV: &str = "CS_TUI_NO_PROXY";
 
 /// With [`NO_PROXY_ENV`]: a file of [`ProxyEvent`]s as JSON lines, followed like `tail -f` and
 /// fed to the dashboard as if the proxy sent them. For development and the dashboard's
 /// end-to-end tests.
-pub const DEV_EVENTS_ENV: &str = "CS_TUI_DEV_EVENTS";
+pub(crate) const DEV_EVENTS_ENV: &str = "CS_TUI_DEV_EVENTS";
 
 /// With [`DEV_EVENTS_ENV`]: a file the dashboard's [`ProxyCommand`]s are appended to, as JSON
 /// lines.
-pub const DEV_COMMANDS_ENV: &str = "CS_TUI_DEV_COMMANDS";
+pub(crate) const DEV_COMMANDS_ENV: &str = "CS_TUI_DEV_COMMANDS";
 
 /// What stands in front of Codex.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendKind {
+pub(crate) enum BackendKind {
     /// The switching proxy.
     Proxy,
     /// Nothing: plain Codex.
@@ -49,13 +49,13 @@ pub enum BackendKind {
 /// other user can reach it (and the relay checks that the peer is us), so there is no token:
 /// `codex --remote unix://` cannot send one.
 #[derive(Debug)]
-pub struct RemoteEndpoint {
+pub(crate) struct RemoteEndpoint {
     /// `unix://PATH` of the proxy.
     pub url: String,
 }
 
 impl RemoteEndpoint {
-    pub fn target(&self) -> RemoteTarget {
+    pub(crate) fn target(&self) -> RemoteTarget {
         RemoteTarget {
             url: self.url.clone(),
             token_env: None,
@@ -64,7 +64,7 @@ impl RemoteEndpoint {
 }
 
 /// Everything the dashboard gets from the proxy.
-pub struct SessionBackend {
+pub(crate) struct SessionBackend {
     pub kind: BackendKind,
     /// `None`: plain Codex without `--remote` (the [`NO_PROXY_ENV`] path).
     pub remote: Option<RemoteEndpoint>,
@@ -84,7 +84,7 @@ pub struct SessionBackend {
 
 impl SessionBackend {
     /// No proxy: events never come, commands go nowhere.
-    pub fn direct() -> Self {
+    pub(crate) fn direct() -> Self {
         let (_, events) = mpsc::unbounded_channel();
         let (commands, _) = mpsc::unbounded_channel();
         Self {
@@ -99,13 +99,13 @@ impl SessionBackend {
     }
 
     /// Whether the dashboard has no proxy to show or command.
-    pub fn is_direct(&self) -> bool {
+    pub(crate) fn is_direct(&self) -> bool {
         self.kind == BackendKind::Plain
     }
 
     /// Plain Codex, with events followed from `events_file` and commands appended to
     /// `commands_file`.
-    pub fn replay(events_file: PathBuf, commands_file: Option<PathBuf>) -> Self {
+    pub(crate) fn replay(events_file: PathBuf, commands_file: Option<PathBuf>) -> Self {
         let (event_tx, events) = mpsc::unbounded_channel();
         let (commands, mut command_rx) = mpsc::unbounded_channel::<ProxyCommand>();
         tokio::spawn(async move {
@@ -169,7 +169,7 @@ impl SessionBackend {
 }
 
 /// Whether the switching proxy stands in front of Codex: yes, unless [`NO_PROXY_ENV`] says no.
-pub fn proxy_wanted() -> bool {
+pub(crate) fn proxy_wanted() -> bool {
     !std::env::var_os(NO_PROXY_ENV).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
@@ -184,7 +184,7 @@ pub struct ProxySetup {
 /// Starts whatever sits in front of Codex for this session: normally (`proxy` given) the
 /// app-server and the switching proxy, logged in to the best stored account before Codex
 /// attaches; else plain Codex.
-pub async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBackend> {
+pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBackend> {
     let Some(ProxySetup { options, imported }) = proxy else {
         return Ok(match std::env::var_os(DEV_EVENTS_ENV) {
             Some(events) => SessionBackend::replay(
@@ -320,7 +320,7 @@ fn connect_dashboard(
 
 /// What the dashboard makes of the proxy's start: `Ok` once it runs, or the reason it never
 /// will (with its hint).
-pub async fn wait_started(started: oneshot::Receiver<Result<()>>) -> Result<()> {
+pub(crate) async fn wait_started(started: oneshot::Receiver<Result<()>>) -> Result<()> {
     started
         .await
         .unwrap_or_else(|_| Err(eyre!("the switching proxy stopped while starting")))

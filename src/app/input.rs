@@ -9,7 +9,7 @@ use crate::state::Overlay;
 
 /// What a key press does.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyAction {
+pub(crate) enum KeyAction {
     /// Bytes for Codex.
     Send(Vec<u8>),
     /// The prefix was pressed; the next key is a hotkey.
@@ -29,7 +29,7 @@ pub enum KeyAction {
 
 /// The prefix state machine.
 #[derive(Clone, Debug)]
-pub struct KeyRouter {
+pub(crate) struct KeyRouter {
     /// The bytes a terminal sends for the prefix key: a key event with the same bytes is the
     /// prefix, however the terminal reported it.
     prefix: Vec<u8>,
@@ -37,7 +37,7 @@ pub struct KeyRouter {
 }
 
 impl KeyRouter {
-    pub fn new(prefix: PrefixKey) -> Self {
+    pub(crate) fn new(prefix: PrefixKey) -> Self {
         Self {
             prefix: encode_key(prefix.key(), KeyModes::default()).unwrap_or_default(),
             pending: false,
@@ -50,11 +50,11 @@ impl KeyRouter {
     }
 
     /// Whether the prefix was pressed and the next key is a hotkey.
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.pending
     }
 
-    pub fn route(
+    pub(crate) fn route(
         &mut self,
         key: &KeyEvent,
         overlay: Option<&Overlay>,

@@ -7,7 +7,7 @@ use std::path::Path;
 /// Where Codex connects: the proxy's address, and the variable holding its bearer token when
 /// it needs one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteTarget {
+pub(crate) struct RemoteTarget {
     /// `unix://PATH` or `ws://127.0.0.1:PORT`.
     pub url: String,
     /// The name of the environment variable that holds the token (never the token itself);
@@ -17,7 +17,7 @@ pub struct RemoteTarget {
 
 /// Why the arguments cannot be run in the pane.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LaunchError {
+pub(crate) enum LaunchError {
     #[error("`codex {subcommand}` does not run in cs-tui: {why}")]
     UnsupportedSubcommand {
         subcommand: String,
@@ -159,7 +159,7 @@ fn classify(args: &[OsString]) -> Result<Vec<Arg<'_>>, LaunchError> {
 
 /// Checks that `args` run the interactive TUI and leave `--remote` to cs-tui. Returns the
 /// index of a `resume`/`fork` subcommand, if any.
-pub fn validate_codex_args(args: &[OsString]) -> Result<Option<usize>, LaunchError> {
+pub(crate) fn validate_codex_args(args: &[OsString]) -> Result<Option<usize>, LaunchError> {
     let classified = classify(args)?;
     for arg in &classified {
         if let Arg::Option { name, .. } = arg {
@@ -216,7 +216,7 @@ fn gives_cwd(args: &[OsString]) -> bool {
 /// The child's arguments: the user's, `-C <cwd>` unless they gave one (after `resume`/`fork`
 /// when present, so it applies to that subcommand), and `--remote`/`--remote-auth-token-env`
 /// when a proxy is in front (before any `--`, so they stay options).
-pub fn codex_command_args(
+pub(crate) fn codex_command_args(
     user_args: &[OsString],
     cwd: &Path,
     remote: Option<&RemoteTarget>,

@@ -4,11 +4,11 @@
 //! the proxy's events, signals, a once-a-minute countdown tick — only send; the loop applies
 //! what they say, marks the screen dirty, and the frame scheduler turns bursts into one draw.
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod frame;
-pub mod input;
-pub mod launcher;
-pub mod terminal;
+pub(crate) mod input;
+pub(crate) mod launcher;
+pub(crate) mod terminal;
 
 use std::ffi::OsString;
 use std::io::Write;

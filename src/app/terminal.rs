@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::pty::queries::OuterColors;
 
-pub type Tui = Terminal<CrosstermBackend<FrameWriter>>;
+pub(crate) type Tui = Terminal<CrosstermBackend<FrameWriter>>;
 
 /// Collects everything written to the terminal and hands it over in one `write` per frame:
 /// ratatui flushes in the middle of a draw (after the cells, after the cursor), and every
@@ -60,7 +60,7 @@ impl Write for FrameWriter {
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 /// Puts the terminal back as we found it. Safe to call from a panic hook or twice.
-pub fn restore() {
+pub(crate) fn restore() {
     if !ACTIVE.swap(false, Ordering::SeqCst) {
         return;
     }
@@ -80,7 +80,7 @@ pub fn restore() {
 }
 
 /// The terminal, ours until dropped.
-pub struct TerminalGuard {
+pub(crate) struct TerminalGuard {
     pub terminal: Tui,
     /// The outer terminal's colours, asked before the event reader started.
     pub colors: OuterColors,
@@ -88,7 +88,7 @@ pub struct TerminalGuard {
 
 impl TerminalGuard {
     /// Raw mode, colour probe, alternate screen, bracketed paste, mouse (for the wheel), focus.
-    pub fn enter() -> Result<Self> {
+    pub(crate) fn enter() -> Result<Self> {
         install_panic_hook();
         enable_raw_mode().wrap_err("switching the terminal to raw mode (is stdin a terminal?)")?;
         ACTIVE.store(true, Ordering::SeqCst);
@@ -115,7 +115,7 @@ impl TerminalGuard {
     /// as we found it, stops the whole process as the default action would have, and takes the
     /// terminal again when continued (SIGCONT). The caller redraws everything afterwards. Codex
     /// runs on in its own session meanwhile.
-    pub fn suspend(&mut self) -> Result<()> {
+    pub(crate) fn suspend(&mut self) -> Result<()> {
         let _ = self.terminal.backend_mut().writer_mut().present();
         restore();
         nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP)
@@ -157,7 +157,7 @@ static PANICS: Mutex<Option<mpsc::UnboundedSender<String>>> = Mutex::new(None);
 
 /// Panics of other threads (tokio tasks, the PTY reader) from now on, as messages. The
 /// dashboard ends on the first: a dead task would leave it running half-dead.
-pub fn panics_elsewhere() -> mpsc::UnboundedReceiver<String> {
+pub(crate) fn panics_elsewhere() -> mpsc::UnboundedReceiver<String> {
     let (tx, rx) = mpsc::unbounded_channel();
     if let Ok(mut slot) = PANICS.lock() {
         *slot = Some(tx);

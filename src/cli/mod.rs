@@ -10,9 +10,9 @@ use std::ffi::OsString;
 
 use clap::{Parser, Subcommand};
 
-pub use accounts::{AccountsCommand, AddArgs, ImportArgs, ListArgs, StatusArgs};
-pub use doctor::DoctorArgs;
-pub use session::{ServeArgs, SwitchArgs};
+pub(crate) use accounts::{AccountsCommand, AddArgs, ImportArgs, ListArgs, StatusArgs};
+pub(crate) use doctor::DoctorArgs;
+pub(crate) use session::{ServeArgs, SwitchArgs};
 
 /// cs-tui: run the Codex TUI with a live quota panel, and switch ChatGPT accounts inside the
 /// running session when one hits its usage limit.

@@ -30,7 +30,7 @@ pub(super) struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub fn new(env: &'a Env) -> Result<Self> {
+    pub(super) fn new(env: &'a Env) -> Result<Self> {
         Ok(Self {
             env,
             store: env.store()?,
@@ -39,7 +39,7 @@ impl<'a> Context<'a> {
 
     /// On first run, imports the current Codex login and says so. A problem with it is a
     /// warning: it must not stop the command the user asked for.
-    pub fn first_run_import(&self) {
+    pub(super) fn first_run_import(&self) {
         match self.env.import_codex_login() {
             Ok(Some(account)) => {
                 let from = crate::paths::codex_home()
@@ -64,7 +64,7 @@ impl<'a> Context<'a> {
     }
 }
 
-pub fn run(env: &Env, cmd: AccountsCommand) -> Result<ExitCode> {
+pub(super) fn run(env: &Env, cmd: AccountsCommand) -> Result<ExitCode> {
     let ctx = Context::new(env)?;
     // A running session learns of accounts added, removed or switched on and off at once, so
     // an account added during a session can take over at its next limit.

@@ -10,7 +10,7 @@ use crate::app::backend::{ProxySetup, proxy_wanted};
 
 /// Takes the whole [`Env`]: the dashboard shuts its runtime down without waiting for the
 /// terminal reader.
-pub fn run(env: Env, codex_args: Vec<OsString>) -> Result<ExitCode> {
+pub(super) fn run(env: Env, codex_args: Vec<OsString>) -> Result<ExitCode> {
     let config = env.config()?.clone();
     // Refuse what cannot run before anything starts.
     let launch = crate::app::Launch::prepare(env.codex_bin(), codex_args)?;

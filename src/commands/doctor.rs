@@ -11,7 +11,7 @@ use super::output::emit;
 use crate::cli::DoctorArgs;
 use crate::doctor::{Report, Status, TESTED_CODEX_NEWEST, TESTED_CODEX_OLDEST, render, run_checks};
 
-pub fn run(env: &Env, args: DoctorArgs) -> Result<ExitCode> {
+pub(super) fn run(env: &Env, args: DoctorArgs) -> Result<ExitCode> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let checks = env.runtime().block_on(run_checks(
         env.codex_bin(),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::accounts::{Account, AccountsFile};
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
-pub fn emit(text: &str) -> Result<()> {
+pub(super) fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
@@ -17,13 +17,13 @@ pub fn emit(text: &str) -> Result<()> {
     }
 }
 
-pub fn emit_json(value: &impl Serialize) -> Result<()> {
+pub(super) fn emit_json(value: &impl Serialize) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value).wrap_err("formatting JSON")?;
     text.push('\n');
     emit(&text)
 }
 
-pub fn active_marker(file: &AccountsFile, account: &Account) -> String {
+pub(super) fn active_marker(file: &AccountsFile, account: &Account) -> String {
     if file.active.as_deref() == Some(account.id.as_str()) {
         "*".into()
     } else {
@@ -31,12 +31,12 @@ pub fn active_marker(file: &AccountsFile, account: &Account) -> String {
     }
 }
 
-pub fn yes_no(value: bool) -> String {
+pub(super) fn yes_no(value: bool) -> String {
     if value { "yes" } else { "no" }.to_owned()
 }
 
 /// An aligned table; the last column is not padded.
-pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -65,7 +65,7 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// "in 2h 13m", "3d ago", "just now".
-pub fn relative_time(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+pub(super) fn relative_time(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let delta = at - now;
     let secs = delta.num_seconds();
     if secs.abs() < 60 {

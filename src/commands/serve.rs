@@ -15,7 +15,7 @@ use crate::proxy::events::ProxyEvent;
 use crate::proxy::session::{ProxyListener, Session};
 use crate::proxy::store_directory::StoreDirectory;
 
-pub fn run(env: &Env, args: ServeArgs) -> Result<ExitCode> {
+pub(super) fn run(env: &Env, args: ServeArgs) -> Result<ExitCode> {
     env.runtime().block_on(serve(env, args))
 }
 

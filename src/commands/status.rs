@@ -163,7 +163,7 @@ fn failed(err: &color_eyre::eyre::Report) -> Outcome {
     }
 }
 
-pub fn run(env: &Env, args: StatusArgs) -> Result<ExitCode> {
+pub(super) fn run(env: &Env, args: StatusArgs) -> Result<ExitCode> {
     let ctx = Context::new(env)?;
     ctx.first_run_import();
     let file = ctx.store.load()?;

@@ -9,7 +9,7 @@ use crate::cli::SwitchArgs;
 use crate::errors::with_hint;
 use crate::proxy::events::ProxyCommand;
 
-pub fn run(env: &Env, args: SwitchArgs) -> Result<ExitCode> {
+pub(super) fn run(env: &Env, args: SwitchArgs) -> Result<ExitCode> {
     let store_dir = env.store_dir()?;
     let command = if args.account == "best" {
         ProxyCommand::SwitchBest

@@ -12,7 +12,7 @@
 //! leaves it running, and the kernel gives no notice to act on.
 
 pub mod codex;
-pub mod reaper;
+pub(crate) mod reaper;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

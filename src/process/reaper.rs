@@ -36,29 +36,29 @@ use {
 };
 
 /// The hidden first argument that turns cs-tui into the reaper.
-pub const SUBCOMMAND: &str = "__reaper";
+pub(crate) const SUBCOMMAND: &str = "__reaper";
 
 /// The signal that asks the reaper to kill everything now (cs-tui's forced stop).
-pub const KILL_NOW: Signal = Signal::SIGUSR1;
+pub(crate) const KILL_NOW: Signal = Signal::SIGUSR1;
 
 /// Set by the cs-tui binary's `main`, which answers [`SUBCOMMAND`]: only then can the running
 /// executable be re-executed as the reaper (a test binary linking the library cannot).
 static AVAILABLE: AtomicBool = AtomicBool::new(false);
 
 /// Declares that this executable answers [`SUBCOMMAND`].
-pub fn enable() {
+pub(crate) fn enable() {
     AVAILABLE.store(true, Ordering::Relaxed);
 }
 
 /// Whether the app-server is to be started through the reaper.
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     cfg!(target_os = "linux") && AVAILABLE.load(Ordering::Relaxed)
 }
 
 /// The command that runs `program` under the reaper (this executable re-executed as
 /// `cs-tui __reaper PROGRAM`), or `None` when the reaper is not [`available`]. Its stdin is
 /// piped: the spawner must keep that pipe's write end, the only one, for as long as it lives.
-pub fn command(program: &OsStr) -> Option<tokio::process::Command> {
+pub(crate) fn command(program: &OsStr) -> Option<tokio::process::Command> {
     if !available() {
         return None;
     }
@@ -83,7 +83,7 @@ pub fn command(program: &OsStr) -> Option<tokio::process::Command> {
 }
 
 /// Runs the reaper if `args` (the whole command line) asks for it; `None` otherwise.
-pub fn run_if_asked(args: &[OsString]) -> Option<ExitCode> {
+pub(crate) fn run_if_asked(args: &[OsString]) -> Option<ExitCode> {
     if args.get(1).map(OsString::as_os_str) != Some(OsStr::new(SUBCOMMAND)) {
         return None;
     }
@@ -299,7 +299,7 @@ fn descendants_of(root: i32) -> Vec<i32> {
 
 /// The parent pid in a `/proc/PID/stat` line: `pid (comm) state ppid …`, where `comm` may
 /// itself hold spaces and parentheses, so the fields start after the last `)`.
-pub fn parent_from_stat(stat: &str) -> Option<i32> {
+pub(crate) fn parent_from_stat(stat: &str) -> Option<i32> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_ascii_whitespace().nth(1)?.parse().ok()
 }

@@ -27,7 +27,7 @@ const TERM_GRACE: Duration = Duration::from_millis(1500);
 
 /// Everything needed to start the app-server.
 #[derive(Clone, Debug)]
-pub struct AppServerOptions {
+pub(crate) struct AppServerOptions {
     pub codex_bin: OsString,
     /// The user's `CODEX_HOME`.
     pub codex_home: PathBuf,
@@ -41,13 +41,13 @@ pub struct AppServerOptions {
 
 /// How the app-server ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppServerExit {
+pub(crate) struct AppServerExit {
     pub status: String,
     pub stderr_tail: String,
 }
 
 /// A running app-server. Dropping it kills the process group and removes its socket.
-pub struct AppServer {
+pub(crate) struct AppServer {
     /// Its process group; the reaper's (`process/reaper.rs`) when started through it.
     group: Group,
     /// The reaper's pipe; dropping it makes the reaper kill the whole tree.
@@ -77,7 +77,7 @@ fn remove_socket(link: &Path) {
 impl AppServer {
     /// Spawns `codex app-server` on a unix socket in the runtime directory and waits until it
     /// accepts a connection.
-    pub async fn start(options: AppServerOptions) -> Result<Self> {
+    pub(crate) async fn start(options: AppServerOptions) -> Result<Self> {
         crate::paths::ensure_private_dir(&options.runtime_dir).wrap_err_with(|| {
             format!(
                 "creating the runtime directory {}",
@@ -214,32 +214,28 @@ impl AppServer {
     }
 
     /// Where to connect.
-    pub fn addr(&self) -> AppServerAddr {
+    pub(crate) fn addr(&self) -> AppServerAddr {
         AppServerAddr::Unix(self.socket.clone())
     }
 
     /// The version of the Codex that runs it (`codex --version`), when known.
-    pub fn codex_version(&self) -> Option<&str> {
+    pub(crate) fn codex_version(&self) -> Option<&str> {
         self.codex_version.as_deref()
     }
 
-    pub fn stderr_log(&self) -> &Path {
-        &self.stderr_log
-    }
-
     /// The process group id (the wrapper's pid).
-    pub fn pgid(&self) -> i32 {
+    pub(crate) fn pgid(&self) -> i32 {
         self.group.pgid
     }
 
     /// A receiver that turns `Some` when the app-server exits.
-    pub fn exit_watch(&self) -> watch::Receiver<Option<AppServerExit>> {
+    pub(crate) fn exit_watch(&self) -> watch::Receiver<Option<AppServerExit>> {
         self.exit.clone()
     }
 
     /// Stops the process group (SIGTERM, then SIGKILL after a grace period), waits for it, and
     /// removes its socket.
-    pub async fn shutdown(mut self) -> Option<AppServerExit> {
+    pub(crate) async fn shutdown(mut self) -> Option<AppServerExit> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -268,7 +264,7 @@ impl Drop for AppServer {
 }
 
 /// 32 random bytes as hex: a capability or bearer token.
-pub fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use rand::Rng as _;
     let bytes: [u8; 32] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -290,7 +286,7 @@ fn open_private_log(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// The last `lines` lines of a log file.
-pub fn stderr_tail(path: &Path, lines: usize) -> String {
+pub(crate) fn stderr_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::ipc::{CommandAnswer, SOCKET_NAME};
+pub(crate) use crate::ipc::{CommandAnswer, SOCKET_NAME};
 use crate::proxy::core::CoreMsg;
 use crate::proxy::events::ProxyCommand;
 use crate::proxy::socket::BoundSocket;
@@ -19,7 +19,7 @@ use crate::proxy::socket::BoundSocket;
 /// What a client of the session socket may do: it must be our own user, and send one line of
 /// at most `max_line` bytes within `read_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpcLimits {
+pub(crate) struct IpcLimits {
     /// The only uid served (ours).
     pub uid: u32,
     pub max_line: usize,
@@ -38,7 +38,7 @@ impl Default for IpcLimits {
 }
 
 /// Serves commands on `<runtime_dir>/control.sock` until the task is dropped.
-pub fn listen(
+pub(crate) fn listen(
     runtime_dir: &Path,
     core: mpsc::UnboundedSender<CoreMsg>,
 ) -> Result<tokio::task::JoinHandle<()>> {
@@ -46,7 +46,7 @@ pub fn listen(
 }
 
 /// Serves commands on the socket at `path` until the task is dropped.
-pub fn listen_with(
+pub(crate) fn listen_with(
     path: &Path,
     core: mpsc::UnboundedSender<CoreMsg>,
     limits: IpcLimits,

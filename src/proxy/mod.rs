@@ -1,16 +1,16 @@
 //! The switching proxy: app-server lifecycle, websocket relay, protocol types, switch policy.
 
-pub mod app_server;
-pub mod core;
-pub mod directory;
+pub(crate) mod app_server;
+pub(crate) mod core;
+pub(crate) mod directory;
 pub mod events;
 pub mod history;
-pub mod ipc;
+pub(crate) mod ipc;
 pub mod policy;
 pub mod relay;
 pub mod rpc;
 pub mod session;
 pub mod socket;
 pub mod store_directory;
-pub mod turn_guard;
-pub mod upstream;
+pub(crate) mod turn_guard;
+pub(crate) mod upstream;

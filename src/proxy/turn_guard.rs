@@ -45,7 +45,7 @@ const SERVER_WATCHED: &[&str] = &[
 
 /// What every guard shares with the core.
 #[derive(Debug)]
-pub struct GuardShared {
+pub(crate) struct GuardShared {
     /// The user's setting (`[switch] hidden_rerun`).
     pub hidden_rerun: bool,
     pub policy: PolicyConfig,
@@ -56,7 +56,7 @@ pub struct GuardShared {
 }
 
 impl GuardShared {
-    pub fn new(hidden_rerun: bool, policy: PolicyConfig) -> Arc<Self> {
+    pub(crate) fn new(hidden_rerun: bool, policy: PolicyConfig) -> Arc<Self> {
         Arc::new(Self {
             hidden_rerun,
             policy,
@@ -67,7 +67,7 @@ impl GuardShared {
 
     /// Set by the core while a switch's login runs; guards hold new turns meanwhile and let
     /// them go on [`GuardCommand::SwitchOver`].
-    pub fn set_switching(&self, switching: bool) {
+    pub(crate) fn set_switching(&self, switching: bool) {
         self.switching.store(switching, Ordering::SeqCst);
     }
 
@@ -75,18 +75,20 @@ impl GuardShared {
         self.switching.load(Ordering::SeqCst)
     }
 
-    pub fn set_alternative(&self, available: bool) {
+    pub(crate) fn set_alternative(&self, available: bool) {
         self.alternative.store(available, Ordering::Relaxed);
     }
 
-    pub fn alternative(&self) -> bool {
+    pub(crate) fn alternative(&self) -> bool {
         self.alternative.load(Ordering::Relaxed)
     }
 }
 
-/// What a guard tells the core.
+/// What a guard tells the core. The thread and turn ids are there for the log (the core logs
+/// every event with `Debug`), which dead-code analysis does not count as a read.
 #[derive(Debug)]
-pub enum GuardEvent {
+#[allow(dead_code)]
+pub(crate) enum GuardEvent {
     /// A user turn failed on a usage limit and its failure is withheld: switch, then say
     /// [`GuardCommand::Rerun`] (or [`GuardCommand::GiveUp`]).
     RerunWanted {
@@ -107,14 +109,14 @@ pub enum GuardEvent {
 /// Where a guard's events go (the session sends them to the core), like the relay's
 /// [`EventSink`](crate::proxy::relay::EventSink): the guard does not know who listens.
 #[derive(Clone)]
-pub struct GuardSink(Arc<dyn Fn(GuardEvent) + Send + Sync>);
+pub(crate) struct GuardSink(Arc<dyn Fn(GuardEvent) + Send + Sync>);
 
 impl GuardSink {
-    pub fn new(send: impl Fn(GuardEvent) + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(send: impl Fn(GuardEvent) + Send + Sync + 'static) -> Self {
         Self(Arc::new(send))
     }
 
-    pub fn send(&self, event: GuardEvent) {
+    pub(crate) fn send(&self, event: GuardEvent) {
         (self.0)(event);
     }
 }
@@ -136,7 +138,7 @@ impl From<mpsc::UnboundedSender<GuardEvent>> for GuardSink {
 
 /// What the core tells a guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GuardCommand {
+pub(crate) enum GuardCommand {
     /// The new account is logged in: run the turn again.
     Rerun,
     /// No switch happened: show the real error.
@@ -180,7 +182,7 @@ struct TurnInfo {
 }
 
 /// One connection's turn guard (an [`Interceptor`]).
-pub struct TurnGuard {
+pub(crate) struct TurnGuard {
     conn: ConnId,
     shared: Arc<GuardShared>,
     events: GuardSink,
@@ -199,7 +201,7 @@ pub struct TurnGuard {
 }
 
 impl TurnGuard {
-    pub fn new(conn: ConnId, shared: Arc<GuardShared>, events: GuardSink) -> Self {
+    pub(crate) fn new(conn: ConnId, shared: Arc<GuardShared>, events: GuardSink) -> Self {
         Self {
             conn,
             shared,

@@ -18,20 +18,20 @@ use crate::proxy::rpc::{Envelope, LoginCompletedParams, OWN_ID_PREFIX, method};
 use crate::proxy::socket::{AppServerAddr, Stream};
 use crate::secret::Secret;
 
-pub type UpstreamStream = WebSocketStream<Stream>;
+pub(crate) type UpstreamStream = WebSocketStream<Stream>;
 
 /// The largest message either side may send through us. Codex sends whole thread histories in
 /// one message; 64 MiB must pass (the bar), so we allow well beyond it.
-pub const MAX_MESSAGE: usize = 256 << 20;
+pub(crate) const MAX_MESSAGE: usize = 256 << 20;
 
-pub fn ws_config() -> WebSocketConfig {
+pub(crate) fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
 }
 
 /// Opens a websocket to the app-server.
-pub async fn dial(addr: &AppServerAddr) -> Result<UpstreamStream> {
+pub(crate) async fn dial(addr: &AppServerAddr) -> Result<UpstreamStream> {
     let (stream, request) = addr.connect().await?;
     let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
         .await
@@ -60,7 +60,7 @@ fn handshake_failure(err: &tokio_tungstenite::tungstenite::Error) -> String {
 /// A JSON-RPC error from the app-server.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("app-server refused {method}: {message} (code {code})")]
-pub struct RpcError {
+pub(crate) struct RpcError {
     pub method: String,
     pub code: i64,
     pub message: String,
@@ -68,7 +68,7 @@ pub struct RpcError {
 
 /// What the control connection hears that is not a response to its own requests.
 #[derive(Debug)]
-pub enum ControlEvent {
+pub(crate) enum ControlEvent {
     /// A server→client request (`account/chatgptAuthTokens/refresh`, …) to answer.
     ServerRequest {
         id: Value,
@@ -76,7 +76,7 @@ pub enum ControlEvent {
         params: Value,
     },
     /// A notification.
-    Notification { method: String, params: Value },
+    Notification { method: String },
     /// The connection ended.
     Closed,
 }
@@ -86,7 +86,7 @@ type Pending = Arc<Mutex<HashMap<String, (String, oneshot::Sender<Result<Value, 
 /// The proxy's own initialized connection to the app-server (`experimentalApi`, which
 /// `chatgptAuthTokens` logins require, docs/protocol.md §1).
 #[derive(Clone)]
-pub struct ControlConnection {
+pub(crate) struct ControlConnection {
     outgoing: mpsc::UnboundedSender<Message>,
     pending: Pending,
     login_waiter: Arc<Mutex<Option<oneshot::Sender<LoginCompletedParams>>>>,
@@ -112,7 +112,7 @@ impl std::fmt::Debug for ControlConnection {
 /// TUI does (captured from `codex --remote` 0.169.0: name `codex-tui`, no title, Codex's own
 /// version), and the backend sees what a plain `codex --remote` session sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientIdentity {
+pub(crate) struct ClientIdentity {
     pub name: &'static str,
     pub version: String,
 }
@@ -120,7 +120,7 @@ pub struct ClientIdentity {
 impl ClientIdentity {
     /// The Codex TUI of the given Codex version (`codex --version`); an unknown version is
     /// sent as `unknown` rather than cs-tui's own.
-    pub fn codex_tui(codex_version: Option<&str>) -> Self {
+    pub(crate) fn codex_tui(codex_version: Option<&str>) -> Self {
         Self {
             name: "codex-tui",
             version: codex_version.unwrap_or("unknown").to_owned(),
@@ -141,7 +141,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl ControlConnection {
     /// Connects, initializes, and starts the reader. Events go to `events`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         addr: &AppServerAddr,
         identity: &ClientIdentity,
         events: mpsc::UnboundedSender<ControlEvent>,
@@ -190,7 +190,7 @@ impl ControlConnection {
 
     /// The `User-Agent` the app-server sends the backend, from its `initialize` result:
     /// cs-tui's own backend reads send the same.
-    pub fn user_agent(&self) -> Option<&str> {
+    pub(crate) fn user_agent(&self) -> Option<&str> {
         self.user_agent.as_deref()
     }
 
@@ -243,13 +243,8 @@ impl ControlConnection {
                     let _ = waiter.send(params);
                     return;
                 }
-                let params = envelope
-                    .params
-                    .and_then(|p| serde_json::from_str(p.get()).ok())
-                    .unwrap_or(Value::Null);
                 let _ = events.send(ControlEvent::Notification {
                     method: method.to_owned(),
-                    params,
                 });
             }
             _ => {}
@@ -274,7 +269,7 @@ impl ControlConnection {
             .map_err(|_| eyre!("the control connection to the app-server is closed"))
     }
 
-    pub fn notify(&self, method: &str, params: Option<Value>) {
+    pub(crate) fn notify(&self, method: &str, params: Option<Value>) {
         let mut message = json!({ "method": method });
         if let Some(params) = params {
             message["params"] = params;
@@ -283,7 +278,7 @@ impl ControlConnection {
     }
 
     /// Sends a request with a proxy-owned id and waits for its response.
-    pub async fn request(&self, method: &str, params: Value) -> Result<Value> {
+    pub(crate) async fn request(&self, method: &str, params: Value) -> Result<Value> {
         let id = format!(
             "{}{}",
             self.prefix,
@@ -308,7 +303,7 @@ impl ControlConnection {
     }
 
     /// Answers a server→client request.
-    pub fn respond(&self, id: Value, result: Result<Value, String>) {
+    pub(crate) fn respond(&self, id: Value, result: Result<Value, String>) {
         let message = match result {
             Ok(result) => json!({"id": id, "result": result}),
             Err(message) => json!({"id": id, "error": {"code": -32000, "message": message}}),
@@ -318,7 +313,7 @@ impl ControlConnection {
 
     /// Logs the app-server in with an account's tokens and waits for
     /// `account/login/completed`. The login serves every connection (auth is per process).
-    pub async fn login_with_tokens(
+    pub(crate) async fn login_with_tokens(
         &self,
         access_token: &Secret,
         chatgpt_account_id: &str,
@@ -362,7 +357,9 @@ impl ControlConnection {
 }
 
 /// Reads `account/read` into (email, plan), or an error when no ChatGPT account is logged in.
-pub async fn read_account(control: &ControlConnection) -> Result<(Option<String>, Option<String>)> {
+pub(crate) async fn read_account(
+    control: &ControlConnection,
+) -> Result<(Option<String>, Option<String>)> {
     let account = control.request("account/read", json!({})).await?;
     let account = account
         .get("account")
@@ -375,13 +372,15 @@ pub async fn read_account(control: &ControlConnection) -> Result<(Option<String>
 /// The parameters the Codex TUI sends with `account/rateLimits/read`: the control
 /// connection's reads are the same session's reads, so the backend sees the same request
 /// (`/wham/usage` with `x-openai-codex-luna-reserve`).
-pub fn rate_limits_read_params() -> Value {
+pub(crate) fn rate_limits_read_params() -> Value {
     json!({"supportsLunaReserve": true})
 }
 
 /// Reads the active account's rate limits (`account/rateLimits/read`): every limit family,
 /// from `rateLimitsByLimitId` when the server sends it, else the single `rateLimits`.
-pub async fn read_rate_limits(control: &ControlConnection) -> Result<crate::quota::AccountLimits> {
+pub(crate) async fn read_rate_limits(
+    control: &ControlConnection,
+) -> Result<crate::quota::AccountLimits> {
     let value = control
         .request("account/rateLimits/read", rate_limits_read_params())
         .await?;
@@ -436,7 +435,7 @@ const CONSUME_ATTEMPTS: usize = 3;
 /// backend or the connection failed) is tried again with the same key, which the backend
 /// answers without spending a second credit. A request the app-server refuses as malformed is
 /// not retried.
-pub async fn consume_reset_credit(
+pub(crate) async fn consume_reset_credit(
     control: &ControlConnection,
     idempotency_key: &str,
 ) -> Result<String> {

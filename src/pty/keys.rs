@@ -9,13 +9,13 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 /// Terminal modes the child set that change what keys send.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KeyModes {
+pub(crate) struct KeyModes {
     /// DECCKM (`CSI ?1h`): unmodified arrows, Home and End send `ESC O x` instead of `ESC [ x`.
     pub application_cursor: bool,
 }
 
 impl KeyModes {
-    pub fn of(screen: &vt100::Screen) -> Self {
+    pub(crate) fn of(screen: &vt100::Screen) -> Self {
         Self {
             application_cursor: screen.application_cursor(),
         }
@@ -26,7 +26,7 @@ const ESC: u8 = 0x1b;
 
 /// The bytes a terminal sends for `key`, or `None` for keys a legacy terminal cannot send
 /// (media keys, modifier-only presses, releases).
-pub fn encode_key(key: &KeyEvent, modes: KeyModes) -> Option<Vec<u8>> {
+pub(crate) fn encode_key(key: &KeyEvent, modes: KeyModes) -> Option<Vec<u8>> {
     if key.kind == KeyEventKind::Release {
         return None;
     }
@@ -139,7 +139,7 @@ fn tilde_key(code: u8, param: u8) -> Vec<u8> {
 /// `ESC[200~ … ESC[201~`; ESC bytes inside are dropped so the paste cannot end the bracket early
 /// or smuggle a control sequence. Without it, line feeds become `\r` as a terminal's paste does,
 /// so each line arrives as if typed and Enter-ed.
-pub fn encode_paste(text: &str, bracketed: bool) -> Vec<u8> {
+pub(crate) fn encode_paste(text: &str, bracketed: bool) -> Vec<u8> {
     if bracketed {
         let mut out = Vec::with_capacity(text.len() + 12);
         out.extend_from_slice(b"\x1b[200~");
@@ -153,7 +153,7 @@ pub fn encode_paste(text: &str, bracketed: bool) -> Vec<u8> {
 
 /// What a mouse-wheel notch over the pane means.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WheelAction {
+pub(crate) enum WheelAction {
     /// Move our scrollback view by this many lines (positive = back in history).
     Scroll(isize),
     /// Send these bytes (arrow keys) to the child.
@@ -161,12 +161,12 @@ pub enum WheelAction {
 }
 
 /// Lines one wheel notch moves.
-pub const WHEEL_LINES: usize = 3;
+pub(crate) const WHEEL_LINES: usize = 3;
 
 /// On the normal screen the wheel scrolls our own scrollback; on the alternate screen (Codex's
 /// overlays, pagers) there is no scrollback, so it becomes arrow keys like xterm's
 /// alternateScroll.
-pub fn wheel(up: bool, alternate_screen: bool, modes: KeyModes) -> WheelAction {
+pub(crate) fn wheel(up: bool, alternate_screen: bool, modes: KeyModes) -> WheelAction {
     if alternate_screen {
         let arrow = cursor_key(if up { b'A' } else { b'B' }, 1, modes);
         WheelAction::Send(arrow.repeat(WHEEL_LINES))

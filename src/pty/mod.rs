@@ -2,14 +2,8 @@
 //! model, and the widget that draws it.
 
 pub mod child;
-pub mod keys;
-pub mod outer;
+pub(crate) mod keys;
+pub(crate) mod outer;
 pub mod queries;
 pub mod screen;
-pub mod widget;
-
-pub use child::{ChildSpec, PtyChild, PtyEvent};
-pub use keys::{KeyModes, encode_key, encode_paste};
-pub use queries::{OuterColors, TerminalQuery, reply_to_terminal_query};
-pub use screen::PaneScreen;
-pub use widget::PaneWidget;
+pub(crate) mod widget;

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use super::queries::{OuterColors, Rgb, parse_color_spec};
 
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
 const PROBE: &[u8] = b"\x1b]10;?\x1b\\\x1b]11;?\x1b\\\x1b[c";
 
 /// What the outer terminal answered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProbeReplies {
+pub(crate) struct ProbeReplies {
     pub foreground: Option<Rgb>,
     pub background: Option<Rgb>,
     /// The DA1 reply arrived: nothing more will come.
@@ -26,7 +26,7 @@ pub struct ProbeReplies {
 }
 
 impl ProbeReplies {
-    pub fn colors(&self) -> OuterColors {
+    pub(crate) fn colors(&self) -> OuterColors {
         let default = OuterColors::default();
         OuterColors {
             foreground: self.foreground.unwrap_or(default.foreground),
@@ -36,7 +36,7 @@ impl ProbeReplies {
 }
 
 /// Finds the OSC 10/11 colour replies and the DA1 reply in what the terminal sent.
-pub fn parse_probe_replies(bytes: &[u8]) -> ProbeReplies {
+pub(crate) fn parse_probe_replies(bytes: &[u8]) -> ProbeReplies {
     let text = String::from_utf8_lossy(bytes);
     let mut replies = ProbeReplies::default();
     for (n, slot) in [
@@ -64,7 +64,7 @@ pub fn parse_probe_replies(bytes: &[u8]) -> ProbeReplies {
 
 /// Probes the terminal on stdin/stdout. Call in raw mode, before the event reader starts.
 /// Returns the defaults when stdin is not a terminal or nothing answers in time.
-pub fn probe_outer_colors() -> OuterColors {
+pub(crate) fn probe_outer_colors() -> OuterColors {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let stdin = std::io::stdin();
     if !nix::unistd::isatty(stdin.as_fd()).unwrap_or(false) {

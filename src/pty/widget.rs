@@ -8,19 +8,19 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::widgets::Widget;
 
 /// The child's screen as a widget. The screen's scrollback offset decides which rows show.
-pub struct PaneWidget<'a> {
+pub(crate) struct PaneWidget<'a> {
     screen: &'a vt100::Screen,
 }
 
 impl<'a> PaneWidget<'a> {
-    pub fn new(screen: &'a vt100::Screen) -> Self {
+    pub(crate) fn new(screen: &'a vt100::Screen) -> Self {
         Self { screen }
     }
 }
 
 /// A vt100 colour as ratatui's. The 16 ANSI colours map to ratatui's named ones, which are
 /// emitted as `ESC[3Xm`/`ESC[9Xm` and so follow the outer terminal's palette like the child meant.
-pub fn convert_color(color: vt100::Color) -> Color {
+pub(crate) fn convert_color(color: vt100::Color) -> Color {
     match color {
         vt100::Color::Default => Color::Reset,
         vt100::Color::Idx(i) => match i {
@@ -127,7 +127,7 @@ impl Widget for PaneWidget<'_> {
 
 /// Where the real cursor goes for a screen drawn in `area`: where the child put it, or `None`
 /// when the child hid it, the view is scrolled back, or it falls outside the area.
-pub fn cursor_position(screen: &vt100::Screen, area: Rect) -> Option<Position> {
+pub(crate) fn cursor_position(screen: &vt100::Screen, area: Rect) -> Option<Position> {
     if screen.hide_cursor() || screen.scrollback() > 0 {
         return None;
     }
@@ -138,7 +138,7 @@ pub fn cursor_position(screen: &vt100::Screen, area: Rect) -> Option<Position> {
 }
 
 /// The outer terminal's cursor shape for the child's DECSCUSR choice.
-pub fn cursor_style(style: vt100::CursorStyle) -> SetCursorStyle {
+pub(crate) fn cursor_style(style: vt100::CursorStyle) -> SetCursorStyle {
     match style {
         vt100::CursorStyle::Default => SetCursorStyle::DefaultUserShape,
         vt100::CursorStyle::BlinkBlock => SetCursorStyle::BlinkingBlock,

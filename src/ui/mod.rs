@@ -1,8 +1,8 @@
 //! Render functions: state in, widgets out. Nothing here changes the app's state or does
 //! I/O; the one thing kept between frames is [`PanelCache`], a memo of the panel's last drawing.
 
-pub mod overlay;
-pub mod panel;
+pub(crate) mod overlay;
+pub(crate) mod panel;
 
 use ratatui::Frame;
 use ratatui::buffer::Buffer;

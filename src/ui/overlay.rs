@@ -49,7 +49,7 @@ fn key_line(key: &str, what: &str) -> Line<'static> {
     ])
 }
 
-pub fn render_help(ctx: &RenderContext<'_>, area: Rect, buf: &mut Buffer) {
+pub(crate) fn render_help(ctx: &RenderContext<'_>, area: Rect, buf: &mut Buffer) {
     let p = ctx.prefix;
     let lines = vec![
         Line::from(vec![
@@ -76,7 +76,7 @@ pub fn render_help(ctx: &RenderContext<'_>, area: Rect, buf: &mut Buffer) {
     boxed("cs-tui hotkeys", lines, area, buf);
 }
 
-pub fn render_confirm_quit(area: Rect, buf: &mut Buffer) {
+pub(crate) fn render_confirm_quit(area: Rect, buf: &mut Buffer) {
     let lines = vec![
         Line::from("Quit cs-tui? Codex closes with it."),
         Line::default(),
@@ -90,7 +90,7 @@ pub fn render_confirm_quit(area: Rect, buf: &mut Buffer) {
     boxed("quit", lines, area, buf);
 }
 
-pub fn render_picker(
+pub(crate) fn render_picker(
     dashboard: &Dashboard,
     selected: usize,
     ctx: &RenderContext<'_>,

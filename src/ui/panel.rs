@@ -277,7 +277,7 @@ fn quota_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, width: usize) -> 
 const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
 /// A sparkline of what is left of a window (100 − used), newest on the right.
-pub fn sparkline(values: &[f64], width: usize) -> String {
+pub(crate) fn sparkline(values: &[f64], width: usize) -> String {
     let start = values.len().saturating_sub(width);
     values[start..]
         .iter()
@@ -556,7 +556,7 @@ fn notice_lines(
 }
 
 /// Every line of the panel's body, top to bottom.
-pub fn panel_lines(
+pub(crate) fn panel_lines(
     dashboard: &Dashboard,
     ctx: &RenderContext<'_>,
     width: usize,
@@ -581,7 +581,7 @@ pub fn panel_lines(
 }
 
 /// The footer that tells how to reach the hotkeys.
-pub fn footer_line(prefix: &str) -> Line<'static> {
+pub(crate) fn footer_line(prefix: &str) -> Line<'static> {
     Line::from(vec![
         Span::styled(prefix.to_owned(), Style::new().fg(Color::Cyan).bold()),
         Span::styled(" then ", DIM),
@@ -595,7 +595,12 @@ pub fn footer_line(prefix: &str) -> Line<'static> {
 }
 
 /// Draws the side panel in `area`.
-pub fn render_panel(dashboard: &Dashboard, ctx: &RenderContext<'_>, area: Rect, buf: &mut Buffer) {
+pub(crate) fn render_panel(
+    dashboard: &Dashboard,
+    ctx: &RenderContext<'_>,
+    area: Rect,
+    buf: &mut Buffer,
+) {
     let block = Block::bordered()
         .border_type(BorderType::Rounded)
         .border_style(DIM)
@@ -619,7 +624,7 @@ pub fn render_panel(dashboard: &Dashboard, ctx: &RenderContext<'_>, area: Rect, 
 }
 
 /// The one-line status bar used on a narrow terminal or with the panel hidden.
-pub fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Line<'static> {
+pub(crate) fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Line<'static> {
     let mut spans = vec![Span::styled(
         " cs-tui ",
         Style::new().fg(Color::Black).bg(Color::Cyan),

@@ -21,7 +21,7 @@ use super::switching::PendingSwitch;
 
 /// One thing to do.
 #[derive(Debug)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Tell the rest of cs-tui (dashboard, `serve`'s JSON lines).
     Emit(ProxyEvent),
     /// Answer the command being handled.
@@ -76,7 +76,7 @@ pub enum Effect {
 
 /// Everything a switch task needs to know, copied out of the state when it starts.
 #[derive(Debug)]
-pub struct SwitchPlan {
+pub(crate) struct SwitchPlan {
     pub policy: PolicyConfig,
     pub accounts: Vec<DirAccount>,
     pub from: Option<AccountId>,
@@ -90,18 +90,18 @@ pub struct SwitchPlan {
 
 /// The effects of one decision, in order.
 #[derive(Debug, Default)]
-pub struct Effects(Vec<Effect>);
+pub(super) struct Effects(Vec<Effect>);
 
 impl Effects {
-    pub fn push(&mut self, effect: Effect) {
+    pub(super) fn push(&mut self, effect: Effect) {
         self.0.push(effect);
     }
 
-    pub fn emit(&mut self, event: ProxyEvent) {
+    pub(super) fn emit(&mut self, event: ProxyEvent) {
         self.push(Effect::Emit(event));
     }
 
-    pub fn into_vec(self) -> Vec<Effect> {
+    pub(super) fn into_vec(self) -> Vec<Effect> {
         self.0
     }
 }

@@ -13,7 +13,7 @@ use super::state::{CoreState, Now};
 
 /// Where the app-server is in its life, as the core knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AppServerState {
+pub(super) enum AppServerState {
     /// Up and logged in: switches can run.
     Up,
     /// Exited; another is being started and logged in.

@@ -53,16 +53,16 @@ use crate::proxy::turn_guard::{GuardEvent, GuardShared, TurnGuard};
 use crate::proxy::upstream::{ControlConnection, ControlEvent};
 use crate::quota::AccountLimits;
 
-pub use effects::{Effect, SwitchPlan};
-pub use state::{CoreState, Input, Now};
-pub use switching::SwitchOutcome;
-pub use tasks::login_and_confirm;
+pub(crate) use effects::Effect;
+pub(crate) use state::{CoreState, Input, Now};
+pub(crate) use switching::SwitchOutcome;
+pub(crate) use tasks::login_and_confirm;
 
 use tasks::{SwitchTask, fetch_usages};
 
 /// The core's settings.
 #[derive(Clone, Debug)]
-pub struct CoreConfig {
+pub(crate) struct CoreConfig {
     pub policy: PolicyConfig,
     /// How often every account's `/wham/usage` is polled.
     pub usage_poll: Duration,
@@ -71,11 +71,11 @@ pub struct CoreConfig {
 }
 
 /// A reply to a command: what happened, in a sentence.
-pub type CommandReply = oneshot::Sender<Result<String, String>>;
+pub(crate) type CommandReply = oneshot::Sender<Result<String, String>>;
 
 /// Everything the core reacts to.
 #[derive(Debug)]
-pub enum CoreMsg {
+pub(crate) enum CoreMsg {
     Relay(RelayEvent<TurnGuard>),
     Guard(GuardEvent),
     Control(ControlEvent),
@@ -111,7 +111,7 @@ pub enum CoreMsg {
 }
 
 /// What the core starts from: the session has already logged in `active`.
-pub struct CoreInit<D: AccountDirectory> {
+pub(crate) struct CoreInit<D: AccountDirectory> {
     pub guards: Arc<GuardShared>,
     pub dir: D,
     pub control: ControlConnection,
@@ -127,7 +127,7 @@ pub struct CoreInit<D: AccountDirectory> {
 }
 
 /// The actor: the state, and what carries its effects out.
-pub struct Core<D: AccountDirectory> {
+pub(crate) struct Core<D: AccountDirectory> {
     state: CoreState,
     dir: D,
     control: ControlConnection,
@@ -141,7 +141,7 @@ pub struct Core<D: AccountDirectory> {
 }
 
 impl<D: AccountDirectory> Core<D> {
-    pub fn new(init: CoreInit<D>) -> Self {
+    pub(crate) fn new(init: CoreInit<D>) -> Self {
         let history_path = init.config.history_path.clone();
         let usage_poll = init.config.usage_poll;
         Self {
@@ -164,7 +164,7 @@ impl<D: AccountDirectory> Core<D> {
     }
 
     /// Runs until shutdown or until the app-server is gone for good.
-    pub async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<CoreMsg>) {
+    pub(crate) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<CoreMsg>) {
         self.decide(Input::Start, None);
         let mut poll = tokio::time::interval(self.usage_poll);
         poll.tick().await;

@@ -25,7 +25,7 @@ use super::switching::{PendingSwitch, SwitchOutcome};
 
 /// The time a decision is made at: both clocks, read once by the actor.
 #[derive(Clone, Copy, Debug)]
-pub struct Now {
+pub(crate) struct Now {
     /// For durations (timeouts, freshness, backoff).
     pub mono: Instant,
     /// For events' `at` and the policy's unix times.
@@ -33,21 +33,21 @@ pub struct Now {
 }
 
 impl Now {
-    pub fn read() -> Self {
+    pub(crate) fn read() -> Self {
         Self {
             mono: Instant::now(),
             wall: Utc::now(),
         }
     }
 
-    pub fn unix(&self) -> i64 {
+    pub(crate) fn unix(&self) -> i64 {
         self.wall.timestamp()
     }
 }
 
 /// Everything the core decides on (the actor turns its messages into these).
 #[derive(Debug)]
-pub enum Input {
+pub(crate) enum Input {
     /// The session starts: announce the active account, read every account's usage.
     Start,
     /// The usage poll's timer fired: read the accounts whose numbers are stale.
@@ -91,7 +91,7 @@ pub enum Input {
 
 /// The state the core owns.
 #[derive(Debug)]
-pub struct CoreState {
+pub(crate) struct CoreState {
     pub(super) config: CoreConfig,
     pub(super) accounts: Vec<DirAccount>,
     pub(super) active: Option<AccountId>,
@@ -126,7 +126,7 @@ pub struct CoreState {
 
 impl CoreState {
     /// The session has already logged in `active`; the app-server is up.
-    pub fn new(
+    pub(crate) fn new(
         config: CoreConfig,
         accounts: Vec<DirAccount>,
         active: AccountId,
@@ -159,7 +159,7 @@ impl CoreState {
     }
 
     /// Decides what `input` changes and what is to be done about it.
-    pub fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
+    pub(crate) fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
         let mut fx = Effects::default();
         match input {
             Input::Start => {

@@ -20,7 +20,7 @@ use super::state::{CoreState, Now};
 
 /// Whom a switch goes to.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Target {
+pub(crate) enum Target {
     /// The best other account, as the policy chooses at the time of the switch.
     Best,
     Account(AccountId),
@@ -28,7 +28,7 @@ pub enum Target {
 
 /// A switch asked for and not started yet.
 #[derive(Clone, Debug)]
-pub struct PendingSwitch {
+pub(crate) struct PendingSwitch {
     pub target: Target,
     pub reason: SwitchReason,
     pub mode: Mode,
@@ -37,7 +37,7 @@ pub struct PendingSwitch {
 
 /// The result of a switch task.
 #[derive(Debug)]
-pub struct SwitchOutcome {
+pub(crate) struct SwitchOutcome {
     pub pending_reason: SwitchReason,
     pub mode: Mode,
     pub from: Option<AccountId>,
@@ -50,7 +50,7 @@ pub struct SwitchOutcome {
 
 /// Why a switch did not happen.
 #[derive(Debug)]
-pub enum SwitchFailure {
+pub(crate) enum SwitchFailure {
     NoneAvailable { earliest_reset: Option<i64> },
     Refused(String),
     Failed { to: AccountId, error: String },

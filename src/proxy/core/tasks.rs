@@ -37,7 +37,7 @@ pub(super) struct SwitchTask<D: AccountDirectory> {
 }
 
 impl<D: AccountDirectory> SwitchTask<D> {
-    pub async fn run(mut self) -> SwitchOutcome {
+    pub(super) async fn run(mut self) -> SwitchOutcome {
         let started = Instant::now();
         let mut fetched = Vec::new();
         let result = self.choose_and_login(&mut fetched).await;
@@ -190,7 +190,7 @@ pub(super) async fn fetch_usages<D: AccountDirectory>(
 
 /// Logs the app-server into `account`, confirms it with `account/read`, and reads its rate
 /// limits. Used for the starting account and for every switch.
-pub async fn login_and_confirm<D: AccountDirectory>(
+pub(crate) async fn login_and_confirm<D: AccountDirectory>(
     dir: &D,
     control: &ControlConnection,
     account: &DirAccount,

@@ -11,11 +11,11 @@ use cs_tui_testkit::{CodexHome, MockBackend};
 use serde_json::Value;
 use tempfile::TempDir;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_cs-tui");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_cs-tui");
 
 /// One finished command.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub args: Vec<String>,
     pub code: Option<i32>,
     pub stdout: String,
@@ -24,29 +24,29 @@ pub struct Run {
 
 impl Run {
     #[track_caller]
-    pub fn ok(&self) -> &Self {
+    pub(crate) fn ok(&self) -> &Self {
         assert_eq!(self.code, Some(0), "expected success: {self:#?}");
         self
     }
 
     #[track_caller]
-    pub fn fails(&self) -> &Self {
+    pub(crate) fn fails(&self) -> &Self {
         assert_eq!(self.code, Some(1), "expected failure: {self:#?}");
         self
     }
 
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
     }
 
     /// stdout and stderr together.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
 }
 
-pub struct Rig {
+pub(crate) struct Rig {
     pub mock: MockBackend,
     pub codex_home: CodexHome,
     store: TempDir,
@@ -58,7 +58,7 @@ pub struct Rig {
 }
 
 impl Rig {
-    pub async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let mock = MockBackend::start().await;
         let codex_home = CodexHome::offline(&mock.url());
         let store = tempfile::Builder::new()
@@ -75,26 +75,26 @@ impl Rig {
         }
     }
 
-    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+    pub(crate) fn with_env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
     /// The store directory (`CS_TUI_HOME`); it does not exist until a command creates it.
-    pub fn store_dir(&self) -> PathBuf {
+    pub(crate) fn store_dir(&self) -> PathBuf {
         self.store.path().join("cs-tui")
     }
 
-    pub fn accounts_json(&self) -> PathBuf {
+    pub(crate) fn accounts_json(&self) -> PathBuf {
         self.store_dir().join("accounts.json")
     }
 
-    pub fn codex_auth_path(&self) -> PathBuf {
+    pub(crate) fn codex_auth_path(&self) -> PathBuf {
         self.codex_home.path().join("auth.json")
     }
 
     /// Remembers the tokens in an auth.json value, for the leak check.
-    pub fn remember_secrets(&self, auth: &Value) {
+    pub(crate) fn remember_secrets(&self, auth: &Value) {
         let mut secrets = self.secrets.lock().unwrap();
         for pointer in [
             "/tokens/id_token",
@@ -109,13 +109,13 @@ impl Rig {
     }
 
     /// Writes `$CODEX_HOME/auth.json` as `codex login` would.
-    pub fn write_codex_auth(&self, auth: &Value) {
+    pub(crate) fn write_codex_auth(&self, auth: &Value) {
         self.remember_secrets(auth);
         self.codex_home.write_auth_json(auth);
     }
 
     /// Writes an auth.json somewhere else and returns its path.
-    pub fn write_auth_file(&self, name: &str, auth: &Value) -> PathBuf {
+    pub(crate) fn write_auth_file(&self, name: &str, auth: &Value) -> PathBuf {
         self.remember_secrets(auth);
         let path = self.store.path().join(name);
         std::fs::write(&path, serde_json::to_vec_pretty(auth).unwrap()).unwrap();
@@ -123,7 +123,7 @@ impl Rig {
     }
 
     /// Stores `auth` as account `name` with `cs-tui accounts import --name NAME --file …`.
-    pub async fn import(&self, name: &str, auth: &Value) {
+    pub(crate) async fn import(&self, name: &str, auth: &Value) {
         let file = self.write_auth_file(&format!("{name}.json"), auth);
         self.run(&[
             "accounts",
@@ -139,14 +139,14 @@ impl Rig {
 
     /// Writes `auth` to the file `file_name` and imports it with `cs-tui accounts import
     /// --file …` (the account is named after the login).
-    pub async fn import_file(&self, file_name: &str, auth: &Value) {
+    pub(crate) async fn import_file(&self, file_name: &str, auth: &Value) {
         let file = self.write_auth_file(file_name, auth);
         self.run(&["accounts", "import", "--file", file.to_str().unwrap()])
             .await
             .ok();
     }
 
-    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+    pub(crate) fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.args(args)
             .env("CS_TUI_HOME", self.store_dir())
@@ -166,11 +166,11 @@ impl Rig {
     }
 
     /// Runs `cs-tui ARGS` to completion.
-    pub async fn run(&self, args: &[&str]) -> Run {
+    pub(crate) async fn run(&self, args: &[&str]) -> Run {
         self.run_command(self.command(args), args).await
     }
 
-    pub async fn run_command(&self, mut cmd: tokio::process::Command, args: &[&str]) -> Run {
+    pub(crate) async fn run_command(&self, mut cmd: tokio::process::Command, args: &[&str]) -> Run {
         let output = cmd.output().await.expect("run cs-tui");
         let run = Run {
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -188,12 +188,12 @@ impl Rig {
     }
 
     /// The stored accounts file as JSON (test-side: it holds tokens).
-    pub fn stored(&self) -> Value {
+    pub(crate) fn stored(&self) -> Value {
         serde_json::from_slice(&std::fs::read(self.accounts_json()).unwrap()).unwrap()
     }
 
     /// A stored account by name (test-side: holds tokens).
-    pub fn stored_account(&self, name: &str) -> Value {
+    pub(crate) fn stored_account(&self, name: &str) -> Value {
         self.stored()["accounts"]
             .as_array()
             .unwrap()
@@ -203,7 +203,7 @@ impl Rig {
             .clone()
     }
 
-    pub fn stored_refresh_token(&self, name: &str) -> String {
+    pub(crate) fn stored_refresh_token(&self, name: &str) -> String {
         self.stored_account(name)["auth"]["refresh_token"]
             .as_str()
             .unwrap()
@@ -252,7 +252,7 @@ impl Rig {
     /// Fails if any token (or the payload of any JWT) appears in any command's output or in
     /// any log file of the store.
     #[track_caller]
-    pub fn assert_no_secret_leaked(&self) {
+    pub(crate) fn assert_no_secret_leaked(&self) {
         let secrets = self.all_secrets();
         assert!(
             !secrets.is_empty(),
@@ -297,7 +297,7 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Account `name` in the JSON of `accounts list --json` or `status --json`.
 #[track_caller]
-pub fn account<'a>(list: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn account<'a>(list: &'a Value, name: &str) -> &'a Value {
     list["accounts"]
         .as_array()
         .unwrap()
@@ -307,7 +307,7 @@ pub fn account<'a>(list: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The mode bits of a file or directory.
-pub fn mode(path: &Path) -> u32 {
+pub(crate) fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))

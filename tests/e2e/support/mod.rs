@@ -1,9 +1,9 @@
 //! What the end-to-end tests share that needs cs-tui itself (its library's types or its
 //! binary, `CARGO_BIN_EXE_cs-tui`); everything else is in `cs-tui-testkit`.
 
-pub mod accounts;
-pub mod product;
-pub mod session;
+pub(crate) mod accounts;
+pub(crate) mod product;
+pub(crate) mod session;
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 /// Starts `sh -c SCRIPT` with the cs-tui binary as `$0`, in a detached `width`×`height` tmux
 /// window in `cwd` with `env` added. The script runs `"$0"` and then shows what a person
 /// would find after cs-tui exits (its status, the terminal's mode, a shell prompt).
-pub fn cs_tui_under_sh(
+pub(crate) fn cs_tui_under_sh(
     width: u16,
     height: u16,
     cwd: &Path,
@@ -37,7 +37,7 @@ pub fn cs_tui_under_sh(
 }
 
 /// Waits for the first event matching `pred`, panicking after [`WAIT`] with what was seen.
-pub async fn wait_event(
+pub(crate) async fn wait_event(
     rx: &mut broadcast::Receiver<ProxyEvent>,
     what: &str,
     pred: impl Fn(&ProxyEvent) -> bool,

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use cs_tui_testkit::Tmux;
 
-pub struct Product {
+pub(crate) struct Product {
     pub mock: MockBackend,
     pub home: CodexHome,
     pub store: tempfile::TempDir,
@@ -23,7 +23,7 @@ pub struct Product {
 }
 
 /// `cs-tui` with its store, Codex home, Codex binary and refresh endpoint set for the test.
-pub fn cs_tui_command(store: &Path, home: &CodexHome, mock: &MockBackend) -> Command {
+pub(crate) fn cs_tui_command(store: &Path, home: &CodexHome, mock: &MockBackend) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cs-tui"));
     command
         .env("CS_TUI_HOME", store)
@@ -35,7 +35,7 @@ pub fn cs_tui_command(store: &Path, home: &CodexHome, mock: &MockBackend) -> Com
 }
 
 /// Runs `cs-tui ARGS` to completion; asserts it succeeded and returns its stdout.
-pub fn cs_tui(store: &Path, home: &CodexHome, mock: &MockBackend, args: &[&str]) -> String {
+pub(crate) fn cs_tui(store: &Path, home: &CodexHome, mock: &MockBackend, args: &[&str]) -> String {
     let out = cs_tui_command(store, home, mock)
         .args(args)
         .output()
@@ -49,7 +49,13 @@ pub fn cs_tui(store: &Path, home: &CodexHome, mock: &MockBackend, args: &[&str])
 }
 
 /// Stores `auth` as account `label` with `cs-tui accounts import`.
-pub fn import(store: &Path, home: &CodexHome, mock: &MockBackend, label: &str, auth: &Value) {
+pub(crate) fn import(
+    store: &Path,
+    home: &CodexHome,
+    mock: &MockBackend,
+    label: &str,
+    auth: &Value,
+) {
     let file = store.join(format!("{label}.auth.json"));
     std::fs::write(&file, auth.to_string()).unwrap();
     cs_tui(
@@ -67,17 +73,17 @@ pub fn import(store: &Path, home: &CodexHome, mock: &MockBackend, label: &str, a
     );
 }
 
-pub async fn start(labels: &[&str]) -> Product {
+pub(crate) async fn start(labels: &[&str]) -> Product {
     start_with(labels, |_| {}).await
 }
 
 /// Like [`start`], with a hook to set the mock up before cs-tui starts.
-pub async fn start_with(labels: &[&str], setup: impl FnOnce(&MockBackend)) -> Product {
+pub(crate) async fn start_with(labels: &[&str], setup: impl FnOnce(&MockBackend)) -> Product {
     start_configured(labels, |mock, _| setup(mock)).await
 }
 
 /// Like [`start_with`], with the Codex home to configure too.
-pub async fn start_configured(
+pub(crate) async fn start_configured(
     labels: &[&str],
     setup: impl FnOnce(&MockBackend, &CodexHome),
 ) -> Product {
@@ -122,12 +128,12 @@ pub async fn start_configured(
     }
 }
 
-pub fn ready(screen: &str) -> bool {
+pub(crate) fn ready(screen: &str) -> bool {
     screen.contains("Ask Codex to do anything") && screen.contains("gpt-5.1-codex")
 }
 
 /// The panel's text (right of the pane's border).
-pub fn panel(screen: &str) -> String {
+pub(crate) fn panel(screen: &str) -> String {
     screen
         .lines()
         .filter_map(|l| l.split_once('│').map(|(_, rest)| rest.to_owned()))
@@ -135,14 +141,14 @@ pub fn panel(screen: &str) -> String {
         .join("\n")
 }
 
-pub fn prompt(t: &Tmux, text: &str) {
+pub(crate) fn prompt(t: &Tmux, text: &str) {
     t.type_like_a_person(text);
     t.keys(&["Enter"]);
 }
 
 /// Pastes `text` into Codex's composer (bracketed, through the pane), sends it with Enter, and
 /// waits for `account`'s reply.
-pub fn paste_prompt(t: &Tmux, account: &str, text: &str) {
+pub(crate) fn paste_prompt(t: &Tmux, account: &str, text: &str) {
     t.paste(text);
     t.wait_for(WAIT, "the pasted prompt", |screen| {
         screen.contains(&format!("› {text}"))
@@ -156,7 +162,7 @@ pub fn paste_prompt(t: &Tmux, account: &str, text: &str) {
 
 /// Waits for Codex ready in the pane and the panel on `account` with the proxy ready, then
 /// sends `first` and waits for that account's reply.
-pub fn first_turn(t: &Tmux, account: &str, first: &str) {
+pub(crate) fn first_turn(t: &Tmux, account: &str, first: &str) {
     let active = format!("● {account}");
     t.wait_for(WAIT, "Codex and the panel", |s| {
         ready(s) && panel(s).contains(&active) && panel(s).contains("proxy ready")
@@ -167,7 +173,7 @@ pub fn first_turn(t: &Tmux, account: &str, first: &str) {
 }
 
 /// Quits with the hotkey and its confirmation; asserts cs-tui exited 0.
-pub fn quit(t: &Tmux) {
+pub(crate) fn quit(t: &Tmux) {
     t.keys(&["C-]", "q"]);
     t.wait_for(WAIT, "the quit question", |s| s.contains("Quit cs-tui?"));
     t.keys(&["y"]);
@@ -179,13 +185,13 @@ pub fn quit(t: &Tmux) {
 /// usage-limit message, a low-quota warning), polling as fast as tmux answers. Only the pane is
 /// read (the left 115 columns of the 160-column window): the panel beside it names limits on
 /// purpose.
-pub struct NeverShown {
+pub(crate) struct NeverShown {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl NeverShown {
-    pub fn start(tmux: &Tmux, needles: &[&str]) -> Self {
+    pub(crate) fn start(tmux: &Tmux, needles: &[&str]) -> Self {
         let socket = tmux.socket().to_owned();
         let needles: Vec<String> = needles.iter().map(|n| n.to_lowercase()).collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -219,7 +225,7 @@ impl NeverShown {
     }
 
     /// Stops watching; panics with the first screen that showed a needle.
-    pub fn assert_never_seen(mut self) {
+    pub(crate) fn assert_never_seen(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let seen = self
             .thread

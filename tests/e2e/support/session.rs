@@ -15,14 +15,18 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 /// Stores `auth` (an auth.json value) as account `label`, as `cs-tui accounts import` does.
-pub fn import(store_dir: &Path, label: &str, auth: &Value) {
+pub(crate) fn import(store_dir: &Path, label: &str, auth: &Value) {
     let file = store_dir.join(format!("{label}.auth.json"));
     std::fs::write(&file, auth.to_string()).unwrap();
     cs_tui::accounts::import_auth_file(&Store::open(store_dir), &file, Some(label)).unwrap();
 }
 
 /// Starts the session over the accounts stored in `store_dir`.
-pub async fn start_session(mock: &MockBackend, home: &CodexHome, store_dir: &Path) -> Session {
+pub(crate) async fn start_session(
+    mock: &MockBackend,
+    home: &CodexHome,
+    store_dir: &Path,
+) -> Session {
     let dir = StoreDirectory::new(
         store_dir,
         Backend {
@@ -49,7 +53,7 @@ pub async fn start_session(mock: &MockBackend, home: &CodexHome, store_dir: &Pat
 }
 
 /// The stored refresh token of account `name` (test-side: it is a secret).
-pub fn refresh_token(store: &Store, name: &str) -> String {
+pub(crate) fn refresh_token(store: &Store, name: &str) -> String {
     match &store.load().unwrap().resolve(name).unwrap().auth {
         AccountAuth::ChatGpt { refresh_token, .. } => refresh_token.expose().to_owned(),
         AccountAuth::ApiKey { .. } => panic!("not a ChatGPT account"),
@@ -57,7 +61,7 @@ pub fn refresh_token(store: &Store, name: &str) -> String {
 }
 
 /// A running session with its mock, Codex home, store and event stream.
-pub struct Rig {
+pub(crate) struct Rig {
     pub mock: MockBackend,
     pub home: CodexHome,
     pub store: tempfile::TempDir,
@@ -70,7 +74,7 @@ impl Rig {
     /// personal account. `setup` runs after the accounts exist and before the session starts:
     /// the session reads every account's usage at start, so a change made after it would race
     /// that first read.
-    pub async fn start(
+    pub(crate) async fn start(
         accounts: &[(&str, Option<&str>)],
         setup: impl FnOnce(&MockBackend),
     ) -> Self {
@@ -97,12 +101,12 @@ impl Rig {
     }
 
     /// The accounts store.
-    pub fn stored(&self) -> Store {
+    pub(crate) fn stored(&self) -> Store {
         Store::open(self.store.path())
     }
 
     /// The id of stored account `name`.
-    pub fn account_id(&self, name: &str) -> String {
+    pub(crate) fn account_id(&self, name: &str) -> String {
         self.stored()
             .load()
             .unwrap()
@@ -113,7 +117,7 @@ impl Rig {
     }
 
     /// A client as the Codex TUI connects: the session's URL and token, then `initialize`.
-    pub async fn tui_client(&self) -> WsClient {
+    pub(crate) async fn tui_client(&self) -> WsClient {
         let mut client = WsClient::connect(self.session.url(), self.session.token().expose()).await;
         client.initialize(json!("initialize")).await;
         client
