@@ -171,7 +171,7 @@ fn pane_pipeline(file: &Path, runtime: &tokio::runtime::Runtime) -> (Duration, u
             },
         )
         .unwrap();
-        let dashboard = Dashboard::new(SessionMode::Direct, Vec::new());
+        let dashboard = Dashboard::new(SessionMode::NoProxy, Vec::new());
         let mut pane = PaneScreen::new(
             layout.pane.height,
             layout.pane.width,

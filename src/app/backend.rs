@@ -21,7 +21,7 @@ use crate::proxy::session::{ProxyListener, Session, SessionOptions};
 use crate::proxy::store_directory::StoreDirectory;
 use crate::state::dashboard::{AccountView, StoredState};
 
-/// Set to `1` to run plain `codex` in the pane, without the proxy (no quota, no switching).
+/// Set to `1` for the no-proxy mode: `codex` alone in the pane (no quota, no switching).
 /// A development path: it lets the pane be used and tested on its own.
 pub(crate) const NO_PROXY_ENV: &str = "CS_TUI_NO_PROXY";
 
@@ -39,9 +39,9 @@ pub(crate) const DEV_COMMANDS_ENV: &str = "CS_TUI_DEV_COMMANDS";
 pub(crate) enum BackendKind {
     /// The switching proxy.
     Proxy,
-    /// Nothing: plain Codex.
-    Plain,
-    /// Plain Codex, with proxy events replayed from a file ([`DEV_EVENTS_ENV`]).
+    /// No proxy: Codex alone.
+    NoProxy,
+    /// No proxy, with proxy events replayed from a file ([`DEV_EVENTS_ENV`]).
     Replay,
 }
 
@@ -66,7 +66,7 @@ impl RemoteEndpoint {
 /// Everything the dashboard gets from the proxy.
 pub(crate) struct SessionBackend {
     pub kind: BackendKind,
-    /// `None`: plain Codex without `--remote` (the [`NO_PROXY_ENV`] path).
+    /// `None`: no proxy, Codex without `--remote` (the [`NO_PROXY_ENV`] path).
     pub remote: Option<RemoteEndpoint>,
     /// What the proxy did or saw. A closed channel is fine (nothing more will come).
     pub events: mpsc::UnboundedReceiver<ProxyEvent>,
@@ -84,11 +84,11 @@ pub(crate) struct SessionBackend {
 
 impl SessionBackend {
     /// No proxy: events never come, commands go nowhere.
-    pub(crate) fn direct() -> Self {
+    pub(crate) fn no_proxy() -> Self {
         let (_, events) = mpsc::unbounded_channel();
         let (commands, _) = mpsc::unbounded_channel();
         Self {
-            kind: BackendKind::Plain,
+            kind: BackendKind::NoProxy,
             remote: None,
             events,
             commands,
@@ -99,11 +99,11 @@ impl SessionBackend {
     }
 
     /// Whether the dashboard has no proxy to show or command.
-    pub(crate) fn is_direct(&self) -> bool {
-        self.kind == BackendKind::Plain
+    pub(crate) fn is_no_proxy(&self) -> bool {
+        self.kind == BackendKind::NoProxy
     }
 
-    /// Plain Codex, with events followed from `events_file` and commands appended to
+    /// No proxy, with events followed from `events_file` and commands appended to
     /// `commands_file`.
     pub(crate) fn replay(events_file: PathBuf, commands_file: Option<PathBuf>) -> Self {
         let (event_tx, events) = mpsc::unbounded_channel();
@@ -183,7 +183,7 @@ pub struct ProxySetup {
 
 /// Starts whatever sits in front of Codex for this session: normally (`proxy` given) the
 /// app-server and the switching proxy, logged in to the best stored account before Codex
-/// attaches; else plain Codex.
+/// attaches; else no proxy.
 pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBackend> {
     let Some(ProxySetup { options, imported }) = proxy else {
         return Ok(match std::env::var_os(DEV_EVENTS_ENV) {
@@ -191,7 +191,7 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
                 events.into(),
                 std::env::var_os(DEV_COMMANDS_ENV).map(PathBuf::from),
             ),
-            None => SessionBackend::direct(),
+            None => SessionBackend::no_proxy(),
         });
     };
     let store_dir = options.store_dir.clone();

@@ -83,7 +83,7 @@ impl Launch {
 
 /// `cs-tui [CODEX ARGS]`: Codex in the pane, the panel beside it, on `runtime` (shut down
 /// here: the terminal reader may be parked in a read). `proxy` is the switching proxy's setup,
-/// `None` for plain Codex ([`backend::proxy_wanted`]). Exits with Codex's code.
+/// `None` in the no-proxy mode ([`backend::proxy_wanted`]). Exits with Codex's code.
 pub fn run(
     runtime: tokio::runtime::Runtime,
     launch: Launch,
@@ -104,7 +104,7 @@ pub fn run(
         // The npm wrapper's Node start-up would delay Codex's first frame by ~130 ms.
         let (program, extra_env) = crate::process::codex::exec_target(program.as_os_str());
         let program = std::path::PathBuf::from(program);
-        tracing::info!(program = %program.display(), ?args, direct = backend.is_direct(), "starting codex");
+        tracing::info!(program = %program.display(), ?args, no_proxy = backend.is_no_proxy(), "starting codex");
         let spec = ChildSpec {
             program,
             args,
@@ -320,8 +320,8 @@ async fn event_loop(
     // Bounded: at most 16 reads (1 MiB) wait for the parser; the child waits beyond that.
     let (pty_tx, mut pty_rx) = mpsc::channel(16);
     let child = PtyChild::spawn(spec, layout.pane.height, layout.pane.width, pty_tx)?;
-    let mode = if backend.is_direct() {
-        SessionMode::Direct
+    let mode = if backend.is_no_proxy() {
+        SessionMode::NoProxy
     } else {
         SessionMode::Proxy
     };
@@ -624,7 +624,7 @@ impl<C: ChildIo> App<C> {
 
     fn on_action(&mut self, action: KeyAction) {
         let now = chrono::Utc::now();
-        let direct = self.dashboard.mode == SessionMode::Direct;
+        let no_proxy = self.dashboard.mode == SessionMode::NoProxy;
         match action {
             KeyAction::Send(bytes) => {
                 // Typing returns the view to the live screen, as terminals do.
@@ -652,7 +652,7 @@ impl<C: ChildIo> App<C> {
                     .unwrap_or(0);
                 self.overlay = Some(Overlay::Picker { selected });
             }
-            KeyAction::SwitchBest if direct => self
+            KeyAction::SwitchBest if no_proxy => self
                 .dashboard
                 .push_message("no proxy in this session: cannot switch", now),
             KeyAction::SwitchBest => {
@@ -677,7 +677,7 @@ impl<C: ChildIo> App<C> {
                     return;
                 };
                 if let Some(account) = self.dashboard.accounts.get(selected).cloned() {
-                    if direct {
+                    if no_proxy {
                         self.dashboard
                             .push_message("no proxy in this session: cannot switch", now);
                     } else if self.dashboard.active.as_deref() != Some(account.id.as_str()) {

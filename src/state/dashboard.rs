@@ -100,8 +100,8 @@ impl Notice {
 pub enum SessionMode {
     /// Codex runs with `--remote` through the switching proxy.
     Proxy,
-    /// Plain Codex, no proxy (the `CS_TUI_NO_PROXY` development path): no quota, no switching.
-    Direct,
+    /// No proxy (the `CS_TUI_NO_PROXY` development path): Codex alone, no quota, no switching.
+    NoProxy,
 }
 
 /// A burn sample of the active account.
@@ -140,7 +140,7 @@ impl Dashboard {
             mode,
             connection: match mode {
                 SessionMode::Proxy => ConnectionState::Starting,
-                SessionMode::Direct => ConnectionState::Ready { clients: 1 },
+                SessionMode::NoProxy => ConnectionState::Ready { clients: 1 },
             },
             active: None,
             accounts,

@@ -98,8 +98,8 @@ pub(crate) fn render_picker(
     buf: &mut Buffer,
 ) {
     let mut lines = Vec::new();
-    if dashboard.mode == SessionMode::Direct {
-        lines.push(Line::from("No proxy in this session: Codex runs plainly,"));
+    if dashboard.mode == SessionMode::NoProxy {
+        lines.push(Line::from("No proxy in this session: Codex runs alone,"));
         lines.push(Line::from("so it cannot switch accounts."));
     } else if dashboard.accounts.is_empty() {
         lines.push(Line::from("No stored accounts. Add one with"));

@@ -75,9 +75,9 @@ fn section(title: &str, width: usize) -> Line<'static> {
 }
 
 fn connection_text(dashboard: &Dashboard) -> (String, Color) {
-    if dashboard.mode == SessionMode::Direct {
+    if dashboard.mode == SessionMode::NoProxy {
         return (
-            "no proxy: plain codex, quota unknown".to_owned(),
+            "no proxy: quota unknown, no switching".to_owned(),
             Color::Yellow,
         );
     }
@@ -113,7 +113,7 @@ fn header_lines(dashboard: &Dashboard, lines: &mut Vec<Line<'static>>) {
                 lines.push(Line::styled(format!("  {email}"), DIM));
             }
         }
-        None if dashboard.mode == SessionMode::Direct => {
+        None if dashboard.mode == SessionMode::NoProxy => {
             lines.push(Line::from("○ the account in $CODEX_HOME"));
         }
         None => lines.push(Line::styled("○ no account yet", DIM)),
@@ -371,7 +371,7 @@ fn account_lines(
     let mut lines = Vec::new();
     if dashboard.accounts.is_empty() {
         lines.push(Line::styled(
-            if dashboard.mode == SessionMode::Direct {
+            if dashboard.mode == SessionMode::NoProxy {
                 "  none in use without the proxy"
             } else {
                 "  none stored: cs-tui accounts add"
@@ -633,11 +633,8 @@ pub(crate) fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Lin
     spans.push(Span::raw(" "));
     match dashboard.active_account() {
         Some(active) => spans.push(Span::styled(active.name.clone(), Style::new().bold())),
-        None if dashboard.mode == SessionMode::Direct => {
-            spans.push(Span::styled(
-                "plain codex (no proxy)",
-                Style::new().fg(Color::Yellow),
-            ));
+        None if dashboard.mode == SessionMode::NoProxy => {
+            spans.push(Span::styled("no proxy", Style::new().fg(Color::Yellow)));
         }
         None => spans.push(Span::styled("no account", DIM)),
     }

@@ -406,8 +406,8 @@ fn wide_terminal_shows_pane_and_panel() {
 }
 
 #[test]
-fn direct_mode_says_there_is_no_proxy() {
-    let d = Dashboard::new(SessionMode::Direct, Vec::new());
+fn no_proxy_mode_says_so() {
+    let d = Dashboard::new(SessionMode::NoProxy, Vec::new());
     insta::assert_snapshot!(render_panel_only(&d, 44, 16));
 }
 
