@@ -43,6 +43,8 @@ use crate::ui::{self, AppLayout, RenderContext, View};
 
 /// How long Codex gets to exit after a hang-up before it is killed.
 const CHILD_EXIT_GRACE: Duration = Duration::from_secs(3);
+/// Terminal reads that may fail in a row before the terminal counts as gone.
+const MAX_INPUT_ERRORS: u32 = 5;
 /// Output handled per loop turn before the loop looks at input and frames again.
 const OUTPUT_BATCH_BYTES: usize = 1 << 20;
 
@@ -345,6 +347,7 @@ async fn event_loop(
         .wrap_err("installing signal handlers")?;
     let mut proxy_open = true;
     let mut terminal_open = true;
+    let mut input_errors = 0u32;
     let mut proxy_starting = backend
         .started
         .take()
@@ -387,10 +390,19 @@ async fn event_loop(
                 }
             }
             event = terminal_events.next(), if terminal_open => match event {
-                Some(Ok(event)) => app.on_terminal_event(event),
+                Some(Ok(event)) => {
+                    input_errors = 0;
+                    app.on_terminal_event(event);
+                }
                 Some(Err(err)) => {
-                    tracing::warn!("terminal input: {err}");
-                    terminal_open = false;
+                    // One failed read (an interrupted poll, a size query that failed during a
+                    // resize) must not cost the keyboard for the rest of the session; a
+                    // terminal that keeps failing is gone.
+                    input_errors += 1;
+                    tracing::warn!(attempt = input_errors, "terminal input: {err}");
+                    if input_errors >= MAX_INPUT_ERRORS {
+                        terminal_open = false;
+                    }
                 }
                 None => terminal_open = false,
             },
@@ -577,6 +589,10 @@ impl<C: ChildIo> App<C> {
             Event::Key(key) if key.kind != KeyEventKind::Release => {
                 let modes = KeyModes::of(self.pane.screen());
                 let action = self.router.route(&key, self.overlay.as_ref(), modes);
+                if !matches!(action, KeyAction::Send(_) | KeyAction::Nothing) {
+                    // Hotkeys only: what is typed for Codex never reaches the log.
+                    tracing::debug!(?action, "hotkey");
+                }
                 self.on_action(action);
                 self.frames.request();
             }

@@ -198,7 +198,10 @@ async fn the_backend_sees_the_same_caller_with_and_without_cs_tui() {
             );
         }
     }
-    assert!(under_tui_name > 0, "no discovery under codex-tui's name\n{report}");
+    assert!(
+        under_tui_name > 0,
+        "no discovery under codex-tui's name\n{report}"
+    );
 }
 
 /// The starting account's usage read waits for the app-server's `User-Agent` (so that it goes
