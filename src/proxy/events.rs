@@ -6,13 +6,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::account_id::AccountId;
 use crate::quota::RateLimitSnapshot;
 
 /// A stored account as events name it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRef {
     /// The store's id of the account.
-    pub id: String,
+    pub id: AccountId,
     /// Its display name.
     pub name: String,
 }
@@ -163,7 +164,7 @@ pub enum ProxyEvent {
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum ProxyCommand {
     /// Switch to this stored account (store id) at the next turn boundary.
-    SwitchTo { account_id: String },
+    SwitchTo { account_id: AccountId },
     /// Switch to the best other usable account at the next turn boundary.
     SwitchBest,
     /// Re-read every account's usage now.
@@ -175,7 +176,7 @@ pub enum ProxyCommand {
     /// (`cs-tui accounts reset`). Answers the outcome (`reset`, `nothingToReset`, `noCredit`,
     /// `alreadyRedeemed`), or [`NOT_THE_ACTIVE_ACCOUNT`] when the session runs on another.
     ConsumeResetCredit {
-        account_id: String,
+        account_id: AccountId,
         idempotency_key: String,
     },
 }

@@ -144,8 +144,8 @@ impl<D: AccountDirectory> SwitchTask<D> {
             return Err(SwitchFailure::Refused(format!("unknown account {to}")));
         };
         let _ = self.events.send(ProxyEvent::SwitchStarted {
-            from: self.plan.from.as_deref().map(|f| AccountRef {
-                id: f.to_owned(),
+            from: self.plan.from.as_ref().map(|f| AccountRef {
+                id: f.clone(),
                 name: self.name(f),
             }),
             to: account.to_ref(),

@@ -410,7 +410,7 @@ fn a_usage_read_sent_before_a_limit_cannot_undo_it() {
             .all(|e| !matches!(e, ProxyEvent::RateLimitsUpdated { .. })),
         "older news is not shown"
     );
-    assert!(sim.state.quota("alice").unwrap().is_exhausted());
+    assert!(sim.state.quota(&"alice".into()).unwrap().is_exhausted());
     assert!(sim.state.limit_reported.contains("alice"));
 }
 
