@@ -242,7 +242,7 @@ impl CoreState {
                 .find(|a| &a.id == id)
                 .ok_or_else(|| format!("no stored account has id {id}"))?;
             let candidate = self.candidate(account);
-            policy::check_manual(&candidate, self.active.as_deref())?;
+            policy::check_manual(&candidate, self.active.as_ref())?;
             let candidates: Vec<Candidate> =
                 self.accounts.iter().map(|a| self.candidate(a)).collect();
             if let Some(limited) = policy::shared_workspace_limit(&candidate, &candidates) {
@@ -278,7 +278,7 @@ impl CoreState {
         let available = matches!(
             policy::choose_best(
                 &candidates,
-                self.active.as_deref(),
+                self.active.as_ref(),
                 now.unix(),
                 &self.config.policy
             ),

@@ -236,7 +236,10 @@ fn a_refresh_request_is_answered_for_the_active_seat() {
         seat("ben-solo", "solo", "user-ben"),
         seat("cat", "other", "user-cat"),
     ];
-    let target = |active, previous| refresh_target(&accounts, active, previous).map(|a| &a.id);
+    let target = |active: Option<&str>, previous| {
+        let active = active.map(AccountId::from);
+        refresh_target(&accounts, active.as_ref(), previous).map(|a| &a.id)
+    };
     // The active seat of the workspace, wherever it is stored.
     assert_eq!(target(Some("ben"), Some("team")).unwrap(), "ben");
     assert_eq!(target(Some("ann"), Some("team")).unwrap(), "ann");
