@@ -966,7 +966,11 @@ mod forward_compatibility_tests {
             serde_json::from_slice(&std::fs::read(store.accounts_path()).unwrap()).unwrap();
         assert_eq!(written["sync"]["peer"], "laptop");
         assert_eq!(written["format"], "cs-tui-accounts");
+        // Ids are the plain strings they were.
+        assert_eq!(written["active"], "a1");
         let work = &written["accounts"][0];
+        assert_eq!(work["id"], "a1");
+        assert_eq!(written["accounts"][1]["id"], "ééééééééé");
         assert_eq!(work["enabled"], false);
         assert_eq!(work["color"], "teal");
         assert_eq!(work["future_token"], "SECRET-FUTURE");

@@ -188,6 +188,38 @@ pub const NOT_THE_ACTIVE_ACCOUNT: &str = "that account is not the active account
 mod tests {
     use super::*;
 
+    /// The IPC wire and the event lines carry account ids as plain strings.
+    #[test]
+    fn account_ids_keep_their_wire_form() {
+        let id = AccountId::from("0123abcd");
+        let wire = [
+            (
+                ProxyCommand::SwitchTo {
+                    account_id: id.clone(),
+                },
+                r#"{"command":"switch_to","account_id":"0123abcd"}"#,
+            ),
+            (
+                ProxyCommand::ConsumeResetCredit {
+                    account_id: id.clone(),
+                    idempotency_key: "k1".into(),
+                },
+                r#"{"command":"consume_reset_credit","account_id":"0123abcd","idempotency_key":"k1"}"#,
+            ),
+        ];
+        for (command, json) in wire {
+            assert_eq!(serde_json::to_string(&command).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ProxyCommand>(json).unwrap(), command);
+        }
+        let account = AccountRef {
+            id,
+            name: "alice".into(),
+        };
+        let json = r#"{"id":"0123abcd","name":"alice"}"#;
+        assert_eq!(serde_json::to_string(&account).unwrap(), json);
+        assert_eq!(serde_json::from_str::<AccountRef>(json).unwrap(), account);
+    }
+
     #[test]
     fn rate_limits_updated_carries_the_quota_and_the_other_families_apart() {
         let event = ProxyEvent::RateLimitsUpdated {
