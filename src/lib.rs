@@ -11,7 +11,7 @@
 //! - [`cli`]: the command line's types; [`commands`]: one handler per command, and the one
 //!   [`commands::Env`] they share; [`ipc`]: the client of a running session's socket.
 
-pub(crate) mod account_id;
+pub mod account_id;
 pub mod accounts;
 pub mod app;
 #[cfg(test)]

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::store::Store;
 use super::tokens::Backend;
 use super::usage::get_fresh;
+use crate::account_id::AccountId;
 use crate::errors::with_hint;
 
 /// What an account has in reset credits.
@@ -103,7 +104,7 @@ pub(crate) async fn fetch_reset_credits_with(
     store: &Store,
     http: &reqwest::Client,
     backend: &Backend,
-    account_id: &str,
+    account_id: &AccountId,
 ) -> Result<ResetCredits> {
     let url = reset_credits_url(&backend.chatgpt_base_url);
     let (account, response) = get_fresh(store, http, backend, account_id, &url).await?;

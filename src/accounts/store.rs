@@ -17,6 +17,7 @@ use color_eyre::eyre::{Report, Result, WrapErr, eyre};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::account_id::AccountId;
 use crate::errors::with_hint;
 use crate::secret::Secret;
 
@@ -48,7 +49,7 @@ pub struct AccountsFile {
     pub version: u32,
     /// The id of the account the next session starts on.
     #[serde(default)]
-    pub active: Option<String>,
+    pub active: Option<AccountId>,
     #[serde(default)]
     pub accounts: Vec<Account>,
     /// Fields a newer cs-tui wrote: kept, and written back unchanged.
@@ -73,7 +74,7 @@ impl std::fmt::Debug for UnknownFields {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     /// cs-tui's own id (32 hex digits); never changes.
-    pub id: String,
+    pub id: AccountId,
     /// The user's name for it; unique in the store.
     pub name: String,
     #[serde(default)]
@@ -225,17 +226,17 @@ impl Default for AccountsFile {
 }
 
 impl AccountsFile {
-    pub fn get(&self, id: &str) -> Option<&Account> {
-        self.accounts.iter().find(|a| a.id == id)
+    pub fn get(&self, id: &AccountId) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.id == *id)
     }
 
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut Account> {
-        self.accounts.iter_mut().find(|a| a.id == id)
+    pub fn get_mut(&mut self, id: &AccountId) -> Option<&mut Account> {
+        self.accounts.iter_mut().find(|a| a.id == *id)
     }
 
     /// The account the next session starts on, if it is still stored.
     pub fn active_account(&self) -> Option<&Account> {
-        self.active.as_deref().and_then(|id| self.get(id))
+        self.active.as_ref().and_then(|id| self.get(id))
     }
 
     /// Finds an account by name, full id, or a unique id prefix of at least
@@ -250,7 +251,7 @@ impl AccountsFile {
         Ok(self.get_mut(&id).expect("resolve_id returns a stored id"))
     }
 
-    fn resolve_id(&self, query: &str) -> Result<String> {
+    fn resolve_id(&self, query: &str) -> Result<AccountId> {
         if let Some(a) = self.accounts.iter().find(|a| a.name == query) {
             return Ok(a.id.clone());
         }
@@ -313,9 +314,9 @@ impl AccountsFile {
     }
 
     /// Removes an account and forgets it as the active one.
-    pub fn remove(&mut self, id: &str) -> Option<Account> {
-        let index = self.accounts.iter().position(|a| a.id == id)?;
-        if self.active.as_deref() == Some(id) {
+    pub fn remove(&mut self, id: &AccountId) -> Option<Account> {
+        let index = self.accounts.iter().position(|a| a.id == *id)?;
+        if self.active.as_ref() == Some(id) {
             self.active = None;
         }
         Some(self.accounts.remove(index))
@@ -338,8 +339,8 @@ impl AccountsFile {
 }
 
 /// A new random account id.
-pub(crate) fn new_account_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+pub(crate) fn new_account_id() -> AccountId {
+    AccountId::new(uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// Checks that `name` can be typed on a command line and shown in a table.
@@ -483,7 +484,7 @@ impl Store {
             // The previous version becomes the backup, less any account removed now: its
             // tokens must not outlive it there.
             let mut backup = before.clone();
-            let removed: Vec<String> = before
+            let removed: Vec<AccountId> = before
                 .accounts
                 .iter()
                 .filter(|a| after.get(&a.id).is_none())
@@ -520,7 +521,7 @@ impl Store {
     }
 
     /// Takes the refresh lock of one account, blocking until it is free.
-    pub(crate) fn lock_refresh(&self, account_id: &str) -> Result<Flock<File>> {
+    pub(crate) fn lock_refresh(&self, account_id: &AccountId) -> Result<Flock<File>> {
         let dir = self.dir.join(REFRESH_LOCK_DIR);
         crate::paths::ensure_private_dir(&dir)
             .wrap_err_with(|| format!("creating {}", dir.display()))?;
@@ -532,7 +533,7 @@ impl Store {
 
     /// Forgets the refresh lock file of a removed account. Deleting a lock file someone waits on
     /// is harmless here: the waiter then finds the account gone and stops.
-    pub(crate) fn remove_refresh_lock(&self, account_id: &str) {
+    pub(crate) fn remove_refresh_lock(&self, account_id: &AccountId) {
         let _ = fs::remove_file(
             self.dir
                 .join(REFRESH_LOCK_DIR)
@@ -702,7 +703,7 @@ mod tests {
 
     fn chatgpt_account(name: &str, id: &str) -> Account {
         Account {
-            id: id.to_owned(),
+            id: AccountId::from(id),
             name: name.to_owned(),
             email: Some(format!("{name}@example.com")),
             plan: Some("plus".into()),
@@ -945,7 +946,7 @@ mod forward_compatibility_tests {
         let store = Store::open(dir.path());
         std::fs::write(store.accounts_path(), NEWER).unwrap();
         let file = store.load().unwrap();
-        let work = file.get("a1").unwrap();
+        let work = file.get(&"a1".into()).unwrap();
         assert!(matches!(&work.status, AccountStatus::Unknown { state, .. } if state == "paused"));
         assert!(!work.needs_login());
         // Debug names the unknown fields, never their values.
@@ -965,13 +966,27 @@ mod forward_compatibility_tests {
             serde_json::from_slice(&std::fs::read(store.accounts_path()).unwrap()).unwrap();
         assert_eq!(written["sync"]["peer"], "laptop");
         assert_eq!(written["format"], "cs-tui-accounts");
+        // Ids are the plain strings they were.
+        assert_eq!(written["active"], "a1");
         let work = &written["accounts"][0];
+        assert_eq!(work["id"], "a1");
+        assert_eq!(written["accounts"][1]["id"], "ééééééééé");
         assert_eq!(work["enabled"], false);
         assert_eq!(work["color"], "teal");
         assert_eq!(work["future_token"], "SECRET-FUTURE");
         assert_eq!(work["status"]["state"], "paused");
         assert_eq!(work["status"]["until"], "2027-01-01T00:00:00Z");
         // And it reads back the same.
-        assert_eq!(store.load().unwrap().get("a1").unwrap().unknown.0.len(), 2);
+        assert_eq!(
+            store
+                .load()
+                .unwrap()
+                .get(&"a1".into())
+                .unwrap()
+                .unknown
+                .0
+                .len(),
+            2
+        );
     }
 }

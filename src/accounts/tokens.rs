@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use super::codex_auth::{auth_json_path, read_auth_json, write_tokens_to_codex_auth};
 use super::store::{Account, AccountAuth, AccountStatus, Store};
+use crate::account_id::AccountId;
 use crate::errors::with_hint;
 use crate::secret::Secret;
 
@@ -88,7 +89,7 @@ impl Backend {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("account {name:?} needs a new login")]
 pub(crate) struct NeedsLogin {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub name: String,
     pub reason: String,
 }
@@ -156,7 +157,7 @@ pub(crate) async fn ensure_fresh_with(
     store: &Store,
     http: &reqwest::Client,
     backend: &Backend,
-    account_id: &str,
+    account_id: &AccountId,
     policy: RefreshPolicy,
 ) -> Result<Account> {
     let lock_store = store.clone();
@@ -294,7 +295,23 @@ pub(crate) async fn settle_refreshes(store: &Store) -> bool {
 /// live tokens: the stored ones are dead.
 static UNSAVED: LazyLock<Mutex<UnsavedMap>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
-type UnsavedMap = HashMap<(PathBuf, String), Unsaved>;
+type UnsavedMap = HashMap<UnsavedKey, Unsaved>;
+
+/// Which store refused the tokens, and of which account.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct UnsavedKey {
+    store: PathBuf,
+    account: AccountId,
+}
+
+impl UnsavedKey {
+    fn new(store: &Store, account: &AccountId) -> Self {
+        Self {
+            store: store.dir().to_owned(),
+            account: account.clone(),
+        }
+    }
+}
 
 #[derive(Clone)]
 struct Unsaved {
@@ -309,11 +326,11 @@ fn unsaved() -> std::sync::MutexGuard<'static, UnsavedMap> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn unsaved_ids(store: &Store) -> Vec<String> {
+fn unsaved_ids(store: &Store) -> Vec<AccountId> {
     unsaved()
         .keys()
-        .filter(|(dir, _)| dir == store.dir())
-        .map(|(_, id)| id.clone())
+        .filter(|key| key.store == store.dir())
+        .map(|key| key.account.clone())
         .collect()
 }
 
@@ -327,7 +344,7 @@ pub(crate) fn unsaved_token_accounts(store: &Store) -> Vec<String> {
 fn unsaved_names(store: &Store) -> Vec<(String, bool)> {
     unsaved()
         .iter()
-        .filter(|((dir, _), _)| dir == store.dir())
+        .filter(|(key, _)| key.store == store.dir())
         .map(|(_, u)| (u.account.name.clone(), u.in_codex_auth))
         .collect()
 }
@@ -335,8 +352,8 @@ fn unsaved_names(store: &Store) -> Vec<(String, bool)> {
 /// Stores the rotated tokens the store refused before, if any. Returns them when the store
 /// still refuses (they are the account's live tokens), `None` when there were none or they
 /// are stored now.
-fn save_unsaved(store: &Store, account_id: &str) -> Option<Account> {
-    let key = (store.dir().to_owned(), account_id.to_owned());
+fn save_unsaved(store: &Store, account_id: &AccountId) -> Option<Account> {
+    let key = UnsavedKey::new(store, account_id);
     let pending = unsaved().get(&key).cloned()?;
     let saved = store.update(|file| {
         let Some(stored) = file.get_mut(account_id) else {
@@ -441,7 +458,7 @@ impl RefreshTask {
             match stored {
                 Ok(Some(stored)) => {
                     tracing::info!(account = %stored.name, "stored refreshed tokens");
-                    unsaved().remove(&(self.store.dir().to_owned(), account.id.clone()));
+                    unsaved().remove(&UnsavedKey::new(&self.store, &account.id));
                     self.mirror_to_codex_auth(&stored);
                     return Ok(stored);
                 }
@@ -461,7 +478,7 @@ impl RefreshTask {
              stored at the account's next use"
         );
         let mut unsaved = unsaved();
-        let key = (self.store.dir().to_owned(), account.id.clone());
+        let key = UnsavedKey::new(&self.store, &account.id);
         // A refresh of tokens that were themselves never stored replaces what the store holds.
         let replaces = unsaved
             .get(&key)
@@ -515,7 +532,7 @@ fn removed(account: &Account) -> Report {
 fn adopt_codex_tokens(
     store: &Store,
     codex_home: Option<&Path>,
-    account_id: &str,
+    account_id: &AccountId,
 ) -> Result<(Account, bool)> {
     let file = store.load()?;
     let account = file.get(account_id).cloned().ok_or_else(|| {

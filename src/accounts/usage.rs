@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::store::{Account, AccountAuth, Store};
 use super::tokens::{Backend, RefreshPolicy, ensure_fresh_with};
+use crate::account_id::AccountId;
 use crate::errors::with_hint;
 use crate::quota::{AccountLimits, Credits, RateLimitSnapshot, RateLimitWindow, SpendLimit};
 
@@ -101,7 +102,7 @@ pub(crate) async fn fetch_usage_with(
     store: &Store,
     http: &reqwest::Client,
     backend: &Backend,
-    account_id: &str,
+    account_id: &AccountId,
 ) -> Result<UsageReport> {
     let url = usage_url(&backend.chatgpt_base_url);
     let (account, response) = get_fresh(store, http, backend, account_id, &url).await?;
@@ -141,7 +142,7 @@ pub(crate) async fn get_fresh(
     store: &Store,
     http: &reqwest::Client,
     backend: &Backend,
-    account_id: &str,
+    account_id: &AccountId,
     url: &str,
 ) -> Result<(Account, reqwest::Response)> {
     let account = ensure_fresh_with(store, http, backend, account_id, RefreshPolicy::IfDue).await?;

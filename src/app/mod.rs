@@ -696,7 +696,7 @@ impl<C: ChildIo> App<C> {
                     if no_proxy {
                         self.dashboard
                             .push_message("no proxy in this session: cannot switch", now);
-                    } else if self.dashboard.active.as_deref() != Some(account.id.as_str()) {
+                    } else if self.dashboard.active.as_ref() != Some(&account.id) {
                         let _ = self.commands.send(ProxyCommand::SwitchTo {
                             account_id: account.id.clone(),
                         });

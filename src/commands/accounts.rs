@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::Env;
 use super::output::{active_marker, emit, emit_json, relative_time, table, yes_no};
+use crate::account_id::AccountId;
 use crate::accounts::codex_auth::auth_json_path;
 use crate::accounts::store::validate_name;
 use crate::accounts::tokens::relogin_command;
@@ -184,7 +185,7 @@ fn add(ctx: &Context, args: AddArgs) -> Result<ExitCode> {
 /// One account in `accounts list --json`.
 #[derive(Serialize)]
 struct AccountJson<'a> {
-    id: &'a str,
+    id: &'a AccountId,
     name: &'a str,
     email: Option<&'a str>,
     plan: Option<&'a str>,
@@ -205,7 +206,7 @@ struct AccountJson<'a> {
 
 #[derive(Serialize)]
 struct ListJson<'a> {
-    active: Option<&'a str>,
+    active: Option<&'a AccountId>,
     accounts: Vec<AccountJson<'a>>,
 }
 
@@ -230,7 +231,7 @@ fn account_json<'a>(file: &'a AccountsFile, account: &'a Account) -> AccountJson
         kind: kind(account),
         chatgpt_account_id: account.chatgpt_account_id.as_deref(),
         enabled: account.enabled,
-        active: file.active.as_deref() == Some(account.id.as_str()),
+        active: file.active.as_ref() == Some(&account.id),
         status,
         status_reason,
         created_at: account.created_at,
@@ -247,7 +248,7 @@ fn list(ctx: &Context, args: ListArgs) -> Result<ExitCode> {
     let file = ctx.store.load()?;
     if args.json {
         emit_json(&ListJson {
-            active: file.active_account().map(|a| a.id.as_str()),
+            active: file.active_account().map(|a| &a.id),
             accounts: file
                 .accounts
                 .iter()
@@ -357,7 +358,7 @@ fn remove(ctx: &Context, query: &str, yes: bool) -> Result<ExitCode> {
         }
     }
     let (removed, was_active) = ctx.store.update(|file| {
-        let was_active = file.active.as_deref() == Some(target.id.as_str());
+        let was_active = file.active.as_ref() == Some(&target.id);
         let removed = file.remove(&target.id).ok_or_else(|| {
             eyre!(
                 "account {:?} was removed by another process meanwhile",

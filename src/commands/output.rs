@@ -24,7 +24,7 @@ pub(super) fn emit_json(value: &impl Serialize) -> Result<()> {
 }
 
 pub(super) fn active_marker(file: &AccountsFile, account: &Account) -> String {
-    if file.active.as_deref() == Some(account.id.as_str()) {
+    if file.active.as_ref() == Some(&account.id) {
         "*".into()
     } else {
         String::new()

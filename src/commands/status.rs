@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::Env;
 use super::accounts::Context;
 use super::output::{active_marker, emit, emit_json, relative_time, table, yes_no};
+use crate::account_id::AccountId;
 use crate::accounts::reset_credits::{ResetCredits, fetch_reset_credits_with};
 use crate::accounts::tokens::relogin_command;
 use crate::accounts::{AccountsFile, Backend, UsageReport, fetch_usage_with, needs_login};
@@ -93,7 +94,7 @@ struct LimitJson<'a> {
 /// One account in `status --json`.
 #[derive(Serialize)]
 struct StatusJson<'a> {
-    id: &'a str,
+    id: &'a AccountId,
     name: &'a str,
     email: Option<&'a str>,
     plan: Option<&'a str>,
@@ -288,7 +289,7 @@ fn status_json<'a>(
                 name: &account.name,
                 email: account.email.as_deref(),
                 plan: account.plan.as_deref(),
-                active: file.active.as_deref() == Some(account.id.as_str()),
+                active: file.active.as_ref() == Some(&account.id),
                 enabled: account.enabled,
                 state: outcome.state(),
                 error: None,

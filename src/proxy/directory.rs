@@ -31,7 +31,7 @@ pub struct DirAccount {
 impl DirAccount {
     pub fn to_ref(&self) -> AccountRef {
         AccountRef {
-            id: self.id.to_string(),
+            id: self.id.clone(),
             name: self.name.clone(),
         }
     }
@@ -55,17 +55,17 @@ pub trait AccountDirectory: Clone + Send + Sync + 'static {
     /// Every stored account.
     fn list(&self) -> impl Future<Output = Result<Vec<DirAccount>>> + Send;
     /// The account the user chose for the next session (`cs-tui accounts use`).
-    fn preferred(&self) -> impl Future<Output = Result<Option<String>>> + Send;
+    fn preferred(&self) -> impl Future<Output = Result<Option<AccountId>>> + Send;
     /// Fresh tokens for an account; `force_refresh` after the backend rejected its token.
     fn login_tokens(
         &self,
-        id: &str,
+        id: &AccountId,
         force_refresh: bool,
     ) -> impl Future<Output = Result<LoginTokens>> + Send;
     /// The account's limits (every family) from `/wham/usage`.
-    fn fetch_usage(&self, id: &str) -> impl Future<Output = Result<AccountLimits>> + Send;
+    fn fetch_usage(&self, id: &AccountId) -> impl Future<Output = Result<AccountLimits>> + Send;
     /// Records that the session now runs on this account.
-    fn mark_active(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn mark_active(&self, id: &AccountId) -> impl Future<Output = Result<()>> + Send;
     /// Names of accounts whose refreshed tokens the store refused: they live in memory only
     /// until a write succeeds.
     fn unsaved_tokens(&self) -> Vec<String> {
@@ -77,7 +77,7 @@ pub trait AccountDirectory: Clone + Send + Sync + 'static {
     /// The account's rate-limit reset credits; `None` where the directory cannot read them.
     fn fetch_reset_credits(
         &self,
-        _id: &str,
+        _id: &AccountId,
     ) -> impl Future<Output = Result<Option<crate::accounts::reset_credits::ResetCredits>>> + Send
     {
         async { Ok(None) }

@@ -6,13 +6,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::account_id::AccountId;
 use crate::quota::RateLimitSnapshot;
 
 /// A stored account as events name it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRef {
     /// The store's id of the account.
-    pub id: String,
+    pub id: AccountId,
     /// Its display name.
     pub name: String,
 }
@@ -163,7 +164,7 @@ pub enum ProxyEvent {
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum ProxyCommand {
     /// Switch to this stored account (store id) at the next turn boundary.
-    SwitchTo { account_id: String },
+    SwitchTo { account_id: AccountId },
     /// Switch to the best other usable account at the next turn boundary.
     SwitchBest,
     /// Re-read every account's usage now.
@@ -175,7 +176,7 @@ pub enum ProxyCommand {
     /// (`cs-tui accounts reset`). Answers the outcome (`reset`, `nothingToReset`, `noCredit`,
     /// `alreadyRedeemed`), or [`NOT_THE_ACTIVE_ACCOUNT`] when the session runs on another.
     ConsumeResetCredit {
-        account_id: String,
+        account_id: AccountId,
         idempotency_key: String,
     },
 }
@@ -186,6 +187,38 @@ pub const NOT_THE_ACTIVE_ACCOUNT: &str = "that account is not the active account
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The IPC wire and the event lines carry account ids as plain strings.
+    #[test]
+    fn account_ids_keep_their_wire_form() {
+        let id = AccountId::from("0123abcd");
+        let wire = [
+            (
+                ProxyCommand::SwitchTo {
+                    account_id: id.clone(),
+                },
+                r#"{"command":"switch_to","account_id":"0123abcd"}"#,
+            ),
+            (
+                ProxyCommand::ConsumeResetCredit {
+                    account_id: id.clone(),
+                    idempotency_key: "k1".into(),
+                },
+                r#"{"command":"consume_reset_credit","account_id":"0123abcd","idempotency_key":"k1"}"#,
+            ),
+        ];
+        for (command, json) in wire {
+            assert_eq!(serde_json::to_string(&command).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ProxyCommand>(json).unwrap(), command);
+        }
+        let account = AccountRef {
+            id,
+            name: "alice".into(),
+        };
+        let json = r#"{"id":"0123abcd","name":"alice"}"#;
+        assert_eq!(serde_json::to_string(&account).unwrap(), json);
+        assert_eq!(serde_json::from_str::<AccountRef>(json).unwrap(), account);
+    }
 
     #[test]
     fn rate_limits_updated_carries_the_quota_and_the_other_families_apart() {

@@ -80,6 +80,7 @@ pub fn read_recent(path: &Path, n: usize) -> Vec<SwitchRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account_id::AccountId;
 
     #[test]
     fn appends_and_reads_back_skipping_garbage() {
@@ -92,7 +93,7 @@ mod tests {
                     at: Utc::now(),
                     from: None,
                     to: AccountRef {
-                        id: format!("id{i}"),
+                        id: AccountId::new(format!("id{i}")),
                         name: format!("n{i}"),
                     },
                     reason: SwitchReason::Manual,

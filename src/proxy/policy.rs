@@ -193,14 +193,14 @@ fn usable(candidate: &Candidate, config: &PolicyConfig) -> bool {
 /// of the best, the earliest reset wins.
 pub fn choose_best(
     candidates: &[Candidate],
-    active: Option<&str>,
+    active: Option<&AccountId>,
     now: i64,
     config: &PolicyConfig,
 ) -> Choice {
     let limited = limited_workspaces(candidates);
     let eligible: Vec<&Candidate> = candidates
         .iter()
-        .filter(|c| Some(c.id.as_str()) != active)
+        .filter(|c| Some(&c.id) != active)
         .filter(|c| c.enabled)
         // A workspace limit is shared by every seat of that workspace.
         .filter(|c| c.workspace.as_deref().is_none_or(|w| !limited.contains(&w)))
@@ -241,8 +241,8 @@ pub fn choose_best(
 /// Checks a manual switch to a named account: refused when it is the active one or needs a
 /// login. Cooldown and the enabled flag do not apply: the user asked for it. Exhaustion is
 /// checked later, on fresh numbers (the cached ones may predate a reset).
-pub fn check_manual(candidate: &Candidate, active: Option<&str>) -> Result<(), String> {
-    if Some(candidate.id.as_str()) == active {
+pub fn check_manual(candidate: &Candidate, active: Option<&AccountId>) -> Result<(), String> {
+    if Some(&candidate.id) == active {
         return Err(format!("{} is already the active account", candidate.name));
     }
     if candidate.needs_login {
@@ -255,10 +255,10 @@ pub fn check_manual(candidate: &Candidate, active: Option<&str>) -> Result<(), S
 }
 
 /// The earliest time any account other than `active` becomes usable again.
-pub fn earliest_reset(candidates: &[Candidate], active: Option<&str>) -> Option<i64> {
+pub fn earliest_reset(candidates: &[Candidate], active: Option<&AccountId>) -> Option<i64> {
     candidates
         .iter()
-        .filter(|c| Some(c.id.as_str()) != active && !c.needs_login)
+        .filter(|c| Some(&c.id) != active && !c.needs_login)
         .filter_map(|c| c.snapshot.as_ref()?.available_again_at())
         .min()
 }
@@ -433,7 +433,7 @@ mod tests {
         ];
         for (name, candidates, want) in cases {
             assert_eq!(
-                choose_best(&candidates, Some("active"), now, &config),
+                choose_best(&candidates, Some(&"active".into()), now, &config),
                 want,
                 "{name}"
             );
@@ -457,14 +457,19 @@ mod tests {
         assert_eq!(
             choose_best(
                 &[alice.clone(), bob.clone(), carol],
-                Some("active"),
+                Some(&"active".into()),
                 0,
                 &config
             ),
             Choice::Switch { to: "carol".into() }
         );
         assert!(matches!(
-            choose_best(&[alice.clone(), bob.clone()], Some("active"), 0, &config),
+            choose_best(
+                &[alice.clone(), bob.clone()],
+                Some(&"active".into()),
+                0,
+                &config
+            ),
             Choice::NoneAvailable { .. }
         ));
         let all = [alice, bob.clone()];
@@ -477,7 +482,7 @@ mod tests {
         personal.rate_limit_reached_type = Some("rate_limit_reached".into());
         let alice = seat("active", personal);
         assert_eq!(
-            choose_best(&[alice, bob], Some("active"), 0, &config),
+            choose_best(&[alice, bob], Some(&"active".into()), 0, &config),
             Choice::Switch { to: "bob".into() }
         );
     }
@@ -487,11 +492,11 @@ mod tests {
         let mut c = cand("bob", Some(snap(Some((10.0, 1)), None)));
         c.enabled = false;
         c.switched_away_at = Some(0);
-        assert_eq!(check_manual(&c, Some("alice")), Ok(()));
-        assert!(check_manual(&c, Some("bob")).is_err());
+        assert_eq!(check_manual(&c, Some(&"alice".into())), Ok(()));
+        assert!(check_manual(&c, Some(&"bob".into())).is_err());
         c.needs_login = true;
         assert!(
-            check_manual(&c, Some("alice"))
+            check_manual(&c, Some(&"alice".into()))
                 .unwrap_err()
                 .contains("accounts add")
         );

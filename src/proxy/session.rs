@@ -660,7 +660,7 @@ async fn plan_start<D: AccountDirectory>(dir: &D, config: &PolicyConfig) -> Resu
     let preferred = dir.preferred().await.ok().flatten();
     let first = switchable
         .iter()
-        .find(|a| preferred.as_deref() == Some(a.id.as_str()))
+        .find(|a| preferred.as_ref() == Some(&a.id))
         .or_else(|| switchable.iter().find(|a| a.enabled))
         .unwrap_or(&switchable[0]);
     let mut order = vec![first.id.clone()];

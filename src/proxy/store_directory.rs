@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use chrono::Utc;
 use color_eyre::eyre::{Result, eyre};
 
+use crate::account_id::AccountId;
 use crate::accounts::{self, Account, AccountAuth, AccountStatus, Backend, RefreshPolicy, Store};
 use crate::proxy::directory::{AccountDirectory, DirAccount, LoginTokens};
 use crate::quota::AccountLimits;
@@ -69,7 +70,7 @@ impl StoreDirectory {
 
 fn dir_account(account: &Account) -> DirAccount {
     DirAccount {
-        id: account.id.clone().into(),
+        id: account.id.clone(),
         name: account.name.clone(),
         email: account.email.clone(),
         plan: account.plan.clone(),
@@ -90,14 +91,14 @@ impl AccountDirectory for StoreDirectory {
         Ok(file.accounts.iter().map(dir_account).collect())
     }
 
-    async fn preferred(&self) -> Result<Option<String>> {
+    async fn preferred(&self) -> Result<Option<AccountId>> {
         let store = self.store.clone();
         Ok(tokio::task::spawn_blocking(move || store.load())
             .await??
             .active)
     }
 
-    async fn login_tokens(&self, id: &str, force_refresh: bool) -> Result<LoginTokens> {
+    async fn login_tokens(&self, id: &AccountId, force_refresh: bool) -> Result<LoginTokens> {
         let policy = if force_refresh {
             RefreshPolicy::AfterUnauthorized
         } else {
@@ -122,7 +123,7 @@ impl AccountDirectory for StoreDirectory {
         }
     }
 
-    async fn fetch_usage(&self, id: &str) -> Result<AccountLimits> {
+    async fn fetch_usage(&self, id: &AccountId) -> Result<AccountLimits> {
         Ok(
             accounts::fetch_usage_with(&self.store, &self.http().await, &self.backend, id)
                 .await?
@@ -134,13 +135,13 @@ impl AccountDirectory for StoreDirectory {
         accounts::unsaved_token_accounts(&self.store)
     }
 
-    async fn mark_active(&self, id: &str) -> Result<()> {
+    async fn mark_active(&self, id: &AccountId) -> Result<()> {
         let store = self.store.clone();
-        let id = id.to_owned();
+        let id = id.clone();
         tokio::task::spawn_blocking(move || {
             store.update(|file| {
                 file.active = Some(id.clone());
-                if let Some(account) = file.accounts.iter_mut().find(|a| a.id == id) {
+                if let Some(account) = file.get_mut(&id) {
                     account.last_used_at = Some(Utc::now());
                 }
                 Ok(())
@@ -151,7 +152,7 @@ impl AccountDirectory for StoreDirectory {
 
     async fn fetch_reset_credits(
         &self,
-        id: &str,
+        id: &AccountId,
     ) -> Result<Option<accounts::reset_credits::ResetCredits>> {
         let http = self.http().await;
         accounts::reset_credits::fetch_reset_credits_with(&self.store, &http, &self.backend, id)

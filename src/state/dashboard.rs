@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::account_id::AccountId;
 use crate::accounts::reset_credits::ResetCredits;
 use crate::pace::UsageSample;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent};
@@ -18,7 +19,7 @@ const LOG_LIMIT: usize = 50;
 #[derive(Clone, Debug, PartialEq)]
 pub struct AccountView {
     /// The store's id.
-    pub id: String,
+    pub id: AccountId,
     pub name: String,
     pub email: Option<String>,
     pub plan: Option<String>,
@@ -31,7 +32,7 @@ pub struct AccountView {
 }
 
 impl AccountView {
-    pub fn new(id: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(id: impl Into<AccountId>, name: impl Into<String>) -> Self {
         Self {
             id: id.into(),
             name: name.into(),
@@ -107,7 +108,7 @@ pub enum SessionMode {
 /// A burn sample of the active account.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BurnSample {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub at: i64,
     pub five_hour: Option<f64>,
     pub weekly: Option<f64>,
@@ -119,7 +120,7 @@ pub struct Dashboard {
     pub mode: SessionMode,
     pub connection: ConnectionState,
     /// The store id of the account the session uses.
-    pub active: Option<String>,
+    pub active: Option<AccountId>,
     pub accounts: Vec<AccountView>,
     pub turns_running: usize,
     /// Burn samples of whichever account was active, oldest first.
@@ -129,9 +130,9 @@ pub struct Dashboard {
     /// Newest last.
     pub notices: Vec<Notice>,
     /// A switch is under way to this account.
-    pub switching_to: Option<String>,
+    pub switching_to: Option<AccountId>,
     /// Rate-limit reset credits by account id, as last read.
-    pub reset_credits: std::collections::BTreeMap<String, ResetCredits>,
+    pub reset_credits: std::collections::BTreeMap<AccountId, ResetCredits>,
 }
 
 impl Dashboard {
@@ -176,7 +177,7 @@ impl Dashboard {
             .iter()
             .filter(usable)
             .filter(with_credit)
-            .find(|a| self.active.as_deref() == Some(a.id.as_str()));
+            .find(|a| self.active.as_ref() == Some(&a.id));
         active.or_else(|| {
             self.accounts
                 .iter()
@@ -190,12 +191,12 @@ impl Dashboard {
         })
     }
 
-    pub fn account(&self, id: &str) -> Option<&AccountView> {
-        self.accounts.iter().find(|a| a.id == id)
+    pub fn account(&self, id: &AccountId) -> Option<&AccountView> {
+        self.accounts.iter().find(|a| a.id == *id)
     }
 
     pub fn active_account(&self) -> Option<&AccountView> {
-        self.active.as_deref().and_then(|id| self.account(id))
+        self.active.as_ref().and_then(|id| self.account(id))
     }
 
     /// An account the events name that the store did not list (added while running).
@@ -204,7 +205,7 @@ impl Dashboard {
             Some(index) => index,
             None => {
                 self.accounts
-                    .push(AccountView::new(&account.id, &account.name));
+                    .push(AccountView::new(account.id.clone(), &account.name));
                 self.accounts.len() - 1
             }
         };
@@ -231,7 +232,7 @@ impl Dashboard {
             StoredState::NeedsLogin => return AccountState::NeedsLogin,
             StoredState::Ready => {}
         }
-        if self.active.as_deref() == Some(account.id.as_str()) {
+        if self.active.as_ref() == Some(&account.id) {
             return AccountState::Active;
         }
         match &account.snapshot {
@@ -273,7 +274,7 @@ impl Dashboard {
                     view.plan.clone_from(&snapshot.plan_type);
                 }
                 let merged = view.snapshot.clone().unwrap_or_default();
-                if self.active.as_deref() == Some(account.id.as_str()) {
+                if self.active.as_ref() == Some(&account.id) {
                     self.record_sample(&account.id, &merged, at.timestamp());
                 }
             }
@@ -421,19 +422,19 @@ impl Dashboard {
 
     /// The session now uses `id`. Its last known numbers start its burn history, so the
     /// chart and the rate do not wait for the next turn.
-    fn make_active(&mut self, id: &str, at: i64) {
-        if self.active.as_deref() == Some(id) {
+    fn make_active(&mut self, id: &AccountId, at: i64) {
+        if self.active.as_ref() == Some(id) {
             return;
         }
-        self.active = Some(id.to_owned());
+        self.active = Some(id.clone());
         if let Some(snapshot) = self.account(id).and_then(|a| a.snapshot.clone()) {
             self.record_sample(id, &snapshot, at);
         }
     }
 
-    fn record_sample(&mut self, account_id: &str, snapshot: &RateLimitSnapshot, at: i64) {
+    fn record_sample(&mut self, account_id: &AccountId, snapshot: &RateLimitSnapshot, at: i64) {
         self.history.push(BurnSample {
-            account_id: account_id.to_owned(),
+            account_id: account_id.clone(),
             at,
             five_hour: snapshot.five_hour().map(|w| w.used_percent),
             weekly: snapshot.weekly().map(|w| w.used_percent),
@@ -445,12 +446,12 @@ impl Dashboard {
 
     /// The active account's samples of one window, oldest first, for the burn rate.
     pub fn samples(&self, kind: WindowKind) -> Vec<UsageSample> {
-        let Some(active) = self.active.as_deref() else {
+        let Some(active) = &self.active else {
             return Vec::new();
         };
         self.history
             .iter()
-            .filter(|s| s.account_id == active)
+            .filter(|s| s.account_id == *active)
             .filter_map(|s| {
                 let used = match kind {
                     WindowKind::FiveHour => s.five_hour,
@@ -479,7 +480,7 @@ mod tests {
 
     fn account(id: &str) -> AccountRef {
         AccountRef {
-            id: id.to_owned(),
+            id: AccountId::from(id),
             name: id.to_owned(),
         }
     }

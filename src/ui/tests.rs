@@ -5,6 +5,7 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use super::*;
+use crate::account_id::AccountId;
 use crate::config::PanelConfig;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent, SwitchReason};
 use crate::pty::queries::OuterColors;
@@ -35,7 +36,7 @@ fn ctx() -> RenderContext<'static> {
 
 fn account(id: &str) -> AccountRef {
     AccountRef {
-        id: id.to_owned(),
+        id: AccountId::from(id),
         name: id.to_owned(),
     }
 }

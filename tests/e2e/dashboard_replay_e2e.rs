@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
+use cs_tui::account_id::AccountId;
 use cs_tui::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
 use cs_tui::quota::{RateLimitSnapshot, RateLimitWindow};
 use cs_tui_testkit::Tmux;
@@ -18,7 +19,7 @@ use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
 
 fn account(name: &str) -> AccountRef {
     AccountRef {
-        id: format!("id-{name}"),
+        id: AccountId::new(format!("id-{name}")),
         name: name.to_owned(),
     }
 }

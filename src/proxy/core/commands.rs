@@ -15,7 +15,7 @@ impl CoreState {
     pub(super) fn command(&mut self, command: ProxyCommand, now: Now, fx: &mut Effects) {
         let answer = match command {
             ProxyCommand::SwitchTo { account_id } => {
-                self.request_manual(Target::Account(account_id.into()), now, fx)
+                self.request_manual(Target::Account(account_id), now, fx)
             }
             ProxyCommand::SwitchBest => self.request_manual(Target::Best, now, fx),
             ProxyCommand::RefreshUsage => {
@@ -30,7 +30,7 @@ impl CoreState {
                 account_id,
                 idempotency_key,
             } => {
-                self.consume_reset_credit(account_id.into(), idempotency_key, fx);
+                self.consume_reset_credit(account_id, idempotency_key, fx);
                 return;
             }
         };
@@ -45,7 +45,7 @@ impl CoreState {
         idempotency_key: String,
         fx: &mut Effects,
     ) {
-        if self.active.as_deref() != Some(account_id.as_str()) {
+        if self.active.as_ref() != Some(&account_id) {
             fx.push(Effect::Reply(Err(
                 crate::proxy::events::NOT_THE_ACTIVE_ACCOUNT.to_owned(),
             )));

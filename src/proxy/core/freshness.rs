@@ -56,11 +56,11 @@ impl CoreState {
 
     /// Reads the reset credits of every ChatGPT account (or of `only`) and announces them
     /// (they change rarely: at each usage poll is often enough).
-    fn poll_reset_credits(&self, only: Option<&str>, fx: &mut Effects) {
+    fn poll_reset_credits(&self, only: Option<&AccountId>, fx: &mut Effects) {
         let accounts: Vec<AccountRef> = self
             .accounts
             .iter()
-            .filter(|a| a.switchable() && only.is_none_or(|id| a.id == id))
+            .filter(|a| a.switchable() && only.is_none_or(|id| a.id == *id))
             .map(DirAccount::to_ref)
             .collect();
         fx.push(Effect::ReadResetCredits(accounts));

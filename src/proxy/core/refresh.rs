@@ -6,6 +6,7 @@
 
 use serde_json::Value;
 
+use crate::account_id::AccountId;
 use crate::proxy::directory::DirAccount;
 use crate::proxy::rpc::{RefreshParams, method};
 
@@ -34,7 +35,7 @@ impl CoreState {
         });
         let account = refresh_target(
             &self.accounts,
-            self.active.as_deref(),
+            self.active.as_ref(),
             params.previous_account_id.as_deref(),
         )
         .cloned();
@@ -48,10 +49,10 @@ impl CoreState {
 /// the only one. Without `previousAccountId`, the active account.
 pub(super) fn refresh_target<'a>(
     accounts: &'a [DirAccount],
-    active: Option<&str>,
+    active: Option<&AccountId>,
     previous_account_id: Option<&str>,
 ) -> Option<&'a DirAccount> {
-    let active = active.and_then(|id| accounts.iter().find(|a| a.id == id));
+    let active = active.and_then(|id| accounts.iter().find(|a| a.id == *id));
     let Some(workspace) = previous_account_id else {
         return active;
     };

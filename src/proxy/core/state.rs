@@ -217,19 +217,19 @@ impl CoreState {
         });
     }
 
-    pub(super) fn account_ref(&self, id: &str) -> AccountRef {
+    pub(super) fn account_ref(&self, id: &AccountId) -> AccountRef {
         self.accounts
             .iter()
-            .find(|a| a.id == id)
+            .find(|a| a.id == *id)
             .map(DirAccount::to_ref)
             .unwrap_or_else(|| AccountRef {
-                id: id.to_owned(),
-                name: id.to_owned(),
+                id: id.clone(),
+                name: id.to_string(),
             })
     }
 
     /// Tells what is known of an account's limits: its quota and its other families.
-    pub(super) fn emit_limits(&self, id: &str, now: Now, fx: &mut Effects) {
+    pub(super) fn emit_limits(&self, id: &AccountId, now: Now, fx: &mut Effects) {
         let Some(limits) = self.snapshots.get(id) else {
             return;
         };
@@ -242,7 +242,7 @@ impl CoreState {
     }
 
     /// An account's quota (the `codex` family), if known.
-    pub(super) fn quota(&self, id: &str) -> Option<&RateLimitSnapshot> {
+    pub(super) fn quota(&self, id: &AccountId) -> Option<&RateLimitSnapshot> {
         self.snapshots.get(id).and_then(AccountLimits::quota)
     }
 

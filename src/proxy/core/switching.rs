@@ -163,7 +163,7 @@ impl CoreState {
                     .as_millis() as u64;
                 let record = SwitchRecord {
                     at,
-                    from: from.as_deref().map(|f| self.account_ref(f)),
+                    from: from.as_ref().map(|f| self.account_ref(f)),
                     to: self.account_ref(&to),
                     reason: outcome.pending_reason,
                     from_usage: from
@@ -214,7 +214,7 @@ impl CoreState {
                 self.give_up_reruns(fx);
                 tracing::error!(%error, "switch failed");
                 fx.emit(ProxyEvent::SwitchFailed {
-                    from: outcome.from.as_deref().map(|f| self.account_ref(f)),
+                    from: outcome.from.as_ref().map(|f| self.account_ref(f)),
                     to: self.account_ref(&to),
                     reason: outcome.pending_reason,
                     error,
@@ -242,7 +242,7 @@ impl CoreState {
                 .find(|a| &a.id == id)
                 .ok_or_else(|| format!("no stored account has id {id}"))?;
             let candidate = self.candidate(account);
-            policy::check_manual(&candidate, self.active.as_deref())?;
+            policy::check_manual(&candidate, self.active.as_ref())?;
             let candidates: Vec<Candidate> =
                 self.accounts.iter().map(|a| self.candidate(a)).collect();
             if let Some(limited) = policy::shared_workspace_limit(&candidate, &candidates) {
@@ -278,7 +278,7 @@ impl CoreState {
         let available = matches!(
             policy::choose_best(
                 &candidates,
-                self.active.as_deref(),
+                self.active.as_ref(),
                 now.unix(),
                 &self.config.policy
             ),
@@ -290,13 +290,13 @@ impl CoreState {
     /// When the active account hit its workspace's limit and other seats of that workspace
     /// are stored: a sentence saying why they are not switched to.
     fn workspace_note(&self) -> Option<String> {
-        let active = self.active.as_deref()?;
-        let account: &DirAccount = self.accounts.iter().find(|a| a.id == active)?;
+        let active = self.active.as_ref()?;
+        let account: &DirAccount = self.accounts.iter().find(|a| a.id == *active)?;
         self.quota(active)?.workspace_limit()?;
         let seats: Vec<&str> = self
             .accounts
             .iter()
-            .filter(|a| a.id != active && a.chatgpt_account_id == account.chatgpt_account_id)
+            .filter(|a| a.id != *active && a.chatgpt_account_id == account.chatgpt_account_id)
             .map(|a| a.name.as_str())
             .collect();
         if seats.is_empty() {

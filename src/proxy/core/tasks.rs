@@ -51,13 +51,13 @@ impl<D: AccountDirectory> SwitchTask<D> {
         }
     }
 
-    fn name(&self, id: &str) -> String {
+    fn name(&self, id: &AccountId) -> String {
         self.plan
             .accounts
             .iter()
-            .find(|a| a.id == id)
+            .find(|a| a.id == *id)
             .map(|a| a.name.clone())
-            .unwrap_or_else(|| id.to_owned())
+            .unwrap_or_else(|| id.to_string())
     }
 
     async fn choose_and_login(
@@ -129,7 +129,7 @@ impl<D: AccountDirectory> SwitchTask<D> {
                     .collect();
                 match policy::choose_best(
                     &candidates,
-                    plan.from.as_deref(),
+                    plan.from.as_ref(),
                     Utc::now().timestamp(),
                     &plan.policy,
                 ) {
@@ -144,8 +144,8 @@ impl<D: AccountDirectory> SwitchTask<D> {
             return Err(SwitchFailure::Refused(format!("unknown account {to}")));
         };
         let _ = self.events.send(ProxyEvent::SwitchStarted {
-            from: self.plan.from.as_deref().map(|f| AccountRef {
-                id: f.to_owned(),
+            from: self.plan.from.as_ref().map(|f| AccountRef {
+                id: f.clone(),
                 name: self.name(f),
             }),
             to: account.to_ref(),

@@ -236,7 +236,10 @@ fn a_refresh_request_is_answered_for_the_active_seat() {
         seat("ben-solo", "solo", "user-ben"),
         seat("cat", "other", "user-cat"),
     ];
-    let target = |active, previous| refresh_target(&accounts, active, previous).map(|a| &a.id);
+    let target = |active: Option<&str>, previous| {
+        let active = active.map(AccountId::from);
+        refresh_target(&accounts, active.as_ref(), previous).map(|a| &a.id)
+    };
     // The active seat of the workspace, wherever it is stored.
     assert_eq!(target(Some("ben"), Some("team")).unwrap(), "ben");
     assert_eq!(target(Some("ann"), Some("team")).unwrap(), "ann");
@@ -410,7 +413,7 @@ fn a_usage_read_sent_before_a_limit_cannot_undo_it() {
             .all(|e| !matches!(e, ProxyEvent::RateLimitsUpdated { .. })),
         "older news is not shown"
     );
-    assert!(sim.state.quota("alice").unwrap().is_exhausted());
+    assert!(sim.state.quota(&"alice".into()).unwrap().is_exhausted());
     assert!(sim.state.limit_reported.contains("alice"));
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use cs_tui::account_id::AccountId;
 use cs_tui::accounts::{AccountAuth, Backend, Store};
 use cs_tui::proxy::events::ProxyEvent;
 use cs_tui::proxy::policy::PolicyConfig;
@@ -106,7 +107,7 @@ impl Rig {
     }
 
     /// The id of stored account `name`.
-    pub(crate) fn account_id(&self, name: &str) -> String {
+    pub(crate) fn account_id(&self, name: &str) -> AccountId {
         self.stored()
             .load()
             .unwrap()
