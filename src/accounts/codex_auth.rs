@@ -360,23 +360,13 @@ fn import_into(file: &mut AccountsFile, auth: &CodexAuth, name: Option<&str>) ->
                 Some(name) => name.to_owned(),
                 None => file.unique_name(&auth.default_name()),
             };
-            let mut account = Account {
-                id: new_account_id(),
+            let mut account = Account::new(
+                new_account_id(),
                 name,
-                email: None,
-                plan: None,
-                chatgpt_account_id: None,
-                user_id: None,
-                auth: AccountAuth::ApiKey {
+                AccountAuth::ApiKey {
                     key: Secret::default(),
                 },
-                created_at: Utc::now(),
-                last_used_at: None,
-                last_refreshed_at: None,
-                enabled: true,
-                status: AccountStatus::Ok,
-                unknown: Default::default(),
-            };
+            );
             auth.apply_to(&mut account);
             file.accounts.push(account);
             outcome = ImportOutcome::Added;

@@ -176,6 +176,26 @@ impl<'de> Deserialize<'de> for AccountStatus {
 }
 
 impl Account {
+    /// A new account signing in with `auth`: enabled, created now, never used or refreshed,
+    /// nothing yet known of its e-mail, plan or workspace.
+    pub(crate) fn new(id: AccountId, name: String, auth: AccountAuth) -> Self {
+        Self {
+            id,
+            name,
+            email: None,
+            plan: None,
+            chatgpt_account_id: None,
+            user_id: None,
+            auth,
+            created_at: Utc::now(),
+            last_used_at: None,
+            last_refreshed_at: None,
+            enabled: true,
+            status: AccountStatus::Ok,
+            unknown: UnknownFields::default(),
+        }
+    }
+
     pub fn is_chatgpt(&self) -> bool {
         matches!(self.auth, AccountAuth::ChatGpt { .. })
     }
@@ -703,23 +723,18 @@ mod tests {
 
     fn chatgpt_account(name: &str, id: &str) -> Account {
         Account {
-            id: AccountId::from(id),
-            name: name.to_owned(),
             email: Some(format!("{name}@example.com")),
             plan: Some("plus".into()),
             chatgpt_account_id: Some(format!("acct-{name}")),
-            user_id: None,
-            auth: AccountAuth::ChatGpt {
-                id_token: Secret::new("ID-TOKEN-SECRET"),
-                access_token: Secret::new("ACCESS-TOKEN-SECRET"),
-                refresh_token: Secret::new("REFRESH-TOKEN-SECRET"),
-            },
-            created_at: Utc::now(),
-            last_used_at: None,
-            last_refreshed_at: None,
-            enabled: true,
-            status: AccountStatus::Ok,
-            unknown: Default::default(),
+            ..Account::new(
+                AccountId::from(id),
+                name.to_owned(),
+                AccountAuth::ChatGpt {
+                    id_token: Secret::new("ID-TOKEN-SECRET"),
+                    access_token: Secret::new("ACCESS-TOKEN-SECRET"),
+                    refresh_token: Secret::new("REFRESH-TOKEN-SECRET"),
+                },
+            )
         }
     }
 

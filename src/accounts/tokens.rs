@@ -1143,25 +1143,15 @@ mod tests {
     #[test]
     fn refresh_is_due_near_expiry() {
         let fake = FakeAccount::new("a");
-        let mut account = Account {
-            id: "1".into(),
-            name: "a".into(),
-            email: None,
-            plan: None,
-            chatgpt_account_id: None,
-            user_id: None,
-            auth: AccountAuth::ChatGpt {
+        let mut account = Account::new(
+            "1".into(),
+            "a".into(),
+            AccountAuth::ChatGpt {
                 id_token: fake.id_token(3600).into(),
                 access_token: fake.access_token(3600, 0).into(),
                 refresh_token: "rt".into(),
             },
-            created_at: Utc::now(),
-            last_used_at: None,
-            last_refreshed_at: None,
-            enabled: true,
-            status: AccountStatus::Ok,
-            unknown: Default::default(),
-        };
+        );
         let now = Utc::now();
         assert!(!needs_refresh(&account, now));
         assert!(needs_refresh(

@@ -3,15 +3,14 @@
 //! Human output is an aligned table with relative times; `--json` output is stable (fields are
 //! only ever added) and documented in README.md. No output, error or log line holds a token.
 
-use std::io::{BufRead as _, IsTerminal as _};
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
-use color_eyre::eyre::{Result, WrapErr, eyre};
+use color_eyre::eyre::{Result, eyre};
 use serde::Serialize;
 
 use super::Env;
-use super::output::{active_marker, emit, emit_json, relative_time, table, yes_no};
+use super::output::{active_marker, confirm, emit, emit_json, relative_time, table, yes_no};
 use crate::account_id::AccountId;
 use crate::accounts::codex_auth::auth_json_path;
 use crate::accounts::store::validate_name;
@@ -333,29 +332,18 @@ fn rename(ctx: &Context, old: &str, new: &str) -> Result<ExitCode> {
 
 fn remove(ctx: &Context, query: &str, yes: bool) -> Result<ExitCode> {
     let target = ctx.store.load()?.resolve(query)?.clone();
-    if !yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(with_hint(
-                eyre!(
-                    "not removing account {:?} without confirmation: stdin is not a terminal",
-                    target.name
-                ),
-                format!("run `cs-tui accounts remove {} --yes`", target.name),
-            ));
-        }
-        eprint!(
-            "Remove {} and its tokens from the store? [y/N] ",
-            describe(&target)
-        );
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .wrap_err("reading the answer")?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            eprintln!("Nothing removed.");
-            return Ok(ExitCode::FAILURE);
-        }
+    if !yes
+        && !confirm(
+            &format!(
+                "Remove {} and its tokens from the store?",
+                describe(&target)
+            ),
+            &format!("removing account {:?}", target.name),
+            &format!("cs-tui accounts remove {}", target.name),
+        )?
+    {
+        eprintln!("Nothing removed.");
+        return Ok(ExitCode::FAILURE);
     }
     let (removed, was_active) = ctx.store.update(|file| {
         let was_active = file.active.as_ref() == Some(&target.id);

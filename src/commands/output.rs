@@ -1,12 +1,13 @@
 //! What the commands print: stdout that tolerates a closed pipe, aligned tables, relative times.
 
-use std::io::Write as _;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
 use chrono::{DateTime, Utc};
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde::Serialize;
 
 use crate::accounts::{Account, AccountsFile};
+use crate::errors::with_hint;
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 pub(super) fn emit(text: &str) -> Result<()> {
@@ -89,6 +90,28 @@ pub(super) fn relative_time(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     } else {
         format!("{span} ago")
     }
+}
+
+/// Asks `question` on the terminal and reads the answer: yes only for `y` or `yes`. Without a
+/// terminal on stdin nothing is asked: the error says `not {doing} without confirmation` and
+/// hints at `{command} --yes`.
+pub(super) fn confirm(question: &str, doing: &str, command: &str) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Err(with_hint(
+            eyre!("not {doing} without confirmation: stdin is not a terminal"),
+            format!("run `{command} --yes`"),
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .wrap_err("reading the answer")?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 #[cfg(test)]

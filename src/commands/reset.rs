@@ -8,7 +8,6 @@
 //! app-server logged into that account. One idempotency key (a fresh UUID) names the action
 //! and is reused by every retry of it, so a lost answer never spends a second credit.
 
-use std::io::{BufRead as _, IsTerminal as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use tokio::sync::mpsc;
 
 use super::accounts::Context;
-use super::output::{emit, relative_time};
+use super::output::{confirm, emit, relative_time};
 use crate::accounts::reset::Outcome;
 use crate::accounts::reset_credits::fetch_reset_credits_with;
 use crate::accounts::{
@@ -101,40 +100,29 @@ pub(super) fn run(ctx: &Context, query: &str, yes: bool) -> Result<ExitCode> {
             None
         }
     };
-    if !yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(with_hint(
-                eyre!(
-                    "not redeeming a reset credit of {:?} without confirmation: stdin is not a terminal",
-                    target.name
-                ),
-                format!("run `cs-tui accounts reset {} --yes`", target.name),
-            ));
+    let which = match &credits {
+        Some(c) => {
+            let expiry = c
+                .nearest_expires_at
+                .map(|at| format!(", the first expires {}", relative_time(at, Utc::now())))
+                .unwrap_or_default();
+            format!("one of its {} reset credits{expiry}", c.available)
         }
-        let which = match &credits {
-            Some(c) => {
-                let expiry = c
-                    .nearest_expires_at
-                    .map(|at| format!(", the first expires {}", relative_time(at, Utc::now())))
-                    .unwrap_or_default();
-                format!("one of its {} reset credits{expiry}", c.available)
-            }
-            None => "one of its reset credits".to_owned(),
-        };
-        eprint!(
-            "{} is exhausted ({}). Redeem {which} to clear its limits now? [y/N] ",
-            target.name,
-            windows_summary(&usage.snapshot)
-        );
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .wrap_err("reading the answer")?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            eprintln!("Nothing redeemed.");
-            return Ok(ExitCode::FAILURE);
-        }
+        None => "one of its reset credits".to_owned(),
+    };
+    if !yes
+        && !confirm(
+            &format!(
+                "{} is exhausted ({}). Redeem {which} to clear its limits now?",
+                target.name,
+                windows_summary(&usage.snapshot)
+            ),
+            &format!("redeeming a reset credit of {:?}", target.name),
+            &format!("cs-tui accounts reset {}", target.name),
+        )?
+    {
+        eprintln!("Nothing redeemed.");
+        return Ok(ExitCode::FAILURE);
     }
     // One key for this action, reused by every retry of it.
     let key = uuid::Uuid::new_v4().to_string();
