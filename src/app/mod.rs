@@ -336,6 +336,8 @@ async fn event_loop(
         backend.commands.clone(),
     );
 
+    // crossterm's level-triggered reader (the `use-dev-tty` feature, see Cargo.toml): keys and a
+    // resize that arrive together are both delivered.
     let mut terminal_events = EventStream::new();
     let mut sigterm = signal(SignalKind::terminate()).wrap_err("installing signal handlers")?;
     let mut sighup = signal(SignalKind::hangup()).wrap_err("installing signal handlers")?;
@@ -627,7 +629,10 @@ impl<C: ChildIo> App<C> {
                     WheelAction::Send(bytes) => self.child.write(bytes),
                 }
             }
-            Event::Resize(width, height) => self.relayout(width, height),
+            Event::Resize(width, height) => {
+                tracing::debug!(width, height, "terminal resized");
+                self.relayout(width, height);
+            }
             Event::FocusGained if self.pane.focus_reporting() => {
                 self.child.write(b"\x1b[I".to_vec());
             }

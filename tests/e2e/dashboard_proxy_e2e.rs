@@ -80,11 +80,18 @@ async fn a_limit_switches_accounts_in_the_running_session_and_the_panel_says_why
         s.contains("Served by alice: you said \"fourth question\"")
     });
 
-    // Resizing the window: Codex redraws at the new size.
+    // Resizing the window: cs-tui lays itself out again (the panel moves to the new right
+    // edge; tmux's own cropping of the old frame keeps it where it was) and Codex redraws at
+    // the new size.
     t.resize(130, 40);
-    t.wait_for(WAIT, "Codex redrawn at 130x40", |s| {
+    t.wait_for(WAIT, "cs-tui and Codex redrawn at 130x40", |s| {
         let lines: Vec<&str> = s.lines().collect();
-        lines.len() == 40 && lines[30..].iter().any(|l| l.contains("Ask Codex"))
+        let panel_at = lines
+            .iter()
+            .find_map(|l| l.find("╭ cs-tui").map(|b| l[..b].chars().count()));
+        lines.len() == 40
+            && panel_at == Some(130 - 44)
+            && lines[30..].iter().any(|l| l.contains("Ask Codex"))
     });
 
     quit(t);

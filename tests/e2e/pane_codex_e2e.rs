@@ -294,3 +294,54 @@ async fn sigtstp_gives_the_terminal_back_and_sigcont_redraws() {
         screen.contains("› after the stop")
     });
 }
+
+/// A resize that reaches cs-tui together with keys is not lost, and neither are the keys.
+/// crossterm's default (mio, edge-triggered) reader handled one of the two and dropped the
+/// other's readiness: the layout stayed at the old size until the next resize, or the keys sat
+/// unread until the next key. cs-tui is stopped while the window shrinks and the keys are typed,
+/// so both wait for it when it continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resize_arriving_with_keys_is_applied_and_the_keys_too() {
+    let s = start(160, 40).await;
+    let t = &s.tmux;
+    t.wait_for(WAIT, "Codex ready beside the panel", |screen| {
+        ready(screen) && screen.contains("╭ cs-tui")
+    });
+    let cs_tui = only_child_of(t.pane_pid());
+    let tty = t.format("#{pane_tty}");
+    let tty_size = || {
+        let out = std::process::Command::new("stty")
+            .args(["-F", &tty, "size"])
+            .output()
+            .expect("stty");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The column the panel's frame starts at.
+    let panel_at = |screen: &str| {
+        screen
+            .lines()
+            .find_map(|l| l.find("╭ cs-tui").map(|b| l[..b].chars().count()))
+    };
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(cs_tui), sig).unwrap();
+    for (width, height) in [(130u16, 40u16), (160, 40)] {
+        signal(nix::sys::signal::Signal::SIGSTOP);
+        wait_until("cs-tui stopped", || process_state(cs_tui) == 'T');
+        t.resize(width, height);
+        // tmux resizes the pane's terminal a moment later; then SIGWINCH is pending.
+        wait_until("the terminal resized", || {
+            tty_size() == format!("{height} {width}")
+        });
+        t.keys(&["C-]", "?"]);
+        signal(nix::sys::signal::Signal::SIGCONT);
+        t.wait_for(WAIT, "the help the keys ask for", |s| {
+            s.contains("this help")
+        });
+        t.keys(&["Escape"]);
+        let want = usize::from(width) - 44;
+        t.wait_for(
+            WAIT,
+            &format!("the panel laid out for {width} columns"),
+            |s| !s.contains("this help") && panel_at(s) == Some(want),
+        );
+    }
+}
