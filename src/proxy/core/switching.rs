@@ -66,7 +66,9 @@ impl CoreState {
         now: Now,
         fx: &mut Effects,
     ) {
-        if self.switching {
+        // An automatic trigger during a switch is about the account being left: the switch under
+        // way answers it. A request of the user's waits for that switch to end.
+        if self.switching && mode == Mode::Automatic {
             return;
         }
         match &self.pending {
@@ -156,6 +158,14 @@ impl CoreState {
                 }
                 // Logged in and serving: a later limit of this account is a new one.
                 self.limit_reported.remove(&to);
+                // A request that arrived during the switch for the account now active is met.
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.target == Target::Account(to.clone()))
+                {
+                    self.pending = None;
+                }
                 self.active = Some(to.clone());
                 let elapsed_ms = now
                     .mono
@@ -241,6 +251,12 @@ impl CoreState {
                 .iter()
                 .find(|a| &a.id == id)
                 .ok_or_else(|| format!("no stored account has id {id}"))?;
+            if account.chatgpt_account_id.is_none() {
+                return Err(format!(
+                    "{} is not a ChatGPT login; only ChatGPT accounts can be switched to",
+                    account.name
+                ));
+            }
             let candidate = self.candidate(account);
             policy::check_manual(&candidate, self.active.as_ref())?;
             let candidates: Vec<Candidate> =
@@ -252,20 +268,17 @@ impl CoreState {
                     candidate.name, limited.name
                 ));
             }
-            if !account.switchable() {
-                return Err(format!(
-                    "{} is not a ChatGPT login; only ChatGPT accounts can be switched to",
-                    account.name
-                ));
-            }
         }
-        let deferred = self.is_busy(now) || self.switching;
+        let switching = self.switching;
+        let busy = self.is_busy(now);
         let what = match &target {
             Target::Account(id) => self.account_ref(id).name,
             Target::Best => "the best other account".to_owned(),
         };
         self.arm(target, SwitchReason::Manual, Mode::Manual, now, fx);
-        Ok(if deferred {
+        Ok(if switching {
+            format!("switching to {what} once the switch under way ends")
+        } else if busy {
             format!("switching to {what} when the running turn ends")
         } else {
             format!("switching to {what}")

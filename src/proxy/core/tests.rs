@@ -736,15 +736,22 @@ fn manual_switches_to_accounts_that_cannot_take_over_are_refused_at_once() {
         refused(&mut sim, "alice").contains("already"),
         "the active account"
     );
-    assert!(
-        refused(&mut sim, "key").contains("needs a new login"),
+    assert_eq!(
+        refused(&mut sim, "key"),
+        "key is not a ChatGPT login; only ChatGPT accounts can be switched to",
         "an API-key account"
+    );
+    sim.state.accounts[1].needs_login = true;
+    assert_eq!(
+        refused(&mut sim, "bob"),
+        "bob needs a new login (cs-tui accounts add bob)",
+        "an account whose refresh token was rejected"
     );
     assert!(sim.state.pending.is_none());
 }
 
 #[test]
-fn a_request_during_a_switch_does_not_start_a_second_one() {
+fn a_request_during_a_switch_waits_for_it_then_runs() {
     let mut sim = Sim::new();
     let plan = started(sim.rate_limits(100.0)).unwrap();
     let fx = sim.command(ProxyCommand::SwitchTo {
@@ -753,12 +760,25 @@ fn a_request_during_a_switch_does_not_start_a_second_one() {
     assert_eq!(count(&fx, is_start), 0, "one switch at a time");
     assert_eq!(
         reply(&fx).unwrap(),
-        "switching to carol when the running turn ends"
+        "switching to carol once the switch under way ends"
     );
+    // A limit seen meanwhile does not replace the user's request.
+    sim.rate_limits(100.0);
+    let next = started(sim.finished(&plan, Ok(("bob".into(), None)), sim.now.mono))
+        .expect("the request runs once the first switch ends");
+    assert_eq!(next.pending.target, Target::Account("carol".into()));
+    assert_eq!(next.pending.mode, Mode::Manual);
+}
+
+#[test]
+fn a_request_during_a_switch_for_the_account_it_reaches_is_met_by_it() {
+    let mut sim = Sim::new();
+    let plan = started(sim.rate_limits(100.0)).unwrap();
+    sim.command(ProxyCommand::SwitchTo {
+        account_id: "bob".into(),
+    });
     let next = started(sim.finished(&plan, Ok(("bob".into(), None)), sim.now.mono));
-    // `arm` drops a request while switching: the switch under way wins, and nothing
-    // follows it (the answer above promises more; noted in the report of issue 13).
-    assert!(next.is_none());
+    assert!(next.is_none(), "bob is active already");
     assert!(sim.state.pending.is_none());
 }
 
