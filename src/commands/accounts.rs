@@ -86,8 +86,18 @@ pub(super) fn run(env: &Env, cmd: AccountsCommand) -> Result<ExitCode> {
 
 fn run_accounts_command(ctx: &Context, cmd: AccountsCommand) -> Result<ExitCode> {
     match cmd {
-        AccountsCommand::Import(args) => import(ctx, args),
-        AccountsCommand::Add(args) => add(ctx, args),
+        AccountsCommand::Import(args) => {
+            // Another login imported first must not keep the current Codex login out of the
+            // store; importing that login itself is the first-run import.
+            if args.file.is_some() {
+                ctx.first_run_import();
+            }
+            import(ctx, args)
+        }
+        AccountsCommand::Add(args) => {
+            ctx.first_run_import();
+            add(ctx, args)
+        }
         AccountsCommand::List(args) => {
             ctx.first_run_import();
             list(ctx, args)

@@ -4,6 +4,33 @@ use crate::support::accounts::{Rig, account, mode};
 use cs_tui_testkit::{Usage, UsageWindow};
 use serde_json::{Value, json};
 
+/// A new user whose first command imports another login: the current Codex login is stored
+/// first (the README's first run), and stays the account the next session starts on.
+#[tokio::test(flavor = "multi_thread")]
+async fn importing_another_login_first_keeps_the_current_codex_login_too() {
+    let rig = Rig::new().await;
+    let (alice, alice_rt) = rig.mock.add_account("alice");
+    let (bob, bob_rt) = rig.mock.add_account("bob");
+    rig.write_codex_auth(&alice.auth_json(3600, &alice_rt));
+    let bob_file = rig.write_auth_file("bob-auth.json", &bob.auth_json(3600, &bob_rt));
+
+    let imported = rig
+        .run(&["accounts", "import", "--file", bob_file.to_str().unwrap()])
+        .await;
+    imported.ok();
+    assert!(
+        imported
+            .stderr
+            .contains("First run: imported your current Codex login (alice@example.com)"),
+        "{imported:#?}"
+    );
+    let list = rig.run(&["accounts", "list", "--json"]).await.ok().json();
+    assert_eq!(list["accounts"].as_array().unwrap().len(), 2, "{list:#}");
+    assert_eq!(list["active"], account(&list, "alice")["id"], "{list:#}");
+    assert_eq!(account(&list, "bob")["email"], "bob@example.com");
+    rig.assert_no_secret_leaked();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_user_imports_lists_renames_switches_and_removes() {
     let rig = Rig::new().await;
