@@ -17,20 +17,9 @@ pub(crate) const LOG_ENV: &str = "CS_TUI_LOG";
 pub(crate) fn init(dir: &Path, name: &str, level: Option<&str>) -> Result<(WorkerGuard, PathBuf)> {
     crate::paths::ensure_private_dir(dir)
         .wrap_err_with(|| format!("creating log directory {}", dir.display()))?;
-    let file_name = format!("{name}.log");
-    let path = dir.join(&file_name);
-    // Create it 0600 before the appender opens it (which would use the umask).
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .wrap_err_with(|| format!("creating log file {}", path.display()))?;
-    }
-    let appender = tracing_appender::rolling::never(dir, &file_name);
-    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let path = dir.join(format!("{name}.log"));
+    let file = open_log_file(&path)?;
+    let (writer, guard) = tracing_appender::non_blocking(file);
     let directive = level
         .map(str::to_owned)
         .or_else(|| std::env::var(LOG_ENV).ok())
@@ -51,4 +40,60 @@ pub(crate) fn init(dir: &Path, name: &str, level: Option<&str>) -> Result<(Worke
         .try_init()
         .map_err(|e| color_eyre::eyre::eyre!("installing the logger: {e}"))?;
     Ok((guard, path))
+}
+
+/// Opens the log file for appending, created 0600. A symbolic link there is refused, not
+/// followed: log lines go to a file of ours, never to one a link points at.
+fn open_log_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .wrap_err_with(|| {
+            if path.is_symlink() {
+                format!(
+                    "log file {} is a symbolic link; not writing through it",
+                    path.display()
+                )
+            } else {
+                format!("creating log file {}", path.display())
+            }
+        })?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .wrap_err_with(|| format!("making log file {} private", path.display()))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_link_in_place_of_the_log_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "victim\n").unwrap();
+        let log = dir.path().join("cs-tui.log");
+        std::os::unix::fs::symlink(&target, &log).unwrap();
+        let err = open_log_file(&log).unwrap_err();
+        assert!(format!("{err:#}").contains("is a symbolic link"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "victim\n");
+    }
+
+    #[test]
+    fn the_log_file_is_private_and_appended_to() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("cs-tui.log");
+        std::fs::write(&log, "old\n").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_log_file(&log).unwrap().write_all(b"new\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "old\nnew\n");
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }
