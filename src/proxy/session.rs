@@ -588,7 +588,7 @@ async fn supervise(supervisor: Supervisor) {
         restarts.retain(|at| at.elapsed() < RESTART_WINDOW);
         let restarting = restarts.len() < MAX_RESTARTS;
         tracing::warn!(status = %exit.status, restarting, "the app-server exited");
-        let _ = core.send(CoreMsg::AppServerExited { exit, restarting });
+        let _ = core.send(core::Input::AppServerExited { exit, restarting }.into());
         if !restarting {
             return;
         }
@@ -626,10 +626,13 @@ async fn supervise(supervisor: Supervisor) {
                     status: format!("could not be started again: {err:#}"),
                     stderr_tail: app_server::stderr_tail(&options.stderr_log, 20),
                 };
-                let _ = core.send(CoreMsg::AppServerExited {
-                    exit,
-                    restarting: false,
-                });
+                let _ = core.send(
+                    core::Input::AppServerExited {
+                        exit,
+                        restarting: false,
+                    }
+                    .into(),
+                );
                 return;
             }
         }

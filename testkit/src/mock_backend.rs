@@ -382,24 +382,8 @@ impl MockBackend {
     /// Adds an account named `label` and returns it with a fresh refresh token the mock accepts.
     pub fn add_account(&self, label: &str) -> (FakeAccount, String) {
         let fake = FakeAccount::new(label);
-        let mut state = self.state();
-        state.accounts.insert(
-            fake.chatgpt_account_id.clone(),
-            MockAccount {
-                fake: fake.clone(),
-                label: label.to_owned(),
-                mode: AccountMode::Normal,
-                usage: Usage::default(),
-                burn_per_request: 0,
-                login_delay: Duration::ZERO,
-                extras: UsageExtras::default(),
-                workspace: None,
-                reset_credits: Vec::new(),
-                redemptions: HashMap::new(),
-            },
-        );
-        let refresh = mint_refresh_token(&mut state, &fake.chatgpt_account_id);
-        (fake, refresh)
+        let key = fake.chatgpt_account_id.clone();
+        self.insert_account(key, label, fake, None)
     }
 
     /// Adds a seat `label` of the workspace `workspace`: its ChatGPT account id is the
@@ -409,6 +393,17 @@ impl MockBackend {
         let mut fake = FakeAccount::new(label).with_plan("team");
         fake.chatgpt_account_id = format!("acct-{workspace}");
         let key = seat_key(&fake.chatgpt_account_id, &fake.user_id);
+        self.insert_account(key, label, fake, Some(workspace.to_owned()))
+    }
+
+    /// Stores `fake` under `key` with default controls and mints it a refresh token.
+    fn insert_account(
+        &self,
+        key: String,
+        label: &str,
+        fake: FakeAccount,
+        workspace: Option<String>,
+    ) -> (FakeAccount, String) {
         let mut state = self.state();
         state.accounts.insert(
             key.clone(),
@@ -420,7 +415,7 @@ impl MockBackend {
                 burn_per_request: 0,
                 login_delay: Duration::ZERO,
                 extras: UsageExtras::default(),
-                workspace: Some(workspace.to_owned()),
+                workspace,
                 reset_credits: Vec::new(),
                 redemptions: HashMap::new(),
             },

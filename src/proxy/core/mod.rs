@@ -43,7 +43,6 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::account_id::AccountId;
-use crate::proxy::app_server::AppServerExit;
 use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::history;
@@ -55,7 +54,6 @@ use crate::quota::AccountLimits;
 
 pub(crate) use effects::Effect;
 pub(crate) use state::{CoreState, Input, Now};
-pub(crate) use switching::SwitchOutcome;
 pub(crate) use tasks::login_and_confirm;
 
 use tasks::{SwitchTask, fetch_usages};
@@ -80,34 +78,19 @@ pub(crate) enum CoreMsg {
     Guard(GuardEvent),
     Control(ControlEvent),
     Command(ProxyCommand, Option<CommandReply>),
-    SwitchFinished(Box<SwitchOutcome>),
-    /// Usage read from `/wham/usage`; `started`: when the reads were sent.
-    UsageFetched {
-        started: std::time::Instant,
-        results: Vec<(AccountId, Result<AccountLimits, String>)>,
-    },
-    AccountsListed(Vec<DirAccount>),
-    /// The app-server exited; `restarting`: the session is starting another.
-    AppServerExited {
-        exit: AppServerExit,
-        restarting: bool,
-    },
+    /// An input the state takes as it comes: a task's result, the app-server's exit, a
+    /// timer (boxed: some are large and all are rare).
+    Input(Box<Input>),
     /// A new app-server is up; this is the control connection to it. The active account is
     /// logged in again before clients may attach.
     AppServerRestarted(ControlConnection),
-    /// The login into a restarted app-server ended.
-    Relogged {
-        account: AccountId,
-        result: Result<Option<AccountLimits>, String>,
-    },
-    /// A reset credit cleared the active account's limits; its numbers read since.
-    ResetRedeemed {
-        account: AccountId,
-        limits: AccountLimits,
-    },
-    /// Time passed; a deferred switch may be able to go now.
-    Recheck,
     Shutdown,
+}
+
+impl From<Input> for CoreMsg {
+    fn from(input: Input) -> Self {
+        CoreMsg::Input(Box::new(input))
+    }
 }
 
 /// What the core starts from: the session has already logged in `active`.
@@ -211,19 +194,11 @@ impl<D: AccountDirectory> Core<D> {
                 reply = r;
                 Input::Command(command)
             }
-            CoreMsg::SwitchFinished(outcome) => Input::SwitchFinished(*outcome),
-            CoreMsg::UsageFetched { started, results } => Input::UsageFetched { started, results },
-            CoreMsg::AccountsListed(accounts) => Input::AccountsListed(accounts),
-            CoreMsg::AppServerExited { exit, restarting } => {
-                Input::AppServerExited { exit, restarting }
-            }
+            CoreMsg::Input(input) => *input,
             CoreMsg::AppServerRestarted(control) => {
                 self.control = control;
                 Input::AppServerRestarted
             }
-            CoreMsg::Relogged { account, result } => Input::Relogged { account, result },
-            CoreMsg::ResetRedeemed { account, limits } => Input::ResetRedeemed { account, limits },
-            CoreMsg::Recheck => Input::Recheck,
             CoreMsg::Shutdown => return,
         };
         self.decide(input, reply);
@@ -266,7 +241,7 @@ impl<D: AccountDirectory> Core<D> {
                 let inbox = self.inbox.clone();
                 tokio::spawn(async move {
                     let outcome = task.run().await;
-                    let _ = inbox.send(CoreMsg::SwitchFinished(Box::new(outcome)));
+                    let _ = inbox.send(Input::SwitchFinished(outcome).into());
                 });
             }
             Effect::FetchUsage { ids, started } => {
@@ -274,7 +249,7 @@ impl<D: AccountDirectory> Core<D> {
                 let inbox = self.inbox.clone();
                 tokio::spawn(async move {
                     let results = fetch_usages(&dir, &ids).await;
-                    let _ = inbox.send(CoreMsg::UsageFetched { started, results });
+                    let _ = inbox.send(Input::UsageFetched { started, results }.into());
                 });
             }
             Effect::ReadResetCredits(accounts) => {
@@ -286,7 +261,7 @@ impl<D: AccountDirectory> Core<D> {
                 tokio::spawn(async move {
                     match dir.list().await {
                         Ok(accounts) => {
-                            let _ = inbox.send(CoreMsg::AccountsListed(accounts));
+                            let _ = inbox.send(Input::AccountsListed(accounts).into());
                         }
                         Err(err) => tracing::warn!("reading the stored accounts failed: {err:#}"),
                     }
@@ -313,10 +288,13 @@ impl<D: AccountDirectory> Core<D> {
                     let result = login_and_confirm(&dir, &control, &account)
                         .await
                         .map_err(|err| format!("{err:#}"));
-                    let _ = inbox.send(CoreMsg::Relogged {
-                        account: account.id,
-                        result,
-                    });
+                    let _ = inbox.send(
+                        Input::Relogged {
+                            account: account.id,
+                            result,
+                        }
+                        .into(),
+                    );
                 });
             }
             Effect::RedeemResetCredit {
@@ -341,7 +319,7 @@ impl<D: AccountDirectory> Core<D> {
                 let inbox = self.inbox.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let _ = inbox.send(CoreMsg::Recheck);
+                    let _ = inbox.send(Input::Recheck.into());
                 });
             }
             Effect::ReportUnsavedTokens => {

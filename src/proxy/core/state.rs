@@ -71,16 +71,19 @@ pub(crate) enum Input {
         results: Vec<(AccountId, Result<AccountLimits, String>)>,
     },
     AccountsListed(Vec<DirAccount>),
+    /// The app-server exited; `restarting`: the session is starting another.
     AppServerExited {
         exit: AppServerExit,
         restarting: bool,
     },
     /// A new app-server is up (the actor holds its control connection).
     AppServerRestarted,
+    /// The login into a restarted app-server ended.
     Relogged {
         account: AccountId,
         result: Result<Option<AccountLimits>, String>,
     },
+    /// A reset credit cleared the active account's limits; its numbers read since.
     ResetRedeemed {
         account: AccountId,
         limits: AccountLimits,

@@ -23,7 +23,7 @@ use crate::quota::{AccountLimits, RateLimitSnapshot};
 use super::effects::SwitchPlan;
 use super::state::candidate_of;
 use super::switching::{SwitchFailure, SwitchOutcome, Target};
-use super::{CommandReply, CoreMsg};
+use super::{CommandReply, CoreMsg, Input};
 
 /// How long one `/wham/usage` fetch may take before the account counts as unknown.
 pub(super) const USAGE_TIMEOUT: Duration = Duration::from_secs(8);
@@ -274,7 +274,7 @@ pub(super) fn redeem_reset_credit(
         if reset {
             match upstream::read_rate_limits(&control).await {
                 Ok(limits) => {
-                    let _ = inbox.send(CoreMsg::ResetRedeemed { account, limits });
+                    let _ = inbox.send(Input::ResetRedeemed { account, limits }.into());
                 }
                 Err(err) => tracing::warn!("reading the limits after a reset: {err:#}"),
             }
