@@ -33,6 +33,7 @@ pub struct Config {
     pub switch: SwitchConfig,
     pub polling: PollingConfig,
     pub pane: PaneConfig,
+    pub pool: PoolConfig,
 }
 
 /// Where the quota panel sits and how wide it is.
@@ -118,6 +119,26 @@ impl PollingConfig {
     pub fn usage_interval(&self) -> Duration {
         Duration::from_secs(self.usage_interval_secs.max(1))
     }
+}
+
+/// How the sessions on one store share the accounts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Which account a new session (or an automatic switch) takes, counting the sessions
+    /// already on each.
+    pub placement: Placement,
+}
+
+/// How sessions are placed on accounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Headroom divided by the sessions already there plus one: sessions spread out.
+    #[default]
+    Spread,
+    /// Everyone on one account until it nears its limit.
+    Fill,
 }
 
 /// The embedded terminal.

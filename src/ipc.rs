@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 /// The session socket's name in a session's runtime directory.
@@ -23,7 +23,55 @@ pub const SOCKET_NAME: &str = "control.sock";
 pub struct CommandAnswer {
     pub ok: bool,
     pub message: String,
+    /// What a question returns (a session's status, what it knows of the pool); absent for
+    /// plain commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
+
+impl CommandAnswer {
+    pub fn ok(message: String) -> Self {
+        Self {
+            ok: true,
+            message,
+            data: None,
+        }
+    }
+
+    pub fn refusal(message: String) -> Self {
+        Self {
+            ok: false,
+            message,
+            data: None,
+        }
+    }
+}
+
+/// How long one exchange with a session may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// From the command sent to the whole answer read.
+    pub answer: Duration,
+}
+
+impl Timeouts {
+    /// For a person's command: a session may take a while to act on it (a switch waits for
+    /// the turn boundary only after answering, but a busy core answers late).
+    pub const COMMAND: Self = Self {
+        connect: Duration::from_secs(2),
+        answer: Duration::from_secs(15),
+    };
+    /// For the pool's traffic between sessions: a peer that cannot answer this fast is
+    /// skipped (a stopped session must not hold the others up).
+    pub const PEER: Self = Self {
+        connect: Duration::from_millis(200),
+        answer: Duration::from_millis(500),
+    };
+}
+
+/// The longest answer read: a status or a pool snapshot is a few KiB.
+const MAX_ANSWER: u64 = 256 << 10;
 
 /// Connects to a unix socket. The app-server's PATH is a symbolic link to the real socket;
 /// the link's target is connected to directly, since a socket address holds at most ~107
@@ -51,22 +99,53 @@ pub fn session_sockets(store_dir: &Path) -> Vec<PathBuf> {
 
 /// Sends a command to one session socket and returns its answer.
 pub async fn send(socket: &Path, command: &impl Serialize) -> Result<CommandAnswer> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), connect_unix(socket))
+    send_with(socket, command, Timeouts::COMMAND).await
+}
+
+/// Sends a command to one session socket and returns its answer, within `timeouts`.
+pub async fn send_with(
+    socket: &Path,
+    command: &impl Serialize,
+    timeouts: Timeouts,
+) -> Result<CommandAnswer> {
+    let stream = tokio::time::timeout(timeouts.connect, connect_unix(socket))
         .await
         .map_err(|_| eyre!("timed out connecting to {}", socket.display()))?
         .wrap_err_with(|| format!("connecting to {}", socket.display()))?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_string(command)?;
     line.push('\n');
-    write.write_all(line.as_bytes()).await?;
-    let mut reply = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        BufReader::new(read).read_line(&mut reply),
-    )
-    .await
-    .map_err(|_| eyre!("the session did not answer in time"))??;
+    let exchange = async {
+        write.write_all(line.as_bytes()).await?;
+        let mut reply = String::new();
+        BufReader::new(read.take(MAX_ANSWER))
+            .read_line(&mut reply)
+            .await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = tokio::time::timeout(timeouts.answer, exchange)
+        .await
+        .map_err(|_| eyre!("the session did not answer in time"))??;
     serde_json::from_str(&reply).wrap_err("reading the session's answer")
+}
+
+/// Sends one command to every session socket under `<store>/runtime/` but `except`, all at
+/// once, and returns each socket's outcome (in no particular order). A silent session costs
+/// at most `timeouts`, and delays no other.
+pub async fn ask_all(
+    store_dir: &Path,
+    except: Option<&Path>,
+    command: &impl Serialize,
+    timeouts: Timeouts,
+) -> Vec<(PathBuf, Result<CommandAnswer>)> {
+    let sockets = session_sockets(store_dir)
+        .into_iter()
+        .filter(|s| except.is_none_or(|e| !s.starts_with(e)));
+    let asks = sockets.map(|socket| async move {
+        let answer = send_with(&socket, command, timeouts).await;
+        (socket, answer)
+    });
+    futures_util::future::join_all(asks).await
 }
 
 /// Sends a command to every running session, best effort (a stale socket or a busy session

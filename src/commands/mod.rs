@@ -245,6 +245,10 @@ impl Env {
             listen: "127.0.0.1:0".parse().expect("a valid address"),
             token_file: None,
             hidden_rerun: config.switch.hidden_rerun,
+            kind: crate::proxy::pool::SessionKind::Dashboard,
+            cwd: std::env::current_dir().unwrap_or_default(),
+            placement: config.pool.placement,
+            pool: !crate::proxy::pool::disabled_by_env(),
         })
     }
 

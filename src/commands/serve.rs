@@ -35,6 +35,7 @@ async fn serve(env: &Env, args: ServeArgs) -> Result<ExitCode> {
     }
     let mut options = env.session_options()?;
     options.token_file = args.token_file;
+    options.kind = crate::proxy::pool::SessionKind::Serve;
     if let Some(imported) = env.import_codex_login()? {
         eprintln!("imported {} from $CODEX_HOME/auth.json", imported.name);
     }

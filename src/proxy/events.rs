@@ -18,6 +18,13 @@ pub struct AccountRef {
     pub name: String,
 }
 
+/// How many sessions of the pool run on an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolShare {
+    pub account: AccountRef,
+    pub sessions: usize,
+}
+
 /// Why a switch happened (or was wanted).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -34,6 +41,9 @@ pub enum SwitchReason {
     },
     /// The user asked (hotkey, picker, or `cs-tui switch`).
     Manual,
+    /// Another session of the pool learned that the active account is at a limit (`detail`
+    /// says which); `session` is that session's id.
+    Peer { session: String, detail: String },
 }
 
 impl SwitchReason {
@@ -48,6 +58,10 @@ impl SwitchReason {
                 threshold,
             } => format!("{window} at {used_percent:.0}% (threshold {threshold:.0}%)"),
             Self::Manual => "manual switch".to_owned(),
+            Self::Peer { session, detail } => {
+                let pid = session.split('-').next().unwrap_or(session);
+                format!("{detail} (seen by session {pid})")
+            }
         }
     }
 }
@@ -90,9 +104,12 @@ pub enum ProxyEvent {
         families: Vec<RateLimitSnapshot>,
         at: DateTime<Utc>,
     },
-    /// A turn failed with a usage limit on this account.
+    /// A turn failed with a usage limit on this account: in this session, or in the pool's
+    /// session `session` (its id).
     UsageLimitHit {
         account: AccountRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
         at: DateTime<Utc>,
     },
     /// A turn started or ended; `running` is the number of turns in progress.
@@ -136,6 +153,13 @@ pub enum ProxyEvent {
     /// The proxy's connection state changed.
     Connection {
         state: ConnectionState,
+        at: DateTime<Utc>,
+    },
+    /// The pool of sessions on this store changed: `sessions` running (this one included),
+    /// and how many run on each account.
+    PoolChanged {
+        sessions: usize,
+        by_account: Vec<PoolShare>,
         at: DateTime<Utc>,
     },
     /// Something worth a line in the panel: the answer to a command, a first-run import.

@@ -102,7 +102,7 @@ async fn serve_one(
                 let (tx, rx) = oneshot::channel();
                 let _ = core.send(CoreMsg::Command(command, Some(tx)));
                 match tokio::time::timeout(Duration::from_secs(10), rx).await {
-                    Ok(Ok(Ok(message))) => CommandAnswer { ok: true, message },
+                    Ok(Ok(Ok(message))) => CommandAnswer::ok(message),
                     Ok(Ok(Err(message))) => refusal(message),
                     _ => refusal("the session did not answer".to_owned()),
                 }
@@ -136,7 +136,7 @@ async fn reader_read_line<R: tokio::io::AsyncBufRead + Unpin>(
 }
 
 fn refusal(message: String) -> CommandAnswer {
-    CommandAnswer { ok: false, message }
+    CommandAnswer::refusal(message)
 }
 
 #[cfg(test)]
@@ -179,13 +179,7 @@ mod tests {
     async fn a_command_is_answered() {
         let (_dir, path, mut seen) = serve(IpcLimits::default());
         let answer = send(&path, &ProxyCommand::SwitchBest).await.unwrap();
-        assert_eq!(
-            answer,
-            CommandAnswer {
-                ok: true,
-                message: "done".into()
-            }
-        );
+        assert_eq!(answer, CommandAnswer::ok("done".into()));
         assert_eq!(seen.recv().await.unwrap(), "SwitchBest");
     }
 

@@ -7,6 +7,7 @@ pub mod events;
 pub mod history;
 pub(crate) mod ipc;
 pub mod policy;
+pub mod pool;
 pub mod relay;
 pub mod rpc;
 pub mod session;

@@ -59,6 +59,14 @@ pub struct SessionOptions {
     pub token_file: Option<PathBuf>,
     /// Re-run a turn that failed on a usage limit on the new account, hiding the failure.
     pub hidden_rerun: bool,
+    /// What runs the session (shown to the pool and `cs-tui sessions`).
+    pub kind: crate::proxy::pool::SessionKind,
+    /// The directory the session was started in.
+    pub cwd: PathBuf,
+    /// How a new session (or an automatic switch) chooses among the pool's accounts.
+    pub placement: crate::config::Placement,
+    /// Share knowledge with the store's other sessions (`false`: `CS_TUI_POOL=off`).
+    pub pool: bool,
 }
 
 /// The proxy's listening socket, bound before the session starts so a client (the Codex TUI)
@@ -413,6 +421,7 @@ impl Session {
             active: starting_account.id.clone(),
             active_snapshot: snapshot,
             ready: ready_tx,
+            pool: crate::proxy::pool::PoolHandle::off(),
         });
         tasks.push(watch_core(tokio::spawn(core.run(core_rx)), events.clone()));
 

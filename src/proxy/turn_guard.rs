@@ -53,6 +53,9 @@ pub(crate) struct GuardShared {
     alternative: AtomicBool,
     /// A login is under way: a turn started now would run into it (and be killed).
     switching: AtomicBool,
+    /// The active account is known exhausted (another session of the pool hit its limit) and
+    /// a switch away waits for the turn boundary: a turn started now would fail there.
+    hold: AtomicBool,
 }
 
 impl GuardShared {
@@ -62,6 +65,7 @@ impl GuardShared {
             policy,
             alternative: AtomicBool::new(false),
             switching: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
         })
     }
 
@@ -69,6 +73,11 @@ impl GuardShared {
     /// them go on [`GuardCommand::SwitchOver`].
     pub(crate) fn set_switching(&self, switching: bool) {
         self.switching.store(switching, Ordering::SeqCst);
+    }
+
+    /// Set by the core while new turns must wait for a switch that has not started yet.
+    pub(crate) fn set_hold(&self, hold: bool) {
+        self.hold.store(hold, Ordering::SeqCst);
     }
 
     fn switching(&self) -> bool {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use crate::account_id::AccountId;
 use crate::accounts::reset_credits::ResetCredits;
 use crate::pace::UsageSample;
-use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent};
+use crate::proxy::events::{AccountRef, ConnectionState, PoolShare, ProxyEvent};
 use crate::proxy::history::SwitchRecord;
 use crate::quota::{RateLimitSnapshot, WindowKind};
 
@@ -133,6 +133,15 @@ pub struct Dashboard {
     pub switching_to: Option<AccountId>,
     /// Rate-limit reset credits by account id, as last read.
     pub reset_credits: std::collections::BTreeMap<AccountId, ResetCredits>,
+    /// The pool of sessions on this store, as last heard (empty: this session alone).
+    pub pool: Pool,
+}
+
+/// The sessions on this store (this one included) and how many run on each account.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pool {
+    pub sessions: usize,
+    pub by_account: Vec<PoolShare>,
 }
 
 impl Dashboard {
@@ -151,6 +160,7 @@ impl Dashboard {
             notices: Vec::new(),
             switching_to: None,
             reset_credits: std::collections::BTreeMap::new(),
+            pool: Pool::default(),
         }
     }
 
@@ -287,6 +297,16 @@ impl Dashboard {
                 }
             }
             ProxyEvent::TurnsRunning { running, .. } => self.turns_running = *running,
+            ProxyEvent::PoolChanged {
+                sessions,
+                by_account,
+                ..
+            } => {
+                self.pool = Pool {
+                    sessions: *sessions,
+                    by_account: by_account.clone(),
+                };
+            }
             ProxyEvent::Notice { message, at } => self.push_message(message.clone(), *at),
             ProxyEvent::SwitchStarted { to, .. } => {
                 self.switching_to = Some(to.id.clone());
@@ -527,6 +547,7 @@ mod tests {
 
         d.apply(&ProxyEvent::UsageLimitHit {
             account: account("a"),
+            session: None,
             at: at(300),
         });
         d.apply(&ProxyEvent::SwitchDeferred {

@@ -215,6 +215,7 @@ fn panel_switched() {
     update(&mut d, "alice", snapshot(100.0, 47 * 60, 64.0), -120);
     d.apply(&ProxyEvent::UsageLimitHit {
         account: account("alice"),
+        session: None,
         at: at(-120),
     });
     d.apply(&ProxyEvent::SwitchDone {

@@ -150,6 +150,7 @@ async fn panel_follows_proxy_events_and_hotkeys_send_commands() {
             },
             ProxyEvent::UsageLimitHit {
                 account: account("alice"),
+                session: None,
                 at: now,
             },
             ProxyEvent::SwitchDone {

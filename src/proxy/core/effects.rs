@@ -13,6 +13,7 @@ use crate::proxy::directory::DirAccount;
 use crate::proxy::events::{AccountRef, ProxyEvent};
 use crate::proxy::history::SwitchRecord;
 use crate::proxy::policy::PolicyConfig;
+use crate::proxy::pool::PoolFact;
 use crate::proxy::relay::ConnId;
 use crate::proxy::turn_guard::GuardCommand;
 use crate::quota::AccountLimits;
@@ -72,6 +73,13 @@ pub(crate) enum Effect {
     RecheckAfter(Duration),
     /// Tell the user if the store refused refreshed tokens (they live in memory only).
     ReportUnsavedTokens,
+    /// Tell the pool's other sessions what this one learned first-hand.
+    #[allow(dead_code, reason = "issue 14: the core's pool rules send facts")]
+    Broadcast(PoolFact),
+    /// Tell every guard to hold new turns (`true`: the active account is known exhausted and a
+    /// switch away from it is pending) or to let them go.
+    #[allow(dead_code, reason = "issue 14: the core's pool rules hold turns")]
+    SetHoldTurns(bool),
 }
 
 /// Everything a switch task needs to know, copied out of the state when it starts.

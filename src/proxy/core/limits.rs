@@ -59,6 +59,7 @@ impl CoreState {
         }
         fx.emit(ProxyEvent::UsageLimitHit {
             account: self.account_ref(account),
+            session: None,
             at: now.wall,
         });
     }

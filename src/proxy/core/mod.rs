@@ -26,6 +26,7 @@ mod effects;
 mod freshness;
 mod lifecycle;
 mod limits;
+mod pool;
 mod refresh;
 mod state;
 mod switching;
@@ -47,6 +48,7 @@ use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::history;
 use crate::proxy::policy::PolicyConfig;
+use crate::proxy::pool::PoolHandle;
 use crate::proxy::relay::{ConnId, ConnectionHandle, RelayEvent};
 use crate::proxy::turn_guard::{GuardEvent, GuardShared, TurnGuard};
 use crate::proxy::upstream::{ControlConnection, ControlEvent};
@@ -107,6 +109,8 @@ pub(crate) struct CoreInit<D: AccountDirectory> {
     /// The relay's gate: clients wait while it is `false` (a TUI that attaches to an
     /// app-server without a login stays on its sign-in screen, docs/protocol.md §2).
     pub ready: watch::Sender<bool>,
+    /// Where facts for the pool's other sessions go.
+    pub pool: PoolHandle,
 }
 
 /// The actor: the state, and what carries its effects out.
@@ -121,6 +125,7 @@ pub(crate) struct Core<D: AccountDirectory> {
     ready: watch::Sender<bool>,
     history_path: PathBuf,
     usage_poll: Duration,
+    pool: PoolHandle,
 }
 
 impl<D: AccountDirectory> Core<D> {
@@ -143,6 +148,7 @@ impl<D: AccountDirectory> Core<D> {
             ready: init.ready,
             history_path,
             usage_poll,
+            pool: init.pool,
         }
     }
 
@@ -322,6 +328,8 @@ impl<D: AccountDirectory> Core<D> {
                     let _ = inbox.send(Input::Recheck.into());
                 });
             }
+            Effect::Broadcast(fact) => self.pool.broadcast(fact),
+            Effect::SetHoldTurns(hold) => self.guards.set_hold(hold),
             Effect::ReportUnsavedTokens => {
                 if let Some(notice) = tasks::unsaved_tokens_notice(&self.dir) {
                     let _ = self.events.send(notice);

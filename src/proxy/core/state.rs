@@ -14,6 +14,7 @@ use crate::proxy::app_server::AppServerExit;
 use crate::proxy::directory::DirAccount;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent};
 use crate::proxy::policy::Candidate;
+use crate::proxy::pool::PeerMessage;
 use crate::proxy::relay::{ConnId, Observation};
 use crate::proxy::turn_guard::GuardEvent;
 use crate::quota::{AccountLimits, RateLimitSnapshot};
@@ -90,6 +91,12 @@ pub(crate) enum Input {
     },
     /// Time passed; a deferred switch may be able to go now.
     Recheck,
+    /// Another session of the pool learned something.
+    #[allow(dead_code, reason = "issue 14: the hub")]
+    PeerFact(PeerMessage),
+    /// This session became (`true`) or stopped being the pool's usage poller.
+    #[allow(dead_code, reason = "issue 14: the hub")]
+    PollerRole(bool),
 }
 
 /// The state the core owns.
@@ -125,6 +132,9 @@ pub(crate) struct CoreState {
     pub(super) limit_reported: HashSet<AccountId>,
     /// A read of the active account's quota in flight.
     pub(super) quota_read: Option<AccountId>,
+    /// Whether this session reads the usage of the accounts on the poll's timer (the pool's
+    /// elected poller; alone, always).
+    pub(super) poller: bool,
 }
 
 impl CoreState {
@@ -158,6 +168,7 @@ impl CoreState {
             heard_live: HashMap::new(),
             limit_reported: HashSet::new(),
             quota_read: None,
+            poller: true,
         }
     }
 
@@ -202,6 +213,8 @@ impl CoreState {
             Input::AppServerRestarted => self.relogin(now, &mut fx),
             Input::Relogged { account, result } => self.relogged(account, result, now, &mut fx),
             Input::Recheck => self.maybe_execute(now, &mut fx),
+            Input::PeerFact(message) => self.peer_fact(message, now, &mut fx),
+            Input::PollerRole(poller) => self.poller_role(poller, now, &mut fx),
         }
         fx.into_vec()
     }

@@ -49,6 +49,11 @@ pub(crate) async fn start_session(
         listen: "127.0.0.1:0".parse().unwrap(),
         token_file: None,
         hidden_rerun: false,
+        kind: cs_tui::proxy::pool::SessionKind::Serve,
+        cwd: store_dir.to_owned(),
+        placement: Default::default(),
+        // These rigs run one session each, in parallel on separate stores.
+        pool: true,
     };
     Session::start(listener, options, dir).await.unwrap()
 }

@@ -1,0 +1,57 @@
+//! The pool: every cs-tui session on one store (dashboards and `serve` instances) shares what
+//! it learns about the accounts with the others, with no daemon. Each session already serves
+//! a control socket in `<store>/runtime/<pid>-<uuid>/`; a peer is every other such socket.
+//!
+//! - **Facts** ([`PoolFact`]): a session's core sends what it learned first-hand (its own
+//!   stream's rate limits, its own usage reads, a limit hit, a failed login) as one JSON line
+//!   to every peer ([`PeerRequest::Pool`]); a fact heard from a peer is never sent on.
+//! - **One poller** per store: the session holding `<store>/locks/poller.lock` reads the usage
+//!   of accounts on a timer; the others read only on events.
+//! - **Placement**: a starting session (and an automatic switch) chooses its account counting
+//!   the sessions already on each ([`SessionStatus`]).
+//!
+//! `CS_TUI_POOL=off` turns all of it off: every session acts alone, as before.
+
+#[allow(
+    dead_code,
+    reason = "issue 14: the contract; the hub and the core use it"
+)]
+pub mod wire;
+
+pub(crate) use wire::{PeerMessage, PoolFact};
+pub use wire::{SessionKind, SessionState, SessionStatus};
+
+use tokio::sync::mpsc;
+
+/// The environment variable that turns the pool off (`CS_TUI_POOL=off`).
+pub const POOL_ENV: &str = "CS_TUI_POOL";
+
+/// Whether the environment turns the pool off.
+pub fn disabled_by_env() -> bool {
+    std::env::var(POOL_ENV).is_ok_and(|v| matches!(v.trim(), "off" | "0" | "false" | "no"))
+}
+
+/// Where the core's broadcasts go: the session's pool hub, or nowhere when the pool is off.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PoolHandle {
+    tx: Option<mpsc::UnboundedSender<PoolFact>>,
+}
+
+impl PoolHandle {
+    /// A handle whose facts go nowhere (the pool is off, or a test).
+    pub(crate) fn off() -> Self {
+        Self { tx: None }
+    }
+
+    #[allow(dead_code, reason = "issue 14: the hub")]
+    pub(crate) fn new(tx: mpsc::UnboundedSender<PoolFact>) -> Self {
+        Self { tx: Some(tx) }
+    }
+
+    /// Hands a fact to the hub, which sends it to every peer; never blocks.
+    pub(crate) fn broadcast(&self, fact: PoolFact) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(fact);
+        }
+    }
+}
