@@ -12,6 +12,7 @@ pub mod relay;
 pub mod rpc;
 pub mod session;
 pub mod socket;
+pub(crate) mod start_plan;
 pub mod store_directory;
 pub(crate) mod turn_guard;
 pub(crate) mod upstream;

@@ -21,7 +21,9 @@ pub mod wire;
 pub(crate) use wire::{PeerMessage, PoolFact};
 pub use wire::{SessionKind, SessionState, SessionStatus};
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 
 /// The environment variable that turns the pool off (`CS_TUI_POOL=off`).
 pub const POOL_ENV: &str = "CS_TUI_POOL";
@@ -53,5 +55,36 @@ impl PoolHandle {
         if let Some(tx) = &self.tx {
             let _ = tx.send(fact);
         }
+    }
+}
+
+/// This session's status as its peers and `cs-tui sessions` see it. The hub keeps it current
+/// from the session's events; placement sets the account a starting session chose before its
+/// login, so the next session to choose counts it.
+#[derive(Clone, Debug)]
+#[allow(dead_code, reason = "issue 14: the hub and placement")]
+pub(crate) struct StatusCell(Arc<watch::Sender<SessionStatus>>);
+
+#[allow(dead_code, reason = "issue 14: the hub and placement")]
+impl StatusCell {
+    pub(crate) fn new(initial: SessionStatus) -> Self {
+        Self(Arc::new(watch::Sender::new(initial)))
+    }
+
+    pub(crate) fn get(&self) -> SessionStatus {
+        self.0.borrow().clone()
+    }
+
+    /// Changes the status; watchers hear of it only if it changed.
+    pub(crate) fn update(&self, change: impl FnOnce(&mut SessionStatus)) {
+        self.0.send_if_modified(|status| {
+            let before = status.clone();
+            change(status);
+            *status != before
+        });
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<SessionStatus> {
+        self.0.subscribe()
     }
 }
