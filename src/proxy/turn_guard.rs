@@ -84,6 +84,10 @@ impl GuardShared {
         self.switching.load(Ordering::SeqCst)
     }
 
+    fn holding_turns(&self) -> bool {
+        self.hold.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn set_alternative(&self, available: bool) {
         self.alternative.store(available, Ordering::Relaxed);
     }
@@ -112,7 +116,13 @@ pub(crate) enum GuardEvent {
     Rerunning { conn: ConnId, turn_id: String },
     /// The client asked for a turn on this thread; it runs from now on as far as switching
     /// is concerned (a login before its `turn/started` would kill it just the same).
-    TurnRequested { conn: ConnId, thread_id: String },
+    /// `held`: the guard withholds it until [`GuardCommand::SwitchOver`] (a switch's login
+    /// runs, or the core holds turns); it does not run until then.
+    TurnRequested {
+        conn: ConnId,
+        thread_id: String,
+        held: bool,
+    },
 }
 
 /// Where a guard's events go (the session sends them to the core), like the relay's
@@ -261,9 +271,15 @@ impl TurnGuard {
         let thread = params["threadId"].as_str().unwrap_or_default().to_owned();
         match message.method() {
             Some("turn/start") => {
+                // A login is under way and would kill this turn, or the active account is
+                // known exhausted and a switch waits: it starts once the switch is over, on
+                // the new account (in order, behind any turn already held).
+                let held =
+                    self.shared.switching() || self.shared.holding_turns() || self.held_turn_start;
                 self.tell_core(GuardEvent::TurnRequested {
                     conn: self.conn,
                     thread_id: thread.clone(),
+                    held,
                 });
                 let title = matches!(&message.envelope.id, Some(Value::String(id)) if id.starts_with(TITLE_REQUEST_PREFIX));
                 if title {
@@ -271,9 +287,7 @@ impl TurnGuard {
                 } else {
                     self.params_by_thread.insert(thread, params);
                 }
-                if self.shared.switching() || self.held_turn_start {
-                    // A login is under way and would kill this turn: it starts once the login
-                    // is done, on the new account.
+                if held {
                     self.held_turn_start = true;
                     return Verdict::Hold;
                 }
@@ -698,9 +712,16 @@ mod tests {
                     GuardEvent::RerunWanted { turn_id, .. } => format!("wanted {turn_id}"),
                     GuardEvent::RerunCancelled { .. } => "cancelled".into(),
                     GuardEvent::Rerunning { turn_id, .. } => format!("rerunning {turn_id}"),
-                    GuardEvent::TurnRequested { thread_id, .. } => {
-                        format!("requested {thread_id}")
-                    }
+                    GuardEvent::TurnRequested {
+                        thread_id,
+                        held: false,
+                        ..
+                    } => format!("requested {thread_id}"),
+                    GuardEvent::TurnRequested {
+                        thread_id,
+                        held: true,
+                        ..
+                    } => format!("held {thread_id}"),
                 })
                 .collect()
         }
@@ -909,5 +930,45 @@ mod tests {
         assert_eq!(h.client(start).0, Verdict::Forward);
         // Nothing held: nothing to release.
         assert!(h.command(GuardCommand::SwitchOver).is_empty());
+    }
+
+    #[test]
+    fn a_turn_asked_for_while_the_core_holds_turns_waits_for_the_switch() {
+        let mut h = Harness::new(true);
+        let start = r#"{"id":5,"method":"turn/start","params":{"threadId":"t1","input":[]}}"#;
+        h.guard.shared.set_hold(true);
+        assert_eq!(h.client(start).0, Verdict::Hold);
+        assert_eq!(h.core_events(), vec!["held t1"], "held turns are not busy");
+        // The hold lifts as the switch's login starts: later turns queue behind the first.
+        h.guard.shared.set_hold(false);
+        h.guard.shared.set_switching(true);
+        assert_eq!(h.client(start).0, Verdict::Hold);
+        assert_eq!(h.core_events(), vec!["held t1"]);
+        h.guard.shared.set_switching(false);
+        assert_eq!(
+            h.command(GuardCommand::SwitchOver),
+            vec!["release-held→upstream"]
+        );
+        assert_eq!(h.client(start).0, Verdict::Forward);
+        assert_eq!(h.core_events(), vec!["requested t1"]);
+    }
+
+    #[test]
+    fn a_hold_let_go_with_no_switch_releases_the_turn_to_the_old_account() {
+        let mut h = Harness::new(true);
+        let start = r#"{"id":5,"method":"turn/start","params":{"threadId":"t1","input":[]}}"#;
+        h.guard.shared.set_hold(true);
+        assert_eq!(h.client(start).0, Verdict::Hold);
+        // The core lets go (its timeout, or the switch failed): SwitchOver releases it.
+        h.guard.shared.set_hold(false);
+        assert_eq!(
+            h.command(GuardCommand::SwitchOver),
+            vec!["release-held→upstream"]
+        );
+        assert_eq!(h.client(start).0, Verdict::Forward);
+        // A rerun command meanwhile does not release held turns.
+        h.guard.shared.set_hold(true);
+        assert_eq!(h.client(start).0, Verdict::Hold);
+        assert!(h.command(GuardCommand::GiveUp).is_empty());
     }
 }

@@ -74,11 +74,9 @@ pub(crate) enum Effect {
     /// Tell the user if the store refused refreshed tokens (they live in memory only).
     ReportUnsavedTokens,
     /// Tell the pool's other sessions what this one learned first-hand.
-    #[allow(dead_code, reason = "issue 14: the core's pool rules send facts")]
     Broadcast(PoolFact),
     /// Tell every guard to hold new turns (`true`: the active account is known exhausted and a
     /// switch away from it is pending) or to let them go.
-    #[allow(dead_code, reason = "issue 14: the core's pool rules hold turns")]
     SetHoldTurns(bool),
 }
 

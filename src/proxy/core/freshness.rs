@@ -14,6 +14,10 @@ use crate::quota::{AccountLimits, RateLimitSnapshot};
 use super::effects::{Effect, Effects};
 use super::state::{CoreState, Now};
 
+/// A usage read sent this long ago and not answered is taken as lost (each read gives up
+/// after [`super::tasks::USAGE_TIMEOUT`]): the poll may send it again.
+pub(super) const READ_IN_FLIGHT: Duration = Duration::from_secs(30);
+
 impl CoreState {
     /// A rate-limit update heard on a turn of the active account.
     pub(super) fn rate_limits_heard(
@@ -25,9 +29,11 @@ impl CoreState {
         let Some(active) = self.active.clone() else {
             return;
         };
+        let before = self.quota(&active).cloned();
         let limits = self.snapshots.entry(active.clone()).or_default();
         let quota = limits.apply_update(update);
         self.emit_limits(&active, now, fx);
+        self.stream_heard(&active, before.as_ref(), now, fx);
         // Another family (a model-specific limit) is shown, never switched on: the account's
         // quota is the `codex` family. A turn refused on such a limit still ends in a
         // usage-limit error, which switches.
@@ -48,6 +54,7 @@ impl CoreState {
             return;
         }
         self.quota_read = Some(active.clone());
+        self.reading.insert(active.clone(), now.mono);
         fx.push(Effect::FetchUsage {
             ids: vec![active.clone()],
             started: now.mono,
@@ -68,7 +75,14 @@ impl CoreState {
 
     /// Reads `/wham/usage` of every account (`all`) or of the stale ones, and the store's
     /// accounts again.
+    ///
+    /// In a pool, only the elected poller reads on the timer: another session's `PollTick`
+    /// only lists the accounts (its numbers come from the poller's read facts).
     pub(super) fn poll_usage(&mut self, all: bool, now: Now, fx: &mut Effects) {
+        if !all && !self.poller {
+            fx.push(Effect::ListAccounts);
+            return;
+        }
         self.poll_reset_credits(None, fx);
         let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
         let ids: Vec<AccountId> = self
@@ -78,13 +92,22 @@ impl CoreState {
             // The active account too: its live updates are sparse, and only a full read
             // tells that a window is gone (a plan that stopped sending its 5-hour window).
             .filter(|a| {
-                all || self
+                all || (self
                     .usage_at
                     .get(&a.id)
                     .is_none_or(|t| now.mono.saturating_duration_since(*t) >= stale)
+                    // A read under way is not sent again (the poller's role can arrive
+                    // right after the start's reads went out).
+                    && self
+                        .reading
+                        .get(&a.id)
+                        .is_none_or(|t| now.mono.saturating_duration_since(*t) >= READ_IN_FLIGHT))
             })
             .map(|a| a.id.clone())
             .collect();
+        for id in &ids {
+            self.reading.insert(id.clone(), now.mono);
+        }
         // Pick up accounts added, removed or re-enabled since the session started.
         fx.push(Effect::ListAccounts);
         if !ids.is_empty() {
@@ -113,6 +136,9 @@ impl CoreState {
         }
         self.accounts = accounts;
         self.update_alternative(now, fx);
+        for id in &new {
+            self.reading.insert(id.clone(), now.mono);
+        }
         if !new.is_empty() {
             fx.push(Effect::FetchUsage {
                 ids: new,
@@ -129,12 +155,19 @@ impl CoreState {
         fx: &mut Effects,
     ) {
         let mut active_read = false;
+        let read_started = now.wall_of(started);
         for (id, result) in results {
             if self.quota_read.as_ref() == Some(&id) {
                 self.quota_read = None;
             }
+            if self.reading.get(&id).is_some_and(|at| *at <= started) {
+                self.reading.remove(&id);
+            }
             match result {
                 Ok(limits) => {
+                    // Our own read: every session may count it (peers weigh it by when it
+                    // was sent, as below).
+                    self.broadcast_read(&id, &limits, read_started, fx);
                     self.usage_at.insert(id.clone(), now.mono);
                     // A read sent before the session last heard of this account live (a
                     // rate-limit update, a limit hit) is older news: a slow read of an
@@ -173,6 +206,7 @@ impl CoreState {
     ) {
         // Newer than anything heard before the reset, live numbers included.
         self.heard_live.insert(account.clone(), now.mono);
+        self.broadcast_read(&account, &limits, now.wall, fx);
         self.forget_limit_unless_exhausted(&account, &limits);
         self.snapshots.insert(account.clone(), limits);
         self.emit_limits(&account, now, fx);

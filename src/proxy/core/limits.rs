@@ -4,14 +4,15 @@
 //! not while "no account available" was said less than [`NONE_AVAILABLE_BACKOFF`] ago; a
 //! manual request already pending is not overridden.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::account_id::AccountId;
 use crate::proxy::events::{ProxyEvent, SwitchReason};
 use crate::proxy::policy::{self, Mode};
+use crate::proxy::pool::PoolFact;
 use crate::quota::{AccountLimits, RateLimitSnapshot};
 
-use super::effects::Effects;
+use super::effects::{Effect, Effects};
 use super::state::{CoreState, Now};
 use super::switching::Target;
 
@@ -45,9 +46,23 @@ impl CoreState {
     /// Says once that `account` hit its usage limit, and takes it as exhausted until its
     /// numbers say otherwise (the 100 % update may not have come, or not yet).
     pub(super) fn report_limit(&mut self, account: &AccountId, now: Now, fx: &mut Effects) {
-        self.heard_live.insert(account.clone(), now.mono);
+        self.record_limit(account, None, now.mono, now, fx);
+    }
+
+    /// A limit of `account`: hit here (`session: None`, told to the pool) or by the peer
+    /// `session` at `heard`. Returns whether it is news.
+    pub(super) fn record_limit(
+        &mut self,
+        account: &AccountId,
+        session: Option<String>,
+        heard: Instant,
+        now: Now,
+        fx: &mut Effects,
+    ) -> bool {
+        let live = self.heard_live.entry(account.clone()).or_insert(heard);
+        *live = (*live).max(heard);
         if !self.limit_reported.insert(account.clone()) {
-            return;
+            return false;
         }
         let snapshot = self
             .snapshots
@@ -57,11 +72,17 @@ impl CoreState {
         if !snapshot.is_exhausted() {
             snapshot.rate_limit_reached_type = Some("usage_limit_reached".to_owned());
         }
+        if session.is_none() {
+            fx.push(Effect::Broadcast(PoolFact::LimitHit {
+                account: account.clone(),
+            }));
+        }
         fx.emit(ProxyEvent::UsageLimitHit {
             account: self.account_ref(account),
-            session: None,
+            session,
             at: now.wall,
         });
+        true
     }
 
     /// Numbers that show room mean a later limit of `id` is a new one.
@@ -74,6 +95,16 @@ impl CoreState {
     /// Arms a switch when the active account's quota asks for one (a hard limit, or a soft
     /// threshold unless "no account available" was said a moment ago).
     pub(super) fn check_active_quota(&mut self, now: Now, fx: &mut Effects) {
+        self.check_active_quota_from(None, now, fx);
+    }
+
+    /// [`Self::check_active_quota`], for numbers the peer `session` told (or our own, `None`).
+    pub(super) fn check_active_quota_from(
+        &mut self,
+        session: Option<&str>,
+        now: Now,
+        fx: &mut Effects,
+    ) {
         let Some(active) = self.active.clone() else {
             return;
         };
@@ -84,6 +115,13 @@ impl CoreState {
                 .none_available_until
                 .is_some_and(|until| now.mono < until);
             if hard || !backing_off {
+                let reason = match session {
+                    Some(session) => SwitchReason::Peer {
+                        session: session.to_owned(),
+                        detail: reason.describe(),
+                    },
+                    None => reason,
+                };
                 self.arm(Target::Best, reason, Mode::Automatic, now, fx);
             }
         }

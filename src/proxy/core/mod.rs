@@ -34,6 +34,8 @@ mod tasks;
 mod turns;
 
 #[cfg(test)]
+mod pool_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -132,13 +134,17 @@ impl<D: AccountDirectory> Core<D> {
     pub(crate) fn new(init: CoreInit<D>) -> Self {
         let history_path = init.config.history_path.clone();
         let usage_poll = init.config.usage_poll;
+        let mut state = CoreState::new(
+            init.config,
+            init.accounts,
+            init.active,
+            init.active_snapshot,
+        );
+        // In a pool, the timed reads are the elected poller's: the hub says when this
+        // session is it (`Input::PollerRole`). Alone, it always is.
+        state.poller = !init.pool.is_on();
         Self {
-            state: CoreState::new(
-                init.config,
-                init.accounts,
-                init.active,
-                init.active_snapshot,
-            ),
+            state,
             dir: init.dir,
             control: init.control,
             events: init.events,

@@ -44,6 +44,19 @@ impl Now {
     pub(crate) fn unix(&self) -> i64 {
         self.wall.timestamp()
     }
+
+    /// The wall time of an earlier monotonic instant.
+    pub(crate) fn wall_of(&self, then: Instant) -> DateTime<Utc> {
+        let ago = self.mono.saturating_duration_since(then);
+        self.wall - chrono::Duration::from_std(ago).unwrap_or_default()
+    }
+
+    /// The monotonic instant of a wall time another session of this machine stamped (one
+    /// machine, one clock): `mono − (wall − at)`, never later than now.
+    pub(crate) fn instant_of(&self, at: DateTime<Utc>) -> Instant {
+        let ago = (self.wall - at).to_std().unwrap_or_default();
+        self.mono.checked_sub(ago).unwrap_or(self.mono)
+    }
 }
 
 /// Everything the core decides on (the actor turns its messages into these).
@@ -135,6 +148,29 @@ pub(crate) struct CoreState {
     /// Whether this session reads the usage of the accounts on the poll's timer (the pool's
     /// elected poller; alone, always).
     pub(super) poller: bool,
+    /// Usage reads sent and not answered yet, and when (a poll does not read them again).
+    pub(super) reading: HashMap<AccountId, Instant>,
+    /// Turns a guard holds (`TurnRequested { held: true }`): not busy, since they wait for
+    /// the switch that their being busy would hold back. Released into `requested`.
+    pub(super) held_requests: HashMap<(ConnId, String), Instant>,
+    /// Whether the guards hold new turns (rule 4 of the pool, `pool.rs`).
+    pub(super) hold: Hold,
+    /// Accounts a peer failed to log in, kept out of the candidates until then.
+    pub(super) login_failed_until: HashMap<AccountId, Instant>,
+    /// When each account's own stream numbers were last sent to the pool.
+    pub(super) stream_sent: HashMap<AccountId, Instant>,
+    /// Accounts whose stream numbers changed since they were last sent (coalesced).
+    pub(super) stream_unsent: HashSet<AccountId>,
+}
+
+/// Whether the guards hold new turns for a switch away from an exhausted account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Hold {
+    Off,
+    /// Holding since then.
+    On(Instant),
+    /// Held too long with no switch: let go until the reason goes away.
+    Expired,
 }
 
 impl CoreState {
@@ -169,6 +205,12 @@ impl CoreState {
             limit_reported: HashSet::new(),
             quota_read: None,
             poller: true,
+            reading: HashMap::new(),
+            held_requests: HashMap::new(),
+            hold: Hold::Off,
+            login_failed_until: HashMap::new(),
+            stream_sent: HashMap::new(),
+            stream_unsent: HashSet::new(),
         }
     }
 
@@ -212,10 +254,14 @@ impl CoreState {
             }
             Input::AppServerRestarted => self.relogin(now, &mut fx),
             Input::Relogged { account, result } => self.relogged(account, result, now, &mut fx),
-            Input::Recheck => self.maybe_execute(now, &mut fx),
+            Input::Recheck => {
+                self.flush_stream_facts(now, &mut fx);
+                self.maybe_execute(now, &mut fx);
+            }
             Input::PeerFact(message) => self.peer_fact(message, now, &mut fx),
             Input::PollerRole(poller) => self.poller_role(poller, now, &mut fx),
         }
+        self.update_hold(now, &mut fx);
         fx.into_vec()
     }
 
@@ -262,8 +308,18 @@ impl CoreState {
         self.snapshots.get(id).and_then(AccountLimits::quota)
     }
 
-    pub(super) fn candidate(&self, account: &DirAccount) -> Candidate {
-        candidate_of(account, &self.snapshots, &self.switched_away)
+    /// An account as automatic choices weigh it: one a peer just failed to log in is out.
+    pub(super) fn candidate(&self, account: &DirAccount, now: Now) -> Candidate {
+        let mut candidate = candidate_of(account, &self.snapshots, &self.switched_away);
+        candidate.needs_login |= self.login_failed(&account.id, now);
+        candidate
+    }
+
+    /// Whether a peer failed to log `id` in less than a minute ago.
+    pub(super) fn login_failed(&self, id: &AccountId, now: Now) -> bool {
+        self.login_failed_until
+            .get(id)
+            .is_some_and(|until| now.mono < *until)
     }
 }
 

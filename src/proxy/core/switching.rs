@@ -11,12 +11,13 @@ use crate::proxy::directory::DirAccount;
 use crate::proxy::events::{ProxyEvent, SwitchReason};
 use crate::proxy::history::{SwitchRecord, UsageNumbers};
 use crate::proxy::policy::{self, Candidate, Choice, Mode};
+use crate::proxy::pool::PoolFact;
 use crate::quota::AccountLimits;
 
 use super::effects::{Effect, Effects, SwitchPlan};
 use super::lifecycle::AppServerState;
 use super::limits::NONE_AVAILABLE_BACKOFF;
-use super::state::{CoreState, Now};
+use super::state::{CoreState, Now, candidate_of};
 
 /// Whom a switch goes to.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,9 +116,16 @@ impl CoreState {
         self.switching = true;
         fx.push(Effect::SetSwitching(true));
         let stale_after = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
+        let mut accounts = self.accounts.clone();
+        if pending.target == Target::Best {
+            // An account a peer just failed to log in is not chosen (nor read) for a minute.
+            for account in &mut accounts {
+                account.needs_login |= self.login_failed(&account.id, now);
+            }
+        }
         fx.push(Effect::StartSwitch(Box::new(SwitchPlan {
             policy: self.config.policy.clone(),
-            accounts: self.accounts.clone(),
+            accounts,
             from: self.active.clone(),
             snapshots: self.snapshots.clone(),
             fresh: self
@@ -134,8 +142,10 @@ impl CoreState {
     pub(super) fn switch_finished(&mut self, outcome: SwitchOutcome, now: Now, fx: &mut Effects) {
         self.switching = false;
         fx.push(Effect::SetSwitching(false));
-        self.release_held_turns(fx);
+        self.release_held_turns(now, fx);
+        let read_started = now.wall_of(outcome.started);
         for (id, limits) in outcome.fetched {
+            self.broadcast_read(&id, &limits, read_started, fx);
             self.usage_at.insert(id.clone(), now.mono);
             if Some(&id) != self.active.as_ref() {
                 // A fresh read that shows room lifts "exhausted" everywhere.
@@ -153,6 +163,7 @@ impl CoreState {
                     self.switched_away.insert(from.clone(), now.unix());
                 }
                 if let Some(snapshot) = snapshot {
+                    self.broadcast_read(&to, &snapshot, read_started, fx);
                     self.snapshots.insert(to.clone(), snapshot);
                     self.usage_at.insert(to.clone(), now.mono);
                 }
@@ -223,6 +234,11 @@ impl CoreState {
             Err(SwitchFailure::Failed { to, error }) => {
                 self.give_up_reruns(fx);
                 tracing::error!(%error, "switch failed");
+                // The pool hears that it failed, not why (an error can quote the backend).
+                fx.push(Effect::Broadcast(PoolFact::LoginFailed {
+                    account: to.clone(),
+                    needs_login: false,
+                }));
                 fx.emit(ProxyEvent::SwitchFailed {
                     from: outcome.from.as_ref().map(|f| self.account_ref(f)),
                     to: self.account_ref(&to),
@@ -257,10 +273,14 @@ impl CoreState {
                     account.name
                 ));
             }
-            let candidate = self.candidate(account);
+            // The user named it: a peer's failed login of it does not stand in the way.
+            let candidate = candidate_of(account, &self.snapshots, &self.switched_away);
             policy::check_manual(&candidate, self.active.as_ref())?;
-            let candidates: Vec<Candidate> =
-                self.accounts.iter().map(|a| self.candidate(a)).collect();
+            let candidates: Vec<Candidate> = self
+                .accounts
+                .iter()
+                .map(|a| candidate_of(a, &self.snapshots, &self.switched_away))
+                .collect();
             if let Some(limited) = policy::shared_workspace_limit(&candidate, &candidates) {
                 return Err(format!(
                     "{} is a seat of the same workspace as {}, whose workspace limit it shares; \
@@ -287,7 +307,11 @@ impl CoreState {
 
     /// Tells the guards whether another account could take over now.
     pub(super) fn update_alternative(&self, now: Now, fx: &mut Effects) {
-        let candidates: Vec<Candidate> = self.accounts.iter().map(|a| self.candidate(a)).collect();
+        let candidates: Vec<Candidate> = self
+            .accounts
+            .iter()
+            .map(|a| self.candidate(a, now))
+            .collect();
         let available = matches!(
             policy::choose_best(
                 &candidates,

@@ -24,7 +24,7 @@ use crate::proxy::rpc::method;
 use crate::proxy::turn_guard::{GuardCommand, GuardEvent};
 use crate::quota::{AccountLimits, RateLimitSnapshot, RateLimitWindow};
 
-fn seat(id: &str, workspace: &str, user: &str) -> DirAccount {
+pub(super) fn seat(id: &str, workspace: &str, user: &str) -> DirAccount {
     DirAccount {
         id: id.into(),
         name: id.to_owned(),
@@ -38,7 +38,7 @@ fn seat(id: &str, workspace: &str, user: &str) -> DirAccount {
 }
 
 /// An API-key account: cannot be logged in with ChatGPT tokens.
-fn api_key(id: &str) -> DirAccount {
+pub(super) fn api_key(id: &str) -> DirAccount {
     DirAccount {
         chatgpt_account_id: None,
         user_id: None,
@@ -47,7 +47,7 @@ fn api_key(id: &str) -> DirAccount {
 }
 
 /// A quota whose 5-hour window is `used` % full (resetting in an hour) and weekly 10 %.
-fn quota(used: f64, wall: DateTime<Utc>) -> RateLimitSnapshot {
+pub(super) fn quota(used: f64, wall: DateTime<Utc>) -> RateLimitSnapshot {
     RateLimitSnapshot {
         primary: Some(RateLimitWindow {
             used_percent: used,
@@ -63,19 +63,19 @@ fn quota(used: f64, wall: DateTime<Utc>) -> RateLimitSnapshot {
     }
 }
 
-fn limits(used: f64, wall: DateTime<Utc>) -> AccountLimits {
+pub(super) fn limits(used: f64, wall: DateTime<Utc>) -> AccountLimits {
     AccountLimits::full([quota(used, wall)])
 }
 
 /// A session on `alice` with `bob` and `carol` stored (and an API-key account), at a clock
 /// the test moves by hand.
-struct Sim {
-    state: CoreState,
-    now: Now,
+pub(super) struct Sim {
+    pub(super) state: CoreState,
+    pub(super) now: Now,
 }
 
 impl Sim {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let now = Now {
             mono: Instant::now(),
             wall: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
@@ -100,20 +100,20 @@ impl Sim {
         Self { state, now }
     }
 
-    fn advance(&mut self, by: Duration) {
+    pub(super) fn advance(&mut self, by: Duration) {
         self.now.mono += by;
         self.now.wall += chrono::Duration::from_std(by).unwrap();
     }
 
-    fn feed(&mut self, input: Input) -> Vec<Effect> {
+    pub(super) fn feed(&mut self, input: Input) -> Vec<Effect> {
         self.state.handle(input, self.now)
     }
 
-    fn connect(&mut self, conn: u64) {
+    pub(super) fn connect(&mut self, conn: u64) {
         self.feed(Input::Connected(conn));
     }
 
-    fn turn_started(&mut self, conn: u64, turn: &str) -> Vec<Effect> {
+    pub(super) fn turn_started(&mut self, conn: u64, turn: &str) -> Vec<Effect> {
         self.feed(Input::Observed(
             conn,
             Observation::TurnStarted {
@@ -123,7 +123,7 @@ impl Sim {
         ))
     }
 
-    fn turn_completed(&mut self, conn: u64, turn: &str) -> Vec<Effect> {
+    pub(super) fn turn_completed(&mut self, conn: u64, turn: &str) -> Vec<Effect> {
         self.feed(Input::Observed(
             conn,
             Observation::TurnCompleted {
@@ -134,7 +134,7 @@ impl Sim {
         ))
     }
 
-    fn limit_error(&mut self, conn: u64, turn: &str) -> Vec<Effect> {
+    pub(super) fn limit_error(&mut self, conn: u64, turn: &str) -> Vec<Effect> {
         self.feed(Input::Observed(
             conn,
             Observation::UsageLimitError {
@@ -144,7 +144,7 @@ impl Sim {
         ))
     }
 
-    fn rate_limits(&mut self, used: f64) -> Vec<Effect> {
+    pub(super) fn rate_limits(&mut self, used: f64) -> Vec<Effect> {
         let update = quota(used, self.now.wall);
         self.feed(Input::Observed(
             1,
@@ -152,12 +152,12 @@ impl Sim {
         ))
     }
 
-    fn command(&mut self, command: ProxyCommand) -> Vec<Effect> {
+    pub(super) fn command(&mut self, command: ProxyCommand) -> Vec<Effect> {
         self.feed(Input::Command(command))
     }
 
     /// The switch task's report: it went to `to` (or failed as `result` says).
-    fn finished(
+    pub(super) fn finished(
         &mut self,
         plan: &SwitchPlan,
         result: Result<(AccountId, Option<AccountLimits>), SwitchFailure>,
@@ -175,14 +175,14 @@ impl Sim {
 }
 
 /// The switch a decision started, if any.
-fn started(effects: Vec<Effect>) -> Option<SwitchPlan> {
+pub(super) fn started(effects: Vec<Effect>) -> Option<SwitchPlan> {
     effects.into_iter().find_map(|e| match e {
         Effect::StartSwitch(plan) => Some(*plan),
         _ => None,
     })
 }
 
-fn events(effects: &[Effect]) -> Vec<&ProxyEvent> {
+pub(super) fn events(effects: &[Effect]) -> Vec<&ProxyEvent> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -192,11 +192,11 @@ fn events(effects: &[Effect]) -> Vec<&ProxyEvent> {
         .collect()
 }
 
-fn count(effects: &[Effect], what: fn(&Effect) -> bool) -> usize {
+pub(super) fn count(effects: &[Effect], what: fn(&Effect) -> bool) -> usize {
     effects.iter().filter(|e| what(e)).count()
 }
 
-fn reply(effects: &[Effect]) -> Result<String, String> {
+pub(super) fn reply(effects: &[Effect]) -> Result<String, String> {
     effects
         .iter()
         .find_map(|e| match e {
@@ -206,7 +206,7 @@ fn reply(effects: &[Effect]) -> Result<String, String> {
         .expect("the command is answered")
 }
 
-fn guard_commands(effects: &[Effect]) -> Vec<(u64, GuardCommand)> {
+pub(super) fn guard_commands(effects: &[Effect]) -> Vec<(u64, GuardCommand)> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -216,15 +216,15 @@ fn guard_commands(effects: &[Effect]) -> Vec<(u64, GuardCommand)> {
         .collect()
 }
 
-fn is_start(e: &Effect) -> bool {
+pub(super) fn is_start(e: &Effect) -> bool {
     matches!(e, Effect::StartSwitch(_))
 }
 
-fn is_deferred(e: &Effect) -> bool {
+pub(super) fn is_deferred(e: &Effect) -> bool {
     matches!(e, Effect::Emit(ProxyEvent::SwitchDeferred { .. }))
 }
 
-fn is_limit_hit(e: &Effect) -> bool {
+pub(super) fn is_limit_hit(e: &Effect) -> bool {
     matches!(e, Effect::Emit(ProxyEvent::UsageLimitHit { .. }))
 }
 
@@ -306,6 +306,7 @@ fn a_requested_turn_defers_a_manual_switch_until_it_starts_and_ends_or_goes_stal
     let fx = sim.feed(Input::Guard(GuardEvent::TurnRequested {
         conn: 1,
         thread_id: "thread-u1".into(),
+        held: false,
     }));
     assert!(matches!(fx[..], [Effect::RecheckAfter(d)] if d == REQUESTED_TURN_TIMEOUT));
     let fx = sim.command(ProxyCommand::SwitchTo {

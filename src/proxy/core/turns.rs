@@ -54,6 +54,7 @@ impl CoreState {
         // Turns seen only on that connection can no longer be tracked.
         self.running.retain(|_, (c, _)| *c != conn);
         self.requested.retain(|(c, _), _| *c != conn);
+        self.held_requests.retain(|(c, _), _| *c != conn);
         self.emit_connection(now, fx);
         self.emit_turns(now, fx);
         self.maybe_execute(now, fx);
@@ -126,7 +127,19 @@ impl CoreState {
                     );
                 }
             }
-            GuardEvent::TurnRequested { conn, thread_id } => {
+            GuardEvent::TurnRequested {
+                conn,
+                thread_id,
+                held: true,
+            } => {
+                // It waits for a switch; counted busy, it would hold that switch back.
+                self.held_requests.insert((conn, thread_id), now.mono);
+            }
+            GuardEvent::TurnRequested {
+                conn,
+                thread_id,
+                held: false,
+            } => {
                 self.requested.insert((conn, thread_id), now.mono);
                 // Should the turn never start (the request failed), look again then.
                 fx.push(Effect::RecheckAfter(REQUESTED_TURN_TIMEOUT));
@@ -182,8 +195,15 @@ impl CoreState {
         }
     }
 
-    /// A switch's login is over: turns held meanwhile go to the app-server now.
-    pub(super) fn release_held_turns(&self, fx: &mut Effects) {
+    /// A switch's login is over (or a hold ends): turns held meanwhile go to the app-server
+    /// now, and count as requested from now on.
+    pub(super) fn release_held_turns(&mut self, now: Now, fx: &mut Effects) {
+        if !self.held_requests.is_empty() {
+            for (key, _) in std::mem::take(&mut self.held_requests) {
+                self.requested.insert(key, now.mono);
+            }
+            fx.push(Effect::RecheckAfter(REQUESTED_TURN_TIMEOUT));
+        }
         let mut clients: Vec<ConnId> = self.clients.iter().copied().collect();
         clients.sort_unstable();
         for conn in clients {

@@ -50,6 +50,11 @@ impl PoolHandle {
         Self { tx: Some(tx) }
     }
 
+    /// Whether facts go to a hub (the pool is on).
+    pub(crate) fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Hands a fact to the hub, which sends it to every peer; never blocks.
     pub(crate) fn broadcast(&self, fact: PoolFact) {
         if let Some(tx) = &self.tx {
