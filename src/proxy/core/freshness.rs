@@ -3,6 +3,8 @@
 //! (a window it lacks is gone); a read sent before the session last heard an account live
 //! (a rate-limit update, a limit hit) is older news and changes nothing; a turn that reported
 //! another family's numbers instead of the quota's gets the quota read (one read at a time).
+//! In a pool only the elected poller reads on the timer, a read under way is not sent again,
+//! and a peer's read counts as fresh here (`pool.rs`).
 
 use std::time::{Duration, Instant};
 

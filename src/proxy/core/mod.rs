@@ -18,6 +18,7 @@
 //! | `freshness.rs` | usage reads: when, and which reads are too old to count |
 //! | `refresh.rs` | whose tokens answer `account/chatgptAuthTokens/refresh` |
 //! | `lifecycle.rs` | app-server exit and restart, re-login, the relay's gate |
+//! | `pool.rs` | the pool: facts told to and taken from other sessions, held turns, the poller |
 //! | `commands.rs` | the user's commands |
 //! | `tasks.rs` | the I/O the actor runs: a switch, a login, usage reads, refresh answers |
 
