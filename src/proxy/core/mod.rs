@@ -52,6 +52,7 @@ use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::history;
 use crate::proxy::policy::PolicyConfig;
 use crate::proxy::pool::PoolHandle;
+use crate::proxy::pool::wire::PoolSnapshot;
 use crate::proxy::relay::{ConnId, ConnectionHandle, RelayEvent};
 use crate::proxy::turn_guard::{GuardEvent, GuardShared, TurnGuard};
 use crate::proxy::upstream::{ControlConnection, ControlEvent};
@@ -89,6 +90,9 @@ pub(crate) enum CoreMsg {
     /// A new app-server is up; this is the control connection to it. The active account is
     /// logged in again before clients may attach.
     AppServerRestarted(ControlConnection),
+    /// A peer asks what this session knows of the accounts' limits (`pool_snapshot`).
+    #[allow(dead_code, reason = "issue 14: the hub asks")]
+    PoolSnapshot(oneshot::Sender<PoolSnapshot>),
     Shutdown,
 }
 
@@ -211,6 +215,10 @@ impl<D: AccountDirectory> Core<D> {
             CoreMsg::AppServerRestarted(control) => {
                 self.control = control;
                 Input::AppServerRestarted
+            }
+            CoreMsg::PoolSnapshot(answer) => {
+                let _ = answer.send(self.state.pool_snapshot(Now::read()));
+                return;
             }
             CoreMsg::Shutdown => return,
         };

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 
 use crate::account_id::AccountId;
 use crate::proxy::policy::{self, Mode};
-use crate::proxy::pool::wire::{LimitsSource, POOL_WIRE_VERSION};
+use crate::proxy::pool::wire::{KnownLimits, LimitsSource, POOL_WIRE_VERSION, PoolSnapshot};
 use crate::proxy::pool::{PeerMessage, PoolFact};
 use crate::quota::{AccountLimits, RateLimitSnapshot};
 
@@ -225,6 +225,26 @@ impl CoreState {
         if self.active.as_ref() == Some(account) {
             self.check_active_quota_from(Some(session), now, fx);
         }
+    }
+
+    /// What this session knows of every account's limits, for a peer that asks
+    /// (`pool_snapshot`): the numbers, when they were last read in full and heard live, and
+    /// whether a limit hit stands.
+    pub(crate) fn pool_snapshot(&self, now: Now) -> PoolSnapshot {
+        let mut accounts: Vec<KnownLimits> = self
+            .snapshots
+            .iter()
+            .map(|(id, limits)| KnownLimits {
+                account: id.clone(),
+                quota: limits.quota().cloned().unwrap_or_default(),
+                families: limits.others().cloned().collect(),
+                read_at: self.usage_at.get(id).map(|at| now.wall_of(*at)),
+                heard_at: self.heard_live.get(id).map(|at| now.wall_of(*at)),
+                limit_hit: self.limit_reported.contains(id),
+            })
+            .collect();
+        accounts.sort_by(|a, b| a.account.cmp(&b.account));
+        PoolSnapshot { accounts }
     }
 
     /// This session became (or stopped being) the pool's usage poller. A new poller reads

@@ -625,3 +625,38 @@ fn a_fact_of_another_wire_version_changes_nothing() {
     assert!(fx.is_empty());
     assert!(!exhausted(&sim, "alice"));
 }
+
+#[test]
+fn the_pool_snapshot_tells_what_is_known_and_since_when() {
+    let mut sim = Sim::new();
+    let t0 = sim.now.wall;
+    peer(&mut sim, limit_hit("bob"));
+    sim.advance(Duration::from_secs(2));
+    let sent = sim.now.mono;
+    let t1 = sim.now.wall;
+    sim.advance(Duration::from_secs(1));
+    sim.feed(Input::UsageFetched {
+        started: sent,
+        results: vec![(id("carol"), Ok(limits(12.0, t1)))],
+    });
+    let t2 = sim.now.wall;
+    let snapshot = sim.state.pool_snapshot(sim.now);
+    let rows: Vec<_> = snapshot
+        .accounts
+        .iter()
+        .map(|k| (k.account.to_string(), k.read_at, k.heard_at, k.limit_hit))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("alice".to_owned(), None, None, false),
+            ("bob".to_owned(), None, Some(t0), true),
+            ("carol".to_owned(), Some(t2), None, false),
+        ]
+    );
+    assert!(snapshot.accounts[1].quota.is_exhausted());
+    assert_eq!(
+        snapshot.accounts[2].quota.five_hour().unwrap().used_percent,
+        12.0
+    );
+}
