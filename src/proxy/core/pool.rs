@@ -39,6 +39,9 @@ pub(super) const STREAM_COALESCE: Duration = Duration::from_millis(250);
 /// error, and the hidden re-run covers them).
 pub(super) const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A peer's fact learned longer ago than this is dropped.
+pub(super) const MAX_FACT_AGE: Duration = Duration::from_secs(60);
+
 /// An account a peer failed to log in stays out of automatic choices this long.
 pub(super) const LOGIN_FAILED_EXCLUSION: Duration = Duration::from_secs(60);
 
@@ -150,7 +153,15 @@ impl CoreState {
             tracing::debug!(v = message.v, from = %message.from, "pool fact of another version");
             return;
         }
-        let heard = now.instant_of(message.at);
+        // Sent as learned and delivered within a second: a fact this old is a clock gone
+        // wrong or a sender stopped mid-send, and news no longer.
+        let Some(heard) = now
+            .instant_of(message.at)
+            .filter(|heard| now.mono.saturating_duration_since(*heard) <= MAX_FACT_AGE)
+        else {
+            tracing::debug!(at = %message.at, from = %message.from, "pool fact too old; dropped");
+            return;
+        };
         let session = message.from;
         match message.fact {
             PoolFact::Limits {
@@ -183,8 +194,13 @@ impl CoreState {
                 // Fresh for the poll, whatever it says.
                 let read_at = self.usage_at.entry(account.clone()).or_insert(heard);
                 *read_at = (*read_at).max(heard);
-                let started = read_started.map_or(heard, |at| now.instant_of(at));
-                if self.heard_live.get(&account).is_some_and(|h| *h > started) {
+                // A read sent before the clock began is older than anything heard.
+                let started = match read_started {
+                    Some(at) => now.instant_of(at),
+                    None => Some(heard),
+                };
+                let live = self.heard_live.get(&account);
+                if live.is_some_and(|h| started.is_none_or(|started| *h > started)) {
                     tracing::debug!(%account, from = %session, "peer's read older than a live hearing");
                     return;
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::effects::Effect;
-use super::pool::{HOLD_TIMEOUT, LOGIN_FAILED_EXCLUSION, STREAM_COALESCE};
+use super::pool::{HOLD_TIMEOUT, LOGIN_FAILED_EXCLUSION, MAX_FACT_AGE, STREAM_COALESCE};
 use super::state::Input;
 use super::switching::{SwitchFailure, Target};
 use super::tests::{
@@ -659,4 +659,33 @@ fn the_pool_snapshot_tells_what_is_known_and_since_when() {
         snapshot.accounts[2].quota.five_hour().unwrap().used_percent,
         12.0
     );
+}
+
+#[test]
+fn a_fact_stamped_in_the_future_counts_as_now_and_one_over_a_minute_old_is_dropped() {
+    let mut sim = Sim::new();
+    // A clock an hour ahead must not make its fact outrank every later one for an hour.
+    let ahead = sim.now.wall + chrono::Duration::hours(1);
+    peer_at(&mut sim, ahead, stream_fact("bob", quota(40.0, ahead)));
+    assert_eq!(five_hour(&sim, "bob"), 40.0);
+    sim.advance(Duration::from_millis(10));
+    let wall = sim.now.wall;
+    peer(&mut sim, stream_fact("bob", quota(41.0, wall)));
+    assert_eq!(five_hour(&sim, "bob"), 41.0);
+    // A fact learned more than a minute ago is no news (a clock gone wrong, or a sender
+    // stopped mid-send): dropped, whatever it says.
+    for age in [
+        MAX_FACT_AGE + Duration::from_secs(1),
+        Duration::from_secs(86_400 * 3650),
+    ] {
+        let old = sim.now.wall - chrono::Duration::from_std(age).unwrap();
+        assert!(peer_at(&mut sim, old, limit_hit("carol")).is_empty());
+        assert!(!exhausted(&sim, "carol"));
+        assert!(peer_at(&mut sim, old, read_fact("bob", old, quota(5.0, wall))).is_empty());
+        assert_eq!(five_hour(&sim, "bob"), 41.0);
+    }
+    // Within the minute, it counts.
+    let recent = sim.now.wall - chrono::Duration::seconds(30);
+    let fx = peer_at(&mut sim, recent, limit_hit("carol"));
+    assert_eq!(limit_hit_sessions(&fx).len(), 1);
 }

@@ -52,10 +52,11 @@ impl Now {
     }
 
     /// The monotonic instant of a wall time another session of this machine stamped (one
-    /// machine, one clock): `mono − (wall − at)`, never later than now.
-    pub(crate) fn instant_of(&self, at: DateTime<Utc>) -> Instant {
+    /// machine, one clock): `mono − (wall − at)`, never later than now; `None` when it is
+    /// older than the monotonic clock itself (before boot: not a fact of this machine's).
+    pub(crate) fn instant_of(&self, at: DateTime<Utc>) -> Option<Instant> {
         let ago = (self.wall - at).to_std().unwrap_or_default();
-        self.mono.checked_sub(ago).unwrap_or(self.mono)
+        self.mono.checked_sub(ago)
     }
 }
 
