@@ -689,3 +689,20 @@ fn a_fact_stamped_in_the_future_counts_as_now_and_one_over_a_minute_old_is_dropp
     let fx = peer_at(&mut sim, recent, limit_hit("carol"));
     assert_eq!(limit_hit_sessions(&fx).len(), 1);
 }
+
+#[test]
+fn a_held_turn_whose_report_crossed_its_release_is_forgotten_when_it_starts() {
+    let mut sim = Sim::new();
+    sim.connect(1);
+    // The guard held it during a switch, the switch ended and released it, and only then
+    // did its report reach the core; the turn then starts.
+    sim.feed(held_turn(1, "thread-u2"));
+    sim.turn_started(1, "u2");
+    assert!(sim.state.held_requests.is_empty());
+    sim.turn_completed(1, "u2");
+    // A later release does not make it a request that holds switches back.
+    let plan = started(peer(&mut sim, limit_hit("alice"))).expect("idle: the switch starts");
+    let t0 = sim.now.mono;
+    sim.finished(&plan, Ok((id("bob"), None)), t0);
+    assert!(sim.state.requested.is_empty());
+}

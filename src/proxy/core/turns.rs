@@ -76,6 +76,8 @@ impl CoreState {
     ) {
         match observation {
             Observation::TurnStarted { turn_id, thread_id } => {
+                // (A held request's release can cross its report on the way here.)
+                self.held_requests.remove(&(conn, thread_id.clone()));
                 self.requested.remove(&(conn, thread_id));
                 self.running.insert(turn_id, (conn, self.active.clone()));
                 self.emit_turns(now, fx);
@@ -83,6 +85,7 @@ impl CoreState {
             Observation::TurnCompleted {
                 turn_id, thread_id, ..
             } => {
+                self.held_requests.remove(&(conn, thread_id.clone()));
                 self.requested.remove(&(conn, thread_id));
                 if self.running.remove(&turn_id).is_some() {
                     self.emit_turns(now, fx);
