@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::account_id::AccountId;
 use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{AccountRef, ProxyEvent};
+use crate::proxy::placement::{LOCK_WAIT, Peers, PlacementLock, PlanContext, occupancy, place};
 use crate::proxy::policy::{self, Candidate, Choice, Mode};
 use crate::proxy::upstream::{self, ControlConnection};
 use crate::quota::{AccountLimits, RateLimitSnapshot};
@@ -34,6 +35,9 @@ pub(super) struct SwitchTask<D: AccountDirectory> {
     pub control: ControlConnection,
     pub events: broadcast::Sender<ProxyEvent>,
     pub plan: SwitchPlan,
+    /// Where the session is among the pool's: an automatic choice counts the sessions on
+    /// each account. `None`: the session chooses alone.
+    pub placement: Option<PlanContext>,
 }
 
 impl<D: AccountDirectory> SwitchTask<D> {
@@ -127,12 +131,14 @@ impl<D: AccountDirectory> SwitchTask<D> {
                     .iter()
                     .map(|a| candidate_of(a, &plan.snapshots, switched_away))
                     .collect();
-                match policy::choose_best(
+                match choose_placed(
                     &candidates,
                     plan.from.as_ref(),
-                    Utc::now().timestamp(),
                     &plan.policy,
-                ) {
+                    self.placement.as_ref(),
+                )
+                .await
+                {
                     Choice::Switch { to } => to,
                     Choice::NoneAvailable { earliest_reset } => {
                         return Err(SwitchFailure::NoneAvailable { earliest_reset });
@@ -156,6 +162,10 @@ impl<D: AccountDirectory> SwitchTask<D> {
             Ok(snapshot) => Ok((to, snapshot)),
             Err(err) => {
                 let error = format!("{err:#}");
+                // The peers count us on the old account again.
+                if let Some(status) = self.placement.as_ref().and_then(|p| p.status.as_ref()) {
+                    status.update(|s| s.switching_to = None);
+                }
                 // Stay on the old account: make sure the app-server still serves it.
                 if let Some(from) = self.plan.from.clone()
                     && let Some(old) = self.plan.accounts.iter().find(|a| a.id == from).cloned()
@@ -172,8 +182,50 @@ impl<D: AccountDirectory> SwitchTask<D> {
     }
 }
 
+/// The best account to move to, `from` aside. Alone (the pool off, or no other session
+/// answering): the policy's best. Among others: [`place`] counts the sessions on each
+/// account, under the placement lock, and the choice is published as our `switching_to`
+/// before the lock goes, so the next session to choose counts it.
+async fn choose_placed(
+    candidates: &[Candidate],
+    from: Option<&AccountId>,
+    config: &policy::PolicyConfig,
+    placement: Option<&PlanContext>,
+) -> Choice {
+    let now = Utc::now().timestamp();
+    let Some(context) = placement.filter(|p| p.pool) else {
+        return policy::choose_best(candidates, from, now, config);
+    };
+    let lock = PlacementLock::acquire(&context.store_dir, LOCK_WAIT).await;
+    let peers = Peers::ask(context, false).await;
+    if peers.statuses.is_empty() {
+        return policy::choose_best(candidates, from, now, config);
+    }
+    let choice = place(
+        candidates,
+        &occupancy(&peers.statuses),
+        context.placement,
+        from,
+        None,
+        now,
+        config,
+    );
+    if let (Choice::Switch { to }, Some(status)) = (&choice, &context.status)
+        && let Some(account) = candidates.iter().find(|c| &c.id == to)
+    {
+        status.update(|s| {
+            s.switching_to = Some(AccountRef {
+                id: account.id.clone(),
+                name: account.name.clone(),
+            })
+        });
+    }
+    drop(lock);
+    choice
+}
+
 /// Reads `/wham/usage` of these accounts, each within [`USAGE_TIMEOUT`].
-pub(super) async fn fetch_usages<D: AccountDirectory>(
+pub(crate) async fn fetch_usages<D: AccountDirectory>(
     dir: &D,
     ids: &[AccountId],
 ) -> Vec<(AccountId, Result<AccountLimits, String>)> {
