@@ -295,4 +295,4 @@ fn lock_file(dir: &Path) -> color_eyre::Result<Flock<std::fs::File>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

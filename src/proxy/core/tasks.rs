@@ -387,3 +387,94 @@ pub(super) fn unsaved_tokens_notice<D: AccountDirectory>(dir: &D) -> Option<Prox
         at: Utc::now(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Placement;
+    use crate::proxy::placement::tests::{cand, serve_peer, status};
+    use crate::proxy::pool::StatusCell;
+
+    fn context(store: &Path, pool: bool, own: &StatusCell) -> PlanContext {
+        PlanContext {
+            store_dir: store.to_owned(),
+            own_dir: Some(store.join("runtime").join("0-me")),
+            placement: Placement::Spread,
+            status: Some(own.clone()),
+            pool,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_automatic_switch_counts_the_sessions_on_each_account() {
+        let store = tempfile::tempdir().unwrap();
+        let config = policy::PolicyConfig::default();
+        let candidates = [
+            cand("alice", 0.0, 500),
+            cand("bob", 10.0, 500),
+            cand("carol", 30.0, 500),
+        ];
+        let from = AccountId::from("alice");
+        let me = StatusCell::new(status("0-me", Some("alice"), None));
+        // Our own socket is no peer.
+        let _me = serve_peer(store.path(), "0-me", me.clone(), None);
+        // Alone: the policy's best, bob (90 > 70).
+        assert_eq!(
+            choose_placed(&candidates, Some(&from), &config, None).await,
+            Choice::Switch { to: "bob".into() }
+        );
+        assert_eq!(
+            choose_placed(
+                &candidates,
+                Some(&from),
+                &config,
+                Some(&context(store.path(), true, &me))
+            )
+            .await,
+            Choice::Switch { to: "bob".into() },
+            "no other session: as alone"
+        );
+        assert_eq!(me.get().switching_to, None);
+        // Two sessions on bob: 90/3 = 30 < carol's 70.
+        let _one = serve_peer(
+            store.path(),
+            "1-one",
+            StatusCell::new(status("1-one", Some("bob"), None)),
+            None,
+        );
+        let _two = serve_peer(
+            store.path(),
+            "2-two",
+            StatusCell::new(status("2-two", Some("alice"), Some("bob"))),
+            None,
+        );
+        assert_eq!(
+            choose_placed(
+                &candidates,
+                Some(&from),
+                &config,
+                Some(&context(store.path(), false, &me))
+            )
+            .await,
+            Choice::Switch { to: "bob".into() },
+            "the pool off: alone"
+        );
+        assert_eq!(
+            choose_placed(
+                &candidates,
+                Some(&from),
+                &config,
+                Some(&context(store.path(), true, &me))
+            )
+            .await,
+            Choice::Switch { to: "carol".into() }
+        );
+        // Published before the lock went, for the next chooser.
+        assert_eq!(
+            me.get().switching_to.map(|a| a.name).as_deref(),
+            Some("carol")
+        );
+    }
+}

@@ -31,7 +31,7 @@ fn snap(used: f64, reset: i64) -> RateLimitSnapshot {
     }
 }
 
-fn cand(id: &str, used: f64, reset: i64) -> Candidate {
+pub(crate) fn cand(id: &str, used: f64, reset: i64) -> Candidate {
     Candidate {
         id: id.into(),
         name: id.to_owned(),
@@ -286,7 +286,7 @@ fn workspace_limits_cooldown_and_flags_go_through_eligible() {
     );
 }
 
-fn status(id: &str, account: Option<&str>, switching_to: Option<&str>) -> SessionStatus {
+pub(crate) fn status(id: &str, account: Option<&str>, switching_to: Option<&str>) -> SessionStatus {
     let r = |name: &str| AccountRef {
         id: name.into(),
         name: name.to_owned(),
