@@ -740,3 +740,66 @@ async fn a_chooser_waits_for_the_one_choosing_and_counts_its_choice() {
     );
     assert_eq!(asked.load(Ordering::SeqCst), 1);
 }
+
+/// A socket that answers every question with this line.
+fn serve_line(store: &Path, id: &str, line: &'static str) -> tokio::task::JoinHandle<()> {
+    let dir = store.join("runtime").join(id);
+    crate::paths::ensure_private_dir(&dir).unwrap();
+    let listener = UnixListener::bind(dir.join(ipc::SOCKET_NAME)).unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut question = String::new();
+                let _ = BufReader::new(read).read_line(&mut question).await;
+                let _ = write.write_all(line.as_bytes()).await;
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn peers_that_are_gone_old_or_garbled_are_left_out() {
+    let store = tempfile::tempdir().unwrap();
+    // A crashed session's socket file: nobody listens (ECONNREFUSED).
+    let dead = store.path().join("runtime").join("9-dead");
+    crate::paths::ensure_private_dir(&dead).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(dead.join(ipc::SOCKET_NAME)).unwrap());
+    // An older cs-tui: it does not know the question.
+    let _old = serve_line(
+        store.path(),
+        "8-old",
+        "{\"ok\":false,\"message\":\"unknown command\"}\n",
+    );
+    // Garbage, and a status that is not one.
+    let _junk = serve_line(store.path(), "7-junk", "\u{1}not json\n");
+    let _odd = serve_line(
+        store.path(),
+        "6-odd",
+        "{\"ok\":true,\"message\":\"\",\"data\":{\"id\":1}}\n",
+    );
+    let _live = serve_peer(
+        store.path(),
+        "1-one",
+        StatusCell::new(status("1-one", Some("alice"), None)),
+        None,
+    );
+    let statuses = peer_statuses(store.path(), None).await;
+    assert_eq!(
+        statuses.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["1-one"]
+    );
+    // The start plan goes on with the live one counted.
+    let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0)]);
+    let me = starting("2-me");
+    let own = store.path().join("runtime/2-me");
+    let plan = plan_start(
+        &dir,
+        &PolicyConfig::default(),
+        &context(store.path(), &own, &me),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plan.order[0], AccountId::from("bob"));
+    assert_eq!(plan.order.len(), 2, "every account stays in the order");
+}
