@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::account_id::AccountId;
@@ -146,43 +147,50 @@ pub(crate) fn occupancy(statuses: &[SessionStatus]) -> HashMap<AccountId, usize>
     allow(dead_code, reason = "issue 14: `cs-tui sessions` (part D) reuses it")
 )]
 pub(crate) async fn peer_statuses(store_dir: &Path, own_dir: Option<&Path>) -> Vec<SessionStatus> {
-    peers(store_dir, own_dir)
+    peers(store_dir, own_dir, &[])
         .await
+        .0
         .into_iter()
         .map(|(_, status)| status)
         .collect()
 }
 
-/// [`peer_statuses`], with each session's socket.
-async fn peers(store_dir: &Path, own_dir: Option<&Path>) -> Vec<(PathBuf, SessionStatus)> {
-    let answers = ipc::ask_all(
-        store_dir,
-        own_dir,
-        &PeerRequest::SessionStatus,
-        Timeouts::PEER,
-    )
-    .await;
-    let mut statuses: Vec<(PathBuf, SessionStatus)> = answers
+/// [`peer_statuses`], with each session's socket, skipping the sockets in `skip`; the second
+/// list holds the sockets that gave no status.
+async fn peers(
+    store_dir: &Path,
+    own_dir: Option<&Path>,
+    skip: &[PathBuf],
+) -> (Vec<(PathBuf, SessionStatus)>, Vec<PathBuf>) {
+    let sockets = ipc::session_sockets(store_dir)
         .into_iter()
-        .filter_map(|(socket, answer)| {
-            let answer = answer
-                .inspect_err(|err| {
-                    tracing::debug!(socket = %socket.display(), "no session status: {err:#}")
-                })
-                .ok()?;
-            let status = answer
+        .filter(|s| own_dir.is_none_or(|own| !s.starts_with(own)) && !skip.contains(s));
+    let answers = join_all(sockets.map(|socket| async move {
+        let answer = ipc::send_with(&socket, &PeerRequest::SessionStatus, Timeouts::PEER).await;
+        (socket, answer)
+    }))
+    .await;
+    let mut statuses = Vec::new();
+    let mut failed = Vec::new();
+    for (socket, answer) in answers {
+        let status = match answer {
+            Ok(answer) => answer
                 .ok
                 .then_some(answer.data)
                 .flatten()
-                .and_then(|data| serde_json::from_value::<SessionStatus>(data).ok());
-            if status.is_none() {
-                tracing::debug!(socket = %socket.display(), "a session without a status (an older cs-tui?)");
+                .and_then(|data| serde_json::from_value::<SessionStatus>(data).ok()),
+            Err(err) => {
+                tracing::debug!(socket = %socket.display(), "no session status: {err:#}");
+                None
             }
-            Some((socket, status?))
-        })
-        .collect();
+        };
+        match status {
+            Some(status) => statuses.push((socket, status)),
+            None => failed.push(socket),
+        }
+    }
     statuses.sort_by(|a, b| a.1.id.cmp(&b.1.id));
-    statuses
+    (statuses, failed)
 }
 
 /// What the pool knows of the accounts, asked of one peer (the poller first: its numbers are
@@ -208,25 +216,29 @@ async fn pool_snapshot(peers: &[(PathBuf, SessionStatus)]) -> Option<PoolSnapsho
     None
 }
 
-/// The peers of a session that chooses, and what they know, read while it holds the
-/// placement lock.
+/// The other sessions of a session that chooses, and what they know.
 pub(crate) struct Peers {
     pub statuses: Vec<SessionStatus>,
     /// One peer's view of the accounts' limits (none without peers, or from older ones).
     pub snapshot: Option<PoolSnapshot>,
+    /// Sockets that gave no status (gone, silent, older): asking them again in the same
+    /// choice would only cost another timeout.
+    pub failed: Vec<PathBuf>,
 }
 
 impl Peers {
-    /// Asks the store's other sessions for their status and, when there are any, one of them
-    /// for what it knows of the accounts.
-    pub(crate) async fn ask(context: &PlanContext, with_snapshot: bool) -> Self {
+    /// Asks the store's other sessions (but those in `skip`) for their status and, with
+    /// `with_snapshot` and any peer, one of them for what it knows of the accounts. Nobody
+    /// with the pool off.
+    pub(crate) async fn ask(context: &PlanContext, with_snapshot: bool, skip: &[PathBuf]) -> Self {
         if !context.pool {
             return Self {
                 statuses: Vec::new(),
                 snapshot: None,
+                failed: Vec::new(),
             };
         }
-        let peers = peers(&context.store_dir, context.own_dir.as_deref()).await;
+        let (peers, failed) = peers(&context.store_dir, context.own_dir.as_deref(), skip).await;
         let snapshot = if with_snapshot && !peers.is_empty() {
             pool_snapshot(&peers).await
         } else {
@@ -235,6 +247,7 @@ impl Peers {
         Self {
             statuses: peers.into_iter().map(|(_, status)| status).collect(),
             snapshot,
+            failed,
         }
     }
 }

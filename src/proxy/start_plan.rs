@@ -10,7 +10,7 @@ use crate::proxy::core::{self, fetch_usages};
 use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::placement::{LOCK_WAIT, Peers, PlacementLock, PlanContext, occupancy, place};
 use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
-use crate::proxy::pool::wire::KnownLimits;
+use crate::proxy::pool::wire::{KnownLimits, PoolSnapshot};
 use crate::proxy::pool::{SessionState, StatusCell};
 use crate::proxy::upstream::ControlConnection;
 use crate::quota::{AccountLimits, RateLimitSnapshot};
@@ -27,12 +27,16 @@ pub(crate) struct StartPlan {
 
 /// Chooses the account a session starts on, and the ones to fall back on.
 ///
-/// With the pool on, under `<store>/locks/placement.lock`: the other sessions are asked where
-/// they are; with none, `accounts use` (the preferred account) decides, as for a session
-/// alone, unless its quota is spent. With peers, [`place`] chooses on the pool's numbers
-/// (one peer's snapshot, stale or missing accounts read here) counting the sessions on each
-/// account, and the preferred account only breaks ties. The choice is published in our status
-/// before the lock goes, so the next session to choose counts it.
+/// With the pool on, the other sessions are asked where they are. With none, `accounts use`
+/// (the preferred account) decides, as for a session alone, unless its quota is spent. With
+/// peers, [`place`] chooses on the pool's numbers (one peer's snapshot; what it lacks or knows
+/// only from long ago is read here) counting the sessions on each account, and the preferred
+/// account only breaks ties.
+///
+/// The numbers are gathered first (a read waits for the app-server's start); then, under
+/// `<store>/locks/placement.lock`, the peers are asked again, the account chosen, and the
+/// choice published in our status before the lock goes, so the next session to choose
+/// counts it.
 pub(crate) async fn plan_start<D: AccountDirectory>(
     dir: &D,
     config: &PolicyConfig,
@@ -52,20 +56,53 @@ pub(crate) async fn plan_start<D: AccountDirectory>(
         ));
     }
     let preferred = dir.preferred().await.ok().flatten();
+    let first = default_first(&switchable, preferred.as_ref());
+
+    // The numbers, without the lock.
+    let first_look = Peers::ask(context, true, &[]).await;
+    let mut numbers = if first_look.statuses.is_empty() {
+        alone_numbers(dir, config, &switchable, &first).await
+    } else {
+        pool_numbers(dir, config, &switchable, first_look.snapshot.as_ref()).await
+    };
+
+    // The choice, under the lock.
     let lock = if context.pool {
         PlacementLock::acquire(&context.store_dir, LOCK_WAIT).await
     } else {
         None
     };
-    let peers = Peers::ask(context, true).await;
-    let first = if peers.statuses.is_empty() {
-        alone(dir, config, &accounts, &switchable, preferred.as_ref()).await
+    // A session that did not answer the first look is not asked again.
+    let peers = Peers::ask(context, false, &first_look.failed).await;
+    let chosen = if peers.statuses.is_empty() {
+        alone(config, &accounts, &first, &numbers)
     } else {
-        among_peers(dir, config, context, &accounts, &peers, preferred.as_ref())
-            .await
-            .unwrap_or_else(|| default_first(&switchable, preferred.as_ref()))
+        // A peer appeared since the first look: read what the placement needs.
+        let missing: Vec<AccountId> = switchable
+            .iter()
+            .filter(|a| !numbers.contains_key(&a.id))
+            .map(|a| a.id.clone())
+            .collect();
+        read_into(dir, &missing, &mut numbers).await;
+        let candidates: Vec<Candidate> = accounts
+            .iter()
+            .map(|a| candidate(a, numbers.get(&a.id).cloned()))
+            .collect();
+        match place(
+            &candidates,
+            &occupancy(&peers.statuses),
+            context.placement,
+            None,
+            preferred.as_ref(),
+            chrono::Utc::now().timestamp(),
+            config,
+        ) {
+            Choice::Switch { to } => to,
+            // Nobody can serve: start where a session alone would, and show the real error.
+            Choice::NoneAvailable { .. } => first.clone(),
+        }
     };
-    let mut order = vec![first];
+    let mut order = vec![chosen];
     for account in &switchable {
         if !order.contains(&account.id) {
             order.push(account.id.clone());
@@ -98,68 +135,81 @@ fn default_first(switchable: &[&DirAccount], preferred: Option<&AccountId>) -> A
         .clone()
 }
 
-/// A session alone: the preferred account, unless its quota is spent; then the best other.
-async fn alone<D: AccountDirectory>(
+type Numbers = HashMap<AccountId, RateLimitSnapshot>;
+
+/// Whether these numbers keep a session from starting there.
+fn spent(snapshot: &RateLimitSnapshot, config: &PolicyConfig) -> bool {
+    snapshot.is_exhausted() || policy::trigger_for_snapshot(snapshot, config).is_some()
+}
+
+/// Reads these accounts' usage, all at once, into `numbers` (a failed read leaves what was
+/// known).
+async fn read_into<D: AccountDirectory>(dir: &D, ids: &[AccountId], numbers: &mut Numbers) {
+    for (id, read) in fetch_usages(dir, ids).await {
+        if let Some(quota) = read.ok().and_then(|l| l.quota().cloned()) {
+            numbers.insert(id, quota);
+        }
+    }
+}
+
+/// What a session alone needs: the preferred account's usage, and the others' only when it
+/// is spent.
+async fn alone_numbers<D: AccountDirectory>(
     dir: &D,
     config: &PolicyConfig,
-    accounts: &[DirAccount],
     switchable: &[&DirAccount],
-    preferred: Option<&AccountId>,
-) -> AccountId {
-    let first = default_first(switchable, preferred);
-    // Start on an account that can serve: check the preferred one's quota first.
-    let usage = fetch_usages(dir, std::slice::from_ref(&first))
-        .await
-        .into_iter()
-        .next()
-        .and_then(|(_, read)| read.ok());
-    let exhausted = usage
-        .as_ref()
-        .and_then(AccountLimits::quota)
-        .is_some_and(|s| s.is_exhausted() || policy::trigger_for_snapshot(s, config).is_some());
-    if !exhausted {
-        return first;
+    first: &AccountId,
+) -> Numbers {
+    let mut numbers = Numbers::new();
+    read_into(dir, std::slice::from_ref(first), &mut numbers).await;
+    if numbers.get(first).is_some_and(|s| spent(s, config)) {
+        let others: Vec<AccountId> = switchable
+            .iter()
+            .filter(|a| &a.id != first)
+            .map(|a| a.id.clone())
+            .collect();
+        read_into(dir, &others, &mut numbers).await;
     }
-    let ids: Vec<AccountId> = switchable
-        .iter()
-        .filter(|a| a.id != first)
-        .map(|a| a.id.clone())
-        .collect();
-    let snapshots: HashMap<AccountId, RateLimitSnapshot> = fetch_usages(dir, &ids)
-        .await
-        .into_iter()
-        .filter_map(|(id, read)| Some((id, read.ok()?.quota()?.clone())))
-        .collect();
+    numbers
+}
+
+/// A session alone: the preferred account, unless its quota is spent; then the best other.
+fn alone(
+    config: &PolicyConfig,
+    accounts: &[DirAccount],
+    first: &AccountId,
+    numbers: &Numbers,
+) -> AccountId {
+    if !numbers.get(first).is_some_and(|s| spent(s, config)) {
+        return first.clone();
+    }
     let candidates: Vec<Candidate> = accounts
         .iter()
-        .filter(|a| ids.contains(&a.id))
-        .map(|a| candidate(a, snapshots.get(&a.id).cloned()))
+        .filter(|a| a.switchable())
+        .map(|a| candidate(a, numbers.get(&a.id).cloned()))
         .collect();
     match policy::choose_best(
         &candidates,
-        Some(&first),
+        Some(first),
         chrono::Utc::now().timestamp(),
         config,
     ) {
         Choice::Switch { to } => to,
-        Choice::NoneAvailable { .. } => first,
+        Choice::NoneAvailable { .. } => first.clone(),
     }
 }
 
-/// A session among others: [`place`] on the pool's numbers, counting their sessions. `None`
-/// when no account is eligible (the caller falls back on the preferred one, as alone).
-async fn among_peers<D: AccountDirectory>(
+/// The pool's numbers: one peer's snapshot, and a read of what it lacks or knows only from
+/// longer ago than `usage_stale_secs`.
+async fn pool_numbers<D: AccountDirectory>(
     dir: &D,
     config: &PolicyConfig,
-    context: &PlanContext,
-    accounts: &[DirAccount],
-    peers: &Peers,
-    preferred: Option<&AccountId>,
-) -> Option<AccountId> {
+    switchable: &[&DirAccount],
+    snapshot: Option<&PoolSnapshot>,
+) -> Numbers {
     let now = chrono::Utc::now();
     let stale_after = chrono::Duration::seconds(config.usage_stale_secs);
-    let known: HashMap<&AccountId, &KnownLimits> = peers
-        .snapshot
+    let known: HashMap<&AccountId, &KnownLimits> = snapshot
         .iter()
         .flat_map(|s| &s.accounts)
         .map(|k| (&k.account, k))
@@ -171,20 +221,15 @@ async fn among_peers<D: AccountDirectory>(
             .max()
             .is_some_and(|at| now - at < stale_after)
     };
-    // Read what the pool lacks or knows only from long ago, all at once.
-    let to_read: Vec<AccountId> = accounts
+    let to_read: Vec<AccountId> = switchable
         .iter()
-        .filter(|a| a.switchable())
         .filter(|a| known.get(&a.id).is_none_or(|k| !fresh(k)))
         .map(|a| a.id.clone())
         .collect();
-    let mut snapshots: HashMap<AccountId, RateLimitSnapshot> = fetch_usages(dir, &to_read)
-        .await
-        .into_iter()
-        .filter_map(|(id, read)| Some((id, read.ok()?.quota()?.clone())))
-        .collect();
+    let mut numbers = Numbers::new();
+    read_into(dir, &to_read, &mut numbers).await;
     for (id, k) in known {
-        if snapshots.contains_key(id) {
+        if numbers.contains_key(id) {
             continue;
         }
         let mut quota = k.quota.clone();
@@ -192,25 +237,9 @@ async fn among_peers<D: AccountDirectory>(
         if k.limit_hit && !quota.is_exhausted() {
             quota.rate_limit_reached_type = Some("usage_limit_reached".to_owned());
         }
-        snapshots.insert(id.clone(), quota);
+        numbers.insert(id.clone(), quota);
     }
-    let candidates: Vec<Candidate> = accounts
-        .iter()
-        .map(|a| candidate(a, snapshots.get(&a.id).cloned()))
-        .collect();
-    let occupancy = occupancy(&peers.statuses);
-    match place(
-        &candidates,
-        &occupancy,
-        context.placement,
-        None,
-        preferred,
-        now.timestamp(),
-        config,
-    ) {
-        Choice::Switch { to } => Some(to),
-        Choice::NoneAvailable { .. } => None,
-    }
+    numbers
 }
 
 fn candidate(account: &DirAccount, snapshot: Option<RateLimitSnapshot>) -> Candidate {

@@ -197,7 +197,7 @@ async fn choose_placed(
         return policy::choose_best(candidates, from, now, config);
     };
     let lock = PlacementLock::acquire(&context.store_dir, LOCK_WAIT).await;
-    let peers = Peers::ask(context, false).await;
+    let peers = Peers::ask(context, false, &[]).await;
     if peers.statuses.is_empty() {
         return policy::choose_best(candidates, from, now, config);
     }
