@@ -186,21 +186,19 @@ fn usable(candidate: &Candidate, config: &PolicyConfig) -> bool {
             .is_none_or(|s| !s.is_exhausted() && trigger_for_snapshot(s, config).is_none())
 }
 
-/// Picks the best account other than `active` for an automatic switch.
-///
-/// Among enabled, logged-in accounts that are neither exhausted nor over a soft threshold and
-/// not in their cooldown, the largest bottleneck headroom wins; within `headroom_tie_points`
-/// of the best, the earliest reset wins.
-pub fn choose_best(
-    candidates: &[Candidate],
-    active: Option<&AccountId>,
+/// The accounts an automatic choice may take, `exclude` aside (the active account, or the one
+/// a switch leaves): enabled, logged in, neither exhausted nor over a soft threshold, out of
+/// their cooldown, and not a seat of a workspace whose limit some seat has hit.
+pub fn eligible<'a>(
+    candidates: &'a [Candidate],
+    exclude: Option<&AccountId>,
     now: i64,
     config: &PolicyConfig,
-) -> Choice {
+) -> Vec<&'a Candidate> {
     let limited = limited_workspaces(candidates);
-    let eligible: Vec<&Candidate> = candidates
+    candidates
         .iter()
-        .filter(|c| Some(&c.id) != active)
+        .filter(|c| Some(&c.id) != exclude)
         .filter(|c| c.enabled)
         // A workspace limit is shared by every seat of that workspace.
         .filter(|c| c.workspace.as_deref().is_none_or(|w| !limited.contains(&w)))
@@ -209,7 +207,26 @@ pub fn choose_best(
                 .is_none_or(|t| now.saturating_sub(t) >= config.cooldown_secs)
         })
         .filter(|c| usable(c, config))
-        .collect();
+        .collect()
+}
+
+/// When the limiting window of an account resets (unix seconds), `i64::MAX` when unknown: an
+/// account whose quota resets sooner is used first (its quota would otherwise go unused).
+pub fn reset_order(candidate: &Candidate) -> i64 {
+    bottleneck_reset(candidate.snapshot.as_ref()).unwrap_or(i64::MAX)
+}
+
+/// Picks the best account other than `active` for an automatic switch.
+///
+/// Among the [`eligible`] accounts, the largest bottleneck headroom wins; within
+/// `headroom_tie_points` of the best, the earliest reset wins.
+pub fn choose_best(
+    candidates: &[Candidate],
+    active: Option<&AccountId>,
+    now: i64,
+    config: &PolicyConfig,
+) -> Choice {
+    let eligible = eligible(candidates, active, now, config);
     let Some(best_headroom) = eligible
         .iter()
         .map(|c| bottleneck_headroom(c.snapshot.as_ref()))
@@ -225,9 +242,7 @@ pub fn choose_best(
             best_headroom - bottleneck_headroom(c.snapshot.as_ref()) <= config.headroom_tie_points
         })
         .min_by(|a, b| {
-            let reset_a = bottleneck_reset(a.snapshot.as_ref()).unwrap_or(i64::MAX);
-            let reset_b = bottleneck_reset(b.snapshot.as_ref()).unwrap_or(i64::MAX);
-            reset_a.cmp(&reset_b).then_with(|| {
+            reset_order(a).cmp(&reset_order(b)).then_with(|| {
                 bottleneck_headroom(b.snapshot.as_ref())
                     .total_cmp(&bottleneck_headroom(a.snapshot.as_ref()))
             })

@@ -35,6 +35,7 @@ use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::history::HISTORY_FILE;
 use crate::proxy::ipc;
+use crate::proxy::placement::PlanContext;
 use crate::proxy::policy::PolicyConfig;
 use crate::proxy::relay::{self, ClientListener, EventSink, RelayShared};
 use crate::proxy::socket::{BoundSocket, SocketFiles};
@@ -342,7 +343,10 @@ impl Session {
         };
         // A failed start ends the wait at once: the plan's usage read would otherwise wait
         // for a User-Agent that never comes.
-        let plan = async { Ok::<_, color_eyre::Report>(plan_start(&dir, &options.policy).await) };
+        let placing = PlanContext::for_session(&options, &runtime_dir, None);
+        let plan = async {
+            Ok::<_, color_eyre::Report>(plan_start(&dir, &options.policy, &placing).await)
+        };
         let ((app_server, control), plan) =
             tokio::try_join!(start_server, plan).inspect_err(|_| {
                 token_file.as_ref().map(CreatedFile::remove);
@@ -421,6 +425,7 @@ impl Session {
             active_snapshot: snapshot,
             ready: ready_tx,
             pool: crate::proxy::pool::PoolHandle::off(),
+            placement: Some(PlanContext::for_session(&options, &runtime_dir, None)),
         });
         tasks.push(watch_core(tokio::spawn(core.run(core_rx)), events.clone()));
 

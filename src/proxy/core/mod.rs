@@ -60,9 +60,9 @@ use crate::quota::AccountLimits;
 
 pub(crate) use effects::Effect;
 pub(crate) use state::{CoreState, Input, Now};
-pub(crate) use tasks::login_and_confirm;
+pub(crate) use tasks::{fetch_usages, login_and_confirm};
 
-use tasks::{SwitchTask, fetch_usages};
+use tasks::SwitchTask;
 
 /// The core's settings.
 #[derive(Clone, Debug)]
@@ -118,6 +118,8 @@ pub(crate) struct CoreInit<D: AccountDirectory> {
     pub ready: watch::Sender<bool>,
     /// Where facts for the pool's other sessions go.
     pub pool: PoolHandle,
+    /// How an automatic switch places the session among the pool's (`None`: alone).
+    pub placement: Option<crate::proxy::placement::PlanContext>,
 }
 
 /// The actor: the state, and what carries its effects out.
@@ -133,6 +135,7 @@ pub(crate) struct Core<D: AccountDirectory> {
     history_path: PathBuf,
     usage_poll: Duration,
     pool: PoolHandle,
+    placement: Option<crate::proxy::placement::PlanContext>,
 }
 
 impl<D: AccountDirectory> Core<D> {
@@ -160,6 +163,7 @@ impl<D: AccountDirectory> Core<D> {
             history_path,
             usage_poll,
             pool: init.pool,
+            placement: init.placement,
         }
     }
 
@@ -258,6 +262,7 @@ impl<D: AccountDirectory> Core<D> {
                     control: self.control.clone(),
                     events: self.events.clone(),
                     plan: *plan,
+                    placement: self.placement.clone(),
                 };
                 let inbox = self.inbox.clone();
                 tokio::spawn(async move {

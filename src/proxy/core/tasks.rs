@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::account_id::AccountId;
 use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{AccountRef, ProxyEvent};
+use crate::proxy::placement::{LOCK_WAIT, Peers, PlacementLock, PlanContext, occupancy, place};
 use crate::proxy::policy::{self, Candidate, Choice, Mode};
 use crate::proxy::upstream::{self, ControlConnection};
 use crate::quota::{AccountLimits, RateLimitSnapshot};
@@ -34,6 +35,9 @@ pub(super) struct SwitchTask<D: AccountDirectory> {
     pub control: ControlConnection,
     pub events: broadcast::Sender<ProxyEvent>,
     pub plan: SwitchPlan,
+    /// Where the session is among the pool's: an automatic choice counts the sessions on
+    /// each account. `None`: the session chooses alone.
+    pub placement: Option<PlanContext>,
 }
 
 impl<D: AccountDirectory> SwitchTask<D> {
@@ -127,12 +131,14 @@ impl<D: AccountDirectory> SwitchTask<D> {
                     .iter()
                     .map(|a| candidate_of(a, &plan.snapshots, switched_away))
                     .collect();
-                match policy::choose_best(
+                match choose_placed(
                     &candidates,
                     plan.from.as_ref(),
-                    Utc::now().timestamp(),
                     &plan.policy,
-                ) {
+                    self.placement.as_ref(),
+                )
+                .await
+                {
                     Choice::Switch { to } => to,
                     Choice::NoneAvailable { earliest_reset } => {
                         return Err(SwitchFailure::NoneAvailable { earliest_reset });
@@ -156,6 +162,10 @@ impl<D: AccountDirectory> SwitchTask<D> {
             Ok(snapshot) => Ok((to, snapshot)),
             Err(err) => {
                 let error = format!("{err:#}");
+                // The peers count us on the old account again.
+                if let Some(status) = self.placement.as_ref().and_then(|p| p.status.as_ref()) {
+                    status.update(|s| s.switching_to = None);
+                }
                 // Stay on the old account: make sure the app-server still serves it.
                 if let Some(from) = self.plan.from.clone()
                     && let Some(old) = self.plan.accounts.iter().find(|a| a.id == from).cloned()
@@ -172,8 +182,50 @@ impl<D: AccountDirectory> SwitchTask<D> {
     }
 }
 
+/// The best account to move to, `from` aside. Alone (the pool off, or no other session
+/// answering): the policy's best. Among others: [`place`] counts the sessions on each
+/// account, under the placement lock, and the choice is published as our `switching_to`
+/// before the lock goes, so the next session to choose counts it.
+async fn choose_placed(
+    candidates: &[Candidate],
+    from: Option<&AccountId>,
+    config: &policy::PolicyConfig,
+    placement: Option<&PlanContext>,
+) -> Choice {
+    let now = Utc::now().timestamp();
+    let Some(context) = placement.filter(|p| p.pool) else {
+        return policy::choose_best(candidates, from, now, config);
+    };
+    let lock = PlacementLock::acquire(&context.store_dir, LOCK_WAIT).await;
+    let peers = Peers::ask(context, false, &[]).await;
+    if peers.statuses.is_empty() {
+        return policy::choose_best(candidates, from, now, config);
+    }
+    let choice = place(
+        candidates,
+        &occupancy(&peers.statuses),
+        context.placement,
+        from,
+        None,
+        now,
+        config,
+    );
+    if let (Choice::Switch { to }, Some(status)) = (&choice, &context.status)
+        && let Some(account) = candidates.iter().find(|c| &c.id == to)
+    {
+        status.update(|s| {
+            s.switching_to = Some(AccountRef {
+                id: account.id.clone(),
+                name: account.name.clone(),
+            })
+        });
+    }
+    drop(lock);
+    choice
+}
+
 /// Reads `/wham/usage` of these accounts, each within [`USAGE_TIMEOUT`].
-pub(super) async fn fetch_usages<D: AccountDirectory>(
+pub(crate) async fn fetch_usages<D: AccountDirectory>(
     dir: &D,
     ids: &[AccountId],
 ) -> Vec<(AccountId, Result<AccountLimits, String>)> {
@@ -334,4 +386,95 @@ pub(super) fn unsaved_tokens_notice<D: AccountDirectory>(dir: &D) -> Option<Prox
         ),
         at: Utc::now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Placement;
+    use crate::proxy::placement::tests::{cand, serve_peer, status};
+    use crate::proxy::pool::StatusCell;
+
+    fn context(store: &Path, pool: bool, own: &StatusCell) -> PlanContext {
+        PlanContext {
+            store_dir: store.to_owned(),
+            own_dir: Some(store.join("runtime").join("0-me")),
+            placement: Placement::Spread,
+            status: Some(own.clone()),
+            pool,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_automatic_switch_counts_the_sessions_on_each_account() {
+        let store = tempfile::tempdir().unwrap();
+        let config = policy::PolicyConfig::default();
+        let candidates = [
+            cand("alice", 0.0, 500),
+            cand("bob", 10.0, 500),
+            cand("carol", 30.0, 500),
+        ];
+        let from = AccountId::from("alice");
+        let me = StatusCell::new(status("0-me", Some("alice"), None));
+        // Our own socket is no peer.
+        let _me = serve_peer(store.path(), "0-me", me.clone(), None);
+        // Alone: the policy's best, bob (90 > 70).
+        assert_eq!(
+            choose_placed(&candidates, Some(&from), &config, None).await,
+            Choice::Switch { to: "bob".into() }
+        );
+        assert_eq!(
+            choose_placed(
+                &candidates,
+                Some(&from),
+                &config,
+                Some(&context(store.path(), true, &me))
+            )
+            .await,
+            Choice::Switch { to: "bob".into() },
+            "no other session: as alone"
+        );
+        assert_eq!(me.get().switching_to, None);
+        // Two sessions on bob: 90/3 = 30 < carol's 70.
+        let _one = serve_peer(
+            store.path(),
+            "1-one",
+            StatusCell::new(status("1-one", Some("bob"), None)),
+            None,
+        );
+        let _two = serve_peer(
+            store.path(),
+            "2-two",
+            StatusCell::new(status("2-two", Some("alice"), Some("bob"))),
+            None,
+        );
+        assert_eq!(
+            choose_placed(
+                &candidates,
+                Some(&from),
+                &config,
+                Some(&context(store.path(), false, &me))
+            )
+            .await,
+            Choice::Switch { to: "bob".into() },
+            "the pool off: alone"
+        );
+        assert_eq!(
+            choose_placed(
+                &candidates,
+                Some(&from),
+                &config,
+                Some(&context(store.path(), true, &me))
+            )
+            .await,
+            Choice::Switch { to: "carol".into() }
+        );
+        // Published before the lock went, for the next chooser.
+        assert_eq!(
+            me.get().switching_to.map(|a| a.name).as_deref(),
+            Some("carol")
+        );
+    }
 }
