@@ -144,6 +144,48 @@ pub struct Pool {
     pub by_account: Vec<PoolShare>,
 }
 
+impl Pool {
+    /// "3 sessions: alice ×2, bob ×1", or nothing while this session runs alone.
+    pub fn summary(&self) -> Option<String> {
+        (self.sessions >= 2).then(|| {
+            pool_summary(
+                self.sessions,
+                self.by_account
+                    .iter()
+                    .map(|s| (s.account.name.as_str(), s.sessions)),
+            )
+        })
+    }
+
+    /// How many sessions (this one included) run on `account`.
+    pub fn sessions_on(&self, account: &AccountId) -> usize {
+        self.by_account
+            .iter()
+            .filter(|s| &s.account.id == account)
+            .map(|s| s.sessions)
+            .sum()
+    }
+}
+
+/// The pool in one line: "3 sessions: alice ×2, bob ×1", the busiest account first (then by
+/// name); accounts no session uses are left out.
+pub fn pool_summary<'a>(
+    sessions: usize,
+    shares: impl IntoIterator<Item = (&'a str, usize)>,
+) -> String {
+    let mut shares: Vec<(&str, usize)> = shares.into_iter().filter(|(_, n)| *n > 0).collect();
+    shares.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let noun = if sessions == 1 { "session" } else { "sessions" };
+    if shares.is_empty() {
+        return format!("{sessions} {noun}");
+    }
+    let shares: Vec<String> = shares
+        .iter()
+        .map(|(name, n)| format!("{name} ×{n}"))
+        .collect();
+    format!("{sessions} {noun}: {}", shares.join(", "))
+}
+
 impl Dashboard {
     pub fn new(mode: SessionMode, accounts: Vec<AccountView>) -> Self {
         Self {
