@@ -701,4 +701,42 @@ mod tests {
              start it again"
         );
     }
+
+    #[test]
+    fn the_pool_reads_in_one_line_busiest_account_first() {
+        assert_eq!(
+            pool_summary(3, [("bob", 1), ("alice", 2), ("carol", 0)]),
+            "3 sessions: alice ×2, bob ×1"
+        );
+        assert_eq!(
+            pool_summary(2, [("bob", 1), ("alice", 1)]),
+            "2 sessions: alice ×1, bob ×1"
+        );
+        assert_eq!(pool_summary(1, [("alice", 1)]), "1 session: alice ×1");
+        assert_eq!(pool_summary(2, []), "2 sessions");
+        let share = |id: &str, sessions| PoolShare {
+            account: AccountRef {
+                id: AccountId::from(id),
+                name: id.to_owned(),
+            },
+            sessions,
+        };
+        let mut pool = Pool::default();
+        assert_eq!(pool.summary(), None, "no pool heard of: alone");
+        pool = Pool {
+            sessions: 1,
+            by_account: vec![share("alice", 1)],
+        };
+        assert_eq!(pool.summary(), None, "alone");
+        pool = Pool {
+            sessions: 3,
+            by_account: vec![share("alice", 2), share("bob", 1)],
+        };
+        assert_eq!(
+            pool.summary().as_deref(),
+            Some("3 sessions: alice ×2, bob ×1")
+        );
+        assert_eq!(pool.sessions_on(&AccountId::from("alice")), 2);
+        assert_eq!(pool.sessions_on(&AccountId::from("carol")), 0);
+    }
 }
