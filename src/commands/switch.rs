@@ -88,26 +88,31 @@ fn socket_of(sockets: &[PathBuf], id: &str) -> PathBuf {
         .expect("a listed session has a socket")
 }
 
-/// The session `--session` names, among the session ids (`<pid>-<uuid>`): a number is a pid
-/// first; else a unique id prefix.
+/// The session `--session` names, among the session ids (`<pid>-<uuid>`): a number is a
+/// pid; anything else a unique prefix of an id.
 fn by_flag(ids: &[String], wanted: &str) -> Result<usize, String> {
     let wanted = wanted.trim().to_ascii_lowercase();
     if wanted.is_empty() {
         return Err("--session needs a pid or a session id".to_owned());
     }
-    if wanted.bytes().all(|b| b.is_ascii_digit())
-        && let Some(i) = ids
-            .iter()
-            .position(|id| id.split('-').next() == Some(wanted.as_str()))
-    {
-        return Ok(i);
-    }
+    let is_pid = wanted.bytes().all(|b| b.is_ascii_digit());
     let matches: Vec<usize> = (0..ids.len())
-        .filter(|&i| ids[i].starts_with(&wanted))
+        .filter(|&i| {
+            if is_pid {
+                ids[i].split('-').next() == Some(wanted.as_str())
+            } else {
+                ids[i].starts_with(&wanted)
+            }
+        })
         .collect();
+    let what = if is_pid { "pid" } else { "id" };
     match matches.as_slice() {
         [one] => Ok(*one),
-        [] => Err(format!("no running session has the pid or id {wanted:?}:")),
+        [] => Err(format!("no running session has the {what} {wanted:?}:")),
+        _ if is_pid => Err(format!(
+            "{} session directories have the pid {wanted}; name one by its id:",
+            matches.len()
+        )),
         _ => Err(format!(
             "{} sessions have an id starting with {wanted:?}:",
             matches.len()
@@ -138,7 +143,7 @@ fn which_one(listed: &[SessionJson], here: &Path, account: &str) -> Report {
         .map_or_else(|| "PID".to_owned(), |pid| pid.to_string());
     with_hint(
         eyre!(
-            "{} cs-tui sessions are running and none was started in {} or above it alone; which one should switch?\n{}",
+            "{} cs-tui sessions are running, and not one alone was started in {} or a directory above it: which one should switch?\n{}",
             listed.len(),
             here.display(),
             session_rows(listed)
@@ -176,11 +181,12 @@ mod tests {
     }
 
     #[test]
-    fn the_flag_names_a_pid_first_then_an_id_prefix() {
+    fn the_flag_names_a_pid_or_an_id_prefix() {
         let ids = [
             "4242-9f1c".to_owned(),
             "42-ab12".to_owned(),
             "77-9f00".to_owned(),
+            "77-9f01".to_owned(),
         ];
         assert_eq!(
             by_flag(&ids, "42"),
@@ -188,13 +194,24 @@ mod tests {
             "a pid, though 4242 starts with 42"
         );
         assert_eq!(by_flag(&ids, "4242"), Ok(0));
-        assert_eq!(by_flag(&ids, "77-9F"), Ok(2), "an id prefix, any case");
+        assert_eq!(by_flag(&ids, "77-9F00"), Ok(2), "an id prefix, any case");
         assert_eq!(by_flag(&ids, "4242-9f1c"), Ok(0));
-        assert!(by_flag(&ids, "4").unwrap_err().contains("2 sessions"));
+        assert_eq!(by_flag(&ids, "4242-"), Ok(0));
+        let err = by_flag(&ids, "4").unwrap_err();
         assert!(
-            by_flag(&ids, "99")
+            err.contains("no running session has the pid"),
+            "a pid, never a prefix: {err}"
+        );
+        assert!(by_flag(&ids, "77-9f").unwrap_err().contains("2 sessions"));
+        assert!(
+            by_flag(&ids, "77")
                 .unwrap_err()
-                .contains("no running session")
+                .contains("name one by its id")
+        );
+        assert!(
+            by_flag(&ids, "99-")
+                .unwrap_err()
+                .contains("no running session has the id")
         );
         assert!(by_flag(&ids, " ").is_err());
     }
