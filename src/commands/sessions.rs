@@ -272,6 +272,8 @@ mod tests {
         Older,
         /// Never (a stopped session): reads the question and keeps the connection open.
         Silent,
+        /// With this raw line (not an answer of ours).
+        Raw(String),
     }
 
     /// A fake session: a unix socket in `<store>/runtime/<id>/control.sock` that answers every
@@ -303,6 +305,10 @@ mod tests {
                         Fake::Older => CommandAnswer::refusal(
                             "not a command: unknown variant `session_status`".to_owned(),
                         ),
+                        Fake::Raw(line) => {
+                            let _ = write.write_all(line.as_bytes()).await;
+                            return;
+                        }
                         Fake::Silent => {
                             // Holds the connection until the asker gives up.
                             let mut rest = String::new();
@@ -365,6 +371,30 @@ mod tests {
         std::fs::create_dir_all(&dead).unwrap();
         drop(std::os::unix::net::UnixListener::bind(dead.join(crate::ipc::SOCKET_NAME)).unwrap());
 
+        // Answers that are not ours: garbage, a status of another shape, one too long.
+        asked.push(fake_session(
+            store.path(),
+            "600-gggg",
+            Fake::Raw("HTTP/1.1 400 Bad Request\n".to_owned()),
+        ));
+        asked.push(fake_session(
+            store.path(),
+            "601-hhhh",
+            Fake::Raw(r#"{"ok":true,"message":"","data":{"id":"x"}}"#.to_owned() + "\n"),
+        ));
+        asked.push(fake_session(
+            store.path(),
+            "602-iiii",
+            Fake::Raw(format!(
+                "{{\"ok\":true,\"message\":\"{}\"}}\n",
+                "x".repeat(300 << 10)
+            )),
+        ));
+        // Something else where a socket should be: no session.
+        let odd = store.path().join("runtime/700-jjjj");
+        std::fs::create_dir_all(&odd).unwrap();
+        std::fs::write(odd.join(crate::ipc::SOCKET_NAME), "not a socket").unwrap();
+
         let began = std::time::Instant::now();
         let sessions = list(store.path()).await;
         let took = began.elapsed();
@@ -381,6 +411,9 @@ mod tests {
                 ("300-cccc", Some(300), SessionState::UnknownVersion),
                 ("400-dddd", Some(400), SessionState::Unresponsive),
                 ("401-eeee", Some(401), SessionState::Unresponsive),
+                ("600-gggg", Some(600), SessionState::UnknownVersion),
+                ("601-hhhh", Some(601), SessionState::UnknownVersion),
+                ("602-iiii", Some(602), SessionState::UnknownVersion),
             ]
         );
         assert!(
