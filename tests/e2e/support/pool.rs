@@ -2,6 +2,9 @@
 //! benchmark: each listens on its own unix socket, its stdout lines are read by a thread into
 //! a log that tests wait on (with a deadline, never a sleep), and every process is killed when
 //! the rig is dropped.
+//!
+//! It needs only `cs-tui-testkit` and the `cs-tui` binary (`CARGO_BIN_EXE_cs-tui`), so a bench
+//! can include it as it is: `#[path = "../tests/e2e/support/pool.rs"] mod pool;`.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -10,10 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use cs_tui_testkit::{CodexHome, MockBackend, WAIT};
+use cs_tui_testkit::{CodexHome, MockBackend, WAIT, codex_bin};
 use serde_json::Value;
-
-use crate::support::product::cs_tui_command_at;
 
 /// One line a session printed, stamped when its reader thread read it.
 #[derive(Clone, Debug)]
@@ -160,31 +161,44 @@ impl PoolRig {
     /// A store holding `labels` as accounts of `mock` (imported with `cs-tui accounts
     /// import`, so each has its own refresh-token chain).
     pub(crate) fn new(mock: &MockBackend, labels: &[&str]) -> Self {
-        let home = CodexHome::offline(&mock.url());
-        let store = tempfile::tempdir().unwrap();
-        for label in labels {
-            let (fake, refresh) = mock.add_account(label);
-            crate::support::product::import(
-                store.path(),
-                &home,
-                mock,
-                label,
-                &fake.auth_json(3600, &refresh),
-            );
-        }
-        Self {
-            home,
-            store,
+        let rig = Self {
+            home: CodexHome::offline(&mock.url()),
+            store: tempfile::tempdir().unwrap(),
             sockets: tempfile::Builder::new().prefix("pool").tempdir().unwrap(),
             refresh_url: mock.refresh_url(),
             sessions: Vec::new(),
+        };
+        for label in labels {
+            let (fake, refresh) = mock.add_account(label);
+            let file = rig.store.path().join(format!("{label}.auth.json"));
+            std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
+            let out = rig
+                .command()
+                .args(["accounts", "import", "--name", label, "--file"])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "importing {label}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
+        rig
     }
 
-    /// `cs-tui` with this rig's store, Codex home and refresh endpoint.
+    /// `cs-tui` with this rig's store, Codex home, Codex binary and refresh endpoint (as the
+    /// e2e tests' `cs_tui_command`), stdin closed, and the pool on unless a spawn says so.
     pub(crate) fn command(&self) -> Command {
-        let mut command = cs_tui_command_at(self.store.path(), &self.home, &self.refresh_url);
-        command.stdin(Stdio::null());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cs-tui"));
+        command
+            .env("CS_TUI_HOME", self.store.path())
+            .env("CODEX_HOME", self.home.path())
+            .env("CS_TUI_CODEX_BIN", codex_bin())
+            .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", &self.refresh_url)
+            .env_remove("CS_TUI_LOG")
+            .env_remove("CS_TUI_POOL")
+            .stdin(Stdio::null());
         command
     }
 

@@ -24,17 +24,12 @@ pub(crate) struct Product {
 
 /// `cs-tui` with its store, Codex home, Codex binary and refresh endpoint set for the test.
 pub(crate) fn cs_tui_command(store: &Path, home: &CodexHome, mock: &MockBackend) -> Command {
-    cs_tui_command_at(store, home, &mock.refresh_url())
-}
-
-/// [`cs_tui_command`] with the mock's refresh endpoint given by its URL.
-pub(crate) fn cs_tui_command_at(store: &Path, home: &CodexHome, refresh_url: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cs-tui"));
     command
         .env("CS_TUI_HOME", store)
         .env("CODEX_HOME", home.path())
         .env("CS_TUI_CODEX_BIN", codex_bin())
-        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", refresh_url)
+        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", mock.refresh_url())
         .env_remove("CS_TUI_LOG")
         .env_remove("CS_TUI_POOL");
     command
