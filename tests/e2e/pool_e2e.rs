@@ -189,3 +189,112 @@ fn two_serves_on_one_store_switch_one_at_a_time() {
     let done = survivor.wait_for_after(mark2, "switch done", |e| e["event"] == "switch_done");
     assert_eq!(done.json.unwrap()["to"]["name"], back);
 }
+
+/// The dashboard shows the pool it hears of (`PoolChanged`, fed here through the development
+/// replay path): the pool line, `×N` on the accounts in use, and `· N sessions` in the status
+/// bar once the panel collapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_pool() {
+    use std::ffi::OsStr;
+    use std::io::Write;
+
+    use chrono::Utc;
+    use cs_tui::account_id::AccountId;
+    use cs_tui::proxy::events::{AccountRef, ConnectionState, PoolShare, ProxyEvent};
+    use cs_tui_testkit::{CodexHome, Tmux, WAIT, codex_bin};
+
+    let account = |name: &str| AccountRef {
+        id: AccountId::new(format!("id-{name}")),
+        name: name.to_owned(),
+    };
+    let mock = MockBackend::start().await;
+    let (alice, refresh) = mock.add_account("alice");
+    let home = CodexHome::offline(&mock.url());
+    home.write_auth_json(&alice.auth_json(3600, &refresh));
+    let store = tempfile::tempdir().unwrap();
+    let events = store.path().join("events.jsonl");
+    let emit = |list: &[ProxyEvent]| {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&events)
+            .unwrap();
+        for event in list {
+            writeln!(file, "{}", serde_json::to_string(event).unwrap()).unwrap();
+        }
+    };
+    let now = Utc::now();
+    let quota = cs_tui::quota::RateLimitSnapshot::default();
+    emit(&[
+        ProxyEvent::Connection {
+            state: ConnectionState::Ready { clients: 1 },
+            at: now,
+        },
+        ProxyEvent::ActiveAccount {
+            account: account("alice"),
+            at: now,
+        },
+        ProxyEvent::RateLimitsUpdated {
+            account: account("bob"),
+            snapshot: quota.clone(),
+            families: Vec::new(),
+            at: now,
+        },
+        ProxyEvent::RateLimitsUpdated {
+            account: account("carol"),
+            snapshot: quota,
+            families: Vec::new(),
+            at: now,
+        },
+    ]);
+    let codex = codex_bin();
+    let env: Vec<(&str, &OsStr)> = vec![
+        ("CS_TUI_NO_PROXY", OsStr::new("1")),
+        ("CS_TUI_DEV_EVENTS", events.as_os_str()),
+        ("CS_TUI_HOME", store.path().as_os_str()),
+        ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+        ("CODEX_HOME", home.path().as_os_str()),
+    ];
+    let t = Tmux::start(
+        160,
+        40,
+        home.work_dir(),
+        &env,
+        OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
+        &[],
+    );
+    let screen = t.wait_for(WAIT, "the panel on alice", |screen| {
+        screen.contains("● alice") && screen.contains("carol")
+    });
+    assert!(
+        !screen.contains("sessions"),
+        "alone: no pool line\n{screen}"
+    );
+
+    emit(&[ProxyEvent::PoolChanged {
+        sessions: 3,
+        by_account: vec![
+            PoolShare {
+                account: account("alice"),
+                sessions: 2,
+            },
+            PoolShare {
+                account: account("bob"),
+                sessions: 1,
+            },
+        ],
+        at: Utc::now(),
+    }]);
+    let screen = t.wait_for(WAIT, "the pool in the panel", |screen| {
+        screen.contains("3 sessions: alice ×2, bob ×1")
+            && screen.contains("● alice ×2")
+            && screen.contains("bob ×1")
+    });
+    assert!(!screen.contains("carol ×"), "{screen}");
+
+    // Narrow: the status bar counts the sessions.
+    t.resize(100, 30);
+    t.wait_for(WAIT, "the status bar with the pool", |screen| {
+        screen.contains("alice · 3 sessions")
+    });
+}
