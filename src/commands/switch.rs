@@ -38,6 +38,9 @@ pub(super) fn run(env: &Env, args: SwitchArgs) -> Result<ExitCode> {
                 Ok(i) => sockets[i].clone(),
                 Err(err) => {
                     let listed = env.runtime().block_on(sessions::list(store_dir));
+                    if listed.is_empty() {
+                        return Err(no_session());
+                    }
                     return Err(with_hint(
                         eyre!("{err}\n{}", session_rows(&listed)),
                         "name one by its pid or id (see `cs-tui sessions`)",
