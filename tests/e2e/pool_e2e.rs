@@ -7,7 +7,7 @@ use std::path::Path;
 use cs_tui_testkit::MockBackend;
 use serde_json::Value;
 
-use crate::support::pool::{PoolRig, PoolSession};
+use crate::support::pool::{PoolRig, PoolSession, ProcStats, descendants};
 
 const ACCOUNTS: [&str; 3] = ["alice", "bob", "carol"];
 
@@ -65,6 +65,17 @@ fn two_serves_on_one_store_switch_one_at_a_time() {
         assert_eq!(
             session.lines()[0].text,
             format!("listening {}", session.listen)
+        );
+        // What the bench measures: each session and its app-server, apart.
+        let own = ProcStats::of(session.pid()).expect("the session runs");
+        assert!(own.rss_kib > 0, "{own:?}");
+        let below = descendants(session.pid());
+        assert!(
+            below.iter().any(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("app-server"))
+            }),
+            "an app-server among {below:?}"
         );
     }
 

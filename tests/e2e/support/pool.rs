@@ -140,6 +140,65 @@ impl PoolSession {
     }
 }
 
+/// What `/proc` says of one process: CPU time used and resident memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ProcStats {
+    /// utime + stime, in clock ticks (`getconf CLK_TCK`, 100 on Linux).
+    pub cpu_ticks: u64,
+    /// VmRSS.
+    pub rss_kib: u64,
+}
+
+impl ProcStats {
+    /// `None` once the process is gone.
+    pub(crate) fn of(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces and parentheses: fields count from its last ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+        // After the name: state is field 3, utime 14 and stime 15 (1-based, `man 5 proc`).
+        let ticks = |i: usize| fields.get(i - 3)?.parse::<u64>().ok();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        Some(Self {
+            cpu_ticks: ticks(14)? + ticks(15)?,
+            rss_kib,
+        })
+    }
+}
+
+/// Every live process below `pid` (children, their children, …), from `/proc`.
+pub(crate) fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| {
+                    let child: u32 = e.file_name().to_str()?.parse().ok()?;
+                    let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                    let ppid = stat[stat.rfind(')')? + 2..]
+                        .split(' ')
+                        .nth(1)?
+                        .parse()
+                        .ok()?;
+                    Some((child, ppid))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (child, _) in parents.iter().filter(|(_, p)| *p == parent) {
+            found.push(*child);
+            frontier.push(*child);
+        }
+    }
+    found
+}
+
 impl Drop for PoolSession {
     fn drop(&mut self) {
         let _ = self.child.kill();
