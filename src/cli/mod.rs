@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 pub(crate) use accounts::{AccountsCommand, AddArgs, ImportArgs, ListArgs, StatusArgs};
 pub(crate) use doctor::DoctorArgs;
-pub(crate) use session::{ServeArgs, SwitchArgs};
+pub(crate) use session::{ServeArgs, SessionsArgs, SwitchArgs};
 
 /// cs-tui: run the Codex TUI with a live quota panel, and switch ChatGPT accounts inside the
 /// running session when one hits its usage limit.
@@ -58,8 +58,10 @@ pub enum Command {
     Accounts(AccountsCommand),
     /// Show every account's 5-hour and weekly usage.
     Status(StatusArgs),
-    /// Ask the running cs-tui session to switch to an account.
+    /// Ask a running cs-tui session to switch to an account.
     Switch(SwitchArgs),
+    /// List the cs-tui sessions running on this store, with their accounts.
+    Sessions(SessionsArgs),
     /// Run the app-server and switching proxy without the dashboard.
     Serve(ServeArgs),
     /// Check Codex, the app-server, the store, the accounts, the backend and the config.

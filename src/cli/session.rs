@@ -1,4 +1,4 @@
-//! `cs-tui serve` and `cs-tui switch`: their arguments.
+//! `cs-tui serve`, `cs-tui switch` and `cs-tui sessions`: their arguments.
 
 use std::path::PathBuf;
 
@@ -20,7 +20,21 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "With several sessions running, the one to switch is: the only one; else the one named by --session; else the one started in the deepest directory containing the current one (see `cs-tui sessions`)."
+)]
 pub struct SwitchArgs {
     /// Account name, id, or unique id prefix; `best` picks the best other account.
     pub account: String,
+    /// The session to switch: its pid, or its id or a unique prefix of it (as `cs-tui
+    /// sessions` lists them).
+    #[arg(long, value_name = "PID|ID-PREFIX")]
+    pub session: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SessionsArgs {
+    /// Machine-readable output (stable fields, see README).
+    #[arg(long)]
+    pub json: bool,
 }

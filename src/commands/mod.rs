@@ -4,7 +4,8 @@
 //!
 //! - `accounts`: `cs-tui accounts …` (`reset`: `accounts reset`);
 //! - `status`: `cs-tui status`;
-//! - `switch`: `cs-tui switch NAME`;
+//! - `switch`: `cs-tui switch NAME [--session S]`;
+//! - `sessions`: `cs-tui sessions`;
 //! - `serve`: `cs-tui serve`;
 //! - `doctor`: `cs-tui doctor`;
 //! - `dashboard`: `cs-tui [CODEX ARGS]`.
@@ -15,6 +16,7 @@ mod doctor;
 mod output;
 mod reset;
 mod serve;
+mod sessions;
 mod status;
 mod switch;
 
@@ -60,7 +62,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let setup = match &command {
         Some(Command::Accounts(_) | Command::Status(_)) => Setup::logged("accounts"),
         Some(Command::Serve(_)) => Setup::logged("serve"),
-        Some(Command::Switch(_)) => Setup {
+        Some(Command::Switch(_) | Command::Sessions(_)) => Setup {
             store_required: true,
             config_first: false,
             log: None,
@@ -87,6 +89,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Accounts(cmd)) => accounts::run(&env, cmd),
         Some(Command::Status(args)) => status::run(&env, args),
         Some(Command::Switch(args)) => switch::run(&env, args),
+        Some(Command::Sessions(args)) => sessions::run(&env, args),
         Some(Command::Serve(args)) => serve::run(&env, args),
         Some(Command::Doctor(args)) => doctor::run(&env, args),
         None => dashboard::run(env, codex_args),

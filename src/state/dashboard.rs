@@ -144,6 +144,48 @@ pub struct Pool {
     pub by_account: Vec<PoolShare>,
 }
 
+impl Pool {
+    /// "3 sessions: alice ×2, bob ×1", or nothing while this session runs alone.
+    pub fn summary(&self) -> Option<String> {
+        (self.sessions >= 2).then(|| {
+            pool_summary(
+                self.sessions,
+                self.by_account
+                    .iter()
+                    .map(|s| (s.account.name.as_str(), s.sessions)),
+            )
+        })
+    }
+
+    /// How many sessions (this one included) run on `account`.
+    pub fn sessions_on(&self, account: &AccountId) -> usize {
+        self.by_account
+            .iter()
+            .filter(|s| &s.account.id == account)
+            .map(|s| s.sessions)
+            .sum()
+    }
+}
+
+/// The pool in one line: "3 sessions: alice ×2, bob ×1", the busiest account first (then by
+/// name); accounts no session uses are left out.
+pub fn pool_summary<'a>(
+    sessions: usize,
+    shares: impl IntoIterator<Item = (&'a str, usize)>,
+) -> String {
+    let mut shares: Vec<(&str, usize)> = shares.into_iter().filter(|(_, n)| *n > 0).collect();
+    shares.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let noun = if sessions == 1 { "session" } else { "sessions" };
+    if shares.is_empty() {
+        return format!("{sessions} {noun}");
+    }
+    let shares: Vec<String> = shares
+        .iter()
+        .map(|(name, n)| format!("{name} ×{n}"))
+        .collect();
+    format!("{sessions} {noun}: {}", shares.join(", "))
+}
+
 impl Dashboard {
     pub fn new(mode: SessionMode, accounts: Vec<AccountView>) -> Self {
         Self {
@@ -658,5 +700,43 @@ mod tests {
             "app-server exited (exit status: 1): Error: config.toml is broken; quit cs-tui and \
              start it again"
         );
+    }
+
+    #[test]
+    fn the_pool_reads_in_one_line_busiest_account_first() {
+        assert_eq!(
+            pool_summary(3, [("bob", 1), ("alice", 2), ("carol", 0)]),
+            "3 sessions: alice ×2, bob ×1"
+        );
+        assert_eq!(
+            pool_summary(2, [("bob", 1), ("alice", 1)]),
+            "2 sessions: alice ×1, bob ×1"
+        );
+        assert_eq!(pool_summary(1, [("alice", 1)]), "1 session: alice ×1");
+        assert_eq!(pool_summary(2, []), "2 sessions");
+        let share = |id: &str, sessions| PoolShare {
+            account: AccountRef {
+                id: AccountId::from(id),
+                name: id.to_owned(),
+            },
+            sessions,
+        };
+        let mut pool = Pool::default();
+        assert_eq!(pool.summary(), None, "no pool heard of: alone");
+        pool = Pool {
+            sessions: 1,
+            by_account: vec![share("alice", 1)],
+        };
+        assert_eq!(pool.summary(), None, "alone");
+        pool = Pool {
+            sessions: 3,
+            by_account: vec![share("alice", 2), share("bob", 1)],
+        };
+        assert_eq!(
+            pool.summary().as_deref(),
+            Some("3 sessions: alice ×2, bob ×1")
+        );
+        assert_eq!(pool.sessions_on(&AccountId::from("alice")), 2);
+        assert_eq!(pool.sessions_on(&AccountId::from("carol")), 0);
     }
 }

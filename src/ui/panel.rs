@@ -94,7 +94,7 @@ fn connection_text(dashboard: &Dashboard) -> (String, Color) {
     }
 }
 
-fn header_lines(dashboard: &Dashboard, lines: &mut Vec<Line<'static>>) {
+fn header_lines(dashboard: &Dashboard, lines: &mut Vec<Line<'static>>, width: usize) {
     match dashboard.active_account() {
         Some(active) => {
             let mut first = vec![
@@ -124,6 +124,17 @@ fn header_lines(dashboard: &Dashboard, lines: &mut Vec<Line<'static>>) {
         status.push(Span::styled(" · turn running", DIM));
     }
     lines.push(Line::from(status));
+    // The pool, when other sessions share the store: "3 sessions: alice ×2, bob ×1".
+    if let Some(summary) = dashboard.pool.summary() {
+        // An account's name and its count stay on one line.
+        let summary = summary.replace(" ×", "\u{a0}×");
+        let options = textwrap::Options::new(width.max(12))
+            .subsequent_indent("  ")
+            .word_splitter(textwrap::WordSplitter::NoHyphenation);
+        for line in textwrap::wrap(&summary, options) {
+            lines.push(Line::styled(line.replace('\u{a0}', " "), DIM));
+        }
+    }
     if let Some(to) = &dashboard.switching_to {
         let name = dashboard
             .account(to)
@@ -388,10 +399,19 @@ fn account_lines(
             "  "
         };
         let state = state_span(state, ctx);
-        let used = 2 + account.name.chars().count() + state.content.chars().count();
+        // In a pool, how many sessions (this one included) use it: "alice ×2".
+        let sessions = match dashboard.pool.sessions_on(&account.id) {
+            n if n >= 1 && dashboard.pool.sessions >= 2 => format!(" ×{n}"),
+            _ => String::new(),
+        };
+        let used = 2
+            + account.name.chars().count()
+            + sessions.chars().count()
+            + state.content.chars().count();
         lines.push(Line::from(vec![
             Span::styled(marker, Style::new().fg(Color::Green)),
             Span::styled(account.name.clone(), Style::new().bold()),
+            Span::styled(sessions, DIM),
             Span::raw(" ".repeat(width.saturating_sub(used).max(1))),
             state,
         ]));
@@ -562,7 +582,7 @@ pub(crate) fn panel_lines(
     width: usize,
 ) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
-    header_lines(dashboard, &mut lines);
+    header_lines(dashboard, &mut lines, width);
     lines.push(Line::default());
     lines.extend(quota_lines(dashboard, ctx, width));
     if dashboard.mode == SessionMode::Proxy {
@@ -637,6 +657,12 @@ pub(crate) fn status_line(dashboard: &Dashboard, ctx: &RenderContext<'_>) -> Lin
             spans.push(Span::styled("no proxy", Style::new().fg(Color::Yellow)));
         }
         None => spans.push(Span::styled("no account", DIM)),
+    }
+    if dashboard.pool.sessions >= 2 {
+        spans.push(Span::styled(
+            format!(" · {} sessions", dashboard.pool.sessions),
+            DIM,
+        ));
     }
     if let Some(snapshot) = dashboard.active_account().and_then(|a| a.snapshot.as_ref()) {
         // The windows the account has, shortest first.

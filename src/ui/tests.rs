@@ -542,3 +542,87 @@ fn a_layout_made_for_a_bigger_terminal_draws_what_fits() {
         })
         .unwrap();
 }
+
+fn pool(d: &mut Dashboard, shares: &[(&str, usize)]) {
+    use crate::proxy::events::PoolShare;
+    d.apply(&ProxyEvent::PoolChanged {
+        sessions: shares.iter().map(|(_, n)| n).sum(),
+        by_account: shares
+            .iter()
+            .map(|(id, n)| PoolShare {
+                account: account(id),
+                sessions: *n,
+            })
+            .collect(),
+        at: at(0),
+    });
+}
+
+#[test]
+fn panel_in_a_pool_of_sessions() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(42.0, 2 * 3600 + 13 * 60, 18.0), 0);
+    update(&mut d, "bob", snapshot(3.0, 4 * 3600, 9.0), 0);
+    pool(&mut d, &[("alice", 2), ("bob", 1)]);
+    let text = render_panel_only(&d, 44, 24);
+    assert!(text.contains("3 sessions: alice ×2, bob ×1"), "{text}");
+    assert!(text.contains("● alice ×2"), "{text}");
+    assert!(text.contains("  bob ×1"), "{text}");
+    assert!(!text.contains("carol ×"), "{text}");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn a_session_alone_shows_no_pool() {
+    let mut d = started(stored());
+    pool(&mut d, &[("alice", 1)]);
+    let text = render_panel_only(&d, 44, 24);
+    assert!(!text.contains("session"), "{text}");
+    assert!(!text.contains('×'), "{text}");
+    let bar = render_app(&d, 90, 8, None);
+    assert!(!bar.contains("sessions"), "{bar}");
+}
+
+#[test]
+fn a_long_pool_line_wraps_inside_the_panel() {
+    let mut d = started(stored());
+    pool(&mut d, &[("alice", 3), ("bob", 2), ("carol", 2)]);
+    let text = render_panel_only(&d, 44, 24);
+    assert!(
+        text.contains("7 sessions: alice ×3, bob ×2, carol ×2"),
+        "{text}"
+    );
+    let mut d = started(
+        ["an-account-with-a-long-name", "another-long-account-name"]
+            .into_iter()
+            .map(|n| AccountView::new(n, n))
+            .collect(),
+    );
+    pool(
+        &mut d,
+        &[
+            ("an-account-with-a-long-name", 2),
+            ("another-long-account-name", 1),
+        ],
+    );
+    let text = render_panel_only(&d, 44, 24);
+    assert!(text.contains("│3 sessions:     "), "{text}");
+    assert!(
+        text.contains("│  an-account-with-a-long-name ×2,     "),
+        "{text}"
+    );
+    assert!(
+        text.contains("│  another-long-account-name ×1     "),
+        "{text}"
+    );
+}
+
+#[test]
+fn narrow_terminal_status_bar_counts_the_sessions() {
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(42.0, 2 * 3600 + 13 * 60, 18.0), 0);
+    pool(&mut d, &[("alice", 2), ("bob", 1)]);
+    let text = render_app(&d, 90, 8, None);
+    assert!(text.contains(" alice · 3 sessions │ 5h 42%"), "{text}");
+    insta::assert_snapshot!(text);
+}

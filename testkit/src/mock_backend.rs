@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::jwt::{FakeAccount, decode_claims, unix_now};
 
@@ -322,6 +322,10 @@ struct MockState {
     token_serial: u64,
     script: VecDeque<ScriptedReply>,
     log: Vec<RequestRecord>,
+    /// Account id → its gate ([`MockBackend::gate`]): `false` while closed.
+    gates: HashMap<String, watch::Sender<bool>>,
+    /// Account id → model requests waiting at its closed gate now.
+    gated: HashMap<String, usize>,
 }
 
 /// The running mock. Dropping it stops the server.
@@ -548,6 +552,51 @@ impl MockBackend {
             .unwrap_or_else(|| panic!("no model request carried {text:?}"))
     }
 
+    /// Closes `account_id`'s gate: its model requests (`POST …/responses`, title requests
+    /// included) wait, with no timer, until [`Self::open`]; then each is answered as the
+    /// account's mode says at that moment. A turn held this way stays running for as long as
+    /// the test needs. Requests are logged when answered, as always.
+    pub fn gate(&self, account_id: &str) {
+        let mut state = self.state();
+        match state.gates.get(account_id) {
+            Some(gate) => {
+                gate.send_replace(false);
+            }
+            None => {
+                state
+                    .gates
+                    .insert(account_id.to_owned(), watch::Sender::new(false));
+            }
+        }
+    }
+
+    /// Opens `account_id`'s gate: the requests waiting at it go on, and new ones pass.
+    pub fn open(&self, account_id: &str) {
+        if let Some(gate) = self.state().gates.get(account_id) {
+            gate.send_replace(true);
+        }
+    }
+
+    /// How many model requests of `account_id` wait at its closed gate now.
+    pub fn gated(&self, account_id: &str) -> usize {
+        self.state().gated.get(account_id).copied().unwrap_or(0)
+    }
+
+    /// Waits until `n` model requests of `account_id` wait at its gate, or panics after
+    /// `timeout`.
+    pub async fn wait_for_gated(&self, account_id: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.gated(account_id) < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {n} requests of {account_id} at its gate \
+                 ({} there)",
+                self.gated(account_id)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until `pred` holds for the request log, or panics after `timeout`.
     pub async fn wait_for_request(
         &self,
@@ -671,6 +720,9 @@ async fn handle(
             tokio::time::sleep(delay).await;
         }
     }
+    if method == Method::POST && path.ends_with("/responses") {
+        pass_gate(&state, who.account_header.as_deref()).await;
+    }
     let mut delay = None;
     let response = if method == Method::POST && path == "/oauth/token" {
         refresh_token = body_json
@@ -744,6 +796,37 @@ fn html_response(status: StatusCode, body: &'static str) -> Response {
 
 /// `response` with its body broken off after the first half: the client reads the status and
 /// headers, then the connection fails.
+/// Waits while `account`'s gate is closed ([`MockBackend::gate`]), counted in `gated`.
+async fn pass_gate(state: &Arc<Mutex<MockState>>, account: Option<&str>) {
+    let Some(account) = account else { return };
+    let gate = {
+        let mut guard = state.lock().expect("mock state lock");
+        let Some(gate) = guard.gates.get(account).map(watch::Sender::subscribe) else {
+            return;
+        };
+        if *gate.borrow() {
+            return;
+        }
+        *guard.gated.entry(account.to_owned()).or_default() += 1;
+        gate
+    };
+    /// Uncounts the request however the wait ends (the client may give up: the future drops).
+    struct Waiting<'a>(&'a Arc<Mutex<MockState>>, &'a str);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            if let Ok(mut state) = self.0.lock()
+                && let Some(n) = state.gated.get_mut(self.1)
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+    let _waiting = Waiting(state, account);
+    let mut gate = gate;
+    // The sender lives in the state as long as the mock does.
+    let _ = gate.wait_for(|open| *open).await;
+}
+
 async fn cut_body(response: Response) -> Response {
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)

@@ -321,3 +321,56 @@ async fn usage_reports_families_shapes_spend_control_and_seats() {
     .await;
     assert_eq!(check["accounts"][0]["structure"], "workspace");
 }
+
+/// A gate holds an account's model requests, with no timer, until it is opened; other
+/// accounts pass; a request's log entry comes when it is answered.
+#[tokio::test]
+async fn a_gate_holds_model_requests_until_opened() {
+    let mock = MockBackend::start().await;
+    let (alice, _) = mock.add_account("alice");
+    let (bob, _) = mock.add_account("bob");
+    let post = |who: &cs_tui_testkit::FakeAccount, text: &str| {
+        let request = reqwest::Client::new()
+            .post(format!("{}/backend-api/codex/responses", mock.url()))
+            .bearer_auth(who.access_token(600, 1))
+            .header("chatgpt-account-id", who.chatgpt_account_id.clone())
+            .json(&json!({"input": [{"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": text}]}]}));
+        tokio::spawn(async move {
+            let resp = request.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    mock.gate("acct-alice");
+    let held = post(&alice, "held one");
+    let held_too = post(&alice, "held two");
+    mock.wait_for_gated("acct-alice", 2, cs_tui_testkit::WAIT)
+        .await;
+    // Bob has no gate: his request is answered while alice's wait.
+    let (status, body) = post(&bob, "free").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(!held.is_finished() && !held_too.is_finished());
+    assert_eq!(mock.gated("acct-alice"), 2);
+    assert!(
+        mock.user_turn_requests("held").is_empty(),
+        "logged when answered"
+    );
+
+    // What the account says at opening time is the answer: a limit set while held.
+    mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    mock.open("acct-alice");
+    assert_eq!(held.await.unwrap().0, 429);
+    assert_eq!(held_too.await.unwrap().0, 429);
+    assert_eq!(mock.gated("acct-alice"), 0);
+    assert_eq!(mock.user_turn_requests("held").len(), 2);
+
+    // Open, it stays open; closed again, it holds again.
+    mock.set_mode("acct-alice", AccountMode::Normal);
+    assert_eq!(post(&alice, "after").await.unwrap().0, 200);
+    mock.gate("acct-alice");
+    let again = post(&alice, "again");
+    mock.wait_for_gated("acct-alice", 1, cs_tui_testkit::WAIT)
+        .await;
+    mock.open("acct-alice");
+    assert_eq!(again.await.unwrap().0, 200);
+}

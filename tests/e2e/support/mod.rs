@@ -2,6 +2,7 @@
 //! binary, `CARGO_BIN_EXE_cs-tui`); everything else is in `cs-tui-testkit`.
 
 pub(crate) mod accounts;
+pub(crate) mod pool;
 pub(crate) mod product;
 pub(crate) mod session;
 

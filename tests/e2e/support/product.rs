@@ -30,7 +30,8 @@ pub(crate) fn cs_tui_command(store: &Path, home: &CodexHome, mock: &MockBackend)
         .env("CODEX_HOME", home.path())
         .env("CS_TUI_CODEX_BIN", codex_bin())
         .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", mock.refresh_url())
-        .env_remove("CS_TUI_LOG");
+        .env_remove("CS_TUI_LOG")
+        .env_remove("CS_TUI_POOL");
     command
 }
 
