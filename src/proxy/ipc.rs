@@ -1,9 +1,12 @@
 //! A unix socket per running session, so `cs-tui switch NAME` in another terminal can ask the
-//! session to switch. The socket lives in the session's 0700 runtime directory (or is linked
+//! session to switch, and so the pool's other sessions can tell it what they learned and ask
+//! who it is (`proxy::pool`). The socket lives in the session's 0700 runtime directory (or is linked
 //! from there, when that path is too long for a socket). This is the serving side; the client
 //! (and the answer's wire type) is [`crate::ipc`].
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
@@ -12,8 +15,11 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use crate::ipc::{CommandAnswer, SOCKET_NAME};
-use crate::proxy::core::CoreMsg;
+use crate::proxy::core::{CoreMsg, Input};
 use crate::proxy::events::ProxyCommand;
+use crate::proxy::pool::hub::PeerNote;
+use crate::proxy::pool::wire::{POOL_WIRE_VERSION, PeerRequest, PoolSnapshot};
+use crate::proxy::pool::{PeerMessage, StatusCell};
 use crate::proxy::socket::BoundSocket;
 
 /// What a client of the session socket may do: it must be our own user, and send one line of
@@ -37,18 +43,32 @@ impl Default for IpcLimits {
     }
 }
 
+/// What the control socket answers with: the core (commands, the peers' account facts), the
+/// session's status, and the pool hub (the peers' session facts).
+#[derive(Clone, Debug)]
+pub(crate) struct Serving {
+    pub core: mpsc::UnboundedSender<CoreMsg>,
+    /// Set once the core runs: before, a pool snapshot is empty (commands wait in its inbox).
+    pub core_running: Arc<AtomicBool>,
+    pub status: StatusCell,
+    /// The session's id (a fact "from" it is refused).
+    pub id: String,
+    /// The hub, or `None` when the pool is off.
+    pub hub: Option<mpsc::UnboundedSender<PeerNote>>,
+}
+
+/// How long a question to the core may take before the asker is told it did not answer.
+const CORE_ANSWER: Duration = Duration::from_secs(10);
+
 /// Serves commands on `<runtime_dir>/control.sock` until the task is dropped.
-pub(crate) fn listen(
-    runtime_dir: &Path,
-    core: mpsc::UnboundedSender<CoreMsg>,
-) -> Result<tokio::task::JoinHandle<()>> {
-    listen_with(&runtime_dir.join(SOCKET_NAME), core, IpcLimits::default())
+pub(crate) fn listen(runtime_dir: &Path, serving: Serving) -> Result<tokio::task::JoinHandle<()>> {
+    listen_with(&runtime_dir.join(SOCKET_NAME), serving, IpcLimits::default())
 }
 
 /// Serves commands on the socket at `path` until the task is dropped.
 pub(crate) fn listen_with(
     path: &Path,
-    core: mpsc::UnboundedSender<CoreMsg>,
+    serving: Serving,
     limits: IpcLimits,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let socket = BoundSocket::bind(path).wrap_err("opening the session socket")?;
@@ -64,9 +84,9 @@ pub(crate) fn listen_with(
                     continue;
                 }
             };
-            let core = core.clone();
+            let serving = serving.clone();
             tokio::spawn(async move {
-                if let Err(err) = serve_one(stream, core, limits).await {
+                if let Err(err) = serve_one(stream, serving, limits).await {
                     tracing::debug!("session socket client: {err:#}");
                 }
             });
@@ -74,11 +94,7 @@ pub(crate) fn listen_with(
     }))
 }
 
-async fn serve_one(
-    stream: UnixStream,
-    core: mpsc::UnboundedSender<CoreMsg>,
-    limits: IpcLimits,
-) -> Result<()> {
+async fn serve_one(stream: UnixStream, serving: Serving, limits: IpcLimits) -> Result<()> {
     let peer = stream.peer_cred()?.uid();
     if peer != limits.uid {
         tracing::warn!(peer, "refused a session socket client of another user");
@@ -97,18 +113,7 @@ async fn serve_one(
         Ok(Ok(())) if line.len() > limits.max_line => {
             refusal(format!("a command is at most {} bytes", limits.max_line))
         }
-        Ok(Ok(())) => match serde_json::from_slice::<ProxyCommand>(&line) {
-            Ok(command) => {
-                let (tx, rx) = oneshot::channel();
-                let _ = core.send(CoreMsg::Command(command, Some(tx)));
-                match tokio::time::timeout(Duration::from_secs(10), rx).await {
-                    Ok(Ok(Ok(message))) => CommandAnswer::ok(message),
-                    Ok(Ok(Err(message))) => refusal(message),
-                    _ => refusal("the session did not answer".to_owned()),
-                }
-            }
-            Err(err) => refusal(format!("not a command: {err}")),
-        },
+        Ok(Ok(())) => answer_line(&line, &serving).await,
     };
     let mut out = serde_json::to_string(&answer)?;
     out.push('\n');
@@ -133,6 +138,101 @@ async fn reader_read_line<R: tokio::io::AsyncBufRead + Unpin>(
     line: &mut Vec<u8>,
 ) -> std::io::Result<()> {
     reader.read_until(b'\n', line).await.map(drop)
+}
+
+/// Answers one line: a [`ProxyCommand`] if it is one, else a [`PeerRequest`].
+async fn answer_line(line: &[u8], serving: &Serving) -> CommandAnswer {
+    let command_err = match serde_json::from_slice::<ProxyCommand>(line) {
+        Ok(command) => {
+            let (tx, rx) = oneshot::channel();
+            let _ = serving.core.send(CoreMsg::Command(command, Some(tx)));
+            return match tokio::time::timeout(CORE_ANSWER, rx).await {
+                Ok(Ok(Ok(message))) => CommandAnswer::ok(message),
+                Ok(Ok(Err(message))) => refusal(message),
+                _ => refusal("the session did not answer".to_owned()),
+            };
+        }
+        Err(err) => err,
+    };
+    match serde_json::from_slice::<PeerRequest>(line) {
+        Ok(request) => answer_peer(request, serving).await,
+        Err(_) => match other_pool_version(line) {
+            Some(v) => refusal(wrong_version(v)),
+            None => refusal(format!("not a command: {command_err}")),
+        },
+    }
+}
+
+/// The version of a pool message this session cannot read, if it is one.
+fn other_pool_version(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        command: String,
+        v: u64,
+    }
+    serde_json::from_slice::<Probe>(line)
+        .ok()
+        .filter(|p| p.command == "pool" && p.v != u64::from(POOL_WIRE_VERSION))
+        .map(|p| p.v)
+}
+
+fn wrong_version(v: u64) -> String {
+    format!(
+        "pool message version {v} is not {POOL_WIRE_VERSION}, the one this session (cs-tui {}) speaks: restart the older sessions",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+async fn answer_peer(request: PeerRequest, serving: &Serving) -> CommandAnswer {
+    match request {
+        PeerRequest::Pool(message) => take_fact(*message, serving),
+        PeerRequest::SessionStatus => with_data(&serving.status.get()),
+        PeerRequest::PoolSnapshot => {
+            if !serving.core_running.load(Ordering::SeqCst) {
+                return with_data(&PoolSnapshot::default());
+            }
+            let (tx, rx) = oneshot::channel();
+            let _ = serving.core.send(CoreMsg::PoolSnapshot(tx));
+            match tokio::time::timeout(CORE_ANSWER, rx).await {
+                Ok(Ok(snapshot)) => with_data(&snapshot),
+                _ => refusal("the session did not answer".to_owned()),
+            }
+        }
+    }
+}
+
+/// A fact from a peer: account facts go to the core, session facts to the hub. Answered at
+/// once (queued, not acted on).
+fn take_fact(message: PeerMessage, serving: &Serving) -> CommandAnswer {
+    if message.v != POOL_WIRE_VERSION {
+        return refusal(wrong_version(message.v.into()));
+    }
+    if message.from == serving.id {
+        return refusal("a pool message from this session itself".to_owned());
+    }
+    let Some(hub) = &serving.hub else {
+        return refusal("the pool is off in this session (CS_TUI_POOL=off)".to_owned());
+    };
+    match PeerNote::of(&message.fact) {
+        Some(note) => {
+            let _ = hub.send(note);
+        }
+        None => {
+            let _ = serving.core.send(Input::PeerFact(message).into());
+        }
+    }
+    CommandAnswer::ok(String::new())
+}
+
+fn with_data(data: &impl serde::Serialize) -> CommandAnswer {
+    match serde_json::to_value(data) {
+        Ok(data) => CommandAnswer {
+            ok: true,
+            message: String::new(),
+            data: Some(data),
+        },
+        Err(err) => refusal(format!("could not write the answer: {err}")),
+    }
 }
 
 fn refusal(message: String) -> CommandAnswer {

@@ -28,6 +28,7 @@ mod lifecycle;
 mod limits;
 mod pool;
 mod refresh;
+mod snapshot;
 mod state;
 mod switching;
 mod tasks;
@@ -86,6 +87,8 @@ pub(crate) enum CoreMsg {
     /// A new app-server is up; this is the control connection to it. The active account is
     /// logged in again before clients may attach.
     AppServerRestarted(ControlConnection),
+    /// What the core knows of the accounts, for a peer (`pool_snapshot`).
+    PoolSnapshot(oneshot::Sender<crate::proxy::pool::wire::PoolSnapshot>),
     Shutdown,
 }
 
@@ -204,6 +207,10 @@ impl<D: AccountDirectory> Core<D> {
             CoreMsg::AppServerRestarted(control) => {
                 self.control = control;
                 Input::AppServerRestarted
+            }
+            CoreMsg::PoolSnapshot(reply) => {
+                let _ = reply.send(self.state.pool_snapshot(Now::read()));
+                return;
             }
             CoreMsg::Shutdown => return,
         };
