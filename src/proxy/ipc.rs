@@ -246,22 +246,187 @@ mod tests {
     use super::*;
     use crate::ipc::{connect_unix, send};
 
-    /// A session socket whose core answers every command with "done".
+    /// A session socket whose core answers every command with "done", with what reached the
+    /// core (`seen`) and the hub (`notes`).
+    struct Served {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        seen: mpsc::UnboundedReceiver<String>,
+        notes: mpsc::UnboundedReceiver<PeerNote>,
+        core_running: Arc<AtomicBool>,
+    }
+
+    const OUR_ID: &str = "4242-ours";
+
     fn serve(limits: IpcLimits) -> (tempfile::TempDir, PathBuf, mpsc::UnboundedReceiver<String>) {
+        let served = serve_pool(limits, true);
+        (served._dir, served.path, served.seen)
+    }
+
+    fn serve_pool(limits: IpcLimits, pool: bool) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SOCKET_NAME);
         let (core, mut inbox) = mpsc::unbounded_channel();
         let (seen_tx, seen) = mpsc::unbounded_channel();
-        listen_with(&path, core, limits).unwrap();
+        let (notes_tx, notes) = mpsc::unbounded_channel();
+        let core_running = Arc::new(AtomicBool::new(false));
+        let status = StatusCell::new(crate::proxy::pool::hub::starting_status(
+            &dir.path().join(OUR_ID),
+            crate::proxy::pool::SessionKind::Serve,
+            PathBuf::from("/src/api"),
+            Some("ws://127.0.0.1:8765".into()),
+        ));
+        let serving = Serving {
+            core,
+            core_running: core_running.clone(),
+            status,
+            id: OUR_ID.into(),
+            hub: pool.then_some(notes_tx),
+        };
+        listen_with(&path, serving, limits).unwrap();
         tokio::spawn(async move {
             while let Some(message) = inbox.recv().await {
-                if let CoreMsg::Command(command, Some(reply)) = message {
-                    let _ = seen_tx.send(format!("{command:?}"));
-                    let _ = reply.send(Ok("done".to_owned()));
+                match message {
+                    CoreMsg::Command(command, Some(reply)) => {
+                        let _ = seen_tx.send(format!("{command:?}"));
+                        let _ = reply.send(Ok("done".to_owned()));
+                    }
+                    CoreMsg::Input(input) => {
+                        if let Input::PeerFact(message) = *input {
+                            let _ = seen_tx.send(format!("fact from {}", message.from));
+                        }
+                    }
+                    CoreMsg::PoolSnapshot(reply) => {
+                        let _ = seen_tx.send("snapshot".into());
+                        let _ = reply.send(PoolSnapshot {
+                            accounts: vec![crate::proxy::pool::wire::KnownLimits {
+                                account: "a1".into(),
+                                quota: Default::default(),
+                                families: Vec::new(),
+                                read_at: None,
+                                heard_at: None,
+                                limit_hit: true,
+                            }],
+                        });
+                    }
+                    _ => {}
                 }
             }
         });
-        (dir, path, seen)
+        Served {
+            _dir: dir,
+            path,
+            seen,
+            notes,
+            core_running,
+        }
+    }
+
+    fn fact(from: &str, fact: crate::proxy::pool::PoolFact) -> PeerRequest {
+        PeerRequest::Pool(Box::new(PeerMessage {
+            v: POOL_WIRE_VERSION,
+            from: from.into(),
+            at: chrono::Utc::now(),
+            fact,
+        }))
+    }
+
+    fn limit_hit() -> crate::proxy::pool::PoolFact {
+        crate::proxy::pool::PoolFact::LimitHit {
+            account: "a1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn account_facts_go_to_the_core_and_session_facts_to_the_hub() {
+        let mut served = serve_pool(IpcLimits::default(), true);
+        let answer = send(&served.path, &fact("77-peer", limit_hit())).await.unwrap();
+        assert!(answer.ok, "{answer:?}");
+        assert_eq!(served.seen.recv().await.unwrap(), "fact from 77-peer");
+        for (session_fact, note) in [
+            (crate::proxy::pool::PoolFact::SessionChanged, PeerNote::Changed),
+            (crate::proxy::pool::PoolFact::SessionEnded, PeerNote::Changed),
+            (
+                crate::proxy::pool::PoolFact::PollerReleased,
+                PeerNote::PollerReleased,
+            ),
+        ] {
+            let answer = send(&served.path, &fact("77-peer", session_fact)).await.unwrap();
+            assert!(answer.ok, "{answer:?}");
+            assert_eq!(served.notes.recv().await.unwrap(), note);
+        }
+        assert!(served.seen.try_recv().is_err(), "session facts skip the core");
+    }
+
+    #[tokio::test]
+    async fn a_fact_of_another_version_or_from_ourselves_is_refused() {
+        let mut served = serve_pool(IpcLimits::default(), true);
+        let line = r#"{"command":"pool","v":2,"from":"77-peer","at":"2026-12-03T10:00:00Z","fact":{"kind":"limit_hit","account":"a1"}}"#;
+        let answer = exchange(&served.path, format!("{line}\n").as_bytes()).await;
+        let answer: CommandAnswer = serde_json::from_str(&answer).unwrap();
+        assert!(!answer.ok);
+        assert!(answer.message.contains("version 2 is not 1"), "{}", answer.message);
+        // A newer version may also carry facts this one cannot read: still the version error.
+        let line = r#"{"command":"pool","v":3,"from":"77-peer","at":"2026-12-03T10:00:00Z","fact":{"kind":"teleported"}}"#;
+        let answer = exchange(&served.path, format!("{line}\n").as_bytes()).await;
+        assert!(answer.contains("version 3 is not 1"), "{answer}");
+        let answer = send(&served.path, &fact(OUR_ID, limit_hit())).await.unwrap();
+        assert!(!answer.ok);
+        assert!(answer.message.contains("this session itself"), "{}", answer.message);
+        // Garbage is still "not a command", naming the command's error.
+        let answer = exchange(&served.path, b"{\"command\":\"dance\"}\n").await;
+        assert!(answer.contains("not a command"), "{answer}");
+        assert!(served.seen.try_recv().is_err());
+        assert!(served.notes.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_user_gets_nothing_and_tells_nothing() {
+        let limits = IpcLimits {
+            uid: nix::unistd::geteuid().as_raw() + 1,
+            ..IpcLimits::default()
+        };
+        let mut served = serve_pool(limits, true);
+        let line = serde_json::to_string(&fact("77-peer", limit_hit())).unwrap() + "\n";
+        assert_eq!(exchange(&served.path, line.as_bytes()).await, "");
+        let line = serde_json::to_string(&PeerRequest::SessionStatus).unwrap() + "\n";
+        assert_eq!(exchange(&served.path, line.as_bytes()).await, "");
+        assert!(served.seen.try_recv().is_err());
+        assert!(served.notes.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn session_status_is_answered_while_the_session_starts() {
+        let mut served = serve_pool(IpcLimits::default(), true);
+        let answer = send(&served.path, &PeerRequest::SessionStatus).await.unwrap();
+        assert!(answer.ok);
+        let status: crate::proxy::pool::SessionStatus =
+            serde_json::from_value(answer.data.unwrap()).unwrap();
+        assert_eq!(status.state, crate::proxy::pool::SessionState::Starting);
+        assert_eq!(status.id, OUR_ID);
+        assert_eq!(status.pid, std::process::id());
+        assert_eq!(status.listen.as_deref(), Some("ws://127.0.0.1:8765"));
+        // The core does not run yet: the snapshot is empty, and the core is not asked.
+        let answer = send(&served.path, &PeerRequest::PoolSnapshot).await.unwrap();
+        assert_eq!(answer.data.unwrap(), serde_json::json!({"accounts": []}));
+        assert!(served.seen.try_recv().is_err());
+        served.core_running.store(true, Ordering::SeqCst);
+        let answer = send(&served.path, &PeerRequest::PoolSnapshot).await.unwrap();
+        let snapshot: PoolSnapshot = serde_json::from_value(answer.data.unwrap()).unwrap();
+        assert_eq!(snapshot.accounts.len(), 1);
+        assert!(snapshot.accounts[0].limit_hit);
+        assert_eq!(served.seen.recv().await.unwrap(), "snapshot");
+    }
+
+    #[tokio::test]
+    async fn with_the_pool_off_facts_are_refused_but_the_status_is_answered() {
+        let mut served = serve_pool(IpcLimits::default(), false);
+        let answer = send(&served.path, &fact("77-peer", limit_hit())).await.unwrap();
+        assert!(!answer.ok);
+        assert!(answer.message.contains("CS_TUI_POOL=off"), "{}", answer.message);
+        let answer = send(&served.path, &PeerRequest::SessionStatus).await.unwrap();
+        assert!(answer.ok && answer.data.is_some());
+        assert!(served.seen.try_recv().is_err());
     }
 
     async fn exchange(path: &Path, bytes: &[u8]) -> String {

@@ -92,7 +92,6 @@ impl PollerLock {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::PermissionsExt;
 
     use nix::sys::signal::{Signal, kill};
@@ -132,7 +131,7 @@ mod tests {
         let LockState::Held { _lock: held } = &lock.state else {
             panic!("held")
         };
-        let flags = nix::fcntl::fcntl(held, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        let flags = nix::fcntl::fcntl(&**held, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert!(
             nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC)
         );
@@ -159,7 +158,7 @@ mod tests {
         drop(child_lock);
         drop(ready_write);
         let mut byte = [9u8];
-        assert_eq!(read(ready_read.as_raw_fd(), &mut byte).unwrap(), 1);
+        assert_eq!(read(&ready_read, &mut byte).unwrap(), 1);
         assert_eq!(byte[0], 0, "the child holds the lock");
 
         let mut waiter = PollerLock::new(store.path());
