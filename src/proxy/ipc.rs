@@ -62,7 +62,11 @@ const CORE_ANSWER: Duration = Duration::from_secs(10);
 
 /// Serves commands on `<runtime_dir>/control.sock` until the task is dropped.
 pub(crate) fn listen(runtime_dir: &Path, serving: Serving) -> Result<tokio::task::JoinHandle<()>> {
-    listen_with(&runtime_dir.join(SOCKET_NAME), serving, IpcLimits::default())
+    listen_with(
+        &runtime_dir.join(SOCKET_NAME),
+        serving,
+        IpcLimits::default(),
+    )
 }
 
 /// Serves commands on the socket at `path` until the task is dropped.
@@ -340,22 +344,35 @@ mod tests {
     #[tokio::test]
     async fn account_facts_go_to_the_core_and_session_facts_to_the_hub() {
         let mut served = serve_pool(IpcLimits::default(), true);
-        let answer = send(&served.path, &fact("77-peer", limit_hit())).await.unwrap();
+        let answer = send(&served.path, &fact("77-peer", limit_hit()))
+            .await
+            .unwrap();
         assert!(answer.ok, "{answer:?}");
         assert_eq!(served.seen.recv().await.unwrap(), "fact from 77-peer");
         for (session_fact, note) in [
-            (crate::proxy::pool::PoolFact::SessionChanged, PeerNote::Changed),
-            (crate::proxy::pool::PoolFact::SessionEnded, PeerNote::Changed),
+            (
+                crate::proxy::pool::PoolFact::SessionChanged,
+                PeerNote::Changed,
+            ),
+            (
+                crate::proxy::pool::PoolFact::SessionEnded,
+                PeerNote::Changed,
+            ),
             (
                 crate::proxy::pool::PoolFact::PollerReleased,
                 PeerNote::PollerReleased,
             ),
         ] {
-            let answer = send(&served.path, &fact("77-peer", session_fact)).await.unwrap();
+            let answer = send(&served.path, &fact("77-peer", session_fact))
+                .await
+                .unwrap();
             assert!(answer.ok, "{answer:?}");
             assert_eq!(served.notes.recv().await.unwrap(), note);
         }
-        assert!(served.seen.try_recv().is_err(), "session facts skip the core");
+        assert!(
+            served.seen.try_recv().is_err(),
+            "session facts skip the core"
+        );
     }
 
     #[tokio::test]
@@ -365,14 +382,24 @@ mod tests {
         let answer = exchange(&served.path, format!("{line}\n").as_bytes()).await;
         let answer: CommandAnswer = serde_json::from_str(&answer).unwrap();
         assert!(!answer.ok);
-        assert!(answer.message.contains("version 2 is not 1"), "{}", answer.message);
+        assert!(
+            answer.message.contains("version 2 is not 1"),
+            "{}",
+            answer.message
+        );
         // A newer version may also carry facts this one cannot read: still the version error.
         let line = r#"{"command":"pool","v":3,"from":"77-peer","at":"2026-12-03T10:00:00Z","fact":{"kind":"teleported"}}"#;
         let answer = exchange(&served.path, format!("{line}\n").as_bytes()).await;
         assert!(answer.contains("version 3 is not 1"), "{answer}");
-        let answer = send(&served.path, &fact(OUR_ID, limit_hit())).await.unwrap();
+        let answer = send(&served.path, &fact(OUR_ID, limit_hit()))
+            .await
+            .unwrap();
         assert!(!answer.ok);
-        assert!(answer.message.contains("this session itself"), "{}", answer.message);
+        assert!(
+            answer.message.contains("this session itself"),
+            "{}",
+            answer.message
+        );
         // Garbage is still "not a command", naming the command's error.
         let answer = exchange(&served.path, b"{\"command\":\"dance\"}\n").await;
         assert!(answer.contains("not a command"), "{answer}");
@@ -398,7 +425,9 @@ mod tests {
     #[tokio::test]
     async fn session_status_is_answered_while_the_session_starts() {
         let mut served = serve_pool(IpcLimits::default(), true);
-        let answer = send(&served.path, &PeerRequest::SessionStatus).await.unwrap();
+        let answer = send(&served.path, &PeerRequest::SessionStatus)
+            .await
+            .unwrap();
         assert!(answer.ok);
         let status: crate::proxy::pool::SessionStatus =
             serde_json::from_value(answer.data.unwrap()).unwrap();
@@ -407,11 +436,15 @@ mod tests {
         assert_eq!(status.pid, std::process::id());
         assert_eq!(status.listen.as_deref(), Some("ws://127.0.0.1:8765"));
         // The core does not run yet: the snapshot is empty, and the core is not asked.
-        let answer = send(&served.path, &PeerRequest::PoolSnapshot).await.unwrap();
+        let answer = send(&served.path, &PeerRequest::PoolSnapshot)
+            .await
+            .unwrap();
         assert_eq!(answer.data.unwrap(), serde_json::json!({"accounts": []}));
         assert!(served.seen.try_recv().is_err());
         served.core_running.store(true, Ordering::SeqCst);
-        let answer = send(&served.path, &PeerRequest::PoolSnapshot).await.unwrap();
+        let answer = send(&served.path, &PeerRequest::PoolSnapshot)
+            .await
+            .unwrap();
         let snapshot: PoolSnapshot = serde_json::from_value(answer.data.unwrap()).unwrap();
         assert_eq!(snapshot.accounts.len(), 1);
         assert!(snapshot.accounts[0].limit_hit);
@@ -421,10 +454,18 @@ mod tests {
     #[tokio::test]
     async fn with_the_pool_off_facts_are_refused_but_the_status_is_answered() {
         let mut served = serve_pool(IpcLimits::default(), false);
-        let answer = send(&served.path, &fact("77-peer", limit_hit())).await.unwrap();
+        let answer = send(&served.path, &fact("77-peer", limit_hit()))
+            .await
+            .unwrap();
         assert!(!answer.ok);
-        assert!(answer.message.contains("CS_TUI_POOL=off"), "{}", answer.message);
-        let answer = send(&served.path, &PeerRequest::SessionStatus).await.unwrap();
+        assert!(
+            answer.message.contains("CS_TUI_POOL=off"),
+            "{}",
+            answer.message
+        );
+        let answer = send(&served.path, &PeerRequest::SessionStatus)
+            .await
+            .unwrap();
         assert!(answer.ok && answer.data.is_some());
         assert!(served.seen.try_recv().is_err());
     }

@@ -380,8 +380,7 @@ impl Session {
                 store_dir: options.store_dir.clone(),
                 runtime_dir: runtime_dir.clone(),
             };
-            let (hub, handle) =
-                Hub::start(config, status.clone(), events.clone(), core_tx.clone());
+            let (hub, handle) = Hub::start(config, status.clone(), events.clone(), core_tx.clone());
             (Some(hub), handle)
         } else {
             (None, PoolHandle::off())

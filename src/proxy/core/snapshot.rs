@@ -82,7 +82,11 @@ mod tests {
         state.limit_reported.insert("bob".into());
 
         let snapshot = state.pool_snapshot(now);
-        let ids: Vec<_> = snapshot.accounts.iter().map(|a| a.account.to_string()).collect();
+        let ids: Vec<_> = snapshot
+            .accounts
+            .iter()
+            .map(|a| a.account.to_string())
+            .collect();
         assert_eq!(ids, ["alice", "bob"]);
         let (alice, bob) = (&snapshot.accounts[0], &snapshot.accounts[1]);
         assert_eq!(alice.quota, quota);

@@ -472,3 +472,6 @@ pub(crate) fn starting_status(
     }
 }
 
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;

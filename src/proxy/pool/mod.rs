@@ -15,10 +15,7 @@
 pub(crate) mod hub;
 pub(crate) mod peers;
 pub(crate) mod poller;
-#[allow(
-    dead_code,
-    reason = "issue 14: the contract; the core's rules use it"
-)]
+#[allow(dead_code, reason = "issue 14: the contract; the core's rules use it")]
 pub mod wire;
 
 pub(crate) use wire::{PeerMessage, PoolFact};
