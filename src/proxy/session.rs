@@ -372,6 +372,10 @@ impl Session {
             options.cwd.clone(),
             (options.kind == SessionKind::Serve).then(|| listener.url.clone()),
         ));
+        if !options.pool {
+            // Alone, the session polls every account itself (as before the pool).
+            status.update(|s| s.poller = true);
+        }
         let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
         let (events, first_subscriber) = broadcast::channel(1024);
         let core_running = Arc::new(AtomicBool::new(false));

@@ -18,6 +18,7 @@ mod fuzz_relay;
 mod limits_e2e;
 mod pane_codex_e2e;
 mod pane_launch;
+mod pool_transport_e2e;
 mod processes_die_with_us;
 mod proxy_refresh;
 mod proxy_relay;

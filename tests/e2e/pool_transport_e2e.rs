@@ -1,0 +1,111 @@
+//! Two switching sessions on one store, in process, with the real app-server and the mock
+//! backend: each answers `session_status` on its control socket, exactly one polls, each sees
+//! the other in its pool, and when one shuts down the other takes the poller's lock and sees
+//! the pool shrink.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cs_tui::proxy::events::ProxyEvent;
+use cs_tui::proxy::pool::{SessionState, SessionStatus};
+use cs_tui::proxy::session::Session;
+use cs_tui_testkit::{CodexHome, MockBackend, WAIT};
+use serde_json::json;
+
+use crate::support::session::{import, start_session};
+use crate::support::wait_event;
+
+async fn status_of(session: &Session) -> SessionStatus {
+    let socket = session.runtime_dir().join(cs_tui::ipc::SOCKET_NAME);
+    let answer = cs_tui::ipc::send(&socket, &json!({"command": "session_status"}))
+        .await
+        .unwrap();
+    assert!(answer.ok, "{answer:?}");
+    serde_json::from_value(answer.data.expect("a status")).unwrap()
+}
+
+/// Asks `session` for its status until `pred` holds, up to [`WAIT`].
+async fn status_becomes(
+    session: &Session,
+    what: &str,
+    pred: impl Fn(&SessionStatus) -> bool,
+) -> SessionStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = status_of(session).await;
+        if pred(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pool_of(sessions: usize) -> impl Fn(&ProxyEvent) -> bool {
+    move |event| matches!(event, ProxyEvent::PoolChanged { sessions: n, .. } if *n == sessions)
+}
+
+fn store_with(mock: &MockBackend, store: &Path, names: &[&str]) {
+    for name in names {
+        let (fake, refresh) = mock.add_account(name);
+        import(store, name, &fake.auth_json(3600, &refresh));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_on_one_store_see_each_other_and_elect_one_poller() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    store_with(&mock, store.path(), &["alice", "bob"]);
+
+    let first = start_session(&mock, &home, store.path()).await;
+    let mut first_events = first.subscribe();
+    let second = start_session(&mock, &home, store.path()).await;
+    let mut second_events = second.subscribe();
+
+    wait_event(
+        &mut second_events,
+        "the second sees two sessions",
+        pool_of(2),
+    )
+    .await;
+    wait_event(&mut first_events, "the first sees two sessions", pool_of(2)).await;
+    let a = status_becomes(&first, "the first ready", |s| {
+        s.state == SessionState::Ready
+    })
+    .await;
+    let b = status_becomes(&second, "the second ready", |s| {
+        s.state == SessionState::Ready
+    })
+    .await;
+    assert_ne!(a.id, b.id);
+    assert_eq!(
+        a.id,
+        first.runtime_dir().file_name().unwrap().to_str().unwrap()
+    );
+    assert_eq!(a.pid, std::process::id());
+    assert!(a.account.is_some() && b.account.is_some());
+    assert!(
+        a.listen
+            .as_deref()
+            .is_some_and(|l| l.starts_with("ws://127.0.0.1:"))
+    );
+    assert_eq!(
+        [a.poller, b.poller],
+        [true, false],
+        "the first session holds the poller lock"
+    );
+    // No token in what a peer is told.
+    let raw = serde_json::to_string(&a).unwrap();
+    assert!(!raw.contains(first.token().expose()), "{raw}");
+
+    // The poller exits cleanly: the other takes over and sees the pool shrink.
+    first.shutdown().await;
+    wait_event(&mut second_events, "the pool shrinks to one", pool_of(1)).await;
+    status_becomes(&second, "the second polls", |s| s.poller).await;
+    second.shutdown().await;
+}
