@@ -636,6 +636,12 @@ impl Session {
             .unwrap_or_else(|| self.events.subscribe())
     }
 
+    /// The handle job control uses to give the poller's lock up while stopped (`None` with
+    /// the pool off).
+    pub(crate) fn pool_control(&self) -> Option<hub::PoolControl> {
+        self.pool.hub.as_ref().map(Hub::control)
+    }
+
     pub fn commands(&self) -> CommandSender {
         CommandSender(self.core.clone())
     }

@@ -180,13 +180,116 @@ pub(crate) fn session_id(runtime_dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The poller election of one session: the lock, and the role the core was told.
+#[derive(Debug)]
+struct Election {
+    lock: PollerLock,
+    /// The role the core was told (`None`: not yet; the core starts as the poller).
+    told: Option<bool>,
+    /// Given up while the process is stopped (SIGTSTP): no retry until resumed.
+    suspended: bool,
+    status: StatusCell,
+    core: mpsc::UnboundedSender<CoreMsg>,
+}
+
+impl Election {
+    /// Tries to become the poller; tells the core and the status when the role changes (and
+    /// always the first time).
+    fn elect(&mut self) {
+        let won = !self.suspended
+            && self.lock.try_take().unwrap_or_else(|err| {
+                tracing::warn!("the poller election failed: {err:#}");
+                false
+            });
+        self.tell(won);
+    }
+
+    fn tell(&mut self, poller: bool) {
+        if self.told != Some(poller) {
+            self.told = Some(poller);
+            self.status.update(|s| s.poller = poller);
+            let _ = self.core.send(Input::PollerRole(poller).into());
+            tracing::debug!(poller, "poller election");
+        }
+    }
+}
+
+type SharedElection = Arc<Mutex<Election>>;
+
+fn lock_election(election: &SharedElection) -> std::sync::MutexGuard<'_, Election> {
+    election.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Gives the poller's lock up while the process is stopped, and takes part again after:
+/// the dashboard's job control (a stopped poller would stall every session's numbers).
+#[derive(Clone, Debug)]
+pub(crate) struct PoolControl {
+    id: String,
+    peers: Arc<Peers>,
+    election: SharedElection,
+}
+
+impl PoolControl {
+    /// Gives the lock up at once (before the process stops) and tells the peers, best effort.
+    pub(crate) fn suspend(&self) {
+        let released = {
+            let mut election = lock_election(&self.election);
+            election.suspended = true;
+            let released = election.lock.release();
+            election.tell(false);
+            released
+        };
+        if released {
+            let (peers, id) = (self.peers.clone(), self.id.clone());
+            tokio::spawn(async move { send_fact(&peers, &id, PoolFact::PollerReleased).await });
+        }
+    }
+
+    /// Takes part in the election again.
+    pub(crate) fn resume(&self) {
+        let mut election = lock_election(&self.election);
+        election.suspended = false;
+        election.elect();
+    }
+}
+
+/// Where the dashboard finds its session's [`PoolControl`] once the session has started
+/// (empty before, and with the pool off: suspending then does nothing).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PoolControlSlot(Arc<Mutex<Option<PoolControl>>>);
+
+impl PoolControlSlot {
+    pub(crate) fn set(&self, control: Option<PoolControl>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = control;
+    }
+
+    fn get(&self) -> Option<PoolControl> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn suspend(&self) {
+        if let Some(control) = self.get() {
+            control.suspend();
+        }
+    }
+
+    pub(crate) fn resume(&self) {
+        if let Some(control) = self.get() {
+            control.resume();
+        }
+    }
+}
+
 /// A running hub. Closing it (or dropping it) tells the peers this session ends and gives
 /// the poller lock up.
 pub(crate) struct Hub {
     id: String,
     peers: Arc<Peers>,
     notes: mpsc::UnboundedSender<PeerNote>,
-    lock: Arc<Mutex<PollerLock>>,
+    election: SharedElection,
     task: Option<JoinHandle<()>>,
 }
 
@@ -201,36 +304,48 @@ impl Hub {
     ) -> (Self, PoolHandle) {
         let id = config.session_id();
         let peers = Arc::new(Peers::new(&config.store_dir, &config.runtime_dir));
-        let lock = Arc::new(Mutex::new(PollerLock::new(&config.store_dir)));
+        let election = Arc::new(Mutex::new(Election {
+            lock: PollerLock::new(&config.store_dir),
+            told: None,
+            suspended: false,
+            status: status.clone(),
+            core,
+        }));
         let (facts_tx, facts) = mpsc::unbounded_channel();
         let (notes_tx, notes) = mpsc::unbounded_channel();
         let task = HubTask {
             id: id.clone(),
             peers: peers.clone(),
-            lock: lock.clone(),
+            election: election.clone(),
             status,
             events_tx: events.clone(),
             events: events.subscribe(),
-            core,
             facts,
             notes,
             view: PoolView::default(),
             last_counts: None,
-            role: None,
         };
-        let mut task = task;
-        task.elect();
+        lock_election(&election).elect();
         let task = tokio::spawn(task.run());
         (
             Self {
                 id,
                 peers,
                 notes: notes_tx,
-                lock,
+                election,
                 task: Some(task),
             },
             PoolHandle::new(facts_tx),
         )
+    }
+
+    /// Job control's handle on the poller election.
+    pub(crate) fn control(&self) -> PoolControl {
+        PoolControl {
+            id: self.id.clone(),
+            peers: self.peers.clone(),
+            election: self.election.clone(),
+        }
     }
 
     /// Where the control socket sends what peers say about themselves.
@@ -251,11 +366,7 @@ impl Hub {
         let task = self.task.take()?;
         task.abort();
         // Released before the peers hear of it, so the one that tries at once wins.
-        let released = self
-            .lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .release();
+        let released = lock_election(&self.election).lock.release();
         Some(Farewell {
             id: self.id.clone(),
             peers: self.peers.clone(),
@@ -321,41 +432,22 @@ async fn send_fact(peers: &Peers, from: &str, fact: PoolFact) {
 struct HubTask {
     id: String,
     peers: Arc<Peers>,
-    lock: Arc<Mutex<PollerLock>>,
+    election: SharedElection,
     status: StatusCell,
     events_tx: broadcast::Sender<ProxyEvent>,
     events: broadcast::Receiver<ProxyEvent>,
-    core: mpsc::UnboundedSender<CoreMsg>,
     facts: mpsc::UnboundedReceiver<PoolFact>,
     notes: mpsc::UnboundedReceiver<PeerNote>,
     view: PoolView,
     last_counts: Option<(usize, Vec<PoolShare>)>,
-    /// The role the core was told.
-    role: Option<bool>,
 }
 
 /// One round of status asks: the sockets listed, and what the asked ones said.
 type Round = (Vec<PathBuf>, Vec<(PathBuf, Outcome)>);
 
 impl HubTask {
-    /// Tries to become the poller; tells the core and the status when the role changes (and
-    /// always the first time: the core starts as the poller).
-    fn elect(&mut self) {
-        let won = self
-            .lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .try_take()
-            .unwrap_or_else(|err| {
-                tracing::warn!("the poller election failed: {err:#}");
-                false
-            });
-        if self.role != Some(won) {
-            self.role = Some(won);
-            self.status.update(|s| s.poller = won);
-            let _ = self.core.send(Input::PollerRole(won).into());
-            tracing::debug!(poller = won, "poller election");
-        }
+    fn elect(&self) {
+        lock_election(&self.election).elect();
     }
 
     async fn run(mut self) {

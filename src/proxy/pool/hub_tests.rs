@@ -558,3 +558,34 @@ async fn a_dropped_hub_says_goodbye_too() {
     // The lock is free for the next one.
     assert!(PollerLock::new(store.path()).try_take().unwrap());
 }
+
+#[tokio::test]
+async fn a_suspended_poller_hands_the_lock_over_and_rejoins_after() {
+    let store = tempfile::tempdir().unwrap();
+    let mut first = Ours::start(store.path(), "1-a", Some("alice"));
+    assert!(first.next_role().await);
+    let mut second = Ours::start(store.path(), "2-b", Some("bob"));
+    assert!(!second.next_role().await);
+
+    // Stopped (SIGTSTP): the lock goes at once, the core stops polling, the other takes it.
+    let slot = PoolControlSlot::default();
+    slot.suspend(); // empty: nothing happens
+    slot.set(Some(first.hub.as_ref().unwrap().control()));
+    slot.suspend();
+    assert!(!first.status.get().poller);
+    assert!(
+        !first.next_role().await,
+        "the core is told it no longer polls"
+    );
+    assert!(second.next_role().await, "the other session polls");
+
+    // Continued: it takes part again, but the lock is held now.
+    slot.resume();
+    assert!(!first.status.get().poller);
+    // When the other exits, the lock comes back.
+    second._socket.abort();
+    std::fs::remove_dir_all(&second.dir).unwrap();
+    second.hub.take().unwrap().close().await;
+    assert!(first.next_role().await, "back to the resumed session");
+    assert!(first.status.get().poller);
+}
