@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) use crate::ipc::{CommandAnswer, SOCKET_NAME};
 use crate::proxy::core::{CoreMsg, Input};
 use crate::proxy::events::ProxyCommand;
-use crate::proxy::pool::hub::PeerNote;
+use crate::proxy::pool::hub::{NoteFrom, PeerNote};
 use crate::proxy::pool::wire::{POOL_WIRE_VERSION, PeerRequest, PoolSnapshot};
 use crate::proxy::pool::{PeerMessage, StatusCell};
 use crate::proxy::socket::BoundSocket;
@@ -54,7 +54,7 @@ pub(crate) struct Serving {
     /// The session's id (a fact "from" it is refused).
     pub id: String,
     /// The hub, or `None` when the pool is off.
-    pub hub: Option<mpsc::UnboundedSender<PeerNote>>,
+    pub hub: Option<mpsc::UnboundedSender<NoteFrom>>,
 }
 
 /// How long a question to the core may take before the asker is told it did not answer.
@@ -219,7 +219,7 @@ fn take_fact(message: PeerMessage, serving: &Serving) -> CommandAnswer {
     };
     match PeerNote::of(&message.fact) {
         Some(note) => {
-            let _ = hub.send(note);
+            let _ = hub.send((message.from, note));
         }
         None => {
             let _ = serving.core.send(Input::PeerFact(message).into());
@@ -256,7 +256,7 @@ mod tests {
         _dir: tempfile::TempDir,
         path: PathBuf,
         seen: mpsc::UnboundedReceiver<String>,
-        notes: mpsc::UnboundedReceiver<PeerNote>,
+        notes: mpsc::UnboundedReceiver<NoteFrom>,
         core_running: Arc<AtomicBool>,
     }
 
@@ -367,7 +367,10 @@ mod tests {
                 .await
                 .unwrap();
             assert!(answer.ok, "{answer:?}");
-            assert_eq!(served.notes.recv().await.unwrap(), note);
+            assert_eq!(
+                served.notes.recv().await.unwrap(),
+                ("77-peer".to_owned(), note)
+            );
         }
         assert!(
             served.seen.try_recv().is_err(),

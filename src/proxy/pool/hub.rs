@@ -26,6 +26,9 @@ pub(crate) const SWEEP: Duration = Duration::from_secs(5);
 /// A burst of status changes goes out as one `SessionChanged`.
 const COALESCE: Duration = Duration::from_millis(100);
 
+/// A [`PeerNote`] and the id of the peer that sent it.
+pub(crate) type NoteFrom = (String, PeerNote);
+
 /// What a peer told this session about itself (routed here by the control socket).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum PeerNote {
@@ -288,7 +291,7 @@ impl PoolControlSlot {
 pub(crate) struct Hub {
     id: String,
     peers: Arc<Peers>,
-    notes: mpsc::UnboundedSender<PeerNote>,
+    notes: mpsc::UnboundedSender<NoteFrom>,
     election: SharedElection,
     task: Option<JoinHandle<()>>,
 }
@@ -349,7 +352,7 @@ impl Hub {
     }
 
     /// Where the control socket sends what peers say about themselves.
-    pub(crate) fn notes(&self) -> mpsc::UnboundedSender<PeerNote> {
+    pub(crate) fn notes(&self) -> mpsc::UnboundedSender<NoteFrom> {
         self.notes.clone()
     }
 
@@ -437,7 +440,7 @@ struct HubTask {
     events_tx: broadcast::Sender<ProxyEvent>,
     events: broadcast::Receiver<ProxyEvent>,
     facts: mpsc::UnboundedReceiver<PoolFact>,
-    notes: mpsc::UnboundedReceiver<PeerNote>,
+    notes: mpsc::UnboundedReceiver<NoteFrom>,
     view: PoolView,
     last_counts: Option<(usize, Vec<PoolShare>)>,
 }
@@ -486,10 +489,14 @@ impl HubTask {
                         send_fact(&peers, &id, PoolFact::SessionChanged).await
                     });
                 }
-                Some(note) = self.notes.recv() => match note {
-                    PeerNote::Changed => refresh = true,
-                    PeerNote::PollerReleased => self.elect(),
-                },
+                Some((from, note)) = self.notes.recv() => {
+                    // It speaks: it is no longer left out (a peer that was slow once).
+                    self.peers.heard_from(&from);
+                    match note {
+                        PeerNote::Changed => refresh = true,
+                        PeerNote::PollerReleased => self.elect(),
+                    }
+                }
                 _ = sweep.tick() => {
                     refresh = true;
                     self.elect();

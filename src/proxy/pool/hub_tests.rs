@@ -37,7 +37,7 @@ struct FakePeer {
     dir: PathBuf,
     status: StatusCell,
     core: mpsc::UnboundedReceiver<CoreMsg>,
-    notes: mpsc::UnboundedReceiver<PeerNote>,
+    notes: mpsc::UnboundedReceiver<NoteFrom>,
     socket: JoinHandle<()>,
 }
 
@@ -87,6 +87,7 @@ impl FakePeer {
             .await
             .expect("a note in time")
             .expect("the channel is open")
+            .1
     }
 }
 
@@ -261,6 +262,12 @@ async fn a_refused_or_missing_peer_is_skipped_and_the_others_still_hear() {
     assert_eq!(outcomes.len(), 1, "{outcomes:?}");
     assert!(outcomes[0].0.starts_with(&live.dir));
     assert_eq!(live.next_note().await, PeerNote::Changed);
+    // A peer left out that speaks to us again is asked again; a path is not an id.
+    peers.heard_from("../3-dead");
+    assert!(peers.is_skipped(&dead_socket));
+    peers.heard_from("3-dead");
+    assert!(!peers.is_skipped(&dead_socket));
+    assert_eq!(peers.ask(&request).await.len(), 2);
 }
 
 #[tokio::test]

@@ -102,6 +102,23 @@ impl Peers {
         skipped.contains_key(socket)
     }
 
+    /// A peer spoke to us: it is not left out any more. `id` is its session id (its runtime
+    /// directory's name); anything else is ignored.
+    pub(crate) fn heard_from(&self, id: &str) {
+        let plain = !id.is_empty() && id != "." && id != ".." && !id.contains('/');
+        if plain {
+            let socket = self
+                .store_dir
+                .join("runtime")
+                .join(id)
+                .join(ipc::SOCKET_NAME);
+            self.skipped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&socket);
+        }
+    }
+
     /// Sends `request` to every peer not left out, all at once, and returns each one's
     /// outcome. A peer that is gone or silent is left out for [`SKIP_FOR`].
     pub(crate) async fn ask(&self, request: &impl Serialize) -> Vec<(PathBuf, Outcome)> {
