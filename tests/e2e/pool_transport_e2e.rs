@@ -109,3 +109,129 @@ async fn two_sessions_on_one_store_see_each_other_and_elect_one_poller() {
     status_becomes(&second, "the second polls", |s| s.poller).await;
     second.shutdown().await;
 }
+
+/// A `cs-tui serve` process and its JSON lines.
+struct Serve {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Serve {
+    fn spawn(store: &Path, home: &CodexHome, mock: &MockBackend, pool_off: bool) -> Self {
+        use std::io::BufRead;
+        let mut command = crate::support::product::cs_tui_command(store, home, mock);
+        command.env_remove(cs_tui::proxy::pool::POOL_ENV);
+        if pool_off {
+            command.env(cs_tui::proxy::pool::POOL_ENV, "off");
+        }
+        let mut child = command
+            .arg("serve")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let Ok(value) = serde_json::from_str(&line) else {
+                    continue; // the address line
+                };
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for the first JSON line matching `pred`.
+    fn wait_line(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("serve printed no {what}"));
+            if pred(&line) {
+                return;
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pool_line(sessions: u64) -> impl Fn(&serde_json::Value) -> bool {
+    move |line| line["event"] == "pool_changed" && line["sessions"] == sessions
+}
+
+/// Every session's status on the store, by pid.
+async fn statuses(store: &Path) -> Vec<SessionStatus> {
+    let mut all = Vec::new();
+    for socket in cs_tui::ipc::session_sockets(store) {
+        if let Ok(answer) = cs_tui::ipc::send(&socket, &json!({"command": "session_status"})).await
+            && let Some(data) = answer.data
+        {
+            all.push(serde_json::from_value(data).unwrap());
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_poller_hands_over_and_a_session_with_the_pool_off_still_answers() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    store_with(&mock, store.path(), &["alice", "bob"]);
+
+    let first = Serve::spawn(store.path(), &home, &mock, false);
+    first.wait_line("the first's pool", pool_line(1));
+    let second = Serve::spawn(store.path(), &home, &mock, false);
+    second.wait_line("the second's pool", pool_line(2));
+    first.wait_line("the first sees the second", pool_line(2));
+    let all = statuses(store.path()).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let pollers: Vec<u32> = all.iter().filter(|s| s.poller).map(|s| s.pid).collect();
+    assert_eq!(pollers, [first.pid()], "{all:?}");
+
+    // kill -9 the poller: the kernel drops its lock; the other finds it gone and polls.
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    second.wait_line("the pool shrinks", pool_line(1));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = statuses(store.path()).await;
+        if all.iter().any(|s| s.pid == second.pid() && s.poller) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // With the pool off, a session polls alone, yet answers `session_status`.
+    let off = Serve::spawn(store.path(), &home, &mock, true);
+    second.wait_line("the second counts it", pool_line(2));
+    let all = statuses(store.path()).await;
+    let alone = all.iter().find(|s| s.pid == off.pid()).expect("listed");
+    assert!(alone.poller, "{alone:?}");
+    assert!(all.iter().any(|s| s.pid == second.pid() && s.poller));
+    off.lines
+        .try_iter()
+        .for_each(|line| assert_ne!(line["event"], "pool_changed", "{line}"));
+}
