@@ -596,3 +596,75 @@ async fn a_suspended_poller_hands_the_lock_over_and_rejoins_after() {
     assert!(first.next_role().await, "back to the resumed session");
     assert!(first.status.get().poller);
 }
+
+#[test]
+fn the_view_keeps_a_silent_peer_and_drops_gone_odd_and_old_ones() {
+    let socket = |n: &str| PathBuf::from(format!("/s/runtime/{n}/control.sock"));
+    let status = |name: &str, on: &str| {
+        let mut s = starting_status(Path::new(name), SessionKind::Serve, "/".into(), None);
+        s.account = Some(account(on));
+        s
+    };
+    let answered = |s: &SessionStatus| {
+        Outcome::Answered(crate::ipc::CommandAnswer {
+            ok: true,
+            message: String::new(),
+            data: Some(serde_json::to_value(s).unwrap()),
+        })
+    };
+    let own = status("0-own", "alice");
+    let mut view = PoolView::default();
+    let names = ["1-a", "2-b", "3-c", "4-d", "5-e"];
+    let listed: Vec<PathBuf> = names.iter().map(|n| socket(n)).collect();
+    view.merge(
+        &listed,
+        names
+            .iter()
+            .map(|n| (socket(n), answered(&status(n, "bob"))))
+            .collect(),
+    );
+    assert_eq!(pool_counts(&own, view.statuses()).0, 6);
+
+    view.merge(
+        &listed[..4],
+        vec![
+            // Stopped: keeps its account.
+            (socket("1-a"), Outcome::Unresponsive),
+            (socket("2-b"), Outcome::Gone),
+            // Answers, but not a status (another program, or a newer shape it cannot read).
+            (
+                socket("3-c"),
+                Outcome::Answered(crate::ipc::CommandAnswer {
+                    ok: true,
+                    message: String::new(),
+                    data: Some(serde_json::json!({"bogus": 1})),
+                }),
+            ),
+            // An older cs-tui: "not a command".
+            (
+                socket("4-d"),
+                Outcome::Answered(crate::ipc::CommandAnswer::refusal(
+                    "not a command: unknown variant".into(),
+                )),
+            ),
+        ],
+    );
+    // 5-e is no longer listed: gone.
+    let (sessions, by_account) = pool_counts(&own, view.statuses());
+    assert_eq!(sessions, 2);
+    assert_eq!(
+        by_account,
+        [
+            PoolShare {
+                account: account("alice"),
+                sessions: 1
+            },
+            PoolShare {
+                account: account("bob"),
+                sessions: 1
+            }
+        ]
+    );
+    view.merge(&listed[..1], vec![(socket("1-a"), Outcome::Unreadable)]);
+    assert_eq!(pool_counts(&own, view.statuses()).0, 1);
+}
