@@ -235,3 +235,91 @@ async fn a_killed_poller_hands_over_and_a_session_with_the_pool_off_still_answer
         .try_iter()
         .for_each(|line| assert_ne!(line["event"], "pool_changed", "{line}"));
 }
+
+/// Each session's status, asked with the pool's short timeouts (a stopped session is left
+/// out).
+async fn statuses_quick(store: &Path) -> Vec<SessionStatus> {
+    let mut all = Vec::new();
+    for socket in cs_tui::ipc::session_sockets(store) {
+        let asked = cs_tui::ipc::send_with(
+            &socket,
+            &json!({"command": "session_status"}),
+            cs_tui::ipc::Timeouts::PEER,
+        )
+        .await;
+        if let Ok(answer) = asked
+            && let Some(data) = answer.data
+        {
+            all.push(serde_json::from_value(data).unwrap());
+        }
+    }
+    all
+}
+
+/// Waits until `pid` is the store's poller (by what the sessions say).
+async fn poller_becomes(store: &Path, pid: u32, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = statuses_quick(store).await;
+        let pollers: Vec<u32> = all.iter().filter(|s| s.poller).map(|s| s.pid).collect();
+        if pollers == [pid] {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn process_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .unwrap_or('?')
+}
+
+/// Job control: a dashboard stopped with SIGTSTP gives the poller's lock up, so a `serve` on
+/// the same store polls; continued, it takes part again and gets the lock back when the
+/// other goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_dashboard_hands_the_poller_role_over() {
+    let p = crate::support::product::start(&["alice", "bob"]).await;
+    p.tmux
+        .wait_for(WAIT, "Codex ready", crate::support::product::ready);
+    let store = p.store.path();
+    let dashboard = statuses_quick(store).await;
+    assert_eq!(dashboard.len(), 1, "{dashboard:?}");
+    let dashboard = &dashboard[0];
+    assert_eq!(dashboard.kind, cs_tui::proxy::pool::SessionKind::Dashboard);
+    assert!(dashboard.poller);
+    assert_eq!(dashboard.listen, None, "a dashboard serves no one else");
+    let dashboard = dashboard.pid;
+
+    let serve = Serve::spawn(store, &p.home, &p.mock, false);
+    serve.wait_line("the serve's pool", pool_line(2));
+    poller_becomes(store, dashboard, "the dashboard still polls").await;
+
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(dashboard as i32), sig);
+    signal(nix::sys::signal::Signal::SIGTSTP).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while process_state(dashboard) != 'T' {
+        assert!(std::time::Instant::now() < deadline, "cs-tui did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    poller_becomes(
+        store,
+        serve.pid(),
+        "the serve polls while the dashboard is stopped",
+    )
+    .await;
+
+    signal(nix::sys::signal::Signal::SIGCONT).unwrap();
+    p.tmux
+        .wait_for(WAIT, "the dashboard again", crate::support::product::ready);
+    poller_becomes(store, serve.pid(), "the serve keeps the lock").await;
+    drop(serve); // kill -9
+    poller_becomes(store, dashboard, "the dashboard polls again").await;
+    crate::support::product::quit(&p.tmux);
+}
