@@ -80,6 +80,8 @@ pub(crate) struct SessionBackend {
     /// The proxy starts while Codex does; this says once whether it came up. An error ends
     /// the session with that error (Codex could never have connected).
     pub started: Option<oneshot::Receiver<Result<()>>>,
+    /// The session's share in the pool's poller election, given up while cs-tui is stopped.
+    pub(crate) pool: crate::proxy::pool::hub::PoolControlSlot,
 }
 
 impl SessionBackend {
@@ -95,6 +97,7 @@ impl SessionBackend {
             accounts: Vec::new(),
             guard: None,
             started: None,
+            pool: Default::default(),
         }
     }
 
@@ -164,6 +167,7 @@ impl SessionBackend {
             accounts: Vec::new(),
             guard: None,
             started: None,
+            pool: Default::default(),
         }
     }
 }
@@ -217,6 +221,8 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
     let (started_tx, started) = oneshot::channel();
     let slot = SessionSlot::default();
     let keep = Arc::downgrade(&slot.0);
+    let pool = crate::proxy::pool::hub::PoolControlSlot::default();
+    let pool_slot = pool.clone();
     tokio::spawn(async move {
         let session = match Session::start(listener, options, dir).await {
             Ok(session) => session,
@@ -226,6 +232,7 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
             }
         };
         connect_dashboard(&session, event_tx, command_rx);
+        pool_slot.set(session.pool_control());
         // If cs-tui is already ending, dropping the session here stops the app-server.
         if let Some(slot) = keep.upgrade()
             && let Ok(mut slot) = slot.lock()
@@ -260,6 +267,7 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
         accounts,
         guard: Some(Box::new(slot)),
         started: Some(started),
+        pool,
     })
 }
 

@@ -446,8 +446,11 @@ async fn event_loop(
             }
             _ = sigtstp.recv() => {
                 tracing::info!("stopped (SIGTSTP)");
+                // A stopped poller would stall the pool's numbers: another session polls.
+                backend.pool.suspend();
                 guard.suspend()?;
                 tracing::info!("continued");
+                backend.pool.resume();
                 // The terminal may have been resized while we were stopped.
                 let size = guard.terminal.size().wrap_err("reading the terminal size")?;
                 app.relayout(size.width, size.height);

@@ -37,6 +37,8 @@ use crate::proxy::history::HISTORY_FILE;
 use crate::proxy::ipc;
 use crate::proxy::placement::PlanContext;
 use crate::proxy::policy::PolicyConfig;
+use crate::proxy::pool::hub::{self, Hub, HubConfig};
+use crate::proxy::pool::{PoolHandle, SessionKind, StatusCell};
 use crate::proxy::relay::{self, ClientListener, EventSink, RelayShared};
 use crate::proxy::socket::{BoundSocket, SocketFiles};
 use crate::proxy::start_plan::{StartPlan, login_first_usable, plan_start};
@@ -263,6 +265,54 @@ pub struct Session {
     starting_account: DirAccount,
     /// Subscribed before the core started, so the first subscriber sees its first events.
     first_subscriber: std::sync::Mutex<Option<broadcast::Receiver<ProxyEvent>>>,
+    /// The control socket and the pool hub.
+    pool: PoolParts,
+}
+
+/// What makes a session one of the store's pool: its control socket (served from right after
+/// its runtime directory exists, so a starting session is counted) and its hub (none when the
+/// pool is off). Dropped, the socket stops answering and the hub says goodbye to the peers.
+struct PoolParts {
+    control_socket: Option<JoinHandle<()>>,
+    hub: Option<Hub>,
+}
+
+impl PoolParts {
+    /// Stops answering on the control socket, then tells the peers this session ends (after
+    /// its runtime directory is gone, so a peer that looks again finds it gone).
+    async fn close(&mut self) {
+        if let Some(socket) = self.control_socket.take() {
+            socket.abort();
+        }
+        if let Some(hub) = self.hub.take() {
+            hub.close().await;
+        }
+    }
+}
+
+impl Drop for PoolParts {
+    fn drop(&mut self) {
+        if let Some(socket) = self.control_socket.take() {
+            socket.abort();
+        }
+        // The hub's own Drop says goodbye.
+        self.hub.take();
+    }
+}
+
+/// What `Session::start` prepares before the app-server runs, for `finish_start`.
+struct Early {
+    runtime_dir: PathBuf,
+    token_file: Option<CreatedFile>,
+    core_tx: mpsc::UnboundedSender<CoreMsg>,
+    core_rx: mpsc::UnboundedReceiver<CoreMsg>,
+    events: broadcast::Sender<ProxyEvent>,
+    first_subscriber: broadcast::Receiver<ProxyEvent>,
+    core_running: Arc<AtomicBool>,
+    pool_handle: PoolHandle,
+    pool: PoolParts,
+    /// How an automatic switch places the session among its peers.
+    placing: PlanContext,
 }
 
 /// Sends commands to a session's core.
@@ -317,6 +367,56 @@ impl Session {
             Some(created)
         };
 
+        // The session's status, its control socket and its pool hub, from now on: a starting
+        // session is visible to the others (and counted when they choose an account).
+        let status = StatusCell::new(hub::starting_status(
+            &runtime_dir,
+            options.kind,
+            options.cwd.clone(),
+            (options.kind == SessionKind::Serve).then(|| listener.url.clone()),
+        ));
+        if !options.pool {
+            // Alone, the session polls every account itself (as before the pool).
+            status.update(|s| s.poller = true);
+        }
+        let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
+        let (events, first_subscriber) = broadcast::channel(1024);
+        let core_running = Arc::new(AtomicBool::new(false));
+        let (hub, pool_handle) = if options.pool {
+            let config = HubConfig {
+                store_dir: options.store_dir.clone(),
+                runtime_dir: runtime_dir.clone(),
+            };
+            let (hub, handle) = Hub::start(config, status.clone(), events.clone(), core_tx.clone());
+            (Some(hub), handle)
+        } else {
+            (None, PoolHandle::off())
+        };
+        let serving = ipc::Serving {
+            core: core_tx.clone(),
+            core_running: core_running.clone(),
+            status: status.clone(),
+            id: hub::session_id(&runtime_dir),
+            hub: hub.as_ref().map(Hub::notes),
+        };
+        // Without its control socket the session still serves; only `cs-tui switch`, the
+        // `accounts` commands and the pool cannot reach it.
+        let control_socket = match ipc::listen(&runtime_dir, serving) {
+            Ok(task) => Some(task),
+            Err(err) => {
+                tracing::warn!("the session's control socket is unavailable: {err:#}");
+                let _ = events.send(ProxyEvent::Notice {
+                    message: format!("`cs-tui switch` cannot reach this session: {err:#}"),
+                    at: chrono::Utc::now(),
+                });
+                None
+            }
+        };
+        let mut pool = PoolParts {
+            control_socket,
+            hub,
+        };
+
         let app_server_options = AppServerOptions {
             codex_bin: options.codex_bin.clone(),
             codex_home: options.codex_home.clone(),
@@ -343,15 +443,33 @@ impl Session {
         };
         // A failed start ends the wait at once: the plan's usage read would otherwise wait
         // for a User-Agent that never comes.
-        let placing = PlanContext::for_session(&options, &runtime_dir, None);
+        let placing = PlanContext::for_session(&options, &runtime_dir, Some(status.clone()));
         let plan = async {
             Ok::<_, color_eyre::Report>(plan_start(&dir, &options.policy, &placing).await)
         };
-        let ((app_server, control), plan) =
-            tokio::try_join!(start_server, plan).inspect_err(|_| {
+        let started = tokio::try_join!(start_server, plan);
+        let ((app_server, control), plan) = match started {
+            Ok(started) => started,
+            Err(err) => {
                 token_file.as_ref().map(CreatedFile::remove);
                 let _ = std::fs::remove_dir_all(&runtime_dir);
-            })?;
+                pool.close().await;
+                return Err(err);
+            }
+        };
+        let early = Early {
+            runtime_dir: runtime_dir.clone(),
+            token_file: token_file.clone(),
+            core_tx,
+            core_rx,
+            events,
+            first_subscriber,
+            core_running,
+            pool_handle,
+            pool,
+            placing,
+        };
+        // On failure `finish_start` has closed the pool parts it was given.
         let result = Self::finish_start(
             listener,
             options,
@@ -359,13 +477,12 @@ impl Session {
             (app_server, app_server_options),
             (control, control_tx, control_rx),
             plan,
-            (runtime_dir.clone(), token_file.clone()),
+            early,
         )
         .await;
-        if let Err(err) = result {
+        if result.is_err() {
             token_file.as_ref().map(CreatedFile::remove);
             let _ = std::fs::remove_dir_all(&runtime_dir);
-            return Err(err);
         }
         result
     }
@@ -377,15 +494,38 @@ impl Session {
         (app_server, app_server_options): (AppServer, AppServerOptions),
         (control, control_tx, mut control_rx): ControlParts,
         plan: Result<StartPlan>,
-        (runtime_dir, token_file): (PathBuf, Option<CreatedFile>),
+        early: Early,
     ) -> Result<Self> {
-        let plan = plan?;
-        let (core_tx, core_rx) = mpsc::unbounded_channel::<CoreMsg>();
+        let Early {
+            runtime_dir,
+            token_file,
+            core_tx,
+            core_rx,
+            events,
+            first_subscriber,
+            core_running,
+            pool_handle,
+            mut pool,
+            placing,
+        } = early;
         // Log in before any client is accepted: a TUI that attaches to an app-server without
         // auth stays on its sign-in screen (docs/protocol.md §2).
-        let (starting_account, snapshot) = login_first_usable(&dir, &control, &plan).await?;
+        let logged_in = match plan {
+            Ok(plan) => login_first_usable(&dir, &control, &plan)
+                .await
+                .map(|login| (plan, login)),
+            Err(err) => Err(err),
+        };
+        let (plan, (starting_account, snapshot)) = match logged_in {
+            Ok(logged_in) => logged_in,
+            Err(err) => {
+                // The runtime directory goes first: a peer that looks again finds us gone.
+                let _ = std::fs::remove_dir_all(&runtime_dir);
+                pool.close().await;
+                return Err(err);
+            }
+        };
 
-        let (events, first_subscriber) = broadcast::channel(1024);
         let mut tasks = Vec::new();
         {
             let core_tx = core_tx.clone();
@@ -424,10 +564,11 @@ impl Session {
             active: starting_account.id.clone(),
             active_snapshot: snapshot,
             ready: ready_tx,
-            pool: crate::proxy::pool::PoolHandle::off(),
-            placement: Some(PlanContext::for_session(&options, &runtime_dir, None)),
+            pool: pool_handle,
+            placement: Some(placing),
         });
         tasks.push(watch_core(tokio::spawn(core.run(core_rx)), events.clone()));
+        core_running.store(true, Ordering::SeqCst);
 
         let shared = Arc::new(RelayShared {
             // A restarted app-server listens on the same path.
@@ -449,18 +590,6 @@ impl Session {
             },
         });
         tasks.push(tokio::spawn(relay::serve(listener.listener, shared)));
-        // Without its control socket the session still serves; only `cs-tui switch` and the
-        // `accounts` commands cannot reach it.
-        match ipc::listen(&runtime_dir, core_tx.clone()) {
-            Ok(task) => tasks.push(task),
-            Err(err) => {
-                tracing::warn!("the session's control socket is unavailable: {err:#}");
-                let _ = events.send(ProxyEvent::Notice {
-                    message: format!("`cs-tui switch` cannot reach this session: {err:#}"),
-                    at: chrono::Utc::now(),
-                });
-            }
-        }
 
         Ok(Self {
             url: listener.url,
@@ -475,6 +604,7 @@ impl Session {
             tasks,
             starting_account,
             first_subscriber: std::sync::Mutex::new(Some(first_subscriber)),
+            pool,
         })
     }
 
@@ -515,6 +645,12 @@ impl Session {
             .unwrap_or_else(|| self.events.subscribe())
     }
 
+    /// The handle job control uses to give the poller's lock up while stopped (`None` with
+    /// the pool off).
+    pub(crate) fn pool_control(&self) -> Option<hub::PoolControl> {
+        self.pool.hub.as_ref().map(Hub::control)
+    }
+
     pub fn commands(&self) -> CommandSender {
         CommandSender(self.core.clone())
     }
@@ -532,6 +668,8 @@ impl Session {
         }
         self.token_file.as_ref().map(CreatedFile::remove);
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
+        // Last: the peers hear `session_ended` (and `poller_released`) once we are gone.
+        self.pool.close().await;
     }
 }
 
@@ -545,6 +683,8 @@ impl Drop for Session {
         take(&self.app_server);
         self.token_file.as_ref().map(CreatedFile::remove);
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
+        // `pool` (a field) is dropped after this: the control socket stops, the peers hear
+        // that the session ended.
     }
 }
 

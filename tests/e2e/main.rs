@@ -19,6 +19,7 @@ mod limits_e2e;
 mod pane_codex_e2e;
 mod pane_launch;
 mod pool_e2e;
+mod pool_transport_e2e;
 mod processes_die_with_us;
 mod proxy_refresh;
 mod proxy_relay;

@@ -90,8 +90,7 @@ pub(crate) enum CoreMsg {
     /// A new app-server is up; this is the control connection to it. The active account is
     /// logged in again before clients may attach.
     AppServerRestarted(ControlConnection),
-    /// A peer asks what this session knows of the accounts' limits (`pool_snapshot`).
-    #[allow(dead_code, reason = "issue 14: the hub asks")]
+    /// What the core knows of the accounts, for a peer (`pool_snapshot`).
     PoolSnapshot(oneshot::Sender<PoolSnapshot>),
     Shutdown,
 }
@@ -220,8 +219,8 @@ impl<D: AccountDirectory> Core<D> {
                 self.control = control;
                 Input::AppServerRestarted
             }
-            CoreMsg::PoolSnapshot(answer) => {
-                let _ = answer.send(self.state.pool_snapshot(Now::read()));
+            CoreMsg::PoolSnapshot(reply) => {
+                let _ = reply.send(self.state.pool_snapshot(Now::read()));
                 return;
             }
             CoreMsg::Shutdown => return,

@@ -106,10 +106,8 @@ pub(crate) enum Input {
     /// Time passed; a deferred switch may be able to go now.
     Recheck,
     /// Another session of the pool learned something.
-    #[allow(dead_code, reason = "issue 14: the hub")]
     PeerFact(PeerMessage),
     /// This session became (`true`) or stopped being the pool's usage poller.
-    #[allow(dead_code, reason = "issue 14: the hub")]
     PollerRole(bool),
 }
 

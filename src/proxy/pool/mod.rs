@@ -12,10 +12,9 @@
 //!
 //! `CS_TUI_POOL=off` turns all of it off: every session acts alone, as before.
 
-#[allow(
-    dead_code,
-    reason = "issue 14: the contract; the hub and the core use it"
-)]
+pub(crate) mod hub;
+pub(crate) mod peers;
+pub(crate) mod poller;
 pub mod wire;
 
 pub(crate) use wire::{PeerMessage, PoolFact};
@@ -45,7 +44,6 @@ impl PoolHandle {
         Self { tx: None }
     }
 
-    #[allow(dead_code, reason = "issue 14: the hub")]
     pub(crate) fn new(tx: mpsc::UnboundedSender<PoolFact>) -> Self {
         Self { tx: Some(tx) }
     }
@@ -67,10 +65,8 @@ impl PoolHandle {
 /// from the session's events; placement sets the account a starting session chose before its
 /// login, so the next session to choose counts it.
 #[derive(Clone, Debug)]
-#[allow(dead_code, reason = "issue 14: the hub and placement")]
 pub(crate) struct StatusCell(Arc<watch::Sender<SessionStatus>>);
 
-#[allow(dead_code, reason = "issue 14: the hub and placement")]
 impl StatusCell {
     pub(crate) fn new(initial: SessionStatus) -> Self {
         Self(Arc::new(watch::Sender::new(initial)))
