@@ -794,9 +794,10 @@ fn html_response(status: StatusCode, body: &'static str) -> Response {
         .into_response()
 }
 
-/// `response` with its body broken off after the first half: the client reads the status and
-/// headers, then the connection fails.
-/// Waits while `account`'s gate is closed ([`MockBackend::gate`]), counted in `gated`.
+/// Waits while `account`'s gate is closed ([`MockBackend::gate`]), counted in `gated`. An
+/// account at its usage limit refuses at once, gate or not, as the real backend answers a
+/// limited account before any generation: a session can learn of the limit while another's
+/// turn waits at the gate.
 async fn pass_gate(state: &Arc<Mutex<MockState>>, account: Option<&str>) {
     let Some(account) = account else { return };
     let gate = {
@@ -804,7 +805,11 @@ async fn pass_gate(state: &Arc<Mutex<MockState>>, account: Option<&str>) {
         let Some(gate) = guard.gates.get(account).map(watch::Sender::subscribe) else {
             return;
         };
-        if *gate.borrow() {
+        let limited = guard
+            .accounts
+            .get(account)
+            .is_some_and(|a| a.mode == AccountMode::UsageLimit);
+        if *gate.borrow() || limited {
             return;
         }
         *guard.gated.entry(account.to_owned()).or_default() += 1;
@@ -827,6 +832,8 @@ async fn pass_gate(state: &Arc<Mutex<MockState>>, account: Option<&str>) {
     let _ = gate.wait_for(|open| *open).await;
 }
 
+/// `response` with its body broken off after the first half: the client reads the status and
+/// headers, then the connection fails.
 async fn cut_body(response: Response) -> Response {
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)

@@ -6,13 +6,19 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The byte stream under the websocket: a TCP connection or a unix socket (`serve --listen
+/// unix://PATH`).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
 
 pub struct WsClient {
     ws: Ws,
@@ -43,10 +49,21 @@ async fn connect_raw(
             HeaderValue::from_str(&format!("Bearer {token}")).expect("header value"),
         );
     }
+    let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host.as_str(), port)).await?;
+    handshake(request, Box::new(stream)).await
+}
+
+/// The websocket upgrade over `stream`, with the message limits the Codex TUI uses.
+async fn handshake(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    stream: Box<dyn Io>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(256 << 20))
         .max_frame_size(Some(256 << 20));
-    tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+    tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map(|(ws, _)| ws)
 }
@@ -56,6 +73,26 @@ impl WsClient {
         let ws = connect_raw(url, Some(bearer))
             .await
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Self::over(ws)
+    }
+
+    /// Connects to `serve --listen unix://PATH` (`listen` is that `unix://PATH`): the socket
+    /// admits a client of the same user with no token.
+    pub async fn connect_unix(listen: &str) -> Self {
+        let path = listen
+            .strip_prefix("unix://")
+            .unwrap_or_else(|| panic!("not a unix:// address: {listen}"));
+        let stream = UnixStream::connect(path)
+            .await
+            .unwrap_or_else(|e| panic!("connect {listen}: {e}"));
+        let request = "ws://localhost/rpc".into_client_request().expect("request");
+        let ws = handshake(request, Box::new(stream))
+            .await
+            .unwrap_or_else(|e| panic!("upgrade {listen}: {e}"));
+        Self::over(ws)
+    }
+
+    fn over(ws: Ws) -> Self {
         Self {
             ws,
             next_id: 1,

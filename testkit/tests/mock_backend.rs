@@ -358,6 +358,11 @@ async fn a_gate_holds_model_requests_until_opened() {
 
     // What the account says at opening time is the answer: a limit set while held.
     mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    // A limited account refuses at once, gate or not; the held ones keep waiting.
+    let (status, body) = post(&alice, "refused").await.unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(mock.gated("acct-alice"), 2);
+    assert!(!held.is_finished() && !held_too.is_finished());
     mock.open("acct-alice");
     assert_eq!(held.await.unwrap().0, 429);
     assert_eq!(held_too.await.unwrap().0, 429);
