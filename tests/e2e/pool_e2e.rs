@@ -2,12 +2,17 @@
 //! with the real app-server, the mock backend, `cs-tui sessions` and `cs-tui switch
 //! --session` from another terminal.
 
+use std::ffi::OsStr;
 use std::path::Path;
+use std::time::Instant;
 
-use cs_tui_testkit::MockBackend;
-use serde_json::Value;
+use cs_tui_testkit::turns::{agent_texts, run_turn, start_thread};
+use cs_tui_testkit::{MockBackend, RequestRecord, Tmux, Usage, UsageWindow, WAIT, WsClient};
+use serde_json::{Value, json};
 
+use crate::support::cs_tui_under_sh;
 use crate::support::pool::{PoolRig, PoolSession, ProcStats, descendants};
+use crate::support::product::{panel, prompt, ready};
 
 const ACCOUNTS: [&str; 3] = ["alice", "bob", "carol"];
 
@@ -33,6 +38,107 @@ fn switch_events(session: &PoolSession) -> Vec<Value> {
                 .is_some_and(|e| e.starts_with("switch_"))
         })
         .collect()
+}
+
+/// `cs-tui sessions --json`, asked again each time a session prints and at least every 50 ms,
+/// until `pred` holds (up to [`WAIT`]).
+fn sessions_until(rig: &PoolRig, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listing = rig.sessions_json();
+        if pred(&listing) {
+            return listing;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last `sessions --json`: {listing:#}"
+        );
+        match rig.sessions.first() {
+            Some(session) => session.wait_printed(std::time::Duration::from_millis(50)),
+            None => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Whether `sessions --json` lists exactly `n` sessions, all `ready`.
+fn all_ready(listing: &Value, n: usize) -> bool {
+    let sessions = listing["sessions"].as_array().unwrap();
+    sessions.len() == n && sessions.iter().all(|s| s["state"] == "ready")
+}
+
+/// The session of `sessions --json` with this pid.
+fn listed(listing: &Value, pid: u32) -> &Value {
+    listing["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["pid"] == pid)
+        .unwrap_or_else(|| panic!("no session {pid} in {listing:#}"))
+}
+
+/// Both windows of an account used this much: its headroom is `100 - percent`.
+fn used(percent: u8) -> Usage {
+    Usage {
+        primary: Some(UsageWindow::five_hour(percent)),
+        secondary: Some(UsageWindow::weekly(percent)),
+        ..Usage::default()
+    }
+}
+
+fn event_is(event: &Value, name: &str) -> bool {
+    event["event"] == name
+}
+
+/// The model requests (`POST …/responses`) logged after the first `mark` entries whose
+/// `chatgpt-account-id` is `account`.
+fn model_requests_on(mock: &MockBackend, mark: usize, account: &str) -> Vec<RequestRecord> {
+    mock.requests()
+        .into_iter()
+        .skip(mark)
+        .filter(|r| r.is_model_request() && r.account_header.as_deref() == Some(account))
+        .collect()
+}
+
+/// A Codex client on a serve's unix socket, initialized, with a thread in `cwd`.
+async fn client_with_thread(session_listen: &str, cwd: &Path) -> (WsClient, String) {
+    let mut client = WsClient::connect_unix(session_listen).await;
+    client.initialize(json!("initialize")).await;
+    let thread = start_thread(&mut client, cwd).await;
+    (client, thread)
+}
+
+/// Sends `turn/start` on `thread` and waits for a `turn/completed` of that thread: a turn
+/// that met a usage limit ends as its hidden re-run, whose turn id is another.
+async fn turn_on_thread(client: &mut WsClient, thread: &str, text: &str) {
+    client
+        .request(
+            "turn/start",
+            json!({"threadId": thread, "input": [{"type": "text", "text": text}]}),
+        )
+        .await
+        .expect("turn/start");
+    client
+        .wait_for(WAIT, "turn/completed", |m| {
+            m["method"] == "turn/completed" && m["params"]["threadId"] == thread
+        })
+        .await;
+}
+
+/// The dashboard (`cs-tui` with no command) in a 160×48 tmux window on the rig's store, in
+/// the Codex home's work directory; it shows what a person finds after it exits.
+fn dashboard(rig: &PoolRig) -> Tmux {
+    let env = rig.env();
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    let script = "\"$0\"; echo \"cs-tui exited $?\"; printf 'shell prompt> '; exec sleep 600";
+    cs_tui_under_sh(160, 48, rig.home.work_dir(), &env, script)
+}
+
+/// The account the dashboard's panel marks active (`● NAME`), among the rig's.
+fn panel_active(screen: &str) -> Option<&'static str> {
+    let panel = panel(screen);
+    ACCOUNTS
+        .into_iter()
+        .find(|name| panel.contains(&format!("● {name}")))
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -98,16 +204,12 @@ fn two_serves_on_one_store_switch_one_at_a_time() {
         .map(|a| a["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ACCOUNTS, "{listing:#}");
+    // Both answer `session_status`: `ready` (once their proxies are), with their fields.
+    let listing = sessions_until(&rig, "both sessions ready", |l| all_ready(l, 2));
     for session in listing["sessions"].as_array().unwrap() {
-        // Until the sessions answer `session_status` (issue 14, part A) they are listed as
-        // `unknown_version`; then as `ready`, with their fields.
-        let state = session["state"].as_str().unwrap();
-        assert!(matches!(state, "ready" | "unknown_version"), "{listing:#}");
-        if state == "ready" {
-            let cwd = Path::new(session["cwd"].as_str().unwrap());
-            assert!(cwd == api || cwd == web, "{listing:#}");
-            assert_eq!(session["kind"], "serve");
-        }
+        let cwd = Path::new(session["cwd"].as_str().unwrap());
+        assert!(cwd == api || cwd == web, "{listing:#}");
+        assert_eq!(session["kind"], "serve");
     }
     let text = rig.run(rig.store.path(), &["sessions"]);
     assert!(text.status.success(), "{}", stderr(&text));
@@ -308,4 +410,126 @@ async fn the_dashboard_shows_the_pool() {
     t.wait_for(WAIT, "the status bar with the pool", |screen| {
         screen.contains("alice · 3 sessions")
     });
+}
+
+/// The issue's first "must show": two `serve` and a dashboard on one store, all on alice
+/// (`[pool] placement = "fill"`). Alice hits her limit in the first serve; the second serve
+/// and the dashboard hear it from it (`usage_limit_hit` naming that session), move away at
+/// once (they are idle), and their next turns, one over the serve's socket and one typed in
+/// the dashboard's Codex pane, send nothing to alice.
+#[test]
+fn after_a_limit_in_one_session_the_others_send_nothing_to_that_account() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockBackend::start());
+    let mut rig = PoolRig::new(&mock, &ACCOUNTS);
+    let alice = rig.mock_id("alice").to_owned();
+    // Alice first for the first session; "fill" puts the later ones with it.
+    for (name, percent) in [("alice", 10), ("bob", 30), ("carol", 50)] {
+        mock.set_usage(rig.mock_id(name), used(percent));
+    }
+    std::fs::write(
+        rig.store.path().join("config.toml"),
+        "[pool]\nplacement = \"fill\"\n",
+    )
+    .unwrap();
+    let a = rig.scratch().join("a");
+    let b = rig.scratch().join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let s1 = rig.spawn_ready(&a, &[]);
+    let s2 = rig.spawn_ready(&b, &[]);
+    assert_eq!(active_name(&rig.sessions[s1]), "alice");
+    assert_eq!(active_name(&rig.sessions[s2]), "alice");
+    let id1 = rig.sessions[s1].session_id(rig.store.path());
+    let t = dashboard(&rig);
+    t.wait_for(WAIT, "Codex and the dashboard's panel on alice", |s| {
+        ready(s) && panel(s).contains("proxy ready") && panel_active(s) == Some("alice")
+    });
+    let listing = sessions_until(&rig, "three sessions on alice, ready", |l| {
+        all_ready(l, 3)
+            && l["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["account"]["name"] == "alice")
+    });
+    assert_eq!(
+        listing["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "dashboard")
+            .count(),
+        1,
+        "{listing:#}"
+    );
+
+    // Alice's limit, met by a turn in the first serve.
+    mock.set_mode(&alice, cs_tui_testkit::AccountMode::UsageLimit);
+    let mark2 = rig.sessions[s2].mark();
+    let started = Instant::now();
+    runtime.block_on(async {
+        let (mut client, thread) = client_with_thread(&rig.sessions[s1].listen, &a).await;
+        turn_on_thread(&mut client, &thread, "first serve meets the limit").await;
+    });
+    let hit = rig.sessions[s2].wait_for_after(mark2, "alice's limit heard from S1", |e| {
+        event_is(e, "usage_limit_hit") && e["account"]["name"] == "alice"
+    });
+    assert_eq!(hit.json.as_ref().unwrap()["session"], id1.as_str());
+    let done = rig.sessions[s2].wait_for_after(mark2, "the second serve leaves alice", |e| {
+        event_is(e, "switch_done")
+    });
+    let done = done.json.unwrap();
+    assert_eq!(done["from"]["name"], "alice", "{done}");
+    let s2_now = done["to"]["name"].as_str().unwrap().to_owned();
+    assert_ne!(s2_now, "alice");
+    assert_eq!(done["reason"]["kind"], "peer", "{done}");
+    let screen = t.wait_for(WAIT, "the dashboard's panel off alice", |s| {
+        panel_active(s).is_some_and(|name| name != "alice")
+    });
+    let d_now = panel_active(&screen).unwrap();
+    eprintln!(
+        "the limit in S1 until S2 and D moved: {:?}",
+        started.elapsed()
+    );
+
+    // From here on, nothing goes to alice: a turn in the second serve, one typed in the
+    // dashboard.
+    let mark = mock.requests().len();
+    let texts = runtime.block_on(async {
+        let (mut client, thread) = client_with_thread(&rig.sessions[s2].listen, &b).await;
+        run_turn(&mut client, &thread, "second serve after the limit").await;
+        agent_texts(&client)
+    });
+    assert!(
+        texts.contains(&format!(
+            "Served by {s2_now}: you said \"second serve after the limit\""
+        )),
+        "{texts:?}"
+    );
+    prompt(&t, "dashboard after the limit");
+    t.wait_for(WAIT, "the dashboard's reply", |s| {
+        s.contains(&format!(
+            "Served by {d_now}: you said \"dashboard after the limit\""
+        ))
+    });
+    let to_alice = model_requests_on(&mock, mark, &alice);
+    assert!(
+        to_alice.is_empty(),
+        "requests to alice after the others heard of her limit: {:#?}",
+        to_alice
+            .iter()
+            .map(|r| (&r.path, r.status, r.user_input_texts()))
+            .collect::<Vec<_>>()
+    );
+    for text in ["second serve after the limit", "dashboard after the limit"] {
+        let requests = mock.user_turn_requests(text);
+        assert!(!requests.is_empty(), "no request carried {text:?}");
+        assert!(
+            requests
+                .iter()
+                .all(|r| r.account_header.as_deref() != Some(alice.as_str())),
+            "{text:?}"
+        );
+    }
 }

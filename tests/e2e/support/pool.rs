@@ -122,6 +122,13 @@ impl PoolSession {
         }
     }
 
+    /// Returns when the session prints a line, or after `at_most`.
+    #[allow(dead_code, reason = "the pool bench includes this file and does not use it")]
+    pub(crate) fn wait_printed(&self, at_most: std::time::Duration) {
+        let guard = self.printed.lines.lock().unwrap();
+        let _ = self.printed.grew.wait_timeout(guard, at_most).unwrap();
+    }
+
     /// Polls `probe` whenever the session prints, and at least every 50 ms, up to [`WAIT`].
     fn wait_until<T>(&self, what: &str, probe: impl Fn() -> Option<T>) -> T {
         let deadline = Instant::now() + WAIT;
@@ -213,6 +220,9 @@ pub(crate) struct PoolRig {
     /// Where the sessions' sockets go (short paths: a socket address holds ~107 bytes).
     sockets: tempfile::TempDir,
     refresh_url: String,
+    /// Each stored account's label and its id at the mock (its `chatgpt-account-id`).
+    #[allow(dead_code, reason = "the pool bench includes this file and does not use it")]
+    mock_ids: Vec<(String, String)>,
     pub sessions: Vec<PoolSession>,
 }
 
@@ -220,15 +230,18 @@ impl PoolRig {
     /// A store holding `labels` as accounts of `mock` (imported with `cs-tui accounts
     /// import`, so each has its own refresh-token chain).
     pub(crate) fn new(mock: &MockBackend, labels: &[&str]) -> Self {
-        let rig = Self {
+        let mut rig = Self {
             home: CodexHome::offline(&mock.url()),
             store: tempfile::tempdir().unwrap(),
             sockets: tempfile::Builder::new().prefix("pool").tempdir().unwrap(),
             refresh_url: mock.refresh_url(),
+            mock_ids: Vec::new(),
             sessions: Vec::new(),
         };
         for label in labels {
             let (fake, refresh) = mock.add_account(label);
+            rig.mock_ids
+                .push(((*label).to_owned(), fake.chatgpt_account_id.clone()));
             let file = rig.store.path().join(format!("{label}.auth.json"));
             std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();
             let out = rig
@@ -244,6 +257,29 @@ impl PoolRig {
             );
         }
         rig
+    }
+
+    /// Account `label`'s id at the mock: its `chatgpt-account-id` header, and the key of
+    /// [`MockBackend::set_mode`] and [`MockBackend::gate`].
+    #[allow(dead_code, reason = "the pool bench includes this file and does not use it")]
+    pub(crate) fn mock_id(&self, label: &str) -> &str {
+        self.mock_ids
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, id)| id.as_str())
+            .unwrap_or_else(|| panic!("no account {label} in the rig"))
+    }
+
+    /// The environment a `cs-tui` of this rig runs with (for one started another way, such
+    /// as a dashboard in tmux).
+    #[allow(dead_code, reason = "the pool bench includes this file and does not use it")]
+    pub(crate) fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        vec![
+            ("CS_TUI_HOME", self.store.path().into()),
+            ("CODEX_HOME", self.home.path().into()),
+            ("CS_TUI_CODEX_BIN", codex_bin().into()),
+            ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", (&self.refresh_url).into()),
+        ]
     }
 
     /// `cs-tui` with this rig's store, Codex home, Codex binary and refresh endpoint (as the
