@@ -533,3 +533,168 @@ fn after_a_limit_in_one_session_the_others_send_nothing_to_that_account() {
         );
     }
 }
+
+/// Polls the store's `serve.log` (each time a session prints, at least every 50 ms) until a
+/// line holds every one of `needles`, up to [`WAIT`].
+fn serve_log_line(rig: &PoolRig, what: &str, needles: &[&str]) -> String {
+    let log = rig.store.path().join("logs").join("serve.log");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} in {}",
+            log.display()
+        );
+        rig.sessions[0].wait_printed(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The hold path: the second serve has a turn running on alice (held at the mock's gate, no
+/// timer) when the first serve meets alice's limit. It defers its switch to the turn's end
+/// (`switch_deferred`), and a turn asked for meanwhile by another client is held by the
+/// guard instead of going to alice; when the running turn ends, the switch happens and the
+/// held turn goes to the new account.
+#[test]
+fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_account() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockBackend::start());
+    let mut rig = PoolRig::new(&mock, &ACCOUNTS);
+    let alice = rig.mock_id("alice").to_owned();
+    for (name, percent) in [("alice", 10), ("bob", 30), ("carol", 50)] {
+        mock.set_usage(rig.mock_id(name), used(percent));
+    }
+    std::fs::write(
+        rig.store.path().join("config.toml"),
+        "[pool]\nplacement = \"fill\"\n",
+    )
+    .unwrap();
+    let a = rig.scratch().join("a");
+    let b = rig.scratch().join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let s1 = rig.spawn_ready(&a, &[]);
+    let s2 = rig.spawn_ready(&b, &[]);
+    assert_eq!(active_name(&rig.sessions[s1]), "alice");
+    assert_eq!(active_name(&rig.sessions[s2]), "alice");
+    let id1 = rig.sessions[s1].session_id(rig.store.path());
+    let (s1_listen, s2_listen) = (
+        rig.sessions[s1].listen.clone(),
+        rig.sessions[s2].listen.clone(),
+    );
+
+    // The second serve: one client's turn waits at alice's gate; another client is ready
+    // with its own thread.
+    mock.gate(&alice);
+    let (mut running, running_thread, mut second, second_thread) = runtime.block_on(async {
+        let (mut running, running_thread) = client_with_thread(&s2_listen, &b).await;
+        let (second, second_thread) = client_with_thread(&s2_listen, &b).await;
+        running
+            .request(
+                "turn/start",
+                json!({"threadId": running_thread,
+                    "input": [{"type": "text", "text": "running on alice"}]}),
+            )
+            .await
+            .expect("turn/start");
+        mock.wait_for_gated(&alice, 1, WAIT).await;
+        (running, running_thread, second, second_thread)
+    });
+    rig.sessions[s2].wait_for("the running turn", |e| {
+        event_is(e, "turns_running") && e["running"] == 1
+    });
+
+    // Alice's limit, met by a turn in the first serve (a limited account refuses at once,
+    // gate or not).
+    mock.set_mode(&alice, cs_tui_testkit::AccountMode::UsageLimit);
+    let mark2 = rig.sessions[s2].mark();
+    runtime.block_on(async {
+        let (mut client, thread) = client_with_thread(&s1_listen, &a).await;
+        turn_on_thread(&mut client, &thread, "first serve meets the limit").await;
+    });
+    let hit = rig.sessions[s2].wait_for_after(mark2, "alice's limit heard from S1", |e| {
+        event_is(e, "usage_limit_hit") && e["account"]["name"] == "alice"
+    });
+    assert_eq!(hit.json.as_ref().unwrap()["session"], id1.as_str());
+    let deferred = rig.sessions[s2].wait_for_after(mark2, "the switch deferred", |e| {
+        event_is(e, "switch_deferred")
+    });
+    let deferred = deferred.json.unwrap();
+    assert_eq!(deferred["reason"]["kind"], "peer", "{deferred}");
+    assert_eq!(deferred["reason"]["session"], id1.as_str(), "{deferred}");
+    assert!(
+        switch_events(&rig.sessions[s2])
+            .iter()
+            .all(|e| e["event"] != "switch_started"),
+        "no switch during the running turn"
+    );
+
+    // Another client asks for a turn: the guard holds it (it says so to the core, which logs
+    // it), and nothing of it reaches the backend.
+    let held_text = "asked for while the switch waits";
+    let held_id = runtime.block_on(async {
+        second
+            .send_json(&json!({"id": "held-turn", "method": "turn/start", "params": {
+                "threadId": second_thread,
+                "input": [{"type": "text", "text": held_text}]}}))
+            .await;
+        "held-turn"
+    });
+    serve_log_line(
+        &rig,
+        "the guard holding the second turn",
+        &["TurnRequested", &second_thread, "held: true"],
+    );
+    assert!(mock.user_turn_requests(held_text).is_empty());
+
+    // The running turn ends (alice refuses it now); the switch follows and the held turn
+    // goes to the new account.
+    mock.open(&alice);
+    let done = rig.sessions[s2].wait_for_after(mark2, "the switch done", |e| {
+        event_is(e, "switch_done")
+    });
+    let done = done.json.unwrap();
+    assert_eq!(done["from"]["name"], "alice", "{done}");
+    let now = done["to"]["name"].as_str().unwrap().to_owned();
+    assert_ne!(now, "alice");
+    let new_id = rig.mock_id(&now).to_owned();
+    runtime.block_on(async {
+        let started = second
+            .wait_for(WAIT, "the held turn's answer", |m| m["id"] == held_id)
+            .await;
+        assert!(started["result"]["turn"]["id"].is_string(), "{started}");
+        second
+            .wait_for(WAIT, "the held turn's end", |m| {
+                m["method"] == "turn/completed" && m["params"]["threadId"] == second_thread
+            })
+            .await;
+        running
+            .wait_for(WAIT, "the running turn's end", |m| {
+                m["method"] == "turn/completed" && m["params"]["threadId"] == running_thread
+            })
+            .await;
+    });
+    let requests = mock.user_turn_requests(held_text);
+    assert!(!requests.is_empty(), "the held turn was sent");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.account_header.as_deref() == Some(new_id.as_str())),
+        "the held turn went to {now} only: {:?}",
+        requests
+            .iter()
+            .map(|r| (&r.account_header, r.status))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        agent_texts(&second).contains(&format!("Served by {now}: you said \"{held_text}\"")),
+        "{:?}",
+        agent_texts(&second)
+    );
+}
