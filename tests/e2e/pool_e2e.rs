@@ -541,10 +541,7 @@ fn serve_log_line(rig: &PoolRig, what: &str, needles: &[&str]) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
+        if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
             return line.to_owned();
         }
         assert!(
@@ -640,9 +637,11 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
     let held_text = "asked for while the switch waits";
     let held_id = runtime.block_on(async {
         second
-            .send_json(&json!({"id": "held-turn", "method": "turn/start", "params": {
+            .send_json(
+                &json!({"id": "held-turn", "method": "turn/start", "params": {
                 "threadId": second_thread,
-                "input": [{"type": "text", "text": held_text}]}}))
+                "input": [{"type": "text", "text": held_text}]}}),
+            )
             .await;
         "held-turn"
     });
@@ -656,9 +655,8 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
     // The running turn ends (alice refuses it now); the switch follows and the held turn
     // goes to the new account.
     mock.open(&alice);
-    let done = rig.sessions[s2].wait_for_after(mark2, "the switch done", |e| {
-        event_is(e, "switch_done")
-    });
+    let done =
+        rig.sessions[s2].wait_for_after(mark2, "the switch done", |e| event_is(e, "switch_done"));
     let done = done.json.unwrap();
     assert_eq!(done["from"]["name"], "alice", "{done}");
     let now = done["to"]["name"].as_str().unwrap().to_owned();
@@ -696,5 +694,128 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
         agent_texts(&second).contains(&format!("Served by {now}: you said \"{held_text}\"")),
         "{:?}",
         agent_texts(&second)
+    );
+}
+
+/// Placement spreads two new sessions (default `spread`): alice at 90 % headroom with one
+/// session scores 45, carol at 60 % with none 60, bob at 30 % 30, so the second goes to
+/// carol. `sessions --json` shows both with their fields; `cs-tui switch bob` run from below
+/// the second's directory moves only that one.
+#[test]
+fn two_new_sessions_spread_over_two_accounts_and_switch_picks_the_session_by_cwd() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockBackend::start());
+    let mut rig = PoolRig::new(&mock, &ACCOUNTS);
+    for (name, percent) in [("alice", 10), ("bob", 70), ("carol", 40)] {
+        mock.set_usage(rig.mock_id(name), used(percent));
+    }
+    let a = rig.scratch().join("a");
+    let b = rig.scratch().join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(b.join("sub")).unwrap();
+    let before = chrono::Utc::now();
+    let s1 = rig.spawn_ready(&a, &[]);
+    let s2 = rig.spawn_ready(&b, &[]);
+    assert_eq!(active_name(&rig.sessions[s1]), "alice");
+    assert_eq!(active_name(&rig.sessions[s2]), "carol");
+    let (pid1, pid2) = (rig.sessions[s1].pid(), rig.sessions[s2].pid());
+
+    let listing = sessions_until(&rig, "both sessions ready", |l| all_ready(l, 2));
+    for (pid, cwd, account, session) in [
+        (pid1, &a, "alice", &rig.sessions[s1]),
+        (pid2, &b, "carol", &rig.sessions[s2]),
+    ] {
+        let s = listed(&listing, pid);
+        assert_eq!(s["account"]["name"], account, "{listing:#}");
+        assert_eq!(s["kind"], "serve", "{listing:#}");
+        assert_eq!(Path::new(s["cwd"].as_str().unwrap()), cwd, "{listing:#}");
+        assert_eq!(s["clients"], 0, "{listing:#}");
+        assert_eq!(s["turns_running"], 0, "{listing:#}");
+        assert_eq!(s["listen"], session.listen.as_str(), "{listing:#}");
+        assert!(s["switching_to"].is_null(), "{listing:#}");
+        assert!(
+            s["id"].as_str().unwrap().starts_with(&format!("{pid}-")),
+            "{listing:#}"
+        );
+        let started: chrono::DateTime<chrono::Utc> =
+            s["started_at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            started >= before - chrono::Duration::seconds(1) && started <= chrono::Utc::now(),
+            "{listing:#}"
+        );
+    }
+    let started = |pid| -> chrono::DateTime<chrono::Utc> {
+        listed(&listing, pid)["started_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(started(pid1) <= started(pid2), "{listing:#}");
+    let pollers = listing["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["poller"] == true)
+        .count();
+    assert_eq!(pollers, 1, "exactly one poller: {listing:#}");
+    let counts: Vec<(&str, u64)> = listing["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["sessions"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        counts,
+        [("alice", 1), ("bob", 0), ("carol", 1)],
+        "{listing:#}"
+    );
+
+    // `switch bob` from b/sub: the session started in b/ is the one meant.
+    let mark1 = rig.sessions[s1].mark();
+    let out = rig.run(&b.join("sub"), &["switch", "bob"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("switching to bob"),
+        "{}",
+        stdout(&out)
+    );
+    let done = rig.sessions[s2].wait_for("switch done", |e| event_is(e, "switch_done"));
+    let done = done.json.unwrap();
+    assert_eq!(done["from"]["name"], "carol", "{done}");
+    assert_eq!(done["to"]["name"], "bob", "{done}");
+    let listing = sessions_until(&rig, "the second on bob", |l| {
+        all_ready(l, 2) && listed(l, pid2)["account"]["name"] == "bob"
+    });
+    assert_eq!(listed(&listing, pid1)["account"]["name"], "alice");
+    let moved: Vec<Value> = rig.sessions[s1].lines()[mark1..]
+        .iter()
+        .filter_map(|l| l.json.clone())
+        .filter(|e| {
+            e["event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("switch_"))
+        })
+        .collect();
+    assert!(moved.is_empty(), "the first session stayed: {moved:#?}");
+
+    // And from a/ itself, the first (the older one: not "the newest session" by chance).
+    let mark2 = rig.sessions[s2].mark();
+    let out = rig.run(&a, &["switch", "carol"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = rig.sessions[s1].wait_for("switch done", |e| event_is(e, "switch_done"));
+    assert_eq!(done.json.unwrap()["to"]["name"], "carol");
+    let listing = sessions_until(&rig, "the first on carol", |l| {
+        all_ready(l, 2) && listed(l, pid1)["account"]["name"] == "carol"
+    });
+    assert_eq!(listed(&listing, pid2)["account"]["name"], "bob");
+    assert!(
+        rig.sessions[s2].lines()[mark2..]
+            .iter()
+            .filter_map(|l| l.json.as_ref())
+            .all(|e| !e["event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("switch_"))),
+        "the second session stayed"
     );
 }

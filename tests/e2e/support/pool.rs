@@ -123,7 +123,10 @@ impl PoolSession {
     }
 
     /// Returns when the session prints a line, or after `at_most`.
-    #[allow(dead_code, reason = "the pool bench includes this file and does not use it")]
+    #[allow(
+        dead_code,
+        reason = "the pool bench includes this file and does not use it"
+    )]
     pub(crate) fn wait_printed(&self, at_most: std::time::Duration) {
         let guard = self.printed.lines.lock().unwrap();
         let _ = self.printed.grew.wait_timeout(guard, at_most).unwrap();
@@ -221,7 +224,10 @@ pub(crate) struct PoolRig {
     sockets: tempfile::TempDir,
     refresh_url: String,
     /// Each stored account's label and its id at the mock (its `chatgpt-account-id`).
-    #[allow(dead_code, reason = "the pool bench includes this file and does not use it")]
+    #[allow(
+        dead_code,
+        reason = "the pool bench includes this file and does not use it"
+    )]
     mock_ids: Vec<(String, String)>,
     pub sessions: Vec<PoolSession>,
 }
@@ -261,7 +267,10 @@ impl PoolRig {
 
     /// Account `label`'s id at the mock: its `chatgpt-account-id` header, and the key of
     /// [`MockBackend::set_mode`] and [`MockBackend::gate`].
-    #[allow(dead_code, reason = "the pool bench includes this file and does not use it")]
+    #[allow(
+        dead_code,
+        reason = "the pool bench includes this file and does not use it"
+    )]
     pub(crate) fn mock_id(&self, label: &str) -> &str {
         self.mock_ids
             .iter()
@@ -272,13 +281,19 @@ impl PoolRig {
 
     /// The environment a `cs-tui` of this rig runs with (for one started another way, such
     /// as a dashboard in tmux).
-    #[allow(dead_code, reason = "the pool bench includes this file and does not use it")]
+    #[allow(
+        dead_code,
+        reason = "the pool bench includes this file and does not use it"
+    )]
     pub(crate) fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
         vec![
             ("CS_TUI_HOME", self.store.path().into()),
             ("CODEX_HOME", self.home.path().into()),
             ("CS_TUI_CODEX_BIN", codex_bin().into()),
-            ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", (&self.refresh_url).into()),
+            (
+                "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+                (&self.refresh_url).into(),
+            ),
         ]
     }
 
