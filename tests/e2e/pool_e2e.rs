@@ -819,3 +819,63 @@ fn two_new_sessions_spread_over_two_accounts_and_switch_picks_the_session_by_cwd
         "the second session stayed"
     );
 }
+
+/// A session killed with SIGKILL in the middle of a pool: the others' pool drops it at their
+/// next sweep of the peers (every 5 s), and the next session's placement does not count it.
+/// Alice at 100 % headroom, bob at 70 %: the first session takes alice, the second bob
+/// (50 < 70). With the second killed, a third takes bob again (70 > 50); had the dead one
+/// still counted, bob would score 35 and the third would go to alice.
+#[test]
+fn a_killed_session_leaves_the_pool_and_is_not_counted_by_the_next_placement() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockBackend::start());
+    let mut rig = PoolRig::new(&mock, &ACCOUNTS);
+    for (name, percent) in [("alice", 0), ("bob", 30), ("carol", 90)] {
+        mock.set_usage(rig.mock_id(name), used(percent));
+    }
+    let dir = rig.scratch();
+    let s1 = rig.spawn_ready(&dir, &[]);
+    let s2 = rig.spawn_ready(&dir, &[]);
+    assert_eq!(active_name(&rig.sessions[s1]), "alice");
+    assert_eq!(active_name(&rig.sessions[s2]), "bob");
+    rig.sessions[s1].wait_for("a pool of two", |e| {
+        event_is(e, "pool_changed") && e["sessions"] == 2
+    });
+
+    let mark = rig.sessions[s1].mark();
+    let killed_at = Instant::now();
+    drop(rig.sessions.remove(s2));
+    let shrunk = rig.sessions[s1].wait_for_after(mark, "the pool without the killed one", |e| {
+        event_is(e, "pool_changed") && e["sessions"] == 1
+    });
+    let noticed = shrunk.at.duration_since(killed_at);
+    eprintln!("the killed session left the pool after {noticed:?}");
+    // One sweep is 5 s; under load the sweep may start late, never a whole sweep late.
+    assert!(noticed < std::time::Duration::from_secs(10), "{noticed:?}");
+    let shares = shrunk.json.unwrap()["by_account"].clone();
+    assert_eq!(
+        shares.as_array().unwrap().len(),
+        1,
+        "only alice is in use: {shares:#}"
+    );
+    assert_eq!(shares[0]["account"]["name"], "alice", "{shares:#}");
+
+    let s3 = rig.spawn_ready(&dir, &[]);
+    assert_eq!(
+        active_name(&rig.sessions[s3]),
+        "bob",
+        "the killed session is not counted"
+    );
+    let listing = sessions_until(&rig, "two sessions ready", |l| all_ready(l, 2));
+    let counts: Vec<(&str, u64)> = listing["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["sessions"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        counts,
+        [("alice", 1), ("bob", 1), ("carol", 0)],
+        "{listing:#}"
+    );
+}
