@@ -102,11 +102,14 @@ impl PoolSession {
             }
             let now = Instant::now();
             if *ended || now >= deadline {
-                let seen: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+                let seen: Vec<String> = lines.iter().map(|l| l.text.clone()).collect();
+                let ended = *ended;
+                // Let go of the lock first: a panic holding it would poison it for the reader.
+                drop(guard);
                 panic!(
                     "session {} printed no {what} ({}); it printed: {seen:#?}",
                     self.child.id(),
-                    if *ended {
+                    if ended {
                         "its stdout closed"
                     } else {
                         "timed out"
