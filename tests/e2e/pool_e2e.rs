@@ -546,8 +546,14 @@ fn serve_log_line(rig: &PoolRig, what: &str, needles: &[&str]) -> String {
         }
         assert!(
             Instant::now() < deadline,
-            "timed out waiting for {what} in {}",
-            log.display()
+            "timed out waiting for {what} in {}; its lines about turns and holds:\n{}",
+            log.display(),
+            text.lines()
+                .filter(|l| l.contains("turn guard")
+                    || l.contains("hold")
+                    || l.contains(needles[1]))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         rig.sessions[0].wait_printed(std::time::Duration::from_millis(50));
     }
@@ -608,20 +614,42 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
     });
 
     // Alice's limit, met by a turn in the first serve (a limited account refuses at once,
-    // gate or not).
+    // gate or not). Its end (a hidden re-run on another account) is awaited later: the
+    // second serve's hold lasts 10 s at most when no switch follows it (the running turn
+    // keeps it deferred), so the held turn is asked for as soon as the deferral shows.
+    let (mut first, first_thread) =
+        runtime.block_on(async { client_with_thread(&s1_listen, &a).await });
     mock.set_mode(&alice, cs_tui_testkit::AccountMode::UsageLimit);
     let mark2 = rig.sessions[s2].mark();
     runtime.block_on(async {
-        let (mut client, thread) = client_with_thread(&s1_listen, &a).await;
-        turn_on_thread(&mut client, &thread, "first serve meets the limit").await;
+        first
+            .request(
+                "turn/start",
+                json!({"threadId": first_thread,
+                    "input": [{"type": "text", "text": "first serve meets the limit"}]}),
+            )
+            .await
+            .expect("turn/start");
+    });
+    let deferred = rig.sessions[s2].wait_for_after(mark2, "the switch deferred", |e| {
+        event_is(e, "switch_deferred")
+    });
+
+    // Another client asks for a turn: the guard holds it (it says so to the core, which logs
+    // it), and nothing of it reaches the backend.
+    let held_text = "asked for while the switch waits";
+    let held_id = "held-turn";
+    runtime.block_on(async {
+        second
+            .send_json(&json!({"id": held_id, "method": "turn/start", "params": {
+                "threadId": second_thread,
+                "input": [{"type": "text", "text": held_text}]}}))
+            .await;
     });
     let hit = rig.sessions[s2].wait_for_after(mark2, "alice's limit heard from S1", |e| {
         event_is(e, "usage_limit_hit") && e["account"]["name"] == "alice"
     });
     assert_eq!(hit.json.as_ref().unwrap()["session"], id1.as_str());
-    let deferred = rig.sessions[s2].wait_for_after(mark2, "the switch deferred", |e| {
-        event_is(e, "switch_deferred")
-    });
     let deferred = deferred.json.unwrap();
     assert_eq!(deferred["reason"]["kind"], "peer", "{deferred}");
     assert_eq!(deferred["reason"]["session"], id1.as_str(), "{deferred}");
@@ -631,20 +659,6 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
             .all(|e| e["event"] != "switch_started"),
         "no switch during the running turn"
     );
-
-    // Another client asks for a turn: the guard holds it (it says so to the core, which logs
-    // it), and nothing of it reaches the backend.
-    let held_text = "asked for while the switch waits";
-    let held_id = runtime.block_on(async {
-        second
-            .send_json(
-                &json!({"id": "held-turn", "method": "turn/start", "params": {
-                "threadId": second_thread,
-                "input": [{"type": "text", "text": held_text}]}}),
-            )
-            .await;
-        "held-turn"
-    });
     serve_log_line(
         &rig,
         "the guard holding the second turn",
@@ -675,6 +689,11 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
         running
             .wait_for(WAIT, "the running turn's end", |m| {
                 m["method"] == "turn/completed" && m["params"]["threadId"] == running_thread
+            })
+            .await;
+        first
+            .wait_for(WAIT, "the first serve's turn's end", |m| {
+                m["method"] == "turn/completed" && m["params"]["threadId"] == first_thread
             })
             .await;
     });
