@@ -488,8 +488,12 @@ fn after_a_limit_in_one_session_the_others_send_nothing_to_that_account() {
         panel_active(s).is_some_and(|name| name != "alice")
     });
     let d_now = panel_active(&screen).unwrap();
+    let own = rig.sessions[s1].wait_for("S1's own limit", |e| {
+        event_is(e, "usage_limit_hit") && e["session"].is_null()
+    });
     eprintln!(
-        "the limit in S1 until S2 and D moved: {:?}",
+        "S1 printed its limit, S2 printed it {:?} later; the turn in S1 until D's panel moved: {:?}",
+        hit.at.saturating_duration_since(own.at),
         started.elapsed()
     );
 
