@@ -14,12 +14,13 @@
 //!    the turn boundary, without overriding a pending manual switch.
 //! 4. **Hold new turns** while an automatic switch waits and the active account is known
 //!    exhausted: they would fail there. Held turns are not busy (they would block their own
-//!    switch); they go when the switch is over, or after [`HOLD_TIMEOUT`] when none came.
+//!    switch); they go when the switch is over, or after [`HOLD_TIMEOUT`] when none came
+//!    (after [`HOLD_MAX`] while the switch waits for a running turn).
 //! 5. **A peer's failed login**: `needs_login` re-reads the store; otherwise the account is
 //!    left out of automatic choices for [`LOGIN_FAILED_EXCLUSION`].
 //! 6. **One poller**: only the elected session reads usage on the timer.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -38,6 +39,10 @@ pub(super) const STREAM_COALESCE: Duration = Duration::from_millis(250);
 /// A hold that no switch followed is let go after this long (the turns then meet the real
 /// error, and the hidden re-run covers them).
 pub(super) const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a hold lasts while the switch waits for running turns (a turn whose end was
+/// never seen must not freeze the session's new turns for good); real turns can run for
+/// many minutes, and the hidden re-run covers a turn let go to the exhausted account.
+pub(super) const HOLD_MAX: Duration = Duration::from_secs(600);
 
 /// A peer's fact learned longer ago than this is dropped.
 pub(super) const MAX_FACT_AGE: Duration = Duration::from_secs(60);
@@ -290,10 +295,9 @@ impl CoreState {
                 self.hold = Hold::On(now.mono);
                 fx.push(Effect::SetHoldTurns(true));
                 fx.push(Effect::RecheckAfter(HOLD_TIMEOUT));
+                fx.push(Effect::RecheckAfter(HOLD_MAX));
             }
-            (Hold::On(since), true)
-                if now.mono.saturating_duration_since(since) >= HOLD_TIMEOUT =>
-            {
+            (Hold::On(since), true) if self.hold_expired(since, now) => {
                 tracing::warn!("no switch followed the hold; new turns go to the old account");
                 self.hold = Hold::Expired;
                 self.let_go(now, fx);
@@ -305,6 +309,13 @@ impl CoreState {
             (Hold::Expired, false) => self.hold = Hold::Off,
             _ => {}
         }
+    }
+
+    /// A hold ends with no switch after [`HOLD_TIMEOUT`] — unless the switch waits for a
+    /// running turn's end, which may take minutes: then only after [`HOLD_MAX`].
+    fn hold_expired(&mut self, since: Instant, now: Now) -> bool {
+        let held = now.mono.saturating_duration_since(since);
+        held >= HOLD_MAX || (held >= HOLD_TIMEOUT && !self.is_busy(now))
     }
 
     fn let_go(&mut self, now: Now, fx: &mut Effects) {

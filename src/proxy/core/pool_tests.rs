@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::effects::Effect;
-use super::pool::{HOLD_TIMEOUT, LOGIN_FAILED_EXCLUSION, MAX_FACT_AGE, STREAM_COALESCE};
+use super::pool::{HOLD_MAX, HOLD_TIMEOUT, LOGIN_FAILED_EXCLUSION, MAX_FACT_AGE, STREAM_COALESCE};
 use super::state::Input;
 use super::switching::{SwitchFailure, Target};
 use super::tests::{
@@ -209,17 +209,27 @@ fn a_peer_limit_while_busy_holds_new_turns_until_the_switch_is_over() {
 }
 
 #[test]
-fn a_hold_no_switch_follows_is_let_go_after_its_timeout() {
+fn a_hold_lasts_while_the_switch_waits_for_a_long_turn_and_no_longer_than_its_cap() {
     let mut sim = Sim::new();
     sim.connect(1);
     sim.connect(2);
     sim.turn_started(1, "u1");
-    assert_eq!(holds(&peer(&mut sim, limit_hit("alice"))), vec![true]);
+    let fx = peer(&mut sim, limit_hit("alice"));
+    assert_eq!(holds(&fx), vec![true]);
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::RecheckAfter(d) if *d == HOLD_MAX))
+    );
     sim.feed(held_turn(2, "thread-h"));
-    sim.advance(HOLD_TIMEOUT - Duration::from_millis(1));
-    let fx = sim.feed(Input::Recheck);
-    assert!(holds(&fx).is_empty(), "not yet");
-    sim.advance(Duration::from_millis(1));
+    // A real turn runs for minutes: the switch waits for its end, and so do new turns.
+    for _ in 0..3 {
+        sim.advance(HOLD_TIMEOUT);
+        let fx = sim.feed(Input::Recheck);
+        assert!(holds(&fx).is_empty(), "still held while the turn runs");
+        assert!(guard_commands(&fx).is_empty());
+    }
+    // A turn whose end is never seen does not freeze new turns for good.
+    sim.advance(HOLD_MAX - 3 * HOLD_TIMEOUT);
     let fx = sim.feed(Input::Recheck);
     assert_eq!(holds(&fx), vec![false]);
     assert_eq!(
