@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use super::*;
-use crate::ipc::CommandAnswer;
+use crate::ipc::{self, CommandAnswer};
 use crate::proxy::directory::{AccountDirectory, DirAccount, LoginTokens};
 use crate::proxy::events::AccountRef;
 use crate::proxy::pool::wire::KnownLimits;
@@ -511,8 +511,9 @@ async fn two_sequential_starts_spread_over_two_accounts() {
     );
     assert_eq!(account_of(&two).as_deref(), Some("bob"));
     assert_eq!(
-        peer_statuses(store.path(), Some(&two_dir))
+        Peers::ask(&context(store.path(), &two_dir, &two), false, &[])
             .await
+            .statuses
             .into_iter()
             .map(|s| s.id)
             .collect::<Vec<_>>(),
@@ -786,10 +787,29 @@ async fn peers_that_are_gone_old_or_garbled_are_left_out() {
         StatusCell::new(status("1-one", Some("alice"), None)),
         None,
     );
-    let statuses = peer_statuses(store.path(), None).await;
+    let everyone = PlanContext {
+        own_dir: None,
+        ..context(store.path(), store.path(), &starting("0-none"))
+    };
+    let peers = Peers::ask(&everyone, false, &[]).await;
     assert_eq!(
-        statuses.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        peers
+            .statuses
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
         ["1-one"]
+    );
+    let mut failed = peers.failed.clone();
+    failed.sort();
+    assert_eq!(
+        failed,
+        ["6-odd", "7-junk", "8-old", "9-dead"].map(|id| store
+            .path()
+            .join("runtime")
+            .join(id)
+            .join(ipc::SOCKET_NAME)),
+        "each gave no status, and is not asked twice in one choice"
     );
     // The start plan goes on with the live one counted.
     let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0)]);

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::peers::{Outcome, Peers};
+use super::peers::{Outcome, Peers, StatusReply};
 use super::poller::PollerLock;
 use super::wire::{POOL_WIRE_VERSION, PeerRequest};
 use super::{PeerMessage, PoolFact, PoolHandle, SessionState, SessionStatus, StatusCell};
@@ -120,31 +120,20 @@ impl PoolView {
     /// among them is gone); `outcomes` what each asked one answered. A peer that did not
     /// answer in time keeps its last status (a stopped session still holds its account); one
     /// left out of the round keeps it while its process lives.
-    pub(crate) fn merge(&mut self, listed: &[PathBuf], outcomes: Vec<(PathBuf, Outcome)>) {
+    pub(crate) fn merge(&mut self, listed: &[PathBuf], replies: Vec<(PathBuf, StatusReply)>) {
         self.peers.retain(|socket, _| listed.contains(socket));
         let mut asked = Vec::new();
-        for (socket, outcome) in outcomes {
+        for (socket, reply) in replies {
             asked.push(socket.clone());
-            match outcome {
-                Outcome::Answered(answer) => {
-                    match answer
-                        .data
-                        .filter(|_| answer.ok)
-                        .map(serde_json::from_value::<SessionStatus>)
-                    {
-                        Some(Ok(status)) => {
-                            self.peers.insert(socket, status);
-                        }
-                        // An older cs-tui, or not one: its account is unknown.
-                        _ => {
-                            self.peers.remove(&socket);
-                        }
-                    }
+            match reply {
+                StatusReply::Status(status) => {
+                    self.peers.insert(socket, *status);
                 }
-                Outcome::Gone | Outcome::Unreadable => {
+                // Gone; or an older cs-tui, or not one: its account is unknown.
+                StatusReply::Gone | StatusReply::OlderVersion => {
                     self.peers.remove(&socket);
                 }
-                Outcome::Unresponsive => {}
+                StatusReply::Unresponsive => {}
             }
         }
         self.peers
@@ -446,7 +435,7 @@ struct HubTask {
 }
 
 /// One round of status asks: the sockets listed, and what the asked ones said.
-type Round = (Vec<PathBuf>, Vec<(PathBuf, Outcome)>);
+type Round = (Vec<PathBuf>, Vec<(PathBuf, StatusReply)>);
 
 impl HubTask {
     fn elect(&self) {
@@ -501,9 +490,9 @@ impl HubTask {
                     refresh = true;
                     self.elect();
                 }
-                Some((listed, outcomes)) = rounds.recv() => {
+                Some((listed, replies)) = rounds.recv() => {
                     asking = false;
-                    self.view.merge(&listed, outcomes);
+                    self.view.merge(&listed, replies);
                     self.emit_if_changed();
                     refresh = std::mem::take(&mut ask_again);
                 }
@@ -517,8 +506,8 @@ impl HubTask {
                     let tx = rounds_tx.clone();
                     tokio::spawn(async move {
                         let listed = peers.listed();
-                        let outcomes = peers.ask(&PeerRequest::SessionStatus).await;
-                        let _ = tx.send((listed, outcomes));
+                        let replies = peers.statuses().await;
+                        let _ = tx.send((listed, replies));
                     });
                 }
             }

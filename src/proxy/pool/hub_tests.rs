@@ -612,22 +612,31 @@ fn the_view_keeps_a_silent_peer_and_drops_gone_odd_and_old_ones() {
             data: Some(serde_json::to_value(s).unwrap()),
         })
     };
+    // Classified as the hub classifies a round.
+    let replies = |outcomes: Vec<(PathBuf, Outcome)>| -> Vec<(PathBuf, StatusReply)> {
+        outcomes
+            .into_iter()
+            .map(|(socket, outcome)| (socket, StatusReply::of(outcome)))
+            .collect()
+    };
     let own = status("0-own", "alice");
     let mut view = PoolView::default();
     let names = ["1-a", "2-b", "3-c", "4-d", "5-e"];
     let listed: Vec<PathBuf> = names.iter().map(|n| socket(n)).collect();
     view.merge(
         &listed,
-        names
-            .iter()
-            .map(|n| (socket(n), answered(&status(n, "bob"))))
-            .collect(),
+        replies(
+            names
+                .iter()
+                .map(|n| (socket(n), answered(&status(n, "bob"))))
+                .collect(),
+        ),
     );
     assert_eq!(pool_counts(&own, view.statuses()).0, 6);
 
     view.merge(
         &listed[..4],
-        vec![
+        replies(vec![
             // Stopped: keeps its account.
             (socket("1-a"), Outcome::Unresponsive),
             (socket("2-b"), Outcome::Gone),
@@ -647,7 +656,7 @@ fn the_view_keeps_a_silent_peer_and_drops_gone_odd_and_old_ones() {
                     "not a command: unknown variant".into(),
                 )),
             ),
-        ],
+        ]),
     );
     // 5-e is no longer listed: gone.
     let (sessions, by_account) = pool_counts(&own, view.statuses());
@@ -665,6 +674,9 @@ fn the_view_keeps_a_silent_peer_and_drops_gone_odd_and_old_ones() {
             }
         ]
     );
-    view.merge(&listed[..1], vec![(socket("1-a"), Outcome::Unreadable)]);
+    view.merge(
+        &listed[..1],
+        replies(vec![(socket("1-a"), Outcome::Unreadable)]),
+    );
     assert_eq!(pool_counts(&own, view.statuses()).0, 1);
 }
