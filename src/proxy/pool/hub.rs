@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -25,6 +25,9 @@ use crate::proxy::events::{ConnectionState, PoolShare, ProxyEvent};
 pub(crate) const SWEEP: Duration = Duration::from_secs(5);
 /// A burst of status changes goes out as one `SessionChanged`.
 const COALESCE: Duration = Duration::from_millis(100);
+/// How long a closing hub may take to send the facts it still holds (each peer is asked
+/// within the peer timeouts, all at once).
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// A [`PeerNote`] and the id of the peer that sent it.
 pub(crate) type NoteFrom = (String, PeerNote);
@@ -282,6 +285,8 @@ pub(crate) struct Hub {
     peers: Arc<Peers>,
     notes: mpsc::UnboundedSender<NoteFrom>,
     election: SharedElection,
+    /// Tells the task to send the facts it still holds and end.
+    closing: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -305,6 +310,7 @@ impl Hub {
         }));
         let (facts_tx, facts) = mpsc::unbounded_channel();
         let (notes_tx, notes) = mpsc::unbounded_channel();
+        let (closing_tx, closing) = oneshot::channel();
         let task = HubTask {
             id: id.clone(),
             peers: peers.clone(),
@@ -314,6 +320,7 @@ impl Hub {
             events: events.subscribe(),
             facts,
             notes,
+            closing,
             view: PoolView::default(),
             last_counts: None,
         };
@@ -325,6 +332,7 @@ impl Hub {
                 peers,
                 notes: notes_tx,
                 election,
+                closing: Some(closing_tx),
                 task: Some(task),
             },
             PoolHandle::new(facts_tx),
@@ -346,8 +354,16 @@ impl Hub {
     }
 
     /// Stops the hub, gives the poller lock up and tells the peers (`SessionEnded`, and
-    /// `PollerReleased` if it held the lock). Waits at most the peer timeouts.
+    /// `PollerReleased` if it held the lock). The facts handed to it before (a login that
+    /// failed just before a session gives up) go out first. Waits at most [`FLUSH_WAIT`] and
+    /// the peer timeouts.
     pub(crate) async fn close(mut self) {
+        if let (Some(closing), Some(task)) = (self.closing.take(), self.task.as_mut()) {
+            let _ = closing.send(());
+            if tokio::time::timeout(FLUSH_WAIT, task).await.is_err() {
+                tracing::debug!("the pool hub did not send its last facts in time");
+            }
+        }
         if let Some(farewell) = self.stop() {
             farewell.send().await;
         }
@@ -430,6 +446,7 @@ struct HubTask {
     events: broadcast::Receiver<ProxyEvent>,
     facts: mpsc::UnboundedReceiver<PoolFact>,
     notes: mpsc::UnboundedReceiver<NoteFrom>,
+    closing: oneshot::Receiver<()>,
     view: PoolView,
     last_counts: Option<(usize, Vec<PoolShare>)>,
 }
@@ -455,6 +472,10 @@ impl HubTask {
         loop {
             let mut refresh = false;
             tokio::select! {
+                _ = &mut self.closing => {
+                    self.flush().await;
+                    return;
+                }
                 Some(fact) = self.facts.recv() => {
                     let peers = self.peers.clone();
                     let id = self.id.clone();
@@ -512,6 +533,16 @@ impl HubTask {
                 }
             }
         }
+    }
+
+    /// Sends the facts still queued, all at once, and takes no more.
+    async fn flush(&mut self) {
+        self.facts.close();
+        let mut pending = Vec::new();
+        while let Ok(fact) = self.facts.try_recv() {
+            pending.push(send_fact(&self.peers, &self.id, fact));
+        }
+        futures_util::future::join_all(pending).await;
     }
 
     fn emit_if_changed(&mut self) {

@@ -220,6 +220,24 @@ async fn a_fact_reaches_every_peer_and_not_us() {
     }
 }
 
+/// A fact handed over just before the session gives up (a start whose every login failed)
+/// still reaches the peers: closing sends what the hub holds before it says goodbye.
+#[tokio::test]
+async fn a_fact_handed_over_right_before_close_still_goes_out() {
+    let store = tempfile::tempdir().unwrap();
+    let mut peer = FakePeer::start(store.path(), "2-b", Some("bob"));
+    let mut ours = Ours::start(store.path(), "1-a", None);
+    let failed = PoolFact::LoginFailed {
+        account: "id-alice".into(),
+        needs_login: true,
+    };
+    ours.pool.broadcast(failed.clone());
+    // No await between the two: the hub's task has not run since.
+    ours.hub.take().unwrap().close().await;
+    assert_eq!(peer.next_fact().await.fact, failed);
+    assert_eq!(peer.next_note().await, PeerNote::Changed, "then it ended");
+}
+
 #[tokio::test]
 async fn a_refused_or_missing_peer_is_skipped_and_the_others_still_hear() {
     let store = tempfile::tempdir().unwrap();
