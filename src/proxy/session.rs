@@ -511,7 +511,7 @@ impl Session {
         // Log in before any client is accepted: a TUI that attaches to an app-server without
         // auth stays on its sign-in screen (docs/protocol.md §2).
         let logged_in = match plan {
-            Ok(plan) => login_first_usable(&dir, &control, &plan)
+            Ok(plan) => login_first_usable(&dir, &control, &plan, &pool_handle)
                 .await
                 .map(|login| (plan, login)),
             Err(err) => Err(err),
