@@ -239,17 +239,28 @@ impl PlacementLock {
     /// sessions choosing at once pick the same account.
     pub(crate) async fn acquire(store_dir: &Path, wait: Duration) -> Option<Self> {
         let dir = store_dir.join("locks");
-        // flock blocks, so it waits on the blocking pool. Should the wait time out, the lock
-        // taken later is dropped with the task's output, at once.
-        let take = tokio::task::spawn_blocking(move || lock_file(&dir));
-        match tokio::time::timeout(wait, take).await {
+        // flock blocks, so it waits on a thread of its own, not on the runtime's blocking
+        // pool: a runtime waits for its blocking tasks when it shuts down, so a holder
+        // stopped for good would keep this process from exiting. Should the wait time out,
+        // the lock taken later is dropped at once, its receiver gone.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiter = std::thread::Builder::new()
+            .name("placement-lock".to_owned())
+            .spawn(move || {
+                let _ = tx.send(lock_file(&dir));
+            });
+        if let Err(err) = waiter {
+            tracing::warn!("placing without the placement lock: {err}");
+            return None;
+        }
+        match tokio::time::timeout(wait, rx).await {
             Ok(Ok(Ok(lock))) => Some(Self { _lock: lock }),
             Ok(Ok(Err(err))) => {
                 tracing::warn!("placing without the placement lock: {err:#}");
                 None
             }
-            Ok(Err(err)) => {
-                tracing::warn!("placing without the placement lock: {err}");
+            Ok(Err(_)) => {
+                tracing::warn!("placing without the placement lock: its waiter ended");
                 None
             }
             Err(_) => {

@@ -684,6 +684,35 @@ async fn a_held_lock_is_waited_for_only_so_long() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// A holder that never lets go (a stopped session) costs a chooser its wait, and does not
+/// keep the chooser's process from exiting: the runtime shuts down while the lock is still
+/// held (a wait on the runtime's blocking pool would hold its shutdown until the holder
+/// went).
+#[test]
+fn a_lock_held_for_good_does_not_hold_the_runtime_at_shutdown() {
+    let store = tempfile::tempdir().unwrap();
+    let held = lock_file(&store.path().join("locks")).unwrap();
+    let path = store.path().to_owned();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let lock = runtime.block_on(PlacementLock::acquire(&path, Duration::from_millis(50)));
+        assert!(lock.is_none());
+        drop(runtime);
+        let _ = done_tx.send(());
+    });
+    let shut_down = done.recv_timeout(Duration::from_secs(20));
+    drop(held);
+    assert!(
+        shut_down.is_ok(),
+        "the runtime waited for the placement lock's holder"
+    );
+}
+
 /// Whether some process waits for the flock on the file with this inode (`/proc/locks`
 /// lists waiters as `N: -> FLOCK ...`).
 fn flock_waited_for(inode: u64) -> bool {
