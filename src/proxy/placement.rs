@@ -40,24 +40,6 @@ pub(crate) struct PlanContext {
     pub pool: bool,
 }
 
-impl PlanContext {
-    /// A session's context: its store, its runtime directory, its `[pool]` settings, and the
-    /// status cell its peers read (`None` until the session has one).
-    pub(crate) fn for_session(
-        options: &crate::proxy::session::SessionOptions,
-        runtime_dir: &Path,
-        status: Option<StatusCell>,
-    ) -> Self {
-        Self {
-            store_dir: options.store_dir.clone(),
-            own_dir: Some(runtime_dir.to_owned()),
-            placement: options.placement,
-            status,
-            pool: options.pool,
-        }
-    }
-}
-
 /// Chooses an account for a session among `candidates`, `exclude` aside (the account a
 /// switch leaves). `occupancy` counts the other live sessions on each account, not the one
 /// choosing.
@@ -294,4 +276,5 @@ fn lock_file(dir: &Path) -> color_eyre::Result<Flock<std::fs::File>> {
 }
 
 #[cfg(test)]
+#[path = "placement_tests.rs"]
 pub(crate) mod tests;

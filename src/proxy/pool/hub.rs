@@ -18,7 +18,6 @@ use super::peers::{Outcome, Peers, StatusReply};
 use super::poller::PollerLock;
 use super::wire::{POOL_WIRE_VERSION, PeerRequest};
 use super::{PeerMessage, PoolFact, PoolHandle, SessionState, SessionStatus, StatusCell};
-use crate::proxy::core::{CoreMsg, Input};
 use crate::proxy::events::{ConnectionState, PoolShare, ProxyEvent};
 
 /// How often the peers are asked again, and a lost poller election retried.
@@ -175,6 +174,23 @@ pub(crate) fn session_id(runtime_dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Where the hub tells the session's core its poller role (the session wires it to the core's
+/// inbox: the pool knows nothing of the core).
+#[derive(Clone)]
+pub(crate) struct RoleSink(Arc<dyn Fn(bool) + Send + Sync>);
+
+impl RoleSink {
+    pub(crate) fn new(tell: impl Fn(bool) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(tell))
+    }
+}
+
+impl std::fmt::Debug for RoleSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoleSink")
+    }
+}
+
 /// The poller election of one session: the lock, and the role the core was told.
 #[derive(Debug)]
 struct Election {
@@ -184,7 +200,7 @@ struct Election {
     /// Given up while the process is stopped (SIGTSTP): no retry until resumed.
     suspended: bool,
     status: StatusCell,
-    core: mpsc::UnboundedSender<CoreMsg>,
+    core: RoleSink,
 }
 
 impl Election {
@@ -203,7 +219,7 @@ impl Election {
         if self.told != Some(poller) {
             self.told = Some(poller);
             self.status.update(|s| s.poller = poller);
-            let _ = self.core.send(Input::PollerRole(poller).into());
+            (self.core.0)(poller);
             tracing::debug!(poller, "poller election");
         }
     }
@@ -297,7 +313,7 @@ impl Hub {
         config: HubConfig,
         status: StatusCell,
         events: broadcast::Sender<ProxyEvent>,
-        core: mpsc::UnboundedSender<CoreMsg>,
+        core: RoleSink,
     ) -> (Self, PoolHandle) {
         let id = config.session_id();
         let peers = Arc::new(Peers::new(&config.store_dir, &config.runtime_dir));
@@ -592,5 +608,5 @@ pub(crate) fn starting_status(
 }
 
 #[cfg(test)]
-#[path = "hub_tests.rs"]
+#[path = "../pool_hub_tests.rs"]
 mod tests;

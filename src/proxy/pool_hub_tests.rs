@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::ipc::{SOCKET_NAME, Timeouts};
+use crate::proxy::core::{CoreMsg, Input};
 use crate::proxy::events::{AccountRef, SwitchReason};
 use crate::proxy::ipc::{IpcLimits, Serving, listen_with};
 use crate::proxy::pool::SessionKind;
@@ -119,7 +120,11 @@ impl Ours {
             store_dir: store.to_owned(),
             runtime_dir: dir.clone(),
         };
-        let (hub, pool) = Hub::start(config, status.clone(), events.clone(), core_tx.clone());
+        let roles = core_tx.clone();
+        let role = RoleSink::new(move |poller| {
+            let _ = roles.send(Input::PollerRole(poller).into());
+        });
+        let (hub, pool) = Hub::start(config, status.clone(), events.clone(), role);
         let serving = Serving {
             core: core_tx,
             core_running: Arc::new(AtomicBool::new(true)),
