@@ -129,25 +129,6 @@ pub async fn send_with(
     serde_json::from_str(&reply).wrap_err("reading the session's answer")
 }
 
-/// Sends one command to every session socket under `<store>/runtime/` but `except`, all at
-/// once, and returns each socket's outcome (in no particular order). A silent session costs
-/// at most `timeouts`, and delays no other.
-pub async fn ask_all(
-    store_dir: &Path,
-    except: Option<&Path>,
-    command: &impl Serialize,
-    timeouts: Timeouts,
-) -> Vec<(PathBuf, Result<CommandAnswer>)> {
-    let sockets = session_sockets(store_dir)
-        .into_iter()
-        .filter(|s| except.is_none_or(|e| !s.starts_with(e)));
-    let asks = sockets.map(|socket| async move {
-        let answer = send_with(&socket, command, timeouts).await;
-        (socket, answer)
-    });
-    futures_util::future::join_all(asks).await
-}
-
 /// Sends a command to every running session, best effort (a stale socket or a busy session
 /// is skipped). For commands that run outside any session.
 pub async fn announce(store_dir: &Path, command: &impl Serialize) {

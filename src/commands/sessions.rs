@@ -1,9 +1,10 @@
 //! `cs-tui sessions [--json]`: every cs-tui session running on the store, with its account.
 //!
 //! Every control socket under `<store>/runtime/` is asked `{"command":"session_status"}` at
-//! once, with [`ASK`] to answer. A socket that refuses the connection (its session is gone) is
+//! once, with [`ASK`] to answer, and the replies classified as the pool's hub classifies them
+//! ([`peers::StatusReply`]): a socket that refuses the connection (its session is gone) is
 //! left out; one that does not answer in time (a stopped session) is listed as
-//! `unresponsive`; one that answers but does not know the question (an older cs-tui) as
+//! `unresponsive`; one that answers but not with a status (an older cs-tui, or not one) as
 //! `unknown_version`. `--json` output is stable (fields are only ever added) and documented in
 //! README.md. No token is ever part of it.
 
@@ -20,8 +21,9 @@ use super::output::{emit, emit_json, relative_time, table};
 use crate::account_id::AccountId;
 use crate::accounts::AccountsFile;
 use crate::cli::SessionsArgs;
-use crate::ipc::{CommandAnswer, Timeouts};
+use crate::ipc::Timeouts;
 use crate::proxy::events::AccountRef;
+use crate::proxy::pool::peers::{self, StatusReply};
 use crate::proxy::pool::{SessionKind, SessionState, SessionStatus};
 
 /// How long the sessions have to answer (all at once).
@@ -121,11 +123,10 @@ pub(super) fn run(env: &Env, args: SessionsArgs) -> Result<ExitCode> {
 /// Asks every session on the store for its status, at once; sorted by start time (the
 /// sessions that did not say last, by pid).
 pub(super) async fn list(store_dir: &Path) -> Vec<SessionJson> {
-    let request = serde_json::json!({ "command": "session_status" });
-    let answers = crate::ipc::ask_all(store_dir, None, &request, ASK).await;
-    let mut sessions: Vec<SessionJson> = answers
+    let replies = peers::ask_statuses(peers::sockets(store_dir, None), ASK).await;
+    let mut sessions: Vec<SessionJson> = replies
         .into_iter()
-        .filter_map(|(socket, answer)| classify(&socket, answer))
+        .filter_map(|(socket, reply)| listed(&socket, reply))
         .collect();
     sessions.sort_by(|a, b| {
         (a.started_at.is_none(), a.started_at, a.pid, &a.id).cmp(&(
@@ -138,37 +139,15 @@ pub(super) async fn list(store_dir: &Path) -> Vec<SessionJson> {
     sessions
 }
 
-/// What one socket's answer says of its session; `None`: there is no session (the
-/// connection was refused, or the socket is gone).
-fn classify(socket: &Path, answer: Result<CommandAnswer>) -> Option<SessionJson> {
-    let id = session_id(socket);
-    match answer {
-        Ok(CommandAnswer {
-            ok: true,
-            data: Some(data),
-            ..
-        }) => match serde_json::from_value::<SessionStatus>(data) {
-            Ok(status) => Some(SessionJson::from_status(status)),
-            Err(err) => {
-                tracing::debug!(session = %id, "a session status of another shape: {err}");
-                Some(SessionJson::unknown(id, SessionState::UnknownVersion))
-            }
-        },
-        // It answered, but not the question: "not a command" from a cs-tui that predates it.
-        Ok(answer) => {
-            tracing::debug!(session = %id, message = %answer.message, "no session status");
-            Some(SessionJson::unknown(id, SessionState::UnknownVersion))
-        }
-        Err(err) if err.chain().any(|e| e.is::<std::io::Error>()) => {
-            tracing::debug!(session = %id, "no session behind the socket: {err:#}");
-            None
-        }
-        // An answer that is not ours to read.
-        Err(err) if err.chain().any(|e| e.is::<serde_json::Error>()) => {
-            Some(SessionJson::unknown(id, SessionState::UnknownVersion))
-        }
-        // Timed out: stopped (`kill -STOP`, Ctrl-Z) or overloaded.
-        Err(_) => Some(SessionJson::unknown(id, SessionState::Unresponsive)),
+/// How a session's reply is listed; `None`: there is no session (the connection was
+/// refused, or the socket is gone).
+fn listed(socket: &Path, reply: StatusReply) -> Option<SessionJson> {
+    let id = || session_id(socket);
+    match reply {
+        StatusReply::Status(status) => Some(SessionJson::from_status(*status)),
+        StatusReply::Gone => None,
+        StatusReply::Unresponsive => Some(SessionJson::unknown(id(), SessionState::Unresponsive)),
+        StatusReply::OlderVersion => Some(SessionJson::unknown(id(), SessionState::UnknownVersion)),
     }
 }
 
@@ -262,6 +241,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     use super::*;
+    use crate::ipc::CommandAnswer;
 
     /// How a fake session answers `session_status`.
     #[derive(Clone)]

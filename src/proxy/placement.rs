@@ -1,19 +1,20 @@
 //! Which account a session takes, counting the sessions already on each: at start, and on an
-//! automatic switch. [`place`] is pure; [`peer_statuses`] asks the store's other sessions where
-//! they are; [`PlacementLock`] makes two sessions choosing at once choose one after the other,
-//! so the second counts the first.
+//! automatic switch. [`place`] is pure; [`Peers::ask`] asks the store's other sessions where
+//! they are (through [`peers::ask_statuses`], as the hub and `cs-tui sessions` do);
+//! [`PlacementLock`] makes two sessions choosing at once choose one after the other, so the
+//! second counts the first.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::account_id::AccountId;
 use crate::config::Placement;
-use crate::ipc::{self, Timeouts};
+use crate::ipc::{CommandAnswer, Timeouts};
 use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
+use crate::proxy::pool::peers::{self, Outcome, StatusReply};
 use crate::proxy::pool::wire::{PeerRequest, PoolSnapshot};
 use crate::proxy::pool::{SessionStatus, StatusCell};
 
@@ -37,24 +38,6 @@ pub(crate) struct PlanContext {
     pub status: Option<StatusCell>,
     /// `false`: the pool is off (`CS_TUI_POOL=off`); the session chooses alone, as before.
     pub pool: bool,
-}
-
-impl PlanContext {
-    /// A session's context: its store, its runtime directory, its `[pool]` settings, and the
-    /// status cell its peers read (`None` until the session has one).
-    pub(crate) fn for_session(
-        options: &crate::proxy::session::SessionOptions,
-        runtime_dir: &Path,
-        status: Option<StatusCell>,
-    ) -> Self {
-        Self {
-            store_dir: options.store_dir.clone(),
-            own_dir: Some(runtime_dir.to_owned()),
-            placement: options.placement,
-            status,
-            pool: options.pool,
-        }
-    }
 }
 
 /// Chooses an account for a session among `candidates`, `exclude` aside (the account a
@@ -140,53 +123,26 @@ pub(crate) fn occupancy(statuses: &[SessionStatus]) -> HashMap<AccountId, usize>
     counts
 }
 
-/// Asks every other session on the store for its status, all at once, each within
-/// [`Timeouts::PEER`]. A session that is gone, silent, or too old to answer is left out.
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "issue 14: `cs-tui sessions` (part D) reuses it")
-)]
-pub(crate) async fn peer_statuses(store_dir: &Path, own_dir: Option<&Path>) -> Vec<SessionStatus> {
-    peers(store_dir, own_dir, &[])
-        .await
-        .0
-        .into_iter()
-        .map(|(_, status)| status)
-        .collect()
-}
-
-/// [`peer_statuses`], with each session's socket, skipping the sockets in `skip`; the second
-/// list holds the sockets that gave no status.
+/// The other sessions' statuses, each with its socket, skipping the sockets in `skip`; the
+/// second list holds the sockets that gave no status (gone, silent, older).
 async fn peers(
     store_dir: &Path,
     own_dir: Option<&Path>,
     skip: &[PathBuf],
 ) -> (Vec<(PathBuf, SessionStatus)>, Vec<PathBuf>) {
-    let sockets = ipc::session_sockets(store_dir)
+    let sockets = peers::sockets(store_dir, own_dir)
         .into_iter()
-        .filter(|s| own_dir.is_none_or(|own| !s.starts_with(own)) && !skip.contains(s));
-    let answers = join_all(sockets.map(|socket| async move {
-        let answer = ipc::send_with(&socket, &PeerRequest::SessionStatus, Timeouts::PEER).await;
-        (socket, answer)
-    }))
-    .await;
+        .filter(|s| !skip.contains(s))
+        .collect();
     let mut statuses = Vec::new();
     let mut failed = Vec::new();
-    for (socket, answer) in answers {
-        let status = match answer {
-            Ok(answer) => answer
-                .ok
-                .then_some(answer.data)
-                .flatten()
-                .and_then(|data| serde_json::from_value::<SessionStatus>(data).ok()),
-            Err(err) => {
-                tracing::debug!(socket = %socket.display(), "no session status: {err:#}");
-                None
+    for (socket, reply) in peers::ask_statuses(sockets, Timeouts::PEER).await {
+        match reply {
+            StatusReply::Status(status) => statuses.push((socket, *status)),
+            StatusReply::Gone | StatusReply::Unresponsive | StatusReply::OlderVersion => {
+                tracing::debug!(socket = %socket.display(), ?reply, "no session status");
+                failed.push(socket);
             }
-        };
-        match status {
-            Some(status) => statuses.push((socket, status)),
-            None => failed.push(socket),
         }
     }
     statuses.sort_by(|a, b| a.1.id.cmp(&b.1.id));
@@ -199,18 +155,19 @@ async fn pool_snapshot(peers: &[(PathBuf, SessionStatus)]) -> Option<PoolSnapsho
     let mut order: Vec<&(PathBuf, SessionStatus)> = peers.iter().collect();
     order.sort_by_key(|(_, status)| !status.poller);
     for (socket, _) in order {
-        let answer = ipc::send_with(socket, &PeerRequest::PoolSnapshot, Timeouts::PEER).await;
-        match answer {
-            Ok(answer) if answer.ok => {
-                if let Some(snapshot) = answer
-                    .data
-                    .and_then(|data| serde_json::from_value::<PoolSnapshot>(data).ok())
-                {
+        match peers::ask_one(socket, &PeerRequest::PoolSnapshot, Timeouts::PEER).await {
+            Outcome::Answered(CommandAnswer {
+                ok: true,
+                data: Some(data),
+                ..
+            }) => {
+                if let Ok(snapshot) = serde_json::from_value::<PoolSnapshot>(data) {
                     return Some(snapshot);
                 }
             }
-            Ok(_) => {}
-            Err(err) => tracing::debug!(socket = %socket.display(), "no pool snapshot: {err:#}"),
+            outcome => {
+                tracing::debug!(socket = %socket.display(), ?outcome, "no pool snapshot");
+            }
         }
     }
     None
@@ -264,17 +221,28 @@ impl PlacementLock {
     /// sessions choosing at once pick the same account.
     pub(crate) async fn acquire(store_dir: &Path, wait: Duration) -> Option<Self> {
         let dir = store_dir.join("locks");
-        // flock blocks, so it waits on the blocking pool. Should the wait time out, the lock
-        // taken later is dropped with the task's output, at once.
-        let take = tokio::task::spawn_blocking(move || lock_file(&dir));
-        match tokio::time::timeout(wait, take).await {
+        // flock blocks, so it waits on a thread of its own, not on the runtime's blocking
+        // pool: a runtime waits for its blocking tasks when it shuts down, so a holder
+        // stopped for good would keep this process from exiting. Should the wait time out,
+        // the lock taken later is dropped at once, its receiver gone.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiter = std::thread::Builder::new()
+            .name("placement-lock".to_owned())
+            .spawn(move || {
+                let _ = tx.send(lock_file(&dir));
+            });
+        if let Err(err) = waiter {
+            tracing::warn!("placing without the placement lock: {err}");
+            return None;
+        }
+        match tokio::time::timeout(wait, rx).await {
             Ok(Ok(Ok(lock))) => Some(Self { _lock: lock }),
             Ok(Ok(Err(err))) => {
                 tracing::warn!("placing without the placement lock: {err:#}");
                 None
             }
-            Ok(Err(err)) => {
-                tracing::warn!("placing without the placement lock: {err}");
+            Ok(Err(_)) => {
+                tracing::warn!("placing without the placement lock: its waiter ended");
                 None
             }
             Err(_) => {
@@ -308,4 +276,5 @@ fn lock_file(dir: &Path) -> color_eyre::Result<Flock<std::fs::File>> {
 }
 
 #[cfg(test)]
+#[path = "placement_tests.rs"]
 pub(crate) mod tests;

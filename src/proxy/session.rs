@@ -30,14 +30,14 @@ use tokio::task::JoinHandle;
 use crate::errors::with_hint;
 use crate::paths::CreatedFile;
 use crate::proxy::app_server::{self, AppServer, AppServerExit, AppServerOptions};
-use crate::proxy::core::{self, Core, CoreConfig, CoreInit, CoreMsg};
+use crate::proxy::core::{self, Core, CoreConfig, CoreInit, CoreMsg, Input};
 use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::events::{ProxyCommand, ProxyEvent};
 use crate::proxy::history::HISTORY_FILE;
 use crate::proxy::ipc;
 use crate::proxy::placement::PlanContext;
 use crate::proxy::policy::PolicyConfig;
-use crate::proxy::pool::hub::{self, Hub, HubConfig};
+use crate::proxy::pool::hub::{self, Hub, HubConfig, RoleSink};
 use crate::proxy::pool::{PoolHandle, SessionKind, StatusCell};
 use crate::proxy::relay::{self, ClientListener, EventSink, RelayShared};
 use crate::proxy::socket::{BoundSocket, SocketFiles};
@@ -69,6 +69,25 @@ pub struct SessionOptions {
     pub placement: crate::config::Placement,
     /// Share knowledge with the store's other sessions (`false`: `CS_TUI_POOL=off`).
     pub pool: bool,
+}
+
+impl SessionOptions {
+    /// What the session needs to place itself among its peers: its store, its runtime
+    /// directory, its `[pool]` settings, and the status cell its peers read (`None` until the
+    /// session has one).
+    pub(crate) fn plan_context(
+        &self,
+        runtime_dir: &Path,
+        status: Option<StatusCell>,
+    ) -> PlanContext {
+        PlanContext {
+            store_dir: self.store_dir.clone(),
+            own_dir: Some(runtime_dir.to_owned()),
+            placement: self.placement,
+            status,
+            pool: self.pool,
+        }
+    }
 }
 
 /// The proxy's listening socket, bound before the session starts so a client (the Codex TUI)
@@ -387,7 +406,13 @@ impl Session {
                 store_dir: options.store_dir.clone(),
                 runtime_dir: runtime_dir.clone(),
             };
-            let (hub, handle) = Hub::start(config, status.clone(), events.clone(), core_tx.clone());
+            let role = {
+                let core_tx = core_tx.clone();
+                RoleSink::new(move |poller| {
+                    let _ = core_tx.send(Input::PollerRole(poller).into());
+                })
+            };
+            let (hub, handle) = Hub::start(config, status.clone(), events.clone(), role);
             (Some(hub), handle)
         } else {
             (None, PoolHandle::off())
@@ -443,7 +468,7 @@ impl Session {
         };
         // A failed start ends the wait at once: the plan's usage read would otherwise wait
         // for a User-Agent that never comes.
-        let placing = PlanContext::for_session(&options, &runtime_dir, Some(status.clone()));
+        let placing = options.plan_context(&runtime_dir, Some(status.clone()));
         let plan = async {
             Ok::<_, color_eyre::Report>(plan_start(&dir, &options.policy, &placing).await)
         };
@@ -511,7 +536,7 @@ impl Session {
         // Log in before any client is accepted: a TUI that attaches to an app-server without
         // auth stays on its sign-in screen (docs/protocol.md §2).
         let logged_in = match plan {
-            Ok(plan) => login_first_usable(&dir, &control, &plan)
+            Ok(plan) => login_first_usable(&dir, &control, &plan, &pool_handle)
                 .await
                 .map(|login| (plan, login)),
             Err(err) => Err(err),

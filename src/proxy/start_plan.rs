@@ -11,7 +11,7 @@ use crate::proxy::directory::{AccountDirectory, DirAccount};
 use crate::proxy::placement::{LOCK_WAIT, Peers, PlacementLock, PlanContext, occupancy, place};
 use crate::proxy::policy::{self, Candidate, Choice, PolicyConfig};
 use crate::proxy::pool::wire::{KnownLimits, PoolSnapshot};
-use crate::proxy::pool::{SessionState, StatusCell};
+use crate::proxy::pool::{PoolFact, PoolHandle, SessionState, StatusCell};
 use crate::proxy::upstream::ControlConnection;
 use crate::quota::{AccountLimits, RateLimitSnapshot};
 
@@ -254,10 +254,14 @@ fn candidate(account: &DirAccount, snapshot: Option<RateLimitSnapshot>) -> Candi
     }
 }
 
+/// Logs the app-server into the first account of the plan's order that will, falling back
+/// down the order. Each login that fails is a first-hand fact the pool hears at once through
+/// `pool` ([`login_failed`]), as a failed switch's is.
 pub(crate) async fn login_first_usable<D: AccountDirectory>(
     dir: &D,
     control: &ControlConnection,
     plan: &StartPlan,
+    pool: &PoolHandle,
 ) -> Result<(DirAccount, Option<AccountLimits>)> {
     let mut failures = Vec::new();
     for id in &plan.order {
@@ -279,6 +283,7 @@ pub(crate) async fn login_first_usable<D: AccountDirectory>(
             }
             Err(err) => {
                 tracing::warn!(account = %account.name, "starting login failed: {err:#}");
+                pool.broadcast(login_failed(dir, &account.id).await);
                 failures.push(format!("{}: {err:#}", account.name));
             }
         }
@@ -287,4 +292,20 @@ pub(crate) async fn login_first_usable<D: AccountDirectory>(
         "no stored account could be logged in ({})",
         failures.join("; ")
     )
+}
+
+/// What the pool hears of a login of `account` that failed: that it failed, not why (an
+/// error can quote the backend), and whether the store now says it must log in again (a
+/// rejected refresh token), so the peers read the store again.
+async fn login_failed<D: AccountDirectory>(dir: &D, account: &AccountId) -> PoolFact {
+    let needs_login = dir
+        .list()
+        .await
+        .ok()
+        .and_then(|accounts| accounts.into_iter().find(|a| &a.id == account))
+        .is_some_and(|a| a.needs_login);
+    PoolFact::LoginFailed {
+        account: account.clone(),
+        needs_login,
+    }
 }

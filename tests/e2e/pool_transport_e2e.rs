@@ -323,3 +323,82 @@ async fn a_stopped_dashboard_hands_the_poller_role_over() {
     poller_becomes(store, dashboard, "the dashboard polls again").await;
     crate::support::product::quit(&p.tmux);
 }
+
+/// A listener in a peer's place on the store: answers every line `ok` (so it is no session
+/// of ours when asked for a status) and hands each line it reads to the test.
+fn wiretap(store: &Path) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let dir = store
+        .join("runtime")
+        .join(format!("{}-wiretap", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let listener = tokio::net::UnixListener::bind(dir.join(cs_tui::ipc::SOCKET_NAME)).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                if BufReader::new(read).read_line(&mut line).await.is_ok() {
+                    let _ = tx.send(line);
+                    let _ = write.write_all(b"{\"ok\":true,\"message\":\"\"}\n").await;
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// A login that fails while a session starts (alice's refresh token is rejected) is a
+/// first-hand fact: the peers hear `login_failed` for alice, saying the store now wants a new
+/// login, with no token and no error text; the session starts on bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_fails_at_start_is_told_to_the_peers() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    let (alice, _) = mock.add_account("alice");
+    // Expired, with a refresh token the sign-in server does not know: its login cannot work.
+    let revoked = "rt-revoked-at-start";
+    import(store.path(), "alice", &alice.auth_json(-3600, revoked));
+    store_with(&mock, store.path(), &["bob"]);
+    let stored = cs_tui::accounts::Store::open(store.path()).load().unwrap();
+    let alice_id = stored.resolve("alice").unwrap().id.to_string();
+    let mut heard = wiretap(store.path());
+
+    let session = start_session(&mock, &home, store.path()).await;
+    let status = status_becomes(&session, "ready", |s| s.state == SessionState::Ready).await;
+    assert_eq!(status.account.map(|a| a.name).as_deref(), Some("bob"));
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut lines = Vec::new();
+    let fact = loop {
+        let line = tokio::time::timeout_at(deadline, heard.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no login_failed reached the peer; it heard {lines:#?}"))
+            .expect("the wiretap runs");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        lines.push(line);
+        if value["fact"]["kind"] == "login_failed" {
+            break value;
+        }
+    };
+    assert_eq!(fact["command"], "pool");
+    assert_eq!(fact["fact"]["account"], alice_id.as_str());
+    assert_eq!(fact["fact"]["needs_login"], true, "{fact}");
+    let raw = lines.concat();
+    assert!(
+        !raw.contains(revoked),
+        "no refresh token on the wire: {raw}"
+    );
+    assert!(
+        !raw.contains(&alice.access_token(-3600, 0)),
+        "no access token on the wire"
+    );
+    assert!(!raw.contains("invalid"), "no error text on the wire: {raw}");
+    session.shutdown().await;
+}

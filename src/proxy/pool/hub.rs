@@ -10,21 +10,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::peers::{Outcome, Peers};
+use super::peers::{Outcome, Peers, StatusReply};
 use super::poller::PollerLock;
 use super::wire::{POOL_WIRE_VERSION, PeerRequest};
 use super::{PeerMessage, PoolFact, PoolHandle, SessionState, SessionStatus, StatusCell};
-use crate::proxy::core::{CoreMsg, Input};
 use crate::proxy::events::{ConnectionState, PoolShare, ProxyEvent};
 
 /// How often the peers are asked again, and a lost poller election retried.
 pub(crate) const SWEEP: Duration = Duration::from_secs(5);
 /// A burst of status changes goes out as one `SessionChanged`.
 const COALESCE: Duration = Duration::from_millis(100);
+/// How long a closing hub may take to send the facts it still holds (each peer is asked
+/// within the peer timeouts, all at once).
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// A [`PeerNote`] and the id of the peer that sent it.
 pub(crate) type NoteFrom = (String, PeerNote);
@@ -120,31 +122,20 @@ impl PoolView {
     /// among them is gone); `outcomes` what each asked one answered. A peer that did not
     /// answer in time keeps its last status (a stopped session still holds its account); one
     /// left out of the round keeps it while its process lives.
-    pub(crate) fn merge(&mut self, listed: &[PathBuf], outcomes: Vec<(PathBuf, Outcome)>) {
+    pub(crate) fn merge(&mut self, listed: &[PathBuf], replies: Vec<(PathBuf, StatusReply)>) {
         self.peers.retain(|socket, _| listed.contains(socket));
         let mut asked = Vec::new();
-        for (socket, outcome) in outcomes {
+        for (socket, reply) in replies {
             asked.push(socket.clone());
-            match outcome {
-                Outcome::Answered(answer) => {
-                    match answer
-                        .data
-                        .filter(|_| answer.ok)
-                        .map(serde_json::from_value::<SessionStatus>)
-                    {
-                        Some(Ok(status)) => {
-                            self.peers.insert(socket, status);
-                        }
-                        // An older cs-tui, or not one: its account is unknown.
-                        _ => {
-                            self.peers.remove(&socket);
-                        }
-                    }
+            match reply {
+                StatusReply::Status(status) => {
+                    self.peers.insert(socket, *status);
                 }
-                Outcome::Gone | Outcome::Unreadable => {
+                // Gone; or an older cs-tui, or not one: its account is unknown.
+                StatusReply::Gone | StatusReply::OlderVersion => {
                     self.peers.remove(&socket);
                 }
-                Outcome::Unresponsive => {}
+                StatusReply::Unresponsive => {}
             }
         }
         self.peers
@@ -183,6 +174,23 @@ pub(crate) fn session_id(runtime_dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Where the hub tells the session's core its poller role (the session wires it to the core's
+/// inbox: the pool knows nothing of the core).
+#[derive(Clone)]
+pub(crate) struct RoleSink(Arc<dyn Fn(bool) + Send + Sync>);
+
+impl RoleSink {
+    pub(crate) fn new(tell: impl Fn(bool) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(tell))
+    }
+}
+
+impl std::fmt::Debug for RoleSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoleSink")
+    }
+}
+
 /// The poller election of one session: the lock, and the role the core was told.
 #[derive(Debug)]
 struct Election {
@@ -192,7 +200,7 @@ struct Election {
     /// Given up while the process is stopped (SIGTSTP): no retry until resumed.
     suspended: bool,
     status: StatusCell,
-    core: mpsc::UnboundedSender<CoreMsg>,
+    core: RoleSink,
 }
 
 impl Election {
@@ -211,7 +219,7 @@ impl Election {
         if self.told != Some(poller) {
             self.told = Some(poller);
             self.status.update(|s| s.poller = poller);
-            let _ = self.core.send(Input::PollerRole(poller).into());
+            (self.core.0)(poller);
             tracing::debug!(poller, "poller election");
         }
     }
@@ -293,6 +301,8 @@ pub(crate) struct Hub {
     peers: Arc<Peers>,
     notes: mpsc::UnboundedSender<NoteFrom>,
     election: SharedElection,
+    /// Tells the task to send the facts it still holds and end.
+    closing: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -303,7 +313,7 @@ impl Hub {
         config: HubConfig,
         status: StatusCell,
         events: broadcast::Sender<ProxyEvent>,
-        core: mpsc::UnboundedSender<CoreMsg>,
+        core: RoleSink,
     ) -> (Self, PoolHandle) {
         let id = config.session_id();
         let peers = Arc::new(Peers::new(&config.store_dir, &config.runtime_dir));
@@ -316,6 +326,7 @@ impl Hub {
         }));
         let (facts_tx, facts) = mpsc::unbounded_channel();
         let (notes_tx, notes) = mpsc::unbounded_channel();
+        let (closing_tx, closing) = oneshot::channel();
         let task = HubTask {
             id: id.clone(),
             peers: peers.clone(),
@@ -325,6 +336,7 @@ impl Hub {
             events: events.subscribe(),
             facts,
             notes,
+            closing,
             view: PoolView::default(),
             last_counts: None,
         };
@@ -336,6 +348,7 @@ impl Hub {
                 peers,
                 notes: notes_tx,
                 election,
+                closing: Some(closing_tx),
                 task: Some(task),
             },
             PoolHandle::new(facts_tx),
@@ -357,8 +370,16 @@ impl Hub {
     }
 
     /// Stops the hub, gives the poller lock up and tells the peers (`SessionEnded`, and
-    /// `PollerReleased` if it held the lock). Waits at most the peer timeouts.
+    /// `PollerReleased` if it held the lock). The facts handed to it before (a login that
+    /// failed just before a session gives up) go out first. Waits at most [`FLUSH_WAIT`] and
+    /// the peer timeouts.
     pub(crate) async fn close(mut self) {
+        if let (Some(closing), Some(task)) = (self.closing.take(), self.task.as_mut()) {
+            let _ = closing.send(());
+            if tokio::time::timeout(FLUSH_WAIT, task).await.is_err() {
+                tracing::debug!("the pool hub did not send its last facts in time");
+            }
+        }
         if let Some(farewell) = self.stop() {
             farewell.send().await;
         }
@@ -441,12 +462,13 @@ struct HubTask {
     events: broadcast::Receiver<ProxyEvent>,
     facts: mpsc::UnboundedReceiver<PoolFact>,
     notes: mpsc::UnboundedReceiver<NoteFrom>,
+    closing: oneshot::Receiver<()>,
     view: PoolView,
     last_counts: Option<(usize, Vec<PoolShare>)>,
 }
 
 /// One round of status asks: the sockets listed, and what the asked ones said.
-type Round = (Vec<PathBuf>, Vec<(PathBuf, Outcome)>);
+type Round = (Vec<PathBuf>, Vec<(PathBuf, StatusReply)>);
 
 impl HubTask {
     fn elect(&self) {
@@ -466,6 +488,10 @@ impl HubTask {
         loop {
             let mut refresh = false;
             tokio::select! {
+                _ = &mut self.closing => {
+                    self.flush().await;
+                    return;
+                }
                 Some(fact) = self.facts.recv() => {
                     let peers = self.peers.clone();
                     let id = self.id.clone();
@@ -501,9 +527,9 @@ impl HubTask {
                     refresh = true;
                     self.elect();
                 }
-                Some((listed, outcomes)) = rounds.recv() => {
+                Some((listed, replies)) = rounds.recv() => {
                     asking = false;
-                    self.view.merge(&listed, outcomes);
+                    self.view.merge(&listed, replies);
                     self.emit_if_changed();
                     refresh = std::mem::take(&mut ask_again);
                 }
@@ -517,12 +543,22 @@ impl HubTask {
                     let tx = rounds_tx.clone();
                     tokio::spawn(async move {
                         let listed = peers.listed();
-                        let outcomes = peers.ask(&PeerRequest::SessionStatus).await;
-                        let _ = tx.send((listed, outcomes));
+                        let replies = peers.statuses().await;
+                        let _ = tx.send((listed, replies));
                     });
                 }
             }
         }
+    }
+
+    /// Sends the facts still queued, all at once, and takes no more.
+    async fn flush(&mut self) {
+        self.facts.close();
+        let mut pending = Vec::new();
+        while let Ok(fact) = self.facts.try_recv() {
+            pending.push(send_fact(&self.peers, &self.id, fact));
+        }
+        futures_util::future::join_all(pending).await;
     }
 
     fn emit_if_changed(&mut self) {
@@ -572,5 +608,5 @@ pub(crate) fn starting_status(
 }
 
 #[cfg(test)]
-#[path = "hub_tests.rs"]
+#[path = "../pool_hub_tests.rs"]
 mod tests;

@@ -1,7 +1,12 @@
-//! The other sessions on the store, as the hub reaches them: every
-//! `<store>/runtime/*/control.sock` but our own, asked all at once with the peer timeouts. A
-//! peer that refuses, is gone or does not answer in time is skipped for a while, so a stopped
-//! or dead session costs the others one timeout, not one per fact.
+//! Asking the store's sessions, in one place: the hub (facts and statuses to its peers), the
+//! placement (where the others are) and `cs-tui sessions` (the listing) all go through
+//! [`ask_one`] and classify what came back with [`Outcome`] and, for `session_status`,
+//! [`StatusReply`]: gone, unresponsive, older (or not a cs-tui), or a status.
+//!
+//! [`Peers`] is the hub's view of the other sessions: every `<store>/runtime/*/control.sock`
+//! but its own, asked all at once with the peer timeouts. A peer that is gone or does not
+//! answer in time is skipped for a while, so a stopped or dead session costs the others one
+//! timeout, not one per fact.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,12 +15,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::SessionStatus;
+use super::wire::PeerRequest;
 use crate::ipc::{self, CommandAnswer, Timeouts};
 
 /// How long a peer that failed is left out.
 pub(crate) const SKIP_FOR: Duration = Duration::from_secs(60);
 
-/// How one peer took a request.
+/// How one session took a request.
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// It answered (perhaps with a refusal).
@@ -49,9 +56,95 @@ impl Outcome {
         if gone {
             Outcome::Gone
         } else {
+            tracing::debug!("a session did not answer: {err:#}");
             Outcome::Unresponsive
         }
     }
+}
+
+/// What a session said when asked for its status: the one classification the hub, the
+/// placement and `cs-tui sessions` share.
+#[derive(Debug)]
+pub(crate) enum StatusReply {
+    /// Its status.
+    Status(Box<SessionStatus>),
+    /// There is no session behind the socket (missing, or nobody listens).
+    Gone,
+    /// No answer in time, or the connection broke: a stopped (`kill -STOP`, Ctrl-Z) or
+    /// overloaded session. It may still hold its account.
+    Unresponsive,
+    /// It answered, but not with a status it can be read as: an older cs-tui ("not a
+    /// command"), a status of another shape, or not a cs-tui at all.
+    OlderVersion,
+}
+
+impl StatusReply {
+    pub(crate) fn of(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Answered(CommandAnswer {
+                ok: true,
+                data: Some(data),
+                ..
+            }) => match serde_json::from_value::<SessionStatus>(data) {
+                Ok(status) => StatusReply::Status(Box::new(status)),
+                Err(err) => {
+                    tracing::debug!("a session status of another shape: {err}");
+                    StatusReply::OlderVersion
+                }
+            },
+            Outcome::Answered(answer) => {
+                tracing::debug!(message = %answer.message, "no session status");
+                StatusReply::OlderVersion
+            }
+            Outcome::Unreadable => StatusReply::OlderVersion,
+            Outcome::Gone => StatusReply::Gone,
+            Outcome::Unresponsive => StatusReply::Unresponsive,
+        }
+    }
+}
+
+/// Every session socket on the store (`<store>/runtime/*/control.sock`) but the one under
+/// `own_dir`.
+pub(crate) fn sockets(store_dir: &Path, own_dir: Option<&Path>) -> Vec<PathBuf> {
+    ipc::session_sockets(store_dir)
+        .into_iter()
+        .filter(|socket| own_dir.is_none_or(|own| !socket.starts_with(own)))
+        .collect()
+}
+
+/// Sends `request` to one session and classifies what came back.
+pub(crate) async fn ask_one(
+    socket: &Path,
+    request: &impl Serialize,
+    timeouts: Timeouts,
+) -> Outcome {
+    Outcome::of(ipc::send_with(socket, request, timeouts).await)
+}
+
+/// Sends `request` to these sockets, all at once: a silent session costs at most `timeouts`
+/// and delays no other.
+pub(crate) async fn ask_all(
+    sockets: Vec<PathBuf>,
+    request: &impl Serialize,
+    timeouts: Timeouts,
+) -> Vec<(PathBuf, Outcome)> {
+    let asks = sockets.into_iter().map(|socket| async move {
+        let outcome = ask_one(&socket, request, timeouts).await;
+        (socket, outcome)
+    });
+    futures_util::future::join_all(asks).await
+}
+
+/// Asks these sockets for their status, all at once.
+pub(crate) async fn ask_statuses(
+    sockets: Vec<PathBuf>,
+    timeouts: Timeouts,
+) -> Vec<(PathBuf, StatusReply)> {
+    ask_all(sockets, &PeerRequest::SessionStatus, timeouts)
+        .await
+        .into_iter()
+        .map(|(socket, outcome)| (socket, StatusReply::of(outcome)))
+        .collect()
 }
 
 /// The peers of one session.
@@ -88,10 +181,7 @@ impl Peers {
 
     /// Every peer socket there is now, skipped ones included.
     pub(crate) fn listed(&self) -> Vec<PathBuf> {
-        ipc::session_sockets(&self.store_dir)
-            .into_iter()
-            .filter(|socket| !socket.starts_with(&self.own_dir))
-            .collect()
+        sockets(&self.store_dir, Some(&self.own_dir))
     }
 
     /// Whether a peer is left out now.
@@ -136,12 +226,7 @@ impl Peers {
         sockets: Vec<PathBuf>,
         request: &impl Serialize,
     ) -> Vec<(PathBuf, Outcome)> {
-        let timeouts = self.timeouts;
-        let asks = sockets.into_iter().map(|socket| async move {
-            let outcome = Outcome::of(ipc::send_with(&socket, request, timeouts).await);
-            (socket, outcome)
-        });
-        let outcomes = futures_util::future::join_all(asks).await;
+        let outcomes = ask_all(sockets, request, self.timeouts).await;
         let until = Instant::now() + self.skip_for;
         let mut skipped = self.skipped.lock().unwrap_or_else(PoisonError::into_inner);
         for (socket, outcome) in &outcomes {
@@ -156,5 +241,14 @@ impl Peers {
             }
         }
         outcomes
+    }
+
+    /// Asks every peer not left out for its status.
+    pub(crate) async fn statuses(&self) -> Vec<(PathBuf, StatusReply)> {
+        self.ask(&PeerRequest::SessionStatus)
+            .await
+            .into_iter()
+            .map(|(socket, outcome)| (socket, StatusReply::of(outcome)))
+            .collect()
     }
 }

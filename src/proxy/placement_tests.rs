@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use super::*;
-use crate::ipc::CommandAnswer;
+use crate::ipc::{self, CommandAnswer};
 use crate::proxy::directory::{AccountDirectory, DirAccount, LoginTokens};
 use crate::proxy::events::AccountRef;
 use crate::proxy::pool::wire::KnownLimits;
@@ -511,8 +511,9 @@ async fn two_sequential_starts_spread_over_two_accounts() {
     );
     assert_eq!(account_of(&two).as_deref(), Some("bob"));
     assert_eq!(
-        peer_statuses(store.path(), Some(&two_dir))
+        Peers::ask(&context(store.path(), &two_dir, &two), false, &[])
             .await
+            .statuses
             .into_iter()
             .map(|s| s.id)
             .collect::<Vec<_>>(),
@@ -683,6 +684,35 @@ async fn a_held_lock_is_waited_for_only_so_long() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// A holder that never lets go (a stopped session) costs a chooser its wait, and does not
+/// keep the chooser's process from exiting: the runtime shuts down while the lock is still
+/// held (a wait on the runtime's blocking pool would hold its shutdown until the holder
+/// went).
+#[test]
+fn a_lock_held_for_good_does_not_hold_the_runtime_at_shutdown() {
+    let store = tempfile::tempdir().unwrap();
+    let held = lock_file(&store.path().join("locks")).unwrap();
+    let path = store.path().to_owned();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let lock = runtime.block_on(PlacementLock::acquire(&path, Duration::from_millis(50)));
+        assert!(lock.is_none());
+        drop(runtime);
+        let _ = done_tx.send(());
+    });
+    let shut_down = done.recv_timeout(Duration::from_secs(20));
+    drop(held);
+    assert!(
+        shut_down.is_ok(),
+        "the runtime waited for the placement lock's holder"
+    );
+}
+
 /// Whether some process waits for the flock on the file with this inode (`/proc/locks`
 /// lists waiters as `N: -> FLOCK ...`).
 fn flock_waited_for(inode: u64) -> bool {
@@ -786,10 +816,29 @@ async fn peers_that_are_gone_old_or_garbled_are_left_out() {
         StatusCell::new(status("1-one", Some("alice"), None)),
         None,
     );
-    let statuses = peer_statuses(store.path(), None).await;
+    let everyone = PlanContext {
+        own_dir: None,
+        ..context(store.path(), store.path(), &starting("0-none"))
+    };
+    let peers = Peers::ask(&everyone, false, &[]).await;
     assert_eq!(
-        statuses.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        peers
+            .statuses
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
         ["1-one"]
+    );
+    let mut failed = peers.failed.clone();
+    failed.sort();
+    assert_eq!(
+        failed,
+        ["6-odd", "7-junk", "8-old", "9-dead"].map(|id| store
+            .path()
+            .join("runtime")
+            .join(id)
+            .join(ipc::SOCKET_NAME)),
+        "each gave no status, and is not asked twice in one choice"
     );
     // The start plan goes on with the live one counted.
     let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0)]);

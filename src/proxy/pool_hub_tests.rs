@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::ipc::{SOCKET_NAME, Timeouts};
+use crate::proxy::core::{CoreMsg, Input};
 use crate::proxy::events::{AccountRef, SwitchReason};
 use crate::proxy::ipc::{IpcLimits, Serving, listen_with};
 use crate::proxy::pool::SessionKind;
@@ -119,7 +120,11 @@ impl Ours {
             store_dir: store.to_owned(),
             runtime_dir: dir.clone(),
         };
-        let (hub, pool) = Hub::start(config, status.clone(), events.clone(), core_tx.clone());
+        let roles = core_tx.clone();
+        let role = RoleSink::new(move |poller| {
+            let _ = roles.send(Input::PollerRole(poller).into());
+        });
+        let (hub, pool) = Hub::start(config, status.clone(), events.clone(), role);
         let serving = Serving {
             core: core_tx,
             core_running: Arc::new(AtomicBool::new(true)),
@@ -218,6 +223,25 @@ async fn a_fact_reaches_every_peer_and_not_us() {
             "{msg:?}"
         );
     }
+}
+
+/// A fact handed over just before the session gives up (a start whose every login failed)
+/// still reaches the peers: closing sends what the hub holds before it says goodbye.
+#[tokio::test]
+async fn a_fact_handed_over_right_before_close_still_goes_out() {
+    let store = tempfile::tempdir().unwrap();
+    let mut peer = FakePeer::start(store.path(), "2-b", Some("bob"));
+    let mut ours = Ours::start(store.path(), "1-a", None);
+    let failed = PoolFact::LoginFailed {
+        account: "id-alice".into(),
+        needs_login: true,
+    };
+    ours.pool.broadcast(failed.clone());
+    // No await between the two: the hub's task has not run since.
+    ours.hub.take().unwrap().close().await;
+    assert_eq!(peer.next_fact().await.fact, failed);
+    // Then it ends (beside `PollerReleased`, in either order: it held the poller lock).
+    while peer.next_note().await != PeerNote::Changed {}
 }
 
 #[tokio::test]
@@ -612,22 +636,31 @@ fn the_view_keeps_a_silent_peer_and_drops_gone_odd_and_old_ones() {
             data: Some(serde_json::to_value(s).unwrap()),
         })
     };
+    // Classified as the hub classifies a round.
+    let replies = |outcomes: Vec<(PathBuf, Outcome)>| -> Vec<(PathBuf, StatusReply)> {
+        outcomes
+            .into_iter()
+            .map(|(socket, outcome)| (socket, StatusReply::of(outcome)))
+            .collect()
+    };
     let own = status("0-own", "alice");
     let mut view = PoolView::default();
     let names = ["1-a", "2-b", "3-c", "4-d", "5-e"];
     let listed: Vec<PathBuf> = names.iter().map(|n| socket(n)).collect();
     view.merge(
         &listed,
-        names
-            .iter()
-            .map(|n| (socket(n), answered(&status(n, "bob"))))
-            .collect(),
+        replies(
+            names
+                .iter()
+                .map(|n| (socket(n), answered(&status(n, "bob"))))
+                .collect(),
+        ),
     );
     assert_eq!(pool_counts(&own, view.statuses()).0, 6);
 
     view.merge(
         &listed[..4],
-        vec![
+        replies(vec![
             // Stopped: keeps its account.
             (socket("1-a"), Outcome::Unresponsive),
             (socket("2-b"), Outcome::Gone),
@@ -647,7 +680,7 @@ fn the_view_keeps_a_silent_peer_and_drops_gone_odd_and_old_ones() {
                     "not a command: unknown variant".into(),
                 )),
             ),
-        ],
+        ]),
     );
     // 5-e is no longer listed: gone.
     let (sessions, by_account) = pool_counts(&own, view.statuses());
@@ -665,6 +698,9 @@ fn the_view_keeps_a_silent_peer_and_drops_gone_odd_and_old_ones() {
             }
         ]
     );
-    view.merge(&listed[..1], vec![(socket("1-a"), Outcome::Unreadable)]);
+    view.merge(
+        &listed[..1],
+        replies(vec![(socket("1-a"), Outcome::Unreadable)]),
+    );
     assert_eq!(pool_counts(&own, view.statuses()).0, 1);
 }
