@@ -276,5 +276,4 @@ fn lock_file(dir: &Path) -> color_eyre::Result<Flock<std::fs::File>> {
 }
 
 #[cfg(test)]
-#[path = "placement_tests.rs"]
 pub(crate) mod tests;

@@ -608,5 +608,5 @@ pub(crate) fn starting_status(
 }
 
 #[cfg(test)]
-#[path = "../pool_hub_tests.rs"]
+#[path = "hub_tests.rs"]
 mod tests;
