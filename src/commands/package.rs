@@ -218,4 +218,73 @@ mod tests {
             );
         }
     }
+
+    /// The published crate (Cargo.toml's `include`) holds every source file, the README,
+    /// both licenses and the example config, and no tests, snapshots, scripts or node_modules.
+    #[test]
+    fn the_package_holds_what_a_build_needs_and_nothing_else() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "package",
+                "--list",
+                "--allow-dirty",
+                "--locked",
+                "-p",
+                "cs-tui",
+            ])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let listed: BTreeSet<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        for needed in [
+            "Cargo.toml",
+            "Cargo.lock",
+            "README.md",
+            "LICENSE-MIT",
+            "LICENSE-APACHE",
+            "assets/config.example.toml",
+            "src/main.rs",
+            "src/lib.rs",
+        ] {
+            assert!(listed.contains(needed), "no {needed}: {listed:?}");
+        }
+        fn sources(dir: &std::path::Path, root: &std::path::Path, into: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    sources(&path, root, into);
+                } else if path.extension().is_some_and(|ext| ext == "rs") {
+                    let relative = path.strip_prefix(root).unwrap();
+                    into.push(relative.to_str().unwrap().to_owned());
+                }
+            }
+        }
+        let mut rust = Vec::new();
+        sources(&root.join("src"), root, &mut rust);
+        for file in rust {
+            assert!(listed.contains(&file), "{file} is not packaged");
+        }
+        for file in &listed {
+            let allowed = file.starts_with("src/") && file.ends_with(".rs")
+                || [
+                    "Cargo.toml",
+                    "Cargo.toml.orig",
+                    "Cargo.lock",
+                    ".cargo_vcs_info.json",
+                    "README.md",
+                    "LICENSE-MIT",
+                    "LICENSE-APACHE",
+                    "assets/config.example.toml",
+                ]
+                .contains(&file.as_str());
+            assert!(allowed, "{file} is packaged");
+        }
+    }
 }
