@@ -1,7 +1,6 @@
 //! `cs-tui completions SHELL` and `cs-tui man [--dir DIR]`: what a package installs, generated
 //! from the command line's own definition (so they cannot drift from it).
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -85,12 +84,8 @@ fn write_pages(
 
 /// Writes `bytes` to stdout. A reader that stopped early (`| head`) is not an error.
 fn print(bytes: &[u8]) -> Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(err) => Err(err).wrap_err("writing to stdout"),
-    }
+    super::output::emit_bytes(bytes)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
