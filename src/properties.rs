@@ -115,6 +115,13 @@ fn arg() -> impl Strategy<Value = OsString> {
             "serve",
             "switch",
             "--json",
+            "-V",
+            "--version",
+            "--codex-bin",
+            "completions",
+            "bash",
+            "man",
+            "--dir",
         ])
         .prop_map(OsString::from),
         "-{0,2}\\PC{0,12}".prop_map(OsString::from),

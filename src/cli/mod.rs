@@ -4,6 +4,7 @@
 
 mod accounts;
 mod doctor;
+mod package;
 mod session;
 
 use std::ffi::OsString;
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 pub(crate) use accounts::{AccountsCommand, AddArgs, ImportArgs, ListArgs, StatusArgs};
 pub(crate) use doctor::DoctorArgs;
+pub(crate) use package::{CompletionsArgs, ManArgs};
 pub(crate) use session::{ServeArgs, SessionsArgs, SwitchArgs};
 
 /// cs-tui: run the Codex TUI with a live quota panel, and switch ChatGPT accounts inside the
@@ -20,10 +22,16 @@ pub(crate) use session::{ServeArgs, SessionsArgs, SwitchArgs};
 #[command(
     name = "cs-tui",
     version,
+    // `-V`/`--version` is ours: it also names the Codex cs-tui would run.
+    disable_version_flag = true,
     args_conflicts_with_subcommands = true,
     after_help = "Anything after the options is passed to codex: `cs-tui resume`, `cs-tui -m gpt-5 \"fix the tests\"`."
 )]
 pub struct Cli {
+    /// Print cs-tui's version and that of the codex it would run.
+    #[arg(short = 'V', long, conflicts_with = "codex_args")]
+    pub version: bool,
+
     #[command(flatten)]
     pub global: GlobalArgs,
 
@@ -66,4 +74,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check Codex, the app-server, the store, the accounts, the backend and the config.
     Doctor(DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) to stdout, or write one page per command to a directory.
+    Man(ManArgs),
 }

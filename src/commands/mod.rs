@@ -8,17 +8,21 @@
 //! - `sessions`: `cs-tui sessions`;
 //! - `serve`: `cs-tui serve`;
 //! - `doctor`: `cs-tui doctor`;
+//! - `package`: `cs-tui completions SHELL` and `cs-tui man`;
+//! - `version`: `cs-tui --version`;
 //! - `dashboard`: `cs-tui [CODEX ARGS]`.
 
 mod accounts;
 mod dashboard;
 mod doctor;
 mod output;
+mod package;
 mod reset;
 mod serve;
 mod sessions;
 mod status;
 mod switch;
+mod version;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -55,6 +59,7 @@ pub fn main() -> ExitCode {
 /// Builds the [`Env`] the command needs and runs the command's handler.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let Cli {
+        version,
         global,
         command,
         codex_args,
@@ -67,12 +72,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             config_first: false,
             log: None,
         },
-        // The doctor reports a missing store directory as a check.
-        Some(Command::Doctor(_)) => Setup {
-            store_required: false,
-            config_first: false,
-            log: None,
-        },
+        // The doctor reports a missing store directory as a check; the others need none.
+        Some(Command::Doctor(_) | Command::Completions(_) | Command::Man(_)) => Setup::bare(),
+        // `--version` (which clap lets through only without codex arguments or a subcommand).
+        None if version => Setup::bare(),
         // The terminal belongs to the dashboard: a logger that cannot start is not an error.
         // Its config is read first: a broken one stops it before anything is written.
         None => Setup {
@@ -85,6 +88,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         },
     };
     let env = Env::new(&global, setup)?;
+    if version {
+        return version::run(&env);
+    }
     match command {
         Some(Command::Accounts(cmd)) => accounts::run(&env, cmd),
         Some(Command::Status(args)) => status::run(&env, args),
@@ -92,6 +98,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Sessions(args)) => sessions::run(&env, args),
         Some(Command::Serve(args)) => serve::run(&env, args),
         Some(Command::Doctor(args)) => doctor::run(&env, args),
+        Some(Command::Completions(args)) => package::completions(&args),
+        Some(Command::Man(args)) => package::man(&args),
         None => dashboard::run(env, codex_args),
     }
 }
@@ -107,6 +115,15 @@ struct Setup {
 }
 
 impl Setup {
+    /// No store needed, no config read, no log.
+    fn bare() -> Self {
+        Self {
+            store_required: false,
+            config_first: false,
+            log: None,
+        }
+    }
+
     fn logged(name: &'static str) -> Self {
         Self {
             store_required: true,

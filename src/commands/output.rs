@@ -11,8 +11,13 @@ use crate::errors::with_hint;
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 pub(super) fn emit(text: &str) -> Result<()> {
+    emit_bytes(text.as_bytes())
+}
+
+/// [`emit`] for bytes (a generated script or manual page).
+pub(super) fn emit_bytes(bytes: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.wrap_err("writing to stdout"),
     }

@@ -27,32 +27,75 @@ const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The version `codex --version` prints (`codex-cli 0.169.0` → `0.169.0`), run the way
 /// [`exec_target`] runs Codex.
 pub async fn version(program: &OsStr) -> color_eyre::Result<String> {
-    use color_eyre::eyre::{WrapErr, eyre};
+    let line = version_line(program, VERSION_TIMEOUT).await?;
+    Ok(parse_version(&line).expect("version_line returns a line with a version"))
+}
+
+/// Why `codex --version` gave no version.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    /// No such program (on PATH, or at the path given).
+    #[error("`{program}` not found")]
+    NotFound { program: String },
+    #[error("running `{program} --version`: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{program} --version` did not answer within {timeout:?}")]
+    Timeout {
+        program: String,
+        timeout: std::time::Duration,
+    },
+    #[error("`{program} --version` printed no version ({status})")]
+    NoVersion {
+        program: String,
+        status: std::process::ExitStatus,
+    },
+}
+
+/// The line of `program --version`'s output that holds the version (`codex-cli 0.169.0`),
+/// trimmed; run the way [`exec_target`] runs Codex, killed after `timeout`.
+pub async fn version_line(
+    program: &OsStr,
+    timeout: std::time::Duration,
+) -> Result<String, VersionError> {
+    let name = program.to_string_lossy().into_owned();
     let (binary, env) = exec_target(program);
     let run = tokio::process::Command::new(&binary)
         .envs(env)
         .arg("--version")
         .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(VERSION_TIMEOUT, run)
-        .await
-        .map_err(|_| {
-            eyre!(
-                "`{} --version` did not answer within {VERSION_TIMEOUT:?}",
-                program.to_string_lossy()
-            )
-        })?
-        .wrap_err_with(|| format!("running `{} --version`", program.to_string_lossy()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    parse_version(&stdout).ok_or_else(|| {
-        eyre!(
-            "`{} --version` printed no version ({}): {}",
-            program.to_string_lossy(),
-            out.status,
-            stdout.trim()
-        )
-    })
+    let out = match tokio::time::timeout(timeout, run).await {
+        Err(_) => {
+            return Err(VersionError::Timeout {
+                program: name,
+                timeout,
+            });
+        }
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(VersionError::NotFound { program: name });
+        }
+        Ok(Err(source)) => {
+            return Err(VersionError::Spawn {
+                program: name,
+                source,
+            });
+        }
+        Ok(Ok(out)) => out,
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .find(|line| parse_version(line).is_some())
+        .map(str::to_owned)
+        .ok_or(VersionError::NoVersion {
+            program: name,
+            status: out.status,
+        })
 }
 
 /// `codex-cli 0.169.0` → `0.169.0`: the last word that starts with a digit.
