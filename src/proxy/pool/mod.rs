@@ -4,7 +4,7 @@
 //!
 //! - **Facts** ([`PoolFact`]): a session's core sends what it learned first-hand (its own
 //!   stream's rate limits, its own usage reads, a limit hit, a failed login) as one JSON line
-//!   to every peer ([`PeerRequest::Pool`]); a fact heard from a peer is never sent on.
+//!   to every peer ([`PeerRequest::Pool`](wire::PeerRequest::Pool)); a fact heard from a peer is never sent on.
 //! - **One poller** per store: the session holding `<store>/locks/poller.lock` reads the usage
 //!   of accounts on a timer; the others read only on events.
 //! - **Placement**: a starting session (and an automatic switch) chooses its account counting
