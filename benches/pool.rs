@@ -14,7 +14,12 @@
 //!   `originator` header: an app-server sends it on every backend request, cs-tui's own reads
 //!   (reqwest, with the app-server's `User-Agent`) do not. Column `app` counts the reads that
 //!   carry it (cs-tui may ask its app-server with `account/rateLimits/read`, and no client is
-//!   connected to prompt one of Codex's own): it was 0 in every run, so every read is cs-tui's;
+//!   connected to prompt one of Codex's own): it was 0 in every run, so every read is cs-tui's.
+//!   A poll re-reads an account's `/wham/usage` only once its last read is older than
+//!   `usage_stale_secs` (120 s, `PolicyConfig`, not configurable), so at a 2 s interval the
+//!   timer's reads in the window are the reset credits, read at every poll by the same code
+//!   (`CoreState::poll_usage`, which a session that is not the poller leaves at its first
+//!   line); the per-path counts of each window go to stderr;
 //! - **idle CPU per session**: utime+stime from `/proc/PID/stat` over the window, of the
 //!   session's cs-tui processes (`cs-tui serve` and its reaper) and, apart, of its app-server
 //!   (every other process below it), in ms of CPU per second per session;
@@ -35,6 +40,7 @@
 //! Figures: see the end of this comment (filled in from a full release run).
 
 use std::ffi::OsStr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cs_tui_testkit::{AccountMode, MockBackend, RequestRecord, WAIT};
@@ -116,6 +122,53 @@ impl Idle {
     }
 }
 
+/// The pids of the sessions running now, for the signal handler ([`stop_on_signals`]).
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// A rig whose sessions the signal handler knows of: they are forgotten when it is dropped
+/// (before the rig kills them), so a later signal cannot hit a reused pid.
+struct Pool(PoolRig);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let pids: Vec<u32> = self.0.sessions.iter().map(PoolSession::pid).collect();
+        RUNNING.lock().unwrap().retain(|pid| !pids.contains(pid));
+    }
+}
+
+impl std::ops::Deref for Pool {
+    type Target = PoolRig;
+    fn deref(&self) -> &PoolRig {
+        &self.0
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP sent to the bench alone (a CI timeout, `kill`), the sessions
+/// would outlive it (a panic unwinds through the rig's `Drop`, a signal does not): ask each to
+/// stop (serve exits on SIGTERM and takes its app-server down), then exit.
+fn stop_on_signals(runtime: &tokio::runtime::Runtime) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _guard = runtime.enter();
+    let mut streams: Vec<_> = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ]
+    .into_iter()
+    .map(|kind| signal(kind).expect("a signal handler"))
+    .collect();
+    runtime.spawn(async move {
+        let any = futures_util::future::select_all(streams.iter_mut().map(|s| Box::pin(s.recv())));
+        any.await;
+        for pid in RUNNING.lock().unwrap().drain(..) {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        eprintln!("pool bench: stopped by a signal; the sessions were told to stop");
+        std::process::exit(130);
+    });
+}
+
 /// Limit hit → every other session knows, in ms, per run: (p50, max) over the sessions.
 type Knowledge = Vec<(f64, f64)>;
 
@@ -126,6 +179,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    stop_on_signals(&runtime);
     let mut rows: Vec<(usize, Idle, Idle, Knowledge)> = Vec::new();
     for &n in plan.sizes {
         eprintln!("pool bench: {n} session(s), pool on");
@@ -155,7 +209,7 @@ fn main() {
 
 /// A store of 3 accounts, polled every 2 s, placement `fill`, starting on alice, and `n`
 /// sessions on it, each logged in.
-fn start_pool(mock: &MockBackend, n: usize, env: &[(&str, &OsStr)]) -> PoolRig {
+fn start_pool(mock: &MockBackend, n: usize, env: &[(&str, &OsStr)]) -> Pool {
     let mut rig = PoolRig::new(mock, &ACCOUNTS);
     std::fs::write(
         rig.store.path().join("config.toml"),
@@ -173,8 +227,12 @@ fn start_pool(mock: &MockBackend, n: usize, env: &[(&str, &OsStr)]) -> PoolRig {
     );
     let cwd = rig.scratch();
     for _ in 0..n {
-        rig.spawn_ready(&cwd, env);
+        let index = rig.spawn(&cwd, env);
+        RUNNING.lock().unwrap().push(rig.sessions[index].pid());
+        // One at a time, as people start them: each chooses with the others counted.
+        rig.sessions[index].wait_for("active account", |e| e["event"] == "active_account");
     }
+    let rig = Pool(rig);
     for (i, session) in rig.sessions.iter().enumerate() {
         let active = active_name(session);
         assert_eq!(
@@ -240,6 +298,18 @@ fn measure_idle(mock: &MockBackend, rig: &PoolRig, plan: &Plan) -> Idle {
     let to = requests.len();
     let intervals = elapsed / INTERVAL.as_secs_f64();
     let window = &requests[from..to];
+    let mut paths = std::collections::BTreeMap::<String, usize>::new();
+    for r in window {
+        let who = if r.headers.contains_key("originator") {
+            "app-server"
+        } else {
+            "cs-tui"
+        };
+        *paths
+            .entry(format!("{} {} ({who})", r.method, r.path))
+            .or_default() += 1;
+    }
+    eprintln!("  requests in the window: {paths:?}");
     let reads: Vec<&RequestRecord> = window.iter().filter(|r| is_usage_read(r)).collect();
     let by_app_server = reads
         .iter()
@@ -487,6 +557,16 @@ fn report(plan: &Plan, rows: &[(usize, Idle, Idle, Knowledge)]) {
     // "Flat": the busiest N reads at most 1.25× what one session reads (the window's edges
     // cut an interval's reads in or out).
     let flat = worst_ratio <= 1.25;
+    if rows
+        .iter()
+        .all(|(_, on, off, _)| on.usage == 0.0 && off.usage == 0.0)
+    {
+        println!(
+            "note: no /wham/usage read fell in a window: a poll re-reads an account's usage only \
+             when its last read is older than 120 s (usage_stale_secs); the timer's reads here \
+             are the reset credits, sent by the same poll"
+        );
+    }
     let fast = worst_knowledge < 1000.0;
     println!(
         "verdict: requests {} in N (worst {:.2}× of N=1); knowledge {} 1 s (worst {:.0} ms = {:.2} s)",
