@@ -33,7 +33,9 @@
 //!
 //! It prints one table and a verdict on the goals (requests flat in N, knowledge in
 //! < 1 s). `POOL_BENCH_QUICK=1` (or the argument `--quick`) runs N ∈ {1, 2} with 1 warm-up and
-//! 3 measured intervals and one knowledge run: a smoke run of about a minute, for CI.
+//! 3 measured intervals and one knowledge run: a smoke run of under a minute, for CI.
+//! `POOL_BENCH_SIZES=1,8` measures other numbers of sessions (ratios are to the first), and
+//! `POOL_BENCH_INTERVALS=70` measures that many intervals instead.
 //! Every process is killed when the bench ends, also on a panic (the rig's `Drop`; each
 //! app-server runs under cs-tui's reaper, which goes down with its session).
 //!
@@ -64,7 +66,7 @@ const INTERVAL: Duration = Duration::from_secs(2);
 const TICKS_PER_SEC: f64 = 100.0;
 
 struct Plan {
-    sizes: &'static [usize],
+    sizes: Vec<usize>,
     warm_up: u32,
     measured: u32,
     knowledge_runs: usize,
@@ -74,21 +76,41 @@ impl Plan {
     fn from_env() -> Self {
         let quick = std::env::var("POOL_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty())
             || std::env::args().any(|a| a == "--quick");
-        if quick {
+        let mut plan = if quick {
             Self {
-                sizes: &[1, 2],
+                sizes: vec![1, 2],
                 warm_up: 1,
                 measured: 3,
                 knowledge_runs: 1,
             }
         } else {
             Self {
-                sizes: &[1, 2, 4, 8],
+                sizes: vec![1, 2, 4, 8],
                 warm_up: 2,
                 measured: 10,
                 knowledge_runs: 3,
             }
+        };
+        // `POOL_BENCH_INTERVALS=70`: a longer window (one over 120 s sees the usage reads).
+        if let Ok(intervals) = std::env::var("POOL_BENCH_INTERVALS") {
+            plan.measured = match intervals.trim().parse::<u32>() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("POOL_BENCH_INTERVALS={intervals}: expected a number of intervals"),
+            };
         }
+        // `POOL_BENCH_SIZES=1,8`: other numbers of sessions (the ratios are to the first).
+        if let Ok(sizes) = std::env::var("POOL_BENCH_SIZES") {
+            plan.sizes = sizes
+                .split(',')
+                .map(|n| match n.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        panic!("POOL_BENCH_SIZES={sizes}: expected numbers of sessions, like 1,2,4")
+                    }
+                })
+                .collect();
+        }
+        plan
     }
 }
 
@@ -181,7 +203,7 @@ fn main() {
         .unwrap();
     stop_on_signals(&runtime);
     let mut rows: Vec<(usize, Idle, Idle, Knowledge)> = Vec::new();
-    for &n in plan.sizes {
+    for &n in &plan.sizes {
         eprintln!("pool bench: {n} session(s), pool on");
         let mock = runtime.block_on(MockBackend::start());
         let mut rig = start_pool(&mock, n, &[]);
