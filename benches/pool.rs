@@ -215,6 +215,7 @@ fn main() {
                 drop(rig);
                 let mock = runtime.block_on(MockBackend::start());
                 rig = start_pool(&mock, n, &[]);
+                settle(&rig, &plan);
                 knowledge.push(limit_hit(&runtime, &mock, &rig));
             }
         }
@@ -263,6 +264,20 @@ fn start_pool(mock: &MockBackend, n: usize, env: &[(&str, &OsStr)]) -> Pool {
         );
     }
     rig
+}
+
+/// Waits until every session knows every account's numbers, then lets the warm-up pass: the
+/// start's usage reads are answered before alice's limit is set, else a read of alice would
+/// tell the pool of the limit before the turn does (and the hit never happens).
+fn settle(rig: &PoolRig, plan: &Plan) {
+    for session in &rig.sessions {
+        for name in ACCOUNTS {
+            session.wait_for("the account's numbers", |e| {
+                e["event"] == "rate_limits_updated" && e["account"]["name"] == name
+            });
+        }
+    }
+    std::thread::sleep(INTERVAL * plan.warm_up);
 }
 
 fn active_name(session: &PoolSession) -> String {
@@ -397,7 +412,10 @@ fn limit_hit(runtime: &tokio::runtime::Runtime, mock: &MockBackend, rig: &PoolRi
         .strip_prefix("unix://")
         .expect("a unix listen address")
         .to_owned();
-    let client = runtime.spawn(run_turn(socket, rig.scratch()));
+    // The turn is started (its `turn/start` answered) before anything is awaited from the
+    // sessions, so a client that fails says why here; then its messages are drained.
+    let ws = runtime.block_on(start_turn(socket, rig.scratch()));
+    let client = runtime.spawn(drain(ws));
     s0.wait_for_after(marks[0], "its own usage_limit_hit", |e| {
         e["event"] == "usage_limit_hit" && e["account"]["name"] == "alice" && e["session"].is_null()
     });
@@ -433,9 +451,9 @@ fn limit_hit(runtime: &tokio::runtime::Runtime, mock: &MockBackend, rig: &PoolRi
     (percentile(&ms, 0.5), *ms.last().unwrap())
 }
 
-/// A `codex --remote unix://…` client's turn: initialize, start a thread, start a turn, then
-/// read until aborted (the proxy's messages must be taken off the socket).
-async fn run_turn(socket: String, cwd: std::path::PathBuf) {
+/// A `codex --remote unix://…` client's turn: initialize, start a thread, start a turn; returns
+/// once `turn/start` is answered.
+async fn start_turn(socket: String, cwd: std::path::PathBuf) -> UnixWs {
     let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/rpc", stream)
         .await
@@ -467,6 +485,12 @@ async fn run_turn(socket: String, cwd: std::path::PathBuf) {
             "input": [{"type": "text", "text": "pool bench: run into the limit"}]}}),
     )
     .await;
+    wait_answer(&mut ws, 3).await;
+    ws
+}
+
+/// Reads the proxy's messages until aborted (they must be taken off the socket).
+async fn drain(mut ws: UnixWs) {
     while let Some(Ok(_)) = ws.next().await {}
 }
 
