@@ -541,6 +541,16 @@ async fn wait_answer(ws: &mut UnixWs, id: u64) -> Value {
     }
 }
 
+/// `a / b`, or "—" when nothing was measured to compare with (a short window can see no CPU
+/// tick at all).
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "—".to_owned()
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[rank]
@@ -595,7 +605,7 @@ fn report(plan: &Plan, rows: &[(usize, Idle, Idle, Knowledge)]) {
                 worst_ratio = worst_ratio.max(idle.requests() / base.requests());
             }
             println!(
-                "{:<5} {:>2}  {:>7.2} ({:>4.2}+{:>4.2}) {:>5.2} {:>6.2} {:>7} {:>5.2}  {:>5.1} ({:>4.1}+{:>4.1}) {:>6.2}  {:>5.1} ({:>4.1}+{:>4.1}) {:>6.2}  {:>15}",
+                "{:<5} {:>2}  {:>7.2} ({:>4.2}+{:>4.2}) {:>5.2} {:>6.2} {:>7} {:>5.2}  {:>5.1} ({:>4.1}+{:>4.1}) {:>6}  {:>5.1} ({:>4.1}+{:>4.1}) {:>6}  {:>15}",
                 label,
                 n,
                 idle.requests(),
@@ -608,11 +618,11 @@ fn report(plan: &Plan, rows: &[(usize, Idle, Idle, Knowledge)]) {
                 idle.cpu(),
                 idle.cpu_cs_tui,
                 idle.cpu_app_server,
-                idle.cpu() / base.cpu(),
+                ratio(idle.cpu(), base.cpu()),
                 idle.rss(),
                 idle.rss_cs_tui,
                 idle.rss_app_server,
-                idle.rss() / base.rss(),
+                ratio(idle.rss(), base.rss()),
                 know
             );
         }
