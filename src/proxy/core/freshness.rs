@@ -86,7 +86,11 @@ impl CoreState {
             return;
         }
         self.poll_reset_credits(None, fx);
-        let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64);
+        // A read older than the policy's limit is stale; on a timer shorter than that limit,
+        // so is one from the last tick (the timer's promise: every account read once per
+        // interval). The slack lets a tick that fires a little early still read.
+        let stale = Duration::from_secs(self.config.policy.usage_stale_secs as u64)
+            .min(self.config.usage_poll.mul_f64(0.8));
         let ids: Vec<AccountId> = self
             .accounts
             .iter()

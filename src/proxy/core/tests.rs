@@ -887,6 +887,35 @@ fn the_usage_poll_reads_every_chatgpt_account_at_start_and_only_stale_ones_later
 }
 
 #[test]
+fn a_poll_interval_shorter_than_the_staleness_limit_reads_every_account_each_tick() {
+    let mut sim = Sim::new();
+    sim.state.config.usage_poll = Duration::from_secs(2);
+    let fetched = |fx: &[Effect]| -> Vec<Vec<AccountId>> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::FetchUsage { ids, .. } => Some(ids.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let fx = sim.feed(Input::Start);
+    let started = sim.now.mono;
+    let results = fetched(&fx)[0]
+        .iter()
+        .map(|id| (id.clone(), Ok(limits(30.0, sim.now.wall))))
+        .collect();
+    sim.feed(Input::UsageFetched { started, results });
+    // A tick that fires a little early still reads: the timer promises one read per
+    // interval, not one per `usage_stale_secs`.
+    sim.advance(Duration::from_millis(1_900));
+    let fx = sim.feed(Input::PollTick);
+    assert_eq!(fetched(&fx), vec![vec!["alice", "bob", "carol"]]);
+    // Right after a read, a tick reads nothing.
+    let fx = sim.feed(Input::PollTick);
+    assert!(fetched(&fx).is_empty(), "{fx:?}");
+}
+
+#[test]
 fn an_account_added_to_the_store_is_read_at_once() {
     let mut sim = Sim::new();
     let mut accounts = sim.state.accounts.clone();
