@@ -15,11 +15,9 @@
 //!   (reqwest, with the app-server's `User-Agent`) do not. Column `app` counts the reads that
 //!   carry it (cs-tui may ask its app-server with `account/rateLimits/read`, and no client is
 //!   connected to prompt one of Codex's own): it was 0 in every run, so every read is cs-tui's.
-//!   A poll re-reads an account's `/wham/usage` only once its last read is older than
-//!   `usage_stale_secs` (120 s, `PolicyConfig`, not configurable), so at a 2 s interval the
-//!   timer's reads in the window are the reset credits, read at every poll by the same code
-//!   (`CoreState::poll_usage`, which a session that is not the poller leaves at its first
-//!   line); the per-path counts of each window go to stderr;
+//!   The timer re-reads every account once per interval (a session that is not the poller
+//!   leaves `CoreState::poll_usage` at its first line); the per-path counts of each window go
+//!   to stderr;
 //! - **idle CPU per session**: utime+stime from `/proc/PID/stat` over the window, of the
 //!   session's cs-tui processes (`cs-tui serve` and its reaper) and, apart, of its app-server
 //!   (every other process below it), in ms of CPU per second per session;
@@ -39,27 +37,27 @@
 //! Every process is killed when the bench ends, also on a panic (the rig's `Drop`; each
 //! app-server runs under cs-tui's reaper, which goes down with its session).
 //!
-//! Figures of a full release run (2 shared cores, other builds beside it; 2026-12-02):
+//! Figures of a full release run (2 shared cores, four builds beside it; 2026-12-02):
 //!
 //! ```text
-//! pool   N  GET/acct/intv (u+c)   app  ×N=1  ×off  max  CPU ms/s/sess    ×N=1  RSS MiB/sess         ×N=1  know p50/max ms
-//! on     1  1.10 (0.00+1.10)     0.00  1.00  1.10 1.10  2.0 (1.5+0.5)    1.00  146.8 (23.5+123.2)   1.00  —
-//! off    1  1.00 (0.00+1.00)     0.00  1.00       1.00  2.0 (1.5+0.5)    1.00  147.3 (23.3+124.0)   1.00  —
-//! on     2  1.00 (0.00+1.00)     0.00  0.91  0.48 1.00  1.2 (1.0+0.2)    0.62  147.2 (23.5+123.8)   1.00  5/26
-//! off    2  2.10 (0.00+2.10)     0.00  2.10       2.10  1.7 (1.5+0.2)    0.87  146.9 (23.5+123.4)   1.00  —
-//! on     4  1.00 (0.00+1.00)     0.00  0.91  0.24 1.00  1.2 (1.0+0.2)    0.62  146.9 (23.4+123.5)   1.00  12/16
-//! off    4  4.10 (0.00+4.10)     0.00  4.10       4.10  1.5 (1.2+0.2)    0.75  147.2 (23.5+123.7)   1.00  —
-//! on     8  1.00 (0.00+1.00)     0.00  0.91  0.12 1.00  1.0 (0.7+0.2)    0.50  147.1 (23.5+123.6)   1.00  7/10
-//! off    8  8.09 (0.00+8.09)     0.00  8.10       8.09  1.0 (0.8+0.2)    0.50  147.1 (23.5+123.6)   1.00  —
-//! verdict: requests flat in N (worst 1.00× of N=1); knowledge within 1 s (worst 26 ms = 0.03 s)
+//! pool bench: 3 accounts, usage interval 2 s, 2 warm-up + 10 measured intervals, 3 knowledge run(s)
+//! pool   N     GET/acct/intv (u+c)   app   ×N=1    ×off   max      CPU ms/s/sess   ×N=1       RSS MiB/sess   ×N=1  know p50/max ms
+//! on     1     2.20 (1.10+1.10)  0.00   1.00    1.10  2.20    1.0 ( 1.0+ 0.0)   1.00  145.5 (24.2+121.3)   1.00                —
+//! off    1     2.00 (1.00+1.00)  0.00   1.00          2.00    1.0 ( 1.0+ 0.0)   1.00  145.3 (23.6+121.7)   1.00                —
+//! on     2     2.00 (1.00+1.00)  0.00   0.91    0.48  2.00    1.5 ( 1.2+ 0.2)   1.50  144.6 (23.5+121.1)   0.99              8/8
+//! off    2     4.17 (2.10+2.07)  0.00   2.08          4.20    0.7 ( 0.7+ 0.0)   0.75  145.3 (23.6+121.8)   1.00                —
+//! on     4     2.00 (1.00+1.00)  0.00   0.91    0.24  2.00    1.4 ( 1.2+ 0.1)   1.37  145.4 (23.7+121.7)   1.00            21/21
+//! off    4     8.19 (4.10+4.10)  0.00   4.10          8.19    1.5 ( 1.0+ 0.5)   1.50  145.4 (23.7+121.8)   1.00                —
+//! on     8     2.00 (1.00+1.00)  0.00   0.91    0.12  2.00    1.3 ( 1.1+ 0.2)   1.31  145.7 (23.8+121.9)   1.00            18/20
+//! off    8    16.18 (8.09+8.09)  0.00   8.09         16.18    0.8 ( 0.7+ 0.1)   0.81  145.1 (23.6+121.5)   1.00                —
+//! verdict: requests flat in N (worst 1.00× of N=1); knowledge within 1 s (worst 21 ms = 0.02 s)
 //! ```
 //!
-//! Usage GETs per account per interval stay at one poller's (1.0) for every N with the pool
-//! and grow as N without it; a limit hit in S0 reaches every other session in at most 26 ms
-//! (0.03 of the 1 s goal). Idle cost per session does not grow with N (CPU of order 1–2 ms/s,
-//! at the resolution of 10 ms ticks over 20 s; the app-server is 84 % of the ~147 MiB).
-//! A 130 s window (`POOL_BENCH_SIZES=1,8 POOL_BENCH_INTERVALS=65`, debug build) saw the
-//! `/wham/usage` reads too: 3 (one per account) at N=1 and at N=8 with the pool.
+//! Usage GETs per account per interval (one `/wham/usage` and one reset-credits read) stay at
+//! one poller's for every N with the pool and grow as N without it (8.09× at N=8); a limit hit
+//! in S0 reaches every other session in at most 21 ms (0.02 of the 1 s goal; 26 ms in an
+//! earlier run). Idle cost per session does not grow with N (CPU of order 1–2 ms/s, at the
+//! resolution of 10 ms ticks over 20 s; the app-server is 84 % of the ~145 MiB).
 
 use std::ffi::OsStr;
 use std::sync::Mutex;
