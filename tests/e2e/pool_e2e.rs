@@ -412,17 +412,9 @@ async fn the_dashboard_shows_the_pool() {
     });
 }
 
-/// The first "must show": two `serve` and a dashboard on one store, all on alice
-/// (`[pool] placement = "fill"`). Alice hits her limit in the first serve; the second serve
-/// and the dashboard hear it from it (`usage_limit_hit` naming that session), move away at
-/// once (they are idle), and their next turns, one over the serve's socket and one typed in
-/// the dashboard's Codex pane, send nothing to alice.
-#[test]
-fn after_a_limit_in_one_session_the_others_send_nothing_to_that_account() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mock = runtime.block_on(MockBackend::start());
-    let mut rig = PoolRig::new(&mock, &ACCOUNTS);
-    let alice = rig.mock_id("alice").to_owned();
+/// Two `serve` sessions on alice (`[pool] placement = "fill"`; alice 10 %, bob 30 %, carol
+/// 50 % used), started in `a/` and `b/`: their indexes in the rig, and the first one's id.
+fn two_serves_on_alice(mock: &MockBackend, rig: &mut PoolRig) -> (usize, usize, String) {
     // Alice first for the first session; "fill" puts the later ones with it.
     for (name, percent) in [("alice", 10), ("bob", 30), ("carol", 50)] {
         mock.set_usage(rig.mock_id(name), used(percent));
@@ -441,6 +433,22 @@ fn after_a_limit_in_one_session_the_others_send_nothing_to_that_account() {
     assert_eq!(active_name(&rig.sessions[s1]), "alice");
     assert_eq!(active_name(&rig.sessions[s2]), "alice");
     let id1 = rig.sessions[s1].session_id(rig.store.path());
+    (s1, s2, id1)
+}
+
+/// The first "must show": two `serve` and a dashboard on one store, all on alice
+/// (`[pool] placement = "fill"`). Alice hits her limit in the first serve; the second serve
+/// and the dashboard hear it from it (`usage_limit_hit` naming that session), move away at
+/// once (they are idle), and their next turns, one over the serve's socket and one typed in
+/// the dashboard's Codex pane, send nothing to alice.
+#[test]
+fn after_a_limit_in_one_session_the_others_send_nothing_to_that_account() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockBackend::start());
+    let mut rig = PoolRig::new(&mock, &ACCOUNTS);
+    let alice = rig.mock_id("alice").to_owned();
+    let (s1, s2, id1) = two_serves_on_alice(&mock, &mut rig);
+    let (a, b) = (rig.scratch().join("a"), rig.scratch().join("b"));
     let t = dashboard(&rig);
     t.wait_for(WAIT, "Codex and the dashboard's panel on alice", |s| {
         ready(s) && panel(s).contains("proxy ready") && panel_active(s) == Some("alice")
@@ -574,23 +582,8 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
     let mock = runtime.block_on(MockBackend::start());
     let mut rig = PoolRig::new(&mock, &ACCOUNTS);
     let alice = rig.mock_id("alice").to_owned();
-    for (name, percent) in [("alice", 10), ("bob", 30), ("carol", 50)] {
-        mock.set_usage(rig.mock_id(name), used(percent));
-    }
-    std::fs::write(
-        rig.store.path().join("config.toml"),
-        "[pool]\nplacement = \"fill\"\n",
-    )
-    .unwrap();
-    let a = rig.scratch().join("a");
-    let b = rig.scratch().join("b");
-    std::fs::create_dir_all(&a).unwrap();
-    std::fs::create_dir_all(&b).unwrap();
-    let s1 = rig.spawn_ready(&a, &[]);
-    let s2 = rig.spawn_ready(&b, &[]);
-    assert_eq!(active_name(&rig.sessions[s1]), "alice");
-    assert_eq!(active_name(&rig.sessions[s2]), "alice");
-    let id1 = rig.sessions[s1].session_id(rig.store.path());
+    let (s1, s2, id1) = two_serves_on_alice(&mock, &mut rig);
+    let (a, b) = (rig.scratch().join("a"), rig.scratch().join("b"));
     let (s1_listen, s2_listen) = (
         rig.sessions[s1].listen.clone(),
         rig.sessions[s2].listen.clone(),
