@@ -201,9 +201,8 @@ impl Decider {
         snapshot: &RateLimitSnapshot,
         at: DateTime<Utc>,
     ) -> Option<Notice> {
-        if snapshot.windows().next().is_none() {
-            return None;
-        }
+        // An empty snapshot (numbers not known yet) says nothing either way.
+        snapshot.windows().next()?;
         if snapshot.is_exhausted() {
             let until = snapshot.available_again_at();
             let entry = self.exhausted.entry(account.id.clone()).or_insert(until);
