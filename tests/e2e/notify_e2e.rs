@@ -83,3 +83,93 @@ fn osc9s(bytes: &[u8]) -> Vec<String> {
         .map(|s| s.split('\x07').next().unwrap_or_default().to_owned())
         .collect()
 }
+
+/// `serve` has no terminal: the command method is the one that applies there, run without a
+/// shell with the notice in its arguments, and nothing but JSON lines reaches its stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_the_notify_command_once_on_a_manual_switch() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let mock = cs_tui_testkit::MockBackend::start().await;
+    let home = cs_tui_testkit::CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    for label in ["alice", "bob"] {
+        let (fake, refresh) = mock.add_account(label);
+        crate::support::product::import(
+            store.path(),
+            &home,
+            &mock,
+            label,
+            &fake.auth_json(3600, &refresh),
+        );
+    }
+    let log = store.path().join("notified.txt");
+    // The script writes its arguments; `{title}` and `{body}` are one argument each, whatever
+    // they hold (no shell ever parses them).
+    let config = format!(
+        "[notify]\nmethods = [\"osc9\", \"command\"]\ncommand = [\"sh\", \"-c\", \
+         \"printf '%s|%s|%s\\\\n' \\\"$0\\\" \\\"$1\\\" \\\"$2\\\" >> '{}'\", \"{{event}}\", \
+         \"{{title}}\", \"{{body}}\"]\n",
+        log.display()
+    );
+    std::fs::write(store.path().join("config.toml"), &config).unwrap();
+
+    let mut child = crate::support::product::cs_tui_command(store.path(), &home, &mock)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let mut wait_line = |what: &str, pred: &dyn Fn(&str) -> bool| loop {
+        let line = lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("serve printed no {what}"));
+        printed.push(line.clone());
+        if pred(&line) {
+            break;
+        }
+    };
+    wait_line("active account", &|l| l.contains("\"active_account\""));
+    let out = crate::support::product::cs_tui(store.path(), &home, &mock, &["switch", "bob"]);
+    assert!(out.contains("switching to bob"), "{out}");
+    wait_line("switch done", &|l| l.contains("\"switch_done\""));
+
+    let expected = "switch|cs-tui: switched to bob|alice → bob: manual switch\n";
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_to_string(&log).unwrap_or_default() != expected {
+        assert!(
+            Instant::now() < deadline,
+            "the notify command wrote {:?}",
+            std::fs::read_to_string(&log)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SIGTERM ends serve; the command ran once, and serve wrote no escape sequence.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    while let Ok(line) = lines.try_recv() {
+        printed.push(line);
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), expected);
+    assert!(
+        !printed
+            .iter()
+            .any(|l| l.contains('\x1b') || l.contains('\x07')),
+        "{printed:?}"
+    );
+}
