@@ -259,13 +259,10 @@ impl Decider {
                 resets_at: window.resets_at,
                 level: 0.0,
             });
-            if state.resets_at != window.resets_at {
-                // A new window (or the first read of its reset time): count from nothing.
-                *state = Crossing {
-                    resets_at: window.resets_at,
-                    level: 0.0,
-                };
+            if is_new_window(state.resets_at, window.resets_at) {
+                state.level = 0.0;
             }
+            state.resets_at = window.resets_at;
             if reached > state.level
                 && used >= tightest
                 && crossed.is_none_or(|(_, _, best)| used > best)
@@ -289,6 +286,15 @@ impl Decider {
             ),
         ))
     }
+}
+
+/// A reset time this much later is a new window; less is the jitter of a reset time the
+/// app-server computes from "resets in N seconds" at each read.
+const NEW_WINDOW_SECS: i64 = 600;
+
+/// Whether a window's reset time moved to a new window.
+fn is_new_window(before: Option<i64>, now: Option<i64>) -> bool {
+    matches!((before, now), (Some(before), Some(now)) if now > before + NEW_WINDOW_SECS)
 }
 
 /// What `notice` writes to the outer terminal with `methods`; `tmux`: inside tmux, where the
@@ -535,6 +541,18 @@ mod tests {
                 ]
             ),
             [None, t]
+        );
+        // A reset time that wobbles by seconds between reads is the same window.
+        assert_eq!(
+            kinds(
+                &mut d,
+                &[
+                    limits("alice", snapshot(82.0, next + 1, 10.0), 10),
+                    limits("alice", snapshot(82.5, next - 2, 10.0), 11),
+                    limits("alice", snapshot(83.0, next + 3, 10.0), 12),
+                ]
+            ),
+            [None, None, None]
         );
         // Jumping over both thresholds at once is one notice, naming the higher.
         let mut d = Decider::new(&NotifyConfig::default());
