@@ -173,3 +173,74 @@ async fn serve_runs_the_notify_command_once_on_a_manual_switch() {
         "{printed:?}"
     );
 }
+
+/// The active account's 5-hour window crossing 80 % mid-session: one notification, and none
+/// more while it climbs within the same window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_crossed_by_the_active_account_notifies_once() {
+    use cs_tui_testkit::mock_backend::{Usage, UsageWindow};
+
+    let p = start(&["alice", "bob"]).await;
+    let t = &p.tmux;
+    let recorded = p.store.path().join("outer-terminal.bytes");
+    t.run(&[
+        "pipe-pane",
+        "-O",
+        "-t",
+        "main",
+        &format!("cat >> '{}'", recorded.display()),
+    ]);
+    first_turn(t, "alice", "first question");
+    let window = UsageWindow::five_hour(85);
+    p.mock.set_usage(
+        "acct-alice",
+        Usage {
+            primary: Some(window),
+            ..Usage::default()
+        },
+    );
+    prompt(t, "second question");
+    t.wait_for(WAIT, "alice at 85% in the panel", |s| {
+        s.contains("Served by alice: you said \"second question\"") && panel(s).contains("85%")
+    });
+    let expected: &[u8] = b"]9;cs-tui: alice at 85%: alice's 5h window passed 80%\x07";
+    let deadline = Instant::now() + WAIT;
+    while count(&std::fs::read(&recorded).unwrap_or_default(), expected) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no threshold notification; OSC 9s: {:?}",
+            osc9s(&std::fs::read(&recorded).unwrap_or_default())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Climbing to 90 % in the same window (same reset time) crosses nothing new.
+    p.mock.set_usage(
+        "acct-alice",
+        Usage {
+            primary: Some(UsageWindow {
+                used_percent: 90,
+                ..window
+            }),
+            ..Usage::default()
+        },
+    );
+    prompt(t, "third question");
+    t.wait_for(WAIT, "alice at 90% in the panel", |s| {
+        s.contains("Served by alice: you said \"third question\"") && panel(s).contains("90%")
+    });
+    quit(t);
+    let bytes = std::fs::read(&recorded).unwrap();
+    let notices = osc9s(&bytes);
+    assert_eq!(
+        notices
+            .iter()
+            .filter(|n| n.starts_with("cs-tui: alice at"))
+            .count(),
+        1,
+        "{notices:?}"
+    );
+    assert!(
+        !notices.iter().any(|n| n.contains("switched")),
+        "{notices:?}"
+    );
+}
