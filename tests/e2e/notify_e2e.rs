@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::support::product::{first_turn, panel, prompt, quit, start};
+use crate::support::product::{first_turn, panel, prompt, quit, start, start_configured};
 use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
 
@@ -243,4 +243,50 @@ async fn a_threshold_crossed_by_the_active_account_notifies_once() {
         !notices.iter().any(|n| n.contains("switched")),
         "{notices:?}"
     );
+}
+
+/// Codex's own desktop notifications (its `OSC 9` when a turn completes, with
+/// `tui.notifications` on) keep reaching the outer terminal, tmux-wrapped inside tmux, beside
+/// cs-tui's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_own_notifications_pass_through_to_the_outer_terminal() {
+    let p = start_configured(&["alice"], |_, home| {
+        let path = home.path().join("config.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        let config = config.replacen(
+            "[tui]\n",
+            "[tui]\nnotifications = true\nnotification_method = \"osc9\"\n\
+             notification_condition = \"always\"\n",
+            1,
+        );
+        std::fs::write(&path, config).unwrap();
+    })
+    .await;
+    let t = &p.tmux;
+    let recorded = p.store.path().join("outer-terminal.bytes");
+    t.run(&[
+        "pipe-pane",
+        "-O",
+        "-t",
+        "main",
+        &format!("cat >> '{}'", recorded.display()),
+    ]);
+    first_turn(t, "alice", "first question");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let bytes = std::fs::read(&recorded).unwrap_or_default();
+        let from_codex = osc9s(&bytes).into_iter().find(|n| !n.starts_with("cs-tui"));
+        if let Some(notice) = from_codex {
+            let wrapped = format!("\x1bPtmux;\x1b\x1b]9;{notice}\x07\x1b\\");
+            assert_eq!(count(&bytes, wrapped.as_bytes()), 1, "{notice:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no OSC 9 from Codex reached the outer terminal: {:?}",
+            osc9s(&bytes)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    quit(t);
 }
