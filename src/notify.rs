@@ -273,7 +273,12 @@ impl Decider {
             state.level = reached;
         }
         let (threshold, kind, used) = crossed?;
-        if !self.config.on_threshold || self.active.as_ref() != Some(&account.id) {
+        // At the limit itself the switch (or "no account available") that follows is the one
+        // notice: a threshold is a warning before it.
+        if !self.config.on_threshold
+            || self.active.as_ref() != Some(&account.id)
+            || snapshot.is_exhausted()
+        {
             return None;
         }
         Some(Notice::new(
@@ -562,6 +567,18 @@ mod tests {
             .unwrap();
         assert_eq!(notice.title, "cs-tui: alice at 99%");
         assert_eq!(notice.body, "alice's 5h window passed 95%");
+        // Straight to the limit: no threshold notice (the switch that follows is the one),
+        // and the crossing is spent.
+        let mut d = Decider::new(&NotifyConfig::default());
+        d.decide(&active("alice"));
+        assert_eq!(
+            d.decide(&limits("alice", snapshot(100.0, reset, 10.0), 1)),
+            None
+        );
+        assert_eq!(
+            d.decide(&limits("alice", snapshot(100.0, reset, 10.0), 2)),
+            None
+        );
     }
 
     #[test]

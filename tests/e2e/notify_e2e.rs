@@ -66,6 +66,16 @@ async fn a_switch_sends_one_osc9_notification_to_the_outer_terminal_through_tmux
         "{:?}",
         osc9s(&bytes)
     );
+    // One limit hit, one notification: the switch (not also "alice at 100%"); alice stays at
+    // her limit, so no reset either.
+    let ours: Vec<String> = osc9s(&bytes)
+        .into_iter()
+        .filter(|n| n.starts_with("cs-tui"))
+        .collect();
+    assert_eq!(
+        ours,
+        ["cs-tui: switched to bob: alice → bob: usage limit reached"]
+    );
     // No token in any notification (access tokens are JWTs, the mock's refresh tokens `rt-…`).
     for payload in osc9s(&bytes) {
         assert!(
