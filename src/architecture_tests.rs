@@ -47,6 +47,11 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         ],
     ),
     ("pace", &["ui", "app", "state", "accounts", "proxy", "cli"]),
+    // Notifications: decided from the proxy's events, delivered by `app` and `serve`.
+    (
+        "notify",
+        &["app", "ui", "state", "pty", "accounts", "cli", "commands"],
+    ),
     (
         "quota",
         &["ui", "app", "state", "accounts", "proxy", "pty", "cli"],

@@ -34,6 +34,7 @@ pub struct Config {
     pub polling: PollingConfig,
     pub pane: PaneConfig,
     pub pool: PoolConfig,
+    pub notify: NotifyConfig,
 }
 
 /// Where the quota panel sits and how wide it is.
@@ -119,6 +120,98 @@ impl PollingConfig {
     pub fn usage_interval(&self) -> Duration {
         Duration::from_secs(self.usage_interval_secs.max(1))
     }
+}
+
+/// Most thresholds `[notify]` takes.
+const MAX_NOTIFY_THRESHOLDS: usize = 10;
+/// Longest a notification command may run, in seconds.
+const MAX_NOTIFY_TIMEOUT_SECS: u64 = 300;
+
+/// Desktop notifications: on a switch, a threshold crossed, no account left, an account reset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// How to notify; `[]` turns notifications off. `serve` has no terminal: only `command`.
+    pub methods: Vec<NotifyMethod>,
+    /// Percentages of the active account's tightest window that notify when crossed.
+    pub thresholds: Vec<f64>,
+    pub on_switch: bool,
+    pub on_threshold: bool,
+    pub on_no_account: bool,
+    pub on_reset: bool,
+    /// The program and its arguments for the `command` method, run without a shell;
+    /// `{title}`, `{body}` and `{event}` in an argument are replaced.
+    pub command: Vec<String>,
+    /// Seconds the command may run before it is killed.
+    pub command_timeout_secs: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            methods: vec![NotifyMethod::Osc9],
+            thresholds: vec![80.0, 95.0],
+            on_switch: true,
+            on_threshold: true,
+            on_no_account: true,
+            on_reset: true,
+            command: Vec::new(),
+            command_timeout_secs: 10,
+        }
+    }
+}
+
+impl NotifyConfig {
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.command_timeout_secs)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.thresholds.len() > MAX_NOTIFY_THRESHOLDS {
+            return Err(format!(
+                "notify.thresholds: at most {MAX_NOTIFY_THRESHOLDS} thresholds"
+            ));
+        }
+        for &value in &self.thresholds {
+            if !(value.is_finite() && value > 0.0 && value <= 100.0) {
+                return Err(format!(
+                    "notify.thresholds: {value} must be a percentage above 0, at most 100"
+                ));
+            }
+        }
+        if self.methods.contains(&NotifyMethod::Command) && self.command.is_empty() {
+            return Err(
+                "notify.methods has \"command\" but notify.command is empty; \
+                 e.g. command = [\"notify-send\", \"{title}\", \"{body}\"]"
+                    .to_owned(),
+            );
+        }
+        if self.command.first().is_some_and(|p| p.trim().is_empty()) {
+            return Err("notify.command: the program is empty".to_owned());
+        }
+        if !(1..=MAX_NOTIFY_TIMEOUT_SECS).contains(&self.command_timeout_secs) {
+            return Err(format!(
+                "notify.command_timeout_secs = {}: must be from 1 to {MAX_NOTIFY_TIMEOUT_SECS}",
+                self.command_timeout_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One way to notify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyMethod {
+    /// `OSC 9`, a desktop notification through the outer terminal (iTerm2, WezTerm, kitty,
+    /// foot, Windows Terminal, …), passed through tmux.
+    Osc9,
+    /// `OSC 777;notify` (urxvt, VTE terminals such as GNOME Terminal, foot).
+    Osc777,
+    /// The terminal's bell.
+    Bell,
+    /// Runs `notify.command`.
+    Command,
 }
 
 /// How the sessions on one store share the accounts.
@@ -299,6 +392,7 @@ impl Config {
                 self.pane.scrollback_lines
             ));
         }
+        self.notify.check()?;
         let interval = self.polling.usage_interval_secs;
         if !(1..=MAX_INTERVAL_SECS).contains(&interval) {
             return Err(format!(
@@ -470,6 +564,66 @@ mod tests {
         // Integers that do not fit the type are parse errors, not panics.
         assert!(Config::from_toml("[panel]\nwidth = 70000").is_err());
         assert!(Config::from_toml("[pane]\nscrollback_lines = -1").is_err());
+    }
+
+    #[test]
+    fn notify_section_defaults_and_checks() {
+        let config = Config::default().notify;
+        assert_eq!(config.methods, [NotifyMethod::Osc9]);
+        assert_eq!(config.thresholds, [80.0, 95.0]);
+        assert!(config.on_switch && config.on_threshold && config.on_no_account && config.on_reset);
+        assert_eq!(config.command_timeout(), Duration::from_secs(10));
+        let set = Config::from_toml(
+            "[notify]\nmethods = [\"osc777\", \"bell\", \"command\"]\nthresholds = [50, 99.5]\n\
+             on_reset = false\ncommand = [\"notify-send\", \"{title}\", \"{body}\"]\n\
+             command_timeout_secs = 3\n",
+        )
+        .unwrap()
+        .notify;
+        assert_eq!(
+            set.methods,
+            [
+                NotifyMethod::Osc777,
+                NotifyMethod::Bell,
+                NotifyMethod::Command
+            ]
+        );
+        assert_eq!(set.thresholds, [50.0, 99.5]);
+        assert!(!set.on_reset && set.on_switch);
+        assert_eq!(set.command, ["notify-send", "{title}", "{body}"]);
+        // Off entirely.
+        assert!(
+            Config::from_toml("[notify]\nmethods = []")
+                .unwrap()
+                .notify
+                .methods
+                .is_empty()
+        );
+        let bad = [
+            ("[notify]\nmethods = [\"popup\"]", "popup"),
+            ("[notify]\nthresholds = [0]", "notify.thresholds"),
+            ("[notify]\nthresholds = [101]", "notify.thresholds"),
+            ("[notify]\nthresholds = [nan]", "notify.thresholds"),
+            (
+                "[notify]\nthresholds = [1,2,3,4,5,6,7,8,9,10,11]",
+                "notify.thresholds",
+            ),
+            ("[notify]\nmethods = [\"command\"]", "notify.command"),
+            ("[notify]\ncommand = [\"\"]", "notify.command"),
+            (
+                "[notify]\ncommand_timeout_secs = 0",
+                "notify.command_timeout_secs",
+            ),
+            (
+                "[notify]\ncommand_timeout_secs = 301",
+                "notify.command_timeout_secs",
+            ),
+            ("[notify]\non_swtich = true", "on_swtich"),
+        ];
+        for (text, needle) in bad {
+            let err = Config::from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

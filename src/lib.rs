@@ -23,6 +23,7 @@ pub(crate) mod doctor;
 pub(crate) mod errors;
 pub mod ipc;
 pub(crate) mod logging;
+pub(crate) mod notify;
 pub(crate) mod pace;
 pub(crate) mod paths;
 pub mod process;

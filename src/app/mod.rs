@@ -294,6 +294,10 @@ struct App<C: ChildIo = PtyChild> {
     kill_at: Option<Instant>,
     /// Why the session failed ([`Ending::Failed`]).
     failure: Option<String>,
+    /// Which events notify (`[notify]`), said once each.
+    notifier: crate::notify::Decider,
+    /// Inside tmux (`$TMUX`): escape sequences go through its passthrough.
+    inside_tmux: bool,
 }
 
 async fn event_loop(
@@ -424,6 +428,7 @@ async fn event_loop(
                         app.fail(message.clone());
                     }
                     app.dashboard.apply(&event);
+                    app.notify(&event, &mut guard.terminal);
                     app.frames.request_soon(Instant::now());
                 }
                 None => proxy_open = false,
@@ -500,7 +505,6 @@ impl<C: ChildIo> App<C> {
         Self {
             router: KeyRouter::new(config.prefix_key.clone()),
             panel_visible: config.panel.visible,
-            config,
             pane,
             child,
             dashboard,
@@ -514,7 +518,26 @@ impl<C: ChildIo> App<C> {
             ending: None,
             kill_at: None,
             failure: None,
+            notifier: crate::notify::Decider::new(&config.notify),
+            inside_tmux: crate::notify::inside_tmux(),
+            config,
         }
+    }
+
+    /// Notifies of `event` if `[notify]` asks for it: escape sequences to the outer terminal
+    /// (written with the next frame), the command on its own task.
+    fn notify(&mut self, event: &ProxyEvent, terminal: &mut Terminal<impl HostBackend>) {
+        let Some(notice) = self.notifier.decide(event) else {
+            return;
+        };
+        tracing::info!(kind = notice.kind.as_str(), "notifying");
+        let bytes =
+            crate::notify::terminal_bytes(&notice, &self.config.notify.methods, self.inside_tmux);
+        if !bytes.is_empty() {
+            let _ = terminal.backend_mut().queue_raw(&bytes);
+            self.frames.request();
+        }
+        crate::notify::run_command(&self.config.notify, &notice);
     }
 
     fn finish(&self, child_code: i32, started: Instant) -> SessionEnd {
@@ -566,10 +589,10 @@ impl<C: ChildIo> App<C> {
         // Answers go back at once: Codex waits for them at startup (docs/protocol.md §7).
         self.child.write(replies);
         for message in self.pane.take_notifications() {
-            let clean: String = message.chars().filter(|c| !c.is_control()).collect();
+            // Codex's own notifications pass on as they came, through tmux when inside it.
             let _ = terminal
                 .backend_mut()
-                .queue_raw(format!("\x1b]9;{clean}\x07").as_bytes());
+                .queue_raw(&crate::notify::osc9(&message, self.inside_tmux));
         }
         self.frames.request();
     }

@@ -57,6 +57,9 @@ async fn serve(env: &Env, args: ServeArgs) -> Result<ExitCode> {
         }
         out.flush()?;
     }
+    // No terminal here: of `[notify]`'s methods only the command applies.
+    let notify = env.config()?.notify.clone();
+    let mut notifier = crate::notify::Decider::new(&notify);
     let code = loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -69,6 +72,9 @@ async fn serve(env: &Env, args: ServeArgs) -> Result<ExitCode> {
                             ..
                         } | ProxyEvent::SessionFailed { .. }
                     );
+                    if let Some(notice) = notifier.decide(&event) {
+                        crate::notify::run_command(&notify, &notice);
+                    }
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "{}", serde_json::to_string(&event)?)?;
                     out.flush()?;

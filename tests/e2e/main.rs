@@ -16,6 +16,7 @@ mod dashboard_replay_e2e;
 mod doctor;
 mod fuzz_relay;
 mod limits_e2e;
+mod notify_e2e;
 mod package_cli;
 mod pane_codex_e2e;
 mod pane_launch;
