@@ -84,6 +84,8 @@ impl Sim {
             policy: PolicyConfig::default(),
             usage_poll: Duration::from_secs(300),
             history_path: PathBuf::from("/nonexistent/switch-history.jsonl"),
+            ledger: None,
+            session_id: "s-test".to_owned(),
         };
         let accounts = vec![
             seat("alice", "ws-a", "u-alice"),

@@ -4,7 +4,10 @@
 //! [`RELAY_WATCHED`]: crate::proxy::rpc::RELAY_WATCHED
 
 use super::{ConnId, EventSink, Interceptor, Observation, RelayEvent};
-use crate::proxy::rpc::{Envelope, ErrorParams, RateLimitsUpdatedParams, TurnParams, method};
+use crate::proxy::rpc::{
+    Envelope, ErrorParams, RateLimitsUpdatedParams, ThreadStartedParams, TokenUsageParams,
+    TurnParams, method,
+};
 
 /// Reports what a watched message (whose top-level method is `watched`) tells the core.
 /// Returns true when the message must not be forwarded.
@@ -48,6 +51,24 @@ pub(super) fn built_in<I: Interceptor>(
                     thread_id: p.thread_id,
                     turn_id: p.turn.id,
                     status: p.turn.status,
+                });
+            }
+        }
+        method::TOKEN_USAGE_UPDATED => {
+            if let Some(p) = envelope.params::<TokenUsageParams>() {
+                observe(Observation::TokenUsage {
+                    thread_id: p.thread_id,
+                    turn_id: p.turn_id,
+                    last: p.token_usage.last,
+                    total: p.token_usage.total,
+                });
+            }
+        }
+        method::THREAD_STARTED => {
+            if let Some(p) = envelope.params::<ThreadStartedParams>() {
+                observe(Observation::ThreadStarted {
+                    thread_id: p.thread.id,
+                    model: p.thread.model,
                 });
             }
         }
