@@ -317,3 +317,119 @@ fn to_csv(history: &HistoryJson) -> Result<String> {
     let bytes = out.into_inner().wrap_err("writing CSV")?;
     String::from_utf8(bytes).wrap_err("CSV is not UTF-8")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account_id::AccountId;
+    use crate::proxy::events::SwitchReason;
+
+    fn who(name: &str) -> AccountRef {
+        AccountRef {
+            id: AccountId::new(format!("id-{name}")),
+            name: name.to_owned(),
+        }
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn turn(name: &str, secs: i64, tokens: u64, rerun: bool) -> TurnRecord {
+        TurnRecord {
+            at: at(secs),
+            session: "s".into(),
+            account: Some(who(name)),
+            model: None,
+            thread_id: "t".into(),
+            turn_id: "u".into(),
+            input_tokens: tokens,
+            cached_input_tokens: 1,
+            output_tokens: 2,
+            duration_ms: 3,
+            rerun,
+            status: None,
+        }
+    }
+
+    fn switch(from: &str, to: &str, secs: i64) -> SwitchRecord {
+        SwitchRecord {
+            at: at(secs),
+            from: Some(who(from)),
+            to: who(to),
+            reason: SwitchReason::UsageLimit,
+            from_usage: None,
+            to_usage: None,
+            elapsed_ms: 9,
+            error: None,
+        }
+    }
+
+    fn input() -> (Lines<TurnRecord>, Lines<SwitchRecord>) {
+        (
+            Lines {
+                records: vec![
+                    turn("alice", 0, 10, false),
+                    turn("alice", 100, 20, false),
+                    turn("bob", 200, 40, true),
+                ],
+                skipped: 2,
+            },
+            Lines {
+                records: vec![switch("alice", "bob", 150)],
+                skipped: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn totals_per_account_with_reruns_and_switches_away() {
+        let (turns, switches) = input();
+        let h = select(turns, switches, None, None);
+        assert_eq!(h.skipped_lines, 3);
+        assert_eq!(h.totals.len(), 2);
+        let alice = &h.totals[0];
+        assert_eq!(
+            (
+                alice.account.as_str(),
+                alice.turns,
+                alice.input_tokens,
+                alice.cached_input_tokens
+            ),
+            ("alice", 2, 30, 2)
+        );
+        assert_eq!((alice.reruns, alice.switches_away), (0, 1));
+        let bob = &h.totals[1];
+        assert_eq!(
+            (bob.turns, bob.input_tokens, bob.reruns, bob.switches_away),
+            (1, 40, 1, 0)
+        );
+        let csv = to_csv(&h).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 3 + 1 + 2, "{csv}");
+        assert!(
+            csv.contains("total,,,alice,id-alice,,30,2,4,,,,,,2,0,1"),
+            "{csv}"
+        );
+    }
+
+    #[test]
+    fn since_and_account_filter_turns_switches_and_totals() {
+        let (turns, switches) = input();
+        let h = select(turns, switches, Some(at(100)), Some("ALICE"));
+        assert_eq!(h.turns.len(), 1);
+        assert_eq!(h.turns[0].input_tokens, 20);
+        assert_eq!(h.switches.len(), 1);
+        assert_eq!(
+            h.totals.len(),
+            1,
+            "bob, the switch's other end, has no totals row"
+        );
+        assert_eq!((h.totals[0].turns, h.totals[0].switches_away), (1, 1));
+        let (turns, switches) = input();
+        let h = select(turns, switches, None, Some("id-bob"));
+        assert_eq!(h.turns.len(), 1);
+        assert_eq!(h.switches.len(), 1, "the switch to bob");
+        assert_eq!(h.totals.len(), 1);
+        assert_eq!(h.totals[0].switches_away, 0);
+    }
+}

@@ -138,4 +138,41 @@ mod tests {
             matches!(&got[3], Observation::TurnCompleted { status: Some(s), .. } if s == "failed")
         );
     }
+
+    #[test]
+    fn token_usage_and_thread_models_become_observations() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // The shapes of `codex app-server generate-ts` (0.169.0).
+        assert!(!run(
+            r#"{"method":"thread/tokenUsage/updated","params":{"threadId":"t1","turnId":"u1","tokenUsage":{"total":{"totalTokens":300,"inputTokens":250,"cachedInputTokens":40,"cacheWriteInputTokens":0,"outputTokens":50,"reasoningOutputTokens":9},"last":{"totalTokens":130,"inputTokens":120,"cachedInputTokens":40,"cacheWriteInputTokens":0,"outputTokens":10,"reasoningOutputTokens":2},"modelContextWindow":272000}}}"#,
+            &tx
+        ));
+        assert!(!run(
+            r#"{"method":"thread/started","params":{"thread":{"id":"t1","model":"gpt-5.1-codex","modelProvider":"openai","preview":"","createdAt":0}}}"#,
+            &tx
+        ));
+        let got: Vec<Observation> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| match e {
+                RelayEvent::Observed(7, o) => o,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            matches!(
+                &got[0],
+                Observation::TokenUsage { turn_id, last, total, .. }
+                    if turn_id == "u1"
+                        && (last.input_tokens, last.cached_input_tokens, last.output_tokens) == (120, 40, 10)
+                        && total.total_tokens == 300
+            ),
+            "{got:?}"
+        );
+        assert!(
+            matches!(
+                &got[1],
+                Observation::ThreadStarted { thread_id, model: Some(m) } if thread_id == "t1" && m == "gpt-5.1-codex"
+            ),
+            "{got:?}"
+        );
+    }
 }
