@@ -5,10 +5,13 @@
 //! mock's request log says it answered.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::time::Instant;
 
+use crate::support::cs_tui_under_sh;
 use crate::support::product::{Product, cs_tui, panel, prompt, ready, start_with};
 use cs_tui_testkit::WAIT;
+use cs_tui_testkit::codex_bin;
 use cs_tui_testkit::mock_backend::{AccountMode, TokenUsage};
 use serde_json::Value;
 
@@ -203,5 +206,26 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
     assert_eq!(
         json["totals"][0]["input_tokens"].as_u64(),
         Some(mock["bob"].0)
+    );
+
+    // A second session on the store starts its panel's switch list with the first one's
+    // switch, from the history file.
+    let codex = codex_bin();
+    let refresh_url = p.mock.refresh_url();
+    let env: Vec<(&str, &OsStr)> = vec![
+        ("CS_TUI_HOME", p.store.path().as_os_str()),
+        ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+        ("CODEX_HOME", p.home.path().as_os_str()),
+        ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", OsStr::new(&refresh_url)),
+    ];
+    let script = "\"$0\"; echo \"cs-tui exited $?\"; printf 'shell prompt> '; exec sleep 600";
+    let second = cs_tui_under_sh(160, 48, p.home.work_dir(), &env, script);
+    second.wait_for(
+        WAIT,
+        "the second session's panel with the first's switch",
+        |s| {
+            let panel = panel(s);
+            panel.contains("proxy ready") && panel.contains("alice → bob")
+        },
     );
 }
