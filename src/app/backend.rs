@@ -74,6 +74,8 @@ pub(crate) struct SessionBackend {
     pub commands: mpsc::UnboundedSender<ProxyCommand>,
     /// The stored accounts, for the panel and the picker.
     pub accounts: Vec<AccountView>,
+    /// The store's last switches (every session's), from the switch history file.
+    pub recent_switches: Vec<crate::proxy::history::SwitchRecord>,
     /// Kept alive until Codex has exited, then dropped: put the proxy's handle here so its
     /// `Drop` stops the app-server.
     pub guard: Option<Box<dyn Any + Send>>,
@@ -95,6 +97,7 @@ impl SessionBackend {
             events,
             commands,
             accounts: Vec::new(),
+            recent_switches: Vec::new(),
             guard: None,
             started: None,
             pool: Default::default(),
@@ -165,6 +168,7 @@ impl SessionBackend {
             events,
             commands,
             accounts: Vec::new(),
+            recent_switches: Vec::new(),
             guard: None,
             started: None,
             pool: Default::default(),
@@ -265,6 +269,10 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
         events,
         commands,
         accounts,
+        recent_switches: crate::proxy::history::read_recent(
+            &store_dir.join(crate::proxy::history::HISTORY_FILE),
+            crate::state::dashboard::SEEDED_SWITCHES,
+        ),
         guard: Some(Box::new(slot)),
         started: Some(started),
         pool,

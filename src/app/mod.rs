@@ -335,7 +335,8 @@ async fn event_loop(
         config,
         pane,
         child,
-        Dashboard::new(mode, std::mem::take(&mut backend.accounts)),
+        Dashboard::new(mode, std::mem::take(&mut backend.accounts))
+            .with_switches(std::mem::take(&mut backend.recent_switches)),
         layout,
         backend.commands.clone(),
     );

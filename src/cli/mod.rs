@@ -4,6 +4,7 @@
 
 mod accounts;
 mod doctor;
+mod history;
 mod package;
 mod session;
 
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 pub(crate) use accounts::{AccountsCommand, AddArgs, ImportArgs, ListArgs, StatusArgs};
 pub(crate) use doctor::DoctorArgs;
+pub(crate) use history::HistoryArgs;
 pub(crate) use package::{CompletionsArgs, ManArgs};
 pub(crate) use session::{ServeArgs, SessionsArgs, SwitchArgs};
 
@@ -70,6 +72,8 @@ pub enum Command {
     Switch(SwitchArgs),
     /// List the cs-tui sessions running on this store, with their accounts.
     Sessions(SessionsArgs),
+    /// List the turns (the ledger) and the switches, with each account's totals.
+    History(HistoryArgs),
     /// Run the app-server and switching proxy without the dashboard.
     Serve(ServeArgs),
     /// Check Codex, the app-server, the store, the accounts, the backend and the config.

@@ -15,6 +15,7 @@
 mod accounts;
 mod dashboard;
 mod doctor;
+mod history;
 mod output;
 mod package;
 mod reset;
@@ -67,7 +68,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let setup = match &command {
         Some(Command::Accounts(_) | Command::Status(_)) => Setup::logged("accounts"),
         Some(Command::Serve(_)) => Setup::logged("serve"),
-        Some(Command::Switch(_) | Command::Sessions(_)) => Setup {
+        Some(Command::Switch(_) | Command::Sessions(_) | Command::History(_)) => Setup {
             store_required: true,
             config_first: false,
             log: None,
@@ -96,6 +97,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Status(args)) => status::run(&env, args),
         Some(Command::Switch(args)) => switch::run(&env, args),
         Some(Command::Sessions(args)) => sessions::run(&env, args),
+        Some(Command::History(args)) => history::run(&env, args),
         Some(Command::Serve(args)) => serve::run(&env, args),
         Some(Command::Doctor(args)) => doctor::run(&env, args),
         Some(Command::Completions(args)) => package::completions(&args),

@@ -19,6 +19,8 @@ pub mod method {
     pub const ERROR: &str = "error";
     pub const TURN_STARTED: &str = "turn/started";
     pub const TURN_COMPLETED: &str = "turn/completed";
+    pub const TOKEN_USAGE_UPDATED: &str = "thread/tokenUsage/updated";
+    pub const THREAD_STARTED: &str = "thread/started";
     pub const TOKENS_REFRESH: &str = "account/chatgptAuthTokens/refresh";
     pub const LOGIN_COMPLETED: &str = "account/login/completed";
 }
@@ -30,6 +32,8 @@ pub const RELAY_WATCHED: &[&str] = &[
     method::TURN_STARTED,
     method::TURN_COMPLETED,
     method::TOKENS_REFRESH,
+    method::TOKEN_USAGE_UPDATED,
+    method::THREAD_STARTED,
 ];
 
 static METHOD_KEY: LazyLock<memmem::Finder<'static>> =
@@ -226,6 +230,50 @@ pub struct TurnInfo {
     pub id: String,
     #[serde(default)]
     pub status: Option<String>,
+}
+
+/// `thread/tokenUsage/updated`: `{threadId, turnId, tokenUsage: {total, last,
+/// modelContextWindow}}` (docs/protocol.md §3). `last` is the model response just finished,
+/// `total` the thread's running sum.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUsageParams {
+    pub thread_id: String,
+    pub turn_id: String,
+    pub token_usage: ThreadTokenUsage,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ThreadTokenUsage {
+    pub total: TokenBreakdown,
+    pub last: TokenBreakdown,
+}
+
+/// One `TokenUsageBreakdown` (more fields exist; these are the ones the ledger keeps).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenBreakdown {
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+}
+
+/// `thread/started`: `{thread: {id, model, …}}`.
+#[derive(Debug, Deserialize)]
+pub struct ThreadStartedParams {
+    pub thread: ThreadInfo,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ThreadInfo {
+    pub id: String,
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -584,6 +584,8 @@ impl Session {
                 policy: options.policy.clone(),
                 usage_poll: options.usage_poll,
                 history_path: options.store_dir.join(HISTORY_FILE),
+                ledger: Some(crate::proxy::ledger::Ledger::in_store(&options.store_dir)),
+                session_id: crate::proxy::pool::hub::session_id(&runtime_dir),
             },
             accounts: plan.accounts,
             active: starting_account.id.clone(),

@@ -14,6 +14,8 @@ use crate::quota::{RateLimitSnapshot, WindowKind};
 const HISTORY_LIMIT: usize = 2_000;
 /// Switch records and notices kept.
 const LOG_LIMIT: usize = 50;
+/// How many of the store's last switches the panel's switch list starts with.
+pub const SEEDED_SWITCHES: usize = 10;
 
 /// A stored account as the dashboard sees it (filled by the account store, then by events).
 #[derive(Clone, Debug, PartialEq)]
@@ -475,6 +477,15 @@ impl Dashboard {
         }
     }
 
+    /// Starts the switch list with the store's last switches (every session's, read from the
+    /// switch history file), oldest first; this session's own follow as they happen.
+    pub fn with_switches(mut self, records: Vec<SwitchRecord>) -> Self {
+        for record in records {
+            self.push_switch(record);
+        }
+        self
+    }
+
     fn push_switch(&mut self, record: SwitchRecord) {
         self.switches.push(record);
         if self.switches.len() > LOG_LIMIT {
@@ -738,5 +749,44 @@ mod tests {
         );
         assert_eq!(pool.sessions_on(&AccountId::from("alice")), 2);
         assert_eq!(pool.sessions_on(&AccountId::from("carol")), 0);
+    }
+
+    #[test]
+    fn the_switch_list_starts_with_the_stores_last_switches_and_this_sessions_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::proxy::history::HISTORY_FILE);
+        for i in 0..(SEEDED_SWITCHES as i64 + 3) {
+            crate::proxy::history::append(
+                &path,
+                &SwitchRecord {
+                    at: at(i),
+                    from: Some(account("a")),
+                    to: account("b"),
+                    reason: SwitchReason::Manual,
+                    from_usage: None,
+                    to_usage: None,
+                    elapsed_ms: i as u64,
+                    error: None,
+                },
+            )
+            .unwrap();
+        }
+        let seeded = crate::proxy::history::read_recent(&path, SEEDED_SWITCHES);
+        let mut d = Dashboard::new(SessionMode::Proxy, Vec::new()).with_switches(seeded);
+        assert_eq!(d.switches.len(), SEEDED_SWITCHES);
+        assert_eq!(d.switches[0].elapsed_ms, 3, "the oldest ones left out");
+        d.apply(&ProxyEvent::SwitchDone {
+            from: Some(account("b")),
+            to: account("a"),
+            reason: SwitchReason::Manual,
+            elapsed_ms: 999,
+            at: at(1000),
+        });
+        assert_eq!(d.switches.len(), SEEDED_SWITCHES + 1);
+        assert_eq!(
+            d.switches.last().unwrap().elapsed_ms,
+            999,
+            "this session's last"
+        );
     }
 }

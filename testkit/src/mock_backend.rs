@@ -259,6 +259,27 @@ pub struct RequestRecord {
     /// (`originator`, `user-agent`, …).
     pub headers: BTreeMap<String, String>,
     pub at: Instant,
+    /// The token usage a model response reported in its `response.completed` event (`None`
+    /// for every other answer, a 429 included).
+    pub token_usage: Option<TokenUsage>,
+}
+
+/// The `usage` of a `response.completed` event: `input_tokens`,
+/// `input_tokens_details.cached_tokens`, `output_tokens`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub input: u64,
+    pub cached: u64,
+    pub output: u64,
+}
+
+impl TokenUsage {
+    /// What every model response reports unless [`MockBackend::vary_token_usage`] is on.
+    pub const FIXED: Self = Self {
+        input: 12,
+        cached: 0,
+        output: 8,
+    };
 }
 
 impl RequestRecord {
@@ -326,6 +347,8 @@ struct MockState {
     gates: HashMap<String, watch::Sender<bool>>,
     /// Account id → model requests waiting at its closed gate now.
     gated: HashMap<String, usize>,
+    /// With [`MockBackend::vary_token_usage`]: model responses answered so far.
+    varied_tokens: Option<u64>,
 }
 
 /// The running mock. Dropping it stops the server.
@@ -520,6 +543,13 @@ impl MockBackend {
     /// Queues a scripted reply for the next user-turn model request (title requests skip it).
     pub fn push_script(&self, reply: ScriptedReply) {
         self.state().script.push_back(reply);
+    }
+
+    /// From now on each model response reports different token usage (the n-th: input
+    /// `100 + 7n`, cached `3n`, output `10 + n`) instead of [`TokenUsage::FIXED`]; what each
+    /// one reported is in its [`RequestRecord::token_usage`].
+    pub fn vary_token_usage(&self) {
+        self.state().varied_tokens.get_or_insert(0);
     }
 
     /// Every request seen so far.
@@ -776,6 +806,7 @@ async fn handle(
         body: body_json,
         headers: recorded_headers(&headers),
         at: Instant::now(),
+        token_usage: response.extensions().get::<TokenUsage>().copied(),
     };
     state.lock().expect("mock state lock").log.push(record);
     // Logged first: what the server did is done, however long the answer takes.
@@ -948,6 +979,17 @@ fn backend(
             answer
         }
         ("POST", p) if p.ends_with("/responses") => {
+            let tokens = match guard.varied_tokens.as_mut() {
+                None => TokenUsage::FIXED,
+                Some(n) => {
+                    *n += 1;
+                    TokenUsage {
+                        input: 100 + 7 * *n,
+                        cached: 3 * *n,
+                        output: 10 + *n,
+                    }
+                }
+            };
             let title = is_structured_output_request(body);
             let script = if title {
                 None
@@ -961,7 +1003,7 @@ fn backend(
             if matches!(script, Some(ScriptedReply::UsageLimit)) {
                 account.mode = AccountMode::UsageLimit;
             }
-            model_response(account, body, title, script)
+            model_response(account, body, title, script, tokens)
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"detail": "Not Found"})),
     }
@@ -1284,6 +1326,7 @@ fn model_response(
     body: Option<&Value>,
     title: bool,
     script: Option<ScriptedReply>,
+    tokens: TokenUsage,
 ) -> Response {
     match account.mode.clone() {
         AccountMode::UsageLimit => {
@@ -1321,8 +1364,9 @@ fn model_response(
                     .saturating_add(account.burn_per_request)
                     .min(100);
             }
-            let events = reply_events(account, body, title, script);
+            let events = reply_events(account, body, title, script, tokens);
             let mut response = sse_response(events, delay);
+            response.extensions_mut().insert(tokens);
             append_headers(&mut response, &headers);
             append_headers(&mut response, &family_headers(&account.extras.families));
             response
@@ -1359,6 +1403,7 @@ fn reply_events(
     body: Option<&Value>,
     title: bool,
     script: Option<ScriptedReply>,
+    tokens: TokenUsage,
 ) -> Vec<Value> {
     let response_id = format!("resp_{}", uuid::Uuid::new_v4().simple());
     let mut events = vec![json!({"type": "response.created", "response": {"id": response_id}})];
@@ -1401,8 +1446,11 @@ fn reply_events(
     }
     events.push(json!({"type": "response.completed", "response": {
         "id": response_id,
-        "usage": {"input_tokens": 12, "input_tokens_details": null, "output_tokens": 8,
-                  "output_tokens_details": null, "total_tokens": 20},
+        "usage": {"input_tokens": tokens.input,
+                  "input_tokens_details": (tokens.cached > 0)
+                      .then(|| json!({"cached_tokens": tokens.cached})),
+                  "output_tokens": tokens.output,
+                  "output_tokens_details": null, "total_tokens": tokens.input + tokens.output},
     }}));
     events
 }

@@ -15,6 +15,7 @@ mod dashboard_proxy_e2e;
 mod dashboard_replay_e2e;
 mod doctor;
 mod fuzz_relay;
+mod ledger_e2e;
 mod limits_e2e;
 mod notify_e2e;
 mod package_cli;

@@ -50,6 +50,8 @@ pub(crate) enum Effect {
     ListAccounts,
     /// Append a line to the switch history.
     AppendHistory(SwitchRecord),
+    /// Append a turn's line to the ledger.
+    AppendLedger(Box<crate::proxy::ledger::TurnRecord>),
     /// Record in the store that the session now runs on this account.
     MarkActive(AccountId),
     /// Log this account into the restarted app-server; answered by

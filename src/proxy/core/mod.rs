@@ -72,6 +72,10 @@ pub(crate) struct CoreConfig {
     pub usage_poll: Duration,
     /// `<store>/switch-history.jsonl`.
     pub history_path: PathBuf,
+    /// `<store>/ledger.jsonl` (`None`: no ledger).
+    pub ledger: Option<crate::proxy::ledger::Ledger>,
+    /// The session's id, for the ledger's lines.
+    pub session_id: String,
 }
 
 /// A reply to a command: what happened, in a sentence.
@@ -295,6 +299,13 @@ impl<D: AccountDirectory> Core<D> {
             Effect::AppendHistory(record) => {
                 if let Err(err) = history::append(&self.history_path, &record) {
                     tracing::warn!("could not record the switch: {err:#}");
+                }
+            }
+            Effect::AppendLedger(record) => {
+                if let Some(ledger) = &self.state.config.ledger
+                    && let Err(err) = ledger.append(&record)
+                {
+                    tracing::warn!("could not record the turn in the ledger: {err:#}");
                 }
             }
             Effect::MarkActive(id) => {

@@ -160,6 +160,8 @@ pub(crate) struct CoreState {
     pub(super) stream_sent: HashMap<AccountId, Instant>,
     /// Accounts whose stream numbers changed since they were last sent (coalesced).
     pub(super) stream_unsent: HashSet<AccountId>,
+    /// The running turns' tokens, for the ledger.
+    pub(super) book: super::turns::TurnBook,
 }
 
 /// Whether the guards hold new turns for a switch away from an exhausted account.
@@ -208,6 +210,7 @@ impl CoreState {
             held_requests: HashMap::new(),
             hold: Hold::Off,
             login_failed_until: HashMap::new(),
+            book: Default::default(),
             stream_sent: HashMap::new(),
             stream_unsent: HashSet::new(),
         }

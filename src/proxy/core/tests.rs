@@ -84,6 +84,8 @@ impl Sim {
             policy: PolicyConfig::default(),
             usage_poll: Duration::from_secs(300),
             history_path: PathBuf::from("/nonexistent/switch-history.jsonl"),
+            ledger: None,
+            session_id: "s-test".to_owned(),
         };
         let accounts = vec![
             seat("alice", "ws-a", "u-alice"),
@@ -1056,4 +1058,112 @@ fn guards_hear_whether_another_account_could_take_over() {
         results: vec![("carol".into(), Ok(limits(10.0, sim.now.wall)))],
     });
     assert_eq!(alternative(&fx), Some(true));
+}
+
+fn ledger_lines(effects: &[Effect]) -> Vec<&crate::proxy::ledger::TurnRecord> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::AppendLedger(record) => Some(&**record),
+            _ => None,
+        })
+        .collect()
+}
+
+fn tokens(sim: &mut Sim, conn: u64, turn: &str, last: (u64, u64, u64), total: u64) {
+    use crate::proxy::rpc::TokenBreakdown;
+    let effects = sim.feed(Input::Observed(
+        conn,
+        Observation::TokenUsage {
+            thread_id: format!("thread-{turn}"),
+            turn_id: turn.into(),
+            last: TokenBreakdown {
+                total_tokens: last.0 + last.2,
+                input_tokens: last.0,
+                cached_input_tokens: last.1,
+                output_tokens: last.2,
+            },
+            total: TokenBreakdown {
+                total_tokens: total,
+                ..TokenBreakdown::default()
+            },
+        },
+    ));
+    assert!(ledger_lines(&effects).is_empty());
+}
+
+#[test]
+fn a_turn_gets_one_ledger_line_with_its_account_model_summed_tokens_and_duration() {
+    let mut sim = Sim::new();
+    sim.connect(1);
+    sim.feed(Input::Observed(
+        1,
+        Observation::ThreadStarted {
+            thread_id: "thread-t1".into(),
+            model: Some("gpt-5".into()),
+        },
+    ));
+    assert!(ledger_lines(&sim.turn_started(1, "t1")).is_empty());
+    // Two model responses (a tool call, then the answer), and a repeat of the second.
+    tokens(&mut sim, 1, "t1", (100, 10, 5), 105);
+    tokens(&mut sim, 1, "t1", (120, 100, 7), 232);
+    tokens(&mut sim, 1, "t1", (120, 100, 7), 232);
+    sim.advance(Duration::from_millis(1500));
+    let fx = sim.turn_completed(1, "t1");
+    let lines = ledger_lines(&fx);
+    assert_eq!(lines.len(), 1);
+    let line = lines[0];
+    assert_eq!(line.account.as_ref().unwrap().name, "alice");
+    assert_eq!(line.model.as_deref(), Some("gpt-5"));
+    assert_eq!(line.session, "s-test");
+    assert_eq!(
+        (
+            line.input_tokens,
+            line.cached_input_tokens,
+            line.output_tokens
+        ),
+        (220, 110, 12)
+    );
+    assert_eq!(line.duration_ms, 1500);
+    assert!(!line.rerun);
+    assert_eq!(line.status.as_deref(), Some("completed"));
+    // Once only.
+    assert!(ledger_lines(&sim.turn_completed(1, "t1")).is_empty());
+}
+
+#[test]
+fn a_rerun_is_marked_whichever_of_its_start_and_the_guards_word_comes_first() {
+    for guard_first in [true, false] {
+        let mut sim = Sim::new();
+        sim.connect(1);
+        let rerunning = Input::Guard(GuardEvent::Rerunning {
+            conn: 1,
+            turn_id: "t2".into(),
+        });
+        if guard_first {
+            sim.feed(rerunning);
+            sim.turn_started(1, "t2");
+        } else {
+            sim.turn_started(1, "t2");
+            sim.feed(rerunning);
+        }
+        let fx = sim.turn_completed(1, "t2");
+        assert!(ledger_lines(&fx)[0].rerun, "guard first: {guard_first}");
+        // The next turn is not one.
+        sim.turn_started(1, "t3");
+        assert!(!ledger_lines(&sim.turn_completed(1, "t3"))[0].rerun);
+    }
+}
+
+#[test]
+fn a_turn_cut_off_by_its_client_leaving_is_still_recorded() {
+    let mut sim = Sim::new();
+    sim.connect(1);
+    sim.turn_started(1, "t1");
+    tokens(&mut sim, 1, "t1", (50, 0, 5), 55);
+    let fx = sim.feed(Input::Disconnected(1));
+    let lines = ledger_lines(&fx);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].status.as_deref(), Some("disconnected"));
+    assert_eq!(lines[0].input_tokens, 50);
 }

@@ -4,13 +4,17 @@
 //! the bookkeeping of hidden re-runs: which connection waits for a switch, and which re-run is
 //! under way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use crate::account_id::AccountId;
 use crate::proxy::events::{ProxyEvent, SwitchReason};
+use crate::proxy::ledger::TurnRecord;
 use crate::proxy::policy::Mode;
 use crate::proxy::relay::{ConnId, Observation};
+use crate::proxy::rpc::TokenBreakdown;
 use crate::proxy::turn_guard::{GuardCommand, GuardEvent};
 
 use super::effects::{Effect, Effects};
@@ -42,7 +46,116 @@ pub(super) fn busy(
     !running.is_empty() || !requested.is_empty()
 }
 
+/// The ledger's view of the turns (`proxy::ledger`): what each running turn has used so far.
+#[derive(Debug, Default)]
+pub(crate) struct TurnBook {
+    /// Turn id → the turn so far.
+    turns: HashMap<String, BookTurn>,
+    /// (connection, thread) → the thread's model, from `thread/started`.
+    models: HashMap<(ConnId, String), String>,
+    /// (connection, thread) → the thread's last `total.totalTokens`: a notification that
+    /// repeats it adds nothing.
+    totals: HashMap<(ConnId, String), u64>,
+    /// Re-run turns (the guard's `Rerunning`) whose `turn/started` has not come yet.
+    reruns: HashSet<(ConnId, String)>,
+}
+
+#[derive(Debug)]
+struct BookTurn {
+    conn: ConnId,
+    thread_id: String,
+    at: DateTime<Utc>,
+    started: Instant,
+    account: Option<AccountId>,
+    tokens: TokenBreakdown,
+    rerun: bool,
+}
+
+impl TurnBook {
+    fn started(
+        &mut self,
+        conn: ConnId,
+        thread_id: String,
+        turn_id: String,
+        account: Option<AccountId>,
+        now: Now,
+    ) {
+        let rerun = self.reruns.remove(&(conn, turn_id.clone()));
+        self.turns.insert(
+            turn_id,
+            BookTurn {
+                conn,
+                thread_id,
+                at: now.wall,
+                started: now.mono,
+                account,
+                tokens: TokenBreakdown::default(),
+                rerun,
+            },
+        );
+    }
+
+    fn usage(
+        &mut self,
+        conn: ConnId,
+        thread_id: String,
+        turn_id: &str,
+        last: TokenBreakdown,
+        total: TokenBreakdown,
+    ) {
+        let previous = self.totals.insert((conn, thread_id), total.total_tokens);
+        if previous == Some(total.total_tokens) {
+            return;
+        }
+        if let Some(turn) = self.turns.get_mut(turn_id) {
+            turn.tokens.input_tokens += last.input_tokens;
+            turn.tokens.cached_input_tokens += last.cached_input_tokens;
+            turn.tokens.output_tokens += last.output_tokens;
+            turn.tokens.total_tokens += last.total_tokens;
+        }
+    }
+
+    fn rerunning(&mut self, conn: ConnId, turn_id: String) {
+        match self.turns.get_mut(&turn_id) {
+            Some(turn) => turn.rerun = true,
+            None => {
+                self.reruns.insert((conn, turn_id));
+            }
+        }
+    }
+}
+
 impl CoreState {
+    /// A turn is over (or its connection is gone): its ledger line.
+    fn turn_ended(&mut self, turn_id: String, status: Option<String>, now: Now, fx: &mut Effects) {
+        let Some(turn) = self.book.turns.remove(&turn_id) else {
+            return;
+        };
+        let model = self
+            .book
+            .models
+            .get(&(turn.conn, turn.thread_id.clone()))
+            .cloned();
+        let account = turn.account.as_ref().map(|a| self.account_ref(a));
+        fx.push(Effect::AppendLedger(Box::new(TurnRecord {
+            at: turn.at,
+            session: self.config.session_id.clone(),
+            account,
+            model,
+            thread_id: turn.thread_id,
+            turn_id,
+            input_tokens: turn.tokens.input_tokens,
+            cached_input_tokens: turn.tokens.cached_input_tokens,
+            output_tokens: turn.tokens.output_tokens,
+            duration_ms: u64::try_from(
+                now.mono.saturating_duration_since(turn.started).as_millis(),
+            )
+            .unwrap_or(u64::MAX),
+            rerun: turn.rerun,
+            status,
+        })));
+    }
+
     pub(super) fn is_busy(&mut self, now: Now) -> bool {
         busy(&self.running, &mut self.requested, now.mono)
     }
@@ -55,6 +168,20 @@ impl CoreState {
         self.running.retain(|_, (c, _)| *c != conn);
         self.requested.retain(|(c, _), _| *c != conn);
         self.held_requests.retain(|(c, _), _| *c != conn);
+        let mut gone: Vec<String> = self
+            .book
+            .turns
+            .iter()
+            .filter(|(_, t)| t.conn == conn)
+            .map(|(id, _)| id.clone())
+            .collect();
+        gone.sort_unstable();
+        for turn_id in gone {
+            self.turn_ended(turn_id, Some("disconnected".to_owned()), now, fx);
+        }
+        self.book.models.retain(|(c, _), _| *c != conn);
+        self.book.totals.retain(|(c, _), _| *c != conn);
+        self.book.reruns.retain(|(c, _)| *c != conn);
         self.emit_connection(now, fx);
         self.emit_turns(now, fx);
         self.maybe_execute(now, fx);
@@ -78,21 +205,37 @@ impl CoreState {
             Observation::TurnStarted { turn_id, thread_id } => {
                 // (A held request's release can cross its report on the way here.)
                 self.held_requests.remove(&(conn, thread_id.clone()));
-                self.requested.remove(&(conn, thread_id));
+                self.requested.remove(&(conn, thread_id.clone()));
+                self.book
+                    .started(conn, thread_id, turn_id.clone(), self.active.clone(), now);
                 self.running.insert(turn_id, (conn, self.active.clone()));
                 self.emit_turns(now, fx);
             }
             Observation::TurnCompleted {
-                turn_id, thread_id, ..
+                turn_id,
+                thread_id,
+                status,
             } => {
                 self.held_requests.remove(&(conn, thread_id.clone()));
                 self.requested.remove(&(conn, thread_id));
+                self.turn_ended(turn_id.clone(), status, now, fx);
                 if self.running.remove(&turn_id).is_some() {
                     self.emit_turns(now, fx);
                 }
                 self.maybe_execute(now, fx);
             }
             Observation::RateLimits(update) => self.rate_limits_heard(&update, now, fx),
+            Observation::TokenUsage {
+                thread_id,
+                turn_id,
+                last,
+                total,
+            } => self.book.usage(conn, thread_id, &turn_id, last, total),
+            Observation::ThreadStarted { thread_id, model } => {
+                if let Some(model) = model {
+                    self.book.models.insert((conn, thread_id), model);
+                }
+            }
             Observation::UsageLimitError { turn_id, .. } => {
                 // Attribute the error to the account its turn started on: the title thread's
                 // duplicate error of an account we already left must not trigger again.
@@ -151,7 +294,8 @@ impl CoreState {
                 self.reruns.remove(&conn);
                 self.rerun_started.remove(&conn);
             }
-            GuardEvent::Rerunning { conn, .. } => {
+            GuardEvent::Rerunning { conn, turn_id } => {
+                self.book.rerunning(conn, turn_id);
                 if let Some((at, from, to)) = self.rerun_started.remove(&conn) {
                     let from = from
                         .map(|f| self.account_ref(&f).name)

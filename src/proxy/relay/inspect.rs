@@ -4,7 +4,10 @@
 //! [`RELAY_WATCHED`]: crate::proxy::rpc::RELAY_WATCHED
 
 use super::{ConnId, EventSink, Interceptor, Observation, RelayEvent};
-use crate::proxy::rpc::{Envelope, ErrorParams, RateLimitsUpdatedParams, TurnParams, method};
+use crate::proxy::rpc::{
+    Envelope, ErrorParams, RateLimitsUpdatedParams, ThreadStartedParams, TokenUsageParams,
+    TurnParams, method,
+};
 
 /// Reports what a watched message (whose top-level method is `watched`) tells the core.
 /// Returns true when the message must not be forwarded.
@@ -48,6 +51,24 @@ pub(super) fn built_in<I: Interceptor>(
                     thread_id: p.thread_id,
                     turn_id: p.turn.id,
                     status: p.turn.status,
+                });
+            }
+        }
+        method::TOKEN_USAGE_UPDATED => {
+            if let Some(p) = envelope.params::<TokenUsageParams>() {
+                observe(Observation::TokenUsage {
+                    thread_id: p.thread_id,
+                    turn_id: p.turn_id,
+                    last: p.token_usage.last,
+                    total: p.token_usage.total,
+                });
+            }
+        }
+        method::THREAD_STARTED => {
+            if let Some(p) = envelope.params::<ThreadStartedParams>() {
+                observe(Observation::ThreadStarted {
+                    thread_id: p.thread.id,
+                    model: p.thread.model,
                 });
             }
         }
@@ -115,6 +136,43 @@ mod tests {
         assert!(matches!(&got[2], Observation::UsageLimitError { .. }));
         assert!(
             matches!(&got[3], Observation::TurnCompleted { status: Some(s), .. } if s == "failed")
+        );
+    }
+
+    #[test]
+    fn token_usage_and_thread_models_become_observations() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // The shapes of `codex app-server generate-ts` (0.169.0).
+        assert!(!run(
+            r#"{"method":"thread/tokenUsage/updated","params":{"threadId":"t1","turnId":"u1","tokenUsage":{"total":{"totalTokens":300,"inputTokens":250,"cachedInputTokens":40,"cacheWriteInputTokens":0,"outputTokens":50,"reasoningOutputTokens":9},"last":{"totalTokens":130,"inputTokens":120,"cachedInputTokens":40,"cacheWriteInputTokens":0,"outputTokens":10,"reasoningOutputTokens":2},"modelContextWindow":272000}}}"#,
+            &tx
+        ));
+        assert!(!run(
+            r#"{"method":"thread/started","params":{"thread":{"id":"t1","model":"gpt-5.1-codex","modelProvider":"openai","preview":"","createdAt":0}}}"#,
+            &tx
+        ));
+        let got: Vec<Observation> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| match e {
+                RelayEvent::Observed(7, o) => o,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            matches!(
+                &got[0],
+                Observation::TokenUsage { turn_id, last, total, .. }
+                    if turn_id == "u1"
+                        && (last.input_tokens, last.cached_input_tokens, last.output_tokens) == (120, 40, 10)
+                        && total.total_tokens == 300
+            ),
+            "{got:?}"
+        );
+        assert!(
+            matches!(
+                &got[1],
+                Observation::ThreadStarted { thread_id, model: Some(m) } if thread_id == "t1" && m == "gpt-5.1-codex"
+            ),
+            "{got:?}"
         );
     }
 }

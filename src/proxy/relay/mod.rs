@@ -62,7 +62,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use self::handshake::{HANDSHAKE_TIMEOUT, HelloError, Refusal, Upgraded};
 use self::pump::{Pump, PumpAction};
-use crate::proxy::rpc::{Envelope, OWN_ID_PREFIX};
+use crate::proxy::rpc::{Envelope, OWN_ID_PREFIX, TokenBreakdown};
 use crate::proxy::socket::{AppServerAddr, Stream};
 use crate::quota::RateLimitSnapshot;
 use crate::secret::Secret;
@@ -90,6 +90,19 @@ pub enum Observation {
         thread_id: String,
         turn_id: String,
         status: Option<String>,
+    },
+    /// `thread/tokenUsage/updated`: the tokens of the model response just finished (`last`)
+    /// and the thread's running sum (`total`, which tells a repeated notification apart).
+    TokenUsage {
+        thread_id: String,
+        turn_id: String,
+        last: TokenBreakdown,
+        total: TokenBreakdown,
+    },
+    /// `thread/started`: the thread's model.
+    ThreadStarted {
+        thread_id: String,
+        model: Option<String>,
     },
 }
 

@@ -1,0 +1,435 @@
+//! `cs-tui history`: the turns of the ledger and the switches of the switch history, with each
+//! account's totals.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use color_eyre::eyre::{Result, WrapErr};
+use serde::Serialize;
+
+use super::Env;
+use super::output::{emit, emit_json, table, yes_no};
+use crate::cli::HistoryArgs;
+use crate::proxy::events::AccountRef;
+use crate::proxy::history::{HISTORY_FILE, SwitchRecord};
+use crate::proxy::ledger::{self, Lines, TurnRecord};
+
+/// One account's totals.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub(super) struct Totals {
+    pub account: String,
+    pub id: String,
+    pub turns: u64,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub reruns: u64,
+    pub switches_away: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct HistoryJson {
+    pub turns: Vec<TurnRecord>,
+    pub switches: Vec<SwitchRecord>,
+    pub totals: Vec<Totals>,
+    /// Lines of the ledger and the switch history that did not parse.
+    pub skipped_lines: usize,
+}
+
+pub(super) fn run(env: &Env, args: HistoryArgs) -> Result<ExitCode> {
+    let store_dir = env.store_dir()?;
+    let turns = ledger::read_all(store_dir)?;
+    let mut switches = Lines::default();
+    ledger::read_lines(&store_dir.join(HISTORY_FILE), &mut switches)?;
+    let since = args
+        .since
+        .map(|d| chrono::Duration::from_std(d).map(|d| Utc::now() - d))
+        .transpose()
+        .wrap_err("--since is too long")?;
+    let history = select(turns, switches, since, args.account.as_deref());
+    if history.skipped_lines > 0 {
+        eprintln!(
+            "cs-tui: skipped {} line(s) that did not parse in {} or {}",
+            history.skipped_lines,
+            ledger::LEDGER_FILE,
+            HISTORY_FILE
+        );
+    }
+    if args.json {
+        emit_json(&history)?;
+    } else if args.csv {
+        emit(&to_csv(&history)?)?;
+    } else {
+        emit(&render(&history))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn matches(account: Option<&AccountRef>, wanted: &str) -> bool {
+    account.is_some_and(|a| a.name.eq_ignore_ascii_case(wanted) || a.id == wanted)
+}
+
+/// Filters by time and account and adds up each account's totals.
+pub(super) fn select(
+    turns: Lines<TurnRecord>,
+    switches: Lines<SwitchRecord>,
+    since: Option<DateTime<Utc>>,
+    account: Option<&str>,
+) -> HistoryJson {
+    let after = |at: DateTime<Utc>| since.is_none_or(|s| at >= s);
+    let turn_list: Vec<TurnRecord> = turns
+        .records
+        .into_iter()
+        .filter(|t| after(t.at) && account.is_none_or(|a| matches(t.account.as_ref(), a)))
+        .collect();
+    let switch_list: Vec<SwitchRecord> = switches
+        .records
+        .into_iter()
+        .filter(|s| {
+            after(s.at)
+                && account.is_none_or(|a| matches(s.from.as_ref(), a) || matches(Some(&s.to), a))
+        })
+        .collect();
+    let mut totals: BTreeMap<String, Totals> = BTreeMap::new();
+    for turn in &turn_list {
+        let Some(a) = &turn.account else { continue };
+        let t = totals.entry(a.id.to_string()).or_insert_with(|| Totals {
+            account: a.name.clone(),
+            id: a.id.to_string(),
+            ..Totals::default()
+        });
+        t.turns += 1;
+        t.input_tokens += turn.input_tokens;
+        t.cached_input_tokens += turn.cached_input_tokens;
+        t.output_tokens += turn.output_tokens;
+        t.reruns += u64::from(turn.rerun);
+    }
+    for switch in &switch_list {
+        let Some(a) = &switch.from else { continue };
+        if account.is_some_and(|wanted| !matches(Some(a), wanted)) {
+            continue;
+        }
+        let t = totals.entry(a.id.to_string()).or_insert_with(|| Totals {
+            account: a.name.clone(),
+            id: a.id.to_string(),
+            ..Totals::default()
+        });
+        t.switches_away += 1;
+    }
+    let mut totals: Vec<Totals> = totals.into_values().collect();
+    totals.sort_by(|a, b| a.account.cmp(&b.account).then(a.id.cmp(&b.id)));
+    HistoryJson {
+        turns: turn_list,
+        switches: switch_list,
+        totals,
+        skipped_lines: turns.skipped + switches.skipped,
+    }
+}
+
+fn name(account: Option<&AccountRef>) -> String {
+    account.map_or_else(|| "-".to_owned(), |a| a.name.clone())
+}
+
+fn time(at: DateTime<Utc>) -> String {
+    at.with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// The session id's first eight characters, as `cs-tui sessions` shows them.
+fn short(session: &str) -> String {
+    session.chars().take(8).collect()
+}
+
+fn render(history: &HistoryJson) -> String {
+    let mut text = String::new();
+    if history.turns.is_empty() {
+        text.push_str("No turns recorded.\n");
+    } else {
+        let rows = history
+            .turns
+            .iter()
+            .map(|t| {
+                vec![
+                    time(t.at),
+                    short(&t.session),
+                    name(t.account.as_ref()),
+                    t.model.clone().unwrap_or_else(|| "-".to_owned()),
+                    t.input_tokens.to_string(),
+                    t.cached_input_tokens.to_string(),
+                    t.output_tokens.to_string(),
+                    format!("{:.1}s", t.duration_ms as f64 / 1000.0),
+                    yes_no(t.rerun),
+                    t.status.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        text.push_str(&table(
+            &[
+                "TIME", "SESSION", "ACCOUNT", "MODEL", "IN", "CACHED", "OUT", "TOOK", "RE-RUN",
+                "STATUS",
+            ],
+            rows,
+        ));
+    }
+    text.push('\n');
+    if history.switches.is_empty() {
+        text.push_str("No switches recorded.\n");
+    } else {
+        let rows = history
+            .switches
+            .iter()
+            .map(|s| {
+                vec![
+                    time(s.at),
+                    name(s.from.as_ref()),
+                    s.to.name.clone(),
+                    s.reason.describe(),
+                ]
+            })
+            .collect();
+        text.push_str(&table(&["TIME", "FROM", "TO", "REASON"], rows));
+    }
+    if !history.totals.is_empty() {
+        text.push('\n');
+        let rows = history
+            .totals
+            .iter()
+            .map(|t| {
+                vec![
+                    t.account.clone(),
+                    t.turns.to_string(),
+                    t.input_tokens.to_string(),
+                    t.cached_input_tokens.to_string(),
+                    t.output_tokens.to_string(),
+                    t.reruns.to_string(),
+                    t.switches_away.to_string(),
+                ]
+            })
+            .collect();
+        text.push_str(&table(
+            &[
+                "ACCOUNT",
+                "TURNS",
+                "IN",
+                "CACHED",
+                "OUT",
+                "RE-RUNS",
+                "SWITCHES AWAY",
+            ],
+            rows,
+        ));
+    }
+    text
+}
+
+const CSV_HEADER: [&str; 17] = [
+    "kind",
+    "at",
+    "session",
+    "account",
+    "account_id",
+    "model",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "duration_ms",
+    "rerun",
+    "status",
+    "to_account",
+    "reason",
+    "turns",
+    "reruns",
+    "switches_away",
+];
+
+/// One CSV table: a row per turn (`kind` `turn`), per switch (`switch`: `account` is the one
+/// left, `to_account` the one taken) and per account's totals (`total`).
+fn to_csv(history: &HistoryJson) -> Result<String> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(CSV_HEADER)?;
+    let id = |a: Option<&AccountRef>| a.map(|a| a.id.to_string()).unwrap_or_default();
+    let account = |a: Option<&AccountRef>| a.map(|a| a.name.clone()).unwrap_or_default();
+    for t in &history.turns {
+        out.write_record([
+            "turn".to_owned(),
+            t.at.to_rfc3339(),
+            t.session.clone(),
+            account(t.account.as_ref()),
+            id(t.account.as_ref()),
+            t.model.clone().unwrap_or_default(),
+            t.input_tokens.to_string(),
+            t.cached_input_tokens.to_string(),
+            t.output_tokens.to_string(),
+            t.duration_ms.to_string(),
+            t.rerun.to_string(),
+            t.status.clone().unwrap_or_default(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ])?;
+    }
+    for s in &history.switches {
+        out.write_record([
+            "switch".to_owned(),
+            s.at.to_rfc3339(),
+            String::new(),
+            account(s.from.as_ref()),
+            id(s.from.as_ref()),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            s.elapsed_ms.to_string(),
+            String::new(),
+            String::new(),
+            s.to.name.clone(),
+            s.reason.describe(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ])?;
+    }
+    for t in &history.totals {
+        out.write_record([
+            "total".to_owned(),
+            String::new(),
+            String::new(),
+            t.account.clone(),
+            t.id.clone(),
+            String::new(),
+            t.input_tokens.to_string(),
+            t.cached_input_tokens.to_string(),
+            t.output_tokens.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            t.turns.to_string(),
+            t.reruns.to_string(),
+            t.switches_away.to_string(),
+        ])?;
+    }
+    let bytes = out.into_inner().wrap_err("writing CSV")?;
+    String::from_utf8(bytes).wrap_err("CSV is not UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account_id::AccountId;
+    use crate::proxy::events::SwitchReason;
+
+    fn who(name: &str) -> AccountRef {
+        AccountRef {
+            id: AccountId::new(format!("id-{name}")),
+            name: name.to_owned(),
+        }
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn turn(name: &str, secs: i64, tokens: u64, rerun: bool) -> TurnRecord {
+        TurnRecord {
+            at: at(secs),
+            session: "s".into(),
+            account: Some(who(name)),
+            model: None,
+            thread_id: "t".into(),
+            turn_id: "u".into(),
+            input_tokens: tokens,
+            cached_input_tokens: 1,
+            output_tokens: 2,
+            duration_ms: 3,
+            rerun,
+            status: None,
+        }
+    }
+
+    fn switch(from: &str, to: &str, secs: i64) -> SwitchRecord {
+        SwitchRecord {
+            at: at(secs),
+            from: Some(who(from)),
+            to: who(to),
+            reason: SwitchReason::UsageLimit,
+            from_usage: None,
+            to_usage: None,
+            elapsed_ms: 9,
+            error: None,
+        }
+    }
+
+    fn input() -> (Lines<TurnRecord>, Lines<SwitchRecord>) {
+        (
+            Lines {
+                records: vec![
+                    turn("alice", 0, 10, false),
+                    turn("alice", 100, 20, false),
+                    turn("bob", 200, 40, true),
+                ],
+                skipped: 2,
+            },
+            Lines {
+                records: vec![switch("alice", "bob", 150)],
+                skipped: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn totals_per_account_with_reruns_and_switches_away() {
+        let (turns, switches) = input();
+        let h = select(turns, switches, None, None);
+        assert_eq!(h.skipped_lines, 3);
+        assert_eq!(h.totals.len(), 2);
+        let alice = &h.totals[0];
+        assert_eq!(
+            (
+                alice.account.as_str(),
+                alice.turns,
+                alice.input_tokens,
+                alice.cached_input_tokens
+            ),
+            ("alice", 2, 30, 2)
+        );
+        assert_eq!((alice.reruns, alice.switches_away), (0, 1));
+        let bob = &h.totals[1];
+        assert_eq!(
+            (bob.turns, bob.input_tokens, bob.reruns, bob.switches_away),
+            (1, 40, 1, 0)
+        );
+        let csv = to_csv(&h).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 3 + 1 + 2, "{csv}");
+        assert!(
+            csv.contains("total,,,alice,id-alice,,30,2,4,,,,,,2,0,1"),
+            "{csv}"
+        );
+    }
+
+    #[test]
+    fn since_and_account_filter_turns_switches_and_totals() {
+        let (turns, switches) = input();
+        let h = select(turns, switches, Some(at(100)), Some("ALICE"));
+        assert_eq!(h.turns.len(), 1);
+        assert_eq!(h.turns[0].input_tokens, 20);
+        assert_eq!(h.switches.len(), 1);
+        assert_eq!(
+            h.totals.len(),
+            1,
+            "bob, the switch's other end, has no totals row"
+        );
+        assert_eq!((h.totals[0].turns, h.totals[0].switches_away), (1, 1));
+        let (turns, switches) = input();
+        let h = select(turns, switches, None, Some("id-bob"));
+        assert_eq!(h.turns.len(), 1);
+        assert_eq!(h.switches.len(), 1, "the switch to bob");
+        assert_eq!(h.totals.len(), 1);
+        assert_eq!(h.totals[0].switches_away, 0);
+    }
+}

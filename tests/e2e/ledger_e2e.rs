@@ -1,0 +1,231 @@
+//! The turn ledger and `cs-tui history`, as a user sees them: the real cs-tui in tmux with the
+//! real Codex TUI, the real app-server and the mock backend, two accounts, a usage limit that
+//! moves the session from alice to bob. Every turn gets a ledger line naming the account that
+//! served it and the tokens the backend reported for it; `history --csv` adds up to what the
+//! mock's request log says it answered.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::time::Instant;
+
+use crate::support::cs_tui_under_sh;
+use crate::support::product::{Product, cs_tui, panel, prompt, ready, start_with};
+use cs_tui_testkit::WAIT;
+use cs_tui_testkit::codex_bin;
+use cs_tui_testkit::mock_backend::{AccountMode, TokenUsage};
+use serde_json::Value;
+
+fn ask_and_expect(p: &Product, question: &str, who: &str) {
+    prompt(&p.tmux, question);
+    p.tmux
+        .wait_for(WAIT, &format!("{who}'s reply to {question:?}"), |s| {
+            s.contains(&format!("Served by {who}: you said \"{question}\""))
+        });
+}
+
+fn ledger_lines(p: &Product) -> Vec<Value> {
+    std::fs::read_to_string(p.store.path().join("ledger.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a ledger line is JSON"))
+        .collect()
+}
+
+/// (input, cached, output) the mock reported per account name (`acct-NAME`).
+fn mock_totals(p: &Product) -> BTreeMap<String, (u64, u64, u64, u64)> {
+    let mut totals = BTreeMap::new();
+    for r in p.mock.requests() {
+        let (Some(usage), Some(account)) = (r.token_usage, r.account_header.as_deref()) else {
+            continue;
+        };
+        let name = account.trim_start_matches("acct-").to_owned();
+        let t: &mut (u64, u64, u64, u64) = totals.entry(name).or_default();
+        t.0 += usage.input;
+        t.1 += usage.cached;
+        t.2 += usage.output;
+        t.3 += 1;
+    }
+    totals
+}
+
+fn ledger_totals(lines: &[Value]) -> BTreeMap<String, (u64, u64, u64)> {
+    let mut totals = BTreeMap::new();
+    for l in lines {
+        let name = l["account"]["name"].as_str().unwrap().to_owned();
+        let t: &mut (u64, u64, u64) = totals.entry(name).or_default();
+        t.0 += l["input_tokens"].as_u64().unwrap();
+        t.1 += l["cached_input_tokens"].as_u64().unwrap();
+        t.2 += l["output_tokens"].as_u64().unwrap();
+    }
+    totals
+}
+
+/// Polls `what` until it holds or [`WAIT`] has passed.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_history_csv_adds_up() {
+    let p = start_with(&["alice", "bob"], |mock| mock.vary_token_usage()).await;
+    p.tmux.wait_for(WAIT, "Codex and the panel on alice", |s| {
+        ready(s) && panel(s).contains("● alice") && panel(s).contains("proxy ready")
+    });
+    ask_and_expect(&p, "warm up", "alice");
+    p.tmux.wait_for(WAIT, "the title Codex generated", |s| {
+        s.contains("Chat with alice")
+    });
+    p.mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    ask_and_expect(&p, "the prompt that hits the limit", "bob");
+    ask_and_expect(&p, "after the switch", "bob");
+
+    // Every answered model request is in the ledger, on the account it went to.
+    let mut lines = Vec::new();
+    wait_until("the ledger to hold every answered request's tokens", || {
+        lines = ledger_lines(&p);
+        let want: BTreeMap<_, _> = mock_totals(&p)
+            .into_iter()
+            .map(|(k, (i, c, o, _))| (k, (i, c, o)))
+            .collect();
+        ledger_totals(&lines) == want
+    });
+    let by_prompt = |text: &str, account: &str| -> (Value, TokenUsage) {
+        let request = p
+            .mock
+            .user_turn_requests(text)
+            .into_iter()
+            .find(|r| r.account_header.as_deref() == Some(account))
+            .unwrap_or_else(|| panic!("{text:?} went to {account}"));
+        let usage = request.token_usage.expect("answered with usage");
+        let line = lines
+            .iter()
+            .find(|l| {
+                l["input_tokens"].as_u64() == Some(usage.input)
+                    && l["output_tokens"].as_u64() == Some(usage.output)
+            })
+            .unwrap_or_else(|| panic!("no ledger line with {usage:?}: {lines:#?}"))
+            .clone();
+        (line, usage)
+    };
+    let (warm, _) = by_prompt("warm up", "acct-alice");
+    assert_eq!(warm["account"]["name"], "alice");
+    assert_eq!(warm["rerun"], false);
+    assert_eq!(warm["status"], "completed");
+    let (rerun, usage) = by_prompt("the prompt that hits the limit", "acct-bob");
+    assert_eq!(rerun["account"]["name"], "bob", "{rerun:#}");
+    assert_eq!(rerun["rerun"], true, "{rerun:#}");
+    assert_eq!(rerun["cached_input_tokens"].as_u64(), Some(usage.cached));
+    let (after, _) = by_prompt("after the switch", "acct-bob");
+    assert_eq!(after["account"]["name"], "bob");
+    assert_eq!(after["rerun"], false);
+    // The turn that hit the limit is there too, on alice, failed, with no tokens.
+    assert!(
+        lines.iter().any(|l| l["account"]["name"] == "alice"
+            && l["status"] == "failed"
+            && l["input_tokens"] == 0),
+        "{lines:#?}"
+    );
+    for l in &lines {
+        assert!(l["session"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(l["model"].as_str().is_some_and(|m| !m.is_empty()), "{l:#}");
+        assert!(l["duration_ms"].as_u64().is_some());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.store.path().join("ledger.jsonl"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // `history --csv`: the totals rows match the mock's request log.
+    let csv = cs_tui(p.store.path(), &p.home, &p.mock, &["history", "--csv"]);
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let mut csv_totals = BTreeMap::new();
+    let mut switches = Vec::new();
+    for row in reader.records() {
+        let row = row.unwrap();
+        match &row[col("kind")] {
+            "total" => {
+                let n = |c: &str| row[col(c)].parse::<u64>().unwrap();
+                csv_totals.insert(
+                    row[col("account")].to_owned(),
+                    (
+                        n("input_tokens"),
+                        n("cached_input_tokens"),
+                        n("output_tokens"),
+                        n("reruns"),
+                        n("switches_away"),
+                    ),
+                );
+            }
+            "switch" => switches.push((
+                row[col("account")].to_owned(),
+                row[col("to_account")].to_owned(),
+            )),
+            _ => {}
+        }
+    }
+    let mock = mock_totals(&p);
+    assert_eq!(csv_totals["alice"].0, mock["alice"].0);
+    assert_eq!(csv_totals["alice"].1, mock["alice"].1);
+    assert_eq!(csv_totals["alice"].2, mock["alice"].2);
+    assert_eq!(csv_totals["bob"].0, mock["bob"].0);
+    assert_eq!(csv_totals["bob"].1, mock["bob"].1);
+    assert_eq!(csv_totals["bob"].2, mock["bob"].2);
+    assert_eq!(csv_totals["bob"].3, 1, "one re-run, on bob");
+    assert_eq!(csv_totals["alice"].4, 1, "one switch away from alice");
+    assert_eq!(switches, vec![("alice".to_owned(), "bob".to_owned())]);
+
+    // A broken line is skipped with a count; the command still works.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(p.store.path().join("ledger.jsonl"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{not json\n"))
+        .unwrap();
+    let out = crate::support::product::cs_tui_command(p.store.path(), &p.home, &p.mock)
+        .args(["history", "--json", "--account", "bob"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["skipped_lines"], 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("skipped 1 line"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let turns = json["turns"].as_array().unwrap();
+    assert!(turns.iter().all(|t| t["account"]["name"] == "bob"));
+    assert_eq!(json["totals"].as_array().unwrap().len(), 1, "{json:#}");
+    assert_eq!(
+        json["totals"][0]["input_tokens"].as_u64(),
+        Some(mock["bob"].0)
+    );
+
+    // A second session on the store starts its panel's switch list with the first one's
+    // switch, from the history file.
+    let codex = codex_bin();
+    let refresh_url = p.mock.refresh_url();
+    let env: Vec<(&str, &OsStr)> = vec![
+        ("CS_TUI_HOME", p.store.path().as_os_str()),
+        ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+        ("CODEX_HOME", p.home.path().as_os_str()),
+        ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", OsStr::new(&refresh_url)),
+    ];
+    let script = "\"$0\"; echo \"cs-tui exited $?\"; printf 'shell prompt> '; exec sleep 600";
+    let second = cs_tui_under_sh(160, 48, p.home.work_dir(), &env, script);
+    second.wait_for(
+        WAIT,
+        "the second session's panel with the first's switch",
+        |s| {
+            let panel = panel(s);
+            panel.contains("proxy ready") && panel.contains("alice → bob")
+        },
+    );
+}
