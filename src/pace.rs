@@ -226,6 +226,58 @@ fn apply_resets(pool: &mut [RunwayAccount], t: i64) {
     }
 }
 
+/// The pool's runway from each usable account's quota (the serving account first) and the
+/// pool's burn rates of the 5-hour and weekly windows (percentage points per second). Other
+/// windows do not enter: the rates are measured on these two.
+pub(crate) fn pool_runway<'a>(
+    accounts: impl IntoIterator<Item = (&'a str, &'a crate::quota::RateLimitSnapshot)>,
+    five_hour_rate: Option<f64>,
+    weekly_rate: Option<f64>,
+    now: i64,
+) -> Runway {
+    let accounts: Vec<RunwayAccount> = accounts
+        .into_iter()
+        .map(|(name, snapshot)| RunwayAccount {
+            name: name.to_owned(),
+            windows: [
+                (snapshot.five_hour(), five_hour_rate),
+                (snapshot.weekly(), weekly_rate),
+            ]
+            .into_iter()
+            .filter_map(|(window, rate)| {
+                let window = window?;
+                Some(RunwayWindow {
+                    used_percent: window.used_percent,
+                    resets_at: window.resets_at,
+                    length_secs: window.window_duration_mins.map(|m| i64::from(m) * 60),
+                    rate: rate.unwrap_or(0.0).max(0.0),
+                })
+            })
+            .collect(),
+        })
+        .filter(|a| !a.windows.is_empty())
+        .collect();
+    runway(&accounts, now)
+}
+
+/// The runway in words, with times written by `clock`: "pool lasts until Fri 14:00 at this
+/// pace", "pool dry 13:10–14:02, then alice resets".
+pub(crate) fn describe_runway(runway: &Runway, now: i64, clock: impl Fn(i64) -> String) -> String {
+    match runway {
+        Runway::Idle => "pool: no burn measured yet".to_owned(),
+        Runway::KeepsUp { until } => format!("pool keeps up at this pace (past {})", clock(*until)),
+        Runway::LastsUntil { at } => format!("pool lasts until {} at this pace", clock(*at)),
+        Runway::DryGap { from, until, then } if *from <= now => {
+            format!("pool dry until {}, then {then} resets", clock(*until))
+        }
+        Runway::DryGap { from, until, then } => format!(
+            "pool dry {}–{}, then {then} resets",
+            clock(*from),
+            clock(*until)
+        ),
+    }
+}
+
 /// `2h 13m`, `45m`, `3d 4h`, `<1m`.
 pub(crate) fn format_duration(secs: i64) -> String {
     let secs = secs.max(0);

@@ -327,11 +327,13 @@ async fn event_loop(
     } else {
         SessionMode::Proxy
     };
+    let mut dashboard = Dashboard::new(mode, std::mem::take(&mut backend.accounts));
+    dashboard.seed_history(std::mem::take(&mut backend.usage_samples));
     let mut app = App::new(
         config,
         pane,
         child,
-        Dashboard::new(mode, std::mem::take(&mut backend.accounts)),
+        dashboard,
         layout,
         backend.commands.clone(),
     );

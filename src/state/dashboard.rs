@@ -5,13 +5,15 @@ use chrono::{DateTime, Utc};
 
 use crate::account_id::AccountId;
 use crate::accounts::reset_credits::ResetCredits;
-use crate::pace::UsageSample;
+use crate::pace::{Runway, UsageSample, burn_rate, pool_runway, window_average_rate};
 use crate::proxy::events::{AccountRef, ConnectionState, PoolShare, ProxyEvent};
 use crate::proxy::history::SwitchRecord;
+use crate::proxy::usage_store::StoredSample;
 use crate::quota::{RateLimitSnapshot, WindowKind};
 
-/// How long the panel keeps burn samples (the weekly window is the longest we chart).
-const HISTORY_LIMIT: usize = 2_000;
+/// How many burn samples the panel keeps (14 days at 5-minute resolution of ten accounts,
+/// loaded from the usage store, and this session's own).
+const HISTORY_LIMIT: usize = 50_000;
 /// Switch records and notices kept.
 const LOG_LIMIT: usize = 50;
 
@@ -123,7 +125,8 @@ pub struct Dashboard {
     pub active: Option<AccountId>,
     pub accounts: Vec<AccountView>,
     pub turns_running: usize,
-    /// Burn samples of whichever account was active, oldest first.
+    /// Burn samples of every account (earlier sessions' from the usage store, then this
+    /// session's), oldest first.
     pub history: Vec<BurnSample>,
     /// Newest last.
     pub switches: Vec<SwitchRecord>,
@@ -326,9 +329,7 @@ impl Dashboard {
                     view.plan.clone_from(&snapshot.plan_type);
                 }
                 let merged = view.snapshot.clone().unwrap_or_default();
-                if self.active.as_ref() == Some(&account.id) {
-                    self.record_sample(&account.id, &merged, at.timestamp());
-                }
+                self.record_sample(&account.id, &merged, at.timestamp());
             }
             ProxyEvent::UsageLimitHit { account, .. } => {
                 // The backend said so; mark the 5-hour window full if the numbers lag behind.
@@ -482,38 +483,73 @@ impl Dashboard {
         }
     }
 
-    /// The session now uses `id`. Its last known numbers start its burn history, so the
-    /// chart and the rate do not wait for the next turn.
+    /// The session now uses `id`. Its last known numbers start its burn history (unless they
+    /// are its last sample already), so the chart and the rate do not wait for the next turn.
     fn make_active(&mut self, id: &AccountId, at: i64) {
         if self.active.as_ref() == Some(id) {
             return;
         }
         self.active = Some(id.clone());
         if let Some(snapshot) = self.account(id).and_then(|a| a.snapshot.clone()) {
-            self.record_sample(id, &snapshot, at);
+            let last = self.history.iter().rev().find(|s| s.account_id == *id);
+            let same = last.is_some_and(|s| {
+                s.five_hour == snapshot.five_hour().map(|w| w.used_percent)
+                    && s.weekly == snapshot.weekly().map(|w| w.used_percent)
+            });
+            if !same {
+                self.record_sample(id, &snapshot, at);
+            }
         }
     }
 
     fn record_sample(&mut self, account_id: &AccountId, snapshot: &RateLimitSnapshot, at: i64) {
+        let (five_hour, weekly) = (
+            snapshot.five_hour().map(|w| w.used_percent),
+            snapshot.weekly().map(|w| w.used_percent),
+        );
+        if five_hour.is_none() && weekly.is_none() {
+            return;
+        }
         self.history.push(BurnSample {
             account_id: account_id.clone(),
             at,
-            five_hour: snapshot.five_hour().map(|w| w.used_percent),
-            weekly: snapshot.weekly().map(|w| w.used_percent),
+            five_hour,
+            weekly,
         });
-        if self.history.len() > HISTORY_LIMIT {
-            self.history.remove(0);
+        self.trim_history();
+    }
+
+    fn trim_history(&mut self) {
+        // Trimmed in chunks, so a full history does not move every sample on each new one.
+        if self.history.len() > HISTORY_LIMIT + HISTORY_LIMIT / 10 {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
         }
     }
 
-    /// The active account's samples of one window, oldest first, for the burn rate.
-    pub fn samples(&self, kind: WindowKind) -> Vec<UsageSample> {
-        let Some(active) = &self.active else {
-            return Vec::new();
-        };
+    /// Starts the burn history with what earlier sessions kept (the usage store), before
+    /// this session's own samples.
+    pub fn seed_history(&mut self, stored: Vec<StoredSample>) {
+        let mut seeded: Vec<BurnSample> = stored
+            .into_iter()
+            .map(|s| BurnSample {
+                account_id: s.account,
+                at: s.at,
+                five_hour: s.five_hour,
+                weekly: s.weekly,
+            })
+            .collect();
+        seeded.append(&mut self.history);
+        seeded.sort_by_key(|s| s.at);
+        self.history = seeded;
+        self.trim_history();
+    }
+
+    /// One account's samples of one window, oldest first.
+    pub fn account_samples(&self, account: &AccountId, kind: WindowKind) -> Vec<UsageSample> {
         self.history
             .iter()
-            .filter(|s| s.account_id == *active)
+            .filter(|s| s.account_id == *account)
             .filter_map(|s| {
                 let used = match kind {
                     WindowKind::FiveHour => s.five_hour,
@@ -526,6 +562,54 @@ impl Dashboard {
                 })
             })
             .collect()
+    }
+
+    /// The pool's burn rate of one window (percentage points per second): the sum of every
+    /// account's current rate from its samples, or, before any account has enough samples,
+    /// the active account's average since its window opened.
+    pub(crate) fn pool_rate(&self, kind: WindowKind, now: i64) -> Option<f64> {
+        let measured: Vec<f64> = self
+            .accounts
+            .iter()
+            .filter_map(|a| burn_rate(&self.account_samples(&a.id, kind), now))
+            .collect();
+        if !measured.is_empty() {
+            return Some(measured.iter().sum());
+        }
+        let window = self.active_account()?.snapshot.as_ref()?.window(kind)?;
+        window_average_rate(window, now)
+    }
+
+    /// How long the pool's usable accounts last at the current pace (the active one serves
+    /// first).
+    pub(crate) fn runway(&self, now: i64) -> Runway {
+        let mut usable: Vec<&AccountView> = self
+            .accounts
+            .iter()
+            .filter(|a| a.stored == StoredState::Ready)
+            .filter(|a| {
+                a.snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.workspace_limit().is_none())
+            })
+            .collect();
+        usable.sort_by_key(|a| self.active.as_ref() != Some(&a.id));
+        pool_runway(
+            usable
+                .into_iter()
+                .filter_map(|a| Some((a.name.as_str(), a.snapshot.as_ref()?))),
+            self.pool_rate(WindowKind::FiveHour, now),
+            self.pool_rate(WindowKind::Weekly, now),
+            now,
+        )
+    }
+
+    /// The active account's samples of one window, oldest first, for the burn rate.
+    pub fn samples(&self, kind: WindowKind) -> Vec<UsageSample> {
+        match &self.active {
+            Some(active) => self.account_samples(active, kind),
+            None => Vec::new(),
+        }
     }
 }
 
