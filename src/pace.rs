@@ -125,7 +125,7 @@ pub(crate) enum Runway {
     DryGap { from: i64, until: i64, then: String },
 }
 
-/// How far ahead the runway looks.
+/// How far ahead the runway looks (a week: [`describe_runway`] says so).
 pub(crate) const RUNWAY_HORIZON_SECS: i64 = 7 * 86_400;
 
 /// Walks the pool forward from `now`: the serving account burns its windows at their rates
@@ -265,7 +265,7 @@ pub(crate) fn pool_runway<'a>(
 pub(crate) fn describe_runway(runway: &Runway, now: i64, clock: impl Fn(i64) -> String) -> String {
     match runway {
         Runway::Idle => "pool: no burn measured yet".to_owned(),
-        Runway::KeepsUp { until } => format!("pool keeps up at this pace (past {})", clock(*until)),
+        Runway::KeepsUp { .. } => "pool lasts over a week at this pace".to_owned(),
         Runway::LastsUntil { at } => format!("pool lasts until {} at this pace", clock(*at)),
         Runway::DryGap { from, until, then } if *from <= now => {
             format!("pool dry until {}, then {then} resets", clock(*until))
@@ -523,6 +523,43 @@ mod tests {
         ];
         for (name, accounts, want) in table {
             assert_eq!(runway(&accounts, NOW), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn runway_in_words() {
+        let clock = |t: i64| format!("T{}", (t - NOW) / 60);
+        let table = [
+            (Runway::Idle, "pool: no burn measured yet"),
+            (
+                Runway::KeepsUp {
+                    until: NOW + RUNWAY_HORIZON_SECS,
+                },
+                "pool lasts over a week at this pace",
+            ),
+            (
+                Runway::LastsUntil { at: NOW + 60 },
+                "pool lasts until T1 at this pace",
+            ),
+            (
+                Runway::DryGap {
+                    from: NOW + 60,
+                    until: NOW + 120,
+                    then: "alice".into(),
+                },
+                "pool dry T1–T2, then alice resets",
+            ),
+            (
+                Runway::DryGap {
+                    from: NOW,
+                    until: NOW + 120,
+                    then: "bob".into(),
+                },
+                "pool dry until T2, then bob resets",
+            ),
+        ];
+        for (runway, want) in table {
+            assert_eq!(describe_runway(&runway, NOW, clock), want);
         }
     }
 
