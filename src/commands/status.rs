@@ -21,6 +21,7 @@ use crate::cli::StatusArgs;
 use crate::errors::render_error;
 use crate::pace::{
     RUNWAY_HORIZON_SECS, Runway, UsageSample, burn_rate, describe_runway, pool_runway,
+    window_average_rate,
 };
 use crate::proxy::usage_store::{self, StoredSample};
 use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
@@ -202,7 +203,16 @@ fn forecast_json(
                 burn_rate(&of_account, unix)
             })
             .collect();
-        (!measured.is_empty()).then(|| measured.iter().sum::<f64>())
+        if !measured.is_empty() {
+            return Some(measured.iter().sum::<f64>());
+        }
+        // Before any account has samples a minute apart: the active account's average
+        // since its window opened, as the panel does.
+        let (_, id, snapshot) = usable.first()?;
+        let window = snapshot.window(kind)?;
+        (file.active.as_ref() == Some(*id))
+            .then(|| window_average_rate(window, unix))
+            .flatten()
     };
     let (five_hour, weekly) = (rate(WindowKind::FiveHour), rate(WindowKind::Weekly));
     let runway = pool_runway(

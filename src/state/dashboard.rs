@@ -824,3 +824,74 @@ mod tests {
         assert_eq!(pool.sessions_on(&AccountId::from("carol")), 0);
     }
 }
+
+#[cfg(test)]
+mod runway_tests {
+    use super::*;
+    use crate::quota::RateLimitWindow;
+    use chrono::TimeZone;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn snapshot(used: f64) -> RateLimitSnapshot {
+        RateLimitSnapshot {
+            primary: Some(RateLimitWindow {
+                used_percent: used,
+                window_duration_mins: Some(300),
+                resets_at: Some(NOW + 4 * 3600),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn update(d: &mut Dashboard, id: &str, used: f64, at: i64) {
+        d.apply(&ProxyEvent::RateLimitsUpdated {
+            account: AccountRef {
+                id: AccountId::new(id),
+                name: id.to_owned(),
+            },
+            snapshot: snapshot(used),
+            families: Vec::new(),
+            at: Utc.timestamp_opt(NOW + at, 0).unwrap(),
+        });
+    }
+
+    #[test]
+    fn the_pool_burns_at_the_sum_of_its_accounts_rates() {
+        let mut d = Dashboard::new(
+            SessionMode::Proxy,
+            vec![AccountView::new("a", "alice"), AccountView::new("b", "bob")],
+        );
+        d.apply(&ProxyEvent::ActiveAccount {
+            account: AccountRef {
+                id: AccountId::new("a"),
+                name: "alice".into(),
+            },
+            at: Utc.timestamp_opt(NOW - 600, 0).unwrap(),
+        });
+        // alice (this session) 1 point a minute; bob (another session's) 2 points a minute,
+        // half of it from an earlier session's stored sample.
+        update(&mut d, "a", 10.0, -600);
+        update(&mut d, "a", 20.0, 0);
+        d.seed_history(vec![StoredSample {
+            at: NOW - 600,
+            account: AccountId::new("b"),
+            five_hour: Some(30.0),
+            weekly: None,
+        }]);
+        update(&mut d, "b", 50.0, 0);
+        let rate = d.pool_rate(WindowKind::FiveHour, NOW).unwrap();
+        assert!((rate - 3.0 / 60.0).abs() < 1e-12, "{rate}");
+        // alice's 80 % last 80 / 3 minutes, bob's 50 % then 50 / 3 more: dry at 43.3 min.
+        // Both reset at 4 h.
+        assert_eq!(
+            d.runway(NOW),
+            Runway::DryGap {
+                from: NOW + 1600 + 1000,
+                until: NOW + 4 * 3600,
+                then: "alice".into(),
+            }
+        );
+        assert_eq!(d.samples(WindowKind::FiveHour).len(), 2, "alice's only");
+    }
+}
