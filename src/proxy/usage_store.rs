@@ -53,7 +53,13 @@ pub(crate) fn path(store_dir: &Path) -> PathBuf {
 /// parse are skipped.
 pub fn load(store_dir: &Path, now: i64) -> Vec<StoredSample> {
     match File::open(path(store_dir)) {
-        Ok(file) => thin(read_lines(&file), now),
+        Ok(file) => match read_lines(&file) {
+            Ok(samples) => thin(samples, now),
+            Err(err) => {
+                tracing::warn!("cannot read the usage samples: {err}");
+                Vec::new()
+            }
+        },
         Err(err) => {
             if err.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("cannot read the usage samples: {err}");
@@ -63,25 +69,29 @@ pub fn load(store_dir: &Path, now: i64) -> Vec<StoredSample> {
     }
 }
 
-fn read_lines(file: &File) -> Vec<StoredSample> {
+/// Every sample in `file`, skipping lines that do not parse. A read error fails the whole
+/// read, so a compaction never rewrites the file from part of it.
+fn read_lines(file: &File) -> std::io::Result<Vec<StoredSample>> {
     let mut skipped = 0usize;
-    let samples = BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter(|line| !line.trim().is_empty())
-        .filter_map(|line| {
-            let parsed = serde_json::from_str::<StoredSample>(&line).ok();
-            skipped += usize::from(parsed.is_none());
-            parsed
-        })
-        .collect();
+    let mut samples = Vec::new();
+    // Split on bytes: a line that is not UTF-8 is one bad line, not the end of the file.
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<StoredSample>(&line) {
+            Ok(sample) => samples.push(sample),
+            Err(_) => skipped += 1,
+        }
+    }
     if skipped > 0 {
         tracing::warn!(
             skipped,
             "usage samples: lines that do not parse were skipped"
         );
     }
-    samples
+    Ok(samples)
 }
 
 /// Keeps the retention and the resolution, oldest first.
@@ -151,7 +161,7 @@ pub(crate) fn append(store_dir: &Path, samples: &[StoredSample], now: i64) -> st
 /// Rewrites the file to the retention and resolution, holding `locked` (the file's lock).
 fn compact_locked(store_dir: &Path, locked: &Flock<File>, now: i64) -> std::io::Result<()> {
     let file: &File = locked;
-    let kept = thin(read_lines(file), now);
+    let kept = thin(read_lines(file)?, now);
     let temp = store_dir.join(format!("{FILE}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&temp);
     let mut out = OpenOptions::new()
@@ -342,6 +352,26 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(load(&dir.path().join("missing"), NOW).is_empty());
+    }
+
+    #[test]
+    fn a_link_in_its_place_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep me\n").unwrap();
+        std::os::unix::fs::symlink(&victim, path(dir.path())).unwrap();
+        assert!(append(dir.path(), &[sample("a", 0, 1.0)], NOW).is_err());
+        assert!(compact(dir.path(), NOW).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+        // Nor does a file of garbage stop a load.
+        std::fs::remove_file(path(dir.path())).unwrap();
+        std::fs::write(path(dir.path()), [0xff_u8, 0xfe, b'\n', b'{', b'\n']).unwrap();
+        assert!(load(dir.path(), NOW).is_empty());
+        append(dir.path(), &[sample("a", 0, 1.0)], NOW).unwrap();
+        // The samples after a line that is not UTF-8 are kept, by a load and a compaction.
+        assert_eq!(load(dir.path(), NOW), vec![sample("a", 0, 1.0)]);
+        compact(dir.path(), NOW).unwrap();
+        assert_eq!(load(dir.path(), NOW), vec![sample("a", 0, 1.0)]);
     }
 
     #[test]
