@@ -166,3 +166,54 @@ async fn samples_outlive_the_session_and_feed_the_forecast() {
     );
     assert!(forecast["horizon"].is_string(), "{forecast:#}");
 }
+
+/// The dashboard starts its burn-down and its runway from the samples earlier sessions kept:
+/// the real `cs-tui` in tmux with Codex in its pane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_starts_from_the_samples_earlier_sessions_kept() {
+    use crate::support::product::{panel, quit, start_with_store};
+    let p = start_with_store(&["alice", "bob"], |mock, _, store| {
+        let usage = |five: u8, week: u8| cs_tui_testkit::Usage {
+            primary: Some(cs_tui_testkit::UsageWindow::five_hour(five)),
+            secondary: Some(cs_tui_testkit::UsageWindow::weekly(week)),
+            ..Default::default()
+        };
+        mock.set_usage("acct-alice", usage(46, 27));
+        mock.set_usage("acct-bob", usage(80, 55));
+        // Earlier sessions saw alice climb from 10 % to 42 % over the last 45 minutes.
+        let alice = account_id(store, "alice");
+        let now = unix_now();
+        let lines: String = (0..9)
+            .map(|i| {
+                format!(
+                    "{{\"at\":{},\"account\":\"{alice}\",\"five_hour\":{}.0,\"weekly\":27.0}}\n",
+                    now - (45 - 5 * i) * 60,
+                    10 + 4 * i
+                )
+            })
+            .collect();
+        let mut file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(store.join("usage.jsonl"))
+            .unwrap();
+        file.write_all(lines.as_bytes()).unwrap();
+    })
+    .await;
+    let t = &p.tmux;
+    let screen = t.wait_for(WAIT, "the runway from the stored samples", |s| {
+        let panel = panel(s);
+        // Nine stored samples and this session's first: the 5-hour burn-down has ten.
+        let sparks = panel
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("5h "))
+            .map_or(0, |rest| {
+                rest.chars().filter(|c| ('▁'..='█').contains(c)).count()
+            });
+        sparks >= 10 && panel.contains("pool dry")
+    });
+    // 0.8 points a minute: alice's 54 % last until 67 minutes from now, then bob's 20 %.
+    assert!(panel(&screen).contains("then alice resets"), "{screen}");
+    quit(t);
+}
