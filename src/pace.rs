@@ -93,6 +93,191 @@ pub(crate) fn time_to_exhaustion(
     }
 }
 
+/// One window of an account in the pool's runway: how much is used, when it resets, and how
+/// fast the pool burns it while the account serves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct RunwayWindow {
+    pub used_percent: f64,
+    pub resets_at: Option<i64>,
+    /// The window's length, so a reset can be followed by the next one.
+    pub length_secs: Option<i64>,
+    /// Percentage points per second while this account serves.
+    pub rate: f64,
+}
+
+/// One usable account of the pool, in the order the pool uses them (the active one first).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RunwayAccount {
+    pub name: String,
+    pub windows: Vec<RunwayWindow>,
+}
+
+/// How long the pool lasts at the current pace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Runway {
+    /// No burn measured: nothing to forecast.
+    Idle,
+    /// No account runs dry before `until` (the forecast's horizon).
+    KeepsUp { until: i64 },
+    /// Every account is dry from `at`, and no reset is known to follow.
+    LastsUntil { at: i64 },
+    /// Every account is dry from `from` (now or later) until `until`, when `then` resets.
+    DryGap { from: i64, until: i64, then: String },
+}
+
+/// How far ahead the runway looks (a week: [`describe_runway`] says so).
+pub(crate) const RUNWAY_HORIZON_SECS: i64 = 7 * 86_400;
+
+/// Walks the pool forward from `now`: the serving account burns its windows at their rates
+/// until one is full, then the next usable account (in `accounts`' order) serves; a window
+/// that resets is empty again and resets once more a window's length later. Returns when the
+/// pool first runs dry (and what ends the dry spell), or that it keeps up for
+/// [`RUNWAY_HORIZON_SECS`].
+pub(crate) fn runway(accounts: &[RunwayAccount], now: i64) -> Runway {
+    const FULL: f64 = 100.0 - 1e-9;
+    if !accounts
+        .iter()
+        .flat_map(|a| &a.windows)
+        .any(|w| w.rate > 0.0)
+    {
+        return Runway::Idle;
+    }
+    let mut pool: Vec<RunwayAccount> = accounts.to_vec();
+    let end = now.saturating_add(RUNWAY_HORIZON_SECS);
+    let mut t = now;
+    // Resets that are already due (numbers older than their reset) happened.
+    apply_resets(&mut pool, t);
+    let usable = |a: &RunwayAccount| a.windows.iter().all(|w| w.used_percent < FULL);
+    let mut serving: Option<usize> = None;
+    // Each step ends at a window filling up or resetting; the horizon bounds the walk, and
+    // so does this (a guard against windows with absurd lengths).
+    for _ in 0..100_000 {
+        if t >= end {
+            return Runway::KeepsUp { until: end };
+        }
+        if serving.is_none_or(|i| !usable(&pool[i])) {
+            serving = pool.iter().position(usable);
+        }
+        let next_reset = pool
+            .iter()
+            .flat_map(|a| &a.windows)
+            .filter_map(|w| w.resets_at)
+            .filter(|&r| r > t)
+            .min();
+        let Some(index) = serving else {
+            // Dry: wait for resets until an account is usable again.
+            let from = t;
+            loop {
+                let Some(reset) = pool
+                    .iter()
+                    .flat_map(|a| &a.windows)
+                    .filter_map(|w| w.resets_at)
+                    .filter(|&r| r > t)
+                    .min()
+                else {
+                    return Runway::LastsUntil { at: from };
+                };
+                t = reset;
+                apply_resets(&mut pool, t);
+                if let Some(back) = pool.iter().find(|a| usable(a)) {
+                    return Runway::DryGap {
+                        from,
+                        until: t,
+                        then: back.name.clone(),
+                    };
+                }
+            }
+        };
+        let fill_at = |w: &RunwayWindow| {
+            (w.rate > 0.0)
+                .then(|| t.saturating_add(((100.0 - w.used_percent) / w.rate).ceil() as i64))
+        };
+        let fills = pool[index].windows.iter().filter_map(fill_at).min();
+        let step_end = [fills, next_reset, Some(end)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(end);
+        let elapsed = (step_end - t) as f64;
+        for w in &mut pool[index].windows {
+            let full = fill_at(w).is_some_and(|at| at <= step_end);
+            w.used_percent = if full {
+                100.0
+            } else {
+                (w.used_percent + w.rate * elapsed).min(100.0)
+            };
+        }
+        t = step_end;
+        apply_resets(&mut pool, t);
+    }
+    Runway::KeepsUp { until: t }
+}
+
+/// Empties every window whose reset is due at `t` and moves its reset a length on.
+fn apply_resets(pool: &mut [RunwayAccount], t: i64) {
+    for w in pool.iter_mut().flat_map(|a| &mut a.windows) {
+        while let Some(reset) = w.resets_at.filter(|&r| r <= t) {
+            w.used_percent = 0.0;
+            w.resets_at = w
+                .length_secs
+                .filter(|&l| l > 0)
+                .map(|l| reset + l * ((t - reset) / l + 1));
+        }
+    }
+}
+
+/// The pool's runway from each usable account's quota (the serving account first) and the
+/// pool's burn rates of the 5-hour and weekly windows (percentage points per second). Other
+/// windows do not enter: the rates are measured on these two.
+pub(crate) fn pool_runway<'a>(
+    accounts: impl IntoIterator<Item = (&'a str, &'a crate::quota::RateLimitSnapshot)>,
+    five_hour_rate: Option<f64>,
+    weekly_rate: Option<f64>,
+    now: i64,
+) -> Runway {
+    let accounts: Vec<RunwayAccount> = accounts
+        .into_iter()
+        .map(|(name, snapshot)| RunwayAccount {
+            name: name.to_owned(),
+            windows: [
+                (snapshot.five_hour(), five_hour_rate),
+                (snapshot.weekly(), weekly_rate),
+            ]
+            .into_iter()
+            .filter_map(|(window, rate)| {
+                let window = window?;
+                Some(RunwayWindow {
+                    used_percent: window.used_percent,
+                    resets_at: window.resets_at,
+                    length_secs: window.window_duration_mins.map(|m| i64::from(m) * 60),
+                    rate: rate.unwrap_or(0.0).max(0.0),
+                })
+            })
+            .collect(),
+        })
+        .filter(|a| !a.windows.is_empty())
+        .collect();
+    runway(&accounts, now)
+}
+
+/// The runway in words, with times written by `clock`: "pool lasts until Fri 14:00 at this
+/// pace", "pool dry 13:10–14:02, then alice resets".
+pub(crate) fn describe_runway(runway: &Runway, now: i64, clock: impl Fn(i64) -> String) -> String {
+    match runway {
+        Runway::Idle => "pool: no burn measured yet".to_owned(),
+        Runway::KeepsUp { .. } => "pool lasts over a week at this pace".to_owned(),
+        Runway::LastsUntil { at } => format!("pool lasts until {} at this pace", clock(*at)),
+        Runway::DryGap { from, until, then } if *from <= now => {
+            format!("pool dry until {}, then {then} resets", clock(*until))
+        }
+        Runway::DryGap { from, until, then } => format!(
+            "pool dry {}–{}, then {then} resets",
+            clock(*from),
+            clock(*until)
+        ),
+    }
+}
+
 /// `2h 13m`, `45m`, `3d 4h`, `<1m`.
 pub(crate) fn format_duration(secs: i64) -> String {
     let secs = secs.max(0);
@@ -236,6 +421,146 @@ mod tests {
         let rate = window_average_rate(&five_hour(30.0, 150 * 60), NOW).unwrap();
         assert!((rate - 0.2 / 60.0).abs() < 1e-12);
         assert_eq!(window_average_rate(&five_hour(0.0, 5 * 3600), NOW), None);
+    }
+
+    const MIN: i64 = 60;
+    const HOUR: i64 = 3600;
+    const DAY: i64 = 86_400;
+
+    fn win(used: f64, resets_in: Option<i64>, length: Option<i64>, per_min: f64) -> RunwayWindow {
+        RunwayWindow {
+            used_percent: used,
+            resets_at: resets_in.map(|r| NOW + r),
+            length_secs: length,
+            rate: per_min / 60.0,
+        }
+    }
+
+    fn acct(name: &str, windows: Vec<RunwayWindow>) -> RunwayAccount {
+        RunwayAccount {
+            name: name.to_owned(),
+            windows,
+        }
+    }
+
+    #[test]
+    fn runway_of_the_pool() {
+        let five = Some(5 * HOUR);
+        let week = Some(7 * DAY);
+        let gap = |from: i64, until: i64, then: &str| Runway::DryGap {
+            from: NOW + from,
+            until: NOW + until,
+            then: then.to_owned(),
+        };
+        let table: Vec<(&str, Vec<RunwayAccount>, Runway)> = vec![
+            (
+                "no burn",
+                vec![acct("alice", vec![win(50.0, Some(4 * HOUR), five, 0.0)])],
+                Runway::Idle,
+            ),
+            ("no accounts", vec![], Runway::Idle),
+            (
+                "one account: dry after 50 min until its reset",
+                vec![acct("alice", vec![win(50.0, Some(4 * HOUR), five, 1.0)])],
+                gap(50 * MIN, 4 * HOUR, "alice"),
+            ),
+            (
+                "one account, no reset known",
+                vec![acct("alice", vec![win(50.0, None, None, 1.0)])],
+                Runway::LastsUntil { at: NOW + 50 * MIN },
+            ),
+            (
+                "a slow burn keeps up through the horizon",
+                vec![acct("alice", vec![win(50.0, Some(4 * HOUR), five, 0.1)])],
+                Runway::KeepsUp {
+                    until: NOW + RUNWAY_HORIZON_SECS,
+                },
+            ),
+            (
+                // alice fills at 50 min; bob serves, resets at 2 h (70 % used then), fills at
+                // 220 min; alice is back at 4 h.
+                "staggered resets",
+                vec![
+                    acct("alice", vec![win(50.0, Some(4 * HOUR), five, 1.0)]),
+                    acct("bob", vec![win(0.0, Some(2 * HOUR), five, 1.0)]),
+                ],
+                gap(220 * MIN, 4 * HOUR, "alice"),
+            ),
+            (
+                "dry now, until the first reset",
+                vec![
+                    acct("alice", vec![win(100.0, Some(HOUR), five, 1.0)]),
+                    acct("bob", vec![win(100.0, Some(3 * HOUR), five, 1.0)]),
+                ],
+                gap(0, HOUR, "alice"),
+            ),
+            (
+                // 10 %/day: alice's 10 % last a day, bob's 5 % half a day; alice resets at 3 d.
+                "weekly-only plans",
+                vec![
+                    acct("alice", vec![win(90.0, Some(3 * DAY), week, 10.0 / 1440.0)]),
+                    acct("bob", vec![win(95.0, Some(5 * DAY), week, 10.0 / 1440.0)]),
+                ],
+                gap(DAY + DAY / 2, 3 * DAY, "alice"),
+            ),
+            (
+                // The weekly window fills in 10 minutes; the 5-hour reset does not help.
+                "the tightest window decides",
+                vec![acct(
+                    "alice",
+                    vec![
+                        win(0.0, Some(5 * HOUR), five, 1.0),
+                        win(99.0, Some(3 * DAY), week, 0.1),
+                    ],
+                )],
+                gap(10 * MIN, 3 * DAY, "alice"),
+            ),
+            (
+                "a reset already due counts as done",
+                vec![acct("alice", vec![win(100.0, Some(-MIN), five, 1.0)])],
+                gap(100 * MIN, 5 * HOUR - MIN, "alice"),
+            ),
+        ];
+        for (name, accounts, want) in table {
+            assert_eq!(runway(&accounts, NOW), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn runway_in_words() {
+        let clock = |t: i64| format!("T{}", (t - NOW) / 60);
+        let table = [
+            (Runway::Idle, "pool: no burn measured yet"),
+            (
+                Runway::KeepsUp {
+                    until: NOW + RUNWAY_HORIZON_SECS,
+                },
+                "pool lasts over a week at this pace",
+            ),
+            (
+                Runway::LastsUntil { at: NOW + 60 },
+                "pool lasts until T1 at this pace",
+            ),
+            (
+                Runway::DryGap {
+                    from: NOW + 60,
+                    until: NOW + 120,
+                    then: "alice".into(),
+                },
+                "pool dry T1–T2, then alice resets",
+            ),
+            (
+                Runway::DryGap {
+                    from: NOW,
+                    until: NOW + 120,
+                    then: "bob".into(),
+                },
+                "pool dry until T2, then bob resets",
+            ),
+        ];
+        for (runway, want) in table {
+            assert_eq!(describe_runway(&runway, NOW, clock), want);
+        }
     }
 
     #[test]

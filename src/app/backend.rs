@@ -84,6 +84,8 @@ pub(crate) struct SessionBackend {
     pub started: Option<oneshot::Receiver<Result<()>>>,
     /// The session's share in the pool's poller election, given up while cs-tui is stopped.
     pub(crate) pool: crate::proxy::pool::hub::PoolControlSlot,
+    /// Earlier sessions' usage samples (the usage store), which start the burn-down.
+    pub(crate) usage_samples: Vec<crate::proxy::usage_store::StoredSample>,
 }
 
 impl SessionBackend {
@@ -101,6 +103,7 @@ impl SessionBackend {
             guard: None,
             started: None,
             pool: Default::default(),
+            usage_samples: Vec::new(),
         }
     }
 
@@ -172,6 +175,7 @@ impl SessionBackend {
             guard: None,
             started: None,
             pool: Default::default(),
+            usage_samples: Vec::new(),
         }
     }
 }
@@ -227,6 +231,7 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
     let keep = Arc::downgrade(&slot.0);
     let pool = crate::proxy::pool::hub::PoolControlSlot::default();
     let pool_slot = pool.clone();
+    let samples_dir = store_dir.clone();
     tokio::spawn(async move {
         let session = match Session::start(listener, options, dir).await {
             Ok(session) => session,
@@ -236,6 +241,7 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
             }
         };
         connect_dashboard(&session, event_tx, command_rx);
+        crate::proxy::usage_store::spawn_recorder(&samples_dir, session.subscribe());
         pool_slot.set(session.pool_control());
         // If cs-tui is already ending, dropping the session here stops the app-server.
         if let Some(slot) = keep.upgrade()
@@ -276,6 +282,7 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
         guard: Some(Box::new(slot)),
         started: Some(started),
         pool,
+        usage_samples: crate::proxy::usage_store::load(&store_dir, Utc::now().timestamp()),
     })
 }
 

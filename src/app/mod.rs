@@ -331,12 +331,14 @@ async fn event_loop(
     } else {
         SessionMode::Proxy
     };
+    let mut dashboard = Dashboard::new(mode, std::mem::take(&mut backend.accounts))
+        .with_switches(std::mem::take(&mut backend.recent_switches));
+    dashboard.seed_history(std::mem::take(&mut backend.usage_samples));
     let mut app = App::new(
         config,
         pane,
         child,
-        Dashboard::new(mode, std::mem::take(&mut backend.accounts))
-            .with_switches(std::mem::take(&mut backend.recent_switches)),
+        dashboard,
         layout,
         backend.commands.clone(),
     );

@@ -49,6 +49,7 @@ async fn serve(env: &Env, args: ServeArgs) -> Result<ExitCode> {
     let dir = StoreDirectory::from_env(&store_dir)?;
     let session = Session::start(listener, options, dir).await?;
     let mut events = session.subscribe();
+    crate::proxy::usage_store::spawn_recorder(&store_dir, session.subscribe());
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening {}", session.url())?;

@@ -19,6 +19,11 @@ use crate::accounts::tokens::relogin_command;
 use crate::accounts::{AccountsFile, Backend, UsageReport, fetch_usage_with, needs_login};
 use crate::cli::StatusArgs;
 use crate::errors::render_error;
+use crate::pace::{
+    RUNWAY_HORIZON_SECS, Runway, UsageSample, burn_rate, describe_runway, pool_runway,
+    window_average_rate,
+};
+use crate::proxy::usage_store::{self, StoredSample};
 use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
 
 /// One window in `status --json`.
@@ -121,6 +126,132 @@ struct StatusJson<'a> {
 struct StatusListJson<'a> {
     fetched_at: DateTime<Utc>,
     accounts: Vec<StatusJson<'a>>,
+    /// How long the pool lasts at the current pace; `null` with no accounts.
+    forecast: Option<ForecastJson>,
+}
+
+/// The pool's runway in `status --json`: from every usable account's numbers just read and
+/// the burn rate of the usage samples sessions kept (`<store>/usage.jsonl`).
+#[derive(Serialize)]
+struct ForecastJson {
+    /// `idle` (no burn measured), `keeps_up` (no account runs dry within `horizon`),
+    /// `lasts_until` (dry from `dry_from`, no reset known after), `dry_gap` (dry from
+    /// `dry_from` until `dry_until`, when `then_account` resets).
+    state: &'static str,
+    dry_from: Option<DateTime<Utc>>,
+    dry_until: Option<DateTime<Utc>>,
+    then_account: Option<String>,
+    horizon: DateTime<Utc>,
+    /// The pool's burn of the 5-hour and weekly windows, percentage points an hour.
+    five_hour_burn_per_hour: Option<f64>,
+    weekly_burn_per_hour: Option<f64>,
+    /// How many stored samples the rates were measured on.
+    samples: usize,
+    /// The panel's line: "pool dry 13:10–14:02, then alice resets".
+    text: String,
+}
+
+/// The forecast from the accounts just read (`file`'s order, `outcomes` beside them) and the
+/// stored samples, at `now`.
+fn forecast_json(
+    file: &AccountsFile,
+    outcomes: &[Outcome],
+    stored: Vec<StoredSample>,
+    now: DateTime<Utc>,
+) -> ForecastJson {
+    let unix = now.timestamp();
+    let mut usable: Vec<(&str, &AccountId, &RateLimitSnapshot)> = file
+        .accounts
+        .iter()
+        .zip(outcomes)
+        .filter(|(account, _)| account.enabled)
+        .filter_map(|(account, outcome)| match outcome {
+            Outcome::Usage(report) if report.snapshot.workspace_limit().is_none() => {
+                Some((account.name.as_str(), &account.id, &report.snapshot))
+            }
+            _ => None,
+        })
+        .collect();
+    usable.sort_by_key(|(_, id, _)| file.active.as_ref() != Some(*id));
+    // The numbers just read are the newest sample of each account.
+    let samples_used = stored.len();
+    let mut samples = stored;
+    samples.extend(usable.iter().map(|(_, id, snapshot)| StoredSample {
+        at: unix,
+        account: (*id).clone(),
+        five_hour: snapshot.five_hour().map(|w| w.used_percent),
+        weekly: snapshot.weekly().map(|w| w.used_percent),
+    }));
+    let rate = |kind: WindowKind| {
+        let measured: Vec<f64> = usable
+            .iter()
+            .filter_map(|(_, id, _)| {
+                let of_account: Vec<UsageSample> = samples
+                    .iter()
+                    .filter(|s| &s.account == *id)
+                    .filter_map(|s| {
+                        let used = match kind {
+                            WindowKind::FiveHour => s.five_hour,
+                            _ => s.weekly,
+                        }?;
+                        Some(UsageSample {
+                            at: s.at,
+                            used_percent: used,
+                        })
+                    })
+                    .collect();
+                burn_rate(&of_account, unix)
+            })
+            .collect();
+        if !measured.is_empty() {
+            return Some(measured.iter().sum::<f64>());
+        }
+        // Before any account has samples a minute apart: the active account's average
+        // since its window opened, as the panel does.
+        let (_, id, snapshot) = usable.first()?;
+        let window = snapshot.window(kind)?;
+        (file.active.as_ref() == Some(*id))
+            .then(|| window_average_rate(window, unix))
+            .flatten()
+    };
+    let (five_hour, weekly) = (rate(WindowKind::FiveHour), rate(WindowKind::Weekly));
+    let runway = pool_runway(
+        usable.iter().map(|(name, _, snapshot)| (*name, *snapshot)),
+        five_hour,
+        weekly,
+        unix,
+    );
+    let at = |t: i64| DateTime::from_timestamp(t, 0);
+    let local = chrono::Local::now().fixed_offset();
+    let clock = |t: i64| match at(t) {
+        Some(t) => {
+            let t = t.with_timezone(local.offset());
+            if t.date_naive() == local.date_naive() {
+                t.format("%H:%M").to_string()
+            } else {
+                t.format("%a %H:%M").to_string()
+            }
+        }
+        None => "?".to_owned(),
+    };
+    let text = describe_runway(&runway, unix, clock);
+    let (state, dry_from, dry_until, then_account) = match runway {
+        Runway::Idle => ("idle", None, None, None),
+        Runway::KeepsUp { .. } => ("keeps_up", None, None, None),
+        Runway::LastsUntil { at: from } => ("lasts_until", at(from), None, None),
+        Runway::DryGap { from, until, then } => ("dry_gap", at(from), at(until), Some(then)),
+    };
+    ForecastJson {
+        state,
+        dry_from,
+        dry_until,
+        then_account,
+        horizon: at(unix + RUNWAY_HORIZON_SECS).unwrap_or(now),
+        five_hour_burn_per_hour: five_hour.map(|r| r * 3600.0),
+        weekly_burn_per_hour: weekly.map(|r| r * 3600.0),
+        samples: samples_used,
+        text,
+    }
 }
 
 /// What `status` found for one account.
@@ -173,6 +304,7 @@ pub(super) fn run(env: &Env, args: StatusArgs) -> Result<ExitCode> {
             emit_json(&StatusListJson {
                 fetched_at: Utc::now(),
                 accounts: Vec::new(),
+                forecast: None,
             })?;
         } else {
             eprintln!(
@@ -248,9 +380,21 @@ pub(super) fn run(env: &Env, args: StatusArgs) -> Result<ExitCode> {
     let file = ctx.store.load().unwrap_or(file);
     let any_failed = !saved || outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
     if args.json {
-        emit_json(&status_json(&file, &outcomes, &credits))?;
+        let mut json = status_json(&file, &outcomes, &credits);
+        let stored = usage_store::load(env.store_dir()?, json.fetched_at.timestamp());
+        json.forecast = Some(forecast_json(&file, &outcomes, stored, json.fetched_at));
+        emit_json(&json)?;
     } else {
-        emit(&status_table(&file, &outcomes, &credits, Utc::now()))?;
+        let now = Utc::now();
+        let stored = usage_store::load(env.store_dir()?, now.timestamp());
+        let forecast = forecast_json(&file, &outcomes, stored, now);
+        let mut text = status_table(&file, &outcomes, &credits, now);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&forecast.text);
+        text.push('\n');
+        emit(&text)?;
     }
     Ok(if any_failed {
         ExitCode::FAILURE
@@ -352,6 +496,7 @@ fn status_json<'a>(
     StatusListJson {
         fetched_at: Utc::now(),
         accounts,
+        forecast: None,
     }
 }
 

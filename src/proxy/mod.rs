@@ -18,3 +18,4 @@ pub(crate) mod start_plan;
 pub mod store_directory;
 pub(crate) mod turn_guard;
 pub(crate) mod upstream;
+pub mod usage_store;

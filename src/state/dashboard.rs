@@ -5,13 +5,15 @@ use chrono::{DateTime, Utc};
 
 use crate::account_id::AccountId;
 use crate::accounts::reset_credits::ResetCredits;
-use crate::pace::UsageSample;
+use crate::pace::{Runway, UsageSample, burn_rate, pool_runway, window_average_rate};
 use crate::proxy::events::{AccountRef, ConnectionState, PoolShare, ProxyEvent};
 use crate::proxy::history::SwitchRecord;
+use crate::proxy::usage_store::StoredSample;
 use crate::quota::{RateLimitSnapshot, WindowKind};
 
-/// How long the panel keeps burn samples (the weekly window is the longest we chart).
-const HISTORY_LIMIT: usize = 2_000;
+/// How many burn samples the panel keeps (14 days at 5-minute resolution of ten accounts,
+/// loaded from the usage store, and this session's own).
+const HISTORY_LIMIT: usize = 50_000;
 /// Switch records and notices kept.
 const LOG_LIMIT: usize = 50;
 /// How many of the store's last switches the panel's switch list starts with.
@@ -125,7 +127,8 @@ pub struct Dashboard {
     pub active: Option<AccountId>,
     pub accounts: Vec<AccountView>,
     pub turns_running: usize,
-    /// Burn samples of whichever account was active, oldest first.
+    /// Burn samples of every account (earlier sessions' from the usage store, then this
+    /// session's), oldest first.
     pub history: Vec<BurnSample>,
     /// Newest last.
     pub switches: Vec<SwitchRecord>,
@@ -328,9 +331,7 @@ impl Dashboard {
                     view.plan.clone_from(&snapshot.plan_type);
                 }
                 let merged = view.snapshot.clone().unwrap_or_default();
-                if self.active.as_ref() == Some(&account.id) {
-                    self.record_sample(&account.id, &merged, at.timestamp());
-                }
+                self.record_sample(&account.id, &merged, at.timestamp());
             }
             ProxyEvent::UsageLimitHit { account, .. } => {
                 // The backend said so; mark the 5-hour window full if the numbers lag behind.
@@ -493,38 +494,73 @@ impl Dashboard {
         }
     }
 
-    /// The session now uses `id`. Its last known numbers start its burn history, so the
-    /// chart and the rate do not wait for the next turn.
+    /// The session now uses `id`. Its last known numbers start its burn history (unless they
+    /// are its last sample already), so the chart and the rate do not wait for the next turn.
     fn make_active(&mut self, id: &AccountId, at: i64) {
         if self.active.as_ref() == Some(id) {
             return;
         }
         self.active = Some(id.clone());
         if let Some(snapshot) = self.account(id).and_then(|a| a.snapshot.clone()) {
-            self.record_sample(id, &snapshot, at);
+            let last = self.history.iter().rev().find(|s| s.account_id == *id);
+            let same = last.is_some_and(|s| {
+                s.five_hour == snapshot.five_hour().map(|w| w.used_percent)
+                    && s.weekly == snapshot.weekly().map(|w| w.used_percent)
+            });
+            if !same {
+                self.record_sample(id, &snapshot, at);
+            }
         }
     }
 
     fn record_sample(&mut self, account_id: &AccountId, snapshot: &RateLimitSnapshot, at: i64) {
+        let (five_hour, weekly) = (
+            snapshot.five_hour().map(|w| w.used_percent),
+            snapshot.weekly().map(|w| w.used_percent),
+        );
+        if five_hour.is_none() && weekly.is_none() {
+            return;
+        }
         self.history.push(BurnSample {
             account_id: account_id.clone(),
             at,
-            five_hour: snapshot.five_hour().map(|w| w.used_percent),
-            weekly: snapshot.weekly().map(|w| w.used_percent),
+            five_hour,
+            weekly,
         });
-        if self.history.len() > HISTORY_LIMIT {
-            self.history.remove(0);
+        self.trim_history();
+    }
+
+    fn trim_history(&mut self) {
+        // Trimmed in chunks, so a full history does not move every sample on each new one.
+        if self.history.len() > HISTORY_LIMIT + HISTORY_LIMIT / 10 {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
         }
     }
 
-    /// The active account's samples of one window, oldest first, for the burn rate.
-    pub fn samples(&self, kind: WindowKind) -> Vec<UsageSample> {
-        let Some(active) = &self.active else {
-            return Vec::new();
-        };
+    /// Starts the burn history with what earlier sessions kept (the usage store), before
+    /// this session's own samples.
+    pub fn seed_history(&mut self, stored: Vec<StoredSample>) {
+        let mut seeded: Vec<BurnSample> = stored
+            .into_iter()
+            .map(|s| BurnSample {
+                account_id: s.account,
+                at: s.at,
+                five_hour: s.five_hour,
+                weekly: s.weekly,
+            })
+            .collect();
+        seeded.append(&mut self.history);
+        seeded.sort_by_key(|s| s.at);
+        self.history = seeded;
+        self.trim_history();
+    }
+
+    /// One account's samples of one window, oldest first.
+    pub fn account_samples(&self, account: &AccountId, kind: WindowKind) -> Vec<UsageSample> {
         self.history
             .iter()
-            .filter(|s| s.account_id == *active)
+            .filter(|s| s.account_id == *account)
             .filter_map(|s| {
                 let used = match kind {
                     WindowKind::FiveHour => s.five_hour,
@@ -537,6 +573,54 @@ impl Dashboard {
                 })
             })
             .collect()
+    }
+
+    /// The pool's burn rate of one window (percentage points per second): the sum of every
+    /// account's current rate from its samples, or, before any account has enough samples,
+    /// the active account's average since its window opened.
+    pub(crate) fn pool_rate(&self, kind: WindowKind, now: i64) -> Option<f64> {
+        let measured: Vec<f64> = self
+            .accounts
+            .iter()
+            .filter_map(|a| burn_rate(&self.account_samples(&a.id, kind), now))
+            .collect();
+        if !measured.is_empty() {
+            return Some(measured.iter().sum());
+        }
+        let window = self.active_account()?.snapshot.as_ref()?.window(kind)?;
+        window_average_rate(window, now)
+    }
+
+    /// How long the pool's usable accounts last at the current pace (the active one serves
+    /// first).
+    pub(crate) fn runway(&self, now: i64) -> Runway {
+        let mut usable: Vec<&AccountView> = self
+            .accounts
+            .iter()
+            .filter(|a| a.stored == StoredState::Ready)
+            .filter(|a| {
+                a.snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.workspace_limit().is_none())
+            })
+            .collect();
+        usable.sort_by_key(|a| self.active.as_ref() != Some(&a.id));
+        pool_runway(
+            usable
+                .into_iter()
+                .filter_map(|a| Some((a.name.as_str(), a.snapshot.as_ref()?))),
+            self.pool_rate(WindowKind::FiveHour, now),
+            self.pool_rate(WindowKind::Weekly, now),
+            now,
+        )
+    }
+
+    /// The active account's samples of one window, oldest first, for the burn rate.
+    pub fn samples(&self, kind: WindowKind) -> Vec<UsageSample> {
+        match &self.active {
+            Some(active) => self.account_samples(active, kind),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -788,5 +872,76 @@ mod tests {
             999,
             "this session's last"
         );
+    }
+}
+
+#[cfg(test)]
+mod runway_tests {
+    use super::*;
+    use crate::quota::RateLimitWindow;
+    use chrono::TimeZone;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn snapshot(used: f64) -> RateLimitSnapshot {
+        RateLimitSnapshot {
+            primary: Some(RateLimitWindow {
+                used_percent: used,
+                window_duration_mins: Some(300),
+                resets_at: Some(NOW + 4 * 3600),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn update(d: &mut Dashboard, id: &str, used: f64, at: i64) {
+        d.apply(&ProxyEvent::RateLimitsUpdated {
+            account: AccountRef {
+                id: AccountId::new(id),
+                name: id.to_owned(),
+            },
+            snapshot: snapshot(used),
+            families: Vec::new(),
+            at: Utc.timestamp_opt(NOW + at, 0).unwrap(),
+        });
+    }
+
+    #[test]
+    fn the_pool_burns_at_the_sum_of_its_accounts_rates() {
+        let mut d = Dashboard::new(
+            SessionMode::Proxy,
+            vec![AccountView::new("a", "alice"), AccountView::new("b", "bob")],
+        );
+        d.apply(&ProxyEvent::ActiveAccount {
+            account: AccountRef {
+                id: AccountId::new("a"),
+                name: "alice".into(),
+            },
+            at: Utc.timestamp_opt(NOW - 600, 0).unwrap(),
+        });
+        // alice (this session) 1 point a minute; bob (another session's) 2 points a minute,
+        // half of it from an earlier session's stored sample.
+        update(&mut d, "a", 10.0, -600);
+        update(&mut d, "a", 20.0, 0);
+        d.seed_history(vec![StoredSample {
+            at: NOW - 600,
+            account: AccountId::new("b"),
+            five_hour: Some(30.0),
+            weekly: None,
+        }]);
+        update(&mut d, "b", 50.0, 0);
+        let rate = d.pool_rate(WindowKind::FiveHour, NOW).unwrap();
+        assert!((rate - 3.0 / 60.0).abs() < 1e-12, "{rate}");
+        // alice's 80 % last 80 / 3 minutes, bob's 50 % then 50 / 3 more: dry at 43.3 min.
+        // Both reset at 4 h.
+        assert_eq!(
+            d.runway(NOW),
+            Runway::DryGap {
+                from: NOW + 1600 + 1000,
+                until: NOW + 4 * 3600,
+                then: "alice".into(),
+            }
+        );
+        assert_eq!(d.samples(WindowKind::FiveHour).len(), 2, "alice's only");
     }
 }

@@ -9,7 +9,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Paragraph, Widget};
 
 use crate::pace::{
-    Exhaustion, burn_rate, format_duration, pace, time_to_exhaustion, window_average_rate,
+    Exhaustion, Runway, burn_rate, describe_runway, format_duration, pace, time_to_exhaustion,
+    window_average_rate,
 };
 use crate::proxy::events::ConnectionState;
 use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
@@ -331,6 +332,31 @@ fn burn_lines(dashboard: &Dashboard, width: usize) -> Vec<Line<'static>> {
     lines
 }
 
+/// The pool's runway at the current pace, in words.
+fn runway_lines(
+    dashboard: &Dashboard,
+    ctx: &RenderContext<'_>,
+    width: usize,
+) -> Vec<Line<'static>> {
+    if dashboard.accounts.iter().all(|a| a.snapshot.is_none()) {
+        return Vec::new();
+    }
+    let now = ctx.unix();
+    let runway = dashboard.runway(now);
+    let style = match &runway {
+        Runway::Idle => DIM,
+        Runway::KeepsUp { .. } => Style::new().fg(Color::Green),
+        Runway::LastsUntil { .. } => Style::new().fg(Color::Red),
+        Runway::DryGap { .. } => Style::new().fg(Color::Yellow),
+    };
+    let text = describe_runway(&runway, now, |t| ctx.clock(t));
+    let options = textwrap::Options::new(width.max(12)).subsequent_indent("  ");
+    textwrap::wrap(&text, options)
+        .into_iter()
+        .map(|line| Line::styled(line.into_owned(), style))
+        .collect()
+}
+
 fn state_span(state: AccountState, ctx: &RenderContext<'_>) -> Span<'static> {
     match state {
         AccountState::Active => Span::styled("active", Style::new().fg(Color::Green).bold()),
@@ -588,6 +614,7 @@ pub(crate) fn panel_lines(
     if dashboard.mode == SessionMode::Proxy {
         lines.push(section("burn-down (left)", width));
         lines.extend(burn_lines(dashboard, width));
+        lines.extend(runway_lines(dashboard, ctx, width));
     }
     lines.push(section("accounts", width));
     lines.extend(account_lines(dashboard, ctx, width));

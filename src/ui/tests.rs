@@ -10,7 +10,7 @@ use crate::config::PanelConfig;
 use crate::proxy::events::{AccountRef, ConnectionState, ProxyEvent, SwitchReason};
 use crate::pty::queries::OuterColors;
 use crate::pty::screen::PaneScreen;
-use crate::quota::{Credits, RateLimitSnapshot, RateLimitWindow, SpendLimit};
+use crate::quota::{Credits, RateLimitSnapshot, RateLimitWindow, SpendLimit, WindowKind};
 use crate::state::dashboard::{AccountView, SessionMode, StoredState};
 
 /// 2026-05-01 12:07:00 UTC, a Friday.
@@ -624,5 +624,36 @@ fn narrow_terminal_status_bar_counts_the_sessions() {
     pool(&mut d, &[("alice", 2), ("bob", 1)]);
     let text = render_app(&d, 90, 8, None);
     assert!(text.contains(" alice · 3 sessions │ 5h 42%"), "{text}");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn panel_runway_forecast_from_samples_of_an_earlier_session() {
+    use crate::proxy::usage_store::StoredSample;
+    let mut d = started(stored());
+    // An earlier session saw alice's 5-hour window at 40 % and 50 %; this one sees 60 %:
+    // 0.4 points a minute. Her 40 % left last 100 minutes (13:47); bob's 10 % then last 25
+    // (14:12); carol needs a login; alice resets at 15:07.
+    d.seed_history(
+        [(-3000, 40.0), (-1500, 50.0)]
+            .into_iter()
+            .map(|(when, used)| StoredSample {
+                at: NOW + when,
+                account: AccountId::from("alice"),
+                five_hour: Some(used),
+                weekly: Some(31.0),
+            })
+            .collect(),
+    );
+    update(&mut d, "alice", snapshot(60.0, 3 * 3600, 31.0), 0);
+    update(&mut d, "bob", snapshot(90.0, 4 * 3600, 40.0), -600);
+    d.accounts[2].stored = StoredState::NeedsLogin;
+    assert_eq!(
+        d.samples(WindowKind::FiveHour).len(),
+        3,
+        "the chart spans sessions"
+    );
+    let text = render_panel_only(&d, 44, 34);
+    assert!(text.contains("pool dry 14:12–15:07, then alice"), "{text}");
     insta::assert_snapshot!(text);
 }

@@ -30,3 +30,4 @@ mod proxy_switching;
 mod rerun_e2e;
 mod serve_cli;
 mod status_families;
+mod usage_samples_e2e;

@@ -88,6 +88,14 @@ pub(crate) async fn start_configured(
     labels: &[&str],
     setup: impl FnOnce(&MockBackend, &CodexHome),
 ) -> Product {
+    start_with_store(labels, |mock, home, _| setup(mock, home)).await
+}
+
+/// Like [`start_configured`], with the store (its accounts imported) to set up too.
+pub(crate) async fn start_with_store(
+    labels: &[&str],
+    setup: impl FnOnce(&MockBackend, &CodexHome, &std::path::Path),
+) -> Product {
     let mock = MockBackend::start().await;
     let home = CodexHome::offline(&mock.url());
     let store = tempfile::Builder::new()
@@ -107,7 +115,7 @@ pub(crate) async fn start_configured(
         import(store.path(), &home, &mock, label, &auth);
     }
     cs_tui(store.path(), &home, &mock, &["accounts", "use", labels[0]]);
-    setup(&mock, &home);
+    setup(&mock, &home, store.path());
     let auth_before = std::fs::read(home.path().join("auth.json")).unwrap();
     let codex = codex_bin();
     let refresh_url = mock.refresh_url();
