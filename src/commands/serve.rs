@@ -12,6 +12,7 @@ use super::Env;
 use crate::cli::ServeArgs;
 use crate::errors::{WithHint, with_hint};
 use crate::proxy::events::ProxyEvent;
+use crate::proxy::metrics::{self, MetricsListener};
 use crate::proxy::session::{ProxyListener, Session};
 use crate::proxy::store_directory::StoreDirectory;
 
@@ -46,14 +47,25 @@ async fn serve(env: &Env, args: ServeArgs) -> Result<ExitCode> {
         }
         Listen::Unix(path) => ProxyListener::bind_unix(&path)?,
     };
+    // Bound before the session starts: a port in use is an error before anything runs.
+    let metrics = match &args.metrics {
+        Some(addr) => Some(MetricsListener::bind(metrics::parse_address(addr)?).await?),
+        None => None,
+    };
     let dir = StoreDirectory::from_env(&store_dir)?;
     let session = Session::start(listener, options, dir).await?;
     let mut events = session.subscribe();
+    let metrics_addr = metrics.as_ref().map(MetricsListener::local_addr);
+    // Aborted when dropped, at the end of serve.
+    let _metrics = metrics.map(|m| m.start(session.subscribe()));
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening {}", session.url())?;
         if let Some(token_file) = session.token_file() {
             writeln!(out, "token-file {}", token_file.display())?;
+        }
+        if let Some(addr) = metrics_addr {
+            writeln!(out, "metrics http://{addr}/metrics")?;
         }
         out.flush()?;
     }

@@ -6,6 +6,7 @@ pub(crate) mod directory;
 pub mod events;
 pub mod history;
 pub(crate) mod ipc;
+pub(crate) mod metrics;
 pub(crate) mod placement;
 pub mod policy;
 pub mod pool;
