@@ -3,8 +3,8 @@
 //!
 //! [`prometheus_client`] (the Prometheus project's own Rust client) keeps the metrics and writes
 //! the exposition text (OpenMetrics, which Prometheus scrapes natively; counters end in
-//! `_total`); hyper serves it. The feed is a task of its own on its own subscription to the
-//! session's events, and a scrape only reads atomics: neither can hold the session up. A
+//! `_total`); hyper serves it. `serve` feeds each event it prints (updating atomics), and a
+//! scrape only reads them, in a task of its own: a scraper cannot hold the session up. A
 //! scraper gets at most [`MAX_CONNECTIONS`] connections at once (more are closed unanswered),
 //! each for at most [`CONNECTION_LIFETIME`], one request each. Labels carry account names and
 //! window labels, never tokens.
@@ -26,7 +26,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::errors::with_hint;
@@ -451,39 +451,23 @@ impl MetricsListener {
         self.addr
     }
 
-    /// Feeds the metrics from `events` and serves them, until the returned tasks are
-    /// aborted (dropping [`MetricsTasks`] does).
-    pub(crate) fn start(self, events: broadcast::Receiver<ProxyEvent>) -> MetricsTasks {
+    /// Serves the metrics until the returned task is dropped; the caller feeds them every
+    /// event of its subscription (the first subscriber gets the session's start events, which
+    /// carry the active account and the pool's counts).
+    pub(crate) fn start(self) -> (Metrics, MetricsServer) {
         let metrics = Metrics::new();
         let registry = Arc::clone(&metrics.registry);
-        let feed = tokio::spawn(feed(metrics, events));
         let server = tokio::spawn(serve(self.listener, registry));
-        MetricsTasks { feed, server }
+        (metrics, MetricsServer(server))
     }
 }
 
-/// The feed and the server; aborted when dropped.
-pub(crate) struct MetricsTasks {
-    feed: JoinHandle<()>,
-    server: JoinHandle<()>,
-}
+/// The metrics endpoint's task; aborted when dropped.
+pub(crate) struct MetricsServer(JoinHandle<()>);
 
-impl Drop for MetricsTasks {
+impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.feed.abort();
-        self.server.abort();
-    }
-}
-
-async fn feed(mut metrics: Metrics, mut events: broadcast::Receiver<ProxyEvent>) {
-    loop {
-        match events.recv().await {
-            Ok(event) => metrics.observe(&event),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(n, "metrics lagged behind the session's events");
-            }
-            Err(broadcast::error::RecvError::Closed) => break,
-        }
+        self.0.abort();
     }
 }
 

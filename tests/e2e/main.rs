@@ -27,4 +27,5 @@ mod proxy_relay;
 mod proxy_switching;
 mod rerun_e2e;
 mod serve_cli;
+mod serve_metrics;
 mod status_families;
