@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use color_eyre::eyre::{Result, WrapErr, eyre};
+use color_eyre::eyre::{Result, WrapErr as _, eyre};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode, header};
@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::errors::with_hint;
+use crate::errors::{WithHint as _, with_hint};
 use crate::proxy::events::{ConnectionState, ProxyEvent, SwitchReason};
 use crate::proxy::pool::SessionState;
 
@@ -441,7 +441,8 @@ impl MetricsListener {
     pub(crate) async fn bind(addr: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
-            .wrap_err_with(|| format!("cannot listen for metrics on {addr}"))?;
+            .wrap_err_with(|| format!("cannot listen for metrics on {addr}"))
+            .hint("another program may hold that port: pick another, or 0 for a free one")?;
         let addr = listener.local_addr()?;
         Ok(Self { listener, addr })
     }

@@ -350,4 +350,20 @@ fn metrics_refuse_a_non_loopback_address_before_anything_starts() {
         assert!(err.contains(says), "{err}");
         assert!(err.contains("hint:"), "{err}");
     }
+    // A port another program holds: refused before the session starts (no accounts here).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_cs-tui"))
+        .env("CS_TUI_HOME", store.path())
+        .args(["serve", "--metrics", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen for metrics on {addr}")),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing printed as listening");
 }
