@@ -418,7 +418,7 @@ fn encode(registry: &Registry) -> String {
 pub(crate) fn parse_address(text: &str) -> Result<SocketAddr> {
     let addr: SocketAddr = text.parse().map_err(|_| {
         with_hint(
-            eyre!("--metrics {text} is not an address"),
+            eyre!("--metrics {text:?} is not an address"),
             "use 127.0.0.1:PORT (port 0 picks a free one)",
         )
     })?;
