@@ -17,6 +17,10 @@ pub struct ServeArgs {
     /// store.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on `GET http://ADDR/metrics`: a loopback address only (port 0
+    /// picks a free one; the address is printed as `metrics http://…/metrics`).
+    #[arg(long, value_name = "127.0.0.1:PORT")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

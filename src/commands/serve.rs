@@ -12,6 +12,7 @@ use super::Env;
 use crate::cli::ServeArgs;
 use crate::errors::{WithHint, with_hint};
 use crate::proxy::events::ProxyEvent;
+use crate::proxy::metrics::{self, MetricsListener};
 use crate::proxy::session::{ProxyListener, Session};
 use crate::proxy::store_directory::StoreDirectory;
 
@@ -27,6 +28,11 @@ async fn serve(env: &Env, args: ServeArgs) -> Result<ExitCode> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let listen = parse_listen(&args.listen)?;
+    let metrics_addr = args
+        .metrics
+        .as_deref()
+        .map(metrics::parse_address)
+        .transpose()?;
     if matches!(listen, Listen::Unix(_)) && args.token_file.is_some() {
         return Err(with_hint(
             eyre!("--token-file goes with a loopback port, not with --listen unix://"),
@@ -46,15 +52,29 @@ async fn serve(env: &Env, args: ServeArgs) -> Result<ExitCode> {
         }
         Listen::Unix(path) => ProxyListener::bind_unix(&path)?,
     };
+    // Bound before the session starts: a port in use is an error before anything runs.
+    let metrics = match metrics_addr {
+        Some(addr) => Some(MetricsListener::bind(addr).await?),
+        None => None,
+    };
     let dir = StoreDirectory::from_env(&store_dir)?;
     let session = Session::start(listener, options, dir).await?;
     let mut events = session.subscribe();
     crate::proxy::usage_store::spawn_recorder(&store_dir, session.subscribe());
+    let metrics_addr = metrics.as_ref().map(MetricsListener::local_addr);
+    // The server is aborted when dropped, at the end of serve.
+    let (mut metrics, _metrics_server) = match metrics.map(MetricsListener::start) {
+        Some((metrics, server)) => (Some(metrics), Some(server)),
+        None => (None, None),
+    };
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening {}", session.url())?;
         if let Some(token_file) = session.token_file() {
             writeln!(out, "token-file {}", token_file.display())?;
+        }
+        if let Some(addr) = metrics_addr {
+            writeln!(out, "metrics http://{addr}/metrics")?;
         }
         out.flush()?;
     }
@@ -65,6 +85,9 @@ async fn serve(env: &Env, args: ServeArgs) -> Result<ExitCode> {
         tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => {
+                    if let Some(metrics) = &mut metrics {
+                        metrics.observe(&event);
+                    }
                     // An app-server that is being restarted is not the end of the session.
                     let exited = matches!(
                         event,

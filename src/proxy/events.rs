@@ -114,6 +114,14 @@ pub enum ProxyEvent {
     },
     /// A turn started or ended; `running` is the number of turns in progress.
     TurnsRunning { running: usize, at: DateTime<Utc> },
+    /// A turn refused at `from`'s usage limit was withheld from Codex and re-run on `to`
+    /// (`waited_ms` after the limit was hit).
+    TurnRerun {
+        from: Option<AccountRef>,
+        to: AccountRef,
+        waited_ms: u64,
+        at: DateTime<Utc>,
+    },
     /// A switch is under way.
     SwitchStarted {
         from: Option<AccountRef>,

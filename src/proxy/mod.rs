@@ -7,6 +7,7 @@ pub mod events;
 pub mod history;
 pub(crate) mod ipc;
 pub mod ledger;
+pub(crate) mod metrics;
 pub(crate) mod placement;
 pub mod policy;
 pub mod pool;

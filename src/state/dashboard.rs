@@ -353,6 +353,8 @@ impl Dashboard {
                 };
             }
             ProxyEvent::Notice { message, at } => self.push_message(message.clone(), *at),
+            // The notice that goes with it says so.
+            ProxyEvent::TurnRerun { .. } => {}
             ProxyEvent::SwitchStarted { to, .. } => {
                 self.switching_to = Some(to.id.clone());
             }

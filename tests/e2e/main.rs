@@ -29,5 +29,6 @@ mod proxy_relay;
 mod proxy_switching;
 mod rerun_e2e;
 mod serve_cli;
+mod serve_metrics;
 mod status_families;
 mod usage_samples_e2e;

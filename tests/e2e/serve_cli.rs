@@ -12,19 +12,19 @@ use cs_tui_testkit::turns::{run_turn, start_thread};
 use cs_tui_testkit::{CodexHome, MockBackend, WsClient};
 use serde_json::{Value, json};
 
-struct Serve {
-    child: Child,
+pub(crate) struct Serve {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Serve {
-    fn next_line(&self, what: &str) -> String {
+    pub(crate) fn next_line(&self, what: &str) -> String {
         self.lines
             .recv_timeout(WAIT)
             .unwrap_or_else(|_| panic!("serve printed no {what}"))
     }
 
-    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             let line = self.next_line(what);
             let event: Value = serde_json::from_str(&line)
@@ -47,7 +47,7 @@ fn spawn_serve(store: &std::path::Path, home: &CodexHome, mock: &MockBackend) ->
     spawn_serve_with(store, home, mock, &[])
 }
 
-fn spawn_serve_with(
+pub(crate) fn spawn_serve_with(
     store: &std::path::Path,
     home: &CodexHome,
     mock: &MockBackend,
@@ -76,7 +76,7 @@ fn spawn_command(mut command: Command, args: &[&std::ffi::OsStr]) -> Serve {
     Serve { child, lines }
 }
 
-fn import(store: &std::path::Path, home: &CodexHome, mock: &MockBackend, label: &str) {
+pub(crate) fn import(store: &std::path::Path, home: &CodexHome, mock: &MockBackend, label: &str) {
     let (fake, refresh) = mock.add_account(label);
     let file = store.join(format!("{label}.json"));
     std::fs::write(&file, fake.auth_json(3600, &refresh).to_string()).unwrap();

@@ -692,7 +692,11 @@ fn a_withheld_turn_reruns_on_the_new_account_and_the_gap_is_reported() {
     }));
     assert!(matches!(
         events(&fx)[..],
-        [ProxyEvent::Notice { message, .. }] if message == "limit hit on alice — continued on bob, 2.5 s"
+        [
+            ProxyEvent::Notice { message, .. },
+            ProxyEvent::TurnRerun { from: Some(from), to, waited_ms: 2500, .. },
+        ] if message == "limit hit on alice — continued on bob, 2.5 s"
+            && from.name == "alice" && to.name == "bob"
     ));
 }
 

@@ -297,15 +297,23 @@ impl CoreState {
             GuardEvent::Rerunning { conn, turn_id } => {
                 self.book.rerunning(conn, turn_id);
                 if let Some((at, from, to)) = self.rerun_started.remove(&conn) {
-                    let from = from
-                        .map(|f| self.account_ref(&f).name)
-                        .unwrap_or_else(|| "the previous account".to_owned());
-                    let to = self.account_ref(&to).name;
+                    let waited = now.mono.saturating_duration_since(at);
+                    let from = from.map(|f| self.account_ref(&f));
+                    let to = self.account_ref(&to);
                     fx.emit(ProxyEvent::Notice {
                         message: format!(
-                            "limit hit on {from} — continued on {to}, {:.1} s",
-                            now.mono.saturating_duration_since(at).as_secs_f64()
+                            "limit hit on {} — continued on {}, {:.1} s",
+                            from.as_ref()
+                                .map_or("the previous account", |f| f.name.as_str()),
+                            to.name,
+                            waited.as_secs_f64()
                         ),
+                        at: now.wall,
+                    });
+                    fx.emit(ProxyEvent::TurnRerun {
+                        from,
+                        to,
+                        waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
                         at: now.wall,
                     });
                 }

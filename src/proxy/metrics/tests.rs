@@ -1,0 +1,282 @@
+use chrono::DateTime;
+use prometheus_parse::{Scrape, Value};
+
+use super::*;
+use crate::proxy::events::{AccountRef, PoolShare};
+use crate::quota::{RateLimitSnapshot, RateLimitWindow};
+
+fn at() -> DateTime<chrono::Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+fn account(name: &str) -> AccountRef {
+    AccountRef {
+        id: format!("id-{name}").as_str().into(),
+        name: name.into(),
+    }
+}
+
+fn limits(name: &str, windows: &[(u32, f64, Option<i64>)]) -> ProxyEvent {
+    let mut snapshot = RateLimitSnapshot::default();
+    let mut slots = windows.iter().map(|&(mins, used, resets)| RateLimitWindow {
+        used_percent: used,
+        window_duration_mins: Some(mins),
+        resets_at: resets,
+    });
+    snapshot.primary = slots.next();
+    snapshot.secondary = slots.next();
+    ProxyEvent::RateLimitsUpdated {
+        account: account(name),
+        snapshot,
+        families: Vec::new(),
+        at: at(),
+    }
+}
+
+fn scrape(metrics: &Metrics) -> Scrape {
+    let text = metrics.encode();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text")
+}
+
+/// The value of the one sample of `name` whose labels include `labels`; `None` when absent.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        })
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?}: {found:?}");
+    found.first().copied()
+}
+
+#[test]
+fn events_become_metrics() {
+    let mut m = Metrics::new();
+    let s = scrape(&m);
+    assert_eq!(
+        value(&s, "cs_tui_session_state", &[("state", "starting")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_session_state", &[("state", "ready")]),
+        Some(0.0)
+    );
+    assert_eq!(value(&s, "cs_tui_turns_total", &[]), Some(0.0));
+
+    m.observe(&ProxyEvent::ActiveAccount {
+        account: account("alice"),
+        at: at(),
+    });
+    m.observe(&ProxyEvent::Connection {
+        state: ConnectionState::Ready { clients: 2 },
+        at: at(),
+    });
+    m.observe(&limits(
+        "alice",
+        &[(300, 42.5, Some(1_800_003_600)), (10_080, 7.0, None)],
+    ));
+    for running in [1, 2, 1, 0, 1, 0] {
+        m.observe(&ProxyEvent::TurnsRunning { running, at: at() });
+    }
+    m.observe(&ProxyEvent::UsageLimitHit {
+        account: account("alice"),
+        session: None,
+        at: at(),
+    });
+    // A peer's hit is that session's to count.
+    m.observe(&ProxyEvent::UsageLimitHit {
+        account: account("alice"),
+        session: Some("123-abc".into()),
+        at: at(),
+    });
+    m.observe(&ProxyEvent::SwitchStarted {
+        from: Some(account("alice")),
+        to: account("bob"),
+        reason: SwitchReason::UsageLimit,
+        at: at(),
+    });
+    let s = scrape(&m);
+    assert_eq!(
+        value(&s, "cs_tui_session_state", &[("state", "switching")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_session_state", &[("state", "ready")]),
+        Some(0.0)
+    );
+    m.observe(&ProxyEvent::SwitchDone {
+        from: Some(account("alice")),
+        to: account("bob"),
+        reason: SwitchReason::UsageLimit,
+        elapsed_ms: 300,
+        at: at(),
+    });
+    m.observe(&ProxyEvent::TurnRerun {
+        from: Some(account("alice")),
+        to: account("bob"),
+        waited_ms: 900,
+        at: at(),
+    });
+    m.observe(&ProxyEvent::PoolChanged {
+        sessions: 3,
+        by_account: vec![
+            PoolShare {
+                account: account("bob"),
+                sessions: 2,
+            },
+            PoolShare {
+                account: account("carol"),
+                sessions: 1,
+            },
+        ],
+        at: at(),
+    });
+
+    let s = scrape(&m);
+    let alice_5h = [("account", "alice"), ("window", "5h")];
+    let alice_wk = [("account", "alice"), ("window", "weekly")];
+    assert_eq!(
+        value(&s, "cs_tui_account_used_percent", &alice_5h),
+        Some(42.5)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_account_used_percent", &alice_wk),
+        Some(7.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_account_reset_timestamp_seconds", &alice_5h),
+        Some(1_800_003_600.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_account_reset_timestamp_seconds", &alice_wk),
+        None,
+        "no reset time known, no series"
+    );
+    assert_eq!(value(&s, "cs_tui_turns_total", &[]), Some(3.0));
+    assert_eq!(value(&s, "cs_tui_turns_running", &[]), Some(0.0));
+    assert_eq!(value(&s, "cs_tui_reruns_total", &[]), Some(1.0));
+    assert_eq!(
+        value(&s, "cs_tui_limit_hits_total", &[("account", "alice")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_switches_total", &[("reason", "usage_limit")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_switches_total", &[("reason", "manual")]),
+        None
+    );
+    assert_eq!(
+        value(&s, "cs_tui_session_state", &[("state", "ready")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_session_state", &[("state", "switching")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_active_account", &[("account", "bob")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_active_account", &[("account", "alice")]),
+        Some(0.0)
+    );
+    assert_eq!(value(&s, "cs_tui_clients", &[]), Some(2.0));
+    assert_eq!(value(&s, "cs_tui_pool_sessions", &[]), Some(3.0));
+    assert_eq!(
+        value(&s, "cs_tui_pool_account_sessions", &[("account", "carol")]),
+        Some(1.0)
+    );
+
+    // A window that went, and an account that left the pool, lose their series.
+    m.observe(&limits("alice", &[(10_080, 9.0, Some(1_800_500_000))]));
+    m.observe(&ProxyEvent::PoolChanged {
+        sessions: 1,
+        by_account: vec![PoolShare {
+            account: account("bob"),
+            sessions: 1,
+        }],
+        at: at(),
+    });
+    m.observe(&ProxyEvent::AppServerExited {
+        status: "exit 1".into(),
+        stderr_tail: String::new(),
+        restarting: false,
+        at: at(),
+    });
+    let s = scrape(&m);
+    assert_eq!(value(&s, "cs_tui_account_used_percent", &alice_5h), None);
+    assert_eq!(
+        value(&s, "cs_tui_account_used_percent", &alice_wk),
+        Some(9.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_pool_account_sessions", &[("account", "carol")]),
+        None
+    );
+    assert_eq!(
+        value(&s, "cs_tui_session_state", &[("state", "down")]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn the_text_is_openmetrics_with_help_and_types() {
+    let mut m = Metrics::new();
+    m.observe(&limits("a \"quoted\" name", &[(300, 1.0, None)]));
+    m.observe(&ProxyEvent::ActiveAccount {
+        account: account("back\\slash\nnewline"),
+        at: at(),
+    });
+    let text = m.encode();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# TYPE cs_tui_turns counter"), "{text}");
+    assert!(text.contains("cs_tui_turns_total 0\n"), "{text}");
+    assert!(text.contains(r#"account="back\\slash\nnewline""#), "{text}");
+    assert!(
+        text.contains(r#"account="a \"quoted\" name""#),
+        "label values are escaped: {text}"
+    );
+}
+
+#[test]
+fn only_a_loopback_address_is_taken() {
+    assert_eq!(
+        parse_address("127.0.0.1:0").unwrap(),
+        "127.0.0.1:0".parse().unwrap()
+    );
+    assert!(parse_address("[::1]:9464").is_ok());
+    for bad in ["0.0.0.0:9464", "192.168.1.2:9464", "[::]:9464"] {
+        let err = format!("{:?}", parse_address(bad).unwrap_err());
+        assert!(err.contains("refusing to serve metrics"), "{err}");
+        assert!(err.contains("loopback"), "{err}");
+    }
+    let err = format!("{:?}", parse_address("localhost:9464").unwrap_err());
+    assert!(err.contains("is not an address"), "{err}");
+}
+
+#[test]
+fn only_get_metrics_is_answered() {
+    let registry = Registry::default();
+    let get = |method: Method, path: &str| {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        answer(&request, &registry).status()
+    };
+    assert_eq!(get(Method::GET, "/metrics"), StatusCode::OK);
+    assert_eq!(get(Method::GET, "/metrics?x=1"), StatusCode::OK);
+    assert_eq!(get(Method::POST, "/metrics"), StatusCode::NOT_FOUND);
+    assert_eq!(get(Method::HEAD, "/metrics"), StatusCode::NOT_FOUND);
+    assert_eq!(get(Method::GET, "/"), StatusCode::NOT_FOUND);
+    assert_eq!(get(Method::GET, "/metrics/x"), StatusCode::NOT_FOUND);
+}
