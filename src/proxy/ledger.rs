@@ -85,6 +85,7 @@ impl Ledger {
             .create(true)
             .append(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&self.path)
             .wrap_err_with(|| format!("opening {}", self.path.display()))?;
         file.write_all(line.as_bytes())
@@ -101,6 +102,7 @@ impl Ledger {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&path)
             .wrap_err_with(|| format!("opening {}", path.display()))?;
         Flock::lock(file, FlockArg::LockExclusive)

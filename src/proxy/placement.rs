@@ -268,6 +268,7 @@ fn lock_file(dir: &Path) -> color_eyre::Result<Flock<std::fs::File>> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&path)
         .wrap_err_with(|| format!("opening {}", path.display()))?;
     Flock::lock(file, FlockArg::LockExclusive)

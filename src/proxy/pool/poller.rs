@@ -83,8 +83,9 @@ impl PollerLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            // Neither the app-server nor the reaper may inherit (and so keep) the lock.
-            .custom_flags(OFlag::O_CLOEXEC.bits())
+            // Neither the app-server nor the reaper may inherit (and so keep) the lock; a
+            // symbolic link in its place is refused, not followed.
+            .custom_flags((OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW).bits())
             .open(&self.path)
             .wrap_err_with(|| format!("opening the lock file {}", self.path.display()))
     }
