@@ -17,12 +17,23 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "accounts",
         &[
-            "proxy", "app", "ui", "state", "pty", "ipc", "cli", "commands",
+            "proxy", "app", "ui", "state", "pty", "ipc", "cli", "commands", "demo",
         ],
     ),
-    ("proxy", &["pty", "app", "ui", "state", "cli", "commands"]),
-    ("pty", &["proxy", "app", "ui", "state", "accounts", "cli"]),
-    ("ui", &["app", "cli", "commands"]),
+    (
+        "proxy",
+        &["pty", "app", "ui", "state", "cli", "commands", "demo"],
+    ),
+    (
+        "pty",
+        &["proxy", "app", "ui", "state", "accounts", "cli", "demo"],
+    ),
+    ("ui", &["app", "cli", "commands", "demo"]),
+    // The dashboard hosts a pilot; it never knows it is the demo's.
+    ("app", &["demo", "commands", "cli"]),
+    // The demo's simulated backend and autopilot: only `cs-tui demo` (in `commands`) uses
+    // them, and they drive the product from outside (the pilot seam, the store, the events).
+    ("demo", &["ui", "state", "pty", "cli", "commands"]),
     // The client of a running session's socket: a leaf the accounts commands and the session use.
     (
         "ipc",
@@ -32,7 +43,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         ],
     ),
     // What the screen shows: written by `app`, read by `ui`, importing neither.
-    ("state", &["app", "ui", "cli", "commands"]),
+    ("state", &["app", "ui", "cli", "commands", "demo"]),
     (
         "config",
         &[

@@ -278,3 +278,41 @@ fn a_tiny_terminal_does_not_panic() {
         );
     }
 }
+
+#[test]
+fn a_pilot_pastes_and_types_like_the_keyboard_until_the_user_types() {
+    let mut h = Headless::new(120, 30);
+    let (pilot, seat) = crate::app::pilot::pilot();
+    h.app.pilot = Some(pilot);
+    // Codex asked for bracketed paste: the pilot's paste arrives bracketed, as a terminal's.
+    h.output(b"\x1b[?2004h");
+    h.app
+        .on_pilot(PilotRequest::Paste("fix the tests".to_owned()));
+    h.app.on_pilot(PilotRequest::Keys(b"\r".to_vec()));
+    assert_eq!(h.input(), b"\x1b[200~fix the tests\x1b[201~\r");
+    // It reads the pane and posts to the panel's notices.
+    h.output(b"hello from codex");
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    h.app.on_pilot(PilotRequest::Screen(tx));
+    assert!(rx.try_recv().unwrap().contains("hello from codex"));
+    h.app
+        .on_pilot(PilotRequest::Notice("demo: typed for you".to_owned()));
+    assert!(h.frame().contains("demo: typed for you"));
+
+    // The user's first key takes the keyboard: the pilot is dropped (its seat hears the
+    // channel close), the panel says so, and the key goes to Codex.
+    h.type_text("x");
+    assert!(h.app.pilot.is_none());
+    let mut seat = seat;
+    assert!(
+        seat.requests
+            .send(PilotRequest::Keys(b"y".to_vec()))
+            .is_err()
+    );
+    assert!(matches!(
+        seat.events.try_recv(),
+        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+    ));
+    assert!(h.frame().contains("autopilot off"));
+    assert!(h.input().ends_with(b"\rx"));
+}

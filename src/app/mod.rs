@@ -8,6 +8,7 @@ pub(crate) mod backend;
 pub mod frame;
 pub(crate) mod input;
 pub(crate) mod launcher;
+pub(crate) mod pilot;
 pub(crate) mod terminal;
 
 use std::ffi::OsString;
@@ -29,6 +30,7 @@ use tokio::sync::mpsc;
 use crate::app::backend::SessionBackend;
 use crate::app::frame::FrameScheduler;
 use crate::app::input::{KeyAction, KeyRouter};
+use crate::app::pilot::{Pilot, PilotRequest};
 use crate::app::terminal::{FrameWriter, TerminalGuard};
 use crate::config::Config;
 use crate::errors::with_hint;
@@ -81,17 +83,24 @@ impl Launch {
             cwd,
         })
     }
+
+    /// Runs Codex in `cwd` instead of the current directory.
+    pub(crate) fn in_dir(self, cwd: std::path::PathBuf) -> Self {
+        Self { cwd, ..self }
+    }
 }
 
 /// `cs-tui [CODEX ARGS]`: Codex in the pane, the panel beside it, on `runtime` (shut down
 /// here: the terminal reader may be parked in a read). `proxy` is the switching proxy's setup,
-/// `None` in the no-proxy mode ([`backend::proxy_wanted`]). Exits with Codex's code.
+/// `None` in the no-proxy mode ([`backend::proxy_wanted`]). `pilot`, if any, types into the
+/// pane until the user takes the keyboard ([`pilot`]). Exits with Codex's code.
 pub fn run(
     runtime: tokio::runtime::Runtime,
     launch: Launch,
     config: Config,
     proxy: Option<backend::ProxySetup>,
     store_dir: &std::path::Path,
+    pilot: Option<Pilot>,
 ) -> Result<ExitCode> {
     let Launch {
         codex_bin,
@@ -113,7 +122,7 @@ pub fn run(
             cwd,
             env: child_environment(std::env::vars_os(), &extra_env),
         };
-        session(spec, backend, config).await
+        session(spec, backend, config, pilot).await
     });
     // The terminal is restored by now. A token refresh under way (a usage poll, a 401 answered
     // for the app-server) may hold a rotated refresh token that must reach the store first.
@@ -202,9 +211,10 @@ async fn session(
     spec: ChildSpec,
     mut backend: SessionBackend,
     config: Config,
+    pilot: Option<Pilot>,
 ) -> Result<SessionEnd> {
     let mut guard = TerminalGuard::enter()?;
-    let result = event_loop(&mut guard, &spec, &mut backend, config).await;
+    let result = event_loop(&mut guard, &spec, &mut backend, config, pilot).await;
     drop(guard);
     drop(backend.guard.take());
     result
@@ -298,6 +308,8 @@ struct App<C: ChildIo = PtyChild> {
     notifier: crate::notify::Decider,
     /// Inside tmux (`$TMUX`): escape sequences go through its passthrough.
     inside_tmux: bool,
+    /// Who types for the user until the user types ([`pilot`]).
+    pilot: Option<Pilot>,
 }
 
 async fn event_loop(
@@ -305,6 +317,7 @@ async fn event_loop(
     spec: &ChildSpec,
     backend: &mut SessionBackend,
     config: Config,
+    pilot: Option<Pilot>,
 ) -> Result<SessionEnd> {
     let started = Instant::now();
     let size = guard
@@ -342,6 +355,7 @@ async fn event_loop(
         layout,
         backend.commands.clone(),
     );
+    app.pilot = pilot;
 
     // crossterm's level-triggered reader (the `use-dev-tty` feature, see Cargo.toml): keys and a
     // resize that arrive together are both delivered.
@@ -433,8 +447,16 @@ async fn event_loop(
                     app.dashboard.apply(&event);
                     app.notify(&event, &mut guard.terminal);
                     app.frames.request_soon(Instant::now());
+                    if let Some(pilot) = &app.pilot {
+                        let _ = pilot.events.send(event);
+                    }
                 }
                 None => proxy_open = false,
+            },
+            request = async { app.pilot.as_mut().expect("checked").requests.recv().await }, if app.pilot.is_some() => match request {
+                Some(request) => app.on_pilot(request),
+                // The pilot is done.
+                None => app.pilot = None,
             },
             () = sleep_until(frame_due), if frame_due.is_some() => app.draw(&mut guard.terminal)?,
             () = tokio::time::sleep_until(next_minute().into()) => {
@@ -523,7 +545,46 @@ impl<C: ChildIo> App<C> {
             failure: None,
             notifier: crate::notify::Decider::new(&config.notify),
             inside_tmux: crate::notify::inside_tmux(),
+            pilot: None,
             config,
+        }
+    }
+
+    /// Carries out what the pilot asks.
+    fn on_pilot(&mut self, request: PilotRequest) {
+        match request {
+            PilotRequest::Paste(text) => self.paste(&text),
+            PilotRequest::Keys(bytes) => self.child.write(bytes),
+            PilotRequest::Screen(answer) => {
+                let _ = answer.send(self.pane.screen().contents());
+            }
+            PilotRequest::Notice(message) => {
+                self.dashboard.apply(&ProxyEvent::Notice {
+                    message,
+                    at: chrono::Utc::now(),
+                });
+                self.frames.request();
+            }
+        }
+    }
+
+    /// The user typed: a pilot stops typing for them.
+    fn take_keyboard(&mut self) {
+        if self.pilot.take().is_some() {
+            tracing::info!("the user took the keyboard; the pilot stopped");
+            self.dashboard.apply(&ProxyEvent::Notice {
+                message: "autopilot off: the keyboard is yours".to_owned(),
+                at: chrono::Utc::now(),
+            });
+        }
+    }
+
+    /// Pastes `text` into the pane as a terminal does.
+    fn paste(&mut self, text: &str) {
+        if self.overlay.is_none() {
+            self.pane.scroll_to_live();
+            let bracketed = self.pane.screen().bracketed_paste();
+            self.child.write(encode_paste(text, bracketed));
         }
     }
 
@@ -618,6 +679,7 @@ impl<C: ChildIo> App<C> {
     fn on_terminal_event(&mut self, event: Event) {
         match event {
             Event::Key(key) if key.kind != KeyEventKind::Release => {
+                self.take_keyboard();
                 let modes = KeyModes::of(self.pane.screen());
                 let action = self.router.route(&key, self.overlay.as_ref(), modes);
                 if !matches!(action, KeyAction::Send(_) | KeyAction::Nothing) {
@@ -629,11 +691,8 @@ impl<C: ChildIo> App<C> {
             }
             Event::Key(_) => {}
             Event::Paste(text) => {
-                if self.overlay.is_none() {
-                    self.pane.scroll_to_live();
-                    let bracketed = self.pane.screen().bracketed_paste();
-                    self.child.write(encode_paste(&text, bracketed));
-                }
+                self.take_keyboard();
+                self.paste(&text);
             }
             Event::Mouse(mouse) => {
                 let up = match mouse.kind {

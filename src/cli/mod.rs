@@ -3,6 +3,7 @@
 //! (and `main`) imports this module.
 
 mod accounts;
+mod demo;
 mod doctor;
 mod history;
 mod package;
@@ -13,6 +14,7 @@ use std::ffi::OsString;
 use clap::{Parser, Subcommand};
 
 pub(crate) use accounts::{AccountsCommand, AddArgs, ImportArgs, ListArgs, StatusArgs};
+pub(crate) use demo::DemoArgs;
 pub(crate) use doctor::DoctorArgs;
 pub(crate) use history::HistoryArgs;
 pub(crate) use package::{CompletionsArgs, ManArgs};
@@ -78,6 +80,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check Codex, the app-server, the store, the accounts, the backend and the config.
     Doctor(DoctorArgs),
+    /// Try cs-tui on three simulated accounts: a limit is met and the session switches within
+    /// a minute. Nothing of yours is read or written.
+    Demo(DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions(CompletionsArgs),
     /// Print the manual page (roff) to stdout, or write one page per command to a directory.

@@ -28,7 +28,7 @@ pub(super) fn run(env: Env, codex_args: Vec<OsString>) -> Result<ExitCode> {
     let Env {
         runtime, _log: log, ..
     } = env;
-    let code = crate::app::run(runtime, launch, config, proxy, &store_dir);
+    let code = crate::app::run(runtime, launch, config, proxy, &store_dir, None);
     // The logger's buffered lines are written once the session has ended.
     drop(log);
     code

@@ -38,16 +38,12 @@ pub(super) struct HistoryJson {
 }
 
 pub(super) fn run(env: &Env, args: HistoryArgs) -> Result<ExitCode> {
-    let store_dir = env.store_dir()?;
-    let turns = ledger::read_all(store_dir)?;
-    let mut switches = Lines::default();
-    ledger::read_lines(&store_dir.join(HISTORY_FILE), &mut switches)?;
     let since = args
         .since
         .map(|d| chrono::Duration::from_std(d).map(|d| Utc::now() - d))
         .transpose()
         .wrap_err("--since is too long")?;
-    let history = select(turns, switches, since, args.account.as_deref());
+    let history = read(env.store_dir()?, since, args.account.as_deref())?;
     if history.skipped_lines > 0 {
         eprintln!(
             "cs-tui: skipped {} line(s) that did not parse in {} or {}",
@@ -64,6 +60,18 @@ pub(super) fn run(env: &Env, args: HistoryArgs) -> Result<ExitCode> {
         emit(&render(&history))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The store's turns and switches since `since`, of `account` if given, with the totals.
+pub(super) fn read(
+    store_dir: &std::path::Path,
+    since: Option<DateTime<Utc>>,
+    account: Option<&str>,
+) -> Result<HistoryJson> {
+    let turns = ledger::read_all(store_dir)?;
+    let mut switches = Lines::default();
+    ledger::read_lines(&store_dir.join(HISTORY_FILE), &mut switches)?;
+    Ok(select(turns, switches, since, account))
 }
 
 fn matches(account: Option<&AccountRef>, wanted: &str) -> bool {
@@ -142,7 +150,7 @@ fn short(session: &str) -> String {
     session.chars().take(8).collect()
 }
 
-fn render(history: &HistoryJson) -> String {
+pub(super) fn render(history: &HistoryJson) -> String {
     let mut text = String::new();
     if history.turns.is_empty() {
         text.push_str("No turns recorded.\n");

@@ -8,12 +8,14 @@
 //! - `sessions`: `cs-tui sessions`;
 //! - `serve`: `cs-tui serve`;
 //! - `doctor`: `cs-tui doctor`;
+//! - `demo`: `cs-tui demo`;
 //! - `package`: `cs-tui completions SHELL` and `cs-tui man`;
 //! - `version`: `cs-tui --version`;
 //! - `dashboard`: `cs-tui [CODEX ARGS]`.
 
 mod accounts;
 mod dashboard;
+mod demo;
 mod doctor;
 mod history;
 mod output;
@@ -65,6 +67,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         command,
         codex_args,
     } = cli;
+    // The demo's sandbox points the environment at itself, so it comes first: before the
+    // runtime's threads exist, and before the store directory is read from that environment.
+    let sandbox = match &command {
+        // SAFETY: no other thread exists yet (the runtime starts in `Env::new`).
+        Some(Command::Demo(_)) => Some(unsafe { crate::demo::Sandbox::create() }?),
+        _ => None,
+    };
     let setup = match &command {
         Some(Command::Accounts(_) | Command::Status(_)) => Setup::logged("accounts"),
         Some(Command::Serve(_)) => Setup::logged("serve"),
@@ -79,7 +88,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         None if version => Setup::bare(),
         // The terminal belongs to the dashboard: a logger that cannot start is not an error.
         // Its config is read first: a broken one stops it before anything is written.
-        None => Setup {
+        None | Some(Command::Demo(_)) => Setup {
             store_required: true,
             config_first: true,
             log: Some(Log {
@@ -102,6 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Doctor(args)) => doctor::run(&env, args),
         Some(Command::Completions(args)) => package::completions(&args),
         Some(Command::Man(args)) => package::man(&args),
+        Some(Command::Demo(args)) => demo::run(env, sandbox.expect("made above"), &args),
         None => dashboard::run(env, codex_args),
     }
 }

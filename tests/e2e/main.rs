@@ -13,6 +13,7 @@ mod app_server_protocol;
 mod backend_identity_e2e;
 mod dashboard_proxy_e2e;
 mod dashboard_replay_e2e;
+mod demo_e2e;
 mod doctor;
 mod fuzz_relay;
 mod ledger_e2e;
