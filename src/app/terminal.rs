@@ -95,9 +95,13 @@ impl TerminalGuard {
         // Before crossterm's reader exists, so the replies are not read as keys.
         let colors = crate::pty::outer::probe_outer_colors();
         let mut out = std::io::stdout();
+        // Cleared: a terminal that is in the alternate screen already (a cs-tui killed with
+        // SIGKILL never left it) keeps its old frame there, and the first frame, drawn as a
+        // difference from a blank screen, would leave its stale cells showing.
         queue!(
             out,
             EnterAlternateScreen,
+            Clear(ClearType::All),
             EnableBracketedPaste,
             EnableMouseCapture,
             EnableFocusChange
