@@ -37,6 +37,11 @@ const CLEARED_ENV: &[&str] = &[
     "CODEX_API_KEY",
 ];
 
+/// How the demo's directories are named in `$TMPDIR`.
+const PREFIX: &str = "cs-tui-demo-";
+/// The pid of the demo that made the directory.
+const OWNER_FILE: &str = "owner.pid";
+
 /// The demo's temporary directory, its backend's socket and its key.
 pub(crate) struct Sandbox {
     root: tempfile::TempDir,
@@ -53,14 +58,17 @@ impl Sandbox {
     /// # Safety
     /// No other thread may exist yet: the environment is changed.
     pub(crate) unsafe fn create() -> Result<Self> {
+        sweep_abandoned(&std::env::temp_dir());
         let root = tempfile::Builder::new()
-            .prefix("cs-tui-demo-")
+            .prefix(PREFIX)
             .tempdir()
             .wrap_err("creating the demo's temporary directory")?;
         for dir in ["store", "codex-home", "work", "tmp"] {
             std::fs::create_dir(root.path().join(dir))
                 .wrap_err_with(|| format!("creating {dir} in the demo's directory"))?;
         }
+        std::fs::write(root.path().join(OWNER_FILE), std::process::id().to_string())
+            .wrap_err("writing the demo's owner file")?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .wrap_err("opening a port on 127.0.0.1 for the demo's backend")?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -152,6 +160,47 @@ impl Sandbox {
     }
 }
 
+/// Removes the directories of earlier demos that were killed before they could (`kill -9`, a
+/// power cut): ours (same user, a real directory), named as the demo names them, whose owner
+/// file names a process that is gone. Best effort and quiet.
+fn sweep_abandoned(temp_dir: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(temp_dir) else {
+        return;
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(PREFIX))
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if !ours {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            // Being made right now, or not the demo's.
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            stop_processes_under(&path);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed an abandoned demo directory")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "could not remove an abandoned demo directory")
+                }
+            }
+        }
+    }
+}
+
 /// Codex's config for the demo (docs/protocol.md §6): the ChatGPT base URL and the model
 /// provider point at the simulated backend, every feature that would reach the network is off,
 /// and the work directory is trusted (no trust prompt).
@@ -232,6 +281,39 @@ fn stop_processes_under(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_abandoned_demo_directories_are_swept() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = |name: &str, owner: Option<&str>| {
+            let path = temp.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            std::fs::write(path.join("file"), "x").unwrap();
+            if let Some(owner) = owner {
+                std::fs::write(path.join(OWNER_FILE), owner).unwrap();
+            }
+            path
+        };
+        // A pid that cannot be running (above the kernel's maximum).
+        let dead = dir("cs-tui-demo-dead", Some("2147483600"));
+        let alive = dir("cs-tui-demo-alive", Some(&std::process::id().to_string()));
+        let unowned = dir("cs-tui-demo-new", None);
+        let other = dir("something-else", Some("2147483600"));
+        let target = dir("target", Some("2147483600"));
+        let link = temp.path().join("cs-tui-demo-link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        sweep_abandoned(temp.path());
+
+        assert!(!dead.exists());
+        for kept in [&alive, &unowned, &other, &target] {
+            assert!(kept.join("file").exists(), "{}", kept.display());
+        }
+        assert!(
+            link.symlink_metadata().is_ok(),
+            "a link is not followed or removed"
+        );
+    }
 
     #[test]
     fn the_codex_config_points_everything_at_the_backend_and_parses() {

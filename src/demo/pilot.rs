@@ -112,7 +112,9 @@ impl Cockpit {
 
     /// Types `prompt` and sends it; returns once its turn (and any re-run) is over.
     async fn turn(&mut self, prompt: &str) -> Result<(), Stop> {
-        let in_composer = |screen: &str| screen.contains(prompt);
+        // Codex wraps the composer's text to the pane: compare without the whitespace.
+        let squeezed = squeeze(prompt);
+        let in_composer = |screen: &str| squeeze(screen).contains(&squeezed);
         self.ask(PilotRequest::Paste(prompt.to_owned()))?;
         if !self.watch_screen(PASTE_WAIT, in_composer).await? {
             // Codex was not ready to take it: the paste went nowhere.
@@ -132,6 +134,11 @@ impl Cockpit {
             }
         }
     }
+}
+
+/// `text` without its whitespace.
+fn squeeze(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 /// Flies the story: waits for Codex, types each prompt, then hands over.

@@ -13,6 +13,7 @@ use cs_tui_testkit::{WAIT, codex_bin};
 
 use crate::support::cs_tui_under_sh;
 use crate::support::product::{NeverShown, panel, quit};
+use cs_tui_testkit::tmux::Tmux;
 
 /// What the issue promises: the switch within a minute of starting.
 const SWITCH_WITHIN: Duration = Duration::from_secs(60);
@@ -50,40 +51,90 @@ fn processes_in(dir: &Path) -> Vec<(i32, PathBuf)> {
         .collect()
 }
 
+/// A user's machine in a temporary directory: `home`, `TMPDIR`, their own store and Codex home.
+struct Machine {
+    outside: tempfile::TempDir,
+    home: PathBuf,
+    tmp: PathBuf,
+    store: PathBuf,
+    codex_home: PathBuf,
+}
+
+impl Machine {
+    fn new() -> Self {
+        let outside = tempfile::Builder::new()
+            .prefix("cs-tui-demo-e2e-")
+            .tempdir()
+            .unwrap();
+        let [home, tmp, store, codex_home] =
+            ["home", "tmp", "store", "codex-home"].map(|d| outside.path().join(d));
+        for dir in [&home, &tmp, &store, &codex_home] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        // A user's own store and Codex login, which the demo must not touch.
+        std::fs::write(store.join("config.toml"), "[panel]\nside = \"right\"\n").unwrap();
+        std::fs::write(codex_home.join("auth.json"), "{\"auth_mode\": \"chatgpt\"}").unwrap();
+        Self {
+            outside,
+            home,
+            tmp,
+            store,
+            codex_home,
+        }
+    }
+
+    /// `script` (with `$0` the cs-tui binary) in tmux, in `home`, with this machine's
+    /// environment.
+    fn run(&self, script: &str) -> Tmux {
+        let codex = codex_bin();
+        let env: Vec<(&str, &OsStr)> = vec![
+            ("HOME", self.home.as_os_str()),
+            ("TMPDIR", self.tmp.as_os_str()),
+            ("CS_TUI_HOME", self.store.as_os_str()),
+            ("CODEX_HOME", self.codex_home.as_os_str()),
+            ("CS_TUI_CODEX_BIN", codex.as_os_str()),
+        ];
+        cs_tui_under_sh(160, 48, &self.home, &env, script)
+    }
+
+    /// Asserts that nothing of a demo is left: no directory in `TMPDIR`, no process there, and
+    /// everything else as in `before`.
+    fn assert_nothing_left(&self, before: &BTreeMap<PathBuf, Vec<u8>>) {
+        assert_eq!(
+            &snapshot(self.outside.path()),
+            before,
+            "files changed outside the demo"
+        );
+        assert!(
+            std::fs::read_dir(&self.tmp).unwrap().next().is_none(),
+            "the demo left something in TMPDIR"
+        );
+        // (The shell that ran it waits in `home`.)
+        assert_eq!(processes_in(&self.tmp), vec![], "processes left behind");
+    }
+}
+
+/// Runs the demo, then leaves the shell waiting.
+const DEMO: &str =
+    "\"$0\" demo; echo \"cs-tui exited $?\"; printf 'shell prompt> '; exec sleep 600";
+
+fn started(t: &Tmux) -> String {
+    t.wait_for(WAIT, "the demo on alice", |s| {
+        panel(s).contains("● alice") && panel(s).contains("proxy ready")
+    })
+}
+
 #[test]
 fn the_demo_switches_within_a_minute_exits_0_and_leaves_nothing_behind() {
-    let outside = tempfile::Builder::new()
-        .prefix("cs-tui-demo-e2e-")
-        .tempdir()
-        .unwrap();
-    let [home, tmp, store, codex_home] =
-        ["home", "tmp", "store", "codex-home"].map(|d| outside.path().join(d));
-    for dir in [&home, &tmp, &store, &codex_home] {
-        std::fs::create_dir(dir).unwrap();
-    }
-    // A user's own store and Codex login, which the demo must not touch.
-    std::fs::write(store.join("config.toml"), "[panel]\nside = \"right\"\n").unwrap();
-    std::fs::write(codex_home.join("auth.json"), "{\"auth_mode\": \"chatgpt\"}").unwrap();
-    let before = snapshot(outside.path());
-
-    let codex = codex_bin();
-    let env: Vec<(&str, &OsStr)> = vec![
-        ("HOME", home.as_os_str()),
-        ("TMPDIR", tmp.as_os_str()),
-        ("CS_TUI_HOME", store.as_os_str()),
-        ("CODEX_HOME", codex_home.as_os_str()),
-        ("CS_TUI_CODEX_BIN", codex.as_os_str()),
-    ];
-    let script = "\"$0\" demo; echo \"cs-tui exited $?\"; printf 'shell prompt> '; exec sleep 600";
-    let t = cs_tui_under_sh(160, 48, &home, &env, script);
+    let machine = Machine::new();
+    let before = snapshot(machine.outside.path());
+    let t = machine.run(DEMO);
     let watch = NeverShown::start(&t, &["hit your usage limit", "usage limit reached"]);
 
-    let started = t.wait_for(WAIT, "the demo on alice", |s| {
-        panel(s).contains("● alice") && panel(s).contains("proxy ready")
-    });
+    let screen = started(&t);
     assert!(
-        panel(&started).contains("prompts are typed for you"),
-        "{started}"
+        panel(&screen).contains("prompts are typed for you"),
+        "{screen}"
     );
     let switched = t.wait_for(SWITCH_WITHIN, "the switch to bob", |s| {
         panel(s).contains("alice → bob") && panel(s).contains("● bob")
@@ -102,27 +153,55 @@ fn the_demo_switches_within_a_minute_exits_0_and_leaves_nothing_behind() {
     watch.assert_never_seen();
 
     quit(&t);
-    let after_exit = t.wait_for(WAIT, "the demo's history", |s| s.contains("shell prompt>"));
     let history = t.run(&["capture-pane", "-p", "-J", "-S", "-200", "-t", "main"]);
     assert!(
         history.contains("alice  bob  usage limit reached"),
-        "{history}\n---\n{after_exit}"
+        "{history}"
     );
     assert!(history.contains("removed now"), "{history}");
+    machine.assert_nothing_left(&before);
+}
 
-    // Nothing of the demo is left: its directory (made in TMPDIR) is gone, and the user's
-    // store, Codex home and home are as they were.
-    assert_eq!(
-        snapshot(outside.path()),
-        before,
-        "files changed outside the demo"
-    );
+#[test]
+fn a_demo_killed_with_sigkill_is_cleaned_up_by_the_next_one() {
+    let machine = Machine::new();
+    let before = snapshot(machine.outside.path());
+    // A killed program cannot give the terminal back: `stty sane` does, as a user would.
+    let script = format!("\"$0\" demo --no-autopilot; stty sane; {DEMO}");
+    let t = machine.run(&script);
+    started(&t);
+    let sandbox = std::fs::read_dir(&machine.tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("cs-tui-demo-")
+        })
+        .expect("the first demo's directory");
+    let pid: i32 = std::fs::read_to_string(sandbox.join("owner.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // The second demo starts where the first one died, and sweeps its directory away.
+    t.wait_for(WAIT, "the second demo typing", |s| {
+        panel(s).contains("prompts are typed for you")
+    });
     assert!(
-        std::fs::read_dir(&tmp).unwrap().next().is_none(),
-        "the demo left something in TMPDIR"
+        !sandbox.exists(),
+        "the killed demo's directory is still there"
     );
-    // (The shell that ran it waits in `home`.)
-    assert_eq!(processes_in(&tmp), vec![], "processes left behind");
+    quit(&t);
+    machine.assert_nothing_left(&before);
 }
 
 #[test]
