@@ -684,6 +684,25 @@ async fn a_held_lock_is_waited_for_only_so_long() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// A symbolic link in place of the lock file is not followed: the chooser places without the
+/// lock, and the link's target is neither created nor locked.
+#[tokio::test]
+async fn a_symlink_in_place_of_the_lock_is_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let locks = store.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let target = store.path().join("elsewhere");
+    std::os::unix::fs::symlink(&target, locks.join(LOCK_FILE)).unwrap();
+    let err = lock_file(&locks).unwrap_err().to_string();
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert!(
+        PlacementLock::acquire(store.path(), LOCK_WAIT)
+            .await
+            .is_none()
+    );
+    assert!(!target.exists());
+}
+
 /// A holder that never lets go (a stopped session) costs a chooser its wait, and does not
 /// keep the chooser's process from exiting: the runtime shuts down while the lock is still
 /// held (a wait on the runtime's blocking pool would hold its shutdown until the holder
