@@ -98,23 +98,46 @@ struct StateLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// The metric families, shared by the feed (which writes) and the server (which reads).
-#[derive(Clone, Default)]
-struct Families {
-    used_percent: Family<WindowLabels, FloatGauge>,
-    resets_at: Family<WindowLabels, Gauge>,
-    switches: Family<ReasonLabels, Counter>,
-    switch_failures: Family<ReasonLabels, Counter>,
-    no_account: Counter,
-    turns: Counter,
-    turns_running: Gauge,
-    reruns: Counter,
-    limit_hits: Family<AccountLabels, Counter>,
-    session_state: Family<StateLabels, Gauge>,
-    active_account: Family<AccountLabels, Gauge>,
-    clients: Gauge,
-    pool_sessions: Gauge,
-    pool_account_sessions: Family<AccountLabels, Gauge>,
+/// Declares the metric families in one table: each field, its type, and the name (after the
+/// `cs_tui_` prefix) and help it is registered under, in the order they are written.
+macro_rules! families {
+    ($($field:ident: $ty:ty => $name:literal, $help:literal;)*) => {
+        /// The metric families, shared by the feed (which writes) and the server (which reads).
+        #[derive(Clone, Default)]
+        struct Families {
+            $($field: $ty,)*
+        }
+
+        impl Families {
+            fn register(&self, registry: &mut Registry) {
+                $(registry.register($name, $help, self.$field.clone());)*
+            }
+        }
+    };
+}
+
+families! {
+    used_percent: Family<WindowLabels, FloatGauge> => "account_used_percent",
+        "Percent used of an account's rate-limit window (its general quota)";
+    resets_at: Family<WindowLabels, Gauge> => "account_reset_timestamp_seconds",
+        "When an account's rate-limit window resets, in unix seconds";
+    switches: Family<ReasonLabels, Counter> => "switches", "Account switches completed, by reason";
+    switch_failures: Family<ReasonLabels, Counter> =>
+        "switch_failures", "Account switches that failed, by reason";
+    no_account: Counter => "no_account_available", "Switches wanted when no account was usable";
+    turns: Counter => "turns", "Turns started in this session";
+    turns_running: Gauge => "turns_running", "Turns running now";
+    reruns: Counter => "reruns", "Turns withheld at a usage limit and re-run on the next account";
+    limit_hits: Family<AccountLabels, Counter> =>
+        "limit_hits", "Turns of this session refused at an account's usage limit";
+    session_state: Family<StateLabels, Gauge> =>
+        "session_state", "The session's state: 1 for the current one";
+    active_account: Family<AccountLabels, Gauge> =>
+        "active_account", "The account the session runs on: 1 for it, 0 for accounts it left";
+    clients: Gauge => "clients", "Codex clients attached";
+    pool_sessions: Gauge => "pool_sessions", "Sessions running on this store, this one included";
+    pool_account_sessions: Family<AccountLabels, Gauge> =>
+        "pool_account_sessions", "Sessions of the pool running on each account";
 }
 
 /// The session's metrics: the registry a scrape encodes, and the feed's view of the session.
@@ -141,69 +164,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let families = Families::default();
         let mut registry = Registry::with_prefix("cs_tui");
-        let f = &families;
-        registry.register(
-            "account_used_percent",
-            "Percent used of an account's rate-limit window (its general quota)",
-            f.used_percent.clone(),
-        );
-        registry.register(
-            "account_reset_timestamp_seconds",
-            "When an account's rate-limit window resets, in unix seconds",
-            f.resets_at.clone(),
-        );
-        registry.register(
-            "switches",
-            "Account switches completed, by reason",
-            f.switches.clone(),
-        );
-        registry.register(
-            "switch_failures",
-            "Account switches that failed, by reason",
-            f.switch_failures.clone(),
-        );
-        registry.register(
-            "no_account_available",
-            "Switches wanted when no account was usable",
-            f.no_account.clone(),
-        );
-        registry.register("turns", "Turns started in this session", f.turns.clone());
-        registry.register(
-            "turns_running",
-            "Turns running now",
-            f.turns_running.clone(),
-        );
-        registry.register(
-            "reruns",
-            "Turns withheld at a usage limit and re-run on the next account",
-            f.reruns.clone(),
-        );
-        registry.register(
-            "limit_hits",
-            "Turns of this session refused at an account's usage limit",
-            f.limit_hits.clone(),
-        );
-        registry.register(
-            "session_state",
-            "The session's state: 1 for the current one",
-            f.session_state.clone(),
-        );
-        registry.register(
-            "active_account",
-            "The account the session runs on: 1 for it, 0 for accounts it left",
-            f.active_account.clone(),
-        );
-        registry.register("clients", "Codex clients attached", f.clients.clone());
-        registry.register(
-            "pool_sessions",
-            "Sessions running on this store, this one included",
-            f.pool_sessions.clone(),
-        );
-        registry.register(
-            "pool_account_sessions",
-            "Sessions of the pool running on each account",
-            f.pool_account_sessions.clone(),
-        );
+        families.register(&mut registry);
         let metrics = Self {
             registry: Arc::new(registry),
             families,

@@ -280,3 +280,86 @@ fn only_get_metrics_is_answered() {
     assert_eq!(get(Method::GET, "/"), StatusCode::NOT_FOUND);
     assert_eq!(get(Method::GET, "/metrics/x"), StatusCode::NOT_FOUND);
 }
+
+/// Every family the feed can fill in: each is encoded only once it has a series.
+fn every_family() -> Metrics {
+    let mut m = Metrics::new();
+    m.observe(&limits("alice", &[(300, 42.5, Some(1_800_003_600))]));
+    m.observe(&ProxyEvent::ActiveAccount {
+        account: account("alice"),
+        at: at(),
+    });
+    m.observe(&ProxyEvent::UsageLimitHit {
+        account: account("alice"),
+        session: None,
+        at: at(),
+    });
+    m.observe(&ProxyEvent::SwitchFailed {
+        from: Some(account("alice")),
+        to: account("bob"),
+        reason: SwitchReason::Manual,
+        error: "refused".into(),
+        at: at(),
+    });
+    m.observe(&ProxyEvent::SwitchDone {
+        from: Some(account("alice")),
+        to: account("bob"),
+        reason: SwitchReason::UsageLimit,
+        elapsed_ms: 300,
+        at: at(),
+    });
+    m.observe(&ProxyEvent::PoolChanged {
+        sessions: 1,
+        by_account: vec![PoolShare {
+            account: account("bob"),
+            sessions: 1,
+        }],
+        at: at(),
+    });
+    m
+}
+
+/// The families' names, help and types, in the order they are written: what dashboards and
+/// alerts rely on.
+const DESCRIPTORS: &str = "\
+# HELP cs_tui_account_used_percent Percent used of an account's rate-limit window (its general quota).
+# TYPE cs_tui_account_used_percent gauge
+# HELP cs_tui_account_reset_timestamp_seconds When an account's rate-limit window resets, in unix seconds.
+# TYPE cs_tui_account_reset_timestamp_seconds gauge
+# HELP cs_tui_switches Account switches completed, by reason.
+# TYPE cs_tui_switches counter
+# HELP cs_tui_switch_failures Account switches that failed, by reason.
+# TYPE cs_tui_switch_failures counter
+# HELP cs_tui_no_account_available Switches wanted when no account was usable.
+# TYPE cs_tui_no_account_available counter
+# HELP cs_tui_turns Turns started in this session.
+# TYPE cs_tui_turns counter
+# HELP cs_tui_turns_running Turns running now.
+# TYPE cs_tui_turns_running gauge
+# HELP cs_tui_reruns Turns withheld at a usage limit and re-run on the next account.
+# TYPE cs_tui_reruns counter
+# HELP cs_tui_limit_hits Turns of this session refused at an account's usage limit.
+# TYPE cs_tui_limit_hits counter
+# HELP cs_tui_session_state The session's state: 1 for the current one.
+# TYPE cs_tui_session_state gauge
+# HELP cs_tui_active_account The account the session runs on: 1 for it, 0 for accounts it left.
+# TYPE cs_tui_active_account gauge
+# HELP cs_tui_clients Codex clients attached.
+# TYPE cs_tui_clients gauge
+# HELP cs_tui_pool_sessions Sessions running on this store, this one included.
+# TYPE cs_tui_pool_sessions gauge
+# HELP cs_tui_pool_account_sessions Sessions of the pool running on each account.
+# TYPE cs_tui_pool_account_sessions gauge
+# EOF
+";
+
+#[test]
+fn every_family_keeps_its_name_help_and_type() {
+    let text = every_family().encode();
+    let descriptors: String = text
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(descriptors, DESCRIPTORS);
+}
