@@ -316,37 +316,15 @@ fn two_serves_on_one_store_switch_one_at_a_time() {
 /// bar once the panel collapses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_pool() {
-    use std::ffi::OsStr;
-    use std::io::Write;
-
     use chrono::Utc;
-    use cs_tui::account_id::AccountId;
-    use cs_tui::proxy::events::{AccountRef, ConnectionState, PoolShare, ProxyEvent};
-    use cs_tui_testkit::{CodexHome, Tmux, WAIT, codex_bin};
+    use cs_tui::proxy::events::{ConnectionState, PoolShare, ProxyEvent};
 
-    let account = |name: &str| AccountRef {
-        id: AccountId::new(format!("id-{name}")),
-        name: name.to_owned(),
-    };
-    let mock = MockBackend::start().await;
-    let (alice, refresh) = mock.add_account("alice");
-    let home = CodexHome::offline(&mock.url());
-    home.write_auth_json(&alice.auth_json(3600, &refresh));
-    let store = tempfile::tempdir().unwrap();
-    let events = store.path().join("events.jsonl");
-    let emit = |list: &[ProxyEvent]| {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&events)
-            .unwrap();
-        for event in list {
-            writeln!(file, "{}", serde_json::to_string(event).unwrap()).unwrap();
-        }
-    };
+    use crate::support::replay::{Replay, account};
+
+    let replay = Replay::new().await;
     let now = Utc::now();
     let quota = cs_tui::quota::RateLimitSnapshot::default();
-    emit(&[
+    replay.emit(&[
         ProxyEvent::Connection {
             state: ConnectionState::Ready { clients: 1 },
             at: now,
@@ -368,22 +346,7 @@ async fn the_dashboard_shows_the_pool() {
             at: now,
         },
     ]);
-    let codex = codex_bin();
-    let env: Vec<(&str, &OsStr)> = vec![
-        ("CS_TUI_NO_PROXY", OsStr::new("1")),
-        ("CS_TUI_DEV_EVENTS", events.as_os_str()),
-        ("CS_TUI_HOME", store.path().as_os_str()),
-        ("CS_TUI_CODEX_BIN", codex.as_os_str()),
-        ("CODEX_HOME", home.path().as_os_str()),
-    ];
-    let t = Tmux::start(
-        160,
-        40,
-        home.work_dir(),
-        &env,
-        OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
-        &[],
-    );
+    let t = replay.start(160, 40, &[]);
     let screen = t.wait_for(WAIT, "the panel on alice", |screen| {
         screen.contains("● alice") && screen.contains("carol")
     });
@@ -392,7 +355,7 @@ async fn the_dashboard_shows_the_pool() {
         "alone: no pool line\n{screen}"
     );
 
-    emit(&[ProxyEvent::PoolChanged {
+    replay.emit(&[ProxyEvent::PoolChanged {
         sessions: 3,
         by_account: vec![
             PoolShare {
