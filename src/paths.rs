@@ -176,7 +176,8 @@ pub(crate) fn open_lock_file(path: &std::path::Path) -> Result<std::fs::File> {
                     path.display()
                 )
             } else {
-                eyre!("opening the lock file {}: {err}", path.display())
+                color_eyre::Report::new(err)
+                    .wrap_err(format!("opening the lock file {}", path.display()))
             }
         })
 }
@@ -189,11 +190,8 @@ pub(crate) fn lock_file(
     kind: nix::fcntl::FlockArg,
 ) -> Result<nix::fcntl::Flock<std::fs::File>> {
     nix::fcntl::Flock::lock(open_lock_file(path)?, kind).map_err(|(_, errno)| {
-        eyre!(
-            "locking {}: {}",
-            path.display(),
-            std::io::Error::from(errno)
-        )
+        color_eyre::Report::new(std::io::Error::from(errno))
+            .wrap_err(format!("locking {}", path.display()))
     })
 }
 
@@ -310,10 +308,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("x.lock");
         let held = lock_file(&path, FlockArg::LockExclusive).unwrap();
-        let err = lock_file(&path, FlockArg::LockExclusiveNonblock)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("locking"), "{err}");
+        let err = lock_file(&path, FlockArg::LockExclusiveNonblock).unwrap_err();
+        assert!(err.to_string().contains("locking"), "{err:#}");
+        let io = err
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error kept");
+        assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock, "{err:#}");
         assert!(lock_file(&path, FlockArg::LockSharedNonblock).is_err());
         drop(held);
         drop(lock_file(&path, FlockArg::LockExclusiveNonblock).unwrap());
