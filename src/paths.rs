@@ -155,6 +155,46 @@ pub(crate) fn create_private_file(
     }
 }
 
+/// Opens the lock file at `path` for reading and writing, creating it (0600) if missing and
+/// never truncating it. A symbolic link in its place is refused, not followed (`O_NOFOLLOW`),
+/// and the descriptor is closed on exec (`O_CLOEXEC`): neither the app-server nor the reaper
+/// may inherit, and so keep, a lock. The directory must exist.
+pub(crate) fn open_lock_file(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                eyre!(
+                    "the lock file {} is a symbolic link; cs-tui does not follow it",
+                    path.display()
+                )
+            } else {
+                color_eyre::Report::new(err)
+                    .wrap_err(format!("opening the lock file {}", path.display()))
+            }
+        })
+}
+
+/// Opens the lock file at `path` (see [`open_lock_file`]) and takes its `flock` of `kind`,
+/// blocking while another holds it (a non-blocking `kind` fails instead). Dropping the
+/// returned guard unlocks.
+pub(crate) fn lock_file(
+    path: &std::path::Path,
+    kind: nix::fcntl::FlockArg,
+) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    nix::fcntl::Flock::lock(open_lock_file(path)?, kind).map_err(|(_, errno)| {
+        color_eyre::Report::new(std::io::Error::from(errno))
+            .wrap_err(format!("locking {}", path.display()))
+    })
+}
+
 /// Makes sure `dir` is a private directory of ours: created 0700 if missing (its parent must
 /// exist), without following a link at `dir`. One that exists must be a real directory owned
 /// by us; it is then tightened to 0700 through its own descriptor (never by name, so a link
@@ -214,6 +254,72 @@ mod tests {
 
     fn mode(path: &std::path::Path) -> u32 {
         std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_lock_file_is_created_0600_kept_as_it_is_and_not_inherited() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.lock");
+        let file = open_lock_file(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(
+            nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC)
+        );
+        drop(file);
+        std::fs::write(&path, "holder 42").unwrap();
+        drop(open_lock_file(&path).unwrap());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"holder 42",
+            "never truncated"
+        );
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_a_lock_file_is_refused_and_its_target_untouched() {
+        use nix::fcntl::FlockArg;
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = tmp.path().join("x.lock");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = open_lock_file(&link).unwrap_err().to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+        let err = lock_file(&link, FlockArg::LockExclusive)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(mode(&victim), 0o644);
+
+        // A dangling link: its target is not created either.
+        let dangling = tmp.path().join("y.lock");
+        let target = tmp.path().join("not-yet");
+        std::os::unix::fs::symlink(&target, &dangling).unwrap();
+        assert!(open_lock_file(&dangling).is_err());
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn a_held_lock_file_refuses_a_second_exclusive_holder_until_dropped() {
+        use nix::fcntl::FlockArg;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.lock");
+        let held = lock_file(&path, FlockArg::LockExclusive).unwrap();
+        let err = lock_file(&path, FlockArg::LockExclusiveNonblock).unwrap_err();
+        assert!(err.to_string().contains("locking"), "{err:#}");
+        let io = err
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error kept");
+        assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock, "{err:#}");
+        assert!(lock_file(&path, FlockArg::LockSharedNonblock).is_err());
+        drop(held);
+        drop(lock_file(&path, FlockArg::LockExclusiveNonblock).unwrap());
+        let shared = lock_file(&path, FlockArg::LockShared).unwrap();
+        drop(lock_file(&path, FlockArg::LockSharedNonblock).unwrap());
+        drop(shared);
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! crashed process cannot leave the store stuck. The lock cannot live on `accounts.json` itself,
 //! because every write replaces that file with a new inode.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -537,7 +537,7 @@ impl Store {
 
     /// Takes the store lock, blocking until it is free.
     fn lock(&self, kind: FlockArg) -> Result<Flock<File>> {
-        lock_file(&self.dir.join(LOCK_FILE), kind)
+        crate::paths::lock_file(&self.dir.join(LOCK_FILE), kind)
     }
 
     /// Takes the refresh lock of one account, blocking until it is free.
@@ -545,7 +545,7 @@ impl Store {
         let dir = self.dir.join(REFRESH_LOCK_DIR);
         crate::paths::ensure_private_dir(&dir)
             .wrap_err_with(|| format!("creating {}", dir.display()))?;
-        lock_file(
+        crate::paths::lock_file(
             &dir.join(format!("refresh-{account_id}.lock")),
             FlockArg::LockExclusive,
         )
@@ -646,20 +646,6 @@ impl Store {
         }
         fs::rename(&staging, self.backup_path())
     }
-}
-
-fn lock_file(path: &Path, kind: FlockArg) -> Result<Flock<File>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .wrap_err_with(|| format!("opening the lock file {}", path.display()))?;
-    Flock::lock(file, kind)
-        .map_err(|(_, errno)| Report::new(std::io::Error::from(errno)))
-        .wrap_err_with(|| format!("locking {}", path.display()))
 }
 
 /// Parses and checks the store file. Errors never quote file content: it holds tokens.
@@ -922,10 +908,24 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_in_place_of_the_store_lock_is_refused_and_nothing_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path());
+        let victim = tmp.path().join("victim");
+        std::os::unix::fs::symlink(&victim, tmp.path().join(LOCK_FILE)).unwrap();
+        let err = format!("{:#}", store.update(|_| Ok(())).unwrap_err());
+        assert!(err.contains("is a symbolic link"), "{err}");
+        let err = format!("{:#}", store.load().unwrap_err());
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert!(!victim.exists(), "the link's target is not created");
+        assert!(!store.accounts_path().exists());
+    }
+
+    #[test]
     fn lock_is_released_when_its_holder_goes_away() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("x.lock");
-        let held = lock_file(&path, FlockArg::LockExclusive).unwrap();
+        let held = crate::paths::lock_file(&path, FlockArg::LockExclusive).unwrap();
         let other = File::open(&path).unwrap();
         let other = Flock::lock(other, FlockArg::LockExclusiveNonblock)
             .map(drop)

@@ -95,19 +95,7 @@ impl Ledger {
     fn lock(&self) -> Result<Flock<std::fs::File>> {
         crate::paths::ensure_private_dir(&self.lock_dir)
             .wrap_err_with(|| format!("creating {}", self.lock_dir.display()))?;
-        let path = self.lock_dir.join(LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&path)
-            .wrap_err_with(|| format!("opening {}", path.display()))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| color_eyre::Report::new(std::io::Error::from(errno)))
-            .wrap_err_with(|| format!("locking {}", path.display()))
+        crate::paths::lock_file(&self.lock_dir.join(LOCK_FILE), FlockArg::LockExclusive)
     }
 }
 
@@ -204,6 +192,23 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_lock_or_the_ledger_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::in_store(dir.path());
+        let target = dir.path().join("elsewhere");
+        std::fs::create_dir(&ledger.lock_dir).unwrap();
+        std::os::unix::fs::symlink(&target, ledger.lock_dir.join(LOCK_FILE)).unwrap();
+        let err = format!("{:#}", ledger.append(&record(1)).unwrap_err());
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert!(!ledger.path.exists() && !target.exists());
+
+        std::fs::remove_file(ledger.lock_dir.join(LOCK_FILE)).unwrap();
+        std::os::unix::fs::symlink(&target, &ledger.path).unwrap();
+        assert!(ledger.append(&record(1)).is_err());
+        assert!(!target.exists());
     }
 
     #[test]

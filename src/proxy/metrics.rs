@@ -3,7 +3,8 @@
 //!
 //! [`prometheus_client`] (the Prometheus project's own Rust client) keeps the metrics and writes
 //! the exposition text (OpenMetrics, which Prometheus scrapes natively; counters end in
-//! `_total`); hyper serves it. `serve` feeds each event it prints (updating atomics), and a
+//! `_total`); hyper serves it, as OpenMetrics to a scraper whose `Accept` asks for it and in
+//! the classic text format (0.0.4) to any other, as Prometheus's own clients do. `serve` feeds each event it prints (updating atomics), and a
 //! scrape only reads them, in a task of its own: a scraper cannot hold the session up. A
 //! scraper gets at most [`MAX_CONNECTIONS`] connections at once (more are closed unanswered),
 //! each for at most [`CONNECTION_LIFETIME`], one request each. Labels carry account names and
@@ -40,6 +41,9 @@ pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
 /// The content type of the OpenMetrics text prometheus-client writes.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the classic Prometheus text format, for a scraper that does not ask
+/// for OpenMetrics.
+const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The states `cs_tui_session_state` has a series for.
 const STATES: [(SessionState, &str); 4] = [
@@ -98,23 +102,46 @@ struct StateLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// The metric families, shared by the feed (which writes) and the server (which reads).
-#[derive(Clone, Default)]
-struct Families {
-    used_percent: Family<WindowLabels, FloatGauge>,
-    resets_at: Family<WindowLabels, Gauge>,
-    switches: Family<ReasonLabels, Counter>,
-    switch_failures: Family<ReasonLabels, Counter>,
-    no_account: Counter,
-    turns: Counter,
-    turns_running: Gauge,
-    reruns: Counter,
-    limit_hits: Family<AccountLabels, Counter>,
-    session_state: Family<StateLabels, Gauge>,
-    active_account: Family<AccountLabels, Gauge>,
-    clients: Gauge,
-    pool_sessions: Gauge,
-    pool_account_sessions: Family<AccountLabels, Gauge>,
+/// Declares the metric families in one table: each field, its type, and the name (after the
+/// `cs_tui_` prefix) and help it is registered under, in the order they are written.
+macro_rules! families {
+    ($($field:ident: $ty:ty => $name:literal, $help:literal;)*) => {
+        /// The metric families, shared by the feed (which writes) and the server (which reads).
+        #[derive(Clone, Default)]
+        struct Families {
+            $($field: $ty,)*
+        }
+
+        impl Families {
+            fn register(&self, registry: &mut Registry) {
+                $(registry.register($name, $help, self.$field.clone());)*
+            }
+        }
+    };
+}
+
+families! {
+    used_percent: Family<WindowLabels, FloatGauge> => "account_used_percent",
+        "Percent used of an account's rate-limit window (its general quota)";
+    resets_at: Family<WindowLabels, Gauge> => "account_reset_timestamp_seconds",
+        "When an account's rate-limit window resets, in unix seconds";
+    switches: Family<ReasonLabels, Counter> => "switches", "Account switches completed, by reason";
+    switch_failures: Family<ReasonLabels, Counter> =>
+        "switch_failures", "Account switches that failed, by reason";
+    no_account: Counter => "no_account_available", "Switches wanted when no account was usable";
+    turns: Counter => "turns", "Turns started in this session";
+    turns_running: Gauge => "turns_running", "Turns running now";
+    reruns: Counter => "reruns", "Turns withheld at a usage limit and re-run on the next account";
+    limit_hits: Family<AccountLabels, Counter> =>
+        "limit_hits", "Turns of this session refused at an account's usage limit";
+    session_state: Family<StateLabels, Gauge> =>
+        "session_state", "The session's state: 1 for the current one";
+    active_account: Family<AccountLabels, Gauge> =>
+        "active_account", "The account the session runs on: 1 for it, 0 for accounts it left";
+    clients: Gauge => "clients", "Codex clients attached";
+    pool_sessions: Gauge => "pool_sessions", "Sessions running on this store, this one included";
+    pool_account_sessions: Family<AccountLabels, Gauge> =>
+        "pool_account_sessions", "Sessions of the pool running on each account";
 }
 
 /// The session's metrics: the registry a scrape encodes, and the feed's view of the session.
@@ -141,69 +168,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let families = Families::default();
         let mut registry = Registry::with_prefix("cs_tui");
-        let f = &families;
-        registry.register(
-            "account_used_percent",
-            "Percent used of an account's rate-limit window (its general quota)",
-            f.used_percent.clone(),
-        );
-        registry.register(
-            "account_reset_timestamp_seconds",
-            "When an account's rate-limit window resets, in unix seconds",
-            f.resets_at.clone(),
-        );
-        registry.register(
-            "switches",
-            "Account switches completed, by reason",
-            f.switches.clone(),
-        );
-        registry.register(
-            "switch_failures",
-            "Account switches that failed, by reason",
-            f.switch_failures.clone(),
-        );
-        registry.register(
-            "no_account_available",
-            "Switches wanted when no account was usable",
-            f.no_account.clone(),
-        );
-        registry.register("turns", "Turns started in this session", f.turns.clone());
-        registry.register(
-            "turns_running",
-            "Turns running now",
-            f.turns_running.clone(),
-        );
-        registry.register(
-            "reruns",
-            "Turns withheld at a usage limit and re-run on the next account",
-            f.reruns.clone(),
-        );
-        registry.register(
-            "limit_hits",
-            "Turns of this session refused at an account's usage limit",
-            f.limit_hits.clone(),
-        );
-        registry.register(
-            "session_state",
-            "The session's state: 1 for the current one",
-            f.session_state.clone(),
-        );
-        registry.register(
-            "active_account",
-            "The account the session runs on: 1 for it, 0 for accounts it left",
-            f.active_account.clone(),
-        );
-        registry.register("clients", "Codex clients attached", f.clients.clone());
-        registry.register(
-            "pool_sessions",
-            "Sessions running on this store, this one included",
-            f.pool_sessions.clone(),
-        );
-        registry.register(
-            "pool_account_sessions",
-            "Sessions of the pool running on each account",
-            f.pool_account_sessions.clone(),
-        );
+        families.register(&mut registry);
         let metrics = Self {
             registry: Arc::new(registry),
             families,
@@ -508,15 +473,76 @@ async fn serve(listener: TcpListener, registry: Arc<Registry>) {
     }
 }
 
+/// Whether a request's `Accept` headers take OpenMetrics: a media range
+/// `application/openmetrics-text` whose `q` is not 0 (Prometheus sends one).
+fn accepts_openmetrics(headers: &header::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|range| range.trim().parse::<mime::Mime>().ok())
+        .any(|range| {
+            range.essence_str() == "application/openmetrics-text"
+                && range
+                    .get_param("q")
+                    .and_then(|q| q.as_str().parse::<f64>().ok())
+                    .is_none_or(|q| q > 0.0)
+        })
+}
+
+/// The exposition in the classic Prometheus text format (0.0.4). The samples are the same as
+/// in OpenMetrics; the difference is in the descriptors: OpenMetrics names a counter's
+/// family (`# TYPE cs_tui_turns counter`, sample `cs_tui_turns_total`), the classic format
+/// names the sample (`# TYPE cs_tui_turns_total counter`), so a classic parser reading
+/// OpenMetrics finds no type for a counter's samples. `# EOF` (and `# UNIT`, which no family
+/// here has) is OpenMetrics only.
+fn classic(openmetrics: &str) -> String {
+    let counters: BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|kind| Some((kind, line.strip_prefix(kind)?)));
+        match descriptor {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                text.push_str(kind);
+                text.push_str(name);
+                if counters.contains(name) {
+                    text.push_str("_total");
+                }
+                text.push(' ');
+                text.push_str(tail);
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
+}
+
 fn answer<B>(request: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
     let found = request.method() == Method::GET && request.uri().path() == "/metrics";
-    let (status, content_type, body) = if found {
-        (StatusCode::OK, CONTENT_TYPE, encode(registry))
-    } else {
+    let (status, content_type, body) = if !found {
         (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
             "not found: cs-tui serves GET /metrics only\n".to_owned(),
+        )
+    } else if accepts_openmetrics(request.headers()) {
+        (StatusCode::OK, CONTENT_TYPE, encode(registry))
+    } else {
+        (
+            StatusCode::OK,
+            CLASSIC_CONTENT_TYPE,
+            classic(&encode(registry)),
         )
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

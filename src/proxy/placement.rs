@@ -257,23 +257,9 @@ impl PlacementLock {
 
 fn lock_file(dir: &Path) -> color_eyre::Result<Flock<std::fs::File>> {
     use color_eyre::eyre::WrapErr;
-    use std::os::unix::fs::OpenOptionsExt;
     crate::paths::ensure_private_dir(dir)
         .wrap_err_with(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(LOCK_FILE);
-    // std opens files with O_CLOEXEC: the app-server and the reaper never inherit the lock.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&path)
-        .wrap_err_with(|| format!("opening {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| color_eyre::Report::new(std::io::Error::from(errno)))
-        .wrap_err_with(|| format!("locking {}", path.display()))
+    crate::paths::lock_file(&dir.join(LOCK_FILE), FlockArg::LockExclusive)
 }
 
 #[cfg(test)]

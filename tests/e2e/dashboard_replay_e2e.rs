@@ -4,25 +4,14 @@
 //! read back from `CS_TUI_DEV_COMMANDS`.
 
 use crate::support::product::paste_prompt;
-use std::ffi::OsStr;
-use std::io::Write;
+use crate::support::replay::{Replay, account};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
-use cs_tui::account_id::AccountId;
-use cs_tui::proxy::events::{AccountRef, ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
+use cs_tui::proxy::events::{ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
 use cs_tui::quota::{RateLimitSnapshot, RateLimitWindow};
-use cs_tui_testkit::Tmux;
 use cs_tui_testkit::WAIT;
-use cs_tui_testkit::{CodexHome, MockBackend, codex_bin};
-
-fn account(name: &str) -> AccountRef {
-    AccountRef {
-        id: AccountId::new(format!("id-{name}")),
-        name: name.to_owned(),
-    }
-}
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -48,17 +37,6 @@ fn snapshot(five_hour: f64, weekly: f64) -> RateLimitSnapshot {
     }
 }
 
-fn emit(path: &Path, events: &[ProxyEvent]) {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    for event in events {
-        writeln!(file, "{}", serde_json::to_string(event).unwrap()).unwrap();
-    }
-}
-
 fn commands(path: &Path) -> Vec<ProxyCommand> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -69,61 +47,41 @@ fn commands(path: &Path) -> Vec<ProxyCommand> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panel_follows_proxy_events_and_hotkeys_send_commands() {
-    let mock = MockBackend::start().await;
-    let (alice, refresh) = mock.add_account("alice");
-    let home = CodexHome::offline(&mock.url());
-    home.write_auth_json(&alice.auth_json(3600, &refresh));
-    let store = tempfile::tempdir().unwrap();
-    let events = store.path().join("events.jsonl");
-    let commands_file = store.path().join("commands.jsonl");
+    let replay = Replay::new().await;
+    let commands_file = replay.store.path().join("commands.jsonl");
     let now = Utc::now();
-    emit(
-        &events,
-        &[
-            ProxyEvent::Connection {
-                state: ConnectionState::Ready { clients: 1 },
-                at: now,
-            },
-            ProxyEvent::ActiveAccount {
-                account: account("alice"),
-                at: now,
-            },
-            ProxyEvent::RateLimitsUpdated {
-                account: account("alice"),
-                snapshot: snapshot(42.0, 18.0),
-                families: Vec::new(),
-                at: now,
-            },
-            ProxyEvent::RateLimitsUpdated {
-                account: account("bob"),
-                snapshot: snapshot(3.0, 9.0),
-                families: Vec::new(),
-                at: now,
-            },
-            ProxyEvent::RateLimitsUpdated {
-                account: account("carol"),
-                snapshot: snapshot(12.0, 50.0),
-                families: Vec::new(),
-                at: now,
-            },
-        ],
-    );
-    let codex = codex_bin();
-    let env: Vec<(&str, &OsStr)> = vec![
-        ("CS_TUI_NO_PROXY", OsStr::new("1")),
-        ("CS_TUI_DEV_EVENTS", events.as_os_str()),
-        ("CS_TUI_DEV_COMMANDS", commands_file.as_os_str()),
-        ("CS_TUI_HOME", store.path().as_os_str()),
-        ("CS_TUI_CODEX_BIN", codex.as_os_str()),
-        ("CODEX_HOME", home.path().as_os_str()),
-    ];
-    let t = Tmux::start(
+    replay.emit(&[
+        ProxyEvent::Connection {
+            state: ConnectionState::Ready { clients: 1 },
+            at: now,
+        },
+        ProxyEvent::ActiveAccount {
+            account: account("alice"),
+            at: now,
+        },
+        ProxyEvent::RateLimitsUpdated {
+            account: account("alice"),
+            snapshot: snapshot(42.0, 18.0),
+            families: Vec::new(),
+            at: now,
+        },
+        ProxyEvent::RateLimitsUpdated {
+            account: account("bob"),
+            snapshot: snapshot(3.0, 9.0),
+            families: Vec::new(),
+            at: now,
+        },
+        ProxyEvent::RateLimitsUpdated {
+            account: account("carol"),
+            snapshot: snapshot(12.0, 50.0),
+            families: Vec::new(),
+            at: now,
+        },
+    ]);
+    let t = replay.start(
         160,
         48,
-        home.work_dir(),
-        &env,
-        OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
-        &[],
+        &[("CS_TUI_DEV_COMMANDS", commands_file.as_os_str())],
     );
 
     let screen = t.wait_for(WAIT, "the panel with alice's numbers", |screen| {
@@ -139,29 +97,26 @@ async fn panel_follows_proxy_events_and_hotkeys_send_commands() {
 
     // alice hits her limit; the proxy switches to bob.
     let now = Utc::now();
-    emit(
-        &events,
-        &[
-            ProxyEvent::RateLimitsUpdated {
-                account: account("alice"),
-                snapshot: snapshot(100.0, 61.0),
-                families: Vec::new(),
-                at: now,
-            },
-            ProxyEvent::UsageLimitHit {
-                account: account("alice"),
-                session: None,
-                at: now,
-            },
-            ProxyEvent::SwitchDone {
-                from: Some(account("alice")),
-                to: account("bob"),
-                reason: SwitchReason::UsageLimit,
-                elapsed_ms: 80,
-                at: now,
-            },
-        ],
-    );
+    replay.emit(&[
+        ProxyEvent::RateLimitsUpdated {
+            account: account("alice"),
+            snapshot: snapshot(100.0, 61.0),
+            families: Vec::new(),
+            at: now,
+        },
+        ProxyEvent::UsageLimitHit {
+            account: account("alice"),
+            session: None,
+            at: now,
+        },
+        ProxyEvent::SwitchDone {
+            from: Some(account("alice")),
+            to: account("bob"),
+            reason: SwitchReason::UsageLimit,
+            elapsed_ms: 80,
+            at: now,
+        },
+    ]);
     let screen = t.wait_for(WAIT, "the switch in the panel", |screen| {
         screen.contains("● bob")
             && screen.contains("alice → bob")
@@ -210,14 +165,11 @@ async fn panel_follows_proxy_events_and_hotkeys_send_commands() {
     }
 
     // A deferred switch and the all-exhausted notice reach the panel too.
-    emit(
-        &events,
-        &[ProxyEvent::NoAccountAvailable {
-            reason: SwitchReason::UsageLimit,
-            earliest_reset: Some(Utc::now() + chrono::Duration::minutes(61)),
-            at: Utc::now(),
-        }],
-    );
+    replay.emit(&[ProxyEvent::NoAccountAvailable {
+        reason: SwitchReason::UsageLimit,
+        earliest_reset: Some(Utc::now() + chrono::Duration::minutes(61)),
+        at: Utc::now(),
+    }]);
     t.wait_for(WAIT, "the no-account notice", |screen| {
         screen.contains("no account available until")
     });

@@ -2,9 +2,11 @@
 //! pane, a switch on a usage limit, and what cs-tui wrote to its own terminal (tmux's
 //! `pipe-pane -O` records the pane's raw output, the bytes tmux received from cs-tui).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::support::product::{first_turn, panel, prompt, quit, start, start_configured};
+use crate::serve_cli::{import, spawn_serve_with};
+use crate::support::product::{Product, first_turn, panel, prompt, quit, start, start_configured};
 use cs_tui_testkit::WAIT;
 use cs_tui_testkit::mock_backend::AccountMode;
 
@@ -16,18 +18,51 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
         .count()
 }
 
+/// What cs-tui writes to its own terminal, as tmux's `pipe-pane -O` records it.
+struct Recording(PathBuf);
+
+impl Recording {
+    fn start(p: &Product) -> Self {
+        let recorded = p.store.path().join("outer-terminal.bytes");
+        p.tmux.run(&[
+            "pipe-pane",
+            "-O",
+            "-t",
+            "main",
+            &format!("cat >> '{}'", recorded.display()),
+        ]);
+        Self(recorded)
+    }
+
+    /// The bytes recorded so far.
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.0).unwrap_or_default()
+    }
+
+    /// Waits until `found` holds of the bytes recorded, and returns them; fails after
+    /// [`WAIT`] naming `what` and the OSC 9s recorded.
+    fn wait_for(&self, what: &str, found: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let bytes = self.bytes();
+            if found(&bytes) {
+                return bytes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}; its OSC 9s: {:?}",
+                osc9s(&bytes)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_sends_one_osc9_notification_to_the_outer_terminal_through_tmux() {
     let p = start(&["alice", "bob"]).await;
     let t = &p.tmux;
-    let recorded = p.store.path().join("outer-terminal.bytes");
-    t.run(&[
-        "pipe-pane",
-        "-O",
-        "-t",
-        "main",
-        &format!("cat >> '{}'", recorded.display()),
-    ]);
+    let recorded = Recording::start(&p);
     first_turn(t, "alice", "first question");
 
     p.mock.set_mode("acct-alice", AccountMode::UsageLimit);
@@ -38,19 +73,9 @@ async fn a_switch_sends_one_osc9_notification_to_the_outer_terminal_through_tmux
     // Inside tmux ($TMUX is set in its panes) the OSC 9 goes in tmux's passthrough wrapper,
     // every ESC of the sequence doubled.
     let expected: &[u8] = b"\x1bPtmux;\x1b\x1b]9;cs-tui: switched to bob: alice \xe2\x86\x92 bob: usage limit reached\x07\x1b\\";
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let bytes = std::fs::read(&recorded).unwrap_or_default();
-        if count(&bytes, expected) >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no switch notification in what cs-tui wrote; its OSC 9s: {:?}",
-            osc9s(&bytes)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    recorded.wait_for("no switch notification in what cs-tui wrote", |bytes| {
+        count(bytes, expected) >= 1
+    });
 
     // More turns, more events: still one notification for the one switch.
     prompt(t, "third question");
@@ -58,7 +83,7 @@ async fn a_switch_sends_one_osc9_notification_to_the_outer_terminal_through_tmux
         s.contains("Served by bob: you said \"third question\"")
     });
     quit(t);
-    let bytes = std::fs::read(&recorded).unwrap();
+    let bytes = recorded.bytes();
     assert_eq!(count(&bytes, expected), 1, "{:?}", osc9s(&bytes));
     assert_eq!(
         count(&bytes, b"]9;cs-tui: switched"),
@@ -98,21 +123,11 @@ fn osc9s(bytes: &[u8]) -> Vec<String> {
 /// shell with the notice in its arguments, and nothing but JSON lines reaches its stdout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_runs_the_notify_command_once_on_a_manual_switch() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
     let mock = cs_tui_testkit::MockBackend::start().await;
     let home = cs_tui_testkit::CodexHome::offline(&mock.url());
     let store = tempfile::tempdir().unwrap();
     for label in ["alice", "bob"] {
-        let (fake, refresh) = mock.add_account(label);
-        crate::support::product::import(
-            store.path(),
-            &home,
-            &mock,
-            label,
-            &fake.auth_json(3600, &refresh),
-        );
+        import(store.path(), &home, &mock, label);
     }
     let log = store.path().join("notified.txt");
     // The script writes its arguments; `{title}` and `{body}` are one argument each, whatever
@@ -125,35 +140,17 @@ async fn serve_runs_the_notify_command_once_on_a_manual_switch() {
     );
     std::fs::write(store.path().join("config.toml"), &config).unwrap();
 
-    let mut child = crate::support::product::cs_tui_command(store.path(), &home, &mock)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut printed = Vec::new();
-    let mut wait_line = |what: &str, pred: &dyn Fn(&str) -> bool| loop {
-        let line = lines
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("serve printed no {what}"));
-        printed.push(line.clone());
-        if pred(&line) {
-            break;
-        }
-    };
-    wait_line("active account", &|l| l.contains("\"active_account\""));
+    // Every line serve prints is checked: its first lines here, its events (JSON, so no raw
+    // control byte) by `wait_event`, the rest once it has ended.
+    let mut serve = spawn_serve_with(store.path(), &home, &mock, &[]);
+    let mut printed = vec![
+        serve.next_line("listening line"),
+        serve.next_line("token-file line"),
+    ];
+    serve.wait_event("active account", |e| e["event"] == "active_account");
     let out = crate::support::product::cs_tui(store.path(), &home, &mock, &["switch", "bob"]);
     assert!(out.contains("switching to bob"), "{out}");
-    wait_line("switch done", &|l| l.contains("\"switch_done\""));
+    serve.wait_event("switch done", |e| e["event"] == "switch_done");
 
     let expected = "switch|cs-tui: switched to bob|alice → bob: manual switch\n";
     let deadline = Instant::now() + WAIT;
@@ -167,14 +164,12 @@ async fn serve_runs_the_notify_command_once_on_a_manual_switch() {
     }
     // SIGTERM ends serve; the command ran once, and serve wrote no escape sequence.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(serve.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(child.wait().unwrap().success());
-    while let Ok(line) = lines.try_recv() {
-        printed.push(line);
-    }
+    assert!(serve.child.wait().unwrap().success());
+    printed.extend(serve.rest());
     assert_eq!(std::fs::read_to_string(&log).unwrap(), expected);
     assert!(
         !printed
@@ -192,14 +187,7 @@ async fn a_threshold_crossed_by_the_active_account_notifies_once() {
 
     let p = start(&["alice", "bob"]).await;
     let t = &p.tmux;
-    let recorded = p.store.path().join("outer-terminal.bytes");
-    t.run(&[
-        "pipe-pane",
-        "-O",
-        "-t",
-        "main",
-        &format!("cat >> '{}'", recorded.display()),
-    ]);
+    let recorded = Recording::start(&p);
     first_turn(t, "alice", "first question");
     let window = UsageWindow::five_hour(85);
     p.mock.set_usage(
@@ -214,15 +202,9 @@ async fn a_threshold_crossed_by_the_active_account_notifies_once() {
         s.contains("Served by alice: you said \"second question\"") && panel(s).contains("85%")
     });
     let expected: &[u8] = b"]9;cs-tui: alice at 85%: alice's 5h window passed 80%\x07";
-    let deadline = Instant::now() + WAIT;
-    while count(&std::fs::read(&recorded).unwrap_or_default(), expected) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no threshold notification; OSC 9s: {:?}",
-            osc9s(&std::fs::read(&recorded).unwrap_or_default())
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    recorded.wait_for("no threshold notification", |bytes| {
+        count(bytes, expected) > 0
+    });
     // Climbing to 90 % in the same window (same reset time) crosses nothing new.
     p.mock.set_usage(
         "acct-alice",
@@ -239,8 +221,7 @@ async fn a_threshold_crossed_by_the_active_account_notifies_once() {
         s.contains("Served by alice: you said \"third question\"") && panel(s).contains("90%")
     });
     quit(t);
-    let bytes = std::fs::read(&recorded).unwrap();
-    let notices = osc9s(&bytes);
+    let notices = osc9s(&recorded.bytes());
     assert_eq!(
         notices
             .iter()
@@ -273,30 +254,14 @@ async fn codex_own_notifications_pass_through_to_the_outer_terminal() {
     })
     .await;
     let t = &p.tmux;
-    let recorded = p.store.path().join("outer-terminal.bytes");
-    t.run(&[
-        "pipe-pane",
-        "-O",
-        "-t",
-        "main",
-        &format!("cat >> '{}'", recorded.display()),
-    ]);
+    let recorded = Recording::start(&p);
     first_turn(t, "alice", "first question");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let bytes = std::fs::read(&recorded).unwrap_or_default();
-        let from_codex = osc9s(&bytes).into_iter().find(|n| !n.starts_with("cs-tui"));
-        if let Some(notice) = from_codex {
-            let wrapped = format!("\x1bPtmux;\x1b\x1b]9;{notice}\x07\x1b\\");
-            assert_eq!(count(&bytes, wrapped.as_bytes()), 1, "{notice:?}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no OSC 9 from Codex reached the outer terminal: {:?}",
-            osc9s(&bytes)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let from_codex = |bytes: &[u8]| osc9s(bytes).into_iter().find(|n| !n.starts_with("cs-tui"));
+    let bytes = recorded.wait_for("no OSC 9 from Codex reached the outer terminal", |bytes| {
+        from_codex(bytes).is_some()
+    });
+    let notice = from_codex(&bytes).unwrap();
+    let wrapped = format!("\x1bPtmux;\x1b\x1b]9;{notice}\x07\x1b\\");
+    assert_eq!(count(&bytes, wrapped.as_bytes()), 1, "{notice:?}");
     quit(t);
 }

@@ -28,15 +28,32 @@ fn another_account(than: &str) -> &'static str {
     ACCOUNTS.into_iter().find(|a| *a != than).unwrap()
 }
 
+fn is_switch(event: &Value) -> bool {
+    event["event"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("switch_"))
+}
+
 fn switch_events(session: &PoolSession) -> Vec<Value> {
-    session
-        .events()
-        .into_iter()
-        .filter(|e| {
-            e["event"]
-                .as_str()
-                .is_some_and(|e| e.starts_with("switch_"))
-        })
+    session.events().into_iter().filter(is_switch).collect()
+}
+
+/// The `switch_*` events a session printed after its first `mark` lines.
+fn switch_events_since(session: &PoolSession, mark: usize) -> Vec<Value> {
+    session.lines()[mark..]
+        .iter()
+        .filter_map(|l| l.json.clone())
+        .filter(is_switch)
+        .collect()
+}
+
+/// Each account of `sessions --json` with the number of sessions on it.
+fn account_counts(listing: &Value) -> Vec<(&str, u64)> {
+    listing["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["sessions"].as_u64().unwrap()))
         .collect()
 }
 
@@ -60,17 +77,20 @@ fn sessions_until(rig: &PoolRig, what: &str, pred: impl Fn(&Value) -> bool) -> V
     }
 }
 
+/// The sessions `sessions --json` lists.
+fn sessions_of(listing: &Value) -> &Vec<Value> {
+    listing["sessions"].as_array().unwrap()
+}
+
 /// Whether `sessions --json` lists exactly `n` sessions, all `ready`.
 fn all_ready(listing: &Value, n: usize) -> bool {
-    let sessions = listing["sessions"].as_array().unwrap();
+    let sessions = sessions_of(listing);
     sessions.len() == n && sessions.iter().all(|s| s["state"] == "ready")
 }
 
 /// The session of `sessions --json` with this pid.
 fn listed(listing: &Value, pid: u32) -> &Value {
-    listing["sessions"]
-        .as_array()
-        .unwrap()
+    sessions_of(listing)
         .iter()
         .find(|s| s["pid"] == pid)
         .unwrap_or_else(|| panic!("no session {pid} in {listing:#}"))
@@ -187,9 +207,7 @@ fn two_serves_on_one_store_switch_one_at_a_time() {
 
     // `sessions --json` lists both, and every stored account.
     let listing = rig.sessions_json();
-    let mut pids: Vec<u64> = listing["sessions"]
-        .as_array()
-        .unwrap()
+    let mut pids: Vec<u64> = sessions_of(&listing)
         .iter()
         .map(|s| s["pid"].as_u64().unwrap())
         .collect();
@@ -206,7 +224,7 @@ fn two_serves_on_one_store_switch_one_at_a_time() {
     assert_eq!(names, ACCOUNTS, "{listing:#}");
     // Both answer `session_status`: `ready` (once their proxies are), with their fields.
     let listing = sessions_until(&rig, "both sessions ready", |l| all_ready(l, 2));
-    for session in listing["sessions"].as_array().unwrap() {
+    for session in sessions_of(&listing) {
         let cwd = Path::new(session["cwd"].as_str().unwrap());
         assert!(cwd == api || cwd == web, "{listing:#}");
         assert_eq!(session["kind"], "serve");
@@ -249,15 +267,7 @@ fn two_serves_on_one_store_switch_one_at_a_time() {
         2,
         "started and done"
     );
-    let later: Vec<Value> = rig.sessions[s1].lines()[mark1..]
-        .iter()
-        .filter_map(|l| l.json.clone())
-        .filter(|e| {
-            e["event"]
-                .as_str()
-                .is_some_and(|e| e.starts_with("switch_"))
-        })
-        .collect();
+    let later = switch_events_since(&rig.sessions[s1], mark1);
     assert!(
         later.is_empty(),
         "the first session did not switch again: {later:#?}"
@@ -287,9 +297,7 @@ fn two_serves_on_one_store_switch_one_at_a_time() {
     let killed = rig.sessions.remove(s1);
     drop(killed);
     let listing = rig.sessions_json();
-    let pids: Vec<u64> = listing["sessions"]
-        .as_array()
-        .unwrap()
+    let pids: Vec<u64> = sessions_of(&listing)
         .iter()
         .map(|s| s["pid"].as_u64().unwrap())
         .collect();
@@ -308,37 +316,15 @@ fn two_serves_on_one_store_switch_one_at_a_time() {
 /// bar once the panel collapses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_pool() {
-    use std::ffi::OsStr;
-    use std::io::Write;
-
     use chrono::Utc;
-    use cs_tui::account_id::AccountId;
-    use cs_tui::proxy::events::{AccountRef, ConnectionState, PoolShare, ProxyEvent};
-    use cs_tui_testkit::{CodexHome, Tmux, WAIT, codex_bin};
+    use cs_tui::proxy::events::{ConnectionState, PoolShare, ProxyEvent};
 
-    let account = |name: &str| AccountRef {
-        id: AccountId::new(format!("id-{name}")),
-        name: name.to_owned(),
-    };
-    let mock = MockBackend::start().await;
-    let (alice, refresh) = mock.add_account("alice");
-    let home = CodexHome::offline(&mock.url());
-    home.write_auth_json(&alice.auth_json(3600, &refresh));
-    let store = tempfile::tempdir().unwrap();
-    let events = store.path().join("events.jsonl");
-    let emit = |list: &[ProxyEvent]| {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&events)
-            .unwrap();
-        for event in list {
-            writeln!(file, "{}", serde_json::to_string(event).unwrap()).unwrap();
-        }
-    };
+    use crate::support::replay::{Replay, account};
+
+    let replay = Replay::new().await;
     let now = Utc::now();
     let quota = cs_tui::quota::RateLimitSnapshot::default();
-    emit(&[
+    replay.emit(&[
         ProxyEvent::Connection {
             state: ConnectionState::Ready { clients: 1 },
             at: now,
@@ -360,22 +346,7 @@ async fn the_dashboard_shows_the_pool() {
             at: now,
         },
     ]);
-    let codex = codex_bin();
-    let env: Vec<(&str, &OsStr)> = vec![
-        ("CS_TUI_NO_PROXY", OsStr::new("1")),
-        ("CS_TUI_DEV_EVENTS", events.as_os_str()),
-        ("CS_TUI_HOME", store.path().as_os_str()),
-        ("CS_TUI_CODEX_BIN", codex.as_os_str()),
-        ("CODEX_HOME", home.path().as_os_str()),
-    ];
-    let t = Tmux::start(
-        160,
-        40,
-        home.work_dir(),
-        &env,
-        OsStr::new(env!("CARGO_BIN_EXE_cs-tui")),
-        &[],
-    );
+    let t = replay.start(160, 40, &[]);
     let screen = t.wait_for(WAIT, "the panel on alice", |screen| {
         screen.contains("● alice") && screen.contains("carol")
     });
@@ -384,7 +355,7 @@ async fn the_dashboard_shows_the_pool() {
         "alone: no pool line\n{screen}"
     );
 
-    emit(&[ProxyEvent::PoolChanged {
+    replay.emit(&[ProxyEvent::PoolChanged {
         sessions: 3,
         by_account: vec![
             PoolShare {
@@ -455,16 +426,12 @@ fn after_a_limit_in_one_session_the_others_send_nothing_to_that_account() {
     });
     let listing = sessions_until(&rig, "three sessions on alice, ready", |l| {
         all_ready(l, 3)
-            && l["sessions"]
-                .as_array()
-                .unwrap()
+            && sessions_of(l)
                 .iter()
                 .all(|s| s["account"]["name"] == "alice")
     });
     assert_eq!(
-        listing["sessions"]
-            .as_array()
-            .unwrap()
+        sessions_of(&listing)
             .iter()
             .filter(|s| s["kind"] == "dashboard")
             .count(),
@@ -768,21 +735,13 @@ fn two_new_sessions_spread_over_two_accounts_and_switch_picks_the_session_by_cwd
             .unwrap()
     };
     assert!(started(pid1) <= started(pid2), "{listing:#}");
-    let pollers = listing["sessions"]
-        .as_array()
-        .unwrap()
+    let pollers = sessions_of(&listing)
         .iter()
         .filter(|s| s["poller"] == true)
         .count();
     assert_eq!(pollers, 1, "exactly one poller: {listing:#}");
-    let counts: Vec<(&str, u64)> = listing["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["name"].as_str().unwrap(), a["sessions"].as_u64().unwrap()))
-        .collect();
     assert_eq!(
-        counts,
+        account_counts(&listing),
         [("alice", 1), ("bob", 0), ("carol", 1)],
         "{listing:#}"
     );
@@ -804,15 +763,7 @@ fn two_new_sessions_spread_over_two_accounts_and_switch_picks_the_session_by_cwd
         all_ready(l, 2) && listed(l, pid2)["account"]["name"] == "bob"
     });
     assert_eq!(listed(&listing, pid1)["account"]["name"], "alice");
-    let moved: Vec<Value> = rig.sessions[s1].lines()[mark1..]
-        .iter()
-        .filter_map(|l| l.json.clone())
-        .filter(|e| {
-            e["event"]
-                .as_str()
-                .is_some_and(|e| e.starts_with("switch_"))
-        })
-        .collect();
+    let moved = switch_events_since(&rig.sessions[s1], mark1);
     assert!(moved.is_empty(), "the first session stayed: {moved:#?}");
 
     // And from a/ itself, the first (the older one: not "the newest session" by chance).
@@ -825,15 +776,8 @@ fn two_new_sessions_spread_over_two_accounts_and_switch_picks_the_session_by_cwd
         all_ready(l, 2) && listed(l, pid1)["account"]["name"] == "carol"
     });
     assert_eq!(listed(&listing, pid2)["account"]["name"], "bob");
-    assert!(
-        rig.sessions[s2].lines()[mark2..]
-            .iter()
-            .filter_map(|l| l.json.as_ref())
-            .all(|e| !e["event"]
-                .as_str()
-                .is_some_and(|e| e.starts_with("switch_"))),
-        "the second session stayed"
-    );
+    let moved = switch_events_since(&rig.sessions[s2], mark2);
+    assert!(moved.is_empty(), "the second session stayed: {moved:#?}");
 }
 
 /// A session killed with SIGKILL in the middle of a pool: the others' pool drops it at their
@@ -882,14 +826,8 @@ fn a_killed_session_leaves_the_pool_and_is_not_counted_by_the_next_placement() {
         "the killed session is not counted"
     );
     let listing = sessions_until(&rig, "two sessions ready", |l| all_ready(l, 2));
-    let counts: Vec<(&str, u64)> = listing["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["name"].as_str().unwrap(), a["sessions"].as_u64().unwrap()))
-        .collect();
     assert_eq!(
-        counts,
+        account_counts(&listing),
         [("alice", 1), ("bob", 1), ("carol", 0)],
         "{listing:#}"
     );

@@ -24,6 +24,19 @@ impl Serve {
             .unwrap_or_else(|_| panic!("serve printed no {what}"))
     }
 
+    /// The lines printed and not read yet, up to the end of serve's stdout (call it once serve
+    /// has ended).
+    pub(crate) fn rest(&self) -> Vec<String> {
+        let mut rest = Vec::new();
+        loop {
+            match self.lines.recv_timeout(WAIT) {
+                Ok(line) => rest.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return rest,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("serve's stdout stayed open"),
+            }
+        }
+    }
+
     pub(crate) fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             let line = self.next_line(what);

@@ -17,53 +17,82 @@ use serde_json::json;
 use crate::serve_cli::{Serve, import, spawn_serve_with};
 use crate::support::product::cs_tui_command;
 
-/// One HTTP/1.1 request on a fresh connection; the status code and the body.
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+/// What Prometheus (3.x) sends as its scrape's `Accept`.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+
+/// One HTTP/1.1 request on a fresh connection, with `accept` as its `Accept` header if
+/// given; the status code, the content type and the body.
+fn http(addr: &str, method: &str, path: &str, accept: Option<&str>) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let head = head.to_ascii_lowercase();
-    if status == 200 {
-        assert!(
-            head.contains("content-type: application/openmetrics-text"),
-            "{head}"
-        );
-    }
-    (status, body.to_owned())
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
 }
 
-/// `GET /metrics`, parsed by `prometheus-parse`: samples by name and labels.
+/// `GET /metrics` as a classic scraper asks for it (no `Accept`), parsed by `prometheus-parse`
+/// (a parser of the classic text format): samples by name and labels.
 struct Metrics(Vec<prometheus_parse::Sample>);
 
 impl Metrics {
     fn scrape(addr: &str) -> Self {
-        let (status, body) = http(addr, "GET", "/metrics");
+        let (status, content_type, body) = http(addr, "GET", "/metrics", None);
         assert_eq!(status, 200, "{body}");
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
         let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parsed");
         Self(scrape.samples)
     }
 
+    /// The value of the one sample of `name` with `labels` (typed, see [`typed_value`]).
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let found: Vec<f64> = self
             .0
             .iter()
             .filter(|s| s.metric == name)
             .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-                ref other => panic!("{name}: {other:?}"),
-            })
+            .map(typed_value)
             .collect();
         assert!(found.len() <= 1, "{name} {labels:?}: {found:?}");
         found.first().copied()
+    }
+
+    /// Every sample is typed: the counters (`_total`) as counters, the rest as gauges.
+    fn assert_typed(&self) {
+        assert!(self.0.len() >= 14, "{:?}", self.0);
+        for sample in &self.0 {
+            typed_value(sample);
+        }
+    }
+}
+
+/// A sample's value; a `_total` sample must read as a counter, any other as a gauge.
+fn typed_value(sample: &prometheus_parse::Sample) -> f64 {
+    let counter = sample.metric.ends_with("_total");
+    match sample.value {
+        Value::Counter(v) if counter => v,
+        Value::Gauge(v) if !counter => v,
+        ref other => panic!("{}: {other:?}", sample.metric),
     }
 }
 
@@ -139,7 +168,7 @@ async fn metrics_follow_a_turn_a_switch_and_a_rerun_limit_hit() {
 
     // Anything but GET /metrics is not found.
     for (method, path) in [("POST", "/metrics"), ("GET", "/"), ("GET", "/metricsx")] {
-        assert_eq!(http(addr, method, path).0, 404, "{method} {path}");
+        assert_eq!(http(addr, method, path, None).0, 404, "{method} {path}");
     }
 
     let mut client = WsClient::connect(&url, token).await;
@@ -270,8 +299,25 @@ async fn metrics_follow_a_turn_a_switch_and_a_rerun_limit_hit() {
     );
     assert!(last.get("cs_tui_turns_total", &[]).unwrap() >= 3.0);
 
+    last.assert_typed();
+
+    // Prometheus asks for OpenMetrics and gets it: counters named by family, `_total`
+    // samples, `# EOF`.
+    let (status, content_type, text) = http(addr, "GET", "/metrics", Some(PROMETHEUS_ACCEPT));
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+    for line in [
+        "# TYPE cs_tui_reruns counter\ncs_tui_reruns_total 1\n",
+        "# TYPE cs_tui_turns_running gauge\ncs_tui_turns_running 0\n",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
     // Names, never tokens.
-    let (_, text) = http(addr, "GET", "/metrics");
     let auth: serde_json::Value =
         serde_json::from_slice(&std::fs::read(store.path().join("accounts.json")).unwrap())
             .unwrap();

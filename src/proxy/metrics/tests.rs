@@ -33,12 +33,17 @@ fn limits(name: &str, windows: &[(u32, f64, Option<i64>)]) -> ProxyEvent {
     }
 }
 
-fn scrape(metrics: &Metrics) -> Scrape {
-    let text = metrics.encode();
+fn parse(text: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text")
 }
 
+/// The metrics as a classic scraper reads them.
+fn scrape(metrics: &Metrics) -> Scrape {
+    parse(&classic(&metrics.encode()))
+}
+
 /// The value of the one sample of `name` whose labels include `labels`; `None` when absent.
+/// A `_total` sample must read as a counter, any other as a gauge.
 fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let found: Vec<f64> = scrape
         .samples
@@ -46,7 +51,8 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .filter(|s| s.metric == name)
         .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            Value::Counter(v) if name.ends_with("_total") => v,
+            Value::Gauge(v) if !name.ends_with("_total") => v,
             ref other => panic!("{name}: {other:?}"),
         })
         .collect();
@@ -279,4 +285,173 @@ fn only_get_metrics_is_answered() {
     assert_eq!(get(Method::HEAD, "/metrics"), StatusCode::NOT_FOUND);
     assert_eq!(get(Method::GET, "/"), StatusCode::NOT_FOUND);
     assert_eq!(get(Method::GET, "/metrics/x"), StatusCode::NOT_FOUND);
+}
+
+/// Every family the feed can fill in: each is encoded only once it has a series.
+fn every_family() -> Metrics {
+    let mut m = Metrics::new();
+    m.observe(&limits("alice", &[(300, 42.5, Some(1_800_003_600))]));
+    m.observe(&ProxyEvent::ActiveAccount {
+        account: account("alice"),
+        at: at(),
+    });
+    m.observe(&ProxyEvent::UsageLimitHit {
+        account: account("alice"),
+        session: None,
+        at: at(),
+    });
+    m.observe(&ProxyEvent::SwitchFailed {
+        from: Some(account("alice")),
+        to: account("bob"),
+        reason: SwitchReason::Manual,
+        error: "refused".into(),
+        at: at(),
+    });
+    m.observe(&ProxyEvent::SwitchDone {
+        from: Some(account("alice")),
+        to: account("bob"),
+        reason: SwitchReason::UsageLimit,
+        elapsed_ms: 300,
+        at: at(),
+    });
+    m.observe(&ProxyEvent::PoolChanged {
+        sessions: 1,
+        by_account: vec![PoolShare {
+            account: account("bob"),
+            sessions: 1,
+        }],
+        at: at(),
+    });
+    m
+}
+
+/// The families' names, help and types, in the order they are written: what dashboards and
+/// alerts rely on.
+const DESCRIPTORS: &str = "\
+# HELP cs_tui_account_used_percent Percent used of an account's rate-limit window (its general quota).
+# TYPE cs_tui_account_used_percent gauge
+# HELP cs_tui_account_reset_timestamp_seconds When an account's rate-limit window resets, in unix seconds.
+# TYPE cs_tui_account_reset_timestamp_seconds gauge
+# HELP cs_tui_switches Account switches completed, by reason.
+# TYPE cs_tui_switches counter
+# HELP cs_tui_switch_failures Account switches that failed, by reason.
+# TYPE cs_tui_switch_failures counter
+# HELP cs_tui_no_account_available Switches wanted when no account was usable.
+# TYPE cs_tui_no_account_available counter
+# HELP cs_tui_turns Turns started in this session.
+# TYPE cs_tui_turns counter
+# HELP cs_tui_turns_running Turns running now.
+# TYPE cs_tui_turns_running gauge
+# HELP cs_tui_reruns Turns withheld at a usage limit and re-run on the next account.
+# TYPE cs_tui_reruns counter
+# HELP cs_tui_limit_hits Turns of this session refused at an account's usage limit.
+# TYPE cs_tui_limit_hits counter
+# HELP cs_tui_session_state The session's state: 1 for the current one.
+# TYPE cs_tui_session_state gauge
+# HELP cs_tui_active_account The account the session runs on: 1 for it, 0 for accounts it left.
+# TYPE cs_tui_active_account gauge
+# HELP cs_tui_clients Codex clients attached.
+# TYPE cs_tui_clients gauge
+# HELP cs_tui_pool_sessions Sessions running on this store, this one included.
+# TYPE cs_tui_pool_sessions gauge
+# HELP cs_tui_pool_account_sessions Sessions of the pool running on each account.
+# TYPE cs_tui_pool_account_sessions gauge
+# EOF
+";
+
+#[test]
+fn every_family_keeps_its_name_help_and_type() {
+    let text = every_family().encode();
+    let descriptors: String = text
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(descriptors, DESCRIPTORS);
+}
+
+#[test]
+fn a_classic_scraper_reads_every_counter_and_gauge_typed() {
+    let m = every_family();
+    // What the OpenMetrics text looks like to a classic parser: its counters' `# TYPE` lines
+    // name the family, not the `_total` sample, so they read untyped.
+    let openmetrics = parse(&m.encode());
+    assert!(
+        openmetrics
+            .samples
+            .iter()
+            .any(|s| s.metric == "cs_tui_turns_total" && matches!(s.value, Value::Untyped(_)))
+    );
+
+    let text = classic(&m.encode());
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(
+        text.contains(
+            "# HELP cs_tui_turns_total Turns started in this session.\n\
+             # TYPE cs_tui_turns_total counter\n\
+             cs_tui_turns_total 0\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE cs_tui_turns_running gauge\n"),
+        "{text}"
+    );
+    let classic = parse(&text);
+    assert_eq!(classic.samples.len(), parse(&m.encode()).samples.len());
+    for sample in &classic.samples {
+        let counter = sample.metric.ends_with("_total");
+        match sample.value {
+            Value::Counter(_) if counter => {}
+            Value::Gauge(_) if !counter => {}
+            ref other => panic!("{}: {other:?}", sample.metric),
+        }
+    }
+    // Both name the same families with the same help.
+    let help = |s: &Scrape| -> BTreeMap<String, String> {
+        s.docs
+            .iter()
+            .map(|(name, doc)| (name.trim_end_matches("_total").to_owned(), doc.clone()))
+            .collect()
+    };
+    assert_eq!(help(&classic), help(&openmetrics));
+    assert_eq!(help(&classic).len(), 14);
+}
+
+#[test]
+fn openmetrics_goes_to_a_scraper_that_asks_for_it_the_classic_text_to_any_other() {
+    let m = every_family();
+    let get = |accept: &[&str]| {
+        let mut request = Request::builder().method(Method::GET).uri("/metrics");
+        for value in accept {
+            request = request.header(header::ACCEPT, *value);
+        }
+        let response = answer(&request.body(()).unwrap(), &m.registry);
+        assert_eq!(response.status(), StatusCode::OK);
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Prometheus 3's scrape header, and older ones'.
+    let prometheus = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,\
+                      application/openmetrics-text;version=0.0.1;q=0.4,\
+                      text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,\
+                      text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+    for accept in [
+        &[prometheus][..],
+        &["application/openmetrics-text; version=0.0.1,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"],
+        &["text/plain", "Application/OpenMetrics-Text"],
+    ] {
+        assert_eq!(get(accept), CONTENT_TYPE, "{accept:?}");
+    }
+    for accept in [
+        &[][..],
+        &["*/*"],
+        &["text/plain;version=0.0.4"],
+        &["application/openmetrics-text;q=0, text/plain;q=0.5"],
+        &["not a media type"],
+    ] {
+        assert_eq!(get(accept), CLASSIC_CONTENT_TYPE, "{accept:?}");
+    }
 }

@@ -56,9 +56,27 @@ fn to(id: &str) -> Choice {
 
 const NOW: i64 = 1_000;
 
+/// [`place`] at [`NOW`] with the default policy.
+fn place_now(
+    candidates: &[Candidate],
+    occupancy: &[(&str, usize)],
+    mode: Placement,
+    from: Option<&str>,
+    preferred: Option<&str>,
+) -> Choice {
+    place(
+        candidates,
+        &occ(occupancy),
+        mode,
+        from.map(AccountId::from).as_ref(),
+        preferred.map(AccountId::from).as_ref(),
+        NOW,
+        &PolicyConfig::default(),
+    )
+}
+
 #[test]
 fn spread_table() {
-    let config = PolicyConfig::default();
     #[allow(clippy::type_complexity, reason = "a table")]
     let cases: Vec<(
         &str,
@@ -128,63 +146,33 @@ fn spread_table() {
         ),
     ];
     for (name, candidates, occupancy, preferred, want) in cases {
-        let preferred = preferred.map(AccountId::from);
-        assert_eq!(
-            place(
-                &candidates,
-                &occ(&occupancy),
-                Placement::Spread,
-                None,
-                preferred.as_ref(),
-                NOW,
-                &config
-            ),
-            want,
-            "{name}"
-        );
+        let chosen = place_now(&candidates, &occupancy, Placement::Spread, None, preferred);
+        assert_eq!(chosen, want, "{name}");
     }
 }
 
 #[test]
 fn the_account_a_switch_leaves_is_not_counted_nor_chosen() {
-    let config = PolicyConfig::default();
     // The switching session is on alice: the occupancy holds only the others (one on bob).
     let candidates = [
         cand("alice", 0.0, 500),
         cand("bob", 10.0, 500),
         cand("carol", 30.0, 500),
     ];
-    let from = AccountId::from("alice");
+    let from = Some("alice");
     assert_eq!(
-        place(
-            &candidates,
-            &occ(&[("bob", 1)]),
-            Placement::Spread,
-            Some(&from),
-            None,
-            NOW,
-            &config
-        ),
+        place_now(&candidates, &[("bob", 1)], Placement::Spread, from, None),
         to("carol"),
         "bob 90/2 = 45 < carol 70"
     );
     assert_eq!(
-        place(
-            &candidates,
-            &occ(&[]),
-            Placement::Spread,
-            Some(&from),
-            None,
-            NOW,
-            &config
-        ),
+        place_now(&candidates, &[], Placement::Spread, from, None),
         to("bob")
     );
 }
 
 #[test]
 fn fill_table() {
-    let config = PolicyConfig::default();
     let mut hot = cand("alice", 96.0, 500);
     hot.snapshot = Some(snap(96.0, 500));
     #[allow(clippy::type_complexity, reason = "a table")]
@@ -225,19 +213,8 @@ fn fill_table() {
         ),
     ];
     for (name, candidates, occupancy, want) in cases {
-        assert_eq!(
-            place(
-                &candidates,
-                &occ(&occupancy),
-                Placement::Fill,
-                None,
-                None,
-                NOW,
-                &config
-            ),
-            want,
-            "{name}"
-        );
+        let chosen = place_now(&candidates, &occupancy, Placement::Fill, None, None);
+        assert_eq!(chosen, want, "{name}");
     }
 }
 
@@ -461,33 +438,106 @@ impl AccountDirectory for FakeDir {
     }
 }
 
-fn context(store: &Path, own: &Path, cell: &StatusCell) -> PlanContext {
-    PlanContext {
-        store_dir: store.to_owned(),
-        own_dir: Some(own.to_owned()),
-        placement: Placement::Spread,
-        status: Some(cell.clone()),
-        pool: true,
-    }
-}
-
 fn account_of(cell: &StatusCell) -> Option<String> {
     cell.get().account.map(|a| a.name)
 }
 
+/// A store where sessions start: the account store in memory, and the peers answering on
+/// their control sockets under `<store>/runtime/` (stopped when it goes).
+struct Pool {
+    store: tempfile::TempDir,
+    dir: FakeDir,
+    peers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(accounts: &[(&str, f64)]) -> Self {
+        Self {
+            store: tempfile::tempdir().unwrap(),
+            dir: FakeDir::new(accounts),
+            peers: Vec::new(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Keeps a peer's task until the pool goes.
+    fn keep(&mut self, peer: tokio::task::JoinHandle<()>) {
+        self.peers.push(peer);
+    }
+
+    /// A starting session that answers on its socket: its status and runtime directory.
+    fn starting_peer(&mut self, id: &str) -> (StatusCell, PathBuf) {
+        let cell = starting(id);
+        let (dir, task) = serve_peer(self.path(), id, cell.clone(), None);
+        self.keep(task);
+        (cell, dir)
+    }
+
+    /// A session on `account` that answers on its socket.
+    fn peer_on(&mut self, id: &str, account: &str) {
+        let cell = StatusCell::new(status(id, Some(account), None));
+        let (_, task) = serve_peer(self.path(), id, cell, None);
+        self.keep(task);
+    }
+
+    /// A starting session with no socket: its status and runtime directory.
+    fn newcomer(&self, id: &str) -> (StatusCell, PathBuf) {
+        (starting(id), self.path().join("runtime").join(id))
+    }
+
+    fn context(&self, own: &Path, cell: &StatusCell) -> PlanContext {
+        PlanContext {
+            store_dir: self.path().to_owned(),
+            own_dir: Some(own.to_owned()),
+            placement: Placement::Spread,
+            status: Some(cell.clone()),
+            pool: true,
+        }
+    }
+
+    /// The start plan of the session at `own` with status `cell`, under the default policy.
+    async fn plan(&self, own: &Path, cell: &StatusCell) -> crate::proxy::start_plan::StartPlan {
+        let context = self.context(own, cell);
+        plan_start(&self.dir, &PolicyConfig::default(), &context)
+            .await
+            .unwrap()
+    }
+
+    /// [`Pool::plan`] on a task of its own, to watch it wait.
+    fn spawn_plan(
+        &self,
+        own: &Path,
+        cell: &StatusCell,
+    ) -> tokio::task::JoinHandle<Result<crate::proxy::start_plan::StartPlan>> {
+        let (dir, context) = (self.dir.clone(), self.context(own, cell));
+        tokio::spawn(async move { plan_start(&dir, &PolicyConfig::default(), &context).await })
+    }
+
+    /// Takes the placement lock as a session choosing would: the lock, and its file's inode.
+    fn hold_lock(&self) -> (Flock<std::fs::File>, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let held = lock_file(&self.path().join("locks")).unwrap();
+        let inode = std::fs::metadata(self.path().join("locks").join(LOCK_FILE))
+            .unwrap()
+            .ino();
+        (held, inode)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.peers.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
 #[tokio::test]
 async fn two_sequential_starts_spread_over_two_accounts() {
-    let store = tempfile::tempdir().unwrap();
-    let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0)]);
-    let one = starting("1-one");
-    let (one_dir, one_task) = serve_peer(store.path(), "1-one", one.clone(), None);
-    let plan = plan_start(
-        &dir,
-        &PolicyConfig::default(),
-        &context(store.path(), &one_dir, &one),
-    )
-    .await
-    .unwrap();
+    let mut pool = Pool::new(&[("alice", 10.0), ("bob", 20.0)]);
+    let (one, one_dir) = pool.starting_peer("1-one");
+    let plan = pool.plan(&one_dir, &one).await;
     // Alone (its own socket is no peer): today's choice, and it is published.
     assert_eq!(
         plan.order,
@@ -495,15 +545,8 @@ async fn two_sequential_starts_spread_over_two_accounts() {
     );
     assert_eq!(account_of(&one).as_deref(), Some("alice"));
 
-    let two = starting("2-two");
-    let (two_dir, two_task) = serve_peer(store.path(), "2-two", two.clone(), None);
-    let plan = plan_start(
-        &dir,
-        &PolicyConfig::default(),
-        &context(store.path(), &two_dir, &two),
-    )
-    .await
-    .unwrap();
+    let (two, two_dir) = pool.starting_peer("2-two");
+    let plan = pool.plan(&two_dir, &two).await;
     assert_eq!(
         plan.order,
         [AccountId::from("bob"), AccountId::from("alice")],
@@ -511,7 +554,7 @@ async fn two_sequential_starts_spread_over_two_accounts() {
     );
     assert_eq!(account_of(&two).as_deref(), Some("bob"));
     assert_eq!(
-        Peers::ask(&context(store.path(), &two_dir, &two), false, &[])
+        Peers::ask(&pool.context(&two_dir, &two), false, &[])
             .await
             .statuses
             .into_iter()
@@ -521,31 +564,21 @@ async fn two_sequential_starts_spread_over_two_accounts() {
     );
 
     // With the pool off, a third session chooses alone, as before: alice.
-    let three = starting("3-three");
-    let mut off = context(store.path(), &store.path().join("runtime/3-three"), &three);
+    let (three, three_dir) = pool.newcomer("3-three");
+    let mut off = pool.context(&three_dir, &three);
     off.pool = false;
-    let plan = plan_start(&dir, &PolicyConfig::default(), &off)
+    let plan = plan_start(&pool.dir, &PolicyConfig::default(), &off)
         .await
         .unwrap();
     assert_eq!(plan.order[0], AccountId::from("alice"));
-    one_task.abort();
-    two_task.abort();
 }
 
 #[tokio::test]
 async fn the_preferred_account_decides_alone_and_only_breaks_ties_among_peers() {
-    let store = tempfile::tempdir().unwrap();
-    let mut dir = FakeDir::new(&[("alice", 10.0), ("bob", 40.0), ("carol", 10.0)]);
-    dir.preferred = Some(AccountId::from("bob"));
-    let one = starting("1-one");
-    let (one_dir, _one_task) = serve_peer(store.path(), "1-one", one.clone(), None);
-    let plan = plan_start(
-        &dir,
-        &PolicyConfig::default(),
-        &context(store.path(), &one_dir, &one),
-    )
-    .await
-    .unwrap();
+    let mut pool = Pool::new(&[("alice", 10.0), ("bob", 40.0), ("carol", 10.0)]);
+    pool.dir.preferred = Some(AccountId::from("bob"));
+    let (one, one_dir) = pool.starting_peer("1-one");
+    let plan = pool.plan(&one_dir, &one).await;
     assert_eq!(
         plan.order[0],
         AccountId::from("bob"),
@@ -553,36 +586,20 @@ async fn the_preferred_account_decides_alone_and_only_breaks_ties_among_peers() 
     );
 
     // Bob is taken (60/2 = 30); alice and carol tie at 90: carol is preferred.
-    dir.preferred = Some(AccountId::from("carol"));
-    let two = starting("2-two");
-    let (two_dir, _two_task) = serve_peer(store.path(), "2-two", two.clone(), None);
-    let plan = plan_start(
-        &dir,
-        &PolicyConfig::default(),
-        &context(store.path(), &two_dir, &two),
-    )
-    .await
-    .unwrap();
+    pool.dir.preferred = Some(AccountId::from("carol"));
+    let (two, two_dir) = pool.starting_peer("2-two");
+    let plan = pool.plan(&two_dir, &two).await;
     assert_eq!(plan.order[0], AccountId::from("carol"));
 }
 
 #[tokio::test]
 async fn a_silent_peer_costs_at_most_the_peer_timeout() {
-    let store = tempfile::tempdir().unwrap();
-    let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0)]);
-    let _silent = serve_silent(store.path(), "7-stopped");
-    let one = StatusCell::new(status("1-one", Some("alice"), None));
-    let _one = serve_peer(store.path(), "1-one", one, None);
-    let two = starting("2-two");
-    let own = store.path().join("runtime/2-two");
+    let mut pool = Pool::new(&[("alice", 10.0), ("bob", 20.0)]);
+    pool.keep(serve_silent(pool.path(), "7-stopped"));
+    pool.peer_on("1-one", "alice");
+    let (two, own) = pool.newcomer("2-two");
     let started = Instant::now();
-    let plan = plan_start(
-        &dir,
-        &PolicyConfig::default(),
-        &context(store.path(), &own, &two),
-    )
-    .await
-    .unwrap();
+    let plan = pool.plan(&own, &two).await;
     let took = started.elapsed();
     assert_eq!(
         plan.order[0],
@@ -598,8 +615,7 @@ async fn a_silent_peer_costs_at_most_the_peer_timeout() {
 
 #[tokio::test]
 async fn a_peer_snapshot_spares_the_reads_of_what_it_knows_fresh() {
-    let store = tempfile::tempdir().unwrap();
-    let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0), ("carol", 5.0)]);
+    let mut pool = Pool::new(&[("alice", 10.0), ("bob", 20.0), ("carol", 5.0)]);
     let known = |account: &str, used: f64, read_at, limit_hit| KnownLimits {
         account: account.into(),
         quota: snap(used, 4_000_000_000),
@@ -621,17 +637,11 @@ async fn a_peer_snapshot_spares_the_reads_of_what_it_knows_fresh() {
     };
     let mut peer = status("1-one", Some("carol"), None);
     peer.poller = true;
-    let _one = serve_peer(store.path(), "1-one", StatusCell::new(peer), Some(snapshot));
-    let two = starting("2-two");
-    let own = store.path().join("runtime/2-two");
-    let plan = plan_start(
-        &dir,
-        &PolicyConfig::default(),
-        &context(store.path(), &own, &two),
-    )
-    .await
-    .unwrap();
-    assert_eq!(*dir.reads.lock().unwrap(), [AccountId::from("alice")]);
+    let (_, task) = serve_peer(pool.path(), "1-one", StatusCell::new(peer), Some(snapshot));
+    pool.keep(task);
+    let (two, own) = pool.newcomer("2-two");
+    let plan = pool.plan(&own, &two).await;
+    assert_eq!(*pool.dir.reads.lock().unwrap(), [AccountId::from("alice")]);
     assert_eq!(
         plan.order[0],
         AccountId::from("alice"),
@@ -641,23 +651,11 @@ async fn a_peer_snapshot_spares_the_reads_of_what_it_knows_fresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_makes_two_concurrent_starts_choose_different_accounts() {
-    let store = tempfile::tempdir().unwrap();
-    let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0)]);
-    let one = starting("1-one");
-    let two = starting("2-two");
+    let mut pool = Pool::new(&[("alice", 10.0), ("bob", 20.0)]);
     // Both are visible from the start, neither has chosen yet.
-    let (one_dir, _a) = serve_peer(store.path(), "1-one", one.clone(), None);
-    let (two_dir, _b) = serve_peer(store.path(), "2-two", two.clone(), None);
-    let config = PolicyConfig::default();
-    let (c1, c2) = (
-        context(store.path(), &one_dir, &one),
-        context(store.path(), &two_dir, &two),
-    );
-    let (p1, p2) = tokio::join!(
-        plan_start(&dir, &config, &c1),
-        plan_start(&dir, &config, &c2)
-    );
-    let (p1, p2) = (p1.unwrap(), p2.unwrap());
+    let (one, one_dir) = pool.starting_peer("1-one");
+    let (two, two_dir) = pool.starting_peer("2-two");
+    let (p1, p2) = tokio::join!(pool.plan(&one_dir, &one), pool.plan(&two_dir, &two));
     assert_ne!(p1.order[0], p2.order[0]);
     let mut chosen = [account_of(&one).unwrap(), account_of(&two).unwrap()];
     chosen.sort();
@@ -682,6 +680,25 @@ async fn a_held_lock_is_waited_for_only_so_long() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+/// A symbolic link in place of the lock file is not followed: the chooser places without the
+/// lock, and the link's target is neither created nor locked.
+#[tokio::test]
+async fn a_symlink_in_place_of_the_lock_is_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let locks = store.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let target = store.path().join("elsewhere");
+    std::os::unix::fs::symlink(&target, locks.join(LOCK_FILE)).unwrap();
+    let err = lock_file(&locks).unwrap_err().to_string();
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert!(
+        PlacementLock::acquire(store.path(), LOCK_WAIT)
+            .await
+            .is_none()
+    );
+    assert!(!target.exists());
 }
 
 /// A holder that never lets go (a stopped session) costs a chooser its wait, and does not
@@ -729,23 +746,14 @@ fn flock_waited_for(inode: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chooser_waits_for_the_one_choosing_and_counts_its_choice() {
-    let store = tempfile::tempdir().unwrap();
-    let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0)]);
+    let mut pool = Pool::new(&[("alice", 10.0), ("bob", 20.0)]);
     // Session one is choosing: it holds the lock and has not published its choice yet.
-    let held = lock_file(&store.path().join("locks")).unwrap();
-    let inode = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(store.path().join("locks").join(LOCK_FILE))
-            .unwrap()
-            .ino()
-    };
+    let (held, inode) = pool.hold_lock();
     let one = starting("1-one");
-    let (_one_dir, _one_task, asked) = serve_counted(store.path(), "1-one", one.clone(), None);
-    let two = starting("2-two");
-    let (two_dir, _two_task) = serve_peer(store.path(), "2-two", two.clone(), None);
-    let config = PolicyConfig::default();
-    let c2 = context(store.path(), &two_dir, &two);
-    let planner = tokio::spawn(async move { plan_start(&dir, &config, &c2).await });
+    let (_one_dir, one_task, asked) = serve_counted(pool.path(), "1-one", one.clone(), None);
+    pool.keep(one_task);
+    let (two, two_dir) = pool.starting_peer("2-two");
+    let planner = pool.spawn_plan(&two_dir, &two);
     // Session two either waits on the lock (right) or asks session one at once (wrong).
     let deadline = Instant::now() + Duration::from_secs(10);
     // (It asks once before the lock, for the numbers, and once under it.)
@@ -792,33 +800,26 @@ fn serve_line(store: &Path, id: &str, line: &'static str) -> tokio::task::JoinHa
 
 #[tokio::test]
 async fn peers_that_are_gone_old_or_garbled_are_left_out() {
-    let store = tempfile::tempdir().unwrap();
+    let mut pool = Pool::new(&[("alice", 10.0), ("bob", 20.0)]);
     // A crashed session's socket file: nobody listens (ECONNREFUSED).
-    let dead = store.path().join("runtime").join("9-dead");
+    let dead = pool.path().join("runtime").join("9-dead");
     crate::paths::ensure_private_dir(&dead).unwrap();
     drop(std::os::unix::net::UnixListener::bind(dead.join(ipc::SOCKET_NAME)).unwrap());
-    // An older cs-tui: it does not know the question.
-    let _old = serve_line(
-        store.path(),
-        "8-old",
-        "{\"ok\":false,\"message\":\"unknown command\"}\n",
-    );
-    // Garbage, and a status that is not one.
-    let _junk = serve_line(store.path(), "7-junk", "\u{1}not json\n");
-    let _odd = serve_line(
-        store.path(),
-        "6-odd",
-        "{\"ok\":true,\"message\":\"\",\"data\":{\"id\":1}}\n",
-    );
-    let _live = serve_peer(
-        store.path(),
-        "1-one",
-        StatusCell::new(status("1-one", Some("alice"), None)),
-        None,
-    );
+    // An older cs-tui: it does not know the question; garbage; a status that is not one.
+    for (id, line) in [
+        ("8-old", "{\"ok\":false,\"message\":\"unknown command\"}\n"),
+        ("7-junk", "\u{1}not json\n"),
+        (
+            "6-odd",
+            "{\"ok\":true,\"message\":\"\",\"data\":{\"id\":1}}\n",
+        ),
+    ] {
+        pool.keep(serve_line(pool.path(), id, line));
+    }
+    pool.peer_on("1-one", "alice");
     let everyone = PlanContext {
         own_dir: None,
-        ..context(store.path(), store.path(), &starting("0-none"))
+        ..pool.context(pool.path(), &starting("0-none"))
     };
     let peers = Peers::ask(&everyone, false, &[]).await;
     assert_eq!(
@@ -833,7 +834,7 @@ async fn peers_that_are_gone_old_or_garbled_are_left_out() {
     failed.sort();
     assert_eq!(
         failed,
-        ["6-odd", "7-junk", "8-old", "9-dead"].map(|id| store
+        ["6-odd", "7-junk", "8-old", "9-dead"].map(|id| pool
             .path()
             .join("runtime")
             .join(id)
@@ -841,39 +842,19 @@ async fn peers_that_are_gone_old_or_garbled_are_left_out() {
         "each gave no status, and is not asked twice in one choice"
     );
     // The start plan goes on with the live one counted.
-    let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0)]);
-    let me = starting("2-me");
-    let own = store.path().join("runtime/2-me");
-    let plan = plan_start(
-        &dir,
-        &PolicyConfig::default(),
-        &context(store.path(), &own, &me),
-    )
-    .await
-    .unwrap();
+    let (me, own) = pool.newcomer("2-me");
+    let plan = pool.plan(&own, &me).await;
     assert_eq!(plan.order[0], AccountId::from("bob"));
     assert_eq!(plan.order.len(), 2, "every account stays in the order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_appears_while_the_chooser_waits_is_counted() {
-    let store = tempfile::tempdir().unwrap();
-    let dir = FakeDir::new(&[("alice", 10.0), ("bob", 20.0)]);
-    let held = lock_file(&store.path().join("locks")).unwrap();
-    let inode = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(store.path().join("locks").join(LOCK_FILE))
-            .unwrap()
-            .ino()
-    };
-    let me = starting("2-me");
-    let own = store.path().join("runtime/2-me");
-    let c = context(store.path(), &own, &me);
-    let reads = dir.reads.clone();
-    let planner = {
-        let dir = dir.clone();
-        tokio::spawn(async move { plan_start(&dir, &PolicyConfig::default(), &c).await })
-    };
+    let mut pool = Pool::new(&[("alice", 10.0), ("bob", 20.0)]);
+    let (held, inode) = pool.hold_lock();
+    let (me, own) = pool.newcomer("2-me");
+    let planner = pool.spawn_plan(&own, &me);
+    let reads = pool.dir.reads.clone();
     // It looked, saw nobody, read only alice's numbers (as alone), and waits for the lock.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !flock_waited_for(inode) {
@@ -885,12 +866,7 @@ async fn a_peer_that_appears_while_the_chooser_waits_is_counted() {
     }
     assert_eq!(*reads.lock().unwrap(), [AccountId::from("alice")]);
     // Meanwhile a session took alice.
-    let _one = serve_peer(
-        store.path(),
-        "1-one",
-        StatusCell::new(status("1-one", Some("alice"), None)),
-        None,
-    );
+    pool.peer_on("1-one", "alice");
     drop(held);
     let plan = planner.await.unwrap().unwrap();
     assert_eq!(plan.order[0], AccountId::from("bob"), "alice 45 < bob 80");

@@ -2,13 +2,12 @@
 //! `<store>/locks/poller.lock` polls. The kernel drops the lock when its holder's process
 //! ends, `kill -9` included, so a crashed poller blocks nobody.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{Result, WrapErr};
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::fcntl::{Flock, FlockArg};
 
 /// The lock file's name in `<store>/locks/`.
 pub(crate) const POLLER_LOCK: &str = "poller.lock";
@@ -77,17 +76,7 @@ impl PollerLock {
             crate::paths::ensure_private_dir(dir)
                 .wrap_err_with(|| format!("creating {}", dir.display()))?;
         }
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            // Neither the app-server nor the reaper may inherit (and so keep) the lock; a
-            // symbolic link in its place is refused, not followed.
-            .custom_flags((OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW).bits())
-            .open(&self.path)
-            .wrap_err_with(|| format!("opening the lock file {}", self.path.display()))
+        crate::paths::open_lock_file(&self.path)
     }
 }
 
@@ -122,6 +111,20 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_lock_is_refused_not_followed() {
+        let store = tempfile::tempdir().unwrap();
+        let locks = store.path().join("locks");
+        std::fs::create_dir(&locks).unwrap();
+        let target = store.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, locks.join(POLLER_LOCK)).unwrap();
+        let mut lock = PollerLock::new(store.path());
+        let err = lock.try_take().unwrap_err().to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert!(!lock.is_held());
+        assert!(!target.exists());
     }
 
     #[test]

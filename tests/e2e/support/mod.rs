@@ -4,6 +4,7 @@
 pub(crate) mod accounts;
 pub(crate) mod pool;
 pub(crate) mod product;
+pub(crate) mod replay;
 pub(crate) mod session;
 
 use std::ffi::OsStr;
