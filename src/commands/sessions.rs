@@ -128,7 +128,7 @@ pub(super) fn run(env: &Env, args: SessionsArgs) -> Result<ExitCode> {
             SessionsJson {
                 accounts: reported_accounts(&sessions),
                 sessions,
-                store_error: Some(err.to_string()),
+                store_error: Some(format!("{err:#}")),
             }
         }
     };
