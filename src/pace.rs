@@ -29,25 +29,104 @@ pub(crate) const BURN_LOOKBACK_SECS: i64 = 60 * 60;
 /// A rate needs samples at least this far apart to mean anything.
 pub(crate) const MIN_BURN_SPAN_SECS: i64 = 60;
 
-/// The current burn rate in percentage points per second, from samples of one window (oldest
-/// first) over the last [`BURN_LOOKBACK_SECS`]. Samples before a drop in use belong to an
-/// earlier window (it reset) and are ignored. `None` when the samples cannot tell.
-pub(crate) fn burn_rate(samples: &[UsageSample], now: i64) -> Option<f64> {
+/// The samples of the window's current period (after its last drop in use: samples before
+/// it belong to an earlier window, which reset) within [`BURN_LOOKBACK_SECS`]: the first and
+/// the last. `None` without samples.
+fn lookback_span(samples: &[UsageSample], now: i64) -> Option<(UsageSample, UsageSample)> {
     let start = samples
         .windows(2)
         .rposition(|pair| pair[1].used_percent < pair[0].used_percent)
         .map_or(0, |i| i + 1);
     let current = &samples[start..];
-    let last = current.last()?;
+    let last = *current.last()?;
     let first = current
         .iter()
         .find(|s| s.at >= now - BURN_LOOKBACK_SECS)
+        .copied()
         .unwrap_or(last);
+    Some((first, last))
+}
+
+/// The current burn rate in percentage points per second, from samples of one window (oldest
+/// first) over the last [`BURN_LOOKBACK_SECS`]. Samples before a drop in use belong to an
+/// earlier window (it reset) and are ignored. `None` when the samples cannot tell.
+pub(crate) fn burn_rate(samples: &[UsageSample], now: i64) -> Option<f64> {
+    let (first, last) = lookback_span(samples, now)?;
     let span = last.at - first.at;
     if span < MIN_BURN_SPAN_SECS {
         return None;
     }
     Some((last.used_percent - first.used_percent).max(0.0) / span as f64)
+}
+
+/// The runway forecasts on a window's burn only once its samples span this long and rose:
+/// the backend reports whole percentage points, so a rise over a shorter span (or a minute
+/// without one) says next to nothing about the pace.
+pub(crate) const MIN_MEASURED_SPAN_SECS: i64 = 10 * 60;
+/// A window whose samples have not risen over this long counts as not burning (under two
+/// points an hour).
+pub(crate) const FLAT_SPAN_SECS: i64 = 30 * 60;
+
+/// What one window's samples say about its burn, for the runway.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Burn {
+    /// The samples span too little time to tell (under [`MIN_MEASURED_SPAN_SECS`], or under
+    /// [`FLAT_SPAN_SECS`] without a rise).
+    TooFewSamples,
+    /// No rise over at least [`FLAT_SPAN_SECS`]: not burning.
+    Flat,
+    /// A rise over at least [`MIN_MEASURED_SPAN_SECS`]: percentage points per second.
+    Rising(f64),
+}
+
+impl Burn {
+    /// The burn of one account's window from its samples (oldest first), over the last
+    /// [`BURN_LOOKBACK_SECS`] of its current period.
+    pub(crate) fn measure(samples: &[UsageSample], now: i64) -> Burn {
+        let Some((first, last)) = lookback_span(samples, now) else {
+            return Burn::TooFewSamples;
+        };
+        let span = last.at - first.at;
+        let rise = last.used_percent - first.used_percent;
+        if span >= MIN_MEASURED_SPAN_SECS && rise > 0.0 {
+            Burn::Rising(rise / span as f64)
+        } else if span >= FLAT_SPAN_SECS {
+            Burn::Flat
+        } else {
+            Burn::TooFewSamples
+        }
+    }
+
+    /// The pool's burn of one window from its accounts' burns: the sum of every rising one;
+    /// with none rising, the serving account's (`active`: it is the one that would burn), or
+    /// without one, flat if any account's samples are.
+    pub(crate) fn of_pool(active: Option<Burn>, others: impl IntoIterator<Item = Burn>) -> Burn {
+        let all: Vec<Burn> = active.into_iter().chain(others).collect();
+        let rising: Vec<f64> = all
+            .iter()
+            .filter_map(|b| match b {
+                Burn::Rising(rate) => Some(*rate),
+                _ => None,
+            })
+            .collect();
+        if !rising.is_empty() {
+            return Burn::Rising(rising.iter().sum());
+        }
+        match active {
+            Some(burn) => burn,
+            None if all.contains(&Burn::Flat) => Burn::Flat,
+            None => Burn::TooFewSamples,
+        }
+    }
+
+    /// The rate the runway walks with: `None` while too few samples tell.
+    pub(crate) fn rate(self) -> Option<f64> {
+        match self {
+            Burn::TooFewSamples => None,
+            Burn::Flat => Some(0.0),
+            Burn::Rising(rate) => Some(rate),
+        }
+    }
 }
 
 /// The average rate since the window opened: what an even burn so far would give. Used
@@ -115,7 +194,10 @@ pub(crate) struct RunwayAccount {
 /// How long the pool lasts at the current pace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Runway {
-    /// No burn measured: nothing to forecast.
+    /// The samples do not yet span enough time to measure a burn of every window the pool
+    /// has ([`Burn::TooFewSamples`]): no forecast yet.
+    TooFewSamples,
+    /// Nothing burns: nothing to forecast.
     Idle,
     /// No account runs dry before `until` (the forecast's horizon).
     KeepsUp { until: i64 },
@@ -135,19 +217,17 @@ pub(crate) const RUNWAY_HORIZON_SECS: i64 = 7 * 86_400;
 /// [`RUNWAY_HORIZON_SECS`].
 pub(crate) fn runway(accounts: &[RunwayAccount], now: i64) -> Runway {
     const FULL: f64 = 100.0 - 1e-9;
-    if !accounts
-        .iter()
-        .flat_map(|a| &a.windows)
-        .any(|w| w.rate > 0.0)
-    {
-        return Runway::Idle;
-    }
     let mut pool: Vec<RunwayAccount> = accounts.to_vec();
     let end = now.saturating_add(RUNWAY_HORIZON_SECS);
     let mut t = now;
     // Resets that are already due (numbers older than their reset) happened.
     apply_resets(&mut pool, t);
     let usable = |a: &RunwayAccount| a.windows.iter().all(|w| w.used_percent < FULL);
+    // A pool that is dry now is dry whatever the pace.
+    let dry_now = !pool.is_empty() && !pool.iter().any(usable);
+    if !dry_now && !pool.iter().flat_map(|a| &a.windows).any(|w| w.rate > 0.0) {
+        return Runway::Idle;
+    }
     let mut serving: Option<usize> = None;
     // Each step ends at a window filling up or resetting; the horizon bounds the walk, and
     // so does this (a guard against windows with absurd lengths).
@@ -227,44 +307,52 @@ fn apply_resets(pool: &mut [RunwayAccount], t: i64) {
 }
 
 /// The pool's runway from each usable account's quota (the serving account first) and the
-/// pool's burn rates of the 5-hour and weekly windows (percentage points per second). Other
-/// windows do not enter: the rates are measured on these two.
+/// pool's burns of the 5-hour and weekly windows. Other windows do not enter: the burns are
+/// measured on these two. No forecast ([`Runway::TooFewSamples`]) while the burn of a window
+/// the pool has is not measured yet.
 pub(crate) fn pool_runway<'a>(
     accounts: impl IntoIterator<Item = (&'a str, &'a crate::quota::RateLimitSnapshot)>,
-    five_hour_rate: Option<f64>,
-    weekly_rate: Option<f64>,
+    five_hour: Burn,
+    weekly: Burn,
     now: i64,
 ) -> Runway {
+    let mut unmeasured = false;
     let accounts: Vec<RunwayAccount> = accounts
         .into_iter()
         .map(|(name, snapshot)| RunwayAccount {
             name: name.to_owned(),
             windows: [
-                (snapshot.five_hour(), five_hour_rate),
-                (snapshot.weekly(), weekly_rate),
+                (snapshot.five_hour(), five_hour),
+                (snapshot.weekly(), weekly),
             ]
             .into_iter()
-            .filter_map(|(window, rate)| {
+            .filter_map(|(window, burn)| {
                 let window = window?;
+                unmeasured |= burn == Burn::TooFewSamples;
                 Some(RunwayWindow {
                     used_percent: window.used_percent,
                     resets_at: window.resets_at,
                     length_secs: window.window_duration_mins.map(|m| i64::from(m) * 60),
-                    rate: rate.unwrap_or(0.0).max(0.0),
+                    rate: burn.rate().unwrap_or(0.0).max(0.0),
                 })
             })
             .collect(),
         })
         .filter(|a| !a.windows.is_empty())
         .collect();
-    runway(&accounts, now)
+    match runway(&accounts, now) {
+        // Dry now: that needs no burn.
+        dry @ (Runway::DryGap { from: at, .. } | Runway::LastsUntil { at }) if at <= now => dry,
+        _ if unmeasured => Runway::TooFewSamples,
+        walk => walk,
+    }
 }
 
 /// The runway in words, with times written by `clock`: "pool lasts until Fri 14:00 at this
 /// pace", "pool dry 13:10–14:02, then alice resets".
 pub(crate) fn describe_runway(runway: &Runway, now: i64, clock: impl Fn(i64) -> String) -> String {
     match runway {
-        Runway::Idle => "pool: no burn measured yet".to_owned(),
+        Runway::TooFewSamples | Runway::Idle => "pool: no burn measured yet".to_owned(),
         Runway::KeepsUp { .. } => "pool lasts over a week at this pace".to_owned(),
         Runway::LastsUntil { at } => format!("pool lasts until {} at this pace", clock(*at)),
         Runway::DryGap { from, until, then } if *from <= now => {
@@ -362,6 +450,145 @@ mod tests {
         );
         let rate = burn_rate(&samples(&[(-900, 90.0), (-600, 2.0), (0, 12.0)]), NOW).unwrap();
         assert!((rate - 10.0 / 600.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_burn_is_measured_on_ten_minutes_with_a_rise() {
+        let measure = |points: &[(i64, f64)]| Burn::measure(&samples(points), NOW);
+        let table = [
+            ("no samples", vec![], Burn::TooFewSamples),
+            ("one read", vec![(0, 20.0)], Burn::TooFewSamples),
+            // The case that forecast "over a week": a few minutes of reads.
+            (
+                "a rise over 3 minutes",
+                vec![(-180, 20.0), (0, 22.0)],
+                Burn::TooFewSamples,
+            ),
+            (
+                "flat for 5 minutes",
+                vec![(-300, 20.0), (0, 20.0)],
+                Burn::TooFewSamples,
+            ),
+            (
+                "flat for 20 minutes: not yet idle",
+                vec![(-1200, 20.0), (0, 20.0)],
+                Burn::TooFewSamples,
+            ),
+            (
+                "a rise over 10 minutes",
+                vec![(-600, 20.0), (-300, 20.0), (0, 23.0)],
+                Burn::Rising(3.0 / 600.0),
+            ),
+            (
+                "flat for half an hour",
+                vec![(-1800, 20.0), (0, 20.0)],
+                Burn::Flat,
+            ),
+            (
+                "only the last hour counts",
+                vec![(-7200, 10.0), (-3000, 20.0), (0, 20.0)],
+                Burn::Flat,
+            ),
+            (
+                "a reset 5 minutes ago starts over",
+                vec![(-3000, 90.0), (-300, 1.0), (0, 3.0)],
+                Burn::TooFewSamples,
+            ),
+        ];
+        for (name, points, want) in table {
+            assert_eq!(measure(&points), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_pool_burn_waits_for_the_serving_account() {
+        use Burn::{Flat, Rising, TooFewSamples};
+        let table = [
+            // Rising accounts add up, whatever the others say.
+            (Some(Rising(1.0)), vec![Rising(2.0), Flat], Rising(3.0)),
+            (Some(TooFewSamples), vec![Rising(2.0)], Rising(2.0)),
+            // A session minutes old on alice, bob idle for hours: no measure yet.
+            (Some(TooFewSamples), vec![Flat, Flat], TooFewSamples),
+            (Some(Flat), vec![TooFewSamples], Flat),
+            (None, vec![TooFewSamples, Flat], Flat),
+            (None, vec![TooFewSamples], TooFewSamples),
+            (None, vec![], TooFewSamples),
+        ];
+        for (active, others, want) in table {
+            assert_eq!(
+                Burn::of_pool(active, others.clone()),
+                want,
+                "{active:?} {others:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_runway_until_every_window_of_the_pool_is_measured() {
+        use crate::quota::RateLimitSnapshot;
+        let both = RateLimitSnapshot {
+            primary: Some(five_hour(50.0, 4 * 3600)),
+            secondary: Some(RateLimitWindow {
+                used_percent: 30.0,
+                window_duration_mins: Some(7 * 1440),
+                resets_at: Some(NOW + 3 * 86_400),
+            }),
+            ..Default::default()
+        };
+        let per_min = |p: f64| Burn::Rising(p / 60.0);
+        let run = |five: Burn, week: Burn| pool_runway([("alice", &both)], five, week, NOW);
+        // The 5-hour window rises, the weekly one is not measured yet: no forecast (with it
+        // taken as 0, a slow 5-hour burn "lasts over a week").
+        assert_eq!(
+            run(per_min(0.1), Burn::TooFewSamples),
+            Runway::TooFewSamples
+        );
+        assert_eq!(
+            run(Burn::TooFewSamples, per_min(0.01)),
+            Runway::TooFewSamples
+        );
+        // Flat for half an hour is measured: not burning.
+        assert_eq!(run(Burn::Flat, Burn::Flat), Runway::Idle);
+        assert_eq!(
+            run(per_min(1.0), Burn::Flat),
+            Runway::DryGap {
+                from: NOW + 50 * 60,
+                until: NOW + 4 * 3600,
+                then: "alice".into()
+            }
+        );
+        // A pool dry now is dry now, measured or not.
+        let full = RateLimitSnapshot {
+            primary: Some(five_hour(100.0, 3600)),
+            ..Default::default()
+        };
+        assert_eq!(
+            pool_runway(
+                [("alice", &full)],
+                Burn::TooFewSamples,
+                Burn::TooFewSamples,
+                NOW
+            ),
+            Runway::DryGap {
+                from: NOW,
+                until: NOW + 3600,
+                then: "alice".into()
+            }
+        );
+        // A window no account has does not wait to be measured.
+        let weekly_only = RateLimitSnapshot {
+            primary: both.secondary,
+            ..Default::default()
+        };
+        assert_eq!(
+            pool_runway(
+                [("alice", &weekly_only)],
+                Burn::TooFewSamples,
+                Burn::Flat,
+                NOW
+            ),
+            Runway::Idle
+        );
     }
 
     #[test]
@@ -516,6 +743,11 @@ mod tests {
                 gap(10 * MIN, 3 * DAY, "alice"),
             ),
             (
+                "dry now needs no burn",
+                vec![acct("alice", vec![win(100.0, Some(HOUR), five, 0.0)])],
+                gap(0, HOUR, "alice"),
+            ),
+            (
                 "a reset already due counts as done",
                 vec![acct("alice", vec![win(100.0, Some(-MIN), five, 1.0)])],
                 gap(100 * MIN, 5 * HOUR - MIN, "alice"),
@@ -531,6 +763,7 @@ mod tests {
         let clock = |t: i64| format!("T{}", (t - NOW) / 60);
         let table = [
             (Runway::Idle, "pool: no burn measured yet"),
+            (Runway::TooFewSamples, "pool: no burn measured yet"),
             (
                 Runway::KeepsUp {
                     until: NOW + RUNWAY_HORIZON_SECS,

@@ -704,11 +704,7 @@ async fn refresh_once(http: &reqwest::Client, url: &str, refresh_token: &Secret)
         Err(e) => return Attempt::Ambiguous(RefreshError::Transient(describe_reqwest_error(&e))),
     };
     let status = response.status();
-    let html = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.to_ascii_lowercase().contains("html"));
+    let html = is_html_page(&response);
     let body = match response.bytes().await {
         Ok(body) => body,
         Err(e) => {
@@ -753,6 +749,17 @@ async fn refresh_once(http: &reqwest::Client, url: &str, refresh_token: &Secret)
             "its answer held no readable tokens".to_owned(),
         )),
     }
+}
+
+/// Whether an answer is an HTML page (by its `Content-Type`). The sign-in server and the
+/// ChatGPT backend answer JSON, errors included: an HTML page is a proxy's, a firewall's or a
+/// captive portal's, in front of them.
+pub(crate) fn is_html_page(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("html"))
 }
 
 /// The sentence for an answer that did not come from the sign-in server's own error handling.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::store::{Account, AccountAuth, Store};
-use super::tokens::{Backend, RefreshPolicy, ensure_fresh_with};
+use super::tokens::{Backend, RefreshPolicy, ensure_fresh_with, is_html_page};
 use crate::account_id::AccountId;
 use crate::errors::with_hint;
 use crate::quota::{AccountLimits, Credits, RateLimitSnapshot, RateLimitWindow, SpendLimit};
@@ -107,6 +107,20 @@ pub(crate) async fn fetch_usage_with(
     let url = usage_url(&backend.chatgpt_base_url);
     let (account, response) = get_fresh(store, http, backend, account_id, &url).await?;
     let status = response.status();
+    // The backend answers JSON, its errors too: an HTML page (a block page, a captive portal's
+    // sign-in) came from something in front of it, and logging in again would not help.
+    if is_html_page(&response) && !status.is_server_error() {
+        return Err(with_hint(
+            eyre!(
+                "the usage endpoint {url} answered HTTP {} with an HTML page for account {:?}: \
+                 not ChatGPT's answer but a proxy's, a firewall's or a captive portal's",
+                status.as_u16(),
+                account.name
+            ),
+            "check the network between you and ChatGPT (a proxy or firewall that blocks it, \
+             a Wi-Fi sign-in page); the login itself is not at fault",
+        ));
+    }
     if !status.is_success() {
         return Err(with_hint(
             eyre!(
@@ -410,6 +424,56 @@ mod tests {
     use super::*;
     use crate::quota::WindowKind;
     use serde_json::json;
+
+    /// A 403 with an HTML page is a proxy's or a firewall's, not ChatGPT's: the error says so
+    /// and does not send the user to log in again; the backend's own 403 (JSON) still does.
+    /// Neither marks the account, and neither spends its token.
+    #[tokio::test]
+    async fn an_html_403_is_blamed_on_the_network_not_the_login() {
+        use cs_tui_testkit::MockBackend;
+        use cs_tui_testkit::mock_backend::UsageFault;
+        let mock = MockBackend::start().await;
+        let (fake, rt) = mock.add_account("alice");
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path());
+        let auth = crate::accounts::codex_auth::parse_auth_json(
+            fake.auth_json(3600, &rt).to_string().as_bytes(),
+        )
+        .unwrap();
+        let account = crate::accounts::import_auth(&store, &auth, None)
+            .unwrap()
+            .account;
+        let backend = Backend {
+            codex_home: None,
+            refresh_url: mock.refresh_url(),
+            chatgpt_base_url: mock.chatgpt_base_url(),
+        };
+        let http = reqwest::Client::new();
+        let fetch = || fetch_usage_with(&store, &http, &backend, &account.id);
+
+        mock.push_usage_fault(UsageFault::Html403);
+        let shown = crate::errors::render_error(&fetch().await.unwrap_err());
+        assert!(shown.contains("HTTP 403 with an HTML page"), "{shown}");
+        assert!(shown.contains("proxy"), "{shown}");
+        assert!(shown.contains("hint: check the network"), "{shown}");
+        assert!(!shown.contains("log in"), "{shown}");
+
+        mock.push_usage_fault(UsageFault::CaptivePortal);
+        let shown = crate::errors::render_error(&fetch().await.unwrap_err());
+        assert!(shown.contains("HTTP 200 with an HTML page"), "{shown}");
+        assert!(shown.contains("captive portal"), "{shown}");
+
+        mock.push_usage_fault(UsageFault::Json403);
+        let shown = crate::errors::render_error(&fetch().await.unwrap_err());
+        assert!(shown.contains("answered HTTP 403 for account"), "{shown}");
+        assert!(shown.contains("hint: log in to it again"), "{shown}");
+        assert!(!shown.contains("proxy"), "{shown}");
+
+        // Neither touched the account; the next read works.
+        assert_eq!(store.load().unwrap().accounts[0], account);
+        let report = fetch().await.unwrap();
+        assert_eq!(report.snapshot.five_hour().unwrap().used_percent, 10.0);
+    }
 
     #[test]
     fn extreme_numbers_saturate_instead_of_overflowing() {

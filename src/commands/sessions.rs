@@ -21,6 +21,7 @@ use super::output::{emit, emit_json, relative_time, table};
 use crate::account_id::AccountId;
 use crate::accounts::AccountsFile;
 use crate::cli::SessionsArgs;
+use crate::errors::render_error;
 use crate::ipc::Timeouts;
 use crate::proxy::events::AccountRef;
 use crate::proxy::pool::peers::{self, StatusReply};
@@ -102,15 +103,34 @@ pub(super) struct AccountSessionsJson {
 pub(super) struct SessionsJson {
     pub sessions: Vec<SessionJson>,
     pub accounts: Vec<AccountSessionsJson>,
+    /// Why the account store could not be read (then `accounts` are those the sessions
+    /// reported); `null` when it was.
+    pub store_error: Option<String>,
 }
 
 pub(super) fn run(env: &Env, args: SessionsArgs) -> Result<ExitCode> {
     let store_dir = env.store_dir()?;
-    let file = env.store()?.load()?;
+    let file = env.store()?.load();
     let sessions = env.runtime().block_on(list(store_dir));
-    let listing = SessionsJson {
-        accounts: account_counts(&file, &sessions),
-        sessions,
+    let listing = match file {
+        Ok(file) => SessionsJson {
+            accounts: account_counts(&file, &sessions),
+            sessions,
+            store_error: None,
+        },
+        // The sessions say which accounts they are on: a damaged store does not hide them.
+        Err(err) => {
+            let rendered = render_error(&err);
+            eprintln!(
+                "{}\nwarning: the sessions are listed with the accounts they report",
+                rendered.replacen("error: ", "warning: ", 1)
+            );
+            SessionsJson {
+                accounts: reported_accounts(&sessions),
+                sessions,
+                store_error: Some(format!("{err:#}")),
+            }
+        }
     };
     if args.json {
         emit_json(&listing)?;
@@ -176,6 +196,26 @@ pub(super) fn account_counts(
                 .count(),
         })
         .collect()
+}
+
+/// The accounts the sessions report they are on (or switching to), in the order first
+/// met, with the number of sessions on each: for a store that cannot be read.
+pub(super) fn reported_accounts(sessions: &[SessionJson]) -> Vec<AccountSessionsJson> {
+    let mut accounts: Vec<AccountSessionsJson> = Vec::new();
+    for s in sessions {
+        for (account, on) in [(&s.account, true), (&s.switching_to, false)] {
+            let Some(account) = account else { continue };
+            match accounts.iter_mut().find(|a| a.id == account.id) {
+                Some(known) => known.sessions += usize::from(on),
+                None => accounts.push(AccountSessionsJson {
+                    id: account.id.clone(),
+                    name: account.name.clone(),
+                    sessions: usize::from(on),
+                }),
+            }
+        }
+    }
+    accounts
 }
 
 fn render(listing: &SessionsJson, now: DateTime<Utc>) -> String {
@@ -433,6 +473,7 @@ mod tests {
         SessionsJson {
             accounts: account_counts(&file, &sessions),
             sessions,
+            store_error: None,
         }
     }
 
@@ -466,7 +507,26 @@ mod tests {
             json["accounts"][2],
             serde_json::json!({"id": "c3", "name": "carol", "sessions": 0})
         );
+        assert_eq!(json["store_error"], serde_json::Value::Null);
         assert!(!json.to_string().contains("sk-"), "no secret in the output");
+    }
+
+    #[test]
+    fn without_the_store_the_accounts_are_those_the_sessions_report() {
+        let mut sessions = listing().sessions;
+        sessions[1].switching_to = Some(AccountRef {
+            id: AccountId::from("c3"),
+            name: "carol".to_owned(),
+        });
+        let reported = reported_accounts(&sessions);
+        let counts: Vec<(&str, &str, usize)> = reported
+            .iter()
+            .map(|a| (a.id.as_str(), a.name.as_str(), a.sessions))
+            .collect();
+        assert_eq!(
+            counts,
+            [("a1", "alice", 2), ("b2", "bob", 1), ("c3", "carol", 0)]
+        );
     }
 
     #[test]
@@ -482,6 +542,7 @@ mod tests {
         let none = SessionsJson {
             sessions: Vec::new(),
             accounts: Vec::new(),
+            store_error: None,
         };
         assert_eq!(render(&none, now), "no cs-tui session is running\n");
     }

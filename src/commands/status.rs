@@ -19,10 +19,7 @@ use crate::accounts::tokens::relogin_command;
 use crate::accounts::{AccountsFile, Backend, UsageReport, fetch_usage_with, needs_login};
 use crate::cli::StatusArgs;
 use crate::errors::render_error;
-use crate::pace::{
-    RUNWAY_HORIZON_SECS, Runway, UsageSample, burn_rate, describe_runway, pool_runway,
-    window_average_rate,
-};
+use crate::pace::{Burn, RUNWAY_HORIZON_SECS, Runway, UsageSample, describe_runway, pool_runway};
 use crate::proxy::usage_store::{self, StoredSample};
 use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
 
@@ -134,7 +131,7 @@ struct StatusListJson<'a> {
 /// the burn rate of the usage samples sessions kept (`<store>/usage.jsonl`).
 #[derive(Serialize)]
 struct ForecastJson {
-    /// `idle` (no burn measured), `keeps_up` (no account runs dry within `horizon`),
+    /// `idle` (no burn measured: `basis` says why), `keeps_up` (no account runs dry within `horizon`),
     /// `lasts_until` (dry from `dry_from`, no reset known after), `dry_gap` (dry from
     /// `dry_from` until `dry_until`, when `then_account` resets).
     state: &'static str,
@@ -142,7 +139,12 @@ struct ForecastJson {
     dry_until: Option<DateTime<Utc>>,
     then_account: Option<String>,
     horizon: DateTime<Utc>,
-    /// The pool's burn of the 5-hour and weekly windows, percentage points an hour.
+    /// What the forecast stands on: `measured` (a burn measured on the samples),
+    /// `too_few_samples` (`idle`: the samples do not yet span enough time to measure the burn
+    /// of every window), `no_burn` (`idle`: nothing rose for half an hour).
+    basis: &'static str,
+    /// The pool's burn of the 5-hour and weekly windows, percentage points an hour (`null`:
+    /// too few samples to tell).
     five_hour_burn_per_hour: Option<f64>,
     weekly_burn_per_hour: Option<f64>,
     /// How many stored samples the rates were measured on.
@@ -182,39 +184,37 @@ fn forecast_json(
         five_hour: snapshot.five_hour().map(|w| w.used_percent),
         weekly: snapshot.weekly().map(|w| w.used_percent),
     }));
-    let rate = |kind: WindowKind| {
-        let measured: Vec<f64> = usable
-            .iter()
-            .filter_map(|(_, id, _)| {
-                let of_account: Vec<UsageSample> = samples
-                    .iter()
-                    .filter(|s| &s.account == *id)
-                    .filter_map(|s| {
-                        let used = match kind {
-                            WindowKind::FiveHour => s.five_hour,
-                            _ => s.weekly,
-                        }?;
-                        Some(UsageSample {
-                            at: s.at,
-                            used_percent: used,
-                        })
+    let burn = |kind: WindowKind| {
+        let of_account = |id: &AccountId| {
+            let samples: Vec<UsageSample> = samples
+                .iter()
+                .filter(|s| &s.account == id)
+                .filter_map(|s| {
+                    let used = match kind {
+                        WindowKind::FiveHour => s.five_hour,
+                        _ => s.weekly,
+                    }?;
+                    Some(UsageSample {
+                        at: s.at,
+                        used_percent: used,
                     })
-                    .collect();
-                burn_rate(&of_account, unix)
-            })
-            .collect();
-        if !measured.is_empty() {
-            return Some(measured.iter().sum::<f64>());
-        }
-        // Before any account has samples a minute apart: the active account's average
-        // since its window opened, as the panel does.
-        let (_, id, snapshot) = usable.first()?;
-        let window = snapshot.window(kind)?;
-        (file.active.as_ref() == Some(*id))
-            .then(|| window_average_rate(window, unix))
-            .flatten()
+                })
+                .collect();
+            Burn::measure(&samples, unix)
+        };
+        let is_active = |id: &AccountId| file.active.as_ref() == Some(id);
+        Burn::of_pool(
+            usable
+                .iter()
+                .find(|(_, id, _)| is_active(id))
+                .map(|(_, id, _)| of_account(id)),
+            usable
+                .iter()
+                .filter(|(_, id, _)| !is_active(id))
+                .map(|(_, id, _)| of_account(id)),
+        )
     };
-    let (five_hour, weekly) = (rate(WindowKind::FiveHour), rate(WindowKind::Weekly));
+    let (five_hour, weekly) = (burn(WindowKind::FiveHour), burn(WindowKind::Weekly));
     let runway = pool_runway(
         usable.iter().map(|(name, _, snapshot)| (*name, *snapshot)),
         five_hour,
@@ -235,8 +235,13 @@ fn forecast_json(
         None => "?".to_owned(),
     };
     let text = describe_runway(&runway, unix, clock);
+    let basis = match runway {
+        Runway::TooFewSamples => "too_few_samples",
+        Runway::Idle => "no_burn",
+        _ => "measured",
+    };
     let (state, dry_from, dry_until, then_account) = match runway {
-        Runway::Idle => ("idle", None, None, None),
+        Runway::TooFewSamples | Runway::Idle => ("idle", None, None, None),
         Runway::KeepsUp { .. } => ("keeps_up", None, None, None),
         Runway::LastsUntil { at: from } => ("lasts_until", at(from), None, None),
         Runway::DryGap { from, until, then } => ("dry_gap", at(from), at(until), Some(then)),
@@ -247,8 +252,9 @@ fn forecast_json(
         dry_until,
         then_account,
         horizon: at(unix + RUNWAY_HORIZON_SECS).unwrap_or(now),
-        five_hour_burn_per_hour: five_hour.map(|r| r * 3600.0),
-        weekly_burn_per_hour: weekly.map(|r| r * 3600.0),
+        basis,
+        five_hour_burn_per_hour: five_hour.rate().map(|r| r * 3600.0),
+        weekly_burn_per_hour: weekly.rate().map(|r| r * 3600.0),
         samples: samples_used,
         text,
     }
@@ -667,4 +673,104 @@ fn status_table(
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::{Account, AccountAuth};
+    use crate::secret::Secret;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn file() -> AccountsFile {
+        let account = |id: &str, name: &str| {
+            Account::new(
+                AccountId::from(id),
+                name.to_owned(),
+                AccountAuth::ChatGpt {
+                    id_token: Secret::new("ID"),
+                    access_token: Secret::new("ACCESS"),
+                    refresh_token: Secret::new("REFRESH"),
+                },
+            )
+        };
+        AccountsFile {
+            active: Some(AccountId::from("aaaa")),
+            accounts: vec![account("aaaa", "alice"), account("bbbb", "bob")],
+            ..AccountsFile::default()
+        }
+    }
+
+    fn read(five_hour: f64, weekly: f64) -> Outcome {
+        let window = |used: f64, mins: u32, resets_in: i64| RateLimitWindow {
+            used_percent: used,
+            window_duration_mins: Some(mins),
+            resets_at: Some(NOW + resets_in),
+        };
+        Outcome::Usage(Box::new(UsageReport {
+            snapshot: RateLimitSnapshot {
+                primary: Some(window(five_hour, 300, 4 * 3600)),
+                secondary: Some(window(weekly, 7 * 1440, 3 * 86_400)),
+                ..Default::default()
+            },
+            additional: Vec::new(),
+            plan: Some("plus".into()),
+            limit_reached: false,
+            fetched_at: DateTime::from_timestamp(NOW, 0).unwrap(),
+        }))
+    }
+
+    fn sample(account: &str, ago: i64, five_hour: f64, weekly: f64) -> StoredSample {
+        StoredSample {
+            at: NOW - ago,
+            account: AccountId::from(account),
+            five_hour: Some(five_hour),
+            weekly: Some(weekly),
+        }
+    }
+
+    fn forecast(stored: Vec<StoredSample>) -> serde_json::Value {
+        let outcomes = [read(50.0, 30.0), read(10.0, 20.0)];
+        let now = DateTime::from_timestamp(NOW, 0).unwrap();
+        serde_json::to_value(forecast_json(&file(), &outcomes, stored, now)).unwrap()
+    }
+
+    /// One stored sample 3 minutes old and the read just made: too few to forecast on (it
+    /// used to forecast from the active account's average since its window opened).
+    #[test]
+    fn the_forecast_says_when_the_samples_are_too_few() {
+        let json = forecast(vec![sample("aaaa", 180, 48.0, 30.0)]);
+        assert_eq!(json["state"], "idle", "{json:#}");
+        assert_eq!(json["basis"], "too_few_samples", "{json:#}");
+        assert_eq!(json["five_hour_burn_per_hour"], serde_json::Value::Null);
+        assert_eq!(json["weekly_burn_per_hour"], serde_json::Value::Null);
+        assert_eq!(json["dry_from"], serde_json::Value::Null);
+        assert_eq!(json["samples"], 1);
+        assert_eq!(json["text"], "pool: no burn measured yet");
+        assert!(json["horizon"].is_string(), "{json:#}");
+    }
+
+    #[test]
+    fn the_forecast_stands_on_a_measured_burn() {
+        // alice: 10 points of the 5-hour window in 40 minutes, the weekly one flat.
+        let json = forecast(vec![
+            sample("aaaa", 2400, 40.0, 30.0),
+            sample("bbbb", 2400, 10.0, 20.0),
+        ]);
+        assert_eq!(json["basis"], "measured", "{json:#}");
+        assert_eq!(json["five_hour_burn_per_hour"], 15.0, "{json:#}");
+        assert_eq!(json["weekly_burn_per_hour"], 0.0, "{json:#}");
+        // alice's 50 % last 200 minutes, bob's 90 % 360 more: past the 4-hour reset, and
+        // 15 points an hour never outruns the 5-hour windows of two accounts.
+        assert_eq!(json["state"], "keeps_up", "{json:#}");
+        // Nothing rose for 40 minutes: no burn.
+        let json = forecast(vec![
+            sample("aaaa", 2400, 50.0, 30.0),
+            sample("bbbb", 2400, 10.0, 20.0),
+        ]);
+        assert_eq!(json["state"], "idle", "{json:#}");
+        assert_eq!(json["basis"], "no_burn", "{json:#}");
+        assert_eq!(json["five_hour_burn_per_hour"], 0.0, "{json:#}");
+    }
 }

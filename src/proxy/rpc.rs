@@ -21,6 +21,8 @@ pub mod method {
     pub const TURN_COMPLETED: &str = "turn/completed";
     pub const TOKEN_USAGE_UPDATED: &str = "thread/tokenUsage/updated";
     pub const THREAD_STARTED: &str = "thread/started";
+    pub const THREAD_SETTINGS_UPDATED: &str = "thread/settings/updated";
+    pub const MODEL_REROUTED: &str = "model/rerouted";
     pub const TOKENS_REFRESH: &str = "account/chatgptAuthTokens/refresh";
     pub const LOGIN_COMPLETED: &str = "account/login/completed";
 }
@@ -34,6 +36,8 @@ pub const RELAY_WATCHED: &[&str] = &[
     method::TOKENS_REFRESH,
     method::TOKEN_USAGE_UPDATED,
     method::THREAD_STARTED,
+    method::THREAD_SETTINGS_UPDATED,
+    method::MODEL_REROUTED,
 ];
 
 static METHOD_KEY: LazyLock<memmem::Finder<'static>> =
@@ -274,6 +278,32 @@ pub struct ThreadInfo {
     pub id: String,
     #[serde(default)]
     pub model: Option<String>,
+}
+
+/// `thread/settings/updated`: `{threadId, threadSettings: {model, …}}`, sent before the
+/// `turn/started` of a `turn/start` that changed a setting (its `model` overrides the model
+/// for that turn and the ones after it; measured on 0.169.0).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadSettingsUpdatedParams {
+    pub thread_id: String,
+    pub thread_settings: ThreadSettings,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ThreadSettings {
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// `model/rerouted`: `{threadId, turnId, fromModel, toModel, reason}`: the backend served
+/// this turn with another model.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelReroutedParams {
+    pub thread_id: String,
+    pub turn_id: String,
+    pub to_model: String,
 }
 
 #[derive(Debug, Deserialize)]

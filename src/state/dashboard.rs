@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use crate::account_id::AccountId;
 use crate::accounts::reset_credits::ResetCredits;
-use crate::pace::{Runway, UsageSample, burn_rate, pool_runway, window_average_rate};
+use crate::pace::{Burn, Runway, UsageSample, pool_runway};
 use crate::proxy::events::{AccountRef, ConnectionState, PoolShare, ProxyEvent};
 use crate::proxy::history::SwitchRecord;
 use crate::proxy::usage_store::StoredSample;
@@ -577,20 +577,16 @@ impl Dashboard {
             .collect()
     }
 
-    /// The pool's burn rate of one window (percentage points per second): the sum of every
-    /// account's current rate from its samples, or, before any account has enough samples,
-    /// the active account's average since its window opened.
-    pub(crate) fn pool_rate(&self, kind: WindowKind, now: i64) -> Option<f64> {
-        let measured: Vec<f64> = self
-            .accounts
-            .iter()
-            .filter_map(|a| burn_rate(&self.account_samples(&a.id, kind), now))
-            .collect();
-        if !measured.is_empty() {
-            return Some(measured.iter().sum());
-        }
-        let window = self.active_account()?.snapshot.as_ref()?.window(kind)?;
-        window_average_rate(window, now)
+    /// The pool's burn of one window ([`Burn::of_pool`]): every account's, from its samples
+    /// (this session's and those earlier sessions kept), the active one's deciding while
+    /// none rises.
+    pub(crate) fn pool_burn(&self, kind: WindowKind, now: i64) -> Burn {
+        let burn = |a: &AccountView| Burn::measure(&self.account_samples(&a.id, kind), now);
+        let is_active = |a: &AccountView| self.active.as_ref() == Some(&a.id);
+        Burn::of_pool(
+            self.accounts.iter().find(|a| is_active(a)).map(burn),
+            self.accounts.iter().filter(|a| !is_active(a)).map(burn),
+        )
     }
 
     /// How long the pool's usable accounts last at the current pace (the active one serves
@@ -611,8 +607,8 @@ impl Dashboard {
             usable
                 .into_iter()
                 .filter_map(|a| Some((a.name.as_str(), a.snapshot.as_ref()?))),
-            self.pool_rate(WindowKind::FiveHour, now),
-            self.pool_rate(WindowKind::Weekly, now),
+            self.pool_burn(WindowKind::FiveHour, now),
+            self.pool_burn(WindowKind::Weekly, now),
             now,
         )
     }
@@ -932,7 +928,9 @@ mod runway_tests {
             weekly: None,
         }]);
         update(&mut d, "b", 50.0, 0);
-        let rate = d.pool_rate(WindowKind::FiveHour, NOW).unwrap();
+        let Burn::Rising(rate) = d.pool_burn(WindowKind::FiveHour, NOW) else {
+            panic!("{:?}", d.pool_burn(WindowKind::FiveHour, NOW));
+        };
         assert!((rate - 3.0 / 60.0).abs() < 1e-12, "{rate}");
         // alice's 80 % last 80 / 3 minutes, bob's 50 % then 50 / 3 more: dry at 43.3 min.
         // Both reset at 4 h.
@@ -945,5 +943,55 @@ mod runway_tests {
             }
         );
         assert_eq!(d.samples(WindowKind::FiveHour).len(), 2, "alice's only");
+    }
+
+    /// Minutes into a session, the runway waits for a burn: not a forecast from one read
+    /// (the window's average since it opened) nor from two reads a few minutes apart, even
+    /// when another account's older samples lie flat.
+    #[test]
+    fn no_forecast_until_the_active_account_has_ten_minutes_of_samples() {
+        let mut d = Dashboard::new(
+            SessionMode::Proxy,
+            vec![AccountView::new("a", "alice"), AccountView::new("b", "bob")],
+        );
+        d.apply(&ProxyEvent::ActiveAccount {
+            account: AccountRef {
+                id: AccountId::new("a"),
+                name: "alice".into(),
+            },
+            at: Utc.timestamp_opt(NOW - 600, 0).unwrap(),
+        });
+        // bob: idle for an hour (an earlier session's samples).
+        d.seed_history(
+            [-3600, -1800]
+                .into_iter()
+                .map(|at| StoredSample {
+                    at: NOW + at,
+                    account: AccountId::new("b"),
+                    five_hour: Some(5.0),
+                    weekly: None,
+                })
+                .collect(),
+        );
+        update(&mut d, "b", 5.0, -300);
+        // alice: 20 % a first read, then a rise 3 minutes later.
+        update(&mut d, "a", 20.0, -180);
+        assert_eq!(d.runway(NOW - 180), Runway::TooFewSamples);
+        update(&mut d, "a", 22.0, 0);
+        assert_eq!(d.pool_burn(WindowKind::FiveHour, NOW), Burn::TooFewSamples);
+        assert_eq!(d.runway(NOW), Runway::TooFewSamples);
+        // Ten minutes after her first read: measured (2 points in 10 minutes).
+        update(&mut d, "a", 24.0, 420);
+        assert_eq!(
+            d.pool_burn(WindowKind::FiveHour, NOW + 420),
+            Burn::Rising(4.0 / 600.0)
+        );
+        // At 0.4 points a minute alice's 76 % and bob's 95 % outlast their 4-hour reset.
+        assert_eq!(
+            d.runway(NOW + 420),
+            Runway::KeepsUp {
+                until: NOW + 420 + crate::pace::RUNWAY_HORIZON_SECS
+            }
+        );
     }
 }

@@ -344,7 +344,7 @@ fn runway_lines(
     let now = ctx.unix();
     let runway = dashboard.runway(now);
     let style = match &runway {
-        Runway::Idle => DIM,
+        Runway::TooFewSamples | Runway::Idle => DIM,
         Runway::KeepsUp { .. } => Style::new().fg(Color::Green),
         Runway::LastsUntil { .. } => Style::new().fg(Color::Red),
         Runway::DryGap { .. } => Style::new().fg(Color::Yellow),

@@ -657,3 +657,16 @@ fn panel_runway_forecast_from_samples_of_an_earlier_session() {
     assert!(text.contains("pool dry 14:12–15:07, then alice"), "{text}");
     insta::assert_snapshot!(text);
 }
+
+#[test]
+fn panel_runway_waits_for_ten_minutes_of_samples() {
+    // Three minutes into a session, alice's 5-hour window rose 2 points: too little to
+    // forecast on (it used to say "pool lasts over a week at this pace").
+    let mut d = started(stored());
+    update(&mut d, "alice", snapshot(40.0, 3 * 3600, 31.0), -180);
+    update(&mut d, "alice", snapshot(42.0, 3 * 3600, 31.0), 0);
+    update(&mut d, "bob", snapshot(10.0, 4 * 3600, 40.0), 0);
+    let text = render_panel_only(&d, 44, 34);
+    assert!(text.contains("│pool: no burn measured yet"), "{text}");
+    insta::assert_snapshot!(text);
+}

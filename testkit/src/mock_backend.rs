@@ -54,6 +54,18 @@ pub enum RefreshFault {
     CaptivePortal,
 }
 
+/// How `GET /wham/usage` misbehaves for one request ([`MockBackend::push_usage_fault`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum UsageFault {
+    /// A proxy or firewall's HTML 403 page (as [`RefreshFault::Html403`]); nothing reaches
+    /// the backend.
+    Html403,
+    /// The backend's own 403: JSON with a `detail`.
+    Json403,
+    /// A captive portal: 200 with its HTML sign-in page (as [`RefreshFault::CaptivePortal`]).
+    CaptivePortal,
+}
+
 /// One rate-limit window as the mock reports it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct UsageWindow {
@@ -335,6 +347,7 @@ struct MockState {
     refresh_failures: u32,
     /// Faults the next `/oauth/token` requests get, one each.
     refresh_faults: VecDeque<RefreshFault>,
+    usage_faults: VecDeque<UsageFault>,
     /// Refresh token → the seat it belongs to, for accounts that share a workspace id.
     seats: HashMap<String, FakeAccount>,
     /// Number of reset-credit redemptions still to be carried out but answered with a 502,
@@ -521,6 +534,12 @@ impl MockBackend {
     /// request).
     pub fn push_refresh_fault(&self, fault: RefreshFault) {
         self.state().refresh_faults.push_back(fault);
+    }
+
+    /// Makes the next `GET /wham/usage` (of any account) misbehave as `fault`; faults queue
+    /// up, one per request.
+    pub fn push_usage_fault(&self, fault: UsageFault) {
+        self.state().usage_faults.push_back(fault);
     }
 
     /// Adds a seat of `workspace`'s workspace that shares its mock state (usage, mode) instead
@@ -925,6 +944,32 @@ fn backend(
     body: Option<&Value>,
 ) -> Response {
     let mut guard = state.lock().expect("mock state lock");
+    if method == Method::GET && path == "/backend-api/wham/usage" {
+        match guard.usage_faults.pop_front() {
+            None => {}
+            // In front of the backend: whoever asks gets the page.
+            Some(UsageFault::Html403) => {
+                return html_response(
+                    StatusCode::FORBIDDEN,
+                    "<html><head><title>403 Forbidden</title></head><body><h1>Access denied</h1>\
+                     <p>Your organization's proxy blocked this site.</p></body></html>",
+                );
+            }
+            Some(UsageFault::CaptivePortal) => {
+                return html_response(
+                    StatusCode::OK,
+                    "<!DOCTYPE html><html><head><title>Sign in to Airport Wi-Fi</title></head>\
+                     <body><form action=\"/portal/login\"></form></body></html>",
+                );
+            }
+            Some(UsageFault::Json403) => {
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    json!({"detail": "You do not have access to this resource."}),
+                );
+            }
+        }
+    }
     let Some(account_id) = who.account_header.clone() else {
         return json_response(
             StatusCode::UNAUTHORIZED,

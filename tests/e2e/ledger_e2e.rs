@@ -229,3 +229,74 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
         },
     );
 }
+
+/// A `turn/start` that overrides the model (as Codex's `/model` does) is recorded on that
+/// model, and so are the turns after it; the turn before keeps the thread's first model. A
+/// real `cs-tui serve`, the real app-server behind it, a raw client on its socket.
+#[test]
+fn a_turn_that_overrides_the_model_is_recorded_on_it() {
+    use crate::support::pool::PoolRig;
+    use cs_tui_testkit::turns::{run_turn, start_thread};
+    use cs_tui_testkit::{MockBackend, WsClient};
+    use serde_json::json;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockBackend::start());
+    let mut rig = PoolRig::new(&mock, &["alice"]);
+    let cwd = rig.scratch().join("work");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let s = rig.spawn_ready(&cwd, &[]);
+    let listen = rig.sessions[s].listen.clone();
+    let ledger = rig.store.path().join("ledger.jsonl");
+    let models = || -> Vec<String> {
+        std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a ledger line is JSON"))
+            .map(|l| l["model"].as_str().unwrap_or("(none)").to_owned())
+            .collect()
+    };
+    let first = runtime.block_on(async {
+        let mut client = WsClient::connect_unix(&listen).await;
+        client.initialize(json!("initialize")).await;
+        let thread = start_thread(&mut client, &cwd).await;
+        run_turn(&mut client, &thread, "before").await;
+        let first = client
+            .received_with_method("thread/started")
+            .first()
+            .and_then(|m| m["params"]["thread"]["model"].as_str())
+            .expect("thread/started names the model")
+            .to_owned();
+        let started = client
+            .request(
+                "turn/start",
+                json!({
+                    "threadId": thread,
+                    "input": [{"type": "text", "text": "override"}],
+                    "model": "gpt-5.1-codex-mini",
+                }),
+            )
+            .await
+            .expect("turn/start");
+        let turn = started["turn"]["id"].as_str().unwrap().to_owned();
+        client
+            .wait_for(WAIT, "the overriding turn's turn/completed", |m| {
+                m["method"] == "turn/completed" && m["params"]["turn"]["id"] == turn.as_str()
+            })
+            .await;
+        run_turn(&mut client, &thread, "after").await;
+        first
+    });
+    assert_ne!(first, "gpt-5.1-codex-mini");
+    // The backend was asked with each model, in that order.
+    let asked: Vec<String> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_model_request())
+        .filter_map(|r| r.body?.get("model")?.as_str().map(str::to_owned))
+        .collect();
+    let want = [first.as_str(), "gpt-5.1-codex-mini", "gpt-5.1-codex-mini"];
+    assert_eq!(asked, want);
+    wait_until("three ledger lines", || models().len() == 3);
+    assert_eq!(models(), want);
+}

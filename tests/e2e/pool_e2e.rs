@@ -832,3 +832,58 @@ fn a_killed_session_leaves_the_pool_and_is_not_counted_by_the_next_placement() {
         "{listing:#}"
     );
 }
+
+/// A damaged `accounts.json` does not hide the running sessions: `cs-tui sessions` lists them
+/// with the accounts they report, warns on stderr that the store is damaged, and exits 0.
+#[test]
+fn sessions_are_listed_when_the_store_is_damaged() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockBackend::start());
+    let mut rig = PoolRig::new(&mock, &["alice", "bob"]);
+    let cwd = rig.scratch().join("api");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let s = rig.spawn_ready(&cwd, &[]);
+    let on = active_name(&rig.sessions[s]);
+    let pid = rig.sessions[s].pid();
+    sessions_until(&rig, "the session ready", |l| all_ready(l, 1));
+
+    let store_file = rig.store.path().join("accounts.json");
+    let intact = std::fs::read(&store_file).unwrap();
+    std::fs::write(&store_file, b"{\"version\": 1, \"accounts\": [").unwrap();
+
+    let out = rig.run(rig.store.path(), &["sessions", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("warning: "), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let session = listed(&listing, pid);
+    assert_eq!(session["account"]["name"], on.as_str(), "{listing:#}");
+    assert_eq!(session["state"], "ready", "{listing:#}");
+    assert_eq!(
+        listing["accounts"],
+        json!([{"id": session["account"]["id"], "name": on, "sessions": 1}]),
+        "{listing:#}"
+    );
+    assert!(
+        listing["store_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("damaged")),
+        "{listing:#}"
+    );
+
+    let text = rig.run(rig.store.path(), &["sessions"]);
+    assert!(text.status.success(), "{}", stderr(&text));
+    assert!(stderr(&text).contains("damaged"), "{}", stderr(&text));
+    assert!(stdout(&text).starts_with("PID"), "{}", stdout(&text));
+    assert!(
+        stdout(&text).contains(&format!("1 session: {on} ×1")),
+        "{}",
+        stdout(&text)
+    );
+    // Nothing was written over the damaged file.
+    assert_eq!(
+        std::fs::read(&store_file).unwrap(),
+        b"{\"version\": 1, \"accounts\": [",
+    );
+    std::fs::write(&store_file, intact).unwrap();
+}

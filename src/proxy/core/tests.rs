@@ -1096,6 +1096,101 @@ fn tokens(sim: &mut Sim, conn: u64, turn: &str, last: (u64, u64, u64), total: u6
     assert!(ledger_lines(&effects).is_empty());
 }
 
+/// A `turn/start` with a `model` override is announced by `thread/settings/updated` before
+/// its `turn/started` (measured on 0.169.0): that turn and the ones after it are on the new
+/// model, the turns before keep theirs, and a `model/rerouted` names a turn's model.
+#[test]
+fn each_turn_is_recorded_with_the_model_it_ran_on() {
+    let mut sim = Sim::new();
+    sim.connect(1);
+    let observe = |sim: &mut Sim, o: Observation| sim.feed(Input::Observed(1, o));
+    let thread = || "th".to_owned();
+    let start = |sim: &mut Sim, turn: &str| {
+        observe(
+            sim,
+            Observation::TurnStarted {
+                thread_id: thread(),
+                turn_id: turn.into(),
+            },
+        )
+    };
+    let complete = |sim: &mut Sim, turn: &str| -> Option<String> {
+        let fx = observe(
+            sim,
+            Observation::TurnCompleted {
+                thread_id: thread(),
+                turn_id: turn.into(),
+                status: Some("completed".into()),
+            },
+        );
+        let lines = ledger_lines(&fx);
+        assert_eq!(lines.len(), 1, "{turn}");
+        lines[0].model.clone()
+    };
+    let settings = |sim: &mut Sim, model: Option<&str>| {
+        observe(
+            sim,
+            Observation::ThreadSettings {
+                thread_id: thread(),
+                model: model.map(str::to_owned),
+            },
+        )
+    };
+    observe(
+        &mut sim,
+        Observation::ThreadStarted {
+            thread_id: thread(),
+            model: Some("gpt-5.1-codex".into()),
+        },
+    );
+    start(&mut sim, "u1");
+    // The next turn/start overrides the model: announced while u1 still runs.
+    settings(&mut sim, Some("gpt-5.1-codex-mini"));
+    assert_eq!(complete(&mut sim, "u1").as_deref(), Some("gpt-5.1-codex"));
+    start(&mut sim, "u2");
+    assert_eq!(
+        complete(&mut sim, "u2").as_deref(),
+        Some("gpt-5.1-codex-mini")
+    );
+    // The override holds for the turns after; settings without a model change nothing.
+    settings(&mut sim, None);
+    start(&mut sim, "u3");
+    assert_eq!(
+        complete(&mut sim, "u3").as_deref(),
+        Some("gpt-5.1-codex-mini")
+    );
+    // The backend reroutes a turn: that turn only.
+    start(&mut sim, "u4");
+    observe(
+        &mut sim,
+        Observation::ModelRerouted {
+            thread_id: thread(),
+            turn_id: "u4".into(),
+            model: "gpt-5.1".into(),
+        },
+    );
+    assert_eq!(complete(&mut sim, "u4").as_deref(), Some("gpt-5.1"));
+    start(&mut sim, "u5");
+    assert_eq!(
+        complete(&mut sim, "u5").as_deref(),
+        Some("gpt-5.1-codex-mini")
+    );
+    // Another connection's settings are its own.
+    sim.connect(2);
+    sim.feed(Input::Observed(
+        2,
+        Observation::ThreadSettings {
+            thread_id: thread(),
+            model: Some("other".into()),
+        },
+    ));
+    start(&mut sim, "u6");
+    assert_eq!(
+        complete(&mut sim, "u6").as_deref(),
+        Some("gpt-5.1-codex-mini")
+    );
+}
+
 #[test]
 fn a_turn_gets_one_ledger_line_with_its_account_model_summed_tokens_and_duration() {
     let mut sim = Sim::new();

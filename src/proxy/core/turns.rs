@@ -51,7 +51,8 @@ pub(super) fn busy(
 pub(crate) struct TurnBook {
     /// Turn id → the turn so far.
     turns: HashMap<String, BookTurn>,
-    /// (connection, thread) → the thread's model, from `thread/started`.
+    /// (connection, thread) → the thread's model, from `thread/started`, then from each
+    /// `thread/settings/updated` (a `turn/start` that overrides the model).
     models: HashMap<(ConnId, String), String>,
     /// (connection, thread) → the thread's last `total.totalTokens`: a notification that
     /// repeats it adds nothing.
@@ -67,6 +68,8 @@ struct BookTurn {
     at: DateTime<Utc>,
     started: Instant,
     account: Option<AccountId>,
+    /// The thread's model when the turn started, or the one a `model/rerouted` named.
+    model: Option<String>,
     tokens: TokenBreakdown,
     rerun: bool,
 }
@@ -81,6 +84,7 @@ impl TurnBook {
         now: Now,
     ) {
         let rerun = self.reruns.remove(&(conn, turn_id.clone()));
+        let model = self.models.get(&(conn, thread_id.clone())).cloned();
         self.turns.insert(
             turn_id,
             BookTurn {
@@ -89,6 +93,7 @@ impl TurnBook {
                 at: now.wall,
                 started: now.mono,
                 account,
+                model,
                 tokens: TokenBreakdown::default(),
                 rerun,
             },
@@ -131,11 +136,7 @@ impl CoreState {
         let Some(turn) = self.book.turns.remove(&turn_id) else {
             return;
         };
-        let model = self
-            .book
-            .models
-            .get(&(turn.conn, turn.thread_id.clone()))
-            .cloned();
+        let model = turn.model;
         let account = turn.account.as_ref().map(|a| self.account_ref(a));
         fx.push(Effect::AppendLedger(Box::new(TurnRecord {
             at: turn.at,
@@ -231,9 +232,24 @@ impl CoreState {
                 last,
                 total,
             } => self.book.usage(conn, thread_id, &turn_id, last, total),
-            Observation::ThreadStarted { thread_id, model } => {
+            Observation::ThreadStarted { thread_id, model }
+            | Observation::ThreadSettings { thread_id, model } => {
                 if let Some(model) = model {
                     self.book.models.insert((conn, thread_id), model);
+                }
+            }
+            Observation::ModelRerouted {
+                thread_id,
+                turn_id,
+                model,
+            } => {
+                if let Some(turn) = self
+                    .book
+                    .turns
+                    .get_mut(&turn_id)
+                    .filter(|t| t.conn == conn && t.thread_id == thread_id)
+                {
+                    turn.model = Some(model);
                 }
             }
             Observation::UsageLimitError { turn_id, .. } => {

@@ -5,8 +5,8 @@
 
 use super::{ConnId, EventSink, Interceptor, Observation, RelayEvent};
 use crate::proxy::rpc::{
-    Envelope, ErrorParams, RateLimitsUpdatedParams, ThreadStartedParams, TokenUsageParams,
-    TurnParams, method,
+    Envelope, ErrorParams, ModelReroutedParams, RateLimitsUpdatedParams,
+    ThreadSettingsUpdatedParams, ThreadStartedParams, TokenUsageParams, TurnParams, method,
 };
 
 /// Reports what a watched message (whose top-level method is `watched`) tells the core.
@@ -72,6 +72,23 @@ pub(super) fn built_in<I: Interceptor>(
                 });
             }
         }
+        method::THREAD_SETTINGS_UPDATED => {
+            if let Some(p) = envelope.params::<ThreadSettingsUpdatedParams>() {
+                observe(Observation::ThreadSettings {
+                    thread_id: p.thread_id,
+                    model: p.thread_settings.model,
+                });
+            }
+        }
+        method::MODEL_REROUTED => {
+            if let Some(p) = envelope.params::<ModelReroutedParams>() {
+                observe(Observation::ModelRerouted {
+                    thread_id: p.thread_id,
+                    turn_id: p.turn_id,
+                    model: p.to_model,
+                });
+            }
+        }
         _ => {}
     }
     false
@@ -107,6 +124,33 @@ mod tests {
         ));
         assert!(!run(r#"{"method":"item/started","params":{}}"#, &tx));
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn model_changes_become_observations() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // As 0.169.0 sends them (threadSettings abridged).
+        assert!(!run(
+            r#"{"emittedAtMs":1,"method":"thread/settings/updated","params":{"threadId":"t1","threadSettings":{"approvalPolicy":"never","collaborationMode":{"mode":"default","settings":{"model":"gpt-5.1-codex-mini"}},"cwd":"/tmp","model":"gpt-5.1-codex-mini","modelProvider":"openai"}}}"#,
+            &tx
+        ));
+        assert!(!run(
+            r#"{"method":"model/rerouted","params":{"threadId":"t1","turnId":"u1","fromModel":"a","toModel":"b","reason":"highRiskCyberActivity"}}"#,
+            &tx
+        ));
+        let got: Vec<Observation> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| match e {
+                RelayEvent::Observed(7, o) => o,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            matches!(&got[..], [
+                Observation::ThreadSettings { thread_id, model: Some(m) },
+                Observation::ModelRerouted { turn_id, model: to, .. },
+            ] if thread_id == "t1" && m == "gpt-5.1-codex-mini" && turn_id == "u1" && to == "b"),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -104,6 +104,18 @@ pub enum Observation {
         thread_id: String,
         model: Option<String>,
     },
+    /// `thread/settings/updated`: the thread's model from its next turn on (a `turn/start`
+    /// that overrides it is announced so, before its `turn/started`).
+    ThreadSettings {
+        thread_id: String,
+        model: Option<String>,
+    },
+    /// `model/rerouted`: this turn is served by another model.
+    ModelRerouted {
+        thread_id: String,
+        turn_id: String,
+        model: String,
+    },
 }
 
 /// What the relay tells the session core.
