@@ -47,18 +47,6 @@ fn lookback_span(samples: &[UsageSample], now: i64) -> Option<(UsageSample, Usag
     Some((first, last))
 }
 
-/// The current burn rate in percentage points per second, from samples of one window (oldest
-/// first) over the last [`BURN_LOOKBACK_SECS`]. Samples before a drop in use belong to an
-/// earlier window (it reset) and are ignored. `None` when the samples cannot tell.
-pub(crate) fn burn_rate(samples: &[UsageSample], now: i64) -> Option<f64> {
-    let (first, last) = lookback_span(samples, now)?;
-    let span = last.at - first.at;
-    if span < MIN_BURN_SPAN_SECS {
-        return None;
-    }
-    Some((last.used_percent - first.used_percent).max(0.0) / span as f64)
-}
-
 /// The runway forecasts on a window's burn only once its samples span this long and rose:
 /// the backend reports whole percentage points, so a rise over a shorter span (or a minute
 /// without one) says next to nothing about the pace.
@@ -66,16 +54,21 @@ pub(crate) const MIN_MEASURED_SPAN_SECS: i64 = 10 * 60;
 /// A window whose samples have not risen over this long counts as not burning (under two
 /// points an hour).
 pub(crate) const FLAT_SPAN_SECS: i64 = 30 * 60;
+/// A rise of this many points is measured over any span of at least [`MIN_BURN_SPAN_SECS`]:
+/// whole-point readings then err by at most a fifth.
+pub(crate) const MEASURED_RISE_POINTS: f64 = 5.0;
 
 /// What one window's samples say about its burn, for the runway.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Burn {
     /// The samples span too little time to tell (under [`MIN_MEASURED_SPAN_SECS`], or under
-    /// [`FLAT_SPAN_SECS`] without a rise).
+    /// [`FLAT_SPAN_SECS`] without a rise, unless they rose [`MEASURED_RISE_POINTS`]).
     TooFewSamples,
     /// No rise over at least [`FLAT_SPAN_SECS`]: not burning.
     Flat,
-    /// A rise over at least [`MIN_MEASURED_SPAN_SECS`]: percentage points per second.
+    /// A rise over at least [`MIN_MEASURED_SPAN_SECS`], or of at least
+    /// [`MEASURED_RISE_POINTS`] over at least [`MIN_BURN_SPAN_SECS`]: percentage points per
+    /// second.
     Rising(f64),
 }
 
@@ -88,7 +81,9 @@ impl Burn {
         };
         let span = last.at - first.at;
         let rise = last.used_percent - first.used_percent;
-        if span >= MIN_MEASURED_SPAN_SECS && rise > 0.0 {
+        let measured = span >= MIN_MEASURED_SPAN_SECS
+            || (span >= MIN_BURN_SPAN_SECS && rise >= MEASURED_RISE_POINTS);
+        if measured && rise > 0.0 {
             Burn::Rising(rise / span as f64)
         } else if span >= FLAT_SPAN_SECS {
             Burn::Flat
@@ -129,15 +124,6 @@ impl Burn {
     }
 }
 
-/// The average rate since the window opened: what an even burn so far would give. Used
-/// until the session has seen enough samples of its own.
-pub(crate) fn window_average_rate(window: &RateLimitWindow, now: i64) -> Option<f64> {
-    let length = i64::from(window.window_duration_mins?) * 60;
-    let remaining = window.resets_at?.saturating_sub(now).clamp(0, length);
-    let elapsed = length - remaining;
-    (elapsed >= MIN_BURN_SPAN_SECS).then(|| window.used_percent / elapsed as f64)
-}
-
 /// When a window runs out.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Exhaustion {
@@ -147,7 +133,7 @@ pub(crate) enum Exhaustion {
     At(i64),
     /// At the current rate it lasts until it resets.
     LastsUntilReset,
-    /// Neither the rate nor the reset is known.
+    /// The burn is not measured yet (or neither it nor the reset is known).
     Unknown,
 }
 
@@ -160,10 +146,13 @@ pub(crate) fn time_to_exhaustion(
     if window.used_percent >= 100.0 {
         return Exhaustion::Exhausted;
     }
-    let runs_out = rate
-        .filter(|r| *r > 0.0)
+    // An unknown burn says nothing; a burn of zero lasts.
+    let Some(rate) = rate else {
+        return Exhaustion::Unknown;
+    };
+    let runs_out = (rate > 0.0)
         // (`as` saturates: a rate near zero means "never", not an overflow.)
-        .map(|r| now.saturating_add((window.headroom() / r).ceil() as i64));
+        .then(|| now.saturating_add((window.headroom() / rate).ceil() as i64));
     match (runs_out, window.resets_at) {
         (Some(at), Some(reset)) if at < reset => Exhaustion::At(at),
         (Some(at), None) => Exhaustion::At(at),
@@ -432,24 +421,57 @@ mod tests {
     }
 
     #[test]
-    fn burn_rate_from_session_samples() {
+    fn a_burn_is_measured_after_its_look_back_and_last_reset() {
+        let rising = |burn: Burn| match burn {
+            Burn::Rising(rate) => rate,
+            other => panic!("not measured: {other:?}"),
+        };
         // 10 points in 10 minutes = 1 point/minute.
-        let rate = burn_rate(&samples(&[(-600, 20.0), (-300, 25.0), (0, 30.0)]), NOW).unwrap();
+        let rate = rising(Burn::measure(
+            &samples(&[(-600, 20.0), (-300, 25.0), (0, 30.0)]),
+            NOW,
+        ));
         assert!((rate - 1.0 / 60.0).abs() < 1e-12);
-        // Too short a span says nothing.
-        assert_eq!(burn_rate(&samples(&[(-30, 20.0), (0, 30.0)]), NOW), None);
-        assert_eq!(burn_rate(&samples(&[(0, 30.0)]), NOW), None);
-        assert_eq!(burn_rate(&[], NOW), None);
+        assert_eq!(
+            Burn::measure(&samples(&[(0, 30.0)]), NOW),
+            Burn::TooFewSamples
+        );
+        assert_eq!(Burn::measure(&[], NOW), Burn::TooFewSamples);
         // Samples older than the look-back are ignored.
-        let rate = burn_rate(&samples(&[(-7200, 0.0), (-1200, 50.0), (0, 70.0)]), NOW).unwrap();
+        let rate = rising(Burn::measure(
+            &samples(&[(-7200, 0.0), (-1200, 50.0), (0, 70.0)]),
+            NOW,
+        ));
         assert!((rate - 20.0 / 1200.0).abs() < 1e-12);
         // A drop means the window reset: only what came after counts.
         assert_eq!(
-            burn_rate(&samples(&[(-900, 90.0), (-600, 2.0), (-590, 3.0)]), NOW),
-            None
+            Burn::measure(&samples(&[(-900, 90.0), (-600, 2.0), (-590, 3.0)]), NOW),
+            Burn::TooFewSamples
         );
-        let rate = burn_rate(&samples(&[(-900, 90.0), (-600, 2.0), (0, 12.0)]), NOW).unwrap();
+        let rate = rising(Burn::measure(
+            &samples(&[(-900, 90.0), (-600, 2.0), (0, 12.0)]),
+            NOW,
+        ));
         assert!((rate - 10.0 / 600.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_big_rise_is_measured_within_minutes_a_small_one_is_not() {
+        // Whole-point readings: 14 points in two minutes is a burn (a reading errs by at most
+        // a point); 2 points in two minutes is not yet.
+        assert_eq!(
+            Burn::measure(&samples(&[(-120, 58.0), (0, 72.0)]), NOW),
+            Burn::Rising(14.0 / 120.0)
+        );
+        assert_eq!(
+            Burn::measure(&samples(&[(-120, 58.0), (0, 60.0)]), NOW),
+            Burn::TooFewSamples
+        );
+        // Under a minute, even a big rise says nothing.
+        assert_eq!(
+            Burn::measure(&samples(&[(-30, 20.0), (0, 30.0)]), NOW),
+            Burn::TooFewSamples
+        );
     }
 
     #[test]
@@ -613,7 +635,8 @@ mod tests {
                 Some(0.0),
                 Exhaustion::LastsUntilReset,
             ),
-            (five_hour(50.0, 7200), None, Exhaustion::LastsUntilReset),
+            // An unknown burn: nothing to say.
+            (five_hour(50.0, 7200), None, Exhaustion::Unknown),
             (
                 five_hour(100.0, 7200),
                 per_minute(1.0),
@@ -640,14 +663,6 @@ mod tests {
             time_to_exhaustion(&no_reset, per_minute(2.0), NOW),
             Exhaustion::At(NOW + 1800)
         );
-    }
-
-    #[test]
-    fn window_average_rate_is_use_over_elapsed_time() {
-        // 150 minutes elapsed, 30 % used: 0.2 %/min.
-        let rate = window_average_rate(&five_hour(30.0, 150 * 60), NOW).unwrap();
-        assert!((rate - 0.2 / 60.0).abs() < 1e-12);
-        assert_eq!(window_average_rate(&five_hour(0.0, 5 * 3600), NOW), None);
     }
 
     const MIN: i64 = 60;

@@ -56,8 +56,8 @@ fn use_window(window: &RateLimitWindow, now: i64) {
     let _ = window.headroom();
     let _ = window.is_exhausted();
     let _ = pace::pace(window, now);
-    let rate = pace::window_average_rate(window, now);
-    let _ = pace::time_to_exhaustion(window, rate, now);
+    let _ = pace::time_to_exhaustion(window, None, now);
+    let _ = pace::time_to_exhaustion(window, Some(0.0), now);
     let _ = pace::time_to_exhaustion(window, Some(f64::MIN_POSITIVE), now);
     if let Some(reset) = window.resets_at {
         let _ = pace::format_duration(reset.saturating_sub(now));

@@ -9,8 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Paragraph, Widget};
 
 use crate::pace::{
-    Exhaustion, Runway, burn_rate, describe_runway, format_duration, pace, time_to_exhaustion,
-    window_average_rate,
+    Burn, Exhaustion, Runway, describe_runway, format_duration, pace, time_to_exhaustion,
 };
 use crate::proxy::events::ConnectionState;
 use crate::quota::{RateLimitSnapshot, RateLimitWindow, WindowKind};
@@ -184,7 +183,6 @@ fn window_lines(
             )
         });
     }
-    let rate = rate.or_else(|| window_average_rate(window, now));
     let eta = match time_to_exhaustion(window, rate, now) {
         Exhaustion::Exhausted => Some(Span::styled(
             "exhausted".to_owned(),
@@ -239,7 +237,8 @@ fn quota_lines(dashboard: &Dashboard, ctx: &RenderContext<'_>, width: usize) -> 
             WindowKind::FiveHour => "5-hour".to_owned(),
             other => other.label(),
         };
-        let rate = burn_rate(&dashboard.samples(kind), ctx.unix());
+        // The runway's rule: no estimate until the burn is measured.
+        let rate = Burn::measure(&dashboard.samples(kind), ctx.unix()).rate();
         window_lines(&label, window, rate, ctx, width, &mut lines);
     }
     if snapshot.workspace_limit().is_some() {
