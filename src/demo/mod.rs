@@ -150,6 +150,9 @@ impl Sandbox {
     pub(crate) fn close(self, keep: bool) -> Result<Option<PathBuf>> {
         stop_processes_under(self.root());
         if keep {
+            // Without its owner file, no later demo sweeps it away.
+            std::fs::remove_file(self.root().join(OWNER_FILE))
+                .wrap_err("keeping the demo's directory")?;
             return Ok(Some(self.root.keep()));
         }
         let path = self.root().to_owned();

@@ -131,11 +131,11 @@ fn the_demo_switches_within_a_minute_exits_0_and_leaves_nothing_behind() {
     let t = machine.run(DEMO);
     let watch = NeverShown::start(&t, &["hit your usage limit", "usage limit reached"]);
 
-    let screen = started(&t);
-    assert!(
-        panel(&screen).contains("prompts are typed for you"),
-        "{screen}"
-    );
+    t.wait_for(WAIT, "the demo on alice, with the autopilot", |s| {
+        panel(s).contains("● alice")
+            && panel(s).contains("proxy ready")
+            && panel(s).contains("prompts are typed for you")
+    });
     let switched = t.wait_for(SWITCH_WITHIN, "the switch to bob", |s| {
         panel(s).contains("alice → bob") && panel(s).contains("● bob")
     });
@@ -167,7 +167,8 @@ fn a_demo_killed_with_sigkill_is_cleaned_up_by_the_next_one() {
     let machine = Machine::new();
     let before = snapshot(machine.outside.path());
     // A killed program cannot give the terminal back: `stty sane` does, as a user would.
-    let script = format!("\"$0\" demo --no-autopilot; stty sane; {DEMO}");
+    let second = DEMO.replacen("demo", "demo --keep", 1);
+    let script = format!("\"$0\" demo --no-autopilot; stty sane; {second}");
     let t = machine.run(&script);
     started(&t);
     let sandbox = std::fs::read_dir(&machine.tmp)
@@ -201,6 +202,19 @@ fn a_demo_killed_with_sigkill_is_cleaned_up_by_the_next_one() {
         "the killed demo's directory is still there"
     );
     quit(&t);
+    // It was asked to keep its own directory: kept, and marked so that no later demo sweeps
+    // it away.
+    let kept: Vec<PathBuf> = std::fs::read_dir(&machine.tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].join("store/accounts.json").is_file());
+    assert!(!kept[0].join("owner.pid").exists());
+    let screen = t.screen();
+    assert!(screen.contains("The demo's directory is kept"), "{screen}");
+    std::fs::remove_dir_all(&kept[0]).unwrap();
     machine.assert_nothing_left(&before);
 }
 
