@@ -357,6 +357,7 @@ mod tests {
             duration_ms: 3,
             rerun,
             status: None,
+            purpose: crate::proxy::rpc::TurnPurpose::User,
         }
     }
 
