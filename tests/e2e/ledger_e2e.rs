@@ -191,6 +191,13 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
             .all(|l| !user_threads.contains(l["thread_id"].as_str().unwrap())),
         "{lines:#?}"
     );
+    let count = |lines: &[Value], name: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l["account"]["name"] == name)
+            .count() as u64
+    };
+
     for l in &lines {
         assert!(l["session"].as_str().is_some_and(|s| !s.is_empty()));
         assert!(l["model"].as_str().is_some_and(|m| !m.is_empty()), "{l:#}");
@@ -223,6 +230,8 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
                         n("output_tokens"),
                         n("reruns"),
                         n("switches_away"),
+                        n("turns"),
+                        n("title_turns"),
                     ),
                 );
             }
@@ -243,6 +252,33 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
     assert_eq!(csv_totals["bob"].3, 1, "one re-run, on bob");
     assert_eq!(csv_totals["alice"].4, 1, "one switch away from alice");
     assert_eq!(switches, vec![("alice".to_owned(), "bob".to_owned())]);
+    for name in ["alice", "bob"] {
+        assert_eq!(
+            (csv_totals[name].5, csv_totals[name].6),
+            (count(&user_lines, name), count(&title_lines, name)),
+            "{name}: user turns in `turns`, the TUI's title turns in `title_turns`"
+        );
+    }
+    assert!(
+        csv_totals["alice"].6 >= 1,
+        "alice served the title: {lines:#?}"
+    );
+    // Each turn row carries its purpose, in the last-but-one column.
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let purposes: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap())
+        .filter(|r| &r[0] == "turn")
+        .map(|r| r[col("purpose")].to_owned())
+        .collect();
+    assert_eq!(col("purpose"), header.len() - 2);
+    assert_eq!(
+        purposes,
+        lines
+            .iter()
+            .map(|l| l["purpose"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    );
 
     // A broken line is skipped with a count; the command still works.
     std::fs::OpenOptions::new()
@@ -268,6 +304,14 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
     assert_eq!(
         json["totals"][0]["input_tokens"].as_u64(),
         Some(mock["bob"].0)
+    );
+    assert_eq!(
+        json["totals"][0]["turns"].as_u64(),
+        Some(count(&user_lines, "bob"))
+    );
+    assert_eq!(
+        json["totals"][0]["title_turns"].as_u64(),
+        Some(count(&title_lines, "bob"))
     );
 
     // A second session on the store starts its panel's switch list with the first one's
