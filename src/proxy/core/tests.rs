@@ -1295,7 +1295,35 @@ fn turns_on_the_thread_of_a_title_request_are_recorded_as_title_turns() {
     request(&mut sim, 1, "u1", TurnPurpose::User, false);
     assert_eq!(purpose(&mut sim, 1, "u1"), TurnPurpose::User);
     request(&mut sim, 1, "title", TurnPurpose::Title, false);
-    assert_eq!(purpose(&mut sim, 1, "title"), TurnPurpose::Title);
+    // While it runs, the session's event counts it as a title turn (the metrics' label).
+    sim.turn_started(1, "u2");
+    let fx = sim.turn_started(1, "title");
+    assert!(
+        events(&fx).iter().any(|e| matches!(
+            e,
+            ProxyEvent::TurnsRunning {
+                running: 2,
+                title_turns: 1,
+                ..
+            }
+        )),
+        "{:?}",
+        events(&fx)
+    );
+    let fx = sim.turn_completed(1, "title");
+    assert_eq!(ledger_lines(&fx)[0].purpose, TurnPurpose::Title);
+    assert!(events(&fx).iter().any(|e| matches!(
+        e,
+        ProxyEvent::TurnsRunning {
+            running: 1,
+            title_turns: 0,
+            ..
+        }
+    )));
+    assert_eq!(
+        ledger_lines(&sim.turn_completed(1, "u2"))[0].purpose,
+        TurnPurpose::User
+    );
     // Another turn on the title thread (a later title) is one too, whatever its request said.
     request(&mut sim, 1, "title", TurnPurpose::User, false);
     assert_eq!(purpose(&mut sim, 1, "title"), TurnPurpose::Title);

@@ -203,8 +203,19 @@ impl CoreState {
     }
 
     pub(super) fn emit_turns(&self, now: Now, fx: &mut Effects) {
+        let title_turns = self
+            .running
+            .keys()
+            .filter(|id| {
+                self.book
+                    .turns
+                    .get(*id)
+                    .is_some_and(|t| t.purpose.is_title())
+            })
+            .count();
         fx.emit(ProxyEvent::TurnsRunning {
             running: self.running.len(),
+            title_turns,
             at: now.wall,
         });
     }
