@@ -15,12 +15,14 @@ use crate::proxy::events::AccountRef;
 use crate::proxy::history::{HISTORY_FILE, SwitchRecord};
 use crate::proxy::ledger::{self, Lines, TurnRecord};
 
-/// One account's totals.
+/// One account's totals: `turns` counts the user's turns, `title_turns` the TUI's title
+/// generation; the tokens are every turn's.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub(super) struct Totals {
     pub account: String,
     pub id: String,
     pub turns: u64,
+    pub title_turns: u64,
     pub input_tokens: u64,
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
@@ -107,7 +109,11 @@ pub(super) fn select(
             id: a.id.to_string(),
             ..Totals::default()
         });
-        t.turns += 1;
+        if turn.purpose.is_title() {
+            t.title_turns += 1;
+        } else {
+            t.turns += 1;
+        }
         t.input_tokens += turn.input_tokens;
         t.cached_input_tokens += turn.cached_input_tokens;
         t.output_tokens += turn.output_tokens;
@@ -150,6 +156,16 @@ fn short(session: &str) -> String {
     session.chars().take(8).collect()
 }
 
+/// The STATUS cell: how the turn ended, and `(title)` for the TUI's title generation.
+fn status(turn: &TurnRecord) -> String {
+    let ended = turn.status.as_deref().unwrap_or("-");
+    if turn.purpose.is_title() {
+        format!("{ended} (title)")
+    } else {
+        ended.to_owned()
+    }
+}
+
 pub(super) fn render(history: &HistoryJson) -> String {
     let mut text = String::new();
     if history.turns.is_empty() {
@@ -169,7 +185,7 @@ pub(super) fn render(history: &HistoryJson) -> String {
                     t.output_tokens.to_string(),
                     format!("{:.1}s", t.duration_ms as f64 / 1000.0),
                     yes_no(t.rerun),
-                    t.status.clone().unwrap_or_default(),
+                    status(t),
                 ]
             })
             .collect();
@@ -208,6 +224,7 @@ pub(super) fn render(history: &HistoryJson) -> String {
                 vec![
                     t.account.clone(),
                     t.turns.to_string(),
+                    t.title_turns.to_string(),
                     t.input_tokens.to_string(),
                     t.cached_input_tokens.to_string(),
                     t.output_tokens.to_string(),
@@ -220,6 +237,7 @@ pub(super) fn render(history: &HistoryJson) -> String {
             &[
                 "ACCOUNT",
                 "TURNS",
+                "TITLE TURNS",
                 "IN",
                 "CACHED",
                 "OUT",
@@ -232,7 +250,8 @@ pub(super) fn render(history: &HistoryJson) -> String {
     text
 }
 
-const CSV_HEADER: [&str; 17] = [
+/// The CSV columns. New ones go at the end, so a column keeps its position.
+const CSV_HEADER: [&str; 19] = [
     "kind",
     "at",
     "session",
@@ -250,10 +269,13 @@ const CSV_HEADER: [&str; 17] = [
     "turns",
     "reruns",
     "switches_away",
+    "purpose",
+    "title_turns",
 ];
 
 /// One CSV table: a row per turn (`kind` `turn`), per switch (`switch`: `account` is the one
-/// left, `to_account` the one taken) and per account's totals (`total`).
+/// left, `to_account` the one taken) and per account's totals (`total`: `turns` the user's,
+/// `title_turns` the TUI's title generation).
 fn to_csv(history: &HistoryJson) -> Result<String> {
     let mut out = csv::Writer::from_writer(Vec::new());
     out.write_record(CSV_HEADER)?;
@@ -278,6 +300,8 @@ fn to_csv(history: &HistoryJson) -> Result<String> {
             String::new(),
             String::new(),
             String::new(),
+            t.purpose.as_str().to_owned(),
+            String::new(),
         ])?;
     }
     for s in &history.switches {
@@ -296,6 +320,8 @@ fn to_csv(history: &HistoryJson) -> Result<String> {
             String::new(),
             s.to.name.clone(),
             s.reason.describe(),
+            String::new(),
+            String::new(),
             String::new(),
             String::new(),
             String::new(),
@@ -320,6 +346,8 @@ fn to_csv(history: &HistoryJson) -> Result<String> {
             t.turns.to_string(),
             t.reruns.to_string(),
             t.switches_away.to_string(),
+            String::new(),
+            t.title_turns.to_string(),
         ])?;
     }
     let bytes = out.into_inner().wrap_err("writing CSV")?;
@@ -331,6 +359,7 @@ mod tests {
     use super::*;
     use crate::account_id::AccountId;
     use crate::proxy::events::SwitchReason;
+    use crate::proxy::rpc::TurnPurpose;
 
     fn who(name: &str) -> AccountRef {
         AccountRef {
@@ -357,6 +386,16 @@ mod tests {
             duration_ms: 3,
             rerun,
             status: None,
+            purpose: TurnPurpose::User,
+        }
+    }
+
+    fn title_turn(name: &str, secs: i64, tokens: u64) -> TurnRecord {
+        TurnRecord {
+            thread_id: "title-thread".into(),
+            status: Some("completed".into()),
+            purpose: TurnPurpose::Title,
+            ..turn(name, secs, tokens, false)
         }
     }
 
@@ -439,5 +478,88 @@ mod tests {
         assert_eq!(h.switches.len(), 1, "the switch to bob");
         assert_eq!(h.totals.len(), 1);
         assert_eq!(h.totals[0].switches_away, 0);
+    }
+
+    /// A title turn's tokens count in its account's totals; the turn itself counts as a title
+    /// turn, not as one of the user's.
+    #[test]
+    fn title_turns_are_counted_apart_and_their_tokens_with_the_rest() {
+        let (mut turns, switches) = input();
+        turns.records.insert(1, title_turn("alice", 1, 5));
+        let h = select(turns, switches, None, None);
+        let alice = &h.totals[0];
+        assert_eq!(
+            (alice.turns, alice.title_turns, alice.input_tokens),
+            (2, 1, 35)
+        );
+        assert_eq!((h.totals[1].turns, h.totals[1].title_turns), (1, 0));
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["turns"][1]["purpose"], "title");
+        assert_eq!(json["turns"][0]["purpose"], "user");
+        assert_eq!(json["totals"][0]["title_turns"], 1);
+        assert_eq!(json["totals"][0]["turns"], 2);
+
+        let text = render(&h);
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(rows[0].contains("STATUS"), "{text}");
+        assert!(rows[2].ends_with("completed (title)"), "{text}");
+        assert!(
+            !rows[1].contains("title") && !rows[3].contains("title"),
+            "{text}"
+        );
+        let totals = text
+            .lines()
+            .skip_while(|l| !l.starts_with("ACCOUNT"))
+            .collect::<Vec<_>>();
+        assert!(
+            totals[0].starts_with("ACCOUNT  TURNS  TITLE TURNS  IN"),
+            "{text}"
+        );
+        assert!(
+            totals[1].starts_with("alice    2      1            35"),
+            "{text}"
+        );
+    }
+
+    /// The CSV keeps every column where it was and adds `purpose` (turn rows) and
+    /// `title_turns` (total rows) at the end.
+    #[test]
+    fn csv_appends_purpose_and_title_turns_after_the_old_columns() {
+        let (mut turns, switches) = input();
+        turns.records.insert(1, title_turn("alice", 1, 5));
+        let csv = to_csv(&select(turns, switches, None, None)).unwrap();
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let header: Vec<String> = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            header.join(","),
+            "kind,at,session,account,account_id,model,input_tokens,cached_input_tokens,\
+             output_tokens,duration_ms,rerun,status,to_account,reason,turns,reruns,\
+             switches_away,purpose,title_turns"
+        );
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        let kinds_and_purposes: Vec<(&str, &str, &str)> =
+            rows.iter().map(|r| (&r[0], &r[17], &r[18])).collect();
+        assert_eq!(
+            kinds_and_purposes,
+            [
+                ("turn", "user", ""),
+                ("turn", "title", ""),
+                ("turn", "user", ""),
+                ("turn", "user", ""),
+                ("switch", "", ""),
+                ("total", "", "1"),
+                ("total", "", "0"),
+            ]
+        );
+        // The old columns of alice's totals row: user turns in `turns`, every turn's tokens.
+        assert_eq!(
+            rows[5].iter().take(17).collect::<Vec<_>>().join(","),
+            "total,,,alice,id-alice,,35,3,6,,,,,,2,0,1"
+        );
     }
 }

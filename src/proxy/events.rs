@@ -112,8 +112,14 @@ pub enum ProxyEvent {
         session: Option<String>,
         at: DateTime<Utc>,
     },
-    /// A turn started or ended; `running` is the number of turns in progress.
-    TurnsRunning { running: usize, at: DateTime<Utc> },
+    /// A turn started or ended; `running` is the number of turns in progress, `title_turns`
+    /// how many of them are the TUI's title generation (docs/protocol.md §8).
+    TurnsRunning {
+        running: usize,
+        #[serde(default)]
+        title_turns: usize,
+        at: DateTime<Utc>,
+    },
     /// A turn refused at `from`'s usage limit was withheld from Codex and re-run on `to`
     /// (`waited_ms` after the limit was hit).
     TurnRerun {

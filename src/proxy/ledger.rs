@@ -22,6 +22,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::proxy::events::AccountRef;
+use crate::proxy::rpc::TurnPurpose;
 
 pub const LEDGER_FILE: &str = "ledger.jsonl";
 pub const LEDGER_ROTATED_FILE: &str = "ledger.1.jsonl";
@@ -49,6 +50,10 @@ pub struct TurnRecord {
     pub rerun: bool,
     /// `turn/completed`'s status: `completed`, `failed`, `interrupted`.
     pub status: Option<String>,
+    /// What the turn was for: `user`, or `title` for the TUI's title generation. Lines written
+    /// before the field existed are user turns.
+    #[serde(default)]
+    pub purpose: TurnPurpose,
 }
 
 /// Where a session writes its ledger lines.
@@ -167,7 +172,36 @@ mod tests {
             duration_ms: 5,
             rerun: false,
             status: Some("completed".into()),
+            purpose: TurnPurpose::User,
         }
+    }
+
+    #[test]
+    fn a_line_from_before_the_purpose_field_reads_as_a_user_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        // A line as cs-tui wrote it before turns had a purpose.
+        let old = r#"{"at":"2026-12-02T18:16:02.648Z","session":"s1","account":{"id":"a1","name":"alice"},"model":"gpt-5","thread_id":"t","turn_id":"u1","input_tokens":12,"cached_input_tokens":0,"output_tokens":3,"duration_ms":88,"rerun":false,"status":"completed"}"#;
+        let mut title = record(2);
+        title.purpose = TurnPurpose::Title;
+        let new = serde_json::to_string(&title).unwrap();
+        assert!(new.contains(r#""purpose":"title""#), "{new}");
+        let user = serde_json::to_string(&record(3)).unwrap();
+        assert!(user.contains(r#""purpose":"user""#), "{user}");
+        // A purpose this version does not know is a line that does not parse, not a user turn.
+        let unknown = new.replace(r#""purpose":"title""#, r#""purpose":"compaction""#);
+        std::fs::write(
+            dir.path().join(LEDGER_FILE),
+            format!("{old}\n{new}\n{user}\n{unknown}\n"),
+        )
+        .unwrap();
+        let read = read_all(dir.path()).unwrap();
+        let purposes: Vec<_> = read.records.iter().map(|r| r.purpose).collect();
+        assert_eq!(
+            purposes,
+            [TurnPurpose::User, TurnPurpose::Title, TurnPurpose::User]
+        );
+        assert_eq!(read.records[0].input_tokens, 12);
+        assert_eq!(read.skipped, 1);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use crate::errors::{WithHint as _, with_hint};
 use crate::proxy::events::{ConnectionState, ProxyEvent, SwitchReason};
 use crate::proxy::pool::SessionState;
+use crate::proxy::rpc::TurnPurpose;
 
 /// Scrapes served at once; more connections are closed at once.
 pub(crate) const MAX_CONNECTIONS: usize = 16;
@@ -96,6 +97,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurposeLabels {
+    /// `user`, or `title` for the TUI's title generation.
+    purpose: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -129,7 +136,8 @@ families! {
     switch_failures: Family<ReasonLabels, Counter> =>
         "switch_failures", "Account switches that failed, by reason";
     no_account: Counter => "no_account_available", "Switches wanted when no account was usable";
-    turns: Counter => "turns", "Turns started in this session";
+    turns: Family<PurposeLabels, Counter> =>
+        "turns", "Turns started in this session, by purpose (user, or the TUI's title generation)";
     turns_running: Gauge => "turns_running", "Turns running now";
     reruns: Counter => "reruns", "Turns withheld at a usage limit and re-run on the next account";
     limit_hits: Family<AccountLabels, Counter> =>
@@ -148,8 +156,8 @@ families! {
 pub(crate) struct Metrics {
     registry: Arc<Registry>,
     families: Families,
-    /// Turns running as last reported: a rise is that many turns started.
-    turns_running: usize,
+    /// User and title turns running as last reported: a rise is that many turns started.
+    turns_running: (usize, usize),
     state: SessionState,
     switching: bool,
     active: Option<String>,
@@ -172,7 +180,7 @@ impl Metrics {
         let metrics = Self {
             registry: Arc::new(registry),
             families,
-            turns_running: 0,
+            turns_running: (0, 0),
             state: SessionState::Starting,
             switching: false,
             active: None,
@@ -180,6 +188,16 @@ impl Metrics {
             pool_accounts: BTreeSet::new(),
         };
         metrics.show_state();
+        // Both series from the start, at 0, so that a rate over them is defined at once.
+        for purpose in [TurnPurpose::User, TurnPurpose::Title] {
+            metrics
+                .families
+                .turns
+                .get_or_create(&PurposeLabels {
+                    purpose: purpose.as_str(),
+                })
+                .inc_by(0);
+        }
         metrics
     }
 
@@ -240,11 +258,25 @@ impl Metrics {
                     })
                     .inc();
             }
-            ProxyEvent::TurnsRunning { running, .. } => {
-                let started = running.saturating_sub(self.turns_running);
-                f.turns.inc_by(started as u64);
+            ProxyEvent::TurnsRunning {
+                running,
+                title_turns,
+                ..
+            } => {
+                let now = (running.saturating_sub(*title_turns), *title_turns);
+                for (purpose, now, before) in [
+                    (TurnPurpose::User, now.0, self.turns_running.0),
+                    (TurnPurpose::Title, now.1, self.turns_running.1),
+                ] {
+                    let labels = PurposeLabels {
+                        purpose: purpose.as_str(),
+                    };
+                    f.turns
+                        .get_or_create(&labels)
+                        .inc_by(now.saturating_sub(before) as u64);
+                }
                 f.turns_running.set(gauge_value(*running));
-                self.turns_running = *running;
+                self.turns_running = now;
             }
             ProxyEvent::TurnRerun { .. } => {
                 f.reruns.inc();

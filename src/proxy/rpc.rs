@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use memchr::memmem;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -13,6 +13,45 @@ use crate::quota::RateLimitSnapshot;
 /// Prefix of every request id the proxy itself sends, so its ids can never collide with the
 /// TUI's (integers, prefixed strings and UUIDs, docs/protocol.md §1).
 pub const OWN_ID_PREFIX: &str = "cs-tui/";
+
+/// Prefix of the request ids of the TUI's title generation (`thread/start` and `turn/start` on
+/// a temporary thread, docs/protocol.md §8).
+const TITLE_REQUEST_PREFIX: &str = "temporary-structured-";
+
+/// What a turn was for, told by its `turn/start`: the user's prompt, or the TUI's own title
+/// generation. A title turn spends quota like any other but is never the user's, so it is
+/// never re-run and the ledger marks it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnPurpose {
+    /// A turn the user asked for (and anything not known to be the TUI's own).
+    #[default]
+    User,
+    /// The TUI's title generation.
+    Title,
+}
+
+impl TurnPurpose {
+    /// The purpose of the turn a `turn/start` request with this id starts.
+    pub fn of_request(id: Option<&Value>) -> Self {
+        match id {
+            Some(Value::String(id)) if id.starts_with(TITLE_REQUEST_PREFIX) => Self::Title,
+            _ => Self::User,
+        }
+    }
+
+    pub fn is_title(self) -> bool {
+        self == Self::Title
+    }
+
+    /// The name in the ledger, `--json` and `--csv`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Title => "title",
+        }
+    }
+}
 
 pub mod method {
     pub const RATE_LIMITS_UPDATED: &str = "account/rateLimits/updated";
@@ -326,6 +365,18 @@ pub struct LoginCompletedParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_temporary_structured_string_id_starts_a_title_turn() {
+        use serde_json::json;
+        let of = |id: Value| TurnPurpose::of_request(Some(&id));
+        assert_eq!(of(json!("temporary-structured-7")), TurnPurpose::Title);
+        assert_eq!(of(json!("temporary-structured-")), TurnPurpose::Title);
+        assert_eq!(of(json!(7)), TurnPurpose::User);
+        assert_eq!(of(json!("7e0b-temporary-structured-1")), TurnPurpose::User);
+        assert_eq!(of(json!("cs-tui/rerun/1/2")), TurnPurpose::User);
+        assert_eq!(TurnPurpose::of_request(None), TurnPurpose::User);
+    }
 
     #[test]
     fn sniffs_only_watched_top_level_methods() {

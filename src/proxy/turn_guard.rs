@@ -27,10 +27,9 @@ use tokio::sync::mpsc;
 
 use crate::proxy::policy::{self, PolicyConfig};
 use crate::proxy::relay::{Actions, ConnId, Direction, Inspected, Interceptor, Verdict};
-use crate::proxy::rpc::{ErrorParams, OWN_ID_PREFIX, RateLimitsUpdatedParams, TurnParams};
-
-/// Request ids of the TUI's title generation (a temporary thread), docs/protocol.md §8.
-const TITLE_REQUEST_PREFIX: &str = "temporary-structured-";
+use crate::proxy::rpc::{
+    ErrorParams, OWN_ID_PREFIX, RateLimitsUpdatedParams, TurnParams, TurnPurpose,
+};
 
 const CLIENT_WATCHED: &[&str] = &["turn/start", "turn/interrupt"];
 const SERVER_WATCHED: &[&str] = &[
@@ -117,10 +116,12 @@ pub(crate) enum GuardEvent {
     /// The client asked for a turn on this thread; it runs from now on as far as switching
     /// is concerned (a login before its `turn/started` would kill it just the same).
     /// `held`: the guard withholds it until [`GuardCommand::SwitchOver`] (a switch's login
-    /// runs, or the core holds turns); it does not run until then.
+    /// runs, or the core holds turns); it does not run until then. `purpose`: the user's, or
+    /// the TUI's title generation (the ledger marks the turns of that thread).
     TurnRequested {
         conn: ConnId,
         thread_id: String,
+        purpose: TurnPurpose,
         held: bool,
     },
 }
@@ -276,13 +277,14 @@ impl TurnGuard {
                 // the new account (in order, behind any turn already held).
                 let held =
                     self.shared.switching() || self.shared.holding_turns() || self.held_turn_start;
+                let purpose = TurnPurpose::of_request(message.envelope.id.as_ref());
                 self.tell_core(GuardEvent::TurnRequested {
                     conn: self.conn,
                     thread_id: thread.clone(),
+                    purpose,
                     held,
                 });
-                let title = matches!(&message.envelope.id, Some(Value::String(id)) if id.starts_with(TITLE_REQUEST_PREFIX));
-                if title {
+                if purpose.is_title() {
                     self.title_threads.insert(thread);
                 } else {
                     self.params_by_thread.insert(thread, params);
@@ -714,14 +716,18 @@ mod tests {
                     GuardEvent::Rerunning { turn_id, .. } => format!("rerunning {turn_id}"),
                     GuardEvent::TurnRequested {
                         thread_id,
-                        held: false,
+                        purpose,
+                        held,
                         ..
-                    } => format!("requested {thread_id}"),
-                    GuardEvent::TurnRequested {
-                        thread_id,
-                        held: true,
-                        ..
-                    } => format!("held {thread_id}"),
+                    } => format!(
+                        "{} {thread_id}{}",
+                        if held { "held" } else { "requested" },
+                        if purpose.is_title() {
+                            " for a title"
+                        } else {
+                            ""
+                        }
+                    ),
                 })
                 .collect()
         }
@@ -800,7 +806,7 @@ mod tests {
     fn a_title_turn_that_alone_hits_the_limit_leaves_nothing_held() {
         let mut h = Harness::new(true);
         h.client(r#"{"id":"temporary-structured-1","method":"turn/start","params":{"threadId":"title","input":[]}}"#);
-        assert_eq!(h.core_events(), vec!["requested title"]);
+        assert_eq!(h.core_events(), vec!["requested title for a title"]);
         h.server(r#"{"method":"turn/started","params":{"threadId":"title","turn":{"id":"x1","items":[],"status":"inProgress"}}}"#);
         let update = r#"{"method":"account/rateLimits/updated","params":{"rateLimits":{"primary":{"usedPercent":100,"windowDurationMins":300,"resetsAt":9}}}}"#;
         assert_eq!(h.server(update).0, Verdict::Forward, "no user turn runs");

@@ -426,6 +426,7 @@ mod tests {
         assert_eq!(
             recorder.observe(&ProxyEvent::TurnsRunning {
                 running: 1,
+                title_turns: 0,
                 at: chrono::Utc::now()
             }),
             None

@@ -177,6 +177,7 @@ fn panel_burning() {
     update(&mut d, "carol", carol, -600);
     d.apply(&ProxyEvent::TurnsRunning {
         running: 1,
+        title_turns: 0,
         at: at(0),
     });
     insta::assert_snapshot!(render_panel_only(&d, 44, 40));

@@ -2,9 +2,11 @@
 //! real Codex TUI, the real app-server and the mock backend, two accounts, a usage limit that
 //! moves the session from alice to bob. Every turn gets a ledger line naming the account that
 //! served it and the tokens the backend reported for it; `history --csv` adds up to what the
-//! mock's request log says it answered.
+//! mock's request log says it answered. The TUI's title generation (its own turn on a temporary
+//! thread after the first prompt) is recorded too, marked `"purpose": "title"`, and counted
+//! apart from the user's turns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::time::Instant;
 
@@ -31,10 +33,18 @@ fn ledger_lines(p: &Product) -> Vec<Value> {
         .collect()
 }
 
-/// (input, cached, output) the mock reported per account name (`acct-NAME`).
+/// (input, cached, output, requests) the mock reported per account name (`acct-NAME`).
 fn mock_totals(p: &Product) -> BTreeMap<String, (u64, u64, u64, u64)> {
+    mock_totals_where(p, |_| true)
+}
+
+/// [`mock_totals`] of the requests `keep` keeps.
+fn mock_totals_where(
+    p: &Product,
+    keep: impl Fn(&cs_tui_testkit::mock_backend::RequestRecord) -> bool,
+) -> BTreeMap<String, (u64, u64, u64, u64)> {
     let mut totals = BTreeMap::new();
-    for r in p.mock.requests() {
+    for r in p.mock.requests().into_iter().filter(|r| keep(r)) {
         let (Some(usage), Some(account)) = (r.token_usage, r.account_header.as_deref()) else {
             continue;
         };
@@ -51,6 +61,13 @@ fn mock_totals(p: &Product) -> BTreeMap<String, (u64, u64, u64, u64)> {
 fn ledger_totals(lines: &[Value]) -> BTreeMap<String, (u64, u64, u64)> {
     let mut totals = BTreeMap::new();
     for l in lines {
+        if ["input_tokens", "cached_input_tokens", "output_tokens"]
+            .iter()
+            .all(|k| l[k] == 0)
+        {
+            // A turn the backend refused (at the limit) has no request with usage.
+            continue;
+        }
         let name = l["account"]["name"].as_str().unwrap().to_owned();
         let t: &mut (u64, u64, u64) = totals.entry(name).or_default();
         t.0 += l["input_tokens"].as_u64().unwrap();
@@ -129,6 +146,58 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
             && l["input_tokens"] == 0),
         "{lines:#?}"
     );
+    // The TUI's title generation spent quota and is recorded, marked: the title lines add up to
+    // the mock's title requests, the user's lines to the rest, and a title turn runs on a
+    // thread of its own.
+    let of_purpose = |purpose: &str| -> Vec<Value> {
+        lines
+            .iter()
+            .filter(|l| l["purpose"] == purpose)
+            .cloned()
+            .collect()
+    };
+    let (title_lines, user_lines) = (of_purpose("title"), of_purpose("user"));
+    assert_eq!(
+        title_lines.len() + user_lines.len(),
+        lines.len(),
+        "{lines:#?}"
+    );
+    let without_count = |m: BTreeMap<String, (u64, u64, u64, u64)>| -> BTreeMap<_, _> {
+        m.into_iter()
+            .map(|(k, (i, c, o, _))| (k, (i, c, o)))
+            .collect()
+    };
+    let title_want = without_count(mock_totals_where(&p, |r| r.is_title_request()));
+    assert!(
+        title_want.contains_key("alice"),
+        "the mock saw alice's title request"
+    );
+    assert_eq!(ledger_totals(&title_lines), title_want, "{lines:#?}");
+    assert_eq!(
+        ledger_totals(&user_lines),
+        without_count(mock_totals_where(&p, |r| !r.is_title_request())),
+        "{lines:#?}"
+    );
+    for line in [&warm, &rerun, &after] {
+        assert_eq!(line["purpose"], "user", "{line:#}");
+    }
+    let user_threads: BTreeSet<&str> = user_lines
+        .iter()
+        .filter_map(|l| l["thread_id"].as_str())
+        .collect();
+    assert!(
+        title_lines
+            .iter()
+            .all(|l| !user_threads.contains(l["thread_id"].as_str().unwrap())),
+        "{lines:#?}"
+    );
+    let count = |lines: &[Value], name: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l["account"]["name"] == name)
+            .count() as u64
+    };
+
     for l in &lines {
         assert!(l["session"].as_str().is_some_and(|s| !s.is_empty()));
         assert!(l["model"].as_str().is_some_and(|m| !m.is_empty()), "{l:#}");
@@ -161,6 +230,8 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
                         n("output_tokens"),
                         n("reruns"),
                         n("switches_away"),
+                        n("turns"),
+                        n("title_turns"),
                     ),
                 );
             }
@@ -181,6 +252,33 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
     assert_eq!(csv_totals["bob"].3, 1, "one re-run, on bob");
     assert_eq!(csv_totals["alice"].4, 1, "one switch away from alice");
     assert_eq!(switches, vec![("alice".to_owned(), "bob".to_owned())]);
+    for name in ["alice", "bob"] {
+        assert_eq!(
+            (csv_totals[name].5, csv_totals[name].6),
+            (count(&user_lines, name), count(&title_lines, name)),
+            "{name}: user turns in `turns`, the TUI's title turns in `title_turns`"
+        );
+    }
+    assert!(
+        csv_totals["alice"].6 >= 1,
+        "alice served the title: {lines:#?}"
+    );
+    // Each turn row carries its purpose, in the last-but-one column.
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let purposes: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap())
+        .filter(|r| &r[0] == "turn")
+        .map(|r| r[col("purpose")].to_owned())
+        .collect();
+    assert_eq!(col("purpose"), header.len() - 2);
+    assert_eq!(
+        purposes,
+        lines
+            .iter()
+            .map(|l| l["purpose"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    );
 
     // A broken line is skipped with a count; the command still works.
     std::fs::OpenOptions::new()
@@ -206,6 +304,14 @@ async fn a_ledger_line_per_turn_names_the_serving_account_after_a_switch_and_his
     assert_eq!(
         json["totals"][0]["input_tokens"].as_u64(),
         Some(mock["bob"].0)
+    );
+    assert_eq!(
+        json["totals"][0]["turns"].as_u64(),
+        Some(count(&user_lines, "bob"))
+    );
+    assert_eq!(
+        json["totals"][0]["title_turns"].as_u64(),
+        Some(count(&title_lines, "bob"))
     );
 
     // A second session on the store starts its panel's switch list with the first one's

@@ -205,7 +205,7 @@ async fn metrics_follow_a_turn_a_switch_and_a_rerun_limit_hit() {
             ),
             ("cs_tui_active_account", &[("account", "alice")], 1.0),
             ("cs_tui_session_state", &[("state", "ready")], 1.0),
-            ("cs_tui_turns_total", &[], 1.0),
+            ("cs_tui_turns_total", &[("purpose", "user")], 1.0),
             ("cs_tui_turns_running", &[], 0.0),
             ("cs_tui_pool_sessions", &[], 1.0),
             ("cs_tui_pool_account_sessions", &[("account", "alice")], 1.0),
@@ -244,7 +244,7 @@ async fn metrics_follow_a_turn_a_switch_and_a_rerun_limit_hit() {
             ("cs_tui_switches_total", &[("reason", "manual")], 1.0),
             ("cs_tui_active_account", &[("account", "bob")], 1.0),
             ("cs_tui_active_account", &[("account", "alice")], 0.0),
-            ("cs_tui_turns_total", &[], 2.0),
+            ("cs_tui_turns_total", &[("purpose", "user")], 2.0),
             ("cs_tui_pool_account_sessions", &[("account", "bob")], 1.0),
         ],
     );
@@ -297,7 +297,16 @@ async fn metrics_follow_a_turn_a_switch_and_a_rerun_limit_hit() {
         last.get("cs_tui_limit_hits_total", &[("account", "alice")]),
         None
     );
-    assert!(last.get("cs_tui_turns_total", &[]).unwrap() >= 3.0);
+    assert!(
+        last.get("cs_tui_turns_total", &[("purpose", "user")])
+            .unwrap()
+            >= 3.0
+    );
+    // A scripted client generates no titles: the title series is there, at 0.
+    assert_eq!(
+        last.get("cs_tui_turns_total", &[("purpose", "title")]),
+        Some(0.0)
+    );
 
     last.assert_typed();
 

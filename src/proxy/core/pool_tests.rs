@@ -18,6 +18,7 @@ use crate::proxy::events::{ProxyCommand, ProxyEvent, SwitchReason};
 use crate::proxy::policy::Mode;
 use crate::proxy::pool::wire::{LimitsSource, POOL_WIRE_VERSION};
 use crate::proxy::pool::{PeerMessage, PoolFact};
+use crate::proxy::rpc::TurnPurpose;
 use crate::proxy::turn_guard::{GuardCommand, GuardEvent};
 use crate::quota::RateLimitSnapshot;
 
@@ -134,6 +135,7 @@ fn held_turn(conn: u64, thread: &str) -> Input {
     Input::Guard(GuardEvent::TurnRequested {
         conn,
         thread_id: thread.into(),
+        purpose: TurnPurpose::User,
         held: true,
     })
 }

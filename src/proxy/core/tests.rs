@@ -20,7 +20,7 @@ use crate::proxy::directory::DirAccount;
 use crate::proxy::events::{ConnectionState, ProxyCommand, ProxyEvent, SwitchReason};
 use crate::proxy::policy::{Mode, PolicyConfig};
 use crate::proxy::relay::Observation;
-use crate::proxy::rpc::method;
+use crate::proxy::rpc::{TurnPurpose, method};
 use crate::proxy::turn_guard::{GuardCommand, GuardEvent};
 use crate::quota::{AccountLimits, RateLimitSnapshot, RateLimitWindow};
 
@@ -308,6 +308,7 @@ fn a_requested_turn_defers_a_manual_switch_until_it_starts_and_ends_or_goes_stal
     let fx = sim.feed(Input::Guard(GuardEvent::TurnRequested {
         conn: 1,
         thread_id: "thread-u1".into(),
+        purpose: TurnPurpose::User,
         held: false,
     }));
     assert!(matches!(fx[..], [Effect::RecheckAfter(d)] if d == REQUESTED_TURN_TIMEOUT));
@@ -1265,4 +1266,74 @@ fn a_turn_cut_off_by_its_client_leaving_is_still_recorded() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].status.as_deref(), Some("disconnected"));
     assert_eq!(lines[0].input_tokens, 50);
+}
+
+/// The guard reports the TUI's title request before its turn starts: that turn, and any
+/// later one on the same thread of that connection, is a title turn in the ledger; other
+/// threads, and the same thread id on another connection, stay the user's. A held title
+/// request marks its thread too, and a reconnected client starts afresh.
+#[test]
+fn turns_on_the_thread_of_a_title_request_are_recorded_as_title_turns() {
+    let mut sim = Sim::new();
+    sim.connect(1);
+    sim.connect(2);
+    let request = |sim: &mut Sim, conn: u64, turn: &str, purpose: TurnPurpose, held: bool| {
+        sim.feed(Input::Guard(GuardEvent::TurnRequested {
+            conn,
+            thread_id: format!("thread-{turn}"),
+            purpose,
+            held,
+        }));
+    };
+    let purpose = |sim: &mut Sim, conn: u64, turn: &str| {
+        sim.turn_started(conn, turn);
+        let fx = sim.turn_completed(conn, turn);
+        let lines = ledger_lines(&fx);
+        assert_eq!(lines.len(), 1, "{turn}");
+        lines[0].purpose
+    };
+    request(&mut sim, 1, "u1", TurnPurpose::User, false);
+    assert_eq!(purpose(&mut sim, 1, "u1"), TurnPurpose::User);
+    request(&mut sim, 1, "title", TurnPurpose::Title, false);
+    // While it runs, the session's event counts it as a title turn (the metrics' label).
+    sim.turn_started(1, "u2");
+    let fx = sim.turn_started(1, "title");
+    assert!(
+        events(&fx).iter().any(|e| matches!(
+            e,
+            ProxyEvent::TurnsRunning {
+                running: 2,
+                title_turns: 1,
+                ..
+            }
+        )),
+        "{:?}",
+        events(&fx)
+    );
+    let fx = sim.turn_completed(1, "title");
+    assert_eq!(ledger_lines(&fx)[0].purpose, TurnPurpose::Title);
+    assert!(events(&fx).iter().any(|e| matches!(
+        e,
+        ProxyEvent::TurnsRunning {
+            running: 1,
+            title_turns: 0,
+            ..
+        }
+    )));
+    assert_eq!(
+        ledger_lines(&sim.turn_completed(1, "u2"))[0].purpose,
+        TurnPurpose::User
+    );
+    // Another turn on the title thread (a later title) is one too, whatever its request said.
+    request(&mut sim, 1, "title", TurnPurpose::User, false);
+    assert_eq!(purpose(&mut sim, 1, "title"), TurnPurpose::Title);
+    // The same thread id on another connection is that connection's own.
+    assert_eq!(purpose(&mut sim, 2, "title"), TurnPurpose::User);
+    // A title request held for a switch marks its thread all the same.
+    request(&mut sim, 2, "held", TurnPurpose::Title, true);
+    assert_eq!(purpose(&mut sim, 2, "held"), TurnPurpose::Title);
+    // A reconnected client's threads start afresh.
+    sim.feed(Input::Disconnected(1));
+    sim.connect(1);
+    assert_eq!(purpose(&mut sim, 1, "title"), TurnPurpose::User);
 }

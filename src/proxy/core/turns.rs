@@ -14,7 +14,7 @@ use crate::proxy::events::{ProxyEvent, SwitchReason};
 use crate::proxy::ledger::TurnRecord;
 use crate::proxy::policy::Mode;
 use crate::proxy::relay::{ConnId, Observation};
-use crate::proxy::rpc::TokenBreakdown;
+use crate::proxy::rpc::{TokenBreakdown, TurnPurpose};
 use crate::proxy::turn_guard::{GuardCommand, GuardEvent};
 
 use super::effects::{Effect, Effects};
@@ -59,6 +59,9 @@ pub(crate) struct TurnBook {
     totals: HashMap<(ConnId, String), u64>,
     /// Re-run turns (the guard's `Rerunning`) whose `turn/started` has not come yet.
     reruns: HashSet<(ConnId, String)>,
+    /// (connection, thread) of the TUI's title generation (a `turn/start` with a title request
+    /// id, as the guard reports it): every turn started on that thread is a title turn.
+    title_threads: HashSet<(ConnId, String)>,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,7 @@ struct BookTurn {
     model: Option<String>,
     tokens: TokenBreakdown,
     rerun: bool,
+    purpose: TurnPurpose,
 }
 
 impl TurnBook {
@@ -84,7 +88,14 @@ impl TurnBook {
         now: Now,
     ) {
         let rerun = self.reruns.remove(&(conn, turn_id.clone()));
-        let model = self.models.get(&(conn, thread_id.clone())).cloned();
+        let key = (conn, thread_id);
+        let model = self.models.get(&key).cloned();
+        let purpose = if self.title_threads.contains(&key) {
+            TurnPurpose::Title
+        } else {
+            TurnPurpose::User
+        };
+        let (conn, thread_id) = key;
         self.turns.insert(
             turn_id,
             BookTurn {
@@ -96,6 +107,7 @@ impl TurnBook {
                 model,
                 tokens: TokenBreakdown::default(),
                 rerun,
+                purpose,
             },
         );
     }
@@ -154,6 +166,7 @@ impl CoreState {
             .unwrap_or(u64::MAX),
             rerun: turn.rerun,
             status,
+            purpose: turn.purpose,
         })));
     }
 
@@ -183,14 +196,26 @@ impl CoreState {
         self.book.models.retain(|(c, _), _| *c != conn);
         self.book.totals.retain(|(c, _), _| *c != conn);
         self.book.reruns.retain(|(c, _)| *c != conn);
+        self.book.title_threads.retain(|(c, _)| *c != conn);
         self.emit_connection(now, fx);
         self.emit_turns(now, fx);
         self.maybe_execute(now, fx);
     }
 
     pub(super) fn emit_turns(&self, now: Now, fx: &mut Effects) {
+        let title_turns = self
+            .running
+            .keys()
+            .filter(|id| {
+                self.book
+                    .turns
+                    .get(*id)
+                    .is_some_and(|t| t.purpose.is_title())
+            })
+            .count();
         fx.emit(ProxyEvent::TurnsRunning {
             running: self.running.len(),
+            title_turns,
             at: now.wall,
         });
     }
@@ -271,6 +296,17 @@ impl CoreState {
 
     pub(super) fn guard_event(&mut self, event: GuardEvent, now: Now, fx: &mut Effects) {
         tracing::info!(?event, "turn guard");
+        if let GuardEvent::TurnRequested {
+            conn,
+            thread_id,
+            purpose: TurnPurpose::Title,
+            ..
+        } = &event
+        {
+            // The TUI's title generation: the turns of that thread are marked in the ledger
+            // (its `turn/started` comes after this report).
+            self.book.title_threads.insert((*conn, thread_id.clone()));
+        }
         match event {
             GuardEvent::RerunWanted { conn, at, .. } => {
                 // The guard saw the active account's turn fail on its limit.
@@ -293,6 +329,7 @@ impl CoreState {
                 conn,
                 thread_id,
                 held: true,
+                ..
             } => {
                 // It waits for a switch; counted busy, it would hold that switch back.
                 self.held_requests.insert((conn, thread_id), now.mono);
@@ -301,6 +338,7 @@ impl CoreState {
                 conn,
                 thread_id,
                 held: false,
+                ..
             } => {
                 self.requested.insert((conn, thread_id), now.mono);
                 // Should the turn never start (the request failed), look again then.

@@ -72,7 +72,15 @@ fn events_become_metrics() {
         value(&s, "cs_tui_session_state", &[("state", "ready")]),
         Some(0.0)
     );
-    assert_eq!(value(&s, "cs_tui_turns_total", &[]), Some(0.0));
+    // Both purposes' series are there from the start.
+    assert_eq!(
+        value(&s, "cs_tui_turns_total", &[("purpose", "user")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_turns_total", &[("purpose", "title")]),
+        Some(0.0)
+    );
 
     m.observe(&ProxyEvent::ActiveAccount {
         account: account("alice"),
@@ -86,8 +94,13 @@ fn events_become_metrics() {
         "alice",
         &[(300, 42.5, Some(1_800_003_600)), (10_080, 7.0, None)],
     ));
-    for running in [1, 2, 1, 0, 1, 0] {
-        m.observe(&ProxyEvent::TurnsRunning { running, at: at() });
+    // A user turn, the TUI's title turn beside it, both end; another user turn.
+    for (running, title_turns) in [(1, 0), (2, 1), (1, 1), (0, 0), (1, 0), (0, 0)] {
+        m.observe(&ProxyEvent::TurnsRunning {
+            running,
+            title_turns,
+            at: at(),
+        });
     }
     m.observe(&ProxyEvent::UsageLimitHit {
         account: account("alice"),
@@ -163,7 +176,14 @@ fn events_become_metrics() {
         None,
         "no reset time known, no series"
     );
-    assert_eq!(value(&s, "cs_tui_turns_total", &[]), Some(3.0));
+    assert_eq!(
+        value(&s, "cs_tui_turns_total", &[("purpose", "user")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&s, "cs_tui_turns_total", &[("purpose", "title")]),
+        Some(1.0)
+    );
     assert_eq!(value(&s, "cs_tui_turns_running", &[]), Some(0.0));
     assert_eq!(value(&s, "cs_tui_reruns_total", &[]), Some(1.0));
     assert_eq!(
@@ -244,7 +264,7 @@ fn the_text_is_openmetrics_with_help_and_types() {
     let text = m.encode();
     assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(text.contains("# TYPE cs_tui_turns counter"), "{text}");
-    assert!(text.contains("cs_tui_turns_total 0\n"), "{text}");
+    assert!(text.contains("cs_tui_reruns_total 0\n"), "{text}");
     assert!(text.contains(r#"account="back\\slash\nnewline""#), "{text}");
     assert!(
         text.contains(r#"account="a \"quoted\" name""#),
@@ -338,7 +358,7 @@ const DESCRIPTORS: &str = "\
 # TYPE cs_tui_switch_failures counter
 # HELP cs_tui_no_account_available Switches wanted when no account was usable.
 # TYPE cs_tui_no_account_available counter
-# HELP cs_tui_turns Turns started in this session.
+# HELP cs_tui_turns Turns started in this session, by purpose (user, or the TUI's title generation).
 # TYPE cs_tui_turns counter
 # HELP cs_tui_turns_running Turns running now.
 # TYPE cs_tui_turns_running gauge
@@ -380,16 +400,16 @@ fn a_classic_scraper_reads_every_counter_and_gauge_typed() {
         openmetrics
             .samples
             .iter()
-            .any(|s| s.metric == "cs_tui_turns_total" && matches!(s.value, Value::Untyped(_)))
+            .any(|s| s.metric == "cs_tui_reruns_total" && matches!(s.value, Value::Untyped(_)))
     );
 
     let text = classic(&m.encode());
     assert!(!text.contains("# EOF"), "{text}");
     assert!(
         text.contains(
-            "# HELP cs_tui_turns_total Turns started in this session.\n\
-             # TYPE cs_tui_turns_total counter\n\
-             cs_tui_turns_total 0\n"
+            "# HELP cs_tui_reruns_total Turns withheld at a usage limit and re-run on the next account.\n\
+             # TYPE cs_tui_reruns_total counter\n\
+             cs_tui_reruns_total 0\n"
         ),
         "{text}"
     );

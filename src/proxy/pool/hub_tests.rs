@@ -440,9 +440,14 @@ fn the_status_follows_the_sessions_events() {
             },
             |s| s.clients == 2 && s.state == SessionState::Ready,
         ),
-        (ProxyEvent::TurnsRunning { running: 3, at }, |s| {
-            s.turns_running == 3
-        }),
+        (
+            ProxyEvent::TurnsRunning {
+                running: 3,
+                title_turns: 0,
+                at,
+            },
+            |s| s.turns_running == 3,
+        ),
         (
             ProxyEvent::SwitchStarted {
                 from: Some(account("alice")),
@@ -530,7 +535,11 @@ async fn the_hub_keeps_the_status_and_tells_the_peers_it_changed() {
             state: ConnectionState::Ready { clients: 1 },
             at,
         },
-        ProxyEvent::TurnsRunning { running: 1, at },
+        ProxyEvent::TurnsRunning {
+            running: 1,
+            title_turns: 0,
+            at,
+        },
     ] {
         ours.events.send(event).unwrap();
     }
