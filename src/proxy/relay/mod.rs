@@ -15,7 +15,11 @@
 //! - a per-connection [`Interceptor`] sees the messages it watches in either direction and
 //!   decides [`Verdict::Forward`], [`Verdict::Drop`] or [`Verdict::Hold`]; the core drives it
 //!   and the connection through a [`ConnectionHandle`] (inject, release or drop held
-//!   messages, interceptor commands).
+//!   messages, interceptor commands);
+//! - while an interceptor asks for it ([`Interceptor::watched_text`]), every text message of
+//!   that connection and direction is scanned for a string (`memchr::memmem`), and those that
+//!   contain it are parsed and shown to the interceptor too (the turn guard rewrites a hidden
+//!   re-run's turn id so). Connections that do not ask keep the fast path below.
 //!
 //! # Measured against a tokio-tungstenite relay
 //!
@@ -271,6 +275,16 @@ pub trait Interceptor: Send + 'static {
     fn watched(&self, direction: Direction) -> &[&'static str] {
         let _ = direction;
         &[]
+    }
+
+    /// While this is `Some`, every whole text message in `direction` whose text contains the
+    /// string is shown to [`Interceptor::inspect`] too, whatever its method (so that it can
+    /// rewrite it: [`Verdict::Drop`] and inject the new text in its place). Asked for every
+    /// text message: return `None` (the default) unless the connection needs it, and a stored
+    /// string when it does; a connection that returns `None` keeps the relay's fast path.
+    fn watched_text(&self, direction: Direction) -> Option<&str> {
+        let _ = direction;
+        None
     }
 
     /// Decides about a watched message; may ask for more in `actions`.
