@@ -587,6 +587,27 @@ fn turn_ids_seen(client: &WsClient, thread: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The first line of `<store>/ledger.jsonl` that `pred` accepts, waiting for it (lines are
+/// written as turns end).
+fn wait_ledger_line(store: &std::path::Path, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(store.join("ledger.jsonl")).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| pred(l));
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such ledger line in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A client that is not the Codex TUI (an editor extension over `serve`, a script) knows its
 /// turn by the id its `turn/start` was answered with. A usage limit mid-turn, the switch and
 /// the hidden re-run on the next account do not change it: the client hears the reply and
@@ -674,6 +695,13 @@ async fn a_hidden_rerun_keeps_the_clients_turn_id_and_can_be_interrupted_by_it()
         client.received_with_method("error").is_empty(),
         "the limit is never shown"
     );
+    // The session itself saw the real ids: the ledger has the re-run under the server's id.
+    let rerun = wait_ledger_line(store.path(), |l| {
+        l["rerun"] == true && l["account"]["name"] == "bob"
+    });
+    assert_eq!(rerun["thread_id"], thread.as_str());
+    assert_ne!(rerun["turn_id"], t1.as_str(), "{rerun}");
+    assert!(rerun["turn_id"].is_string(), "{rerun}");
 
     // Bob is out too, and carol is slow: the client interrupts the re-run by its own id.
     mock.set_mode("acct-bob", AccountMode::UsageLimit);
