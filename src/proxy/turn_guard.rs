@@ -9,6 +9,15 @@
 //! sends the original input, so the saved history holds the prompt once. The TUI renders the
 //! re-run as the same turn; the user sees their prompt once, then the answer.
 //!
+//! The re-run is a new turn on the server, with an id of its own; the client knows the turn by
+//! the id its `turn/start` was answered with. From the re-run's `turn/started` until the next
+//! turn of its thread starts, the guard rewrites one id to the other in every message of the
+//! connection that carries it as a value (the relay shows it those through
+//! [`Interceptor::watched_text`]): the re-run's id toward the client, the client's toward the
+//! server, so any client — not only the Codex TUI, which adopts a new id by itself — hears its
+//! turn complete and can interrupt or steer it. The relay's observations, and so the core and
+//! the ledger, see the server's ids.
+//!
 //! Guards: at most one re-run per turn; when the new account fails too, or no account is
 //! usable, the withheld messages are released so the real error shows; Esc during the gap is
 //! answered here (the server has no turn to interrupt) with a clean `interrupted` completion.

@@ -43,6 +43,11 @@
 //! message, not a difference a user can see. What the splicer buys besides is that frames
 //! reach the app-server and the TUI byte for byte, with no extension negotiated on either leg.
 //!
+//! The check for [`Interceptor::watched_text`] on every text message (a default method that
+//! returns `None`) cost nothing measurable: two runs before it and three after (2026-12-02, the
+//! machine loaded by other builds), 300-byte server→client messages moved 1.9–3.7M/s before
+//! against 2.0–3.7M/s after, at 1.9–3.3× the tungstenite relay in every run.
+//!
 //! [`RELAY_WATCHED`]: crate::proxy::rpc::RELAY_WATCHED
 //! [`sniff_method`]: crate::proxy::rpc::sniff_method
 
