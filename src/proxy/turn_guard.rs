@@ -9,6 +9,15 @@
 //! sends the original input, so the saved history holds the prompt once. The TUI renders the
 //! re-run as the same turn; the user sees their prompt once, then the answer.
 //!
+//! The re-run is a new turn on the server, with an id of its own; the client knows the turn by
+//! the id its `turn/start` was answered with. From the re-run's `turn/started` until the next
+//! turn of its thread starts, the guard rewrites one id to the other in every message of the
+//! connection that carries it as a value (the relay shows it those through
+//! [`Interceptor::watched_text`]): the re-run's id toward the client, the client's toward the
+//! server, so any client — not only the Codex TUI, which adopts a new id by itself — hears its
+//! turn complete and can interrupt or steer it. The relay's observations, and so the core and
+//! the ledger, see the server's ids.
+//!
 //! Guards: at most one re-run per turn; when the new account fails too, or no account is
 //! usable, the withheld messages are released so the real error shows; Esc during the gap is
 //! answered here (the server has no turn to interrupt) with a clean `interrupted` completion.
@@ -194,6 +203,43 @@ struct Episode {
     rerun_turn: Option<String>,
 }
 
+/// The two ids of a hidden re-run: the server runs it as `server`, the client knows it as
+/// `client` (the id of its own `turn/start`, whose failure was withheld).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Alias {
+    thread_id: String,
+    server: String,
+    client: String,
+}
+
+impl Alias {
+    /// The id to find and the id to put in its place, for messages travelling `direction`.
+    fn rewrite(&self, direction: Direction) -> (&str, &str) {
+        match direction {
+            Direction::ToClient => (&self.server, &self.client),
+            Direction::ToUpstream => (&self.client, &self.server),
+        }
+    }
+}
+
+/// Replaces every string value equal to `from` (object keys aside) with `to`; says whether
+/// there was one. Turn ids are UUIDs, so a whole string value equal to one is that turn.
+fn replace_strings(value: &mut Value, from: &str, to: &str) -> bool {
+    match value {
+        Value::String(s) if s == from => {
+            to.clone_into(s);
+            true
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |hit, item| replace_strings(item, from, to) | hit),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |hit, item| replace_strings(item, from, to) | hit),
+        _ => false,
+    }
+}
+
 #[derive(Debug)]
 struct TurnInfo {
     thread_id: String,
@@ -218,6 +264,14 @@ pub(crate) struct TurnGuard {
     next_id: u64,
     /// A `turn/start` is withheld until the running switch is over.
     held_turn_start: bool,
+    /// The client is shown a hidden re-run under its own turn's id (docs/protocol.md §8).
+    rewrite_ids: bool,
+    /// The re-run whose id is rewritten, from its `turn/started` until the next turn of its
+    /// thread starts.
+    alias: Option<Alias>,
+    /// The client's `turn/interrupt` of its turn, sent after the re-run's `turn/start` and
+    /// before its `turn/started` (the server has no id for it yet): its request id.
+    pending_interrupt: Option<Value>,
 }
 
 impl TurnGuard {
@@ -234,7 +288,46 @@ impl TurnGuard {
             rerun_done: HashSet::new(),
             next_id: 1,
             held_turn_start: false,
+            rewrite_ids: true,
+            alias: None,
+            pending_interrupt: None,
         }
+    }
+
+    /// Rewrites a message to be forwarded that carries the re-run's id (toward the client) or
+    /// the client's id for it (toward the server): dropped, and the rewritten text injected
+    /// in its place. Only messages that contain the id reach here (see `watched_text`).
+    fn translate(
+        &self,
+        message: &Inspected<'_>,
+        verdict: Verdict,
+        actions: &mut Actions,
+    ) -> Verdict {
+        let Some(alias) = &self.alias else {
+            return verdict;
+        };
+        let (from, to) = alias.rewrite(message.direction);
+        if !message.text.contains(from) {
+            return verdict;
+        }
+        if verdict != Verdict::Forward {
+            // Nothing the guard holds or drops carries the re-run's id; say so if it ever does.
+            tracing::debug!(
+                conn = self.conn,
+                ?verdict,
+                "a message with the re-run's turn id was not forwarded; not rewritten"
+            );
+            return verdict;
+        }
+        let Ok(mut value) = serde_json::from_str::<Value>(message.text) else {
+            return verdict;
+        };
+        if !replace_strings(&mut value, from, to) {
+            // The id only inside a longer string (a message's text): nothing to rewrite.
+            return verdict;
+        }
+        actions.inject(message.direction, value.to_string());
+        Verdict::Drop
     }
 
     fn can_hide(&self) -> bool {
@@ -304,6 +397,16 @@ impl TurnGuard {
                     episode.phase,
                     Phase::Gathering | Phase::AwaitingSwitch | Phase::Reverting
                 );
+                if episode.turn_id == turn
+                    && episode.phase == Phase::Rerunning
+                    && episode.rerun_turn.is_none()
+                    && self.rewrite_ids
+                {
+                    // The re-run is asked for but has no id yet: interrupt it as it starts.
+                    self.pending_interrupt =
+                        Some(message.envelope.id.clone().unwrap_or(Value::Null));
+                    return Verdict::Drop;
+                }
                 if episode.turn_id != turn || !in_gap {
                     return Verdict::Forward;
                 }
@@ -413,6 +516,14 @@ impl TurnGuard {
             return Verdict::Forward;
         };
         let title = self.title_threads.contains(&p.thread_id);
+        if self
+            .alias
+            .as_ref()
+            .is_some_and(|a| a.thread_id == p.thread_id && a.server != p.turn.id)
+        {
+            // The next turn of the thread: the re-run and its stragglers are over.
+            self.alias = None;
+        }
         if let Some(episode) = self.episode.as_mut()
             && episode.phase == Phase::Rerunning
             && episode.thread_id == p.thread_id
@@ -422,6 +533,24 @@ impl TurnGuard {
             episode.rerun_turn = Some(p.turn.id.clone());
             actions.drop_held(Direction::ToClient);
             self.holding = false;
+            if self.rewrite_ids {
+                self.alias = Some(Alias {
+                    thread_id: p.thread_id.clone(),
+                    server: p.turn.id.clone(),
+                    client: episode.turn_id.clone(),
+                });
+            }
+            if let Some(id) = self.pending_interrupt.take() {
+                actions.inject(
+                    Direction::ToUpstream,
+                    json!({
+                        "id": id,
+                        "method": "turn/interrupt",
+                        "params": {"threadId": p.thread_id, "turnId": p.turn.id},
+                    })
+                    .to_string(),
+                );
+            }
             self.tell_core(GuardEvent::Rerunning {
                 conn: self.conn,
                 turn_id: p.turn.id.clone(),
@@ -574,6 +703,13 @@ impl TurnGuard {
         } else if message.envelope.error.is_some() && episode.phase == Phase::Rerunning {
             tracing::warn!("the re-run turn/start failed; showing the original error");
             self.episode = None;
+            if let Some(id) = self.pending_interrupt.take() {
+                // Nothing runs to interrupt; the released failure ends the turn.
+                actions.inject(
+                    Direction::ToClient,
+                    json!({"id": id, "result": {}}).to_string(),
+                );
+            }
             self.release(actions);
         }
         Verdict::Drop
@@ -604,11 +740,16 @@ impl Interceptor for TurnGuard {
         }
     }
 
+    fn watched_text(&self, direction: Direction) -> Option<&str> {
+        self.alias.as_ref().map(|alias| alias.rewrite(direction).0)
+    }
+
     fn inspect(&mut self, message: &Inspected<'_>, actions: &mut Actions) -> Verdict {
-        match message.direction {
+        let verdict = match message.direction {
             Direction::ToUpstream => self.client_message(message, actions),
             Direction::ToClient => self.server_message(message, actions),
-        }
+        };
+        self.translate(message, verdict, actions)
     }
 
     fn command(&mut self, command: GuardCommand, actions: &mut Actions) {
@@ -776,9 +917,120 @@ mod tests {
             "{actions:?}"
         );
         let (verdict, actions) = h.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"inProgress"}}}"#);
-        assert_eq!(verdict, Verdict::Forward);
-        assert_eq!(actions, vec!["drop-held→client"]);
+        assert_eq!(verdict, Verdict::Drop, "shown rewritten, as u1");
+        assert_eq!(actions[0], "drop-held→client");
+        assert!(actions[1].contains(r#""id":"u1""#), "{actions:?}");
         assert_eq!(h.core_events(), vec!["rerunning u2"]);
+    }
+
+    /// The re-run (`u2` on the server) is `u1` for the client in every message that carries
+    /// its id, both ways, until the thread's next turn starts.
+    #[test]
+    fn a_rerun_is_shown_to_the_client_under_its_own_turn_id() {
+        let mut h = Harness::new(true);
+        h.user_turn(true);
+        h.limit_failure();
+        h.core_events();
+        h.command(GuardCommand::Rerun);
+        assert_eq!(h.guard.watched_text(Direction::ToClient), None, "no id yet");
+        let (verdict, actions) = h.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"inProgress"}}}"#);
+        assert_eq!(verdict, Verdict::Drop, "replaced by its rewrite");
+        assert_eq!(actions[0], "drop-held→client");
+        assert!(actions[1].starts_with("inject→client"), "{actions:?}");
+        assert!(actions[1].contains(r#""turn":{"id":"u1""#), "{actions:?}");
+        assert!(!actions[1].contains("u2"), "{actions:?}");
+        assert_eq!(
+            h.core_events(),
+            vec!["rerunning u2"],
+            "the core sees the real id"
+        );
+        assert_eq!(h.guard.watched_text(Direction::ToClient), Some("u2"));
+        assert_eq!(h.guard.watched_text(Direction::ToUpstream), Some("u1"));
+
+        // Any message, watched or not, whose values carry the id.
+        let (verdict, actions) = h.server(r#"{"method":"item/agentMessage/delta","params":{"threadId":"t1","turnId":"u2","itemId":"m2","delta":"menu2"}}"#);
+        assert_eq!(verdict, Verdict::Drop);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert!(actions[0].contains(r#""turnId":"u1""#), "{actions:?}");
+        assert!(
+            actions[0].contains(r#""delta":"menu2""#),
+            "text is not touched: {actions:?}"
+        );
+        let (verdict, actions) = h.server(r#"{"method":"item/agentMessage/delta","params":{"threadId":"t1","turnId":"u9","itemId":"m2","delta":"menu2"}}"#);
+        assert_eq!(
+            (verdict, actions.len()),
+            (Verdict::Forward, 0),
+            "only inside a text"
+        );
+
+        // The client's requests for its turn reach the server with the re-run's id.
+        let (verdict, actions) = h.client(r#"{"id":12,"method":"turn/steer","params":{"threadId":"t1","expectedTurnId":"u1","input":[]}}"#);
+        assert_eq!(verdict, Verdict::Drop);
+        assert!(actions[0].starts_with("inject→upstream"), "{actions:?}");
+        assert!(
+            actions[0].contains(r#""expectedTurnId":"u2""#),
+            "{actions:?}"
+        );
+        assert!(
+            actions[0].contains(r#""id":12"#),
+            "the client's own id: {actions:?}"
+        );
+        let (verdict, actions) = h.client(
+            r#"{"id":13,"method":"turn/interrupt","params":{"threadId":"t1","turnId":"u1"}}"#,
+        );
+        assert_eq!(verdict, Verdict::Drop);
+        assert!(actions[0].contains(r#""turnId":"u2""#), "{actions:?}");
+
+        let (verdict, actions) = h.server(r#"{"method":"turn/completed","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"interrupted"}}}"#);
+        assert_eq!(verdict, Verdict::Drop);
+        assert!(actions[0].contains(r#""id":"u1""#), "{actions:?}");
+        // A straggler after the completion is still the client's turn…
+        let (verdict, _) = h.server(
+            r#"{"method":"thread/tokenUsage/updated","params":{"threadId":"t1","turnId":"u2"}}"#,
+        );
+        assert_eq!(verdict, Verdict::Drop);
+        // …until the next turn of the thread starts: then nothing is rewritten any more.
+        h.client(r#"{"id":14,"method":"turn/start","params":{"threadId":"t1","input":[]}}"#);
+        let (verdict, actions) = h.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u3","items":[],"status":"inProgress"}}}"#);
+        assert_eq!((verdict, actions.len()), (Verdict::Forward, 0));
+        assert_eq!(h.guard.watched_text(Direction::ToClient), None);
+        assert_eq!(h.guard.watched_text(Direction::ToUpstream), None);
+    }
+
+    #[test]
+    fn an_interrupt_before_the_rerun_has_an_id_interrupts_it_as_it_starts() {
+        let mut h = Harness::new(true);
+        h.user_turn(true);
+        h.limit_failure();
+        h.command(GuardCommand::Rerun);
+        let (verdict, actions) = h.client(
+            r#"{"id":21,"method":"turn/interrupt","params":{"threadId":"t1","turnId":"u1"}}"#,
+        );
+        assert_eq!(
+            (verdict, actions.len()),
+            (Verdict::Drop, 0),
+            "kept for the start"
+        );
+        let (_, actions) = h.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"inProgress"}}}"#);
+        let interrupt = actions
+            .iter()
+            .find(|a| a.starts_with("inject→upstream"))
+            .expect("the interrupt goes on");
+        assert!(interrupt.contains(r#""turnId":"u2""#), "{actions:?}");
+        assert!(interrupt.contains(r#""id":21"#), "{actions:?}");
+    }
+
+    #[test]
+    fn an_interrupt_waiting_for_a_rerun_that_fails_to_start_is_answered() {
+        let mut h = Harness::new(true);
+        h.user_turn(true);
+        h.limit_failure();
+        h.command(GuardCommand::Rerun);
+        h.client(r#"{"id":22,"method":"turn/interrupt","params":{"threadId":"t1","turnId":"u1"}}"#);
+        let (_, actions) =
+            h.server(r#"{"id":"cs-tui/rerun/7/1","error":{"code":-32600,"message":"no"}}"#);
+        assert!(actions[0].contains(r#""id":22"#), "{actions:?}");
+        assert_eq!(actions[1], "release-held→client");
     }
 
     #[test]
@@ -874,10 +1126,15 @@ mod tests {
         h.limit_failure();
         h.command(GuardCommand::Rerun);
         h.server(r#"{"method":"turn/started","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"inProgress"}}}"#);
-        let (verdict, _) = h.server(r#"{"method":"error","params":{"error":{"message":"limit","codexErrorInfo":"usageLimitExceeded"},"willRetry":false,"threadId":"t1","turnId":"u2"}}"#);
-        assert_eq!(verdict, Verdict::Forward);
-        let (verdict, _) = h.server(r#"{"method":"turn/completed","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"failed"}}}"#);
-        assert_eq!(verdict, Verdict::Forward);
+        // Shown (as the client's turn u1), not withheld.
+        let (verdict, actions) = h.server(r#"{"method":"error","params":{"error":{"message":"limit","codexErrorInfo":"usageLimitExceeded"},"willRetry":false,"threadId":"t1","turnId":"u2"}}"#);
+        assert_eq!(verdict, Verdict::Drop);
+        assert_eq!(actions[0], "drop-held→client");
+        assert!(actions[1].contains(r#""turnId":"u1""#), "{actions:?}");
+        let (verdict, actions) = h.server(r#"{"method":"turn/completed","params":{"threadId":"t1","turn":{"id":"u2","items":[],"status":"failed"}}}"#);
+        assert_eq!(verdict, Verdict::Drop);
+        assert!(actions[0].contains(r#""status":"failed""#), "{actions:?}");
+        assert!(actions[0].contains(r#""id":"u1""#), "{actions:?}");
     }
 
     #[test]

@@ -216,6 +216,11 @@ impl WsClient {
         .await
     }
 
+    /// Every message received so far (through [`WsClient::wait_for`] and the requests).
+    pub fn received(&self) -> &[Value] {
+        &self.received
+    }
+
     /// Every message received so far with this method.
     pub fn received_with_method(&self, method: &str) -> Vec<&Value> {
         self.received

@@ -877,3 +877,65 @@ async fn a_unix_socket_client_of_our_own_user_needs_no_token() {
         other => panic!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
     }
 }
+
+/// Rewrites one id both ways, as the turn guard does for a hidden re-run: `T-one` toward the
+/// app-server becomes `T-two`, and `T-two` toward the client `T-one`, in any message.
+struct Renamer {
+    seen: Arc<std::sync::Mutex<Vec<(Direction, String)>>>,
+}
+
+impl Interceptor for Renamer {
+    type Command = ();
+
+    fn watched_text(&self, direction: Direction) -> Option<&str> {
+        Some(match direction {
+            Direction::ToUpstream => "T-one",
+            Direction::ToClient => "T-two",
+        })
+    }
+
+    fn inspect(&mut self, message: &Inspected<'_>, actions: &mut Actions) -> Verdict {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((message.direction, message.text.to_owned()));
+        let (from, to) = match message.direction {
+            Direction::ToUpstream => ("T-one", "T-two"),
+            Direction::ToClient => ("T-two", "T-one"),
+        };
+        actions.inject(message.direction, message.text.replace(from, to));
+        Verdict::Drop
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interceptor_sees_every_message_containing_its_text_and_nothing_else() {
+    let echo = cs_tui_testkit::echo_upstream::start().await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let relay = relay_with(ws(&echo, "unused"), true, move |_| Renamer {
+        seen: log.clone(),
+    })
+    .await;
+    let mut client = WsClient::connect(&relay.url, &relay.token).await;
+    // A method nobody watches, with the id deep inside: renamed on the way out, and back.
+    let request = r#"{"id":1,"method":"x/y","params":{"deep":[{"turnId":"T-one"}]}}"#;
+    client.send_raw(Message::Text(request.into())).await;
+    let plain = r#"{"method":"x/z","params":{"turnId":"T-three"}}"#;
+    client.send_raw(Message::Text(plain.into())).await;
+    assert_eq!(next_text(&mut client).await, request);
+    assert_eq!(
+        next_text(&mut client).await,
+        plain,
+        "in its place, in order"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (Direction::ToUpstream, request.to_owned()),
+            (Direction::ToClient, request.replace("T-one", "T-two")),
+        ],
+        "what the app-server got had the other id; a message without either was not looked at"
+    );
+}

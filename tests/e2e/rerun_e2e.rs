@@ -233,3 +233,36 @@ async fn e_esc_during_the_switch_ends_the_turn_cleanly_and_the_next_prompt_works
     assert_eq!(before, 0, "the cancelled turn was not re-run");
     three_more(t, "bob");
 }
+
+/// The re-run is shown to the TUI under the id of the TUI's own turn (docs/protocol.md §8):
+/// Esc during it interrupts it by that id, which the proxy passes on as the re-run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_esc_during_the_rerun_interrupts_it_and_the_next_prompt_works() {
+    let p = started(&["alice", "bob"], |_| {}).await;
+    let t = &p.tmux;
+    warm_up(t);
+    let watch = NeverShown::start(t, LIMIT_TEXTS);
+    p.mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    p.mock
+        .set_mode("acct-bob", AccountMode::Slow(Duration::from_secs(120)));
+    prompt(t, "interrupt the re-run");
+    p.mock
+        .wait_for_request(WAIT, "the re-run on bob", |r| {
+            r.account_header.as_deref() == Some("acct-bob")
+                && r.user_input_texts()
+                    .iter()
+                    .any(|t| t.contains("interrupt the re-run"))
+        })
+        .await;
+    t.wait_for(WAIT, "the re-run reported", |s| {
+        panel(s).contains("limit hit on alice")
+    });
+    t.keys(&["Escape"]);
+    t.wait_for(WAIT, "the turn interrupted", |s| {
+        pane_text(s).contains("interrupted")
+    });
+    // Were the turn still running, Codex would queue these behind it for two minutes.
+    p.mock.set_mode("acct-bob", AccountMode::Normal);
+    three_more(t, "bob");
+    watch.assert_never_seen();
+}

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use cs_tui_testkit::WAIT;
+use cs_tui_testkit::mock_backend::AccountMode;
 use cs_tui_testkit::turns::{run_turn, start_thread};
 use cs_tui_testkit::{CodexHome, MockBackend, WsClient};
 use serde_json::{Value, json};
@@ -564,4 +565,179 @@ async fn a_control_socket_that_cannot_be_opened_is_a_notice_not_the_end() {
     assert!(message.contains("symbolic link"), "{message}");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     assert_eq!(mode_of(&elsewhere), 0o777);
+}
+
+/// The turn ids of every message `client` received on `thread` that names a turn (a
+/// `turnId`, or the `turn` of `turn/started` and `turn/completed`), with their methods.
+fn turn_ids_seen(client: &WsClient, thread: &str) -> Vec<(String, String)> {
+    client
+        .received()
+        .iter()
+        .filter(|m| m["params"]["threadId"] == thread)
+        .filter_map(|m| {
+            let params = &m["params"];
+            let id = params["turnId"]
+                .as_str()
+                .or_else(|| params["turn"]["id"].as_str())?;
+            Some((
+                m["method"].as_str().unwrap_or("response").to_owned(),
+                id.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The first line of `<store>/ledger.jsonl` that `pred` accepts, waiting for it (lines are
+/// written as turns end).
+fn wait_ledger_line(store: &std::path::Path, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(store.join("ledger.jsonl")).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| pred(l));
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such ledger line in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A client that is not the Codex TUI (an editor extension over `serve`, a script) knows its
+/// turn by the id its `turn/start` was answered with. A usage limit mid-turn, the switch and
+/// the hidden re-run on the next account do not change it: the client hears the reply and
+/// `turn/completed` under that id, and interrupts the re-run by it (docs/protocol.md §8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_rerun_keeps_the_clients_turn_id_and_can_be_interrupted_by_it() {
+    let mock = MockBackend::start().await;
+    let home = CodexHome::offline(&mock.url());
+    let store = tempfile::tempdir().unwrap();
+    for label in ["alice", "bob", "carol"] {
+        import(store.path(), &home, &mock, label);
+    }
+    let serve = spawn_serve(store.path(), &home, &mock);
+    let url = serve.next_line("listening line");
+    let url = url.strip_prefix("listening ").unwrap().to_owned();
+    let token_file = serve.next_line("token-file line");
+    let token = std::fs::read_to_string(token_file.strip_prefix("token-file ").unwrap()).unwrap();
+    serve.wait_event("active account", |e| {
+        e["event"] == "active_account" && e["account"]["name"] == "alice"
+    });
+    let mut client = WsClient::connect(&url, token.trim()).await;
+    client
+        .request_with_id(
+            json!(0),
+            "initialize",
+            json!({"clientInfo": {"name": "turn-id-script", "version": "1.0.0"},
+                   "capabilities": {"experimentalApi": true}}),
+        )
+        .await
+        .expect("initialize");
+    client.notify("initialized", Value::Null).await;
+    let thread = start_thread(&mut client, home.work_dir()).await;
+    run_turn(&mut client, &thread, "warm up").await;
+
+    // Alice is out: the turn fails on her, is withheld and runs again on bob.
+    mock.set_mode("acct-alice", AccountMode::UsageLimit);
+    let started = client
+        .request(
+            "turn/start",
+            json!({"threadId": thread, "input": [{"type": "text", "text": "the prompt that hits the limit"}]}),
+        )
+        .await
+        .expect("turn/start");
+    let t1 = started["turn"]["id"].as_str().expect("turn id").to_owned();
+    let completed = client
+        .wait_for(WAIT, "turn/completed of the client's own turn", |m| {
+            m["method"] == "turn/completed" && m["params"]["turn"]["id"] == t1.as_str()
+        })
+        .await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "completed",
+        "{completed}"
+    );
+    serve.wait_event("the re-run on bob", |e| {
+        e["event"] == "turn_rerun" && e["to"]["name"] == "bob"
+    });
+    let replies = cs_tui_testkit::turns::agent_texts(&client);
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.contains("Served by bob: you said \"the prompt that hits the limit\"")),
+        "{replies:?}"
+    );
+    let warm_up = turn_ids_seen(&client, &thread)
+        .first()
+        .map(|(_, id)| id.clone())
+        .expect("the warm-up's messages");
+    let foreign: Vec<_> = turn_ids_seen(&client, &thread)
+        .into_iter()
+        .filter(|(_, id)| *id != t1 && *id != warm_up)
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "messages naming a turn the client never started: {foreign:?}"
+    );
+    let reply_items = turn_ids_seen(&client, &thread)
+        .into_iter()
+        .filter(|(m, id)| m == "item/completed" && *id == t1)
+        .count();
+    assert!(
+        reply_items >= 2,
+        "the prompt and the reply, as the client's turn"
+    );
+    assert!(
+        client.received_with_method("error").is_empty(),
+        "the limit is never shown"
+    );
+    // The session itself saw the real ids: the ledger has the re-run under the server's id.
+    let rerun = wait_ledger_line(store.path(), |l| {
+        l["rerun"] == true && l["account"]["name"] == "bob"
+    });
+    assert_eq!(rerun["thread_id"], thread.as_str());
+    assert_ne!(rerun["turn_id"], t1.as_str(), "{rerun}");
+    assert!(rerun["turn_id"].is_string(), "{rerun}");
+
+    // Bob is out too, and carol is slow: the client interrupts the re-run by its own id.
+    mock.set_mode("acct-bob", AccountMode::UsageLimit);
+    mock.set_mode("acct-carol", AccountMode::Slow(Duration::from_secs(120)));
+    let started = client
+        .request(
+            "turn/start",
+            json!({"threadId": thread, "input": [{"type": "text", "text": "a long one"}]}),
+        )
+        .await
+        .expect("turn/start");
+    let t3 = started["turn"]["id"].as_str().expect("turn id").to_owned();
+    serve.wait_event("the re-run on carol", |e| {
+        e["event"] == "turn_rerun" && e["to"]["name"] == "carol"
+    });
+    client
+        .request("turn/interrupt", json!({"threadId": thread, "turnId": t3}))
+        .await
+        .expect("the re-run is the client's turn to interrupt");
+    let completed = client
+        .wait_for(WAIT, "turn/completed of the interrupted turn", |m| {
+            m["method"] == "turn/completed" && m["params"]["turn"]["id"] == t3.as_str()
+        })
+        .await;
+    assert_eq!(
+        completed["params"]["turn"]["status"], "interrupted",
+        "{completed}"
+    );
+
+    // The next turn starts afresh and is served as usual.
+    mock.set_mode("acct-carol", AccountMode::Normal);
+    run_turn(&mut client, &thread, "after the interrupt").await;
+    assert_eq!(
+        mock.last_user_turn_request("after the interrupt")
+            .account_header
+            .as_deref(),
+        Some("acct-carol")
+    );
 }

@@ -599,6 +599,10 @@ fn worth_a_look<I: Interceptor>(
     payload: &[u8],
     mask: Option<[u8; 4]>,
 ) -> bool {
+    if interceptor.watched_text(direction).is_some() {
+        // Any message may contain the string: only the whole text can tell.
+        return true;
+    }
     let theirs = interceptor.watched(direction);
     let ours = built_in_watched(direction);
     if ours.is_empty() && theirs.is_empty() {
@@ -657,7 +661,10 @@ fn examine<I: Interceptor>(
             Lead::Id(_) | Lead::Unknown => rpc::method_candidates(payload).any(wanted),
         }
     };
-    if !hit && !own {
+    let text_hit = interceptor
+        .watched_text(direction)
+        .is_some_and(|needle| memchr::memmem::find(payload, needle.as_bytes()).is_some());
+    if !hit && !own && !text_hit {
         return (Verdict::Forward, actions);
     }
     let Ok(text) = std::str::from_utf8(payload) else {
@@ -681,7 +688,8 @@ fn examine<I: Interceptor>(
         && envelope.method.is_none()
         && matches!(&envelope.id, Some(serde_json::Value::String(id)) if id.starts_with(OWN_ID_PREFIX));
     let method = envelope.method;
-    let theirs = own || method.is_some_and(|m| interceptor.watched(direction).contains(&m));
+    let theirs =
+        own || text_hit || method.is_some_and(|m| interceptor.watched(direction).contains(&m));
     // Responses to the proxy's own requests were never asked for by the client, and a refresh
     // request must only be answered by the proxy: neither may reach the client, even later.
     let mut forced_drop = own;
