@@ -19,6 +19,7 @@ mod script;
 mod tokens;
 
 use std::ffi::OsString;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
@@ -59,16 +60,25 @@ impl Sandbox {
     /// No other thread may exist yet: the environment is changed.
     pub(crate) unsafe fn create() -> Result<Self> {
         sweep_abandoned(&std::env::temp_dir());
+        // Every directory is ours alone (0700): tempfile's default mode follows the umask (0755
+        // under the usual 022), which would let other users read the logs, the Codex home and
+        // the files Codex and its tools put in the demo's TMPDIR.
         let root = tempfile::Builder::new()
             .prefix(PREFIX)
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .wrap_err("creating the demo's temporary directory")?;
         for dir in ["store", "codex-home", "work", "tmp"] {
-            std::fs::create_dir(root.path().join(dir))
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(root.path().join(dir))
                 .wrap_err_with(|| format!("creating {dir} in the demo's directory"))?;
         }
-        std::fs::write(root.path().join(OWNER_FILE), std::process::id().to_string())
-            .wrap_err("writing the demo's owner file")?;
+        crate::paths::create_private_file(
+            &root.path().join(OWNER_FILE),
+            std::process::id().to_string().as_bytes(),
+        )
+        .wrap_err("writing the demo's owner file")?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .wrap_err("opening a port on 127.0.0.1 for the demo's backend")?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -78,9 +88,9 @@ impl Sandbox {
             now: chrono::Utc::now().timestamp(),
             root,
         };
-        std::fs::write(
-            sandbox.codex_home().join("config.toml"),
-            codex_config(&base, &sandbox.work_dir()),
+        crate::paths::create_private_file(
+            &sandbox.codex_home().join("config.toml"),
+            codex_config(&base, &sandbox.work_dir()).as_bytes(),
         )
         .wrap_err("writing the demo's Codex config")?;
         let set: [(&str, OsString); 4] = [

@@ -168,7 +168,9 @@ fn a_demo_killed_with_sigkill_is_cleaned_up_by_the_next_one() {
     let before = snapshot(machine.outside.path());
     // A killed program cannot give the terminal back: `stty sane` does, as a user would.
     let second = DEMO.replacen("demo", "demo --keep", 1);
-    let script = format!("\"$0\" demo --no-autopilot; stty sane; {second}");
+    // Under the usual umask, so that a directory made with the default mode would be readable
+    // by others.
+    let script = format!("umask 022; \"$0\" demo --no-autopilot; stty sane; {second}");
     let t = machine.run(&script);
     started(&t);
     let sandbox = std::fs::read_dir(&machine.tmp)
@@ -182,6 +184,25 @@ fn a_demo_killed_with_sigkill_is_cleaned_up_by_the_next_one() {
                 .starts_with("cs-tui-demo-")
         })
         .expect("the first demo's directory");
+    // Everything the demo makes is the user's alone: its directory, the store, the Codex home,
+    // the work and temporary directories (0700), the owner file and Codex's config (0600).
+    for (path, mode) in [
+        (sandbox.clone(), 0o700),
+        (sandbox.join("store"), 0o700),
+        (sandbox.join("codex-home"), 0o700),
+        (sandbox.join("work"), 0o700),
+        (sandbox.join("tmp"), 0o700),
+        (sandbox.join("owner.pid"), 0o600),
+        (sandbox.join("codex-home/config.toml"), 0o600),
+    ] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let actual = std::fs::symlink_metadata(&path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(actual, mode, "{} is {actual:o}", path.display());
+    }
     let pid: i32 = std::fs::read_to_string(sandbox.join("owner.pid"))
         .unwrap()
         .trim()
