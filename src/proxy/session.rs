@@ -155,7 +155,7 @@ impl ProxyListener {
     /// there is refused, except a socket of ours that nobody listens on any more (left by a
     /// session that was killed), which is replaced.
     pub fn bind_unix(path: &Path) -> Result<Self> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
         if path.as_os_str().len() > crate::proxy::socket::MAX_SOCKET_PATH {
             return Err(with_hint(
                 eyre!("{} is too long for a unix socket's address", path.display()),
@@ -179,8 +179,7 @@ impl ProxyListener {
         let listener = tokio::net::UnixListener::bind(path)
             .wrap_err_with(|| format!("binding the proxy to {}", path.display()))?;
         let meta = std::fs::symlink_metadata(path)?;
-        // Not the boundary (the relay checks every peer's uid), but nobody else needs to see it.
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        crate::proxy::socket::owner_only(path);
         Ok(Self {
             listener: listener.into(),
             url: format!("unix://{}", path.display()),

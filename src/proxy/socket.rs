@@ -140,6 +140,7 @@ impl BoundSocket {
         if path.as_os_str().len() <= MAX_SOCKET_PATH {
             let listener = tokio::net::UnixListener::bind(path)
                 .wrap_err_with(|| format!("binding the socket {}", path.display()))?;
+            owner_only(path);
             return Ok(Self {
                 listener,
                 files: SocketFiles {
@@ -156,6 +157,7 @@ impl BoundSocket {
         ));
         let listener = tokio::net::UnixListener::bind(&target)
             .wrap_err_with(|| format!("binding the socket {}", target.display()))?;
+        owner_only(&target);
         let files = SocketFiles {
             path: path.to_owned(),
             target: Some(target),
@@ -169,6 +171,14 @@ impl BoundSocket {
         })?;
         Ok(Self { listener, files })
     }
+}
+
+/// Makes a socket just bound 0600. Not the boundary (it sits in a 0700 directory of ours, and
+/// every peer's uid is checked), but the socket's mode follows the umask, and nobody else needs
+/// to see it as connectable.
+pub(crate) fn owner_only(socket: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
 }
 
 /// Where sockets too deep for their own path are bound: `$XDG_RUNTIME_DIR/cs-tui` when the
@@ -420,6 +430,14 @@ mod tests {
 
         let socket = BoundSocket::bind(&path).unwrap();
         let target = std::fs::read_link(&path).expect("a link at the deep path");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::symlink_metadata(&target)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         assert_eq!(
             target.parent(),
             Some(private_socket_dir().unwrap().as_path())
@@ -439,12 +457,11 @@ mod tests {
         // A short path is bound where it is.
         let short = dir.path().join("s.sock");
         let socket = BoundSocket::bind(&short).unwrap();
-        assert!(
-            std::fs::symlink_metadata(&short)
-                .unwrap()
-                .file_type()
-                .is_socket()
-        );
+        let meta = std::fs::symlink_metadata(&short).unwrap();
+        assert!(meta.file_type().is_socket());
+        // Both kinds are the owner's alone, whatever the umask.
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         drop(socket);
     }
 }
