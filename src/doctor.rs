@@ -224,6 +224,19 @@ fn account_checks(file: &crate::accounts::AccountsFile) -> Vec<Check> {
                 (AccountAuth::ApiKey { .. }, _) => {
                     Check::ok(name, format!("{}: API key", account.name))
                 }
+                // Not a failure: the account is kept for the newer cs-tui that wrote it.
+                (AccountAuth::Unknown(unknown), _) => Check::warn(
+                    name,
+                    format!(
+                        "{}: {}; it is never used here",
+                        account.name,
+                        crate::accounts::store::unsupported_sign_in_state(unknown.kind())
+                    ),
+                    format!(
+                        "use it with that newer cs-tui, or remove it: cs-tui accounts remove {}",
+                        account.name
+                    ),
+                ),
                 (_, AccountStatus::NeedsLogin { reason }) => Check::fail(
                     name,
                     format!("{} needs a new login: {reason}", account.name),
