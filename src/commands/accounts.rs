@@ -386,11 +386,12 @@ fn remove(ctx: &Context, query: &str, yes: bool) -> Result<ExitCode> {
 }
 
 fn set_enabled(ctx: &Context, query: &str, enabled: bool) -> Result<ExitCode> {
-    let (name, changed) = ctx.store.update(|file| {
+    let (name, changed, unsupported) = ctx.store.update(|file| {
         let account = file.resolve_mut(query)?;
         let changed = account.enabled != enabled;
         account.enabled = enabled;
-        Ok((account.name.clone(), changed))
+        let unsupported = account.unsupported_sign_in().map(unsupported_sign_in_state);
+        Ok((account.name.clone(), changed, unsupported))
     })?;
     let message = match (enabled, changed) {
         (true, true) => format!("Enabled {name:?}: automatic switching may pick it."),
@@ -399,6 +400,13 @@ fn set_enabled(ctx: &Context, query: &str, enabled: bool) -> Result<ExitCode> {
         ),
         (true, false) => format!("{name:?} is enabled already."),
         (false, false) => format!("{name:?} is disabled already."),
+    };
+    // The flag is kept for the newer cs-tui that can use the account; this one never does.
+    let message = match unsupported {
+        Some(state) => format!(
+            "{message}\n{name:?} has an {state}: this cs-tui never switches to it either way."
+        ),
+        None => message,
     };
     emit(&format!("{message}\n"))?;
     Ok(ExitCode::SUCCESS)

@@ -162,6 +162,20 @@ async fn the_commands_list_refuse_keep_and_remove_an_unsupported_sign_in() {
             "{args:?}"
         );
     }
+    // Its flags and name are the user's to change; the sign-in stays as written.
+    let disabled = rig.run(&["accounts", "disable", "future"]).await;
+    assert!(
+        disabled.ok().stdout.contains("never switches to it"),
+        "{disabled:#?}"
+    );
+    rig.run(&["accounts", "enable", "future"]).await.ok();
+    rig.run(&["accounts", "rename", "future", "later"])
+        .await
+        .ok();
+    rig.run(&["accounts", "rename", "later", "future"])
+        .await
+        .ok();
+    assert_eq!(stored_auth(&rig.accounts_json(), "future").unwrap(), auth);
     // Refreshing every account refreshes alice and leaves it as written.
     rig.run(&["accounts", "refresh"]).await.ok();
     assert_ne!(
