@@ -224,6 +224,19 @@ fn account_checks(file: &crate::accounts::AccountsFile) -> Vec<Check> {
                 (AccountAuth::ApiKey { .. }, _) => {
                     Check::ok(name, format!("{}: API key", account.name))
                 }
+                // Not a failure: the account is kept for the newer cs-tui that wrote it.
+                (AccountAuth::Unknown(unknown), _) => Check::warn(
+                    name,
+                    format!(
+                        "{}: {}; it is never used here",
+                        account.name,
+                        crate::accounts::store::unsupported_sign_in_state(unknown.kind())
+                    ),
+                    format!(
+                        "use it with that newer cs-tui, or remove it: cs-tui accounts remove {}",
+                        account.name
+                    ),
+                ),
                 (_, AccountStatus::NeedsLogin { reason }) => Check::fail(
                     name,
                     format!("{} needs a new login: {reason}", account.name),
@@ -526,6 +539,36 @@ pub(crate) fn render(checks: &[Check]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsupported_sign_in_is_a_warning_that_names_its_kind_and_no_value() {
+        let file: crate::accounts::AccountsFile = serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "accounts": [{
+                "id": "f1", "name": "future", "created_at": "2026-01-01T00:00:00Z",
+                "auth": {"type": "device_code", "device_token": "SECRET-DEVICE"}
+            }]
+        }))
+        .unwrap();
+        let [check] = account_checks(&file).try_into().unwrap();
+        assert_eq!(check.status, Status::Warn);
+        assert_eq!(check.name, "account future");
+        assert!(
+            check
+                .message
+                .contains("unsupported sign-in `device_code` (from a newer cs-tui)"),
+            "{check:?}"
+        );
+        assert!(
+            check
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("cs-tui accounts remove future"),
+            "{check:?}"
+        );
+        assert!(!format!("{check:?}").contains("SECRET"));
+    }
 
     #[test]
     fn versions_are_judged_against_the_tested_range() {

@@ -176,7 +176,11 @@ impl CodexAuth {
                     }
             }
             (Credentials::ApiKey(incoming), AccountAuth::ApiKey { key }) => incoming == key,
-            _ => false,
+            // A kind a newer cs-tui wrote is never the account a login is for: no import
+            // replaces it, and no refreshed token is written for it to an `auth.json`.
+            (_, AccountAuth::Unknown(_))
+            | (Credentials::ChatGpt { .. }, _)
+            | (Credentials::ApiKey(_), _) => false,
         }
     }
 
@@ -216,7 +220,9 @@ impl CodexAuth {
                 }
             }
             (Credentials::ApiKey(incoming), AccountAuth::ApiKey { key }) => incoming != key,
-            _ => false,
+            (_, AccountAuth::Unknown(_))
+            | (Credentials::ChatGpt { .. }, _)
+            | (Credentials::ApiKey(_), _) => false,
         }
     }
 

@@ -24,7 +24,7 @@ pub(crate) mod user_agent;
 pub use codex_auth::import_auth_file;
 pub(crate) use codex_auth::{ImportOutcome, Imported, import_auth, import_codex_auth_if_empty};
 pub(crate) use store::{Account, AccountStatus, AccountsFile};
-pub use store::{AccountAuth, Store};
+pub use store::{AccountAuth, Store, UnknownAuth};
 pub use tokens::Backend;
 pub(crate) use tokens::{
     RefreshPolicy, ensure_fresh_with, needs_login, settle_refreshes, stop_retrying_refreshes,

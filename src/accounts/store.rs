@@ -60,7 +60,7 @@ pub struct AccountsFile {
 /// Fields of the store this version does not know, kept so that writing the store back does
 /// not drop what a newer version put there. `Debug` shows only their names: one could hold a
 /// token.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct UnknownFields(pub serde_json::Map<String, serde_json::Value>);
 
@@ -108,9 +108,50 @@ fn enabled_by_default() -> bool {
 }
 
 /// How an account signs in.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq)]
 pub enum AccountAuth {
+    ChatGpt {
+        id_token: Secret,
+        access_token: Secret,
+        refresh_token: Secret,
+    },
+    ApiKey {
+        key: Secret,
+    },
+    /// A kind a newer cs-tui wrote (`{"type": "device_code", …}`): kept exactly as written and
+    /// written back unchanged, but never used (see [`Account::unsupported_sign_in`]).
+    Unknown(UnknownAuth),
+}
+
+/// A sign-in kind this version does not know: its `type` and the whole object as written.
+/// `Debug` shows the kind and the field names only: every value may be a secret.
+#[derive(Clone, PartialEq)]
+pub struct UnknownAuth {
+    kind: String,
+    fields: UnknownFields,
+}
+
+impl UnknownAuth {
+    /// The `type` as written, e.g. `device_code`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
+impl std::fmt::Debug for UnknownAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnknownAuth")
+            .field("kind", &self.kind)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+/// How the kinds this version knows are stored: `{"type": "chatgpt", "id_token": …}`,
+/// `{"type": "api_key", "key": …}`.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum KnownAuth {
     #[serde(rename = "chatgpt")]
     ChatGpt {
         id_token: Secret,
@@ -122,6 +163,60 @@ pub enum AccountAuth {
     },
 }
 
+/// The `type`s [`KnownAuth`] reads: an entry of one of them that does not parse is damage,
+/// not a newer kind.
+const KNOWN_AUTH_TYPES: [&str; 2] = ["chatgpt", "api_key"];
+
+impl Serialize for AccountAuth {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::ChatGpt {
+                id_token,
+                access_token,
+                refresh_token,
+            } => KnownAuth::ChatGpt {
+                id_token: id_token.clone(),
+                access_token: access_token.clone(),
+                refresh_token: refresh_token.clone(),
+            }
+            .serialize(serializer),
+            Self::ApiKey { key } => KnownAuth::ApiKey { key: key.clone() }.serialize(serializer),
+            Self::Unknown(unknown) => unknown.fields.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountAuth {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fields = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let kind = match fields.get("type") {
+            Some(serde_json::Value::String(kind)) => kind.clone(),
+            Some(_) => return Err(serde::de::Error::custom("the auth `type` is not a string")),
+            None => return Err(serde::de::Error::missing_field("type")),
+        };
+        if KNOWN_AUTH_TYPES.contains(&kind.as_str()) {
+            // The error names the field at fault, never a value.
+            return match serde_json::from_value(serde_json::Value::Object(fields)) {
+                Ok(KnownAuth::ChatGpt {
+                    id_token,
+                    access_token,
+                    refresh_token,
+                }) => Ok(Self::ChatGpt {
+                    id_token,
+                    access_token,
+                    refresh_token,
+                }),
+                Ok(KnownAuth::ApiKey { key }) => Ok(Self::ApiKey { key }),
+                Err(err) => Err(serde::de::Error::custom(err)),
+            };
+        }
+        Ok(Self::Unknown(UnknownAuth {
+            kind,
+            fields: UnknownFields(fields),
+        }))
+    }
+}
+
 /// Whether the stored tokens still work.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum AccountStatus {
@@ -130,9 +225,10 @@ pub enum AccountStatus {
     /// The refresh token was rejected; only a new login helps.
     NeedsLogin { reason: String },
     /// A state a newer cs-tui wrote; kept as written (the account is used as if `ok`).
+    /// `Debug` shows only the names of its fields, as for [`UnknownFields`].
     Unknown {
         state: String,
-        fields: serde_json::Map<String, serde_json::Value>,
+        fields: UnknownFields,
     },
 }
 
@@ -171,7 +267,10 @@ impl<'de> Deserialize<'de> for AccountStatus {
                 Err(err) => Err(serde::de::Error::custom(err)),
             };
         }
-        Ok(Self::Unknown { state, fields })
+        Ok(Self::Unknown {
+            state,
+            fields: UnknownFields(fields),
+        })
     }
 }
 
@@ -200,6 +299,33 @@ impl Account {
         matches!(self.auth, AccountAuth::ChatGpt { .. })
     }
 
+    /// The sign-in kind as stored: `chatgpt`, `api_key`, or a newer cs-tui's.
+    pub fn sign_in_kind(&self) -> &str {
+        match &self.auth {
+            AccountAuth::ChatGpt { .. } => "chatgpt",
+            AccountAuth::ApiKey { .. } => "api_key",
+            AccountAuth::Unknown(unknown) => unknown.kind(),
+        }
+    }
+
+    /// The sign-in kind, when a newer cs-tui wrote one this version does not know. Such an
+    /// account is listed, kept and can be removed, but nothing uses it: it is never switched
+    /// to, refreshed, read for usage, written to a Codex `auth.json` nor imported over.
+    pub fn unsupported_sign_in(&self) -> Option<&str> {
+        match &self.auth {
+            AccountAuth::Unknown(unknown) => Some(unknown.kind()),
+            AccountAuth::ChatGpt { .. } | AccountAuth::ApiKey { .. } => None,
+        }
+    }
+
+    /// Fails, naming the kind, when the account signs in in a way this version cannot use.
+    pub fn ensure_supported(&self) -> Result<()> {
+        match self.unsupported_sign_in() {
+            Some(kind) => Err(unsupported_sign_in_error(&self.name, kind)),
+            None => Ok(()),
+        }
+    }
+
     pub fn needs_login(&self) -> bool {
         matches!(self.status, AccountStatus::NeedsLogin { .. })
     }
@@ -221,7 +347,7 @@ impl Account {
             AccountAuth::ChatGpt { access_token, .. } => {
                 super::claims::parse(access_token.expose()).ok()
             }
-            AccountAuth::ApiKey { .. } => None,
+            AccountAuth::ApiKey { .. } | AccountAuth::Unknown(_) => None,
         }
     }
 
@@ -229,7 +355,7 @@ impl Account {
     pub fn id_claims(&self) -> Option<super::claims::TokenClaims> {
         match &self.auth {
             AccountAuth::ChatGpt { id_token, .. } => super::claims::parse(id_token.expose()).ok(),
-            AccountAuth::ApiKey { .. } => None,
+            AccountAuth::ApiKey { .. } | AccountAuth::Unknown(_) => None,
         }
     }
 }
@@ -356,6 +482,34 @@ impl AccountsFile {
         }
         Ok(())
     }
+}
+
+/// How an account of a sign-in kind this version does not know is shown, e.g.
+/// "unsupported sign-in `device_code` (from a newer cs-tui)".
+pub(crate) fn unsupported_sign_in_state(kind: &str) -> String {
+    format!(
+        "unsupported sign-in `{}` (from a newer cs-tui)",
+        kind.escape_debug()
+    )
+}
+
+/// The sentence that refuses to use such an account: `cs-tui switch`, the picker, `accounts
+/// use`, `refresh` and `reset` all say it.
+pub(crate) fn unsupported_sign_in_message(name: &str, kind: &str) -> String {
+    format!(
+        "{name} signs in with `{}`, a kind written by a newer cs-tui; this cs-tui cannot use it",
+        kind.escape_debug()
+    )
+}
+
+/// [`unsupported_sign_in_message`] as an error with a hint.
+pub(crate) fn unsupported_sign_in_error(name: &str, kind: &str) -> Report {
+    with_hint(
+        eyre!("{}", unsupported_sign_in_message(name, kind)),
+        format!(
+            "use it with that newer cs-tui, or remove it here with `cs-tui accounts remove {name}`"
+        ),
+    )
 }
 
 /// A new random account id.
@@ -1003,5 +1157,169 @@ mod forward_compatibility_tests {
                 .len(),
             2
         );
+    }
+}
+
+#[cfg(test)]
+mod unknown_auth_tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// A newer cs-tui's sign-in kind, every value of it secret, beside two accounts this
+    /// version knows.
+    fn device_code_auth() -> Value {
+        json!({
+            "type": "device_code",
+            "device_token": "SECRET-DEVICE-TOKEN",
+            "nested": {"refresh": "SECRET-NESTED", "scopes": ["a", "b"]},
+            "expires_in": 900,
+            "rotating": true,
+            "note": null
+        })
+    }
+
+    fn newer_store() -> Value {
+        json!({
+            "format": "cs-tui-accounts", "version": 1, "active": "a1",
+            "accounts": [{
+                "id": "a1", "name": "alice", "created_at": "2026-01-01T00:00:00Z",
+                "chatgpt_account_id": "acct-alice",
+                "auth": {"type": "chatgpt", "id_token": "i", "access_token": "a", "refresh_token": "r"}
+            }, {
+                "id": "f1", "name": "future", "created_at": "2026-01-01T00:00:00Z",
+                "chatgpt_account_id": "acct-future",
+                "auth": device_code_auth(),
+                "status": {"state": "paused", "until": "SECRET-STATUS-VALUE"}
+            }, {
+                "id": "k1", "name": "key", "created_at": "2026-01-01T00:00:00Z",
+                "auth": {"type": "api_key", "key": "sk-key"}
+            }]
+        })
+    }
+
+    fn written(store: &Store) -> Value {
+        serde_json::from_slice(&fs::read(store.accounts_path()).unwrap()).unwrap()
+    }
+
+    fn auth_of<'a>(file: &'a Value, name: &str) -> &'a Value {
+        &file["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is in {file:#}"))["auth"]
+    }
+
+    #[test]
+    fn an_unknown_sign_in_kind_loads_and_is_written_back_unchanged_by_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        fs::write(store.accounts_path(), newer_store().to_string()).unwrap();
+
+        let file = store.load().unwrap();
+        assert_eq!(file.accounts.len(), 3);
+        let future = file.resolve("future").unwrap();
+        assert_eq!(future.unsupported_sign_in(), Some("device_code"));
+        assert_eq!(future.sign_in_kind(), "device_code");
+        assert!(!future.is_chatgpt());
+        assert!(future.access_claims().is_none() && future.id_claims().is_none());
+        let err = format!("{:?}", future.ensure_supported().unwrap_err());
+        assert!(err.contains("`device_code`"), "{err}");
+        assert!(err.contains("written by a newer cs-tui"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+        for known in ["alice", "key"] {
+            let account = file.resolve(known).unwrap();
+            assert_eq!(account.unsupported_sign_in(), None);
+            account.ensure_supported().unwrap();
+        }
+
+        // Another account added…
+        store
+            .update(|file| {
+                file.accounts.push(Account::new(
+                    AccountId::from("c1"),
+                    "carol".into(),
+                    AccountAuth::ApiKey {
+                        key: Secret::new("sk-carol"),
+                    },
+                ));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(auth_of(&written(&store), "future"), &device_code_auth());
+        // … one removed …
+        store
+            .update(|file| {
+                file.remove(&AccountId::from("k1")).unwrap();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(auth_of(&written(&store), "future"), &device_code_auth());
+        // … one refreshed (new tokens, a refresh time), and the unknown one renamed.
+        store
+            .update(|file| {
+                let alice = file.resolve_mut("alice")?;
+                alice.auth = AccountAuth::ChatGpt {
+                    id_token: Secret::new("i2"),
+                    access_token: Secret::new("a2"),
+                    refresh_token: Secret::new("r2"),
+                };
+                alice.last_refreshed_at = Some(Utc::now());
+                file.resolve_mut("future")?.name = "later".into();
+                Ok(())
+            })
+            .unwrap();
+        let after = written(&store);
+        assert_eq!(auth_of(&after, "later"), &device_code_auth());
+        assert_eq!(auth_of(&after, "alice")["refresh_token"], "r2");
+        assert_eq!(
+            auth_of(&after, "later").as_object().unwrap().len(),
+            device_code_auth().as_object().unwrap().len(),
+            "no field added or lost"
+        );
+        // The backup (the previous version) holds it too, and the file reads back the same.
+        let backup: Value =
+            serde_json::from_slice(&fs::read(store.backup_path()).unwrap()).unwrap();
+        assert_eq!(auth_of(&backup, "future"), &device_code_auth());
+        let reloaded = store.load().unwrap();
+        assert_eq!(
+            reloaded.resolve("later").unwrap().auth,
+            file.resolve("future").unwrap().auth
+        );
+    }
+
+    #[test]
+    fn debug_of_an_unknown_sign_in_shows_its_kind_and_field_names_never_a_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        fs::write(store.accounts_path(), newer_store().to_string()).unwrap();
+        let file = store.load().unwrap();
+        let debug = format!("{file:?} {file:#?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        assert!(debug.contains("device_code"), "{debug}");
+        assert!(debug.contains("device_token"), "{debug}");
+        // A status this version does not know shows its field names only, too.
+        assert!(debug.contains("until"), "{debug}");
+    }
+
+    #[test]
+    fn a_known_kind_that_does_not_parse_or_an_auth_without_type_is_still_damage() {
+        for auth in [
+            json!({"type": "chatgpt", "id_token": "i"}),
+            json!({"type": "api_key"}),
+            json!({"key": "sk-x"}),
+            json!({"type": 7, "key": "sk-x"}),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path());
+            let mut file = newer_store();
+            file["accounts"][0]["auth"] = auth.clone();
+            let bytes = file.to_string();
+            fs::write(store.accounts_path(), &bytes).unwrap();
+            let err = format!("{:#}", store.load().unwrap_err());
+            assert!(err.contains("damaged"), "{auth}: {err}");
+            assert!(store.update(|_| Ok(())).is_err());
+            assert_eq!(fs::read_to_string(store.accounts_path()).unwrap(), bytes);
+        }
     }
 }

@@ -28,7 +28,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::codex_auth::{auth_json_path, read_auth_json, write_tokens_to_codex_auth};
-use super::store::{Account, AccountAuth, AccountStatus, Store};
+use super::store::{Account, AccountAuth, AccountStatus, Store, unsupported_sign_in_error};
 use crate::account_id::AccountId;
 use crate::errors::with_hint;
 use crate::secret::Secret;
@@ -174,8 +174,14 @@ pub(crate) async fn ensure_fresh_with(
         Some(unsaved) => (unsaved, false),
         None => adopt_codex_tokens(store, backend.codex_home.as_deref(), account_id)?,
     };
-    let AccountAuth::ChatGpt { refresh_token, .. } = &account.auth else {
-        return Ok(account);
+    let refresh_token = match &account.auth {
+        AccountAuth::ChatGpt { refresh_token, .. } => refresh_token,
+        // An API key never expires.
+        AccountAuth::ApiKey { .. } => return Ok(account),
+        // A newer cs-tui's kind: nothing here can refresh it, nor may use it.
+        AccountAuth::Unknown(unknown) => {
+            return Err(unsupported_sign_in_error(&account.name, unknown.kind()));
+        }
     };
     if let AccountStatus::NeedsLogin { reason } = &account.status {
         return Err(needs_login_report(&account, reason));
@@ -842,7 +848,7 @@ mod tests {
     fn refresh_token_of(account: &Account) -> String {
         match &account.auth {
             AccountAuth::ChatGpt { refresh_token, .. } => refresh_token.expose().to_owned(),
-            AccountAuth::ApiKey { .. } => panic!("api key"),
+            AccountAuth::ApiKey { .. } | AccountAuth::Unknown(_) => panic!("not a ChatGPT login"),
         }
     }
 
@@ -1191,5 +1197,57 @@ mod tests {
         ] {
             assert_eq!(rejection_reason(not_a_no), None, "{not_a_no:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_sign_in_kind_is_never_refreshed_nor_read_for_usage() {
+        let mock = MockBackend::start().await;
+        let (fake, rt) = mock.add_account("alice");
+        let tmp = tempfile::tempdir().unwrap();
+        // Expired tokens: anything that refreshes at all would refresh now.
+        let (store, _) = store_with(tmp.path(), &fake, -60, &rt);
+        store
+            .update(|file| {
+                let mut future = file.accounts[0].clone();
+                future.id = "f1".into();
+                future.name = "future".into();
+                future.auth = serde_json::from_value(serde_json::json!({
+                    "type": "device_code",
+                    "refresh_token": rt,
+                    "access_token": "SECRET-ACCESS",
+                }))
+                .unwrap();
+                file.accounts.push(future);
+                Ok(())
+            })
+            .unwrap();
+        let before = std::fs::read(store.accounts_path()).unwrap();
+        let http = reqwest::Client::new();
+        let b = backend(&mock, None);
+        for policy in [
+            RefreshPolicy::IfDue,
+            RefreshPolicy::AfterUnauthorized,
+            RefreshPolicy::Now,
+        ] {
+            let err = ensure_fresh_with(&store, &http, &b, &"f1".into(), policy)
+                .await
+                .unwrap_err();
+            let err = format!("{err:?}");
+            assert!(
+                err.contains("`device_code`") && err.contains("newer cs-tui"),
+                "{err}"
+            );
+            assert!(!err.contains("SECRET") && !err.contains(&rt), "{err}");
+        }
+        let err = crate::accounts::fetch_usage_with(&store, &http, &b, &"f1".into())
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("newer cs-tui"), "{err:#}");
+        assert!(!needs_refresh(
+            store.load().unwrap().resolve("future").unwrap(),
+            Utc::now()
+        ));
+        assert!(mock.requests().is_empty(), "{:?}", mock.requests());
+        assert_eq!(std::fs::read(store.accounts_path()).unwrap(), before);
     }
 }

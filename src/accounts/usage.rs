@@ -182,14 +182,23 @@ pub(crate) async fn get_with_token(
     url: &str,
     account: &Account,
 ) -> Result<reqwest::Response> {
-    let AccountAuth::ChatGpt { access_token, .. } = &account.auth else {
-        return Err(with_hint(
-            eyre!(
-                "account {:?} signs in with an API key, which has no ChatGPT usage limits",
-                account.name
-            ),
-            "usage is shown for ChatGPT logins only",
-        ));
+    let access_token = match &account.auth {
+        AccountAuth::ChatGpt { access_token, .. } => access_token,
+        AccountAuth::ApiKey { .. } => {
+            return Err(with_hint(
+                eyre!(
+                    "account {:?} signs in with an API key, which has no ChatGPT usage limits",
+                    account.name
+                ),
+                "usage is shown for ChatGPT logins only",
+            ));
+        }
+        AccountAuth::Unknown(unknown) => {
+            return Err(super::store::unsupported_sign_in_error(
+                &account.name,
+                unknown.kind(),
+            ));
+        }
     };
     let mut request = http.get(url).bearer_auth(access_token.expose());
     if let Some(id) = &account.chatgpt_account_id {

@@ -257,7 +257,11 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
         .accounts
         .iter()
         .map(|account| AccountView {
-            stored: if !account.enabled {
+            stored: if let Some(kind) = account.unsupported_sign_in() {
+                StoredState::Unsupported {
+                    kind: kind.to_owned(),
+                }
+            } else if !account.enabled {
                 StoredState::Disabled
             } else if account.needs_login() {
                 StoredState::NeedsLogin

@@ -316,3 +316,39 @@ fn a_pilot_pastes_and_types_like_the_keyboard_until_the_user_types() {
     assert!(h.frame().contains("autopilot off"));
     assert!(h.input().ends_with(b"\rx"));
 }
+
+/// An account a newer cs-tui stored with a sign-in kind this one cannot use: the picker passes
+/// over it and, chosen anyway, says why at once and asks the session for nothing.
+#[test]
+fn the_picker_refuses_an_unsupported_sign_in_at_once() {
+    let mut h = Headless::new(120, 30);
+    h.app.dashboard.accounts[1].stored = crate::state::dashboard::StoredState::Unsupported {
+        kind: "device_code".into(),
+    };
+    h.prefix();
+    h.type_text("s");
+    assert!(
+        matches!(h.app.overlay, Some(Overlay::Picker { selected: 2 })),
+        "the picker starts on carol, the first account one could switch to"
+    );
+    let screen = h.frame();
+    assert!(
+        screen.contains("unsupported sign-in `device_code` (from a newer cs-tui)"),
+        "{screen}"
+    );
+    h.key(KeyCode::Up, KeyModifiers::NONE);
+    h.key(KeyCode::Enter, KeyModifiers::NONE);
+    assert!(h.app.overlay.is_none());
+    assert!(
+        h.commands.try_recv().is_err(),
+        "nothing is asked of the session"
+    );
+    let said = format!("{:?}", h.app.dashboard.notices);
+    assert!(
+        said.contains(
+            "bob signs in with `device_code`, a kind written by a newer cs-tui; this cs-tui cannot use it"
+        ),
+        "{said}"
+    );
+    assert!(h.input().is_empty(), "{:?}", h.input());
+}

@@ -40,7 +40,7 @@ use crate::pty::child::{ChildSpec, PtyChild, PtyEvent, child_environment};
 use crate::pty::keys::{KeyModes, WheelAction, encode_paste, wheel};
 use crate::pty::screen::PaneScreen;
 use crate::state::Overlay;
-use crate::state::dashboard::{AccountState, Dashboard, SessionMode};
+use crate::state::dashboard::{AccountState, Dashboard, SessionMode, StoredState};
 use crate::ui::{self, AppLayout, RenderContext, View};
 
 /// How long Codex gets to exit after a hang-up before it is killed.
@@ -789,6 +789,15 @@ impl<C: ChildIo> App<C> {
                     if no_proxy {
                         self.dashboard
                             .push_message("no proxy in this session: cannot switch", now);
+                    } else if let StoredState::Unsupported { kind } = &account.stored {
+                        // Said at once; the session would refuse it the same way.
+                        self.dashboard.push_message(
+                            crate::accounts::store::unsupported_sign_in_message(
+                                &account.name,
+                                kind,
+                            ),
+                            now,
+                        );
                     } else if self.dashboard.active.as_ref() != Some(&account.id) {
                         let _ = self.commands.send(ProxyCommand::SwitchTo {
                             account_id: account.id.clone(),

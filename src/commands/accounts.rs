@@ -13,7 +13,7 @@ use super::Env;
 use super::output::{active_marker, confirm, emit, emit_json, relative_time, table, yes_no};
 use crate::account_id::AccountId;
 use crate::accounts::codex_auth::auth_json_path;
-use crate::accounts::store::validate_name;
+use crate::accounts::store::{unsupported_sign_in_state, validate_name};
 use crate::accounts::tokens::relogin_command;
 use crate::accounts::{
     Account, AccountAuth, AccountStatus, AccountsFile, Backend, ImportOutcome, Imported,
@@ -138,6 +138,10 @@ pub(super) fn describe(account: &Account) -> String {
         .collect();
     let details = match (&account.auth, details.is_empty()) {
         (AccountAuth::ApiKey { .. }, _) => "API key".to_owned(),
+        (AccountAuth::Unknown(unknown), _) => format!(
+            "sign-in `{}` from a newer cs-tui",
+            unknown.kind().escape_debug()
+        ),
         (_, true) => return account.name.clone(),
         (_, false) => details.join(", "),
     };
@@ -198,14 +202,14 @@ struct AccountJson<'a> {
     name: &'a str,
     email: Option<&'a str>,
     plan: Option<&'a str>,
-    /// `chatgpt` or `api_key`.
-    kind: &'static str,
+    /// `chatgpt`, `api_key`, or a newer cs-tui's kind (then `status` is `unsupported_sign_in`).
+    kind: &'a str,
     chatgpt_account_id: Option<&'a str>,
     enabled: bool,
     active: bool,
-    /// `ok` or `needs_login`.
+    /// `ok`, `needs_login`, `unsupported_sign_in`, or a newer cs-tui's state.
     status: &'a str,
-    status_reason: Option<&'a str>,
+    status_reason: Option<String>,
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
     last_refreshed_at: Option<DateTime<Utc>>,
@@ -219,25 +223,20 @@ struct ListJson<'a> {
     accounts: Vec<AccountJson<'a>>,
 }
 
-fn kind(account: &Account) -> &'static str {
-    match account.auth {
-        AccountAuth::ChatGpt { .. } => "chatgpt",
-        AccountAuth::ApiKey { .. } => "api_key",
-    }
-}
-
 fn account_json<'a>(file: &'a AccountsFile, account: &'a Account) -> AccountJson<'a> {
-    let (status, status_reason) = match &account.status {
-        AccountStatus::Ok => ("ok", None),
-        AccountStatus::NeedsLogin { reason } => ("needs_login", Some(reason.as_str())),
-        AccountStatus::Unknown { state, .. } => (state.as_str(), None),
+    let (status, status_reason) = match (account.unsupported_sign_in(), &account.status) {
+        // Whatever its stored state, this version cannot use it.
+        (Some(kind), _) => ("unsupported_sign_in", Some(unsupported_sign_in_state(kind))),
+        (None, AccountStatus::Ok) => ("ok", None),
+        (None, AccountStatus::NeedsLogin { reason }) => ("needs_login", Some(reason.clone())),
+        (None, AccountStatus::Unknown { state, .. }) => (state.as_str(), None),
     };
     AccountJson {
         id: &account.id,
         name: &account.name,
         email: account.email.as_deref(),
         plan: account.plan.as_deref(),
-        kind: kind(account),
+        kind: account.sign_in_kind(),
         chatgpt_account_id: account.chatgpt_account_id.as_deref(),
         enabled: account.enabled,
         active: file.active.as_ref() == Some(&account.id),
@@ -279,6 +278,7 @@ fn list(ctx: &Context, args: ListArgs) -> Result<ExitCode> {
         .iter()
         .map(|a| {
             let status = match (&a.status, &a.auth) {
+                (_, AccountAuth::Unknown(unknown)) => unsupported_sign_in_state(unknown.kind()),
                 (AccountStatus::NeedsLogin { .. }, _) => "needs login".to_owned(),
                 (_, AccountAuth::ApiKey { .. }) => "api key".to_owned(),
                 _ => match a.access_claims().and_then(|c| c.expires_at) {
@@ -291,7 +291,12 @@ fn list(ctx: &Context, args: ListArgs) -> Result<ExitCode> {
                 a.name.clone(),
                 a.email.clone().unwrap_or_else(|| "-".into()),
                 a.plan.clone().unwrap_or_else(|| "-".into()),
-                yes_no(a.enabled),
+                // Automatic switching never picks an account it cannot use.
+                if a.unsupported_sign_in().is_some() {
+                    "-".to_owned()
+                } else {
+                    yes_no(a.enabled)
+                },
                 a.last_used_at
                     .map(|t| relative_time(t, now))
                     .unwrap_or_else(|| "never".into()),
@@ -381,11 +386,12 @@ fn remove(ctx: &Context, query: &str, yes: bool) -> Result<ExitCode> {
 }
 
 fn set_enabled(ctx: &Context, query: &str, enabled: bool) -> Result<ExitCode> {
-    let (name, changed) = ctx.store.update(|file| {
+    let (name, changed, unsupported) = ctx.store.update(|file| {
         let account = file.resolve_mut(query)?;
         let changed = account.enabled != enabled;
         account.enabled = enabled;
-        Ok((account.name.clone(), changed))
+        let unsupported = account.unsupported_sign_in().map(unsupported_sign_in_state);
+        Ok((account.name.clone(), changed, unsupported))
     })?;
     let message = match (enabled, changed) {
         (true, true) => format!("Enabled {name:?}: automatic switching may pick it."),
@@ -395,6 +401,13 @@ fn set_enabled(ctx: &Context, query: &str, enabled: bool) -> Result<ExitCode> {
         (true, false) => format!("{name:?} is enabled already."),
         (false, false) => format!("{name:?} is disabled already."),
     };
+    // The flag is kept for the newer cs-tui that can use the account; this one never does.
+    let message = match unsupported {
+        Some(state) => format!(
+            "{message}\n{name:?} has an {state}: this cs-tui never switches to it either way."
+        ),
+        None => message,
+    };
     emit(&format!("{message}\n"))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -402,6 +415,7 @@ fn set_enabled(ctx: &Context, query: &str, enabled: bool) -> Result<ExitCode> {
 fn use_account(ctx: &Context, query: &str) -> Result<ExitCode> {
     let account = ctx.store.update(|file| {
         let account = file.resolve(query)?.clone();
+        account.ensure_supported()?;
         file.active = Some(account.id.clone());
         Ok(account)
     })?;
@@ -436,6 +450,11 @@ fn refresh(ctx: &Context, query: Option<&str>) -> Result<ExitCode> {
     let mut failed = false;
     let mut interrupted = false;
     for target in targets {
+        if let Err(err) = target.ensure_supported() {
+            failed = true;
+            eprintln!("{}", render_error(&err));
+            continue;
+        }
         if !target.is_chatgpt() {
             emit(&format!(
                 "{}: signs in with an API key; there is nothing to refresh.\n",

@@ -46,6 +46,7 @@ fn windows_summary(snapshot: &RateLimitSnapshot) -> String {
 
 pub(super) fn run(ctx: &Context, query: &str, yes: bool) -> Result<ExitCode> {
     let target = ctx.store.load()?.resolve(query)?.clone();
+    target.ensure_supported()?;
     if !target.is_chatgpt() {
         return Err(with_hint(
             eyre!(
@@ -229,11 +230,19 @@ async fn redeem_on_own_app_server(
     idempotency_key: &str,
 ) -> Result<Outcome> {
     let fresh = ensure_fresh_with(store, http, backend, &account.id, RefreshPolicy::IfDue).await?;
-    let AccountAuth::ChatGpt { access_token, .. } = &fresh.auth else {
-        bail!(
+    let access_token = match &fresh.auth {
+        AccountAuth::ChatGpt { access_token, .. } => access_token,
+        AccountAuth::ApiKey { .. } => bail!(
             "{:?} is an API-key login, which has no reset credits",
             account.name
-        );
+        ),
+        // `ensure_fresh_with` refuses these first.
+        AccountAuth::Unknown(unknown) => {
+            return Err(crate::accounts::store::unsupported_sign_in_error(
+                &fresh.name,
+                unknown.kind(),
+            ));
+        }
     };
     let chatgpt_account_id = fresh
         .chatgpt_account_id

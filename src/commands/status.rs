@@ -15,6 +15,7 @@ use super::accounts::Context;
 use super::output::{active_marker, emit, emit_json, relative_time, table, yes_no};
 use crate::account_id::AccountId;
 use crate::accounts::reset_credits::{ResetCredits, fetch_reset_credits_with};
+use crate::accounts::store::unsupported_sign_in_state;
 use crate::accounts::tokens::relogin_command;
 use crate::accounts::{AccountsFile, Backend, UsageReport, fetch_usage_with, needs_login};
 use crate::cli::StatusArgs;
@@ -102,7 +103,7 @@ struct StatusJson<'a> {
     plan: Option<&'a str>,
     active: bool,
     enabled: bool,
-    /// `ok`, `limited`, `needs_login`, `error` or `api_key`.
+    /// `ok`, `limited`, `needs_login`, `error`, `api_key` or `unsupported_sign_in`.
     state: &'static str,
     error: Option<String>,
     hint: Option<String>,
@@ -260,10 +261,17 @@ fn forecast_json(
     }
 }
 
+/// What to do about an account of a kind this version cannot use.
+fn unsupported_hint(name: &str) -> String {
+    format!("a newer cs-tui uses it; `cs-tui accounts remove {name}` removes it from this store")
+}
+
 /// What `status` found for one account.
 enum Outcome {
     Usage(Box<UsageReport>),
     ApiKey,
+    /// A sign-in kind a newer cs-tui wrote (the kind): not read, never used.
+    Unsupported(String),
     Failed {
         needs_login: bool,
         message: String,
@@ -277,6 +285,7 @@ impl Outcome {
             Outcome::Usage(report) if report.is_exhausted() => "limited",
             Outcome::Usage(_) => "ok",
             Outcome::ApiKey => "api_key",
+            Outcome::Unsupported(_) => "unsupported_sign_in",
             Outcome::Failed {
                 needs_login: true, ..
             } => "needs_login",
@@ -326,6 +335,9 @@ pub(super) fn run(env: &Env, args: StatusArgs) -> Result<ExitCode> {
         let fetches = file.accounts.iter().map(|account| {
             let (store, backend) = (&ctx.store, &backend);
             async move {
+                if let Some(kind) = account.unsupported_sign_in() {
+                    return (Outcome::Unsupported(kind.to_owned()), None);
+                }
                 if !account.is_chatgpt() {
                     return (Outcome::ApiKey, None);
                 }
@@ -495,6 +507,10 @@ fn status_json<'a>(
                     entry.hint = hint.clone();
                 }
                 Outcome::ApiKey => {}
+                Outcome::Unsupported(kind) => {
+                    entry.error = Some(unsupported_sign_in_state(kind));
+                    entry.hint = Some(unsupported_hint(&account.name));
+                }
             }
             entry
         })
@@ -573,6 +589,7 @@ fn status_table(
                     (Some(s.five_hour()), Some(s.weekly()), state)
                 }
                 Outcome::ApiKey => (None, None, "api key (no ChatGPT limits)".to_owned()),
+                Outcome::Unsupported(kind) => (None, None, unsupported_sign_in_state(kind)),
                 Outcome::Failed {
                     needs_login,
                     message,
@@ -600,7 +617,12 @@ fn status_table(
                 resets(five.flatten(), now),
                 percent(weekly.flatten()),
                 resets(weekly.flatten(), now),
-                yes_no(account.enabled),
+                // Automatic switching never picks an account it cannot use.
+                if account.unsupported_sign_in().is_some() {
+                    "-".to_owned()
+                } else {
+                    yes_no(account.enabled)
+                },
                 reset_credits_cell(reset_credits.as_ref(), now),
                 state,
             ]

@@ -23,6 +23,7 @@ pub(super) fn run(env: &Env, args: SwitchArgs) -> Result<ExitCode> {
     } else {
         let file = env.store()?.load()?;
         let account = file.resolve(&args.account)?;
+        account.ensure_supported()?;
         ProxyCommand::SwitchTo {
             account_id: account.id.clone(),
         }

@@ -26,6 +26,9 @@ pub struct DirAccount {
     pub enabled: bool,
     /// The refresh token was rejected.
     pub needs_login: bool,
+    /// The sign-in kind, when a newer cs-tui wrote one this version cannot use (say
+    /// `device_code`): such an account is never switched to, logged in or read.
+    pub unsupported_sign_in: Option<String>,
 }
 
 impl DirAccount {
@@ -36,9 +39,10 @@ impl DirAccount {
         }
     }
 
-    /// Whether the proxy can log the app-server into this account at all.
+    /// Whether the proxy can log the app-server into this account at all: the one test every
+    /// choice of an account (the start, automatic and manual switches, usage reads) passes.
     pub fn switchable(&self) -> bool {
-        self.chatgpt_account_id.is_some() && !self.needs_login
+        self.unsupported_sign_in.is_none() && self.chatgpt_account_id.is_some() && !self.needs_login
     }
 }
 

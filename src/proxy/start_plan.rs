@@ -48,7 +48,7 @@ pub(crate) async fn plan_start<D: AccountDirectory>(
         let hint = if accounts.is_empty() {
             "add one with `cs-tui accounts import` (reads ~/.codex/auth.json) or `cs-tui accounts add NAME`"
         } else {
-            "log in again with `cs-tui accounts add NAME`; API-key accounts cannot be switched in a session"
+            "log in again with `cs-tui accounts add NAME`; API-key accounts, and sign-in kinds only a newer cs-tui knows, cannot be switched in a session"
         };
         return Err(with_hint(
             eyre!("no stored ChatGPT account can start a session"),

@@ -76,8 +76,9 @@ fn dir_account(account: &Account) -> DirAccount {
         plan: account.plan.clone(),
         chatgpt_account_id: match account.auth {
             AccountAuth::ChatGpt { .. } => account.chatgpt_account_id.clone(),
-            AccountAuth::ApiKey { .. } => None,
+            AccountAuth::ApiKey { .. } | AccountAuth::Unknown(_) => None,
         },
+        unsupported_sign_in: account.unsupported_sign_in().map(str::to_owned),
         user_id: account.user_id.clone(),
         enabled: account.enabled,
         needs_login: matches!(account.status, AccountStatus::NeedsLogin { .. }),
@@ -119,6 +120,11 @@ impl AccountDirectory for StoreDirectory {
             AccountAuth::ApiKey { .. } => Err(eyre!(
                 "{} is an API-key login; only ChatGPT accounts can be switched to",
                 account.name
+            )),
+            // `ensure_fresh_with` refuses these first; said again so no token is ever sent.
+            AccountAuth::Unknown(unknown) => Err(eyre!(
+                "{}",
+                accounts::store::unsupported_sign_in_message(&account.name, unknown.kind())
             )),
         }
     }

@@ -50,13 +50,18 @@ impl AccountView {
 }
 
 /// What the store says about an account, before quota is considered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoredState {
     Ready,
     /// Its refresh token is dead; `cs-tui accounts add` again.
     NeedsLogin,
     /// The user turned it off.
     Disabled,
+    /// It signs in with a kind a newer cs-tui wrote (`kind`, say `device_code`): listed, never
+    /// used.
+    Unsupported {
+        kind: String,
+    },
 }
 
 /// The state shown next to an account.
@@ -70,6 +75,8 @@ pub enum AccountState {
     WorkspaceLimit(Option<i64>),
     NeedsLogin,
     Disabled,
+    /// A sign-in kind a newer cs-tui wrote; never used.
+    Unsupported,
 }
 
 /// Something the user should know that is not a switch.
@@ -285,6 +292,7 @@ impl Dashboard {
     /// The state shown next to `account`.
     pub fn state_of(&self, account: &AccountView) -> AccountState {
         match account.stored {
+            StoredState::Unsupported { .. } => return AccountState::Unsupported,
             StoredState::Disabled => return AccountState::Disabled,
             StoredState::NeedsLogin => return AccountState::NeedsLogin,
             StoredState::Ready => {}

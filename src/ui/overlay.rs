@@ -6,7 +6,7 @@ use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Clear, Paragraph, Widget};
 
-use crate::state::dashboard::{AccountState, Dashboard, SessionMode};
+use crate::state::dashboard::{AccountState, Dashboard, SessionMode, StoredState};
 use crate::ui::panel::RenderContext;
 
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
@@ -124,6 +124,13 @@ pub(crate) fn render_picker(
             AccountState::WorkspaceLimit(None) => "workspace limit".to_owned(),
             AccountState::NeedsLogin => "needs login".to_owned(),
             AccountState::Disabled => "disabled".to_owned(),
+            AccountState::Unsupported => match &account.stored {
+                StoredState::Unsupported { kind } => format!(
+                    "unsupported sign-in `{}` (from a newer cs-tui)",
+                    kind.escape_debug()
+                ),
+                _ => "unsupported sign-in (from a newer cs-tui)".to_owned(),
+            },
         };
         let usage = account
             .snapshot

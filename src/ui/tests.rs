@@ -671,3 +671,37 @@ fn panel_runway_waits_for_ten_minutes_of_samples() {
     assert!(text.contains("│pool: no burn measured yet"), "{text}");
     insta::assert_snapshot!(text);
 }
+
+/// An account a newer cs-tui stored with a sign-in kind this one does not know: listed in the
+/// panel and the picker with its state, never as ready.
+#[test]
+fn an_unsupported_sign_in_is_listed_as_such_in_the_panel_and_the_picker() {
+    let mut accounts = stored();
+    accounts.push(AccountView {
+        stored: StoredState::Unsupported {
+            kind: "device_code".into(),
+        },
+        ..AccountView::new("future", "future")
+    });
+    let d = started(accounts);
+    let future = d.account(&AccountId::from("future")).unwrap();
+    assert_eq!(
+        d.state_of(future),
+        crate::state::dashboard::AccountState::Unsupported
+    );
+    let panel = render_panel_only(&d, 44, 40);
+    let row = panel
+        .lines()
+        .find(|l| l.contains("future"))
+        .unwrap_or_else(|| panic!("{panel}"));
+    assert!(row.contains("unsupported (newer cs-tui)"), "{panel}");
+    let picker = render_app(&d, 120, 14, Some(&Overlay::Picker { selected: 3 }));
+    let row = picker
+        .lines()
+        .find(|l| l.contains("future"))
+        .unwrap_or_else(|| panic!("{picker}"));
+    assert!(
+        row.contains("unsupported sign-in `device_code` (from a newer cs-tui)"),
+        "{picker}"
+    );
+}

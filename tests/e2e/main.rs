@@ -32,4 +32,5 @@ mod rerun_e2e;
 mod serve_cli;
 mod serve_metrics;
 mod status_families;
+mod unsupported_sign_in;
 mod usage_samples_e2e;

@@ -267,6 +267,12 @@ impl CoreState {
                 .iter()
                 .find(|a| &a.id == id)
                 .ok_or_else(|| format!("no stored account has id {id}"))?;
+            if let Some(kind) = &account.unsupported_sign_in {
+                return Err(crate::accounts::store::unsupported_sign_in_message(
+                    &account.name,
+                    kind,
+                ));
+            }
             if account.chatgpt_account_id.is_none() {
                 return Err(format!(
                     "{} is not a ChatGPT login; only ChatGPT accounts can be switched to",

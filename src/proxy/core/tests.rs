@@ -34,6 +34,7 @@ pub(super) fn seat(id: &str, workspace: &str, user: &str) -> DirAccount {
         user_id: Some(user.to_owned()),
         enabled: true,
         needs_login: false,
+        unsupported_sign_in: None,
     }
 }
 
@@ -1336,4 +1337,102 @@ fn turns_on_the_thread_of_a_title_request_are_recorded_as_title_turns() {
     sim.feed(Input::Disconnected(1));
     sim.connect(1);
     assert_eq!(purpose(&mut sim, 1, "title"), TurnPurpose::User);
+}
+
+/// A store entry of a sign-in kind a newer cs-tui wrote: even with a workspace id and the most
+/// headroom of all, nothing reads it, chooses it or switches to it.
+#[test]
+fn an_account_of_an_unsupported_sign_in_kind_is_never_read_chosen_or_switched_to() {
+    let mut sim = Sim::new();
+    let future = DirAccount {
+        unsupported_sign_in: Some("device_code".into()),
+        ..seat("future", "ws-f", "u-future")
+    };
+    assert!(!future.switchable());
+    let mut accounts = sim.state.accounts.clone();
+    accounts.push(future.clone());
+    let fx = sim.feed(Input::AccountsListed(accounts));
+    assert!(
+        !fx.iter().any(|e| matches!(
+            e,
+            Effect::FetchUsage { ids, .. } if ids.contains(&"future".into())
+        )),
+        "{fx:?}"
+    );
+    sim.advance(Duration::from_secs(3600));
+    let fx = sim.feed(Input::PollTick);
+    assert!(
+        fx.iter().any(|e| matches!(
+            e,
+            Effect::FetchUsage { ids, .. } if ids.contains(&"bob".into())
+        )),
+        "the tick reads the others: {fx:?}"
+    );
+    assert!(
+        !fx.iter().any(|e| matches!(
+            e,
+            Effect::FetchUsage { ids, .. } if ids.contains(&"future".into())
+        )),
+        "{fx:?}"
+    );
+
+    // Automatic: alice is at her limit, bob and carol nearly so, the unknown one empty.
+    let wall = sim.now.wall;
+    let snapshots: HashMap<AccountId, AccountLimits> = [
+        ("alice", 100.0),
+        ("bob", 90.0),
+        ("carol", 90.0),
+        ("future", 0.0),
+    ]
+    .into_iter()
+    .map(|(id, used)| (id.into(), limits(used, wall)))
+    .collect();
+    let candidates: Vec<_> = sim
+        .state
+        .accounts
+        .iter()
+        .map(|a| super::state::candidate_of(a, &snapshots, &HashMap::new()))
+        .collect();
+    let choice = crate::proxy::policy::choose_best(
+        &candidates,
+        Some(&"alice".into()),
+        wall.timestamp(),
+        &PolicyConfig::default(),
+    );
+    assert!(
+        matches!(&choice, crate::proxy::policy::Choice::Switch { to } if to.as_str() != "future"),
+        "{choice:?}"
+    );
+    // Only the unknown one has room: none is available.
+    let snapshots: HashMap<AccountId, AccountLimits> = [("bob", 100.0), ("carol", 100.0)]
+        .into_iter()
+        .map(|(id, used)| (id.into(), limits(used, wall)))
+        .chain(std::iter::once(("future".into(), limits(0.0, wall))))
+        .collect();
+    let candidates: Vec<_> = sim
+        .state
+        .accounts
+        .iter()
+        .map(|a| super::state::candidate_of(a, &snapshots, &HashMap::new()))
+        .collect();
+    assert!(matches!(
+        crate::proxy::policy::choose_best(
+            &candidates,
+            Some(&"alice".into()),
+            wall.timestamp(),
+            &PolicyConfig::default(),
+        ),
+        crate::proxy::policy::Choice::NoneAvailable { .. }
+    ));
+
+    // By hand (`cs-tui switch`, the picker): refused, naming the kind.
+    let fx = sim.command(ProxyCommand::SwitchTo {
+        account_id: "future".into(),
+    });
+    assert_eq!(count(&fx, is_start), 0);
+    assert_eq!(
+        reply(&fx).unwrap_err(),
+        "future signs in with `device_code`, a kind written by a newer cs-tui; this cs-tui cannot use it"
+    );
+    assert!(sim.state.pending.is_none());
 }

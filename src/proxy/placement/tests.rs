@@ -404,6 +404,7 @@ impl FakeDir {
                     user_id: None,
                     enabled: true,
                     needs_login: false,
+                    unsupported_sign_in: None,
                 })
                 .collect(),
             usage: accounts

@@ -62,7 +62,7 @@ pub(crate) async fn start_session(
 pub(crate) fn refresh_token(store: &Store, name: &str) -> String {
     match &store.load().unwrap().resolve(name).unwrap().auth {
         AccountAuth::ChatGpt { refresh_token, .. } => refresh_token.expose().to_owned(),
-        AccountAuth::ApiKey { .. } => panic!("not a ChatGPT account"),
+        AccountAuth::ApiKey { .. } | AccountAuth::Unknown(_) => panic!("not a ChatGPT account"),
     }
 }
 
