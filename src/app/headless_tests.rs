@@ -230,6 +230,46 @@ fn the_prefix_key_opens_the_picker_and_help_and_keys_stay_out_of_the_child() {
 }
 
 #[test]
+fn in_a_narrow_terminal_the_hotkey_shows_the_panel_over_the_pane_without_resizing_codex() {
+    let mut h = Headless::new(100, 30);
+    h.output(b"codex was here");
+    h.frame();
+    assert_eq!(
+        h.app.layout.panel, None,
+        "too narrow for the panel beside the pane"
+    );
+    let sizes = h.app.child.sizes.borrow().len();
+    h.prefix();
+    h.type_text("p");
+    assert_eq!(h.app.overlay, Some(Overlay::Panel));
+    let screen = h.frame();
+    insta::assert_snapshot!("panel_drawer", screen);
+    assert!(screen.contains("── accounts"), "{screen}");
+    assert!(screen.contains("codex was here"), "{screen}");
+    assert_eq!(
+        h.app.child.sizes.borrow().len(),
+        sizes,
+        "Codex was not resized"
+    );
+    // Any key closes it, and does not reach Codex.
+    h.type_text("x");
+    assert!(h.app.overlay.is_none());
+    assert!(!h.frame().contains("── accounts"));
+    assert!(h.input().is_empty(), "{:?}", h.input());
+    // Open, then wide enough: the panel goes beside the pane and the drawer closes.
+    h.prefix();
+    h.type_text("p");
+    h.resize(160, 30);
+    assert!(h.app.overlay.is_none());
+    assert!(h.app.layout.panel.is_some());
+    // In a wide terminal the hotkey still hides and shows the panel beside the pane.
+    h.prefix();
+    h.type_text("p");
+    assert_eq!(h.app.layout.panel, None);
+    assert!(h.app.overlay.is_none());
+}
+
+#[test]
 fn a_resize_reflows_the_pane_and_resizes_the_child() {
     let mut h = Headless::new(120, 30);
     h.output(&[b'x'; 100]);

@@ -92,7 +92,8 @@ impl KeyRouter {
 fn route_overlay(key: &KeyEvent, overlay: &Overlay) -> KeyAction {
     let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
     match overlay {
-        Overlay::Help => KeyAction::CloseOverlay,
+        // A look at the panel or the help: any key closes it, and goes no further.
+        Overlay::Help | Overlay::Panel => KeyAction::CloseOverlay,
         Overlay::ConfirmQuit => match key.code {
             KeyCode::Char('y' | 'Y' | 'q') | KeyCode::Enter => KeyAction::Quit,
             _ => KeyAction::CloseOverlay,

@@ -667,6 +667,10 @@ impl<C: ChildIo> App<C> {
             &self.config.panel,
             self.panel_visible,
         );
+        if self.overlay == Some(Overlay::Panel) && self.layout.drawer.is_none() {
+            // Wide enough again (or too small for anything): the drawer has nowhere to be.
+            self.overlay = None;
+        }
         let (rows, cols) = (self.layout.pane.height, self.layout.pane.width);
         if self.pane.resize(rows, cols)
             && let Err(err) = self.child.resize(rows, cols)
@@ -741,6 +745,10 @@ impl<C: ChildIo> App<C> {
                 self.child.write(bytes);
             }
             KeyAction::PrefixArmed | KeyAction::Nothing => {}
+            // Too narrow for the panel beside the pane: show it over the pane instead.
+            KeyAction::TogglePanel if self.layout.drawer.is_some() => {
+                self.overlay = Some(Overlay::Panel);
+            }
             KeyAction::TogglePanel => {
                 self.panel_visible = !self.panel_visible;
                 let area = self.layout_area();

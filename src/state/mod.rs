@@ -13,4 +13,7 @@ pub enum Overlay {
     Picker {
         selected: usize,
     },
+    /// The quota panel, drawn over the pane when the terminal is too narrow to show it beside
+    /// the pane ([`crate::ui::AppLayout::drawer`]).
+    Panel,
 }

@@ -7,7 +7,7 @@ pub(crate) mod panel;
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
-use ratatui::style::{Color, Style};
+use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Span;
 use ratatui::widgets::{Paragraph, Widget};
 
@@ -26,6 +26,10 @@ pub struct AppLayout {
     pub panel: Option<Rect>,
     /// The one-line status bar, when the panel is hidden or the terminal too narrow.
     pub status: Option<Rect>,
+    /// Where the panel is drawn over the pane on request (`Ctrl+] p`), when the terminal is
+    /// too narrow to show it beside the pane. The pane keeps its size, so Codex does not
+    /// reflow when it opens.
+    pub drawer: Option<Rect>,
 }
 
 /// The pane never gets narrower than this next to the panel.
@@ -47,6 +51,7 @@ pub fn layout(area: Rect, panel: &PanelConfig, panel_visible: bool) -> AppLayout
             pane: Rect::new(pane_x, area.y, pane_width, area.height),
             panel: Some(Rect::new(panel_x, area.y, width, area.height)),
             status: None,
+            drawer: None,
         };
     }
     if area.height < 2 {
@@ -54,12 +59,24 @@ pub fn layout(area: Rect, panel: &PanelConfig, panel_visible: bool) -> AppLayout
             pane: area,
             panel: None,
             status: None,
+            drawer: None,
         };
     }
+    let pane = Rect::new(area.x, area.y, area.width, area.height - 1);
+    // Narrow: the panel can still be looked at, over the pane's side, above the status bar.
+    let drawer = (!wide).then(|| {
+        let width = width.min(pane.width);
+        let x = match panel.side {
+            PanelSide::Right => pane.right() - width,
+            PanelSide::Left => pane.x,
+        };
+        Rect::new(x, pane.y, width, pane.height)
+    });
     AppLayout {
-        pane: Rect::new(area.x, area.y, area.width, area.height - 1),
+        pane,
         panel: None,
         status: Some(Rect::new(area.x, area.bottom() - 1, area.width, 1)),
+        drawer,
     }
 }
 
@@ -165,6 +182,24 @@ pub fn draw(frame: &mut Frame<'_>, view: &View<'_>, panel_cache: &mut PanelCache
             frame.area(),
             frame.buffer_mut(),
         ),
+        Some(Overlay::Panel) => {
+            if let Some(area) = view.layout.drawer {
+                panel_cache.render(view.dashboard, &view.ctx, area, frame.buffer_mut());
+                // On its bottom border: how to go back to Codex.
+                let hint = Rect::new(
+                    area.x + 2,
+                    area.bottom() - 1,
+                    area.width.saturating_sub(4),
+                    1,
+                )
+                .intersection(frame.area());
+                Paragraph::new(Span::styled(
+                    " any key closes this ",
+                    Style::new().add_modifier(Modifier::DIM),
+                ))
+                .render(hint, frame.buffer_mut());
+            }
+        }
         None => {
             if let Some(position) = cursor_position(view.screen, view.layout.pane) {
                 frame.set_cursor_position(position);

@@ -443,6 +443,17 @@ fn layout_puts_the_panel_on_the_chosen_side_or_collapses_it() {
     let narrow = layout(Rect::new(0, 0, 100, 30), &config, true);
     assert_eq!(narrow.panel, None);
     assert_eq!(narrow.pane, Rect::new(0, 0, 100, 29));
+    // Too narrow: the panel can be shown over the pane on its side, above the status bar.
+    assert_eq!(narrow.drawer, Some(Rect::new(0, 0, 44, 29)));
+    config.side = crate::config::PanelSide::Right;
+    let narrow = layout(Rect::new(0, 0, 100, 30), &config, true);
+    assert_eq!(narrow.drawer, Some(Rect::new(56, 0, 44, 29)));
+    let tiny = layout(Rect::new(0, 0, 30, 10), &config, true);
+    assert_eq!(tiny.drawer, Some(Rect::new(0, 0, 30, 9)));
+    // Hidden by choice in a wide terminal: no drawer (the hotkey shows the panel beside).
+    assert_eq!(layout(wide, &config, false).drawer, None);
+    assert_eq!(layout(wide, &config, true).drawer, None);
+    assert_eq!(layout(Rect::new(0, 0, 100, 1), &config, true).drawer, None);
 }
 
 #[test]
