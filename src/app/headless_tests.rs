@@ -339,6 +339,15 @@ fn a_pilot_pastes_and_types_like_the_keyboard_until_the_user_types() {
         .on_pilot(PilotRequest::Notice("demo: typed for you".to_owned()));
     assert!(h.frame().contains("demo: typed for you"));
 
+    // A hotkey is not typing for Codex: a look at the help leaves the pilot at the keyboard.
+    h.prefix();
+    h.type_text("?");
+    h.key(KeyCode::Esc, KeyModifiers::NONE);
+    assert!(
+        h.app.pilot.is_some(),
+        "a hotkey took the keyboard from the pilot"
+    );
+
     // The user's first key takes the keyboard: the pilot is dropped (its seat hears the
     // channel close), the panel says so, and the key goes to Codex.
     h.type_text("x");

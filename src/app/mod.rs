@@ -683,9 +683,13 @@ impl<C: ChildIo> App<C> {
     fn on_terminal_event(&mut self, event: Event) {
         match event {
             Event::Key(key) if key.kind != KeyEventKind::Release => {
-                self.take_keyboard();
                 let modes = KeyModes::of(self.pane.screen());
                 let action = self.router.route(&key, self.overlay.as_ref(), modes);
+                // Typing for Codex takes the keyboard from a pilot; a hotkey (a look at the
+                // help or the panel, a switch) does not.
+                if matches!(action, KeyAction::Send(_)) {
+                    self.take_keyboard();
+                }
                 if !matches!(action, KeyAction::Send(_) | KeyAction::Nothing) {
                     // Hotkeys only: what is typed for Codex never reaches the log.
                     tracing::debug!(?action, "hotkey");

@@ -156,7 +156,7 @@ pub(crate) async fn fly(seat: PilotSeat) {
 
 async fn story(cockpit: &mut Cockpit) -> Result<(), Stop> {
     cockpit.ask(PilotRequest::Notice(
-        "demo: prompts are typed for you; any key takes over".to_owned(),
+        "demo: prompts are typed for you; typing takes over".to_owned(),
     ))?;
     cockpit.until(COMPOSER_WAIT, |c| c.clients > 0).await?;
     cockpit
