@@ -256,6 +256,14 @@ fn in_a_narrow_terminal_the_hotkey_shows_the_panel_over_the_pane_without_resizin
     assert!(h.app.overlay.is_none());
     assert!(!h.frame().contains("── accounts"));
     assert!(h.input().is_empty(), "{:?}", h.input());
+    // The hotkey that opened it closes it.
+    h.prefix();
+    h.type_text("p");
+    assert_eq!(h.app.overlay, Some(Overlay::Panel));
+    h.prefix();
+    h.type_text("p");
+    assert!(h.app.overlay.is_none());
+    assert!(h.input().is_empty(), "{:?}", h.input());
     // Open, then wide enough: the panel goes beside the pane and the drawer closes.
     h.prefix();
     h.type_text("p");

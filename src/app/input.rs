@@ -34,6 +34,9 @@ pub(crate) struct KeyRouter {
     /// prefix, however the terminal reported it.
     prefix: Vec<u8>,
     pending: bool,
+    /// The look (help or panel) the prefix just closed: its own hotkey then does not open it
+    /// again, so `Ctrl+] p` and `Ctrl+] ?` close what they opened.
+    closed_by_prefix: Option<Overlay>,
 }
 
 impl KeyRouter {
@@ -41,6 +44,7 @@ impl KeyRouter {
         Self {
             prefix: encode_key(prefix.key(), KeyModes::default()).unwrap_or_default(),
             pending: false,
+            closed_by_prefix: None,
         }
     }
 
@@ -65,17 +69,27 @@ impl KeyRouter {
         }
         if let Some(overlay) = overlay {
             self.pending = false;
+            // A look closes at any key; the prefix closes it and is the prefix too, so that
+            // `Ctrl+] q` quits from under the help or the panel.
+            if matches!(overlay, Overlay::Help | Overlay::Panel) && self.is_prefix(key) {
+                self.pending = true;
+                self.closed_by_prefix = Some(overlay.clone());
+                return KeyAction::CloseOverlay;
+            }
             return route_overlay(key, overlay);
         }
         if self.pending {
             self.pending = false;
+            let closed = self.closed_by_prefix.take();
             if self.is_prefix(key) {
                 return KeyAction::Send(self.prefix.clone());
             }
             return match key.code {
                 KeyCode::Char('s') => KeyAction::OpenPicker,
                 KeyCode::Char('n') => KeyAction::SwitchBest,
+                KeyCode::Char('p') if closed == Some(Overlay::Panel) => KeyAction::Nothing,
                 KeyCode::Char('p') => KeyAction::TogglePanel,
+                KeyCode::Char('?' | 'h') if closed == Some(Overlay::Help) => KeyAction::Nothing,
                 KeyCode::Char('?' | 'h') => KeyAction::OpenHelp,
                 KeyCode::Char('q') => KeyAction::AskQuit,
                 _ => KeyAction::Nothing,
@@ -153,6 +167,49 @@ mod tests {
             assert_eq!(r.route(&ctrl('5'), None, modes), KeyAction::PrefixArmed);
             assert_eq!(r.route(&key(KeyCode::Char(c)), None, modes), action, "{c}");
         }
+    }
+
+    #[test]
+    fn the_prefix_closes_a_look_and_arms_itself_and_its_hotkey_closes_what_it_opened() {
+        let modes = KeyModes::default();
+        for (look, reopen) in [(Overlay::Panel, 'p'), (Overlay::Help, '?')] {
+            let mut r = router();
+            // Any other key just closes it.
+            assert_eq!(
+                r.route(&key(KeyCode::Char('x')), Some(&look), modes),
+                KeyAction::CloseOverlay
+            );
+            assert!(!r.pending());
+            // The prefix closes it and arms: `q` then asks to quit.
+            assert_eq!(
+                r.route(&ctrl(']'), Some(&look), modes),
+                KeyAction::CloseOverlay
+            );
+            assert!(r.pending());
+            assert_eq!(
+                r.route(&key(KeyCode::Char('q')), None, modes),
+                KeyAction::AskQuit
+            );
+            // Its own hotkey after the prefix closed it does not open it again...
+            r.route(&ctrl(']'), Some(&look), modes);
+            assert_eq!(
+                r.route(&key(KeyCode::Char(reopen)), None, modes),
+                KeyAction::Nothing
+            );
+            // ...but does the next time.
+            assert_eq!(r.route(&ctrl(']'), None, modes), KeyAction::PrefixArmed);
+            assert_ne!(
+                r.route(&key(KeyCode::Char(reopen)), None, modes),
+                KeyAction::Nothing
+            );
+        }
+        // The picker and the quit question keep their own keys.
+        let mut r = router();
+        assert_eq!(
+            r.route(&ctrl(']'), Some(&Overlay::Picker { selected: 0 }), modes),
+            KeyAction::Nothing
+        );
+        assert!(!r.pending());
     }
 
     #[test]
