@@ -19,12 +19,58 @@ pub(crate) fn store_dir() -> Result<PathBuf> {
 
 /// Codex's home: `$CODEX_HOME`, else `~/.codex`.
 pub(crate) fn codex_home() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CODEX_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
+    match chosen_codex_home() {
+        Some(dir) => Ok(dir),
+        None => default_codex_home(dirs::home_dir()),
     }
-    dirs::home_dir()
-        .map(|d| d.join(".codex"))
+}
+
+/// `$CODEX_HOME`, when the user set one.
+fn chosen_codex_home() -> Option<PathBuf> {
+    std::env::var_os("CODEX_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+fn default_codex_home(home: Option<PathBuf>) -> Result<PathBuf> {
+    home.map(|d| d.join(".codex"))
         .ok_or_else(|| eyre!("cannot find the home directory; set CODEX_HOME"))
+}
+
+/// Codex's home for a session's app-server, ready as Codex's own first run leaves it.
+///
+/// `~/.codex` is created (0700) when missing: a user whose logins all came through `cs-tui
+/// accounts add` may never have run Codex, and the app-server, given a `CODEX_HOME` that does
+/// not exist, stops with a backtrace. A `$CODEX_HOME` the user chose is theirs to create: a
+/// missing one is a clear error here.
+pub(crate) fn session_codex_home() -> Result<PathBuf> {
+    codex_home_ready(chosen_codex_home(), dirs::home_dir())
+}
+
+fn codex_home_ready(chosen: Option<PathBuf>, home: Option<PathBuf>) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if let Some(dir) = chosen {
+        if !dir.is_dir() {
+            return Err(crate::errors::with_hint(
+                eyre!("CODEX_HOME is {}, which is not a directory", dir.display()),
+                "create it (Codex keeps its login, config and sessions there), or unset CODEX_HOME to use ~/.codex",
+            ));
+        }
+        return Ok(dir);
+    }
+    let dir = default_codex_home(home)?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => tracing::info!("created {} for Codex, as its first run does", dir.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(eyre!("creating {} for Codex: {err}", dir.display())),
+    }
+    if !dir.is_dir() {
+        return Err(eyre!(
+            "{} is not a directory; Codex keeps its files there",
+            dir.display()
+        ));
+    }
+    Ok(dir)
 }
 
 /// The directory cs-tui writes its log files to (`<store>/logs`).
@@ -373,5 +419,36 @@ mod tests {
         assert!(err.contains("belongs to another user"), "{err}");
         assert_eq!(mode(&theirs), before);
         assert!(!is_own_private_dir(&theirs));
+    }
+
+    #[test]
+    fn a_missing_codex_home_is_made_like_codexs_first_run_unless_the_user_chose_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().to_owned();
+        // Never run Codex: ~/.codex is created, ours alone.
+        let dir = codex_home_ready(None, Some(home.clone())).unwrap();
+        assert_eq!(dir, home.join(".codex"));
+        assert_eq!(mode(&dir), 0o700);
+        // Already there: used as it is.
+        std::fs::write(dir.join("auth.json"), "{}").unwrap();
+        assert_eq!(codex_home_ready(None, Some(home.clone())).unwrap(), dir);
+        assert!(dir.join("auth.json").is_file());
+        // A $CODEX_HOME the user chose is never created: a clear error names it.
+        let chosen = home.join("elsewhere");
+        let err = codex_home_ready(Some(chosen.clone()), Some(home.clone())).unwrap_err();
+        let text = crate::errors::render_error(&err);
+        assert!(text.contains("elsewhere"), "{text}");
+        assert!(text.contains("unset CODEX_HOME"), "{text}");
+        assert!(!chosen.exists());
+        std::fs::create_dir(&chosen).unwrap();
+        assert_eq!(
+            codex_home_ready(Some(chosen.clone()), None).unwrap(),
+            chosen
+        );
+        // A file where ~/.codex should be is not a home.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join(".codex"), "x").unwrap();
+        assert!(codex_home_ready(None, Some(other.path().to_owned())).is_err());
+        assert!(codex_home_ready(None, None).is_err());
     }
 }

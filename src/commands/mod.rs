@@ -270,7 +270,7 @@ impl Env {
         let config = self.config()?;
         Ok(SessionOptions {
             codex_bin: self.codex_bin.clone(),
-            codex_home: crate::paths::codex_home()?,
+            codex_home: crate::paths::session_codex_home()?,
             store_dir: self.store_dir()?.to_owned(),
             policy: (&config.switch).into(),
             usage_poll: config.polling.usage_interval(),

@@ -46,7 +46,7 @@ pub(crate) async fn plan_start<D: AccountDirectory>(
     let switchable: Vec<&DirAccount> = accounts.iter().filter(|a| a.switchable()).collect();
     if switchable.is_empty() {
         let hint = if accounts.is_empty() {
-            "add one with `cs-tui accounts import` (reads ~/.codex/auth.json) or `cs-tui accounts add NAME`"
+            "add one with `cs-tui accounts import` (reads ~/.codex/auth.json) or `cs-tui accounts add NAME`; `cs-tui demo` shows cs-tui at work without a login"
         } else {
             "log in again with `cs-tui accounts add NAME`; API-key accounts, and sign-in kinds only a newer cs-tui knows, cannot be switched in a session"
         };
