@@ -118,6 +118,53 @@ struct StatusJson<'a> {
     individual_limit: Option<SpendLimitJson<'a>>,
     /// Rate-limit reset credits; `null` when they could not be read.
     reset_credits: Option<&'a ResetCredits>,
+    /// When the read failed: the newest reading a session kept of the account
+    /// (`<store>/usage.jsonl`), each window's only while it cannot have reset since.
+    last_known: Option<LastKnown>,
+}
+
+/// An account's newest kept reading, for when its usage cannot be read now.
+#[derive(Serialize, Debug, PartialEq)]
+struct LastKnown {
+    at: DateTime<Utc>,
+    five_hour_used_percent: Option<f64>,
+    weekly_used_percent: Option<f64>,
+}
+
+impl LastKnown {
+    /// From the kept samples: a window's number older than the window is dropped (it has
+    /// reset since), and with neither left there is nothing to show.
+    fn of(stored: &[StoredSample], id: &AccountId, now: DateTime<Utc>) -> Option<Self> {
+        let newest = stored
+            .iter()
+            .filter(|s| &s.account == id)
+            .max_by_key(|s| s.at)?;
+        let age = now.timestamp() - newest.at;
+        let within = |secs: i64, used: Option<f64>| used.filter(|_| (0..secs).contains(&age));
+        let known = Self {
+            at: DateTime::from_timestamp(newest.at, 0)?,
+            five_hour_used_percent: within(5 * 3600, newest.five_hour),
+            weekly_used_percent: within(7 * 86_400, newest.weekly),
+        };
+        (known.five_hour_used_percent.is_some() || known.weekly_used_percent.is_some())
+            .then_some(known)
+    }
+
+    /// "last known 12m ago: 5h 46%, weekly 27%".
+    fn describe(&self, now: DateTime<Utc>) -> String {
+        let windows: Vec<String> = [
+            ("5h", self.five_hour_used_percent),
+            ("weekly", self.weekly_used_percent),
+        ]
+        .into_iter()
+        .filter_map(|(label, used)| Some(format!("{label} {:.0}%", used?)))
+        .collect();
+        format!(
+            "last known {}: {}",
+            relative_time(self.at, now),
+            windows.join(", ")
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -397,16 +444,15 @@ pub(super) fn run(env: &Env, args: StatusArgs) -> Result<ExitCode> {
     // Reload: refreshes during the fetch may have changed plans and statuses.
     let file = ctx.store.load().unwrap_or(file);
     let any_failed = !saved || outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. }));
+    let now = Utc::now();
+    let stored = usage_store::load(env.store_dir()?, now.timestamp());
     if args.json {
-        let mut json = status_json(&file, &outcomes, &credits);
-        let stored = usage_store::load(env.store_dir()?, json.fetched_at.timestamp());
-        json.forecast = Some(forecast_json(&file, &outcomes, stored, json.fetched_at));
+        let mut json = status_json(&file, &outcomes, &credits, &stored, now);
+        json.forecast = Some(forecast_json(&file, &outcomes, stored, now));
         emit_json(&json)?;
     } else {
-        let now = Utc::now();
-        let stored = usage_store::load(env.store_dir()?, now.timestamp());
+        let mut text = status_table(&file, &outcomes, &credits, &stored, now);
         let forecast = forecast_json(&file, &outcomes, stored, now);
-        let mut text = status_table(&file, &outcomes, &credits, now);
         if !text.ends_with('\n') {
             text.push('\n');
         }
@@ -439,6 +485,8 @@ fn status_json<'a>(
     file: &'a AccountsFile,
     outcomes: &'a [Outcome],
     credits: &'a [Option<ResetCredits>],
+    stored: &[StoredSample],
+    now: DateTime<Utc>,
 ) -> StatusListJson<'a> {
     let accounts = file
         .accounts
@@ -465,6 +513,7 @@ fn status_json<'a>(
                 families: Vec::new(),
                 individual_limit: None,
                 reset_credits: reset_credits.as_ref(),
+                last_known: None,
             };
             match outcome {
                 Outcome::Usage(report) => {
@@ -505,6 +554,7 @@ fn status_json<'a>(
                 Outcome::Failed { message, hint, .. } => {
                     entry.error = Some(message.clone());
                     entry.hint = hint.clone();
+                    entry.last_known = LastKnown::of(stored, &account.id, now);
                 }
                 Outcome::ApiKey => {}
                 Outcome::Unsupported(kind) => {
@@ -516,7 +566,7 @@ fn status_json<'a>(
         })
         .collect();
     StatusListJson {
-        fetched_at: Utc::now(),
+        fetched_at: now,
         accounts,
         forecast: None,
     }
@@ -552,6 +602,7 @@ fn status_table(
     file: &AccountsFile,
     outcomes: &[Outcome],
     credits: &[Option<ResetCredits>],
+    stored: &[StoredSample],
     now: DateTime<Utc>,
 ) -> String {
     let mut problems = Vec::new();
@@ -596,10 +647,13 @@ fn status_table(
                     hint,
                 } => {
                     problems.push(format!(
-                        "{}: {message}{}",
+                        "{}: {message}{}{}",
                         account.name,
                         hint.as_deref()
                             .map(|h| format!("\n  hint: {h}"))
+                            .unwrap_or_default(),
+                        LastKnown::of(stored, &account.id, now)
+                            .map(|known| format!("\n  {}", known.describe(now)))
                             .unwrap_or_default()
                     ));
                     let state = if *needs_login {
@@ -794,5 +848,62 @@ mod tests {
         assert_eq!(json["state"], "idle", "{json:#}");
         assert_eq!(json["basis"], "no_burn", "{json:#}");
         assert_eq!(json["five_hour_burn_per_hour"], 0.0, "{json:#}");
+    }
+
+    /// The backend cannot be read: the account's newest kept reading stands in, each window's
+    /// only while it cannot have reset since.
+    #[test]
+    fn a_failed_read_shows_the_last_known_numbers_while_they_can_still_hold() {
+        let now = DateTime::from_timestamp(NOW, 0).unwrap();
+        let failed = Outcome::Failed {
+            needs_login: false,
+            message: "the backend answered 500".into(),
+            hint: None,
+        };
+        let outcomes = [failed, read(10.0, 20.0)];
+        let credits = [None, None];
+        let stored = vec![
+            sample("aaaa", 3 * 3600, 30.0, 10.0),
+            sample("aaaa", 720, 46.0, 27.0),
+            sample("bbbb", 60, 9.0, 19.0),
+        ];
+        let json =
+            serde_json::to_value(status_json(&file(), &outcomes, &credits, &stored, now)).unwrap();
+        let alice = &json["accounts"][0];
+        assert_eq!(alice["state"], "error");
+        assert_eq!(
+            alice["last_known"]["five_hour_used_percent"], 46.0,
+            "{alice:#}"
+        );
+        assert_eq!(
+            alice["last_known"]["weekly_used_percent"], 27.0,
+            "{alice:#}"
+        );
+        assert_eq!(
+            alice["last_known"]["at"],
+            serde_json::to_value(DateTime::from_timestamp(NOW - 720, 0).unwrap()).unwrap()
+        );
+        // A read that worked needs none.
+        assert_eq!(json["accounts"][1]["last_known"], serde_json::Value::Null);
+        let text = status_table(&file(), &outcomes, &credits, &stored, now);
+        assert!(
+            text.contains(
+                "alice: the backend answered 500\n  last known 12m ago: 5h 46%, weekly 27%"
+            ),
+            "{text}"
+        );
+
+        // Six hours old: the 5-hour window has reset since; the weekly number still holds.
+        let old = [sample("aaaa", 6 * 3600, 46.0, 27.0)];
+        let known = LastKnown::of(&old, &AccountId::from("aaaa"), now).unwrap();
+        assert_eq!(known.five_hour_used_percent, None);
+        assert_eq!(known.weekly_used_percent, Some(27.0));
+        assert_eq!(known.describe(now), "last known 6h ago: weekly 27%");
+        // Older than a week, from the future, or none: nothing to show.
+        let stale = [sample("aaaa", 8 * 86_400, 46.0, 27.0)];
+        assert_eq!(LastKnown::of(&stale, &AccountId::from("aaaa"), now), None);
+        let ahead = [sample("aaaa", -600, 46.0, 27.0)];
+        assert_eq!(LastKnown::of(&ahead, &AccountId::from("aaaa"), now), None);
+        assert_eq!(LastKnown::of(&[], &AccountId::from("aaaa"), now), None);
     }
 }

@@ -165,6 +165,29 @@ async fn samples_outlive_the_session_and_feed_the_forecast() {
         "{forecast:#}"
     );
     assert!(forecast["horizon"].is_string(), "{forecast:#}");
+
+    // The backend cannot be read now: each account's newest kept reading stands in.
+    for _ in 0..2 {
+        mock.push_usage_fault(cs_tui_testkit::mock_backend::UsageFault::Json403);
+    }
+    let out = cs_tui_command(store.path(), &home, &mock)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a failed read is a failure");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alice_now = status["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "alice")
+        .unwrap();
+    assert_eq!(alice_now["state"], "error", "{alice_now:#}");
+    let known = &alice_now["last_known"];
+    assert_eq!(known["five_hour_used_percent"], 10.0, "{known:#}");
+    assert_eq!(known["weekly_used_percent"], 20.0, "{known:#}");
+    let at = chrono::DateTime::parse_from_rfc3339(known["at"].as_str().unwrap()).unwrap();
+    assert_eq!(at.timestamp(), kept[1]["at"].as_i64().unwrap());
 }
 
 /// The dashboard starts its burn-down and its runway from the samples earlier sessions kept:
