@@ -352,6 +352,7 @@ impl Metrics {
             ProxyEvent::UsageLimitHit { .. }
             | ProxyEvent::ResetCredits { .. }
             | ProxyEvent::SwitchDeferred { .. }
+            | ProxyEvent::TurnsHeld { .. }
             | ProxyEvent::Notice { .. } => {}
         }
         self.show_state();

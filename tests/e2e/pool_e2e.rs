@@ -513,31 +513,6 @@ fn after_a_limit_in_one_session_the_others_send_nothing_to_that_account() {
     }
 }
 
-/// Polls the store's `serve.log` (each time a session prints, at least every 50 ms) until a
-/// line holds every one of `needles`, up to [`WAIT`].
-fn serve_log_line(rig: &PoolRig, what: &str, needles: &[&str]) -> String {
-    let log = rig.store.path().join("logs").join("serve.log");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-            return line.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what} in {}; its lines about turns and holds:\n{}",
-            log.display(),
-            text.lines()
-                .filter(|l| l.contains("turn guard")
-                    || l.contains("hold")
-                    || l.contains(needles[1]))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        rig.sessions[0].wait_printed(std::time::Duration::from_millis(50));
-    }
-}
-
 /// The hold path: the second serve has a turn running on alice (held at the mock's gate, no
 /// timer) when the first serve meets alice's limit. It defers its switch to the turn's end
 /// (`switch_deferred`), and a turn asked for meanwhile by another client is held by the
@@ -599,8 +574,8 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
         event_is(e, "switch_deferred")
     });
 
-    // Another client asks for a turn: the guard holds it (it says so to the core, which logs
-    // it), and nothing of it reaches the backend.
+    // Another client asks for a turn: the guard holds it (the session says so with a
+    // `turns_held` event), and nothing of it reaches the backend.
     let held_text = "asked for while the switch waits";
     let held_id = "held-turn";
     runtime.block_on(async {
@@ -623,11 +598,11 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
             .all(|e| e["event"] != "switch_started"),
         "no switch during the running turn"
     );
-    serve_log_line(
-        &rig,
-        "the guard holding the second turn",
-        &["TurnRequested", &second_thread, "held: true"],
-    );
+    let held = rig.sessions[s2].wait_for_after(mark2, "the guard holding the second turn", |e| {
+        event_is(e, "turns_held") && e["held"] == 1
+    });
+    let mark_held = rig.sessions[s2].mark();
+    assert!(held.json.unwrap()["at"].is_string());
     assert!(mock.user_turn_requests(held_text).is_empty());
 
     // The running turn ends (alice refuses it now); the switch follows and the held turn
@@ -635,6 +610,10 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
     mock.open(&alice);
     let done =
         rig.sessions[s2].wait_for_after(mark2, "the switch done", |e| event_is(e, "switch_done"));
+    // The switch's end lets the held turn go: the session says so.
+    rig.sessions[s2].wait_for_after(mark_held, "the held turn released", |e| {
+        event_is(e, "turns_held") && e["held"] == 0
+    });
     let done = done.json.unwrap();
     assert_eq!(done["from"]["name"], "alice", "{done}");
     let now = done["to"]["name"].as_str().unwrap().to_owned();

@@ -152,6 +152,8 @@ pub(crate) struct CoreState {
     /// Turns a guard holds (`TurnRequested { held: true }`): not busy, since they wait for
     /// the switch that their being busy would hold back. Released into `requested`.
     pub(super) held_requests: HashMap<(ConnId, String), Instant>,
+    /// The number of held turns last told ([`ProxyEvent::TurnsHeld`]).
+    pub(super) held_told: usize,
     /// Whether the guards hold new turns (rule 4 of the pool, `pool.rs`).
     pub(super) hold: Hold,
     /// Accounts a peer failed to log in, kept out of the candidates until then.
@@ -208,6 +210,7 @@ impl CoreState {
             poller: true,
             reading: HashMap::new(),
             held_requests: HashMap::new(),
+            held_told: 0,
             hold: Hold::Off,
             login_failed_until: HashMap::new(),
             book: Default::default(),
@@ -264,6 +267,7 @@ impl CoreState {
             Input::PollerRole(poller) => self.poller_role(poller, now, &mut fx),
         }
         self.update_hold(now, &mut fx);
+        self.emit_held(now, &mut fx);
         fx.into_vec()
     }
 
