@@ -866,3 +866,79 @@ fn sessions_are_listed_when_the_store_is_damaged() {
     );
     std::fs::write(&store_file, intact).unwrap();
 }
+
+/// Waits (up to [`WAIT`]) until the store's `serve.log` has a line containing `needle`,
+/// looking again each time `session` prints and at least every 50 ms; returns the line.
+fn serve_log_line(rig: &PoolRig, session: &PoolSession, needle: &str) -> String {
+    let log = rig.store.path().join("logs").join("serve.log");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {needle:?} in {}:\n{text}",
+            log.display()
+        );
+        session.wait_printed(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A poller stopped with `kill -STOP` keeps the poller lock (the kernel drops it only with
+/// its holder) and reads nothing more. The other session does not wait for it for good:
+/// after two polling intervals without a read from the pool it reads every account on its
+/// own timer, and says so in the log.
+#[test]
+fn a_stopped_poller_does_not_stall_the_other_sessions_usage_reads() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockBackend::start());
+    let mut rig = PoolRig::new(&mock, &ACCOUNTS);
+    std::fs::write(
+        rig.store.path().join("config.toml"),
+        "[polling]\nusage_interval_secs = 1\n",
+    )
+    .unwrap();
+    let dir = rig.scratch();
+    let s1 = rig.spawn_ready(&dir, &[]);
+    let s2 = rig.spawn_ready(&dir, &[]);
+    let (pid1, pid2) = (rig.sessions[s1].pid(), rig.sessions[s2].pid());
+    let listing = sessions_until(&rig, "two sessions, the first the poller", |l| {
+        all_ready(l, 2) && listed(l, pid1)["poller"] == true
+    });
+    assert_eq!(listed(&listing, pid2)["poller"], false, "{listing:#}");
+
+    let poller = Pid::from_raw(i32::try_from(pid1).unwrap());
+    kill(poller, Signal::SIGSTOP).unwrap();
+    let stopped = std::time::Instant::now();
+    // Every account is read again, three times over, while the poller is stopped: one read
+    // per account may be the poller's (sent before it stopped and answered after); the
+    // others can only be the second session's.
+    runtime.block_on(async {
+        for name in ACCOUNTS {
+            let account = rig.mock_id(name).to_owned();
+            let mut after = stopped;
+            for n in 1..=3 {
+                let read = mock
+                    .wait_for_request(WAIT, &format!("read {n} of {name}'s usage"), |r| {
+                        r.path.ends_with("/wham/usage")
+                            && r.account_header.as_deref() == Some(account.as_str())
+                            && r.at > after
+                    })
+                    .await;
+                after = read.at;
+            }
+        }
+    });
+    let line = serve_log_line(
+        &rig,
+        &rig.sessions[s2],
+        "no usage read from the pool's poller",
+    );
+    assert!(line.contains("WARN"), "{line}");
+    kill(poller, Signal::SIGCONT).unwrap();
+}

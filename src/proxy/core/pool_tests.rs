@@ -525,16 +525,92 @@ fn our_stream_is_coalesced_to_one_fact_per_account_per_250_ms_but_a_limit_goes_a
     assert_eq!(broadcasts(&fx).len(), 1);
 }
 
+const INTERVAL: Duration = Duration::from_secs(300);
+
+/// Every stored ChatGPT account, as the poller reads them.
+const READ: [&str; 3] = ["alice", "bob", "carol"];
+
+/// The poller's reads of every account, heard now.
+fn poller_reads(sim: &mut Sim) {
+    let wall = sim.now.wall;
+    for name in READ {
+        peer(sim, read_fact(name, wall, quota(10.0, wall)));
+    }
+}
+
 #[test]
-fn a_non_poller_reads_no_usage_on_the_timer() {
+fn a_non_poller_reads_no_usage_on_the_timer_while_the_pollers_reads_come() {
     let mut sim = Sim::new();
     sim.state.poller = false;
-    sim.advance(Duration::from_secs(3600));
+    sim.feed(Input::Start);
+    for _ in 0..6 {
+        sim.advance(INTERVAL);
+        poller_reads(&mut sim);
+        let fx = sim.feed(Input::PollTick);
+        assert!(
+            matches!(fx[..], [Effect::ListAccounts]),
+            "only the store's accounts are listed: {fx:?}"
+        );
+    }
+    assert!(!sim.state.poller_overdue);
+}
+
+/// The poller is stopped (`kill -STOP`: it keeps the lock, and its reads stop coming). A
+/// non-poller waits two intervals, then reads on its own timer as the poller would, until a
+/// peer's read comes again.
+#[test]
+fn a_non_poller_stands_in_when_the_pollers_reads_stop_and_steps_back_when_they_come() {
+    let all = || vec![READ.iter().map(|n| id(n)).collect::<Vec<_>>()];
+    let mut sim = Sim::new();
+    sim.state.poller = false;
+    sim.feed(Input::Start);
+    sim.advance(Duration::from_secs(10));
+    poller_reads(&mut sim);
+    // Then nothing: one interval late is not overdue, nor a second less than two.
+    sim.advance(INTERVAL);
+    assert!(fetched_ids(&sim.feed(Input::PollTick)).is_empty());
+    sim.advance(INTERVAL - Duration::from_secs(1));
+    assert!(fetched_ids(&sim.feed(Input::PollTick)).is_empty());
+    assert!(!sim.state.poller_overdue);
+    sim.advance(Duration::from_secs(1));
     let fx = sim.feed(Input::PollTick);
-    assert!(
-        matches!(fx[..], [Effect::ListAccounts]),
-        "only the store's accounts are listed: {fx:?}"
-    );
+    assert_eq!(fetched_ids(&fx), all(), "two intervals without a read");
+    assert!(sim.state.poller_overdue);
+    // Its reads are answered (and told to the pool, as the poller's are); it keeps reading
+    // at every tick while no peer's read comes.
+    let started = sim.now.mono;
+    let wall = sim.now.wall;
+    let fx = sim.feed(Input::UsageFetched {
+        started,
+        results: READ
+            .iter()
+            .map(|n| (id(n), Ok(limits(12.0, wall))))
+            .collect(),
+    });
+    assert_eq!(broadcasts(&fx).len(), 3);
+    sim.advance(INTERVAL);
+    assert_eq!(fetched_ids(&sim.feed(Input::PollTick)), all());
+    // The poller runs again: its read comes, and the next tick reads nothing.
+    sim.advance(Duration::from_secs(100));
+    let wall = sim.now.wall;
+    peer(&mut sim, read_fact("bob", wall, quota(10.0, wall)));
+    sim.advance(INTERVAL - Duration::from_secs(100));
+    let fx = sim.feed(Input::PollTick);
+    assert!(matches!(fx[..], [Effect::ListAccounts]), "{fx:?}");
+    assert!(!sim.state.poller_overdue);
+}
+
+/// A non-poller that started before any peer read anything (a poller stopped from the
+/// start) stands in after two intervals of its own.
+#[test]
+fn a_non_poller_that_never_heard_the_poller_stands_in_after_two_intervals() {
+    let mut sim = Sim::new();
+    sim.state.poller = false;
+    sim.feed(Input::Start);
+    sim.advance(INTERVAL);
+    assert!(fetched_ids(&sim.feed(Input::PollTick)).is_empty());
+    sim.advance(INTERVAL);
+    assert_eq!(fetched_ids(&sim.feed(Input::PollTick)).len(), 1);
 }
 
 #[test]
