@@ -58,6 +58,14 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         ],
     ),
     ("pace", &["ui", "app", "state", "accounts", "proxy", "cli"]),
+    // The capped accept loop of the loopback servers (`serve --metrics`, the demo's backend).
+    (
+        "conn_cap",
+        &[
+            "proxy", "pty", "app", "ui", "state", "accounts", "config", "process", "ipc", "cli",
+            "commands", "demo", "notify",
+        ],
+    ),
     // Notifications: decided from the proxy's events, delivered by `app` and `serve`.
     (
         "notify",

@@ -19,6 +19,7 @@ mod architecture_tests;
 pub(crate) mod cli;
 pub mod commands;
 pub mod config;
+pub(crate) mod conn_cap;
 pub(crate) mod demo;
 pub(crate) mod doctor;
 pub(crate) mod errors;

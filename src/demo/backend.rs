@@ -11,7 +11,11 @@
 //! - `POST /oauth/token`: rotates the refresh token.
 //!
 //! Every backend call must carry a token minted with this demo's random key: another user on
-//! the machine can reach the port, not the demo's accounts.
+//! the machine can reach the port, not the demo's accounts. Another process can still open
+//! connections, so at most [`MAX_CONNECTIONS`] are served at once (the accept loop of
+//! `serve --metrics`, [`crate::conn_cap`]); one more waits in the accept queue until one
+//! goes, rather than being closed: the demo's own clients (the app-server's connection pool,
+//! cs-tui's usage reads) then see a delay, never an error.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,6 +33,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use super::script::{self, DemoAccount, Window};
+use crate::conn_cap::{ConnectionCap, WhenFull, accept_capped};
 
 /// The one model the demo's catalog offers.
 pub(super) const MODEL: &str = "gpt-5.1-codex";
@@ -36,6 +41,9 @@ pub(super) const MODEL: &str = "gpt-5.1-codex";
 const MAX_BODY: usize = 4 << 20;
 /// The pause between two words of a streamed reply.
 const WORD_DELAY: Duration = Duration::from_millis(35);
+/// Connections served at once; more wait to be accepted. The demo's own clients use a
+/// handful (a streamed reply holds one for seconds, keep-alive connections idle in pools).
+pub(super) const MAX_CONNECTIONS: usize = 64;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -102,29 +110,29 @@ fn now() -> i64 {
 }
 
 async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "demo backend: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let cap = ConnectionCap {
+        name: "demo backend",
+        max: MAX_CONNECTIONS,
+        when_full: WhenFull::Wait,
+        // A streamed reply lasts as long as it lasts, and pools keep connections open.
+        lifetime: None,
+    };
+    accept_capped(listener, cap, move |stream| {
         let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(answer(request, &state).await) }
-            });
+        let service = hyper::service::service_fn(move |request| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(answer(request, &state).await) }
+        });
+        async move {
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(error = %e, "demo backend: connection ended");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn answer(request: Request<Incoming>, state: &Mutex<State>) -> Response<Body> {
@@ -622,5 +630,58 @@ mod tests {
         assert_eq!(claims.chatgpt_account_id.as_deref(), Some("demo-acct-bob"));
         assert_eq!(refresh(first).await.status(), 401, "a spent token");
         assert_eq!(refresh(rotated).await.status(), 200);
+    }
+
+    /// Another process holds every connection the backend serves: the demo's next request
+    /// waits (it is not refused: Codex would show an error), and is answered once one goes.
+    #[tokio::test]
+    async fn beyond_the_connection_cap_a_request_waits_until_a_connection_goes() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let rig = Rig::start();
+        let addr = rig.base.trim_start_matches("http://").to_owned();
+        // Each holder is served once (so it holds a slot), then keeps its connection open.
+        let mut holders = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "a holder's connection closed");
+                head.extend_from_slice(&buf[..n]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 404"));
+            holders.push(s);
+        }
+        let alice = rig.bearer("alice", &rig.key);
+        let mut usage = tokio::spawn({
+            let client = rig.client.clone();
+            let url = format!("{}/backend-api/wham/usage", rig.base);
+            async move {
+                client
+                    .get(url)
+                    .bearer_auth(&alice.0)
+                    .header("chatgpt-account-id", &alice.1)
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            }
+        });
+        // (Never answered while every slot is held: a correct backend cannot fail this.)
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut usage).await;
+        assert!(early.is_err(), "served beyond the cap: {early:?}");
+        drop(holders.pop());
+        let status = tokio::time::timeout(cs_tui_testkit::WAIT, usage)
+            .await
+            .expect("answered once a connection went")
+            .unwrap()
+            .expect("waited, not refused");
+        assert_eq!(status, 200);
+        // And the demo's client goes on working while the others still hold theirs.
+        assert_eq!(rig.usage(&rig.bearer("bob", &rig.key)).await.status(), 200);
     }
 }

@@ -120,6 +120,12 @@ pub enum ProxyEvent {
         title_turns: usize,
         at: DateTime<Utc>,
     },
+    /// Turns asked for (`turn/start`) that the proxy holds back because a switch is under way
+    /// or waits to start (a login mid-turn would kill them; the active account is known
+    /// exhausted): `held` of them now. Said when the number changes: above 0, a turn was
+    /// held; back to 0, the held turns went to the app-server (on the new account, or on the
+    /// old one when no switch followed) or their client went away.
+    TurnsHeld { held: usize, at: DateTime<Utc> },
     /// A turn refused at `from`'s usage limit was withheld from Codex and re-run on `to`
     /// (`waited_ms` after the limit was hit).
     TurnRerun {

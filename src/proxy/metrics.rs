@@ -27,9 +27,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::conn_cap::{ConnectionCap, WhenFull, accept_capped};
 use crate::errors::{WithHint as _, with_hint};
 use crate::proxy::events::{ConnectionState, ProxyEvent, SwitchReason};
 use crate::proxy::pool::SessionState;
@@ -352,6 +352,7 @@ impl Metrics {
             ProxyEvent::UsageLimitHit { .. }
             | ProxyEvent::ResetCredits { .. }
             | ProxyEvent::SwitchDeferred { .. }
+            | ProxyEvent::TurnsHeld { .. }
             | ProxyEvent::Notice { .. } => {}
         }
         self.show_state();
@@ -470,39 +471,29 @@ impl Drop for MetricsServer {
 }
 
 async fn serve(listener: TcpListener, registry: Arc<Registry>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors, most likely: wait a little rather than spin.
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!("metrics: too many connections; one closed unanswered");
-            continue;
-        };
+    let cap = ConnectionCap {
+        name: "metrics",
+        max: MAX_CONNECTIONS,
+        when_full: WhenFull::Close,
+        lifetime: Some(CONNECTION_LIFETIME),
+    };
+    accept_capped(listener, cap, move |stream| {
         let registry = Arc::clone(&registry);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let registry = Arc::clone(&registry);
-                async move { Ok::<_, std::convert::Infallible>(answer(&request, &registry)) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            if tokio::time::timeout(CONNECTION_LIFETIME, connection)
-                .await
-                .is_err()
-            {
-                tracing::debug!("metrics: a connection outlived its time; closed");
-            }
-            drop(slot);
+        let service = hyper::service::service_fn(move |request| {
+            let registry = Arc::clone(&registry);
+            async move { Ok::<_, std::convert::Infallible>(answer(&request, &registry)) }
         });
-    }
+        async move {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics: connection ended");
+            }
+        }
+    })
+    .await;
 }
 
 /// Whether a request's `Accept` headers take OpenMetrics: a media range

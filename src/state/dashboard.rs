@@ -88,6 +88,8 @@ pub enum Notice {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// `held` turns asked for wait for a switch (shown while there are any).
+    TurnsHeld { held: usize, at: DateTime<Utc> },
     /// No account is usable; the first comes back at `earliest_reset`.
     NoAccountAvailable {
         earliest_reset: Option<DateTime<Utc>>,
@@ -101,6 +103,7 @@ impl Notice {
     pub fn at(&self) -> DateTime<Utc> {
         match self {
             Notice::SwitchDeferred { at, .. }
+            | Notice::TurnsHeld { at, .. }
             | Notice::NoAccountAvailable { at, .. }
             | Notice::Message { at, .. } => *at,
         }
@@ -350,6 +353,17 @@ impl Dashboard {
                 }
             }
             ProxyEvent::TurnsRunning { running, .. } => self.turns_running = *running,
+            ProxyEvent::TurnsHeld { held, at } => {
+                // One line while turns wait; gone once they went on.
+                self.notices
+                    .retain(|n| !matches!(n, Notice::TurnsHeld { .. }));
+                if *held > 0 {
+                    self.push_notice(Notice::TurnsHeld {
+                        held: *held,
+                        at: *at,
+                    });
+                }
+            }
             ProxyEvent::PoolChanged {
                 sessions,
                 by_account,

@@ -572,6 +572,13 @@ fn notice_lines(
                 ),
                 Style::new().fg(Color::Cyan),
             ),
+            Notice::TurnsHeld { held, .. } => (
+                match held {
+                    1 => "⏸ turn held: switching accounts".to_owned(),
+                    n => format!("⏸ {n} turns held: switching accounts"),
+                },
+                Style::new().fg(Color::Cyan),
+            ),
             Notice::NoAccountAvailable { earliest_reset, .. } => (
                 match earliest_reset {
                     Some(at) => format!("⚠ no account available until {}", ctx.clock_utc(*at)),

@@ -493,6 +493,47 @@ fn the_status_bar_shows_whichever_came_last_of_notices_and_switches() {
     assert!(text(&d).contains("refreshing"), "{}", text(&d));
 }
 
+/// A held turn shows one line while it waits (the count, not a line per turn), gone once the
+/// held turns went on.
+#[test]
+fn held_turns_show_one_notice_while_they_wait() {
+    let text = |d: &Dashboard| {
+        crate::ui::panel::status_line(d, &ctx())
+            .spans
+            .iter()
+            .map(|s| s.content.as_ref())
+            .collect::<String>()
+    };
+    let held_notices = |d: &Dashboard| {
+        d.notices
+            .iter()
+            .filter(|n| matches!(n, crate::state::dashboard::Notice::TurnsHeld { .. }))
+            .count()
+    };
+    let mut d = started(stored());
+    d.apply(&ProxyEvent::TurnsHeld {
+        held: 1,
+        at: at(-3),
+    });
+    assert!(
+        text(&d).contains("⏸ turn held: switching accounts"),
+        "{}",
+        text(&d)
+    );
+    d.apply(&ProxyEvent::TurnsHeld {
+        held: 2,
+        at: at(-2),
+    });
+    assert!(text(&d).contains("⏸ 2 turns held"), "{}", text(&d));
+    assert_eq!(held_notices(&d), 1);
+    d.apply(&ProxyEvent::TurnsHeld {
+        held: 0,
+        at: at(-1),
+    });
+    assert_eq!(held_notices(&d), 0);
+    assert!(!text(&d).contains("held"), "{}", text(&d));
+}
+
 #[test]
 fn the_panel_is_laid_out_again_only_when_what_it_shows_changed() {
     let mut d = started(stored());

@@ -513,31 +513,6 @@ fn after_a_limit_in_one_session_the_others_send_nothing_to_that_account() {
     }
 }
 
-/// Polls the store's `serve.log` (each time a session prints, at least every 50 ms) until a
-/// line holds every one of `needles`, up to [`WAIT`].
-fn serve_log_line(rig: &PoolRig, what: &str, needles: &[&str]) -> String {
-    let log = rig.store.path().join("logs").join("serve.log");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-            return line.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what} in {}; its lines about turns and holds:\n{}",
-            log.display(),
-            text.lines()
-                .filter(|l| l.contains("turn guard")
-                    || l.contains("hold")
-                    || l.contains(needles[1]))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        rig.sessions[0].wait_printed(std::time::Duration::from_millis(50));
-    }
-}
-
 /// The hold path: the second serve has a turn running on alice (held at the mock's gate, no
 /// timer) when the first serve meets alice's limit. It defers its switch to the turn's end
 /// (`switch_deferred`), and a turn asked for meanwhile by another client is held by the
@@ -599,8 +574,8 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
         event_is(e, "switch_deferred")
     });
 
-    // Another client asks for a turn: the guard holds it (it says so to the core, which logs
-    // it), and nothing of it reaches the backend.
+    // Another client asks for a turn: the guard holds it (the session says so with a
+    // `turns_held` event), and nothing of it reaches the backend.
     let held_text = "asked for while the switch waits";
     let held_id = "held-turn";
     runtime.block_on(async {
@@ -623,11 +598,11 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
             .all(|e| e["event"] != "switch_started"),
         "no switch during the running turn"
     );
-    serve_log_line(
-        &rig,
-        "the guard holding the second turn",
-        &["TurnRequested", &second_thread, "held: true"],
-    );
+    let held = rig.sessions[s2].wait_for_after(mark2, "the guard holding the second turn", |e| {
+        event_is(e, "turns_held") && e["held"] == 1
+    });
+    let mark_held = rig.sessions[s2].mark();
+    assert!(held.json.unwrap()["at"].is_string());
     assert!(mock.user_turn_requests(held_text).is_empty());
 
     // The running turn ends (alice refuses it now); the switch follows and the held turn
@@ -635,6 +610,10 @@ fn a_turn_asked_for_while_a_peer_limit_waits_is_held_then_sent_to_the_new_accoun
     mock.open(&alice);
     let done =
         rig.sessions[s2].wait_for_after(mark2, "the switch done", |e| event_is(e, "switch_done"));
+    // The switch's end lets the held turn go: the session says so.
+    rig.sessions[s2].wait_for_after(mark_held, "the held turn released", |e| {
+        event_is(e, "turns_held") && e["held"] == 0
+    });
     let done = done.json.unwrap();
     assert_eq!(done["from"]["name"], "alice", "{done}");
     let now = done["to"]["name"].as_str().unwrap().to_owned();
@@ -886,4 +865,80 @@ fn sessions_are_listed_when_the_store_is_damaged() {
         b"{\"version\": 1, \"accounts\": [",
     );
     std::fs::write(&store_file, intact).unwrap();
+}
+
+/// Waits (up to [`WAIT`]) until the store's `serve.log` has a line containing `needle`,
+/// looking again each time `session` prints and at least every 50 ms; returns the line.
+fn serve_log_line(rig: &PoolRig, session: &PoolSession, needle: &str) -> String {
+    let log = rig.store.path().join("logs").join("serve.log");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {needle:?} in {}:\n{text}",
+            log.display()
+        );
+        session.wait_printed(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A poller stopped with `kill -STOP` keeps the poller lock (the kernel drops it only with
+/// its holder) and reads nothing more. The other session does not wait for it for good:
+/// after two polling intervals without a read from the pool it reads every account on its
+/// own timer, and says so in the log.
+#[test]
+fn a_stopped_poller_does_not_stall_the_other_sessions_usage_reads() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockBackend::start());
+    let mut rig = PoolRig::new(&mock, &ACCOUNTS);
+    std::fs::write(
+        rig.store.path().join("config.toml"),
+        "[polling]\nusage_interval_secs = 1\n",
+    )
+    .unwrap();
+    let dir = rig.scratch();
+    let s1 = rig.spawn_ready(&dir, &[]);
+    let s2 = rig.spawn_ready(&dir, &[]);
+    let (pid1, pid2) = (rig.sessions[s1].pid(), rig.sessions[s2].pid());
+    let listing = sessions_until(&rig, "two sessions, the first the poller", |l| {
+        all_ready(l, 2) && listed(l, pid1)["poller"] == true
+    });
+    assert_eq!(listed(&listing, pid2)["poller"], false, "{listing:#}");
+
+    let poller = Pid::from_raw(i32::try_from(pid1).unwrap());
+    kill(poller, Signal::SIGSTOP).unwrap();
+    let stopped = std::time::Instant::now();
+    // Every account is read again, three times over, while the poller is stopped: one read
+    // per account may be the poller's (sent before it stopped and answered after); the
+    // others can only be the second session's.
+    runtime.block_on(async {
+        for name in ACCOUNTS {
+            let account = rig.mock_id(name).to_owned();
+            let mut after = stopped;
+            for n in 1..=3 {
+                let read = mock
+                    .wait_for_request(WAIT, &format!("read {n} of {name}'s usage"), |r| {
+                        r.path.ends_with("/wham/usage")
+                            && r.account_header.as_deref() == Some(account.as_str())
+                            && r.at > after
+                    })
+                    .await;
+                after = read.at;
+            }
+        }
+    });
+    let line = serve_log_line(
+        &rig,
+        &rig.sessions[s2],
+        "no usage read from the pool's poller",
+    );
+    assert!(line.contains("WARN"), "{line}");
+    kill(poller, Signal::SIGCONT).unwrap();
 }

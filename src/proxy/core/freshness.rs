@@ -4,7 +4,10 @@
 //! (a rate-limit update, a limit hit) is older news and changes nothing; a turn that reported
 //! another family's numbers instead of the quota's gets the quota read (one read at a time).
 //! In a pool only the elected poller reads on the timer, a read under way is not sent again,
-//! and a peer's read counts as fresh here (`pool.rs`).
+//! and a peer's read counts as fresh here (`pool.rs`); when no peer's read has come for
+//! [`POLLER_OVERDUE_INTERVALS`] intervals (the poller's process stopped with `kill -STOP`
+//! keeps the lock; or its reads fail), a non-poller reads on its own timer as the poller
+//! would, until a peer's read comes again.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,11 @@ use super::state::{CoreState, Now};
 /// A usage read sent this long ago and not answered is taken as lost (each read gives up
 /// after [`super::tasks::USAGE_TIMEOUT`]): the poll may send it again.
 pub(super) const READ_IN_FLIGHT: Duration = Duration::from_secs(30);
+
+/// A non-poller reads on its own timer once no peer's read came for this many polling
+/// intervals: the poller missed a whole tick. A healthy poller reads every account once per
+/// interval, so this costs no request then.
+pub(super) const POLLER_OVERDUE_INTERVALS: u32 = 2;
 
 impl CoreState {
     /// A rate-limit update heard on a turn of the active account.
@@ -79,9 +87,10 @@ impl CoreState {
     /// accounts again.
     ///
     /// In a pool, only the elected poller reads on the timer: another session's `PollTick`
-    /// only lists the accounts (its numbers come from the poller's read facts).
+    /// only lists the accounts (its numbers come from the poller's read facts), unless the
+    /// poller's reads are overdue ([`Self::standing_in`]).
     pub(super) fn poll_usage(&mut self, all: bool, now: Now, fx: &mut Effects) {
-        if !all && !self.poller {
+        if !all && !self.poller && !self.standing_in(now) {
             fx.push(Effect::ListAccounts);
             return;
         }
@@ -122,6 +131,37 @@ impl CoreState {
                 started: now.mono,
             });
         }
+    }
+
+    /// Whether this non-poller reads on its timer in the poller's stead: no peer's read has
+    /// come for [`POLLER_OVERDUE_INTERVALS`] intervals (since the start, or since the last
+    /// one). The poller's process may be stopped (`kill -STOP`: it keeps the lock and says
+    /// nothing) or its reads fail; rather than wait for it, this session then reads what is
+    /// stale as the poller would, until a peer's read comes again. Said in the log when it
+    /// starts and when it ends.
+    fn standing_in(&mut self, now: Now) -> bool {
+        let expected_since = *self.reads_expected_since.get_or_insert(now.mono);
+        let last = self
+            .peer_read_at
+            .map_or(expected_since, |at| at.max(expected_since));
+        let overdue_after = self.config.usage_poll * POLLER_OVERDUE_INTERVALS;
+        let overdue = now.mono.saturating_duration_since(last) >= overdue_after;
+        if overdue != self.poller_overdue {
+            self.poller_overdue = overdue;
+            if overdue {
+                tracing::warn!(
+                    "no usage read from the pool's poller for {}s (its session may be stopped, \
+                     or its reads fail): this session reads the accounts on its own timer until \
+                     one comes again",
+                    overdue_after.as_secs()
+                );
+            } else {
+                tracing::info!(
+                    "a usage read came from the pool again: this session stops reading on its timer"
+                );
+            }
+        }
+        overdue
     }
 
     /// The store's accounts, read again: an account new to the session gets its usage read

@@ -18,7 +18,10 @@
 //!    (after [`HOLD_MAX`] while the switch waits for a running turn).
 //! 5. **A peer's failed login**: `needs_login` re-reads the store; otherwise the account is
 //!    left out of automatic choices for [`LOGIN_FAILED_EXCLUSION`].
-//! 6. **One poller**: only the elected session reads usage on the timer.
+//! 6. **One poller**: only the elected session reads usage on the timer; when no peer's read
+//!    has come for [`super::freshness::POLLER_OVERDUE_INTERVALS`] intervals (a poller stopped
+//!    with `kill -STOP` keeps its lock), a non-poller reads on its timer in its stead until
+//!    one comes again.
 
 use std::time::{Duration, Instant};
 
@@ -196,9 +199,10 @@ impl CoreState {
                 quota,
                 families,
             } => {
-                // Fresh for the poll, whatever it says.
+                // Fresh for the poll, whatever it says; and the pool's reads still come.
                 let read_at = self.usage_at.entry(account.clone()).or_insert(heard);
                 *read_at = (*read_at).max(heard);
+                self.peer_read_at = Some(self.peer_read_at.map_or(heard, |at| at.max(heard)));
                 // A read sent before the clock began is older than anything heard.
                 let started = match read_started {
                     Some(at) => now.instant_of(at),

@@ -131,6 +131,17 @@ fn five_hour(sim: &Sim, account: &str) -> f64 {
         .used_percent
 }
 
+/// The held-turn counts the effects tell (`turns_held` events).
+fn held_counts(fx: &[Effect]) -> Vec<usize> {
+    events(fx)
+        .into_iter()
+        .filter_map(|e| match e {
+            ProxyEvent::TurnsHeld { held, .. } => Some(*held),
+            _ => None,
+        })
+        .collect()
+}
+
 fn held_turn(conn: u64, thread: &str) -> Input {
     Input::Guard(GuardEvent::TurnRequested {
         conn,
@@ -180,13 +191,17 @@ fn a_peer_limit_while_busy_holds_new_turns_until_the_switch_is_over() {
         fx.iter()
             .any(|e| matches!(e, Effect::RecheckAfter(d) if *d == HOLD_TIMEOUT))
     );
-    // A turn the guard holds is not busy, and changes nothing by itself.
+    // A turn the guard holds is not busy, and changes nothing but what is told of it.
     let fx = sim.feed(held_turn(2, "thread-h"));
-    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(held_counts(&fx), vec![1], "{fx:?}");
+    assert_eq!(fx.len(), 1, "{fx:?}");
     assert!(sim.state.requested.is_empty());
+    // Told once per change: nothing new, nothing said.
+    assert!(held_counts(&sim.feed(Input::Recheck)).is_empty());
     // At the running turn's end the switch starts (the held one does not block it); the
     // hold gives way to the switch, whose end lets the held turn go.
     let fx = sim.turn_completed(1, "u1");
+    assert!(held_counts(&fx).is_empty(), "held until the login is over");
     assert_eq!(holds(&fx), vec![false]);
     assert!(
         guard_commands(&fx).is_empty(),
@@ -199,6 +214,7 @@ fn a_peer_limit_while_busy_holds_new_turns_until_the_switch_is_over() {
         guard_commands(&fx),
         vec![(1, GuardCommand::SwitchOver), (2, GuardCommand::SwitchOver)]
     );
+    assert_eq!(held_counts(&fx), vec![0], "released with the switch's end");
     assert_eq!(sim.state.active.as_deref(), Some("bob"));
     assert!(holds(&fx).is_empty(), "no hold left to lift");
     // Released, the turn counts as requested: a switch waits for it.
@@ -239,9 +255,25 @@ fn a_hold_lasts_while_the_switch_waits_for_a_long_turn_and_no_longer_than_its_ca
         vec![(1, GuardCommand::SwitchOver), (2, GuardCommand::SwitchOver)],
         "the held turn goes to the old account and meets the real error"
     );
+    assert_eq!(held_counts(&fx), vec![0]);
     // It stays let go while the same switch waits.
     let fx = sim.feed(Input::Recheck);
     assert!(holds(&fx).is_empty());
+}
+
+/// Two held turns are two; a held turn whose client goes away is no longer held.
+#[test]
+fn held_turns_are_counted_and_a_client_that_goes_takes_its_held_turn_with_it() {
+    let mut sim = Sim::new();
+    sim.connect(1);
+    sim.connect(2);
+    sim.connect(3);
+    sim.turn_started(1, "u1");
+    peer(&mut sim, limit_hit("alice"));
+    assert_eq!(held_counts(&sim.feed(held_turn(2, "thread-a"))), vec![1]);
+    assert_eq!(held_counts(&sim.feed(held_turn(3, "thread-b"))), vec![2]);
+    assert_eq!(held_counts(&sim.feed(Input::Disconnected(3))), vec![1]);
+    assert_eq!(held_counts(&sim.feed(Input::Disconnected(2))), vec![0]);
 }
 
 #[test]
@@ -493,16 +525,92 @@ fn our_stream_is_coalesced_to_one_fact_per_account_per_250_ms_but_a_limit_goes_a
     assert_eq!(broadcasts(&fx).len(), 1);
 }
 
+const INTERVAL: Duration = Duration::from_secs(300);
+
+/// Every stored ChatGPT account, as the poller reads them.
+const READ: [&str; 3] = ["alice", "bob", "carol"];
+
+/// The poller's reads of every account, heard now.
+fn poller_reads(sim: &mut Sim) {
+    let wall = sim.now.wall;
+    for name in READ {
+        peer(sim, read_fact(name, wall, quota(10.0, wall)));
+    }
+}
+
 #[test]
-fn a_non_poller_reads_no_usage_on_the_timer() {
+fn a_non_poller_reads_no_usage_on_the_timer_while_the_pollers_reads_come() {
     let mut sim = Sim::new();
     sim.state.poller = false;
-    sim.advance(Duration::from_secs(3600));
+    sim.feed(Input::Start);
+    for _ in 0..6 {
+        sim.advance(INTERVAL);
+        poller_reads(&mut sim);
+        let fx = sim.feed(Input::PollTick);
+        assert!(
+            matches!(fx[..], [Effect::ListAccounts]),
+            "only the store's accounts are listed: {fx:?}"
+        );
+    }
+    assert!(!sim.state.poller_overdue);
+}
+
+/// The poller is stopped (`kill -STOP`: it keeps the lock, and its reads stop coming). A
+/// non-poller waits two intervals, then reads on its own timer as the poller would, until a
+/// peer's read comes again.
+#[test]
+fn a_non_poller_stands_in_when_the_pollers_reads_stop_and_steps_back_when_they_come() {
+    let all = || vec![READ.iter().map(|n| id(n)).collect::<Vec<_>>()];
+    let mut sim = Sim::new();
+    sim.state.poller = false;
+    sim.feed(Input::Start);
+    sim.advance(Duration::from_secs(10));
+    poller_reads(&mut sim);
+    // Then nothing: one interval late is not overdue, nor a second less than two.
+    sim.advance(INTERVAL);
+    assert!(fetched_ids(&sim.feed(Input::PollTick)).is_empty());
+    sim.advance(INTERVAL - Duration::from_secs(1));
+    assert!(fetched_ids(&sim.feed(Input::PollTick)).is_empty());
+    assert!(!sim.state.poller_overdue);
+    sim.advance(Duration::from_secs(1));
     let fx = sim.feed(Input::PollTick);
-    assert!(
-        matches!(fx[..], [Effect::ListAccounts]),
-        "only the store's accounts are listed: {fx:?}"
-    );
+    assert_eq!(fetched_ids(&fx), all(), "two intervals without a read");
+    assert!(sim.state.poller_overdue);
+    // Its reads are answered (and told to the pool, as the poller's are); it keeps reading
+    // at every tick while no peer's read comes.
+    let started = sim.now.mono;
+    let wall = sim.now.wall;
+    let fx = sim.feed(Input::UsageFetched {
+        started,
+        results: READ
+            .iter()
+            .map(|n| (id(n), Ok(limits(12.0, wall))))
+            .collect(),
+    });
+    assert_eq!(broadcasts(&fx).len(), 3);
+    sim.advance(INTERVAL);
+    assert_eq!(fetched_ids(&sim.feed(Input::PollTick)), all());
+    // The poller runs again: its read comes, and the next tick reads nothing.
+    sim.advance(Duration::from_secs(100));
+    let wall = sim.now.wall;
+    peer(&mut sim, read_fact("bob", wall, quota(10.0, wall)));
+    sim.advance(INTERVAL - Duration::from_secs(100));
+    let fx = sim.feed(Input::PollTick);
+    assert!(matches!(fx[..], [Effect::ListAccounts]), "{fx:?}");
+    assert!(!sim.state.poller_overdue);
+}
+
+/// A non-poller that started before any peer read anything (a poller stopped from the
+/// start) stands in after two intervals of its own.
+#[test]
+fn a_non_poller_that_never_heard_the_poller_stands_in_after_two_intervals() {
+    let mut sim = Sim::new();
+    sim.state.poller = false;
+    sim.feed(Input::Start);
+    sim.advance(INTERVAL);
+    assert!(fetched_ids(&sim.feed(Input::PollTick)).is_empty());
+    sim.advance(INTERVAL);
+    assert_eq!(fetched_ids(&sim.feed(Input::PollTick)).len(), 1);
 }
 
 #[test]

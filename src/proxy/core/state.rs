@@ -147,11 +147,20 @@ pub(crate) struct CoreState {
     /// Whether this session reads the usage of the accounts on the poll's timer (the pool's
     /// elected poller; alone, always).
     pub(super) poller: bool,
+    /// Since when a non-poller expects the poller's reads (the start; else its first tick).
+    pub(super) reads_expected_since: Option<Instant>,
+    /// When a peer's usage read last came (the poller's, as a rule).
+    pub(super) peer_read_at: Option<Instant>,
+    /// No peer's read came for too long: this non-poller reads on its timer in the poller's
+    /// stead (said in the log when it starts and when it ends).
+    pub(super) poller_overdue: bool,
     /// Usage reads sent and not answered yet, and when (a poll does not read them again).
     pub(super) reading: HashMap<AccountId, Instant>,
     /// Turns a guard holds (`TurnRequested { held: true }`): not busy, since they wait for
     /// the switch that their being busy would hold back. Released into `requested`.
     pub(super) held_requests: HashMap<(ConnId, String), Instant>,
+    /// The number of held turns last told ([`ProxyEvent::TurnsHeld`]).
+    pub(super) held_told: usize,
     /// Whether the guards hold new turns (rule 4 of the pool, `pool.rs`).
     pub(super) hold: Hold,
     /// Accounts a peer failed to log in, kept out of the candidates until then.
@@ -206,8 +215,12 @@ impl CoreState {
             limit_reported: HashSet::new(),
             quota_read: None,
             poller: true,
+            reads_expected_since: None,
+            peer_read_at: None,
+            poller_overdue: false,
             reading: HashMap::new(),
             held_requests: HashMap::new(),
+            held_told: 0,
             hold: Hold::Off,
             login_failed_until: HashMap::new(),
             book: Default::default(),
@@ -221,6 +234,7 @@ impl CoreState {
         let mut fx = Effects::default();
         match input {
             Input::Start => {
+                self.reads_expected_since = Some(now.mono);
                 self.announce_start(now, &mut fx);
                 self.poll_usage(true, now, &mut fx);
             }
@@ -264,6 +278,7 @@ impl CoreState {
             Input::PollerRole(poller) => self.poller_role(poller, now, &mut fx),
         }
         self.update_hold(now, &mut fx);
+        self.emit_held(now, &mut fx);
         fx.into_vec()
     }
 

@@ -202,6 +202,16 @@ impl CoreState {
         self.maybe_execute(now, fx);
     }
 
+    /// Says how many turns are held when that changed (after every input: a turn is held by
+    /// its guard's report, released by a switch's end or a hold's, gone with its client).
+    pub(super) fn emit_held(&mut self, now: Now, fx: &mut Effects) {
+        let held = self.held_requests.len();
+        if held != self.held_told {
+            self.held_told = held;
+            fx.emit(ProxyEvent::TurnsHeld { held, at: now.wall });
+        }
+    }
+
     pub(super) fn emit_turns(&self, now: Now, fx: &mut Effects) {
         let title_turns = self
             .running
