@@ -39,21 +39,7 @@ impl CodexHome {
     /// Kills every process whose executable lives under this `CODEX_HOME` (Codex's managed
     /// app-server daemon and its helpers) and waits until they are gone.
     pub fn stop_daemons(&self) {
-        let pids = processes_under(self.path());
-        for &pid in &pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let deadline = std::time::Instant::now() + crate::WAIT;
-        while pids
-            .iter()
-            .any(|pid| Path::new(&format!("/proc/{pid}/cmdline")).exists())
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        kill_and_wait(&processes_under(self.path()));
     }
 
     /// A directory the config marks as trusted; run Codex with `-C` pointing here.
@@ -127,9 +113,57 @@ trust_level = "trusted"
 
 impl Drop for CodexHome {
     fn drop(&mut self) {
-        // Before the directory goes: a live daemon would recreate its databases in it.
+        // Before the directory goes: a live daemon would recreate its databases in it, and a
+        // process still running on it (a Codex TUI or app-server of a cs-tui that is ending as
+        // its tmux server goes) would write its databases and config into the half-removed
+        // directory, which then stays behind in the temporary directory.
         self.stop_daemons();
+        kill_and_wait(&processes_on(self.path()));
     }
+}
+
+/// Kills `pids` and waits (at most [`crate::WAIT`]) until each has exited; an exited child
+/// nobody has reaped yet (a zombie) holds no files and counts as gone.
+fn kill_and_wait(pids: &[i32]) {
+    for &pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let running = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            // "pid (comm) S …": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        })
+    };
+    let deadline = std::time::Instant::now() + crate::WAIT;
+    while pids.iter().any(running) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Pids of ours whose environment sets `CODEX_HOME` to `dir`: every process running on it.
+pub fn processes_on(dir: &Path) -> Vec<i32> {
+    let mut wanted = b"CODEX_HOME=".to_vec();
+    wanted.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            (u32::try_from(pid).ok()? != own
+                && environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == wanted.as_slice()))
+            .then_some(pid)
+        })
+        .collect()
 }
 
 /// Pids whose `argv[0]` is a path under `dir`.
