@@ -150,6 +150,7 @@ impl BoundSocket {
             });
         }
         let dir = private_socket_dir()?;
+        sweep_dead_sockets(&dir);
         let target = dir.join(format!(
             "{}-{}.sock",
             std::process::id(),
@@ -190,6 +191,37 @@ pub fn private_socket_dir() -> Result<PathBuf> {
     crate::paths::ensure_own_private_dir(&dir)
         .wrap_err("no private directory for a socket whose own path is too long")?;
     Ok(dir)
+}
+
+/// Removes the sockets in the private socket directory whose session is gone (named
+/// `<pid>-<id>.sock` by [`BoundSocket::bind`]; a session killed with SIGKILL cannot remove its
+/// own, and its store, where the link to it was, may be gone too). A live pid keeps its
+/// socket, whoever it is now.
+fn sweep_dead_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.ends_with(".sock"))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .filter(|&pid| pid > 0)
+        else {
+            continue;
+        };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if gone
+            && entry
+                .file_type()
+                .is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_socket(&t))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// [`private_socket_dir`]'s choice, given `$XDG_RUNTIME_DIR`.
@@ -463,5 +495,27 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         drop(socket);
+    }
+
+    #[test]
+    fn sockets_of_dead_sessions_are_swept_and_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that is surely gone: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let bind = |name: String| {
+            let path = dir.path().join(name);
+            drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+            path
+        };
+        let stale = bind(format!("{dead}-0123456789ab.sock"));
+        let alive = bind(format!("{}-0123456789ab.sock", std::process::id()));
+        let foreign = bind("other.sock".to_owned());
+        let file = dir.path().join(format!("{dead}-notasocket.sock"));
+        std::fs::write(&file, "x").unwrap();
+        sweep_dead_sockets(dir.path());
+        assert!(!stale.exists(), "a dead session's socket stays");
+        assert!(alive.exists() && foreign.exists() && file.exists());
     }
 }
