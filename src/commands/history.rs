@@ -39,12 +39,17 @@ pub(super) struct HistoryJson {
     pub skipped_lines: usize,
 }
 
+/// Where `--since DURATION` starts. A duration reaching back beyond what a date can hold
+/// (`--since 99999999999d`) means everything.
+fn since_cutoff(now: DateTime<Utc>, since: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(since)
+        .ok()
+        .and_then(|back| now.checked_sub_signed(back))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 pub(super) fn run(env: &Env, args: HistoryArgs) -> Result<ExitCode> {
-    let since = args
-        .since
-        .map(|d| chrono::Duration::from_std(d).map(|d| Utc::now() - d))
-        .transpose()
-        .wrap_err("--since is too long")?;
+    let since = args.since.map(|d| since_cutoff(Utc::now(), d));
     let history = read(env.store_dir()?, since, args.account.as_deref())?;
     if history.skipped_lines > 0 {
         eprintln!(
@@ -561,5 +566,18 @@ mod tests {
             rows[5].iter().take(17).collect::<Vec<_>>().join(","),
             "total,,,alice,id-alice,,35,3,6,,,,,,2,0,1"
         );
+    }
+
+    #[test]
+    fn since_reaching_back_beyond_any_date_means_everything() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(since_cutoff(now, hour).timestamp(), 1_800_000_000 - 3600);
+        for huge in [
+            std::time::Duration::from_secs(99_999_999_999 * 86_400),
+            std::time::Duration::MAX,
+        ] {
+            assert_eq!(since_cutoff(now, huge), DateTime::<Utc>::MIN_UTC);
+        }
     }
 }
