@@ -28,7 +28,6 @@ pub(crate) use session::{ServeArgs, SessionsArgs, SwitchArgs};
     version,
     // `-V`/`--version` is ours: it also names the Codex cs-tui would run.
     disable_version_flag = true,
-    args_conflicts_with_subcommands = true,
     after_help = "Anything after the options is passed to codex: `cs-tui resume`, `cs-tui -m gpt-5 \"fix the tests\"`."
 )]
 pub struct Cli {
@@ -87,4 +86,55 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff) to stdout, or write one page per command to a directory.
     Man(ManArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("cs-tui").chain(argv.iter().copied()))
+            .unwrap_or_else(|err| panic!("{argv:?}: {err}"))
+    }
+
+    fn codex_args(cli: &Cli) -> Vec<&str> {
+        cli.codex_args.iter().map(|a| a.to_str().unwrap()).collect()
+    }
+
+    /// A global option before a subcommand still names the subcommand: `--codex-bin X
+    /// accounts list` used to start the dashboard with Codex's prompt "accounts list".
+    #[test]
+    fn global_options_go_before_or_after_a_subcommand() {
+        let cli = parse(&["--codex-bin", "/x/codex", "accounts", "list"]);
+        assert!(matches!(cli.command, Some(Command::Accounts(_))), "{cli:?}");
+        assert_eq!(cli.global.codex_bin, "/x/codex");
+        assert!(cli.codex_args.is_empty());
+        let cli = parse(&["--log-level", "debug", "status"]);
+        assert!(matches!(cli.command, Some(Command::Status(_))), "{cli:?}");
+        assert_eq!(cli.global.log_level.as_deref(), Some("debug"));
+        let cli = parse(&["status", "--log-level", "debug"]);
+        assert!(matches!(cli.command, Some(Command::Status(_))), "{cli:?}");
+        assert_eq!(cli.global.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn anything_else_goes_to_codex_in_order() {
+        for (argv, expected) in [
+            (&["resume", "--last"][..], &["resume", "--last"][..]),
+            (
+                &["-m", "gpt-5", "fix the tests"],
+                &["-m", "gpt-5", "fix the tests"],
+            ),
+            (&["fix", "status"], &["fix", "status"]),
+            (&["--codex-bin", "/x", "-m", "gpt-5"], &["-m", "gpt-5"]),
+            // `--` makes a subcommand's name a prompt.
+            (&["--", "status"], &["status"]),
+        ] {
+            let cli = parse(argv);
+            assert!(cli.command.is_none(), "{argv:?}: {cli:?}");
+            assert_eq!(codex_args(&cli), expected, "{argv:?}");
+        }
+        let cli = parse(&[]);
+        assert!(cli.command.is_none() && cli.codex_args.is_empty());
+    }
 }
