@@ -347,9 +347,18 @@ fn a_pilot_pastes_and_types_like_the_keyboard_until_the_user_types() {
         .on_pilot(PilotRequest::Notice("demo: typed for you".to_owned()));
     assert!(h.frame().contains("demo: typed for you"));
 
-    // A hotkey is not typing for Codex: a look at the help leaves the pilot at the keyboard.
+    // A hotkey is not typing for Codex: a look at the help leaves the pilot at the keyboard,
+    // and the pilot still types while the user looks.
     h.prefix();
     h.type_text("?");
+    assert!(matches!(h.app.overlay, Some(Overlay::Help)));
+    h.app.on_pilot(PilotRequest::Paste("go on".to_owned()));
+    h.app.on_pilot(PilotRequest::Keys(b"\r".to_vec()));
+    assert!(
+        h.input().ends_with(b"\x1b[200~go on\x1b[201~\r"),
+        "{:?}",
+        String::from_utf8_lossy(&h.input())
+    );
     h.key(KeyCode::Esc, KeyModifiers::NONE);
     assert!(
         h.app.pilot.is_some(),

@@ -553,7 +553,9 @@ impl<C: ChildIo> App<C> {
     /// Carries out what the pilot asks.
     fn on_pilot(&mut self, request: PilotRequest) {
         match request {
-            PilotRequest::Paste(text) => self.paste(&text),
+            // The pilot types for Codex whatever the user looks at (the help, the panel's
+            // drawer): an overlay holds back the user's keys, not the pilot's.
+            PilotRequest::Paste(text) => self.write_paste(&text),
             PilotRequest::Keys(bytes) => self.child.write(bytes),
             PilotRequest::Screen(answer) => {
                 let _ = answer.send(self.pane.screen().contents());
@@ -579,13 +581,18 @@ impl<C: ChildIo> App<C> {
         }
     }
 
-    /// Pastes `text` into the pane as a terminal does.
+    /// The user's paste: into the pane as a terminal does, unless an overlay is open.
     fn paste(&mut self, text: &str) {
         if self.overlay.is_none() {
-            self.pane.scroll_to_live();
-            let bracketed = self.pane.screen().bracketed_paste();
-            self.child.write(encode_paste(text, bracketed));
+            self.write_paste(text);
         }
+    }
+
+    /// Pastes `text` into the pane as a terminal does.
+    fn write_paste(&mut self, text: &str) {
+        self.pane.scroll_to_live();
+        let bracketed = self.pane.screen().bracketed_paste();
+        self.child.write(encode_paste(text, bracketed));
     }
 
     /// Notifies of `event` if `[notify]` asks for it: escape sequences to the outer terminal
