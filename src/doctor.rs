@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{Result, WrapErr, eyre};
 use serde::Serialize;
 
 use crate::accounts::{AccountAuth, AccountStatus, Store};
@@ -354,11 +354,34 @@ async fn app_server_check(
     let root = store_dir.join("runtime");
     crate::paths::ensure_private_dir(&root)
         .wrap_err_with(|| format!("creating {}", root.display()))?;
-    let runtime_dir = root.join(format!(
-        "{}-doctor-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
+    // Removed however the check ends: a failed start, or the check's time limit dropping it.
+    let runtime = tempfile::Builder::new()
+        .prefix(&format!("{}-doctor-", std::process::id()))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(&root)
+        .wrap_err_with(|| format!("creating a directory in {}", root.display()))?;
+    let runtime_dir = runtime.path();
+    // A Codex home that does not exist yet: the default one is made by the first session (as
+    // by Codex's own first run), and a check creates nothing of the user's, so the app-server
+    // is tried on an empty one of its own. One the user chose must exist.
+    let missing = !codex_home.is_dir();
+    if missing && crate::paths::chosen_codex_home().is_some() {
+        return Err(crate::errors::with_hint(
+            eyre!(
+                "CODEX_HOME is {}, which is not a directory",
+                codex_home.display()
+            ),
+            "create it, or unset CODEX_HOME to use ~/.codex",
+        ));
+    }
+    let codex_home = if missing {
+        let empty = runtime_dir.join("codex-home");
+        crate::paths::ensure_private_dir(&empty)
+            .wrap_err_with(|| format!("creating {}", empty.display()))?;
+        empty
+    } else {
+        codex_home
+    };
     let server = AppServer::start(AppServerOptions {
         codex_bin: codex_bin.to_owned(),
         codex_home,
@@ -374,8 +397,13 @@ async fn app_server_check(
     let identity = ClientIdentity::codex_tui(server.codex_version());
     let connected = ControlConnection::connect(&server.addr(), &identity, events).await;
     server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&runtime_dir);
     connected.wrap_err("the app-server started but did not answer `initialize`")?;
+    if missing {
+        return Ok(format!(
+            "codex app-server starts and answers ({ready_ms} ms), on an empty Codex home: \
+             ~/.codex does not exist yet (the first session creates it)"
+        ));
+    }
     Ok(format!(
         "codex app-server starts and answers ({ready_ms} ms)"
     ))
@@ -436,7 +464,9 @@ pub(crate) async fn run_checks(
                     Err(err) => Check::fail(
                         "app-server",
                         format!("{err:#}"),
-                        "run `codex app-server --help` to see whether this Codex has one; the log is in <store>/logs/",
+                        crate::errors::hints(&err).into_iter().next().unwrap_or_else(|| {
+                            "run `codex app-server --help` to see whether this Codex has one; the log is in <store>/logs/".to_owned()
+                        }),
                     ),
                 }
             })

@@ -26,7 +26,7 @@ pub(crate) fn codex_home() -> Result<PathBuf> {
 }
 
 /// `$CODEX_HOME`, when the user set one.
-fn chosen_codex_home() -> Option<PathBuf> {
+pub(crate) fn chosen_codex_home() -> Option<PathBuf> {
     std::env::var_os("CODEX_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)

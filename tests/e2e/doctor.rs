@@ -144,3 +144,49 @@ async fn a_broken_codex_config_fails_and_no_other_backend_is_tried() {
         "{report:#}"
     );
 }
+
+/// A user who never ran Codex has no `~/.codex`: the app-server is tried on an empty Codex home
+/// of the check's own, and nothing is created in their home or left in the store. A
+/// `$CODEX_HOME` the user set that does not exist fails with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_codex_home_the_app_server_is_tried_on_an_empty_one() {
+    let rig = rig_with_alice().await;
+    // `HOME` is the directory the store is in.
+    let home = rig.store_dir().parent().unwrap().to_owned();
+    assert!(!home.join(".codex").exists());
+    let mut cmd = rig.command(&["doctor", "--json"]);
+    cmd.env_remove("CODEX_HOME");
+    let run = rig.run_command(cmd, &["doctor", "--json"]).await;
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    let app_server = check(&report, "app-server");
+    assert_eq!(app_server["status"], "ok", "{report:#}");
+    assert!(
+        app_server["message"]
+            .as_str()
+            .unwrap()
+            .contains("on an empty Codex home"),
+        "{report:#}"
+    );
+    assert!(!home.join(".codex").exists(), "doctor created ~/.codex");
+    let runtime = rig.store_dir().join("runtime");
+    let left: Vec<_> = std::fs::read_dir(&runtime)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", runtime.display());
+
+    let missing = home.join("no-such-codex-home");
+    let mut cmd = rig.command(&["doctor", "--json"]);
+    cmd.env("CODEX_HOME", &missing);
+    let run = rig.run_command(cmd, &["doctor", "--json"]).await;
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    let app_server = check(&report, "app-server");
+    assert_eq!(app_server["status"], "fail", "{report:#}");
+    assert!(
+        app_server["hint"]
+            .as_str()
+            .unwrap()
+            .contains("unset CODEX_HOME"),
+        "{report:#}"
+    );
+    assert!(!missing.exists());
+}
