@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::account_id::AccountId;
 use crate::proxy::directory::DirAccount;
-use crate::proxy::events::AccountRef;
+use crate::proxy::events::{AccountRef, ProxyEvent};
 use crate::quota::{AccountLimits, RateLimitSnapshot};
 
 use super::effects::{Effect, Effects};
@@ -179,6 +179,19 @@ impl CoreState {
             .collect();
         for account in accounts.iter().filter(|a| new.contains(&a.id)) {
             tracing::info!(account = %account.name, "an account was added to the store");
+        }
+        // The panel follows the store: one event when what it shows changed.
+        let summaries: Vec<_> = accounts.iter().map(DirAccount::summary).collect();
+        if !self
+            .accounts
+            .iter()
+            .map(DirAccount::summary)
+            .eq(summaries.iter().cloned())
+        {
+            fx.emit(ProxyEvent::AccountsListed {
+                accounts: summaries,
+                at: now.wall,
+            });
         }
         self.accounts = accounts;
         self.update_alternative(now, fx);
