@@ -214,6 +214,7 @@ impl CoreState {
         fx: &mut Effects,
     ) {
         let mut active_read = false;
+        let mut failed = false;
         let read_started = now.wall_of(started);
         for (id, result) in results {
             if self.quota_read.as_ref() == Some(&id) {
@@ -244,8 +245,16 @@ impl CoreState {
                     self.emit_limits(&id, now, fx);
                     active_read |= Some(&id) == self.active.as_ref();
                 }
-                Err(err) => tracing::warn!(account = %id, "usage fetch failed: {err}"),
+                Err(err) => {
+                    tracing::warn!(account = %id, "usage fetch failed: {err}");
+                    failed = true;
+                }
             }
+        }
+        // A read that failed on a rejected refresh token marked the account in the store:
+        // the panel shows it needing a login now, not at the next poll.
+        if failed {
+            fx.push(Effect::ListAccounts);
         }
         fx.push(Effect::ReportUnsavedTokens);
         self.update_alternative(now, fx);

@@ -610,6 +610,31 @@ fn a_switch_that_fails_keeps_the_old_account_and_shows_the_real_error() {
         sim.state.switched_away.is_empty(),
         "no cooldown for a switch that did not happen"
     );
+    assert_eq!(
+        count(&fx, |e| matches!(e, Effect::ListAccounts)),
+        1,
+        "the store may say the account needs a login now"
+    );
+}
+
+#[test]
+fn a_failed_usage_read_lists_the_store_again() {
+    let mut sim = Sim::new();
+    let started = sim.now.mono;
+    let fx = sim.feed(Input::UsageFetched {
+        started,
+        results: vec![("bob".into(), Ok(limits(30.0, sim.now.wall)))],
+    });
+    assert_eq!(count(&fx, |e| matches!(e, Effect::ListAccounts)), 0);
+    let fx = sim.feed(Input::UsageFetched {
+        started,
+        results: vec![("carol".into(), Err("refresh token rejected".into()))],
+    });
+    assert_eq!(
+        count(&fx, |e| matches!(e, Effect::ListAccounts)),
+        1,
+        "{fx:?}"
+    );
 }
 
 #[test]
