@@ -424,7 +424,8 @@ fn account_lines(
     }
     for account in &dashboard.accounts {
         let state = dashboard.state_of(account);
-        let marker = if state == AccountState::Active {
+        // A removed account is kept only while the session runs on it.
+        let marker = if matches!(state, AccountState::Active | AccountState::RemovedFromStore) {
             "● "
         } else {
             "  "

@@ -229,6 +229,26 @@ async fn a_crashed_app_server_is_replaced_and_codex_carries_on() {
     );
 }
 
+/// Waits until a log of the store's sessions says `needle`.
+fn wait_for_log(store: &std::path::Path, needle: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let said = std::fs::read_dir(store.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)));
+        if said {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log says {needle:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The panel's row of `name` (its first line), if the panel lists it.
 fn account_row(screen: &str, name: &str) -> Option<String> {
     panel(screen)
@@ -285,10 +305,26 @@ async fn the_panel_follows_the_accounts_commands_of_another_process() {
         account_row(s, "robert").is_none()
     });
 
+    // A store that cannot be read (damaged by hand) changes nothing in the panel; the
+    // session says so in its log.
+    let accounts_file = store.join("accounts.json");
+    let intact = std::fs::read(&accounts_file).unwrap();
+    std::fs::write(&accounts_file, b"{ damaged").unwrap();
+    cs_tui::ipc::announce(store, &cs_tui::proxy::events::ProxyCommand::AccountsChanged).await;
+    wait_for_log(store, "reading the stored accounts failed");
+    let screen = t.screen();
+    for name in ["carol", "dave"] {
+        assert!(account_row(&screen, name).is_some(), "{name}: {screen}");
+    }
+    assert!(account_row(&screen, "robert").is_none(), "{screen}");
+    std::fs::write(&accounts_file, &intact).unwrap();
+
     // The active account removed: kept, marked, until the session leaves it.
     cs_tui(store, home, mock, &["accounts", "remove", "alice", "--yes"]);
     t.wait_for(WAIT, "alice marked removed", |s| {
-        account_row(s, "alice").is_some_and(|r| r.contains("removed from the store"))
+        panel(s)
+            .lines()
+            .any(|l| l.contains("● alice") && l.contains("removed from the store"))
     });
     // The picker offers carol and dave only.
     t.keys(&["C-]", "s"]);
@@ -310,7 +346,9 @@ async fn the_panel_follows_the_accounts_commands_of_another_process() {
     t.keys(&["Enter"]);
     t.wait_for(WAIT, "the switch to carol, alice gone", |s| {
         let panel = panel(s);
-        panel.contains("● carol") && account_row(s, "alice").is_none()
+        panel.contains("● carol")
+            && account_row(s, "alice").is_none()
+            && !panel.contains("removed from the store")
     });
     quit(t);
 }
