@@ -257,17 +257,11 @@ pub(crate) async fn start_backend(proxy: Option<ProxySetup>) -> Result<SessionBa
         .accounts
         .iter()
         .map(|account| AccountView {
-            stored: if let Some(kind) = account.unsupported_sign_in() {
-                StoredState::Unsupported {
-                    kind: kind.to_owned(),
-                }
-            } else if !account.enabled {
-                StoredState::Disabled
-            } else if account.needs_login() {
-                StoredState::NeedsLogin
-            } else {
-                StoredState::Ready
-            },
+            stored: StoredState::of(
+                account.enabled,
+                account.needs_login(),
+                account.unsupported_sign_in(),
+            ),
             email: account.email.clone(),
             plan: account.plan.clone(),
             ..AccountView::new(account.id.clone(), account.name.clone())

@@ -418,3 +418,50 @@ fn the_picker_refuses_an_unsupported_sign_in_at_once() {
     );
     assert!(h.input().is_empty(), "{:?}", h.input());
 }
+
+/// The active account removed from the store while the session runs on it: the panel keeps it,
+/// marked; the picker never offers it, and what the picker offers is what Enter switches to.
+#[test]
+fn the_picker_never_offers_an_account_removed_from_the_store() {
+    let mut h = Headless::new(120, 30);
+    let summary = |id: &str| crate::proxy::events::AccountSummary {
+        id: id.into(),
+        name: id.to_owned(),
+        email: None,
+        plan: None,
+        enabled: true,
+        needs_login: false,
+        unsupported_sign_in: None,
+    };
+    h.app.dashboard.apply(&ProxyEvent::AccountsListed {
+        accounts: vec![summary("bob"), summary("carol")],
+        at: chrono::Utc.timestamp_opt(1_777_637_230, 0).unwrap(),
+    });
+    let screen = h.frame();
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("● alice") && l.contains("removed from the store")),
+        "{screen}"
+    );
+    h.prefix();
+    h.type_text("s");
+    let screen = h.frame();
+    let offered: Vec<&str> = screen.lines().filter(|l| l.contains("› ")).collect();
+    assert_eq!(offered.len(), 1, "{screen}");
+    assert!(offered[0].contains("bob"), "{screen}");
+    let picker_rows = screen
+        .lines()
+        .filter(|l| l.contains("alice") && (l.contains("ready") || l.contains("removed")))
+        .count();
+    // The panel's row only: the picker has none for alice.
+    assert_eq!(picker_rows, 1, "{screen}");
+    // Down wraps over the two offered accounts only: bob → carol → bob.
+    h.key(KeyCode::Down, KeyModifiers::NONE);
+    h.key(KeyCode::Down, KeyModifiers::NONE);
+    h.key(KeyCode::Enter, KeyModifiers::NONE);
+    match h.commands.try_recv() {
+        Ok(ProxyCommand::SwitchTo { account_id }) => assert_eq!(account_id, "bob"),
+        other => panic!("expected a switch to bob, got {other:?}"),
+    }
+}

@@ -768,7 +768,7 @@ impl<C: ChildIo> App<C> {
             KeyAction::OpenHelp => self.overlay = Some(Overlay::Help),
             KeyAction::OpenPicker => {
                 // Start on the first account one could switch to.
-                let accounts = &self.dashboard.accounts;
+                let accounts = self.dashboard.pickable();
                 let selected = accounts
                     .iter()
                     .position(|a| self.dashboard.state_of(a) == AccountState::Ready)
@@ -796,7 +796,7 @@ impl<C: ChildIo> App<C> {
             KeyAction::CloseOverlay => self.overlay = None,
             KeyAction::PickerMove(delta) => {
                 if let Some(Overlay::Picker { selected }) = &mut self.overlay {
-                    let count = self.dashboard.accounts.len().max(1);
+                    let count = self.dashboard.pickable().len().max(1);
                     *selected = (*selected as isize + delta).rem_euclid(count as isize) as usize;
                 }
             }
@@ -804,7 +804,12 @@ impl<C: ChildIo> App<C> {
                 let Some(Overlay::Picker { selected }) = self.overlay.take() else {
                     return;
                 };
-                if let Some(account) = self.dashboard.accounts.get(selected).cloned() {
+                let account = self
+                    .dashboard
+                    .pickable()
+                    .get(selected)
+                    .map(|a| (*a).clone());
+                if let Some(account) = account {
                     if no_proxy {
                         self.dashboard
                             .push_message("no proxy in this session: cannot switch", now);

@@ -6,7 +6,7 @@ use std::future::Future;
 use color_eyre::eyre::Result;
 
 use crate::account_id::AccountId;
-use crate::proxy::events::AccountRef;
+use crate::proxy::events::{AccountRef, AccountSummary};
 use crate::quota::AccountLimits;
 use crate::secret::Secret;
 
@@ -36,6 +36,19 @@ impl DirAccount {
         AccountRef {
             id: self.id.clone(),
             name: self.name.clone(),
+        }
+    }
+
+    /// What the panel shows of it.
+    pub fn summary(&self) -> AccountSummary {
+        AccountSummary {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            email: self.email.clone(),
+            plan: self.plan.clone(),
+            enabled: self.enabled,
+            needs_login: self.needs_login,
+            unsupported_sign_in: self.unsupported_sign_in.clone(),
         }
     }
 

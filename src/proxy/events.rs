@@ -18,6 +18,27 @@ pub struct AccountRef {
     pub name: String,
 }
 
+/// A stored account as the session's listing of the store has it: what the panel and the
+/// picker show. Never a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountSummary {
+    /// The store's id of the account.
+    pub id: AccountId,
+    /// Its display name.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// Included in automatic switching.
+    pub enabled: bool,
+    /// Its refresh token was rejected: `cs-tui accounts add` again.
+    pub needs_login: bool,
+    /// The sign-in kind a newer cs-tui wrote that this version cannot use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported_sign_in: Option<String>,
+}
+
 /// How many sessions of the pool run on an account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolShare {
@@ -86,6 +107,14 @@ pub enum ProxyEvent {
     ResetCredits {
         account: AccountRef,
         credits: crate::accounts::reset_credits::ResetCredits,
+        at: DateTime<Utc>,
+    },
+    /// The session read the store again (its periodic listing, or an `accounts` command
+    /// announced a change) and what it lists changed: every stored account, in the store's
+    /// order. Said only when something shown changed (an account added, removed, renamed,
+    /// enabled, disabled, needing a login or logged in again).
+    AccountsListed {
+        accounts: Vec<AccountSummary>,
         at: DateTime<Utc>,
     },
     /// The session's active account changed or was first logged in.

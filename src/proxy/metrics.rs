@@ -351,6 +351,7 @@ impl Metrics {
             }
             ProxyEvent::UsageLimitHit { .. }
             | ProxyEvent::ResetCredits { .. }
+            | ProxyEvent::AccountsListed { .. }
             | ProxyEvent::SwitchDeferred { .. }
             | ProxyEvent::TurnsHeld { .. }
             | ProxyEvent::Notice { .. } => {}

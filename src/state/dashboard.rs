@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use crate::account_id::AccountId;
 use crate::accounts::reset_credits::ResetCredits;
 use crate::pace::{Burn, Runway, UsageSample, pool_runway};
-use crate::proxy::events::{AccountRef, ConnectionState, PoolShare, ProxyEvent};
+use crate::proxy::events::{AccountRef, AccountSummary, ConnectionState, PoolShare, ProxyEvent};
 use crate::proxy::history::SwitchRecord;
 use crate::proxy::usage_store::StoredSample;
 use crate::quota::{RateLimitSnapshot, WindowKind};
@@ -47,6 +47,28 @@ impl AccountView {
             families: Vec::new(),
         }
     }
+
+    /// The account as the store lists it (no numbers yet).
+    pub fn listed(summary: &AccountSummary) -> Self {
+        let mut view = Self::new(summary.id.clone(), summary.name.clone());
+        view.update_from(summary);
+        view
+    }
+
+    /// Takes the store's name, email, plan and state; keeps the numbers.
+    fn update_from(&mut self, summary: &AccountSummary) {
+        self.name.clone_from(&summary.name);
+        self.email.clone_from(&summary.email);
+        // A plan the store does not know yet may have come with the usage numbers.
+        if summary.plan.is_some() {
+            self.plan.clone_from(&summary.plan);
+        }
+        self.stored = StoredState::of(
+            summary.enabled,
+            summary.needs_login,
+            summary.unsupported_sign_in.as_deref(),
+        );
+    }
 }
 
 /// What the store says about an account, before quota is considered.
@@ -62,6 +84,26 @@ pub enum StoredState {
     Unsupported {
         kind: String,
     },
+    /// Removed from the store (`cs-tui accounts remove`) while the session runs on it: shown,
+    /// so marked, until the session leaves it; never offered by the picker.
+    Removed,
+}
+
+impl StoredState {
+    /// What the store's flags say, the unusable sign-in first.
+    pub fn of(enabled: bool, needs_login: bool, unsupported_sign_in: Option<&str>) -> Self {
+        if let Some(kind) = unsupported_sign_in {
+            StoredState::Unsupported {
+                kind: kind.to_owned(),
+            }
+        } else if !enabled {
+            StoredState::Disabled
+        } else if needs_login {
+            StoredState::NeedsLogin
+        } else {
+            StoredState::Ready
+        }
+    }
 }
 
 /// The state shown next to an account.
@@ -77,6 +119,8 @@ pub enum AccountState {
     Disabled,
     /// A sign-in kind a newer cs-tui wrote; never used.
     Unsupported,
+    /// Removed from the store; the session still runs on it until the next switch.
+    RemovedFromStore,
 }
 
 /// Something the user should know that is not a switch.
@@ -150,6 +194,9 @@ pub struct Dashboard {
     pub reset_credits: std::collections::BTreeMap<AccountId, ResetCredits>,
     /// The pool of sessions on this store, as last heard (empty: this session alone).
     pub pool: Pool,
+    /// Accounts the store's last listing dropped: a late usage read of one does not bring
+    /// it back.
+    removed: std::collections::BTreeSet<AccountId>,
 }
 
 /// The sessions on this store (this one included) and how many run on each account.
@@ -218,6 +265,7 @@ impl Dashboard {
             switching_to: None,
             reset_credits: std::collections::BTreeMap::new(),
             pool: Pool::default(),
+            removed: std::collections::BTreeSet::new(),
         }
     }
 
@@ -266,17 +314,75 @@ impl Dashboard {
         self.active.as_ref().and_then(|id| self.account(id))
     }
 
-    /// An account the events name that the store did not list (added while running).
-    fn account_mut(&mut self, account: &AccountRef) -> &mut AccountView {
+    /// The accounts the picker offers: every listed one, never one removed from the store.
+    pub fn pickable(&self) -> Vec<&AccountView> {
+        self.accounts
+            .iter()
+            .filter(|a| a.stored != StoredState::Removed)
+            .collect()
+    }
+
+    /// An account the events name that the store did not list (added while running). One the
+    /// store's listing removed comes back only as the session's active account, marked so.
+    fn account_mut(&mut self, account: &AccountRef) -> Option<&mut AccountView> {
         let index = match self.accounts.iter().position(|a| a.id == account.id) {
             Some(index) => index,
+            None if self.removed.contains(&account.id) => return None,
             None => {
                 self.accounts
                     .push(AccountView::new(account.id.clone(), &account.name));
                 self.accounts.len() - 1
             }
         };
-        &mut self.accounts[index]
+        Some(&mut self.accounts[index])
+    }
+
+    /// The account the session runs on now, listed or not (one removed from the store is
+    /// kept, marked, while the session runs on it).
+    fn active_mut(&mut self, account: &AccountRef) {
+        if self.account_mut(account).is_none() {
+            let mut view = AccountView::new(account.id.clone(), &account.name);
+            view.stored = StoredState::Removed;
+            self.accounts.push(view);
+        }
+    }
+
+    /// The store's accounts as the session listed them: the numbers known of an account are
+    /// kept (by id), its name, email, plan and state follow the store, new ones come in the
+    /// store's order, removed ones go, except the active one, which stays marked
+    /// [`StoredState::Removed`] at its place until the session leaves it.
+    fn apply_listing(&mut self, listed: &[AccountSummary]) {
+        let active_at = self
+            .active
+            .as_ref()
+            .and_then(|id| self.accounts.iter().position(|a| a.id == *id));
+        let mut old = std::mem::take(&mut self.accounts);
+        let mut accounts: Vec<AccountView> = listed
+            .iter()
+            .map(
+                |summary| match old.iter().position(|a| a.id == summary.id) {
+                    Some(index) => {
+                        let mut view = old.remove(index);
+                        view.update_from(summary);
+                        view
+                    }
+                    None => AccountView::listed(summary),
+                },
+            )
+            .collect();
+        for summary in listed {
+            self.removed.remove(&summary.id);
+        }
+        for mut view in old {
+            self.removed.insert(view.id.clone());
+            if self.active.as_ref() == Some(&view.id) {
+                view.stored = StoredState::Removed;
+                accounts.insert(active_at.unwrap_or(0).min(accounts.len()), view);
+            } else {
+                self.reset_credits.remove(&view.id);
+            }
+        }
+        self.accounts = accounts;
     }
 
     fn name_of(&self, account: &AccountRef) -> String {
@@ -296,6 +402,7 @@ impl Dashboard {
     pub fn state_of(&self, account: &AccountView) -> AccountState {
         match account.stored {
             StoredState::Unsupported { .. } => return AccountState::Unsupported,
+            StoredState::Removed => return AccountState::RemovedFromStore,
             StoredState::Disabled => return AccountState::Disabled,
             StoredState::NeedsLogin => return AccountState::NeedsLogin,
             StoredState::Ready => {}
@@ -315,15 +422,17 @@ impl Dashboard {
     /// Applies one proxy event.
     pub fn apply(&mut self, event: &ProxyEvent) {
         match event {
+            ProxyEvent::AccountsListed { accounts, .. } => self.apply_listing(accounts),
             ProxyEvent::ResetCredits {
                 account, credits, ..
             } => {
-                self.account_mut(account);
-                self.reset_credits
-                    .insert(account.id.clone(), credits.clone());
+                if self.account_mut(account).is_some() {
+                    self.reset_credits
+                        .insert(account.id.clone(), credits.clone());
+                }
             }
             ProxyEvent::ActiveAccount { account, at } => {
-                self.account_mut(account);
+                self.active_mut(account);
                 self.make_active(&account.id, at.timestamp());
             }
             ProxyEvent::RateLimitsUpdated {
@@ -334,7 +443,9 @@ impl Dashboard {
             } => {
                 // The proxy sends the whole picture: a window it no longer has is gone (a
                 // plan that stopped sending its 5-hour window shows no 5-hour row).
-                let view = self.account_mut(account);
+                let Some(view) = self.account_mut(account) else {
+                    return;
+                };
                 view.snapshot =
                     (*snapshot != RateLimitSnapshot::default()).then(|| snapshot.clone());
                 view.families.clone_from(families);
@@ -346,7 +457,9 @@ impl Dashboard {
             }
             ProxyEvent::UsageLimitHit { account, .. } => {
                 // The backend said so; mark the 5-hour window full if the numbers lag behind.
-                let view = self.account_mut(account);
+                let Some(view) = self.account_mut(account) else {
+                    return;
+                };
                 let snapshot = view.snapshot.get_or_insert_with(Default::default);
                 if !snapshot.is_exhausted() {
                     snapshot.rate_limit_reached_type = Some("usage_limit_reached".to_owned());
@@ -396,7 +509,7 @@ impl Dashboard {
                 at,
             } => {
                 self.switching_to = None;
-                self.account_mut(to);
+                self.active_mut(to);
                 self.make_active(&to.id, at.timestamp());
                 let record = SwitchRecord {
                     at: *at,
@@ -525,6 +638,9 @@ impl Dashboard {
             return;
         }
         self.active = Some(id.clone());
+        // The session left an account removed from the store: it goes now.
+        self.accounts
+            .retain(|a| a.stored != StoredState::Removed || a.id == *id);
         if let Some(snapshot) = self.account(id).and_then(|a| a.snapshot.clone()) {
             let last = self.history.iter().rev().find(|s| s.account_id == *id);
             let same = last.is_some_and(|s| {
@@ -671,6 +787,157 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    fn summary(id: &str, name: &str) -> AccountSummary {
+        AccountSummary {
+            id: AccountId::from(id),
+            name: name.to_owned(),
+            email: None,
+            plan: None,
+            enabled: true,
+            needs_login: false,
+            unsupported_sign_in: None,
+        }
+    }
+
+    fn listed(accounts: Vec<AccountSummary>) -> ProxyEvent {
+        ProxyEvent::AccountsListed {
+            accounts,
+            at: at(0),
+        }
+    }
+
+    fn ids(d: &Dashboard) -> Vec<&str> {
+        d.accounts.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    #[test]
+    fn the_store_listing_updates_keeps_numbers_and_drops_removed_accounts() {
+        let mut d = Dashboard::new(
+            SessionMode::Proxy,
+            ["a", "b", "c"]
+                .into_iter()
+                .map(|id| AccountView::new(id, id))
+                .collect(),
+        );
+        d.apply(&ProxyEvent::ActiveAccount {
+            account: account("a"),
+            at: at(0),
+        });
+        for id in ["a", "b", "c"] {
+            d.apply(&ProxyEvent::RateLimitsUpdated {
+                account: account(id),
+                snapshot: five_hour(40.0),
+                families: Vec::new(),
+                at: at(1),
+            });
+        }
+        // b renamed and disabled, c removed, d and e added (in the store's order), a needs
+        // a login.
+        let mut b = summary("b", "bobby");
+        b.enabled = false;
+        b.email = Some("bob@example.com".into());
+        b.plan = Some("pro".into());
+        let mut a = summary("a", "a");
+        a.needs_login = true;
+        d.apply(&listed(vec![
+            summary("e", "eve"),
+            b,
+            a,
+            summary("d", "dave"),
+        ]));
+        assert_eq!(ids(&d), ["e", "b", "a", "d"]);
+        let bob = d.account(&"b".into()).unwrap();
+        assert_eq!(bob.name, "bobby");
+        assert_eq!(bob.email.as_deref(), Some("bob@example.com"));
+        assert_eq!(bob.plan.as_deref(), Some("pro"));
+        assert_eq!(bob.stored, StoredState::Disabled);
+        assert_eq!(bob.snapshot, Some(five_hour(40.0)), "numbers kept by id");
+        assert_eq!(
+            d.account(&"a".into()).unwrap().stored,
+            StoredState::NeedsLogin
+        );
+        assert_eq!(d.account(&"e".into()).unwrap().snapshot, None);
+        // A late read of the removed account does not bring it back.
+        d.apply(&ProxyEvent::RateLimitsUpdated {
+            account: account("c"),
+            snapshot: five_hour(50.0),
+            families: Vec::new(),
+            at: at(2),
+        });
+        assert!(d.account(&"c".into()).is_none());
+        // Enabled and logged in again.
+        d.apply(&listed(vec![
+            summary("e", "eve"),
+            summary("b", "bobby"),
+            summary("a", "a"),
+            summary("d", "dave"),
+        ]));
+        assert_eq!(d.account(&"b".into()).unwrap().stored, StoredState::Ready);
+        assert_eq!(d.account(&"a".into()).unwrap().stored, StoredState::Ready);
+        assert_eq!(d.account(&"b".into()).unwrap().plan.as_deref(), Some("pro"));
+    }
+
+    #[test]
+    fn a_removed_active_account_stays_marked_until_the_session_leaves_it() {
+        let mut d = Dashboard::new(
+            SessionMode::Proxy,
+            ["a", "b", "c"]
+                .into_iter()
+                .map(|id| AccountView::new(id, id))
+                .collect(),
+        );
+        d.apply(&ProxyEvent::ActiveAccount {
+            account: account("b"),
+            at: at(0),
+        });
+        d.apply(&ProxyEvent::RateLimitsUpdated {
+            account: account("b"),
+            snapshot: five_hour(70.0),
+            families: Vec::new(),
+            at: at(1),
+        });
+        d.apply(&listed(vec![summary("a", "a"), summary("c", "c")]));
+        // Kept at its place, marked, with its numbers; the picker does not offer it.
+        assert_eq!(ids(&d), ["a", "b", "c"]);
+        let b = d.account(&"b".into()).unwrap();
+        assert_eq!(b.stored, StoredState::Removed);
+        assert_eq!(d.state_of(b), AccountState::RemovedFromStore);
+        assert_eq!(b.snapshot, Some(five_hour(70.0)));
+        let pickable: Vec<&str> = d.pickable().iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(pickable, ["a", "c"]);
+        // Its numbers still come while the session runs on it.
+        d.apply(&ProxyEvent::RateLimitsUpdated {
+            account: account("b"),
+            snapshot: five_hour(80.0),
+            families: Vec::new(),
+            at: at(2),
+        });
+        assert_eq!(
+            d.account(&"b".into()).unwrap().snapshot,
+            Some(five_hour(80.0))
+        );
+        // Listed again the same way: still kept.
+        d.apply(&listed(vec![summary("a", "a"), summary("c", "c")]));
+        assert_eq!(ids(&d), ["a", "b", "c"]);
+        // The session leaves it: it goes.
+        d.apply(&ProxyEvent::SwitchDone {
+            from: Some(account("b")),
+            to: account("c"),
+            reason: SwitchReason::Manual,
+            elapsed_ms: 5,
+            at: at(3),
+        });
+        assert_eq!(ids(&d), ["a", "c"]);
+        // Added back to the store: listed again as any account.
+        d.apply(&listed(vec![
+            summary("a", "a"),
+            summary("c", "c"),
+            summary("b", "b"),
+        ]));
+        assert_eq!(ids(&d), ["a", "c", "b"]);
+        assert_eq!(d.account(&"b".into()).unwrap().stored, StoredState::Ready);
     }
 
     #[test]

@@ -101,17 +101,18 @@ pub(crate) fn render_picker(
     if dashboard.mode == SessionMode::NoProxy {
         lines.push(Line::from("No proxy in this session: Codex runs alone,"));
         lines.push(Line::from("so it cannot switch accounts."));
-    } else if dashboard.accounts.is_empty() {
+    }
+    let accounts = dashboard.pickable();
+    if dashboard.mode != SessionMode::NoProxy && accounts.is_empty() {
         lines.push(Line::from("No stored accounts. Add one with"));
         lines.push(Line::from("`cs-tui accounts add`."));
     }
-    let name_width = dashboard
-        .accounts
+    let name_width = accounts
         .iter()
         .map(|a| a.name.chars().count())
         .max()
         .unwrap_or(0);
-    for (i, account) in dashboard.accounts.iter().enumerate() {
+    for (i, account) in accounts.into_iter().enumerate() {
         let state = dashboard.state_of(account);
         let state_text = match state {
             AccountState::Active => "active".to_owned(),
@@ -124,6 +125,8 @@ pub(crate) fn render_picker(
             AccountState::WorkspaceLimit(None) => "workspace limit".to_owned(),
             AccountState::NeedsLogin => "needs login".to_owned(),
             AccountState::Disabled => "disabled".to_owned(),
+            // Never offered ([`Dashboard::pickable`]).
+            AccountState::RemovedFromStore => "removed from the store".to_owned(),
             AccountState::Unsupported => match &account.stored {
                 StoredState::Unsupported { kind } => format!(
                     "unsupported sign-in `{}` (from a newer cs-tui)",

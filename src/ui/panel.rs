@@ -376,6 +376,9 @@ fn state_span(state: AccountState, ctx: &RenderContext<'_>) -> Span<'static> {
         }
         AccountState::NeedsLogin => Span::styled("needs login", Style::new().fg(Color::Yellow)),
         AccountState::Disabled => Span::styled("disabled", DIM),
+        AccountState::RemovedFromStore => {
+            Span::styled("removed from the store", Style::new().fg(Color::Yellow))
+        }
         AccountState::Unsupported => {
             Span::styled("unsupported (newer cs-tui)", Style::new().fg(Color::Yellow))
         }
@@ -421,7 +424,8 @@ fn account_lines(
     }
     for account in &dashboard.accounts {
         let state = dashboard.state_of(account);
-        let marker = if state == AccountState::Active {
+        // A removed account is kept only while the session runs on it.
+        let marker = if matches!(state, AccountState::Active | AccountState::RemovedFromStore) {
             "● "
         } else {
             "  "

@@ -228,3 +228,127 @@ async fn a_crashed_app_server_is_replaced_and_codex_carries_on() {
         "no app-server is left"
     );
 }
+
+/// Waits until a log of the store's sessions says `needle`.
+fn wait_for_log(store: &std::path::Path, needle: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let said = std::fs::read_dir(store.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)));
+        if said {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log says {needle:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The panel's row of `name` (its first line), if the panel lists it.
+fn account_row(screen: &str, name: &str) -> Option<String> {
+    panel(screen)
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+        .map(str::to_owned)
+}
+
+/// While the dashboard runs, another process renames, disables, enables, imports and removes
+/// accounts: the panel and the picker follow each change (`accounts_listed`), and the active
+/// account, removed, stays marked until the session leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panel_follows_the_accounts_commands_of_another_process() {
+    use crate::support::product::{cs_tui, import};
+    let p = start(&["alice", "bob", "carol"]).await;
+    let t = &p.tmux;
+    let (store, home, mock) = (p.store.path(), &p.home, &p.mock);
+    t.wait_for(WAIT, "the panel with the proxy ready", |s| {
+        let panel = panel(s);
+        panel.contains("● alice")
+            && panel.contains("proxy ready")
+            && account_row(s, "carol").is_some()
+    });
+
+    cs_tui(store, home, mock, &["accounts", "rename", "bob", "robert"]);
+    t.wait_for(WAIT, "bob renamed robert", |s| {
+        account_row(s, "robert").is_some() && account_row(s, "bob").is_none()
+    });
+
+    cs_tui(store, home, mock, &["accounts", "disable", "carol"]);
+    t.wait_for(WAIT, "carol disabled", |s| {
+        account_row(s, "carol").is_some_and(|r| r.contains("disabled"))
+    });
+    cs_tui(store, home, mock, &["accounts", "enable", "carol"]);
+    t.wait_for(WAIT, "carol enabled again", |s| {
+        account_row(s, "carol").is_some_and(|r| r.contains("ready"))
+    });
+
+    // A new account shows once the store lists it, its usage read or not (this one fails).
+    mock.push_usage_fault(cs_tui_testkit::mock_backend::UsageFault::Json403);
+    let (dave, refresh) = mock.add_account("dave");
+    import(store, home, mock, "dave", &dave.auth_json(3600, &refresh));
+    t.wait_for(WAIT, "dave added", |s| {
+        account_row(s, "dave").is_some_and(|r| r.contains("ready"))
+    });
+
+    cs_tui(
+        store,
+        home,
+        mock,
+        &["accounts", "remove", "robert", "--yes"],
+    );
+    t.wait_for(WAIT, "robert removed", |s| {
+        account_row(s, "robert").is_none()
+    });
+
+    // A store that cannot be read (damaged by hand) changes nothing in the panel; the
+    // session says so in its log.
+    let accounts_file = store.join("accounts.json");
+    let intact = std::fs::read(&accounts_file).unwrap();
+    std::fs::write(&accounts_file, b"{ damaged").unwrap();
+    cs_tui::ipc::announce(store, &cs_tui::proxy::events::ProxyCommand::AccountsChanged).await;
+    wait_for_log(store, "reading the stored accounts failed");
+    let screen = t.screen();
+    for name in ["carol", "dave"] {
+        assert!(account_row(&screen, name).is_some(), "{name}: {screen}");
+    }
+    assert!(account_row(&screen, "robert").is_none(), "{screen}");
+    std::fs::write(&accounts_file, &intact).unwrap();
+
+    // The active account removed: kept, marked, until the session leaves it.
+    cs_tui(store, home, mock, &["accounts", "remove", "alice", "--yes"]);
+    t.wait_for(WAIT, "alice marked removed", |s| {
+        panel(s)
+            .lines()
+            .any(|l| l.contains("● alice") && l.contains("removed from the store"))
+    });
+    // The picker offers carol and dave only.
+    t.keys(&["C-]", "s"]);
+    let screen = t.wait_for(WAIT, "the picker", |s| s.contains("Enter switch"));
+    let picker: Vec<String> = screen
+        .lines()
+        .map(|l| l.chars().take(115).collect::<String>())
+        .filter(|l| l.contains("ready") || l.contains("removed") || l.contains("active"))
+        .collect();
+    assert_eq!(picker.len(), 2, "{screen}");
+    assert!(
+        picker[0].contains("carol") && picker[1].contains("dave"),
+        "{screen}"
+    );
+    // Choosing carol leaves alice, which then goes from the panel.
+    t.wait_for(WAIT, "carol selected", |s| {
+        s.lines().any(|l| l.contains("› carol"))
+    });
+    t.keys(&["Enter"]);
+    t.wait_for(WAIT, "the switch to carol, alice gone", |s| {
+        let panel = panel(s);
+        panel.contains("● carol")
+            && account_row(s, "alice").is_none()
+            && !panel.contains("removed from the store")
+    });
+    quit(t);
+}

@@ -170,6 +170,28 @@ async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_t
     let last = mock.last_user_turn_request("served by bob?");
     assert_eq!(last.account_header.as_deref(), Some("acct-bob"));
 
+    // Another process renames an account: the stream says what the store lists now.
+    succeeds(
+        cs_tui_command(store.path(), &home, &mock).args(["accounts", "rename", "alice", "alicia"]),
+    );
+    let listed = serve.wait_event("the store's new listing", |e| {
+        e["event"] == "accounts_listed"
+    });
+    let names: Vec<&str> = listed["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alicia", "bob"], "{listed}");
+    assert_eq!(
+        listed["accounts"][0]["email"], "alice@example.com",
+        "{listed}"
+    );
+    assert_eq!(listed["accounts"][0]["enabled"], true, "{listed}");
+    assert_eq!(listed["accounts"][0]["needs_login"], false, "{listed}");
+    let listed = listed.to_string();
+
     // SIGTERM: clean exit, no token file, no runtime directory left.
     let pid = nix::unistd::Pid::from_raw(serve.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -204,6 +226,9 @@ async fn serve_prints_its_address_streams_events_and_obeys_switch_from_another_t
         })
         .expect("the app-server's log");
     assert_eq!(mode_of(app_server_log), 0o600);
+    for secret in secrets.iter().filter(|s| s.len() >= 8) {
+        assert!(!listed.contains(secret.as_str()), "a token in {listed}");
+    }
     for log in &logs {
         let text = std::fs::read_to_string(log).unwrap();
         for secret in secrets.iter().filter(|s| s.len() >= 8) {

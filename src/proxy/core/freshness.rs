@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::account_id::AccountId;
 use crate::proxy::directory::DirAccount;
-use crate::proxy::events::AccountRef;
+use crate::proxy::events::{AccountRef, ProxyEvent};
 use crate::quota::{AccountLimits, RateLimitSnapshot};
 
 use super::effects::{Effect, Effects};
@@ -180,6 +180,19 @@ impl CoreState {
         for account in accounts.iter().filter(|a| new.contains(&a.id)) {
             tracing::info!(account = %account.name, "an account was added to the store");
         }
+        // The panel follows the store: one event when what it shows changed.
+        let summaries: Vec<_> = accounts.iter().map(DirAccount::summary).collect();
+        if !self
+            .accounts
+            .iter()
+            .map(DirAccount::summary)
+            .eq(summaries.iter().cloned())
+        {
+            fx.emit(ProxyEvent::AccountsListed {
+                accounts: summaries,
+                at: now.wall,
+            });
+        }
         self.accounts = accounts;
         self.update_alternative(now, fx);
         for id in &new {
@@ -201,6 +214,7 @@ impl CoreState {
         fx: &mut Effects,
     ) {
         let mut active_read = false;
+        let mut failed = false;
         let read_started = now.wall_of(started);
         for (id, result) in results {
             if self.quota_read.as_ref() == Some(&id) {
@@ -231,8 +245,16 @@ impl CoreState {
                     self.emit_limits(&id, now, fx);
                     active_read |= Some(&id) == self.active.as_ref();
                 }
-                Err(err) => tracing::warn!(account = %id, "usage fetch failed: {err}"),
+                Err(err) => {
+                    tracing::warn!(account = %id, "usage fetch failed: {err}");
+                    failed = true;
+                }
             }
+        }
+        // A read that failed on a rejected refresh token marked the account in the store:
+        // the panel shows it needing a login now, not at the next poll.
+        if failed {
+            fx.push(Effect::ListAccounts);
         }
         fx.push(Effect::ReportUnsavedTokens);
         self.update_alternative(now, fx);

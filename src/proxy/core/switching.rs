@@ -239,6 +239,9 @@ impl CoreState {
                     account: to.clone(),
                     needs_login: false,
                 }));
+                // A rejected refresh token marked the account in the store: the panel shows
+                // it needing a login now, not at the next poll.
+                fx.push(Effect::ListAccounts);
                 fx.emit(ProxyEvent::SwitchFailed {
                     from: outcome.from.as_ref().map(|f| self.account_ref(f)),
                     to: self.account_ref(&to),

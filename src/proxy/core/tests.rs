@@ -610,6 +610,31 @@ fn a_switch_that_fails_keeps_the_old_account_and_shows_the_real_error() {
         sim.state.switched_away.is_empty(),
         "no cooldown for a switch that did not happen"
     );
+    assert_eq!(
+        count(&fx, |e| matches!(e, Effect::ListAccounts)),
+        1,
+        "the store may say the account needs a login now"
+    );
+}
+
+#[test]
+fn a_failed_usage_read_lists_the_store_again() {
+    let mut sim = Sim::new();
+    let started = sim.now.mono;
+    let fx = sim.feed(Input::UsageFetched {
+        started,
+        results: vec![("bob".into(), Ok(limits(30.0, sim.now.wall)))],
+    });
+    assert_eq!(count(&fx, |e| matches!(e, Effect::ListAccounts)), 0);
+    let fx = sim.feed(Input::UsageFetched {
+        started,
+        results: vec![("carol".into(), Err("refresh token rejected".into()))],
+    });
+    assert_eq!(
+        count(&fx, |e| matches!(e, Effect::ListAccounts)),
+        1,
+        "{fx:?}"
+    );
 }
 
 #[test]
@@ -939,6 +964,81 @@ fn an_account_added_to_the_store_is_read_at_once() {
         .collect();
     assert_eq!(fetched, vec![vec!["dave".to_owned()]]);
     assert_eq!(sim.state.accounts.len(), 6);
+}
+
+#[test]
+fn a_listing_that_changes_what_the_panel_shows_is_said_once() {
+    let mut sim = Sim::new();
+    let listed = |fx: &[Effect]| -> Vec<Vec<crate::proxy::events::AccountSummary>> {
+        events(fx)
+            .into_iter()
+            .filter_map(|e| match e {
+                ProxyEvent::AccountsListed { accounts, .. } => Some(accounts.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // The same accounts: nothing to say.
+    let same = sim.state.accounts.clone();
+    let fx = sim.feed(Input::AccountsListed(same.clone()));
+    assert!(listed(&fx).is_empty(), "{fx:?}");
+    // Renamed, disabled, one removed, one added: one event with the store's order.
+    let mut changed = same.clone();
+    changed[0].name = "alice-renamed".into();
+    changed[0].email = Some("alice@example.com".into());
+    changed[1].enabled = false;
+    let removed = changed.remove(2);
+    changed.push(seat("dave", "ws-d", "u-dave"));
+    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    let lists = listed(&fx);
+    assert_eq!(lists.len(), 1, "{fx:?}");
+    let expected: Vec<_> = changed.iter().map(DirAccount::summary).collect();
+    assert_eq!(lists[0], expected);
+    assert!(!lists[0].iter().any(|a| a.id == removed.id));
+    // Said before the new account's read goes out.
+    let emitted = fx
+        .iter()
+        .position(|e| matches!(e, Effect::Emit(ProxyEvent::AccountsListed { .. })));
+    let read = fx
+        .iter()
+        .position(|e| matches!(e, Effect::FetchUsage { .. }));
+    assert!(emitted < read, "{fx:?}");
+    // Listed again unchanged: nothing.
+    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    assert!(listed(&fx).is_empty(), "{fx:?}");
+    // A change the panel does not show (the user id) says nothing either.
+    changed[0].user_id = Some("u-other".into());
+    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    assert!(listed(&fx).is_empty(), "{fx:?}");
+    // Needing a login again, and the order: each said.
+    changed[0].needs_login = true;
+    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    assert_eq!(listed(&fx).len(), 1);
+    changed.swap(0, 1);
+    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    assert_eq!(listed(&fx).len(), 1);
+}
+
+#[test]
+fn the_listing_event_carries_no_secret() {
+    let event = ProxyEvent::AccountsListed {
+        accounts: vec![seat("alice", "ws-a", "u-alice").summary()],
+        at: DateTime::from_timestamp(0, 0).unwrap(),
+    };
+    let json = serde_json::to_value(&event).unwrap();
+    assert_eq!(json["event"], "accounts_listed");
+    let fields: Vec<&str> = json["accounts"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(fields, ["enabled", "id", "name", "needs_login"]);
+    let debug = format!("{event:?}");
+    for secret in ["token", "ws-a", "u-alice"] {
+        assert!(!debug.contains(secret), "{debug}");
+        assert!(!json.to_string().contains(secret), "{json}");
+    }
 }
 
 #[test]
