@@ -349,9 +349,34 @@ impl Metrics {
                 }
                 self.pool_accounts = now;
             }
+            ProxyEvent::AccountsListed { accounts, .. } => {
+                // An account removed or renamed in the store: its gauges go (the session's
+                // active account keeps its own until the session leaves it). Counters stay.
+                let listed: BTreeSet<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
+                let gone: Vec<String> = self
+                    .windows
+                    .keys()
+                    .filter(|name| {
+                        !listed.contains(name.as_str()) && self.active.as_ref() != Some(*name)
+                    })
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    for window in self.windows.remove(&name).unwrap_or_default() {
+                        let labels = WindowLabels {
+                            account: name.as_str().into(),
+                            window,
+                        };
+                        f.used_percent.remove(&labels);
+                        f.resets_at.remove(&labels);
+                    }
+                    f.active_account.remove(&AccountLabels {
+                        account: name.as_str().into(),
+                    });
+                }
+            }
             ProxyEvent::UsageLimitHit { .. }
             | ProxyEvent::ResetCredits { .. }
-            | ProxyEvent::AccountsListed { .. }
             | ProxyEvent::SwitchDeferred { .. }
             | ProxyEvent::TurnsHeld { .. }
             | ProxyEvent::Notice { .. } => {}

@@ -475,3 +475,63 @@ fn openmetrics_goes_to_a_scraper_that_asks_for_it_the_classic_text_to_any_other(
         assert_eq!(get(accept), CLASSIC_CONTENT_TYPE, "{accept:?}");
     }
 }
+
+/// An account removed or renamed in the store loses its gauges; the active one keeps its own
+/// until the session leaves it; counters stay.
+#[test]
+fn accounts_gone_from_the_store_lose_their_gauges() {
+    use crate::proxy::events::AccountSummary;
+    let listing = |names: &[&str]| ProxyEvent::AccountsListed {
+        accounts: names
+            .iter()
+            .map(|name| AccountSummary {
+                id: format!("id-{name}").as_str().into(),
+                name: (*name).to_owned(),
+                email: None,
+                plan: None,
+                enabled: true,
+                needs_login: false,
+                unsupported_sign_in: None,
+            })
+            .collect(),
+        at: at(),
+    };
+    let mut m = Metrics::new();
+    m.observe(&ProxyEvent::ActiveAccount {
+        account: account("alice"),
+        at: at(),
+    });
+    m.observe(&limits("alice", &[(300, 42.0, Some(1_800_003_600))]));
+    m.observe(&limits("bob", &[(300, 10.0, Some(1_800_003_600))]));
+    m.observe(&limits("carol", &[(300, 20.0, None)]));
+    m.observe(&ProxyEvent::UsageLimitHit {
+        account: account("carol"),
+        session: None,
+        at: at(),
+    });
+    // carol renamed carmen, bob removed; alice (active) removed too.
+    m.observe(&listing(&["carmen"]));
+    let s = scrape(&m);
+    let used = |s: &Scrape, name| {
+        value(
+            s,
+            "cs_tui_account_used_percent",
+            &[("account", name), ("window", "5h")],
+        )
+    };
+    assert_eq!(used(&s, "bob"), None);
+    assert_eq!(used(&s, "carol"), None);
+    assert_eq!(
+        used(&s, "alice"),
+        Some(42.0),
+        "the active account keeps its gauges"
+    );
+    assert_eq!(
+        value(&s, "cs_tui_limit_hits_total", &[("account", "carol")]),
+        Some(1.0),
+        "counters stay"
+    );
+    // Numbers for the new name come with its next reading.
+    m.observe(&limits("carmen", &[(300, 20.0, None)]));
+    assert_eq!(used(&scrape(&m), "carmen"), Some(20.0));
+}
