@@ -812,8 +812,8 @@ mod tests {
         d.accounts.iter().map(|a| a.id.as_str()).collect()
     }
 
-    #[test]
-    fn the_store_listing_updates_keeps_numbers_and_drops_removed_accounts() {
+    /// Accounts a, b and c, the session on `active`.
+    fn accounts_abc(active: &str) -> Dashboard {
         let mut d = Dashboard::new(
             SessionMode::Proxy,
             ["a", "b", "c"]
@@ -822,16 +822,27 @@ mod tests {
                 .collect(),
         );
         d.apply(&ProxyEvent::ActiveAccount {
-            account: account("a"),
+            account: account(active),
             at: at(0),
         });
+        d
+    }
+
+    /// `id`'s 5-hour window at `percent`, `secs` in.
+    fn used(id: &str, percent: f64, secs: i64) -> ProxyEvent {
+        ProxyEvent::RateLimitsUpdated {
+            account: account(id),
+            snapshot: five_hour(percent),
+            families: Vec::new(),
+            at: at(secs),
+        }
+    }
+
+    #[test]
+    fn the_store_listing_updates_keeps_numbers_and_drops_removed_accounts() {
+        let mut d = accounts_abc("a");
         for id in ["a", "b", "c"] {
-            d.apply(&ProxyEvent::RateLimitsUpdated {
-                account: account(id),
-                snapshot: five_hour(40.0),
-                families: Vec::new(),
-                at: at(1),
-            });
+            d.apply(&used(id, 40.0, 1));
         }
         // b renamed and disabled, c removed, d and e added (in the store's order), a needs
         // a login.
@@ -860,12 +871,7 @@ mod tests {
         );
         assert_eq!(d.account(&"e".into()).unwrap().snapshot, None);
         // A late read of the removed account does not bring it back.
-        d.apply(&ProxyEvent::RateLimitsUpdated {
-            account: account("c"),
-            snapshot: five_hour(50.0),
-            families: Vec::new(),
-            at: at(2),
-        });
+        d.apply(&used("c", 50.0, 2));
         assert!(d.account(&"c".into()).is_none());
         // Enabled and logged in again.
         d.apply(&listed(vec![
@@ -881,23 +887,8 @@ mod tests {
 
     #[test]
     fn a_removed_active_account_stays_marked_until_the_session_leaves_it() {
-        let mut d = Dashboard::new(
-            SessionMode::Proxy,
-            ["a", "b", "c"]
-                .into_iter()
-                .map(|id| AccountView::new(id, id))
-                .collect(),
-        );
-        d.apply(&ProxyEvent::ActiveAccount {
-            account: account("b"),
-            at: at(0),
-        });
-        d.apply(&ProxyEvent::RateLimitsUpdated {
-            account: account("b"),
-            snapshot: five_hour(70.0),
-            families: Vec::new(),
-            at: at(1),
-        });
+        let mut d = accounts_abc("b");
+        d.apply(&used("b", 70.0, 1));
         d.apply(&listed(vec![summary("a", "a"), summary("c", "c")]));
         // Kept at its place, marked, with its numbers; the picker does not offer it.
         assert_eq!(ids(&d), ["a", "b", "c"]);
@@ -908,12 +899,7 @@ mod tests {
         let pickable: Vec<&str> = d.pickable().iter().map(|a| a.id.as_str()).collect();
         assert_eq!(pickable, ["a", "c"]);
         // Its numbers still come while the session runs on it.
-        d.apply(&ProxyEvent::RateLimitsUpdated {
-            account: account("b"),
-            snapshot: five_hour(80.0),
-            families: Vec::new(),
-            at: at(2),
-        });
+        d.apply(&used("b", 80.0, 2));
         assert_eq!(
             d.account(&"b".into()).unwrap().snapshot,
             Some(five_hour(80.0))

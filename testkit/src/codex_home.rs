@@ -148,26 +148,28 @@ fn kill_and_wait(pids: &[i32]) {
 pub fn processes_on(dir: &Path) -> Vec<i32> {
     let mut wanted = b"CODEX_HOME=".to_vec();
     wanted.extend_from_slice(dir.as_os_str().as_encoded_bytes());
-    let own = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let environ = std::fs::read(entry.path().join("environ")).ok()?;
-            (u32::try_from(pid).ok()? != own
-                && environ
-                    .split(|&b| b == 0)
-                    .any(|var| var == wanted.as_slice()))
-            .then_some(pid)
-        })
-        .collect()
+    let own = i32::try_from(std::process::id()).ok();
+    processes_where("environ", |pid, environ| {
+        Some(pid) != own
+            && environ
+                .split(|&b| b == 0)
+                .any(|var| var == wanted.as_slice())
+    })
 }
 
 /// Pids whose `argv[0]` is a path under `dir`.
 pub fn processes_under(dir: &Path) -> Vec<i32> {
+    processes_where("cmdline", |_, cmdline| {
+        cmdline
+            .split(|&b| b == 0)
+            .next()
+            .and_then(|argv0| std::str::from_utf8(argv0).ok())
+            .is_some_and(|argv0| Path::new(argv0).starts_with(dir))
+    })
+}
+
+/// Pids whose `/proc/PID/{file}` (readable: ours) passes `test`.
+fn processes_where(file: &str, test: impl Fn(i32, &[u8]) -> bool) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -175,11 +177,8 @@ pub fn processes_under(dir: &Path) -> Vec<i32> {
         .flatten()
         .filter_map(|entry| {
             let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let argv0 = cmdline.split(|&b| b == 0).next()?;
-            Path::new(std::str::from_utf8(argv0).ok()?)
-                .starts_with(dir)
-                .then_some(pid)
+            let contents = std::fs::read(entry.path().join(file)).ok()?;
+            test(pid, &contents).then_some(pid)
         })
         .collect()
 }
