@@ -139,51 +139,9 @@ pub(crate) struct Core<D: AccountDirectory> {
     usage_poll: Duration,
     pool: PoolHandle,
     placement: Option<crate::proxy::placement::PlanContext>,
-    /// Orders the store's listings: each read runs on its own task.
-    listings: Listings,
-}
-
-/// Hands the store's listings to the core in the order they were asked for: a listing asked
-/// for later may finish first (each read runs on its own task), and an older one arriving
-/// after it would undo the change it saw (the panel would show a renamed account under its
-/// old name until the next poll). A later listing reads the store after everything an
-/// earlier one could have seen, so the older one is dropped.
-#[derive(Default)]
-struct Listings {
-    asked: u64,
-    delivered: Arc<std::sync::Mutex<u64>>,
-}
-
-/// One listing asked for.
-struct Listing {
-    number: u64,
-    delivered: Arc<std::sync::Mutex<u64>>,
-}
-
-impl Listings {
-    fn ask(&mut self) -> Listing {
-        self.asked += 1;
-        Listing {
-            number: self.asked,
-            delivered: self.delivered.clone(),
-        }
-    }
-}
-
-impl Listing {
-    /// Runs `deliver` unless a listing asked for later was delivered already.
-    fn deliver(self, deliver: impl FnOnce()) -> bool {
-        let mut delivered = self
-            .delivered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *delivered > self.number {
-            return false;
-        }
-        *delivered = self.number;
-        deliver();
-        true
-    }
+    /// The store's listings asked for so far: each is numbered, so that the state can drop
+    /// one that finishes after a later one ([`Input::AccountsListed`]).
+    listings_asked: u64,
 }
 
 impl<D: AccountDirectory> Core<D> {
@@ -212,7 +170,7 @@ impl<D: AccountDirectory> Core<D> {
             usage_poll,
             pool: init.pool,
             placement: init.placement,
-            listings: Listings::default(),
+            listings_asked: 0,
         }
     }
 
@@ -333,13 +291,12 @@ impl<D: AccountDirectory> Core<D> {
             Effect::ListAccounts => {
                 let dir = self.dir.clone();
                 let inbox = self.inbox.clone();
-                let listing = self.listings.ask();
+                self.listings_asked += 1;
+                let number = self.listings_asked;
                 tokio::spawn(async move {
                     match dir.list().await {
                         Ok(accounts) => {
-                            listing.deliver(|| {
-                                let _ = inbox.send(Input::AccountsListed(accounts).into());
-                            });
+                            let _ = inbox.send(Input::AccountsListed { number, accounts }.into());
                         }
                         Err(err) => tracing::warn!("reading the stored accounts failed: {err:#}"),
                     }
@@ -415,21 +372,5 @@ impl<D: AccountDirectory> Core<D> {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod listing_tests {
-    use super::Listings;
-
-    #[test]
-    fn a_listing_older_than_one_delivered_is_dropped() {
-        let mut listings = Listings::default();
-        let (first, second, third) = (listings.ask(), listings.ask(), listings.ask());
-        let mut got = Vec::new();
-        assert!(second.deliver(|| got.push(2)));
-        assert!(!first.deliver(|| got.push(1)), "older than the second");
-        assert!(third.deliver(|| got.push(3)));
-        assert_eq!(got, [2, 3]);
     }
 }

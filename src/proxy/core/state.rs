@@ -85,7 +85,14 @@ pub(crate) enum Input {
         started: Instant,
         results: Vec<(AccountId, Result<AccountLimits, String>)>,
     },
-    AccountsListed(Vec<DirAccount>),
+    /// The store's accounts, from the `number`th listing asked for. Each read runs on a task
+    /// of its own, so a listing may finish after a later one: it is then dropped, as the
+    /// later one read the store after everything it could have seen (an older listing would
+    /// undo a change the panel already shows, until the next poll).
+    AccountsListed {
+        number: u64,
+        accounts: Vec<DirAccount>,
+    },
     /// The app-server exited; `restarting`: the session is starting another.
     AppServerExited {
         exit: AppServerExit,
@@ -161,6 +168,8 @@ pub(crate) struct CoreState {
     pub(super) held_requests: HashMap<(ConnId, String), Instant>,
     /// The number of held turns last told ([`ProxyEvent::TurnsHeld`]).
     pub(super) held_told: usize,
+    /// The newest store listing taken ([`Input::AccountsListed`]).
+    pub(super) newest_listing: u64,
     /// Whether the guards hold new turns (rule 4 of the pool, `pool.rs`).
     pub(super) hold: Hold,
     /// Accounts a peer failed to log in, kept out of the candidates until then.
@@ -221,6 +230,7 @@ impl CoreState {
             reading: HashMap::new(),
             held_requests: HashMap::new(),
             held_told: 0,
+            newest_listing: 0,
             hold: Hold::Off,
             login_failed_until: HashMap::new(),
             book: Default::default(),
@@ -261,7 +271,12 @@ impl CoreState {
             Input::UsageFetched { started, results } => {
                 self.usage_fetched(started, results, now, &mut fx)
             }
-            Input::AccountsListed(accounts) => self.accounts_listed(accounts, now, &mut fx),
+            Input::AccountsListed { number, accounts } => {
+                if number > self.newest_listing {
+                    self.newest_listing = number;
+                    self.accounts_listed(accounts, now, &mut fx);
+                }
+            }
             Input::ResetRedeemed { account, limits } => {
                 self.reset_redeemed(account, limits, now, &mut fx)
             }

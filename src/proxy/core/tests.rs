@@ -112,6 +112,12 @@ impl Sim {
         self.state.handle(input, self.now)
     }
 
+    /// The store's accounts, as the next listing asked for reads them.
+    pub(super) fn listed(&mut self, accounts: Vec<DirAccount>) -> Vec<Effect> {
+        let number = self.state.newest_listing + 1;
+        self.feed(Input::AccountsListed { number, accounts })
+    }
+
     pub(super) fn connect(&mut self, conn: u64) {
         self.feed(Input::Connected(conn));
     }
@@ -954,7 +960,7 @@ fn an_account_added_to_the_store_is_read_at_once() {
     let mut accounts = sim.state.accounts.clone();
     accounts.push(seat("dave", "ws-d", "u-dave"));
     accounts.push(api_key("key-2"));
-    let fx = sim.feed(Input::AccountsListed(accounts));
+    let fx = sim.listed(accounts);
     let fetched: Vec<_> = fx
         .iter()
         .filter_map(|e| match e {
@@ -980,7 +986,7 @@ fn a_listing_that_changes_what_the_panel_shows_is_said_once() {
     };
     // The same accounts: nothing to say.
     let same = sim.state.accounts.clone();
-    let fx = sim.feed(Input::AccountsListed(same.clone()));
+    let fx = sim.listed(same.clone());
     assert!(listed(&fx).is_empty(), "{fx:?}");
     // Renamed, disabled, one removed, one added: one event with the store's order.
     let mut changed = same.clone();
@@ -989,7 +995,7 @@ fn a_listing_that_changes_what_the_panel_shows_is_said_once() {
     changed[1].enabled = false;
     let removed = changed.remove(2);
     changed.push(seat("dave", "ws-d", "u-dave"));
-    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    let fx = sim.listed(changed.clone());
     let lists = listed(&fx);
     assert_eq!(lists.len(), 1, "{fx:?}");
     let expected: Vec<_> = changed.iter().map(DirAccount::summary).collect();
@@ -1004,18 +1010,18 @@ fn a_listing_that_changes_what_the_panel_shows_is_said_once() {
         .position(|e| matches!(e, Effect::FetchUsage { .. }));
     assert!(emitted < read, "{fx:?}");
     // Listed again unchanged: nothing.
-    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    let fx = sim.listed(changed.clone());
     assert!(listed(&fx).is_empty(), "{fx:?}");
     // A change the panel does not show (the user id) says nothing either.
     changed[0].user_id = Some("u-other".into());
-    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    let fx = sim.listed(changed.clone());
     assert!(listed(&fx).is_empty(), "{fx:?}");
     // Needing a login again, and the order: each said.
     changed[0].needs_login = true;
-    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    let fx = sim.listed(changed.clone());
     assert_eq!(listed(&fx).len(), 1);
     changed.swap(0, 1);
-    let fx = sim.feed(Input::AccountsListed(changed.clone()));
+    let fx = sim.listed(changed.clone());
     assert_eq!(listed(&fx).len(), 1);
 }
 
@@ -1451,7 +1457,7 @@ fn an_account_of_an_unsupported_sign_in_kind_is_never_read_chosen_or_switched_to
     assert!(!future.switchable());
     let mut accounts = sim.state.accounts.clone();
     accounts.push(future.clone());
-    let fx = sim.feed(Input::AccountsListed(accounts));
+    let fx = sim.listed(accounts);
     assert!(
         !fx.iter().any(|e| matches!(
             e,
@@ -1535,4 +1541,43 @@ fn an_account_of_an_unsupported_sign_in_kind_is_never_read_chosen_or_switched_to
         "future signs in with `device_code`, a kind written by a newer cs-tui; this cs-tui cannot use it"
     );
     assert!(sim.state.pending.is_none());
+}
+
+/// A listing that finishes after a later one is dropped: it would undo what the later one
+/// showed.
+#[test]
+fn a_listing_older_than_one_taken_is_dropped() {
+    let mut sim = Sim::new();
+    let mut renamed = sim.state.accounts.clone();
+    renamed[1].name = "robert".into();
+    let fx = sim.feed(Input::AccountsListed {
+        number: 2,
+        accounts: renamed.clone(),
+    });
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Emit(ProxyEvent::AccountsListed { .. })))
+    );
+    let fx = sim.feed(Input::AccountsListed {
+        number: 1,
+        accounts: renamed
+            .iter()
+            .cloned()
+            .map(|mut a| {
+                a.name = "old".into();
+                a
+            })
+            .collect(),
+    });
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(sim.state.accounts, renamed);
+    let fx = sim.feed(Input::AccountsListed {
+        number: 3,
+        accounts: renamed,
+    });
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Emit(ProxyEvent::AccountsListed { .. }))),
+        "the same listing again: nothing to say"
+    );
 }
